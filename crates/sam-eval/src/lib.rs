@@ -1,0 +1,2 @@
+//! sam-eval: Instance-segmentation metrics (Hungarian IoU matching, mSA) and evaluation reports.
+#![deny(missing_docs)]
