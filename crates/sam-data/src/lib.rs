@@ -1,2 +1,71 @@
-//! sam-data: Brightfield image/label I/O, normalisation, augmentation, patch sampling, prompts and AIS targets.
+//! sam-data: everything between brightfield files on disk and tensors in the trainer.
+//!
+//! - [`read_image`] / [`read_labels`] / [`pair_by_stem`] read 8/16-bit grey or RGB images and
+//!   u8/u16/u32 instance label images (TIFF, PNG); [`write_image`] / [`write_labels`] write them
+//!   atomically.
+//! - [`preprocess`] is the one preprocessing step (percentile normalisation and clipping)
+//!   shared by training, evaluation and inference.
+//! - [`synthesize`] draws synthetic brightfield images with exact instance labels.
+//! - [`augment_pair`] and [`augment_folder`] run the offline augmentation.
+//! - [`PatchSampler`], [`ais_targets`], [`PromptSampler`], [`split_by_image`] and
+//!   [`Prefetcher`] make training samples.
+//!
+//! The crate hands out plain buffers ([`GreyImage`], [`LabelImage`], `Vec<f32>`); it links no
+//! torch.
+//!
+//! # Example
+//! ```
+//! use sam_data::{ais_targets, preprocess, synthesize, Normalization, SynthConfig};
+//!
+//! let sample = synthesize(&SynthConfig { size: 128, ..SynthConfig::default() }, 7);
+//! let input = preprocess(&sample.image, &Normalization::default())?;
+//! assert_eq!(input.len(), 128 * 128);
+//! let targets = ais_targets(&sample.labels, 25);
+//! assert_eq!(targets.data.len(), 3 * 128 * 128);
+//! # Ok::<(), sam_data::DataError>(())
+//! ```
 #![deny(missing_docs)]
+
+mod augment;
+mod error;
+mod folder;
+mod image;
+mod io;
+mod labels;
+mod overlay;
+mod pipeline;
+mod preprocess;
+mod prompts;
+mod rng;
+mod samples;
+mod synth;
+mod targets;
+
+pub use crate::augment::{
+    apply_ops, augment_pair, plan_ops, AffineOp, AppliedOp, AugmentConfig, Augmented, ElasticOp,
+    RangeOp,
+};
+pub use crate::error::{DataError, Result};
+pub use crate::folder::{
+    augment_folder, AugmentJob, AugmentSummary, Manifest, ManifestEntry, Progress,
+};
+pub use crate::image::{BitDepth, GreyImage, LabelImage};
+pub use crate::io::{
+    pair_by_stem, read_image, read_labels, read_pair, write_atomic, write_image, write_labels,
+    ImagePair,
+};
+pub use crate::labels::{
+    connected_components, inner_boundaries, object_stats, prepare_instances, relabel_consecutive,
+    remove_small_objects, split_fragments, Connectivity, ObjectStats,
+};
+pub use crate::overlay::write_overlay_png;
+pub use crate::pipeline::Prefetcher;
+pub use crate::preprocess::{percentiles, preprocess, Normalization};
+pub use crate::prompts::{BoxPrompt, Point, PromptSampler};
+pub use crate::rng::derive_seed;
+pub use crate::samples::{
+    split_by_image, Dataset, DatasetItem, Patch, PatchConfig, PatchSampler, SampleConfig,
+    TrainingSample,
+};
+pub use crate::synth::{synthesize, SynthConfig, SynthSample};
+pub use crate::targets::{ais_targets, AisTargets};

@@ -1,0 +1,1356 @@
+//! Offline augmentation of one image/label pair: geometric operations resample the image
+//! (bilinear) and the labels (nearest neighbour) through one combined mapping; intensity
+//! operations touch the image only.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use rayon::prelude::*;
+
+use crate::error::{DataError, Result};
+use crate::image::{GreyImage, LabelImage};
+use crate::labels::split_fragments;
+use crate::preprocess::percentiles;
+use crate::rng::{derive_seed, rng_for};
+
+/// A probability and a range: the value is drawn uniformly from `[min, max]`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeOp {
+    /// Probability that the operation is applied.
+    pub p: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+/// Scale, shear and translation about the image centre.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffineOp {
+    /// Probability.
+    pub p: f64,
+    /// Scale factor range `[min, max]` (default 0.8..1.2).
+    pub scale: [f64; 2],
+    /// Largest shear angle in degrees, drawn from `[-shear, shear]` (default 10).
+    pub shear_degrees: f64,
+    /// Largest shift as a fraction of the image size, per axis (default 0.05).
+    pub translate: f64,
+}
+
+/// Elastic deformation: a smooth random displacement field.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticOp {
+    /// Probability.
+    pub p: f64,
+    /// Standard deviation of the displacement in pixels, per axis (default 4).
+    pub magnitude: f64,
+    /// Smoothness: sigma of the Gaussian that smooths white noise into the field, in pixels
+    /// (default 50, as albumentations).
+    pub sigma: f64,
+}
+
+/// Probabilities and ranges of every augmentation operation, and the label clean-up.
+///
+/// Intensities are in units of the image's full range (1.0 = 255 or 65535), so the same
+/// configuration fits 8- and 16-bit data.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Probability of a left-right flip.
+    pub hflip: f64,
+    /// Probability of an up-down flip.
+    pub vflip: f64,
+    /// Probability of a rotation by 90, 180 or 270 degrees (counter-clockwise, uniform).
+    pub rot90: f64,
+    /// Rotation about the centre by an angle in degrees drawn from `[min, max]`
+    /// (counter-clockwise as displayed).
+    pub rotate: RangeOp,
+    /// Scale, shear and shift.
+    pub affine: AffineOp,
+    /// Elastic deformation.
+    pub elastic: ElasticOp,
+    /// Brightness shift `x + b`, `b` in `[min, max]` (fraction of full range).
+    pub brightness: RangeOp,
+    /// Contrast factor `c` in `[min, max]`: `mean + c * (x - mean)`.
+    pub contrast: RangeOp,
+    /// Gamma `x^g` on the normalised intensity, `g` in `[min, max]`.
+    pub gamma: RangeOp,
+    /// Additive Gaussian noise, standard deviation in `[min, max]` (fraction of full range).
+    pub noise: RangeOp,
+    /// Gaussian blur, sigma in pixels in `[min, max]`.
+    pub blur: RangeOp,
+    /// Linear illumination gradient in a random direction: the image is multiplied by
+    /// `1 + s * t`, `t` running from -1 to 1 across the image, `s` in `[min, max]`.
+    pub illumination: RangeOp,
+    /// Objects (and pieces of objects cut by the border or a deformation) smaller than this
+    /// many pixels are removed from the labels after geometric operations.
+    pub min_object_size: usize,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            hflip: 0.5,
+            vflip: 0.5,
+            rot90: 0.5,
+            rotate: RangeOp {
+                p: 0.5,
+                min: -45.0,
+                max: 45.0,
+            },
+            affine: AffineOp {
+                p: 0.5,
+                scale: [0.8, 1.2],
+                shear_degrees: 10.0,
+                translate: 0.05,
+            },
+            elastic: ElasticOp {
+                p: 0.5,
+                magnitude: 4.0,
+                sigma: 50.0,
+            },
+            brightness: RangeOp {
+                p: 0.5,
+                min: -0.1,
+                max: 0.1,
+            },
+            contrast: RangeOp {
+                p: 0.5,
+                min: 0.8,
+                max: 1.25,
+            },
+            gamma: RangeOp {
+                p: 0.5,
+                min: 0.8,
+                max: 1.2,
+            },
+            noise: RangeOp {
+                p: 0.5,
+                min: 0.005,
+                max: 0.02,
+            },
+            blur: RangeOp {
+                p: 0.5,
+                min: 0.5,
+                max: 1.5,
+            },
+            illumination: RangeOp {
+                p: 0.5,
+                min: 0.05,
+                max: 0.2,
+            },
+            min_object_size: 25,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// Checks every probability and range; reports all problems at once.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        let prob = |name: &str, p: f64| {
+            (!(0.0..=1.0).contains(&p)).then(|| format!("{name}.p must be in [0, 1], found {p}"))
+        };
+        problems.extend(prob("hflip", self.hflip));
+        problems.extend(prob("vflip", self.vflip));
+        problems.extend(prob("rot90", self.rot90));
+        problems.extend(prob("rotate", self.rotate.p));
+        problems.extend(prob("affine", self.affine.p));
+        problems.extend(prob("elastic", self.elastic.p));
+        problems.extend(prob("brightness", self.brightness.p));
+        problems.extend(prob("contrast", self.contrast.p));
+        problems.extend(prob("gamma", self.gamma.p));
+        problems.extend(prob("noise", self.noise.p));
+        problems.extend(prob("blur", self.blur.p));
+        problems.extend(prob("illumination", self.illumination.p));
+        let range = |name: &str, lo: f64, hi: f64, floor: f64| {
+            (!(lo <= hi && lo >= floor && hi.is_finite()))
+                .then(|| format!("{name} must satisfy {floor} <= min <= max, found [{lo}, {hi}]"))
+        };
+        problems.extend(range(
+            "affine.scale",
+            self.affine.scale[0],
+            self.affine.scale[1],
+            1e-3,
+        ));
+        problems.extend(range("gamma", self.gamma.min, self.gamma.max, 1e-3));
+        problems.extend(range("noise", self.noise.min, self.noise.max, 0.0));
+        problems.extend(range("blur", self.blur.min, self.blur.max, 0.0));
+        problems.extend(range(
+            "illumination",
+            self.illumination.min,
+            self.illumination.max,
+            0.0,
+        ));
+        if self.illumination.max >= 1.0 {
+            problems.push(format!(
+                "illumination.max must be < 1 (the image would turn negative), found {}",
+                self.illumination.max
+            ));
+        }
+        problems.extend(range("contrast", self.contrast.min, self.contrast.max, 0.0));
+        problems.extend(range(
+            "rotate",
+            self.rotate.min,
+            self.rotate.max,
+            f64::NEG_INFINITY,
+        ));
+        problems.extend(range(
+            "brightness",
+            self.brightness.min,
+            self.brightness.max,
+            -1.0,
+        ));
+        for (name, v) in [
+            ("affine.shear_degrees", self.affine.shear_degrees),
+            ("affine.translate", self.affine.translate),
+            ("elastic.magnitude", self.elastic.magnitude),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                problems.push(format!("{name} must be a finite number >= 0, found {v}"));
+            }
+        }
+        if !(self.elastic.sigma > 0.0 && self.elastic.sigma.is_finite()) {
+            problems.push(format!(
+                "elastic.sigma must be > 0, found {}",
+                self.elastic.sigma
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(DataError::InvalidParameter {
+                name: "augmentation".into(),
+                reason: problems.join("; "),
+            })
+        }
+    }
+
+    /// A configuration with every probability set to zero (the identity).
+    pub fn none() -> Self {
+        let mut c = AugmentConfig::default();
+        for p in [
+            &mut c.hflip,
+            &mut c.vflip,
+            &mut c.rot90,
+            &mut c.rotate.p,
+            &mut c.affine.p,
+            &mut c.elastic.p,
+            &mut c.brightness.p,
+            &mut c.contrast.p,
+            &mut c.gamma.p,
+            &mut c.noise.p,
+            &mut c.blur.p,
+            &mut c.illumination.p,
+        ] {
+            *p = 0.0;
+        }
+        c
+    }
+}
+
+/// One operation as it was applied, with the drawn parameters (recorded in the manifest).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AppliedOp {
+    /// Left-right flip.
+    Hflip,
+    /// Up-down flip.
+    Vflip,
+    /// Counter-clockwise rotation by `k` * 90 degrees.
+    Rot90 {
+        /// 1, 2 or 3.
+        k: u8,
+    },
+    /// Rotation about the centre, counter-clockwise in the displayed image.
+    Rotate {
+        /// Angle in degrees.
+        degrees: f64,
+    },
+    /// Scale, shear and shift about the centre.
+    Affine {
+        /// Scale factor.
+        scale: f64,
+        /// Shear angle in degrees (x sheared by y).
+        shear_degrees: f64,
+        /// Shift in pixels along x.
+        translate_x: f64,
+        /// Shift in pixels along y.
+        translate_y: f64,
+    },
+    /// Elastic deformation.
+    Elastic {
+        /// Displacement standard deviation in pixels.
+        magnitude: f64,
+        /// Smoothness in pixels.
+        sigma: f64,
+        /// Seed of the displacement field.
+        field_seed: u64,
+    },
+    /// Brightness shift (fraction of full range).
+    Brightness {
+        /// Added value.
+        shift: f64,
+    },
+    /// Contrast factor about the mean intensity.
+    Contrast {
+        /// Factor.
+        factor: f64,
+    },
+    /// Gamma.
+    Gamma {
+        /// Exponent.
+        gamma: f64,
+    },
+    /// Gaussian blur.
+    Blur {
+        /// Sigma in pixels.
+        sigma: f64,
+    },
+    /// Linear illumination gradient.
+    Illumination {
+        /// Strength.
+        strength: f64,
+        /// Direction of increasing brightness, degrees counter-clockwise from +x.
+        angle_degrees: f64,
+    },
+    /// Additive Gaussian noise.
+    Noise {
+        /// Standard deviation (fraction of full range).
+        std: f64,
+        /// Seed of the noise.
+        noise_seed: u64,
+    },
+}
+
+/// The augmented pair and what was done to it.
+#[derive(Debug, Clone)]
+pub struct Augmented {
+    /// The augmented image (same depth as the input).
+    pub image: GreyImage,
+    /// The augmented labels.
+    pub labels: LabelImage,
+    /// The operations in the order they were applied.
+    pub ops: Vec<AppliedOp>,
+}
+
+/// Draws the operations for one output from `rng` (same stream, same plan).
+pub fn plan_ops(cfg: &AugmentConfig, rng: &mut ChaCha8Rng) -> Vec<AppliedOp> {
+    let mut ops = Vec::new();
+    let hit = |rng: &mut ChaCha8Rng, p: f64| rng.gen::<f64>() < p;
+    // intensity changes of the source first (exact per grey value, via a lookup table)
+    if hit(rng, cfg.brightness.p) {
+        ops.push(AppliedOp::Brightness {
+            shift: uni(rng, cfg.brightness.min, cfg.brightness.max),
+        });
+    }
+    if hit(rng, cfg.contrast.p) {
+        ops.push(AppliedOp::Contrast {
+            factor: uni(rng, cfg.contrast.min, cfg.contrast.max),
+        });
+    }
+    if hit(rng, cfg.gamma.p) {
+        ops.push(AppliedOp::Gamma {
+            gamma: uni(rng, cfg.gamma.min, cfg.gamma.max),
+        });
+    }
+    if hit(rng, cfg.hflip) {
+        ops.push(AppliedOp::Hflip);
+    }
+    if hit(rng, cfg.vflip) {
+        ops.push(AppliedOp::Vflip);
+    }
+    if hit(rng, cfg.rot90) {
+        ops.push(AppliedOp::Rot90 {
+            k: rng.gen_range(1..=3),
+        });
+    }
+    if hit(rng, cfg.rotate.p) {
+        ops.push(AppliedOp::Rotate {
+            degrees: uni(rng, cfg.rotate.min, cfg.rotate.max),
+        });
+    }
+    if hit(rng, cfg.affine.p) {
+        let a = &cfg.affine;
+        ops.push(AppliedOp::Affine {
+            scale: uni(rng, a.scale[0], a.scale[1]),
+            shear_degrees: uni(rng, -a.shear_degrees, a.shear_degrees),
+            // fractions here, turned into pixels by `augment_pair` once the size is known
+            translate_x: uni(rng, -a.translate, a.translate),
+            translate_y: uni(rng, -a.translate, a.translate),
+        });
+    }
+    if hit(rng, cfg.elastic.p) {
+        ops.push(AppliedOp::Elastic {
+            magnitude: cfg.elastic.magnitude,
+            sigma: cfg.elastic.sigma,
+            field_seed: rng.gen(),
+        });
+    }
+    if hit(rng, cfg.blur.p) {
+        ops.push(AppliedOp::Blur {
+            sigma: uni(rng, cfg.blur.min, cfg.blur.max),
+        });
+    }
+    if hit(rng, cfg.illumination.p) {
+        ops.push(AppliedOp::Illumination {
+            strength: uni(rng, cfg.illumination.min, cfg.illumination.max),
+            angle_degrees: uni(rng, 0.0, 360.0),
+        });
+    }
+    if hit(rng, cfg.noise.p) {
+        ops.push(AppliedOp::Noise {
+            std: uni(rng, cfg.noise.min, cfg.noise.max),
+            noise_seed: rng.gen(),
+        });
+    }
+    ops
+}
+
+fn uni(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
+    if hi > lo {
+        rng.gen_range(lo..=hi)
+    } else {
+        lo
+    }
+}
+
+/// Augments one pair with the operations drawn from `seed`. Same inputs and seed, same
+/// output bytes, on any number of threads.
+pub fn augment_pair(
+    image: &GreyImage,
+    labels: &LabelImage,
+    cfg: &AugmentConfig,
+    seed: u64,
+) -> Result<Augmented> {
+    cfg.validate()?;
+    if image.width != labels.width || image.height != labels.height {
+        return Err(DataError::InvalidParameter {
+            name: "labels".into(),
+            reason: format!(
+                "image is {}x{} but labels are {}x{}",
+                image.width, image.height, labels.width, labels.height
+            ),
+        });
+    }
+    let mut rng = rng_for(seed);
+    let mut ops = plan_ops(cfg, &mut rng);
+    // translations were drawn as fractions of the size; record pixels
+    for op in &mut ops {
+        if let AppliedOp::Affine {
+            translate_x,
+            translate_y,
+            ..
+        } = op
+        {
+            *translate_x *= image.width as f64;
+            *translate_y *= image.height as f64;
+        }
+    }
+    apply_ops(image, labels, &ops, cfg.min_object_size).map(|(image, labels)| Augmented {
+        image,
+        labels,
+        ops,
+    })
+}
+
+/// Applies a list of already drawn operations (as recorded in a manifest).
+pub fn apply_ops(
+    image: &GreyImage,
+    labels: &LabelImage,
+    ops: &[AppliedOp],
+    min_object_size: usize,
+) -> Result<(GreyImage, LabelImage)> {
+    let max = image.depth.max_value();
+    // 1. intensity lookup table: brightness, contrast, gamma
+    let (mut shift, mut gain, mut gamma) = (0.0f64, 1.0f64, 1.0f64);
+    for op in ops {
+        match op {
+            AppliedOp::Brightness { shift: s } => shift += s,
+            AppliedOp::Contrast { factor } => gain *= factor,
+            AppliedOp::Gamma { gamma: g } => gamma *= g,
+            _ => {}
+        }
+    }
+    let mut img = image.clone();
+    if shift != 0.0 || gain != 1.0 || gamma != 1.0 {
+        let mean = if gain != 1.0 { mean_level(&img) } else { 0.0 };
+        apply_lut(&mut img, |x| {
+            let y = (mean + gain * (x - mean) + shift).clamp(0.0, 1.0);
+            y.powf(gamma)
+        });
+    }
+
+    // 2. geometry: exact permutations alone, or one combined resampling
+    let mut flips = (false, false);
+    let mut k90 = 0u8;
+    let mut affine: Option<Mat> = None;
+    let mut elastic: Option<(f64, f64, u64)> = None;
+    for op in ops {
+        match *op {
+            AppliedOp::Hflip => flips.0 = !flips.0,
+            AppliedOp::Vflip => flips.1 = !flips.1,
+            AppliedOp::Rot90 { k } => k90 = (k90 + k) % 4,
+            AppliedOp::Rotate { degrees } => {
+                let a = Mat::rotation(degrees);
+                affine = Some(a.then_after(affine));
+            }
+            AppliedOp::Affine {
+                scale,
+                shear_degrees,
+                translate_x,
+                translate_y,
+            } => {
+                let a = Mat::affine(scale, shear_degrees, translate_x, translate_y);
+                affine = Some(a.then_after(affine));
+            }
+            AppliedOp::Elastic {
+                magnitude,
+                sigma,
+                field_seed,
+            } => elastic = Some((magnitude, sigma, field_seed)),
+            _ => {}
+        }
+    }
+    let (mut img, mut lab) = if affine.is_none() && elastic.is_none() {
+        permute(&img, labels, flips, k90)
+    } else {
+        let (out_w, out_h) = if k90 % 2 == 1 {
+            (img.height, img.width)
+        } else {
+            (img.width, img.height)
+        };
+        let src = discrete_inverse(img.width, img.height, flips, k90);
+        let cont = affine
+            .map(|a| a.inverse_about_centre(out_w, out_h))
+            .unwrap_or_else(Mat::identity);
+        let map = src.compose(&cont);
+        let field = elastic.map(|(m, s, seed)| Field::new(out_w, out_h, m, s, seed));
+        let fill = background_level(&img);
+        let (i2, l2) = resample(&img, labels, out_w, out_h, &map, field.as_ref(), fill);
+        (i2, split_fragments(&l2, min_object_size))
+    };
+    let _ = &mut lab;
+
+    // 3. blur, illumination and noise on the output
+    for op in ops {
+        if let AppliedOp::Blur { sigma } = *op {
+            gaussian_blur(&mut img, sigma);
+        }
+    }
+    let illum = ops.iter().find_map(|op| match *op {
+        AppliedOp::Illumination {
+            strength,
+            angle_degrees,
+        } => Some((strength, angle_degrees)),
+        _ => None,
+    });
+    let noise = ops.iter().find_map(|op| match *op {
+        AppliedOp::Noise { std, noise_seed } => Some((std, noise_seed)),
+        _ => None,
+    });
+    if illum.is_some() || noise.is_some() {
+        illuminate_and_noise(&mut img, illum, noise);
+    }
+    for v in img.data.iter_mut() {
+        *v = v.clamp(0.0, max);
+    }
+    Ok((img, lab))
+}
+
+/// Applies `f` (on intensities normalised to [0, 1]) through a table over the integer grey
+/// values, interpolating linearly between entries.
+fn apply_lut(img: &mut GreyImage, f: impl Fn(f64) -> f64) {
+    let max = img.depth.max_value();
+    let n = max as usize + 1;
+    let lut: Vec<f32> = (0..=n)
+        .map(|i| (f((i.min(n - 1)) as f64 / f64::from(max)) * f64::from(max)) as f32)
+        .collect();
+    img.data.par_chunks_mut(1 << 14).for_each(|chunk| {
+        for v in chunk {
+            let x = v.clamp(0.0, max);
+            let i = x as usize;
+            let t = x - i as f32;
+            *v = lut[i] + (lut[i + 1] - lut[i]) * t;
+        }
+    });
+}
+
+/// Mean intensity as a fraction of full range (from every 7th pixel).
+fn mean_level(img: &GreyImage) -> f64 {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for &v in img.data.iter().step_by(7) {
+        sum += f64::from(v);
+        n += 1;
+    }
+    sum / (n.max(1) as f64) / f64::from(img.depth.max_value())
+}
+
+/// The fill value for areas that a geometric operation brings in from outside the image:
+/// the median intensity, i.e. the (bright) background, so no dark fake object appears.
+fn background_level(img: &GreyImage) -> f32 {
+    let mut sample: Vec<f32> = img.data.iter().step_by(7).copied().collect();
+    percentiles(&mut sample, &[50.0])[0]
+}
+
+/// Flips and 90-degree rotations as exact index permutations.
+fn permute(
+    img: &GreyImage,
+    labels: &LabelImage,
+    flips: (bool, bool),
+    k90: u8,
+) -> (GreyImage, LabelImage) {
+    if !flips.0 && !flips.1 && k90 == 0 {
+        return (img.clone(), labels.clone());
+    }
+    let (w, h) = (img.width, img.height);
+    let m = discrete_inverse(w, h, flips, k90);
+    let (ow, oh) = if k90 % 2 == 1 { (h, w) } else { (w, h) };
+    let mut oi = vec![0f32; ow * oh];
+    let mut ol = vec![0u32; ow * oh];
+    oi.par_chunks_mut(ow)
+        .zip(ol.par_chunks_mut(ow))
+        .enumerate()
+        .for_each(|(y, (ri, rl))| {
+            for x in 0..ow {
+                let (sx, sy) = m.apply(x as f64, y as f64);
+                let s = sy.round() as usize * w + sx.round() as usize;
+                ri[x] = img.data[s];
+                rl[x] = labels.data[s];
+            }
+        });
+    (
+        GreyImage {
+            width: ow,
+            height: oh,
+            depth: img.depth,
+            data: oi,
+        },
+        LabelImage {
+            width: ow,
+            height: oh,
+            data: ol,
+        },
+    )
+}
+
+/// A 2x3 affine map `(x, y) -> (a x + b y + c, d x + e y + f)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Mat([f64; 6]);
+
+impl Mat {
+    fn identity() -> Self {
+        Mat([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    }
+
+    /// Rotation counter-clockwise as displayed (y points down), about the origin.
+    fn rotation(degrees: f64) -> Self {
+        let (s, c) = degrees.to_radians().sin_cos();
+        Mat([c, s, 0.0, -s, c, 0.0])
+    }
+
+    /// Forward scale, shear (x += tan(shear) * y) and translation about the origin.
+    fn affine(scale: f64, shear_degrees: f64, tx: f64, ty: f64) -> Self {
+        let sh = shear_degrees.to_radians().tan();
+        Mat([scale, scale * sh, tx, 0.0, scale, ty])
+    }
+
+    fn apply(&self, x: f64, y: f64) -> (f64, f64) {
+        let m = &self.0;
+        (m[0] * x + m[1] * y + m[2], m[3] * x + m[4] * y + m[5])
+    }
+
+    /// `self ∘ other`: apply `other` first.
+    fn compose(&self, other: &Mat) -> Mat {
+        let (a, b) = (&self.0, &other.0);
+        Mat([
+            a[0] * b[0] + a[1] * b[3],
+            a[0] * b[1] + a[1] * b[4],
+            a[0] * b[2] + a[1] * b[5] + a[2],
+            a[3] * b[0] + a[4] * b[3],
+            a[3] * b[1] + a[4] * b[4],
+            a[3] * b[2] + a[4] * b[5] + a[5],
+        ])
+    }
+
+    /// `self` applied after `before` (if any).
+    fn then_after(&self, before: Option<Mat>) -> Mat {
+        match before {
+            Some(b) => self.compose(&b),
+            None => *self,
+        }
+    }
+
+    fn inverse(&self) -> Mat {
+        let m = &self.0;
+        let det = m[0] * m[4] - m[1] * m[3];
+        let (a, b, d, e) = (m[4] / det, -m[1] / det, -m[3] / det, m[0] / det);
+        Mat([a, b, -(a * m[2] + b * m[5]), d, e, -(d * m[2] + e * m[5])])
+    }
+
+    /// The inverse of this forward map taken about the centre of a `w`x`h` image.
+    fn inverse_about_centre(&self, w: usize, h: usize) -> Mat {
+        let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
+        let to = Mat([1.0, 0.0, cx, 0.0, 1.0, cy]);
+        let from = Mat([1.0, 0.0, -cx, 0.0, 1.0, -cy]);
+        to.compose(&self.compose(&from)).inverse()
+    }
+}
+
+/// Maps output pixel coordinates of the flipped-then-rotated image back to the source.
+fn discrete_inverse(w: usize, h: usize, flips: (bool, bool), k90: u8) -> Mat {
+    let (wm, hm) = (w as f64 - 1.0, h as f64 - 1.0);
+    // rot90 inverse (np.rot90 convention, counter-clockwise), output -> flipped source
+    let rot = match k90 % 4 {
+        1 => Mat([0.0, -1.0, wm, 1.0, 0.0, 0.0]), // sx = w-1-y, sy = x
+        2 => Mat([-1.0, 0.0, wm, 0.0, -1.0, hm]),
+        3 => Mat([0.0, 1.0, 0.0, -1.0, 0.0, hm]), // sx = y, sy = h-1-x
+        _ => Mat::identity(),
+    };
+    let flip = Mat([
+        if flips.0 { -1.0 } else { 1.0 },
+        0.0,
+        if flips.0 { wm } else { 0.0 },
+        0.0,
+        if flips.1 { -1.0 } else { 1.0 },
+        if flips.1 { hm } else { 0.0 },
+    ]);
+    flip.compose(&rot)
+}
+
+/// A smooth displacement field on a coarse grid, bilinearly interpolated.
+///
+/// White Gaussian noise smoothed by a Gaussian of `sigma` pixels is band-limited to about
+/// 1/sigma, so it is computed on a grid with spacing sigma/4 and interpolated; the result is
+/// scaled to the requested standard deviation.
+struct Field {
+    step: f64,
+    gw: usize,
+    dx: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+impl Field {
+    fn new(w: usize, h: usize, magnitude: f64, sigma: f64, seed: u64) -> Self {
+        let step = (sigma / 4.0).max(1.0);
+        let gw = (w as f64 / step).ceil() as usize + 2;
+        let gh = (h as f64 / step).ceil() as usize + 2;
+        let s = sigma / step;
+        let mut rng = rng_for(derive_seed(seed, &[0xE1]));
+        let make = |rng: &mut ChaCha8Rng| {
+            let mut g: Vec<f32> = (0..gw * gh)
+                .map(|_| rng.sample::<f32, _>(StandardNormal))
+                .collect();
+            blur_buffer(&mut g, gw, gh, s);
+            let n = g.len() as f64;
+            let mean = g.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let var = g
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            let k = if var > 0.0 {
+                (magnitude / var.sqrt()) as f32
+            } else {
+                0.0
+            };
+            for v in &mut g {
+                *v = (*v - mean as f32) * k;
+            }
+            g
+        };
+        let dx = make(&mut rng);
+        let dy = make(&mut rng);
+        Field { step, gw, dx, dy }
+    }
+
+    /// Displacements of output row `y`, for every x in `0..w`.
+    fn row(&self, y: usize, w: usize, out_dx: &mut [f32], out_dy: &mut [f32]) {
+        let fy = y as f64 / self.step;
+        let iy = fy as usize;
+        let ty = (fy - iy as f64) as f32;
+        let (r0, r1) = (iy * self.gw, (iy + 1) * self.gw);
+        for x in 0..w {
+            let fx = x as f64 / self.step;
+            let ix = fx as usize;
+            let tx = (fx - ix as f64) as f32;
+            let bil = |g: &[f32]| {
+                let top = g[r0 + ix] + (g[r0 + ix + 1] - g[r0 + ix]) * tx;
+                let bot = g[r1 + ix] + (g[r1 + ix + 1] - g[r1 + ix]) * tx;
+                top + (bot - top) * ty
+            };
+            out_dx[x] = bil(&self.dx);
+            out_dy[x] = bil(&self.dy);
+        }
+    }
+}
+
+/// One pass over the output: source position through `map` (after the elastic
+/// displacement), bilinear image sample with `fill` outside, nearest label with 0 outside.
+fn resample(
+    img: &GreyImage,
+    labels: &LabelImage,
+    ow: usize,
+    oh: usize,
+    map: &Mat,
+    field: Option<&Field>,
+    fill: f32,
+) -> (GreyImage, LabelImage) {
+    let (w, h) = (img.width as i64, img.height as i64);
+    let mut oi = vec![0f32; ow * oh];
+    let mut ol = vec![0u32; ow * oh];
+    let m = map.0;
+    oi.par_chunks_mut(ow)
+        .zip(ol.par_chunks_mut(ow))
+        .enumerate()
+        .for_each(|(y, (ri, rl))| {
+            let mut dx = vec![0f32; ow];
+            let mut dy = vec![0f32; ow];
+            if let Some(f) = field {
+                f.row(y, ow, &mut dx, &mut dy);
+            }
+            for x in 0..ow {
+                let px = x as f64 + f64::from(dx[x]);
+                let py = y as f64 + f64::from(dy[x]);
+                let sx = m[0] * px + m[1] * py + m[2];
+                let sy = m[3] * px + m[4] * py + m[5];
+                // labels: nearest neighbour
+                let (nx, ny) = (sx.round() as i64, sy.round() as i64);
+                rl[x] = if nx >= 0 && ny >= 0 && nx < w && ny < h {
+                    labels.data[(ny * w + nx) as usize]
+                } else {
+                    0
+                };
+                // image: bilinear, `fill` outside
+                let (x0, y0) = (sx.floor() as i64, sy.floor() as i64);
+                let (tx, ty) = ((sx - x0 as f64) as f32, (sy - y0 as f64) as f32);
+                let px = |xx: i64, yy: i64| {
+                    if xx >= 0 && yy >= 0 && xx < w && yy < h {
+                        img.data[(yy * w + xx) as usize]
+                    } else {
+                        fill
+                    }
+                };
+                let (a, b, c, d) = if x0 >= 0 && y0 >= 0 && x0 + 1 < w && y0 + 1 < h {
+                    let i = (y0 * w + x0) as usize;
+                    let wu = w as usize;
+                    (
+                        img.data[i],
+                        img.data[i + 1],
+                        img.data[i + wu],
+                        img.data[i + wu + 1],
+                    )
+                } else {
+                    (
+                        px(x0, y0),
+                        px(x0 + 1, y0),
+                        px(x0, y0 + 1),
+                        px(x0 + 1, y0 + 1),
+                    )
+                };
+                let top = a + (b - a) * tx;
+                let bot = c + (d - c) * tx;
+                ri[x] = top + (bot - top) * ty;
+            }
+        });
+    (
+        GreyImage {
+            width: ow,
+            height: oh,
+            depth: img.depth,
+            data: oi,
+        },
+        LabelImage {
+            width: ow,
+            height: oh,
+            data: ol,
+        },
+    )
+}
+
+fn gaussian_kernel(sigma: f64) -> Vec<f32> {
+    let r = (3.0 * sigma).ceil().max(1.0) as i64;
+    let k: Vec<f64> = (-r..=r)
+        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let s: f64 = k.iter().sum();
+    k.iter().map(|v| (v / s) as f32).collect()
+}
+
+/// Reflect-101 index (`dcb|abcd|cba`), as OpenCV's default border.
+#[inline]
+fn reflect(i: i64, n: i64) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n - 1);
+    let mut j = i.rem_euclid(period);
+    if j >= n {
+        j = period - j;
+    }
+    j as usize
+}
+
+/// Separable Gaussian blur of a `w`x`h` buffer with reflect-101 borders.
+fn blur_buffer(data: &mut [f32], w: usize, h: usize, sigma: f64) {
+    if sigma <= 0.0 || data.is_empty() {
+        return;
+    }
+    let k = gaussian_kernel(sigma);
+    let r = (k.len() / 2) as i64;
+    // horizontal
+    data.par_chunks_mut(w).for_each(|row| {
+        let src = row.to_vec();
+        for (x, out) in row.iter_mut().enumerate() {
+            let mut acc = 0.0;
+            for (j, kv) in k.iter().enumerate() {
+                acc += kv * src[reflect(x as i64 + j as i64 - r, w as i64)];
+            }
+            *out = acc;
+        }
+    });
+    // vertical: each output row is a weighted sum of input rows
+    let src = data.to_vec();
+    data.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
+        row.fill(0.0);
+        for (j, &kv) in k.iter().enumerate() {
+            let sy = reflect(y as i64 + j as i64 - r, h as i64);
+            let srow = &src[sy * w..(sy + 1) * w];
+            for (o, s) in row.iter_mut().zip(srow) {
+                *o += kv * s;
+            }
+        }
+    });
+}
+
+fn gaussian_blur(img: &mut GreyImage, sigma: f64) {
+    let (w, h) = (img.width, img.height);
+    blur_buffer(&mut img.data, w, h, sigma);
+}
+
+/// Multiplies by a linear illumination ramp and adds Gaussian noise, in one pass. Noise rows
+/// have their own seeds, so the result does not depend on the thread count.
+fn illuminate_and_noise(img: &mut GreyImage, illum: Option<(f64, f64)>, noise: Option<(f64, u64)>) {
+    let (w, h) = (img.width, img.height);
+    let max = img.depth.max_value();
+    let (gx, gy) = match illum {
+        Some((s, deg)) => {
+            let (sn, cs) = deg.to_radians().sin_cos();
+            // t runs from -1 to 1 across the image along the direction (y points down)
+            let half = 0.5 * ((w as f64 - 1.0) * cs.abs() + (h as f64 - 1.0) * sn.abs()).max(1.0);
+            ((s * cs / half) as f32, (-s * sn / half) as f32)
+        }
+        None => (0.0, 0.0),
+    };
+    let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
+    img.data.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
+        let base = 1.0 + gy * (y as f32 - cy);
+        match noise {
+            Some((std, seed)) => {
+                let mut rng = rng_for(derive_seed(seed, &[y as u64]));
+                let s = std as f32 * max;
+                for (x, v) in row.iter_mut().enumerate() {
+                    let n: f32 = rng.sample(StandardNormal);
+                    *v = *v * (base + gx * (x as f32 - cx)) + s * n;
+                }
+            }
+            None => {
+                for (x, v) in row.iter_mut().enumerate() {
+                    *v *= base + gx * (x as f32 - cx);
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::BitDepth;
+    use crate::labels::object_stats;
+
+    /// A 64x48 test pair: background 200, three dark rectangles of distinct grey levels with
+    /// ids 1..3, so every label pixel can be checked against its image pixel.
+    fn pair() -> (GreyImage, LabelImage) {
+        let (w, h) = (64, 48);
+        let mut img = GreyImage::filled(w, h, BitDepth::U8, 200.0);
+        let mut lab = LabelImage::zeros(w, h);
+        for (id, (x0, y0, x1, y1), v) in [
+            (1, (5, 4, 20, 14), 40.0),
+            (2, (30, 10, 40, 40), 80.0),
+            (3, (45, 30, 60, 44), 120.0),
+        ] {
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    img.data[y * w + x] = v;
+                    lab.data[y * w + x] = id;
+                }
+            }
+        }
+        (img, lab)
+    }
+
+    fn only(op: AppliedOp) -> Vec<AppliedOp> {
+        vec![op]
+    }
+
+    /// Object pixels of the output carry their object's grey level (exact ops) ...
+    fn assert_aligned_exact(img: &GreyImage, lab: &LabelImage) {
+        for (v, l) in img.data.iter().zip(&lab.data) {
+            let want = match l {
+                0 => 200.0,
+                1 => 40.0,
+                2 => 80.0,
+                _ => 120.0,
+            };
+            assert_eq!(*v, want);
+        }
+    }
+
+    /// ... or, for interpolating ops, object pixels away from the outline do.
+    fn assert_aligned_interior(img: &GreyImage, lab: &LabelImage) {
+        let w = lab.width;
+        let mut checked = 0;
+        for y in 1..lab.height - 1 {
+            for x in 1..w - 1 {
+                let i = y * w + x;
+                let l = lab.data[i];
+                let nb = [
+                    i - 1,
+                    i + 1,
+                    i - w,
+                    i + w,
+                    i - w - 1,
+                    i - w + 1,
+                    i + w - 1,
+                    i + w + 1,
+                ];
+                if l == 0 || nb.iter().any(|&j| lab.data[j] != l) {
+                    continue;
+                }
+                let want = [0.0, 40.0, 80.0, 120.0][l as usize];
+                assert!(
+                    (img.data[i] - want).abs() < 1.0,
+                    "({x},{y}) label {l} grey {}",
+                    img.data[i]
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "only {checked} interior pixels");
+    }
+
+    #[test]
+    fn hflip_vflip_rot90_are_exact_permutations() {
+        let (img, lab) = pair();
+        let (w, h) = (img.width, img.height);
+        let (i, l) = apply_ops(&img, &lab, &only(AppliedOp::Hflip), 1).unwrap();
+        assert_aligned_exact(&i, &l);
+        assert_eq!(l.get(w - 1 - 5, 4), 1);
+        assert_eq!(l.get(w - 1 - 4, 4), 0);
+        let (i, l) = apply_ops(&img, &lab, &only(AppliedOp::Vflip), 1).unwrap();
+        assert_aligned_exact(&i, &l);
+        assert_eq!(l.get(5, h - 1 - 4), 1);
+        // np.rot90(a, 1): out[y][x] = a[x][w-1-y]
+        let (i, l) = apply_ops(&img, &lab, &only(AppliedOp::Rot90 { k: 1 }), 1).unwrap();
+        assert_eq!((l.width, l.height), (h, w));
+        assert_aligned_exact(&i, &l);
+        for y in 0..l.height {
+            for x in 0..l.width {
+                assert_eq!(l.get(x, y), lab.get(w - 1 - y, x));
+            }
+        }
+        let (_, l2) = apply_ops(&img, &lab, &only(AppliedOp::Rot90 { k: 2 }), 1).unwrap();
+        for y in 0..h {
+            for x in 0..w {
+                assert_eq!(l2.get(x, y), lab.get(w - 1 - x, h - 1 - y));
+            }
+        }
+        let (_, l3) = apply_ops(&img, &lab, &only(AppliedOp::Rot90 { k: 3 }), 1).unwrap();
+        for y in 0..l3.height {
+            for x in 0..l3.width {
+                assert_eq!(l3.get(x, y), lab.get(y, h - 1 - x));
+            }
+        }
+    }
+
+    #[test]
+    fn rotation_moves_labels_with_the_image() {
+        let (img, lab) = pair();
+        let (i, l) = apply_ops(&img, &lab, &only(AppliedOp::Rotate { degrees: 30.0 }), 1).unwrap();
+        assert_aligned_interior(&i, &l);
+        // the centroid of object 2 rotates about the image centre by 30 degrees (counter-clockwise
+        // on screen, y down): x' = c + (x-c) cos + (y-c) sin, y' = c - (x-c) sin + (y-c) cos
+        let s0 = &object_stats(&lab)[1];
+        let s1 = object_stats(&l).into_iter().find(|s| s.id == 2).unwrap();
+        let (cx, cy) = (31.5, 23.5);
+        let (sn, cs) = 30f64.to_radians().sin_cos();
+        let (dx, dy) = (s0.centroid.0 - cx, s0.centroid.1 - cy);
+        let want = (cx + dx * cs + dy * sn, cy - dx * sn + dy * cs);
+        assert!(
+            (s1.centroid.0 - want.0).abs() < 0.6 && (s1.centroid.1 - want.1).abs() < 0.6,
+            "{:?} vs {want:?}",
+            s1.centroid
+        );
+        // 90 degrees by interpolation equals rot90 (k=1) exactly on a square image
+        let sq = GreyImage::new(
+            32,
+            32,
+            BitDepth::U8,
+            (0..1024).map(|v| (v % 251) as f32).collect(),
+        )
+        .unwrap();
+        let sl = LabelImage::new(32, 32, (0..1024).map(|v| v / 100).collect()).unwrap();
+        let (a, al) = apply_ops(&sq, &sl, &only(AppliedOp::Rotate { degrees: 90.0 }), 0).unwrap();
+        let (b, bl) = apply_ops(&sq, &sl, &only(AppliedOp::Rot90 { k: 1 }), 0).unwrap();
+        assert!(a
+            .data
+            .iter()
+            .zip(&b.data)
+            .all(|(p, q)| (p - q).abs() < 1e-3));
+        assert_eq!(al, bl);
+    }
+
+    #[test]
+    fn affine_scale_and_shift() {
+        let (img, lab) = pair();
+        let op = AppliedOp::Affine {
+            scale: 1.5,
+            shear_degrees: 0.0,
+            translate_x: 3.0,
+            translate_y: -2.0,
+        };
+        let (i, l) = apply_ops(&img, &lab, &only(op), 1).unwrap();
+        assert_aligned_interior(&i, &l);
+        // object 2 stays inside the image: its area grows by 1.5^2
+        let a0 = object_stats(&lab)[1].area as f64;
+        let s1 = object_stats(&l).into_iter().find(|s| s.id == 2).unwrap();
+        assert!(
+            (s1.area as f64 / a0 - 2.25).abs() < 0.1,
+            "area ratio {}",
+            s1.area as f64 / a0
+        );
+        // object 2 centroid: c + 1.5 (x - c) + t
+        let s0 = &object_stats(&lab)[1];
+        let s2 = object_stats(&l).into_iter().find(|s| s.id == 2).unwrap();
+        let want = (
+            31.5 + 1.5 * (s0.centroid.0 - 31.5) + 3.0,
+            23.5 + 1.5 * (s0.centroid.1 - 23.5) - 2.0,
+        );
+        assert!((s2.centroid.0 - want.0).abs() < 0.6 && (s2.centroid.1 - want.1).abs() < 0.6);
+        // shear keeps alignment too
+        let op = AppliedOp::Affine {
+            scale: 1.0,
+            shear_degrees: 15.0,
+            translate_x: 0.0,
+            translate_y: 0.0,
+        };
+        let (i, l) = apply_ops(&img, &lab, &only(op), 1).unwrap();
+        assert_aligned_interior(&i, &l);
+    }
+
+    #[test]
+    fn elastic_keeps_alignment_and_moves_pixels() {
+        let (img, lab) = pair();
+        let op = AppliedOp::Elastic {
+            magnitude: 3.0,
+            sigma: 8.0,
+            field_seed: 5,
+        };
+        let (i, l) = apply_ops(&img, &lab, &only(op.clone()), 1).unwrap();
+        assert_aligned_interior(&i, &l);
+        assert_ne!(l, lab);
+        let (i2, l2) = apply_ops(&img, &lab, &only(op), 1).unwrap();
+        assert_eq!((i, l), (i2, l2));
+    }
+
+    #[test]
+    fn border_cut_fragments_below_min_size_are_removed_and_outside_is_background() {
+        let (img, lab) = pair();
+        // shift object 1 (x 5..20) mostly out of the image: 3 columns x 10 rows stay
+        let op = AppliedOp::Affine {
+            scale: 1.0,
+            shear_degrees: 0.0,
+            translate_x: -17.0,
+            translate_y: 0.0,
+        };
+        let (i, l) = apply_ops(&img, &lab, &only(op.clone()), 31).unwrap();
+        assert!(
+            !l.data.contains(&1),
+            "a 30-pixel fragment survived min size 31"
+        );
+        // uncovered area on the right is filled with the background level, not dark
+        assert!(i.data[10 * 64 + 63] > 190.0);
+        assert_eq!(l.get(63, 10), 0);
+        let (_, l) = apply_ops(&img, &lab, &only(op), 30).unwrap();
+        assert_eq!(l.data.iter().filter(|&&v| v == 1).count(), 30);
+    }
+
+    #[test]
+    fn intensity_ops_follow_their_formulas_and_keep_objects_dark() {
+        let (img, lab) = pair();
+        let m = 255.0f64;
+        let sub: Vec<f64> = img.data.iter().step_by(7).map(|&v| f64::from(v)).collect();
+        let mean = sub.iter().sum::<f64>() / sub.len() as f64;
+        let cases: Vec<(AppliedOp, Box<dyn Fn(f64) -> f64>)> = vec![
+            (
+                AppliedOp::Brightness { shift: 0.1 },
+                Box::new(move |x| x + 0.1 * m),
+            ),
+            (
+                AppliedOp::Contrast { factor: 0.8 },
+                Box::new(move |x| mean + 0.8 * (x - mean)),
+            ),
+            (
+                AppliedOp::Gamma { gamma: 1.3 },
+                Box::new(move |x| (x / m).powf(1.3) * m),
+            ),
+        ];
+        for (op, f) in cases {
+            let (i, l) = apply_ops(&img, &lab, &only(op.clone()), 1).unwrap();
+            assert_eq!(l, lab);
+            for (a, b) in i.data.iter().zip(&img.data) {
+                assert!(
+                    (f64::from(*a) - f(f64::from(*b))).abs() < 1e-3,
+                    "{op:?}: {b} -> {a}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn blur_noise_and_illumination() {
+        let (img, lab) = pair();
+        // blur: mass preserved in the interior, edges softened, labels untouched
+        let (i, l) = apply_ops(&img, &lab, &only(AppliedOp::Blur { sigma: 1.0 }), 1).unwrap();
+        assert_eq!(l, lab);
+        assert!((i.get(12, 9) - 40.0).abs() < 1e-3);
+        let edge = i.get(5, 9);
+        assert!(edge > 45.0 && edge < 195.0, "{edge}");
+        // noise: mean ~0, std as asked, different rows different noise
+        let flat = GreyImage::filled(256, 256, BitDepth::U16, 30000.0);
+        let fl = LabelImage::zeros(256, 256);
+        let (i, _) = apply_ops(
+            &flat,
+            &fl,
+            &only(AppliedOp::Noise {
+                std: 0.01,
+                noise_seed: 9,
+            }),
+            1,
+        )
+        .unwrap();
+        let n = i.data.len() as f64;
+        let mean = i.data.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let sd = (i
+            .data
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        assert!((mean - 30000.0).abs() < 5.0, "{mean}");
+        assert!((sd / 655.35 - 1.0).abs() < 0.02, "{sd}");
+        // illumination at 0 degrees: brighter to the right, factor 1 -/+ s at the edges
+        let (i, _) = apply_ops(
+            &flat,
+            &fl,
+            &only(AppliedOp::Illumination {
+                strength: 0.1,
+                angle_degrees: 0.0,
+            }),
+            1,
+        )
+        .unwrap();
+        assert!((i.get(0, 100) - 27000.0).abs() < 1.0, "{}", i.get(0, 100));
+        assert!((i.get(255, 100) - 33000.0).abs() < 1.0);
+        // 90 degrees: brighter towards the top (y down)
+        let (i, _) = apply_ops(
+            &flat,
+            &fl,
+            &only(AppliedOp::Illumination {
+                strength: 0.1,
+                angle_degrees: 90.0,
+            }),
+            1,
+        )
+        .unwrap();
+        assert!(i.get(10, 0) > i.get(10, 255));
+    }
+
+    #[test]
+    fn same_seed_same_bytes_on_any_thread_count_and_all_ops_keep_alignment() {
+        let s = crate::synth::synthesize(
+            &crate::synth::SynthConfig {
+                size: 128,
+                ..Default::default()
+            },
+            1,
+        );
+        let cfg = AugmentConfig::default();
+        let a = augment_pair(&s.image, &s.labels, &cfg, 42).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let b = pool.install(|| augment_pair(&s.image, &s.labels, &cfg, 42).unwrap());
+        assert_eq!(a.image, b.image);
+        assert_eq!(a.labels, b.labels);
+        assert_eq!(a.ops, b.ops);
+        let c = augment_pair(&s.image, &s.labels, &cfg, 43).unwrap();
+        assert_ne!(a.ops, c.ops);
+        // replaying the recorded ops reproduces the output
+        let (ri, rl) = apply_ops(&s.image, &s.labels, &a.ops, cfg.min_object_size).unwrap();
+        assert_eq!((ri, rl), (a.image, a.labels));
+    }
+
+    #[test]
+    fn dark_objects_stay_darker_than_background_under_random_augmentation() {
+        let s = crate::synth::synthesize(
+            &crate::synth::SynthConfig {
+                size: 128,
+                ..Default::default()
+            },
+            2,
+        );
+        let cfg = AugmentConfig::default();
+        for seed in 0..12 {
+            let a = augment_pair(&s.image, &s.labels, &cfg, seed).unwrap();
+            let (mut f, mut nf, mut b, mut nb) = (0f64, 0, 0f64, 0);
+            for (v, l) in a.image.data.iter().zip(&a.labels.data) {
+                if *l != 0 {
+                    f += f64::from(*v);
+                    nf += 1;
+                } else {
+                    b += f64::from(*v);
+                    nb += 1;
+                }
+            }
+            assert!(
+                nf > 0 && (f / nf as f64) < 0.85 * b / nb as f64,
+                "seed {seed}: {:?}",
+                a.ops
+            );
+        }
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let mut c = AugmentConfig::default();
+        c.hflip = 1.5;
+        c.gamma = RangeOp {
+            p: 0.5,
+            min: 1.2,
+            max: 0.8,
+        };
+        c.elastic.sigma = 0.0;
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("hflip.p") && msg.contains("gamma") && msg.contains("elastic.sigma"),
+            "{msg}"
+        );
+    }
+}

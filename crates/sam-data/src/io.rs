@@ -1,0 +1,726 @@
+//! Reading and writing brightfield images and label images, and pairing them by file stem.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use tiff::decoder::{Decoder, DecodingResult, Limits};
+use tiff::encoder::{colortype, compression::Deflate, TiffEncoder};
+use tiff::ColorType;
+
+use crate::error::{DataError, Result};
+use crate::image::{BitDepth, GreyImage, LabelImage};
+
+/// An image file and its label file, matched by file stem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePair {
+    /// The shared file stem (`cells_01` for `images/cells_01.tif` + `labels/cells_01.png`).
+    pub stem: String,
+    /// The image file.
+    pub image: PathBuf,
+    /// The label file.
+    pub labels: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Tiff,
+    Png,
+}
+
+fn format_of(path: &Path) -> Option<Format> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    match ext.as_str() {
+        "tif" | "tiff" => Some(Format::Tiff),
+        "png" => Some(Format::Png),
+        _ => None,
+    }
+}
+
+fn open(path: &Path) -> Result<BufReader<File>> {
+    File::open(path)
+        .map(BufReader::new)
+        .map_err(|e| DataError::io(path, "open", e))
+}
+
+/// Raw pixels as decoded, before conversion.
+enum Raw {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    Float(&'static str),
+}
+
+struct Decoded {
+    width: usize,
+    height: usize,
+    /// Samples per pixel (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA).
+    channels: usize,
+    raw: Raw,
+    type_name: String,
+}
+
+fn decode_tiff(path: &Path) -> Result<Decoded> {
+    let err = |e: tiff::TiffError| DataError::Decode {
+        path: path.to_path_buf(),
+        format: "TIFF",
+        reason: e.to_string(),
+    };
+    let mut dec = Decoder::new(open(path)?)
+        .map_err(err)?
+        .with_limits(Limits::unlimited());
+    let (w, h) = dec.dimensions().map_err(err)?;
+    let color = dec.colortype().map_err(err)?;
+    let channels = match color {
+        ColorType::Gray(_) => 1,
+        ColorType::GrayA(_) => 2,
+        ColorType::RGB(_) => 3,
+        ColorType::RGBA(_) => 4,
+        other => {
+            return Err(DataError::UnsupportedPixelType {
+                path: path.to_path_buf(),
+                expected: "grey or RGB(A) pixels",
+                found: format!("{other:?}"),
+            })
+        }
+    };
+    let result = dec.read_image().map_err(err)?;
+    let raw = match result {
+        DecodingResult::U8(v) => Raw::U8(v),
+        DecodingResult::U16(v) => Raw::U16(v),
+        DecodingResult::U32(v) => Raw::U32(v),
+        DecodingResult::U64(v) => Raw::U64(v),
+        DecodingResult::I8(v) => Raw::I64(v.into_iter().map(i64::from).collect()),
+        DecodingResult::I16(v) => Raw::I64(v.into_iter().map(i64::from).collect()),
+        DecodingResult::I32(v) => Raw::I64(v.into_iter().map(i64::from).collect()),
+        DecodingResult::I64(v) => Raw::I64(v),
+        DecodingResult::F32(_) => Raw::Float("32-bit float"),
+        DecodingResult::F64(_) => Raw::Float("64-bit float"),
+    };
+    let decoded = Decoded {
+        width: w as usize,
+        height: h as usize,
+        channels,
+        type_name: format!("TIFF {color:?}"),
+        raw,
+    };
+    check_decoded_len(path, &decoded)?;
+    Ok(decoded)
+}
+
+fn check_decoded_len(path: &Path, d: &Decoded) -> Result<()> {
+    let n = match &d.raw {
+        Raw::U8(v) => v.len(),
+        Raw::U16(v) => v.len(),
+        Raw::U32(v) => v.len(),
+        Raw::U64(v) => v.len(),
+        Raw::I64(v) => v.len(),
+        Raw::Float(_) => return Ok(()),
+    };
+    if n != d.width * d.height * d.channels {
+        return Err(DataError::Decode {
+            path: path.to_path_buf(),
+            format: "TIFF",
+            reason: format!(
+                "expected {} samples for {}x{}x{}, decoded {n}",
+                d.width * d.height * d.channels,
+                d.width,
+                d.height,
+                d.channels
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn decode_png(path: &Path) -> Result<Decoded> {
+    use image::DynamicImage as D;
+    let err = |e: image::ImageError| DataError::Decode {
+        path: path.to_path_buf(),
+        format: "PNG",
+        reason: e.to_string(),
+    };
+    let mut reader = image::ImageReader::new(open(path)?);
+    reader.set_format(image::ImageFormat::Png);
+    reader.no_limits();
+    let img = reader.decode().map_err(err)?;
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    let type_name = format!("PNG {:?}", img.color());
+    let (channels, raw) = match img {
+        D::ImageLuma8(b) => (1, Raw::U8(b.into_raw())),
+        D::ImageLumaA8(b) => (2, Raw::U8(b.into_raw())),
+        D::ImageRgb8(b) => (3, Raw::U8(b.into_raw())),
+        D::ImageRgba8(b) => (4, Raw::U8(b.into_raw())),
+        D::ImageLuma16(b) => (1, Raw::U16(b.into_raw())),
+        D::ImageLumaA16(b) => (2, Raw::U16(b.into_raw())),
+        D::ImageRgb16(b) => (3, Raw::U16(b.into_raw())),
+        D::ImageRgba16(b) => (4, Raw::U16(b.into_raw())),
+        other => (
+            1,
+            Raw::Float(if other.color().has_color() {
+                "RGB float"
+            } else {
+                "float"
+            }),
+        ),
+    };
+    Ok(Decoded {
+        width,
+        height,
+        channels,
+        raw,
+        type_name,
+    })
+}
+
+fn decode(path: &Path) -> Result<Decoded> {
+    match format_of(path) {
+        Some(Format::Tiff) => decode_tiff(path),
+        Some(Format::Png) => decode_png(path),
+        None => Err(DataError::UnsupportedExtension {
+            path: path.to_path_buf(),
+            expected: "*.tif, *.tiff, *.png",
+        }),
+    }
+}
+
+/// ITU-R BT.601 luma, the weights PIL uses for "L".
+fn to_grey<T: Copy + Into<f32>>(v: &[T], channels: usize) -> Vec<f32> {
+    match channels {
+        1 => v.iter().map(|&x| x.into()).collect(),
+        2 => v.chunks_exact(2).map(|p| p[0].into()).collect(),
+        _ => v
+            .chunks_exact(channels)
+            .map(|p| 0.299 * p[0].into() + 0.587 * p[1].into() + 0.114 * p[2].into())
+            .collect(),
+    }
+}
+
+/// Reads a brightfield image: 8- or 16-bit grey or RGB(A) TIFF or PNG.
+///
+/// RGB is converted to grey with the BT.601 luma weights; alpha is dropped. Intensities keep
+/// their on-disk scale (see [`GreyImage`]).
+pub fn read_image(path: impl AsRef<Path>) -> Result<GreyImage> {
+    let path = path.as_ref();
+    let d = decode(path)?;
+    let (depth, data) = match &d.raw {
+        Raw::U8(v) => (BitDepth::U8, to_grey(v, d.channels)),
+        Raw::U16(v) => (BitDepth::U16, to_grey(v, d.channels)),
+        _ => {
+            return Err(DataError::UnsupportedPixelType {
+                path: path.to_path_buf(),
+                expected: "8- or 16-bit unsigned grey or RGB",
+                found: d.type_name,
+            })
+        }
+    };
+    GreyImage::new(d.width, d.height, depth, data)
+}
+
+/// Reads an instance label image: u8/u16/u32 grey TIFF or PNG (signed or 64-bit integer TIFFs
+/// are accepted when every value is a valid u32 id).
+///
+/// Floating-point pixels, negative values, colour label images and ids above `u32::MAX` are
+/// errors naming the file.
+pub fn read_labels(path: impl AsRef<Path>) -> Result<LabelImage> {
+    let path = path.as_ref();
+    let d = decode(path)?;
+    if let Raw::Float(kind) = d.raw {
+        return Err(DataError::FloatLabels {
+            path: path.to_path_buf(),
+            found: kind.to_string(),
+        });
+    }
+    if d.channels != 1 {
+        return Err(DataError::UnsupportedPixelType {
+            path: path.to_path_buf(),
+            expected: "single-channel integer labels",
+            found: d.type_name,
+        });
+    }
+    let data: Vec<u32> = match d.raw {
+        Raw::U8(v) => v.into_iter().map(u32::from).collect(),
+        Raw::U16(v) => v.into_iter().map(u32::from).collect(),
+        Raw::U32(v) => v,
+        Raw::U64(v) => {
+            if let Some(&value) = v.iter().find(|&&x| x > u64::from(u32::MAX)) {
+                return Err(DataError::LabelOverflow {
+                    path: path.to_path_buf(),
+                    value,
+                });
+            }
+            v.into_iter().map(|x| x as u32).collect()
+        }
+        Raw::I64(v) => {
+            if let Some(i) = v.iter().position(|&x| x < 0) {
+                return Err(DataError::NegativeLabel {
+                    path: path.to_path_buf(),
+                    value: v[i],
+                    x: i % d.width.max(1),
+                    y: i / d.width.max(1),
+                });
+            }
+            if let Some(&value) = v.iter().find(|&&x| x > i64::from(u32::MAX)) {
+                return Err(DataError::LabelOverflow {
+                    path: path.to_path_buf(),
+                    value: value as u64,
+                });
+            }
+            v.into_iter().map(|x| x as u32).collect()
+        }
+        Raw::Float(_) => Vec::new(),
+    };
+    LabelImage::new(d.width, d.height, data)
+}
+
+/// Reads an image and its labels and checks that they have the same size.
+pub fn read_pair(pair: &ImagePair) -> Result<(GreyImage, LabelImage)> {
+    let image = read_image(&pair.image)?;
+    let labels = read_labels(&pair.labels)?;
+    if image.width != labels.width || image.height != labels.height {
+        return Err(DataError::SizeMismatch {
+            image: pair.image.clone(),
+            labels: pair.labels.clone(),
+            image_width: image.width,
+            image_height: image.height,
+            label_width: labels.width,
+            label_height: labels.height,
+        });
+    }
+    Ok((image, labels))
+}
+
+/// Writes `path` atomically: the bytes go to a hidden temporary file in the same folder which is
+/// renamed over `path` only once complete, so a crash never leaves a half-written file.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.partial"));
+    let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, "create", e))?;
+    let mut w = BufWriter::new(file);
+    let result =
+        write(&mut w).and_then(|()| w.flush().map_err(|e| DataError::io(&tmp, "write", e)));
+    drop(w);
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        DataError::io(path, "rename", e)
+    })
+}
+
+fn quantise_u8(data: &[f32]) -> Vec<u8> {
+    data.iter()
+        .map(|&v| v.round().clamp(0.0, 255.0) as u8)
+        .collect()
+}
+
+fn quantise_u16(data: &[f32]) -> Vec<u16> {
+    data.iter()
+        .map(|&v| v.round().clamp(0.0, 65535.0) as u16)
+        .collect()
+}
+
+/// Writes a grey image at its [`BitDepth`] (values rounded and clipped) as deflate-compressed
+/// TIFF (`.tif`/`.tiff`) or PNG (`.png`), atomically.
+pub fn write_image(path: impl AsRef<Path>, image: &GreyImage) -> Result<()> {
+    let path = path.as_ref();
+    let (w, h) = (image.width as u32, image.height as u32);
+    match format_of(path) {
+        Some(Format::Tiff) => write_atomic(path, |out| {
+            let enc_err = |e: tiff::TiffError| DataError::Encode {
+                path: path.to_path_buf(),
+                format: "TIFF",
+                reason: e.to_string(),
+            };
+            let mut enc = TiffEncoder::new(out).map_err(enc_err)?;
+            match image.depth {
+                BitDepth::U8 => enc.write_image_with_compression::<colortype::Gray8, _>(
+                    w,
+                    h,
+                    Deflate::default(),
+                    &quantise_u8(&image.data),
+                ),
+                BitDepth::U16 => enc.write_image_with_compression::<colortype::Gray16, _>(
+                    w,
+                    h,
+                    Deflate::default(),
+                    &quantise_u16(&image.data),
+                ),
+            }
+            .map_err(enc_err)
+        }),
+        Some(Format::Png) => write_atomic(path, |out| {
+            let enc_err = |e: image::ImageError| DataError::Encode {
+                path: path.to_path_buf(),
+                format: "PNG",
+                reason: e.to_string(),
+            };
+            let shape_err = || DataError::Shape {
+                what: "PNG buffer",
+                width: image.width,
+                height: image.height,
+                expected: image.width * image.height,
+                found: image.data.len(),
+            };
+            match image.depth {
+                BitDepth::U8 => image::ImageBuffer::<image::Luma<u8>, _>::from_raw(
+                    w,
+                    h,
+                    quantise_u8(&image.data),
+                )
+                .ok_or_else(shape_err)?
+                .write_to(out, image::ImageFormat::Png),
+                BitDepth::U16 => image::ImageBuffer::<image::Luma<u16>, _>::from_raw(
+                    w,
+                    h,
+                    quantise_u16(&image.data),
+                )
+                .ok_or_else(shape_err)?
+                .write_to(out, image::ImageFormat::Png),
+            }
+            .map_err(enc_err)
+        }),
+        None => Err(DataError::UnsupportedExtension {
+            path: path.to_path_buf(),
+            expected: "*.tif, *.tiff, *.png",
+        }),
+    }
+}
+
+/// Writes a label image as a deflate-compressed u32 grey TIFF (`.tif`/`.tiff`), atomically.
+pub fn write_labels(path: impl AsRef<Path>, labels: &LabelImage) -> Result<()> {
+    let path = path.as_ref();
+    if format_of(path) != Some(Format::Tiff) {
+        return Err(DataError::UnsupportedExtension {
+            path: path.to_path_buf(),
+            expected: "*.tif, *.tiff (u32 label TIFF)",
+        });
+    }
+    write_atomic(path, |out| {
+        let enc_err = |e: tiff::TiffError| DataError::Encode {
+            path: path.to_path_buf(),
+            format: "TIFF",
+            reason: e.to_string(),
+        };
+        TiffEncoder::new(out)
+            .map_err(enc_err)?
+            .write_image_with_compression::<colortype::Gray32, _>(
+                labels.width as u32,
+                labels.height as u32,
+                Deflate::default(),
+                &labels.data,
+            )
+            .map_err(enc_err)
+    })
+}
+
+/// Lists the image files (`*.tif`, `*.tiff`, `*.png`, any case; hidden files skipped) of a
+/// folder, keyed and sorted by stem.
+fn list_by_stem(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, "list", e))?;
+    let mut map: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for entry in entries {
+        let path = entry.map_err(|e| DataError::io(dir, "list", e))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with('.') || !path.is_file() || format_of(&path).is_none() {
+            continue;
+        }
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(name)
+            .to_string();
+        if let Some(first) = map.get(&stem) {
+            let (first, second) = if *first < path {
+                (first.clone(), path)
+            } else {
+                (path, first.clone())
+            };
+            return Err(DataError::DuplicateStem {
+                stem,
+                first,
+                second,
+            });
+        }
+        map.insert(stem, path);
+    }
+    Ok(map)
+}
+
+/// Pairs the files of `images_dir` and `labels_dir` by stem, sorted by stem.
+///
+/// Errors: a missing or empty folder, two files with one stem, and files without a partner
+/// (all of them listed in one error).
+pub fn pair_by_stem(
+    images_dir: impl AsRef<Path>,
+    labels_dir: impl AsRef<Path>,
+) -> Result<Vec<ImagePair>> {
+    let (images_dir, labels_dir) = (images_dir.as_ref(), labels_dir.as_ref());
+    let images = list_by_stem(images_dir)?;
+    let labels = list_by_stem(labels_dir)?;
+    if images.is_empty() {
+        return Err(DataError::EmptyFolder {
+            path: images_dir.to_path_buf(),
+        });
+    }
+    if labels.is_empty() {
+        return Err(DataError::EmptyFolder {
+            path: labels_dir.to_path_buf(),
+        });
+    }
+    let mut unpaired = Vec::new();
+    for (stem, p) in &images {
+        if !labels.contains_key(stem) {
+            unpaired.push(format!("{} (no labels)", p.display()));
+        }
+    }
+    for (stem, p) in &labels {
+        if !images.contains_key(stem) {
+            unpaired.push(format!("{} (no image)", p.display()));
+        }
+    }
+    if !unpaired.is_empty() {
+        return Err(DataError::Unpaired {
+            images_dir: images_dir.to_path_buf(),
+            labels_dir: labels_dir.to_path_buf(),
+            unpaired,
+        });
+    }
+    Ok(images
+        .into_iter()
+        .filter_map(|(stem, image)| {
+            let labels = labels.get(&stem)?.clone();
+            Some(ImagePair {
+                stem,
+                image,
+                labels,
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grey(depth: BitDepth) -> GreyImage {
+        let m = depth.max_value();
+        let data = (0..35).map(|i| (i as f32 * 997.0) % (m + 1.0)).collect();
+        GreyImage::new(7, 5, depth, data).unwrap()
+    }
+
+    #[test]
+    fn images_round_trip_in_both_formats_and_depths() {
+        let dir = tempfile::tempdir().unwrap();
+        for depth in [BitDepth::U8, BitDepth::U16] {
+            for ext in ["tif", "png"] {
+                let p = dir.path().join(format!("a_{depth:?}.{ext}"));
+                let img = grey(depth);
+                write_image(&p, &img).unwrap();
+                let back = read_image(&p).unwrap();
+                assert_eq!(back, img, "{}", p.display());
+            }
+        }
+        // no temporary files are left behind
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.to_string_lossy().starts_with('.')),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn rgb_png_is_converted_to_grey() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rgb.png");
+        let buf = image::RgbImage::from_raw(2, 1, vec![100, 100, 100, 255, 0, 0]).unwrap();
+        buf.save(&p).unwrap();
+        let g = read_image(&p).unwrap();
+        assert_eq!(g.depth, BitDepth::U8);
+        assert!((g.data[0] - 100.0).abs() < 1e-3);
+        assert!((g.data[1] - 0.299 * 255.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn rgb16_tiff_is_converted_to_grey() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rgb16.tif");
+        let f = File::create(&p).unwrap();
+        TiffEncoder::new(f)
+            .unwrap()
+            .write_image::<colortype::RGB16>(1, 1, &[1000, 2000, 3000])
+            .unwrap();
+        let g = read_image(&p).unwrap();
+        assert_eq!(g.depth, BitDepth::U16);
+        let want = 0.299 * 1000.0 + 0.587 * 2000.0 + 0.114 * 3000.0;
+        assert!((g.data[0] - want).abs() < 1e-2);
+    }
+
+    #[test]
+    fn labels_round_trip_u32_and_read_u8_u16() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = LabelImage::new(3, 2, vec![0, 1, 70000, 4_000_000_000, 2, 0]).unwrap();
+        let p = dir.path().join("l.tif");
+        write_labels(&p, &l).unwrap();
+        assert_eq!(read_labels(&p).unwrap(), l);
+        // compressed: the TIFF carries Compression = 8 (deflate)
+        let mut dec = Decoder::new(File::open(&p).unwrap()).unwrap();
+        assert_eq!(dec.get_tag_u32(tiff::tags::Tag::Compression).unwrap(), 8);
+
+        let p8 = dir.path().join("l8.png");
+        image::GrayImage::from_raw(2, 1, vec![0, 7])
+            .unwrap()
+            .save(&p8)
+            .unwrap();
+        assert_eq!(read_labels(&p8).unwrap().data, vec![0, 7]);
+        let p16 = dir.path().join("l16.tif");
+        TiffEncoder::new(File::create(&p16).unwrap())
+            .unwrap()
+            .write_image::<colortype::Gray16>(2, 1, &[300, 0])
+            .unwrap();
+        assert_eq!(read_labels(&p16).unwrap().data, vec![300, 0]);
+    }
+
+    #[test]
+    fn float_labels_are_rejected_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("float_labels.tif");
+        TiffEncoder::new(File::create(&p).unwrap())
+            .unwrap()
+            .write_image::<colortype::Gray32Float>(2, 1, &[0.0, 1.5])
+            .unwrap();
+        let err = read_labels(&p).unwrap_err();
+        assert!(matches!(err, DataError::FloatLabels { .. }), "{err}");
+        assert!(err.to_string().contains("float_labels.tif"), "{err}");
+    }
+
+    #[test]
+    fn negative_labels_are_rejected_with_the_pixel() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("neg.tif");
+        TiffEncoder::new(File::create(&p).unwrap())
+            .unwrap()
+            .write_image::<colortype::GrayI16>(3, 2, &[0, 1, 2, 3, -4, 0])
+            .unwrap();
+        let err = read_labels(&p).unwrap_err();
+        match &err {
+            DataError::NegativeLabel { value, x, y, .. } => {
+                assert_eq!((*value, *x, *y), (-4, 1, 1))
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(err.to_string().contains("neg.tif"));
+        // signed but non-negative is fine
+        TiffEncoder::new(File::create(&p).unwrap())
+            .unwrap()
+            .write_image::<colortype::GrayI16>(2, 1, &[0, 5])
+            .unwrap();
+        assert_eq!(read_labels(&p).unwrap().data, vec![0, 5]);
+    }
+
+    #[test]
+    fn truncated_and_corrupt_files_are_decode_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let big =
+            GreyImage::new(64, 64, BitDepth::U16, (0..4096).map(|i| i as f32).collect()).unwrap();
+        for ext in ["tif", "png"] {
+            let p = dir.path().join(format!("cut.{ext}"));
+            write_image(&p, &big).unwrap();
+            let bytes = std::fs::read(&p).unwrap();
+            std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+            let err = read_image(&p).unwrap_err();
+            assert!(matches!(err, DataError::Decode { .. }), "{ext}: {err}");
+            assert!(err.to_string().contains(&format!("cut.{ext}")), "{err}");
+            let p = dir.path().join(format!("junk.{ext}"));
+            std::fs::write(&p, b"this is not an image at all").unwrap();
+            let err = read_labels(&p).unwrap_err();
+            assert!(matches!(err, DataError::Decode { .. }), "{ext}: {err}");
+            assert!(err.to_string().contains(&format!("junk.{ext}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn size_mismatch_names_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a.tif");
+        let lab = dir.path().join("a_l.tif");
+        write_image(&img, &grey(BitDepth::U8)).unwrap();
+        write_labels(&lab, &LabelImage::zeros(7, 6)).unwrap();
+        let pair = ImagePair {
+            stem: "a".into(),
+            image: img,
+            labels: lab,
+        };
+        let err = read_pair(&pair).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, DataError::SizeMismatch { .. }));
+        assert!(
+            msg.contains("a.tif")
+                && msg.contains("a_l.tif")
+                && msg.contains("7x6")
+                && msg.contains("7x5"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn pairing_by_stem_and_its_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (im, la) = (dir.path().join("images"), dir.path().join("labels"));
+        std::fs::create_dir_all(&im).unwrap();
+        std::fs::create_dir_all(&la).unwrap();
+        let err = pair_by_stem(&im, &la).unwrap_err();
+        assert!(matches!(err, DataError::EmptyFolder { .. }), "{err}");
+        for s in ["b", "a"] {
+            std::fs::write(im.join(format!("{s}.tif")), b"x").unwrap();
+            std::fs::write(la.join(format!("{s}.png")), b"x").unwrap();
+        }
+        std::fs::write(im.join("notes.txt"), b"x").unwrap();
+        std::fs::write(im.join(".hidden.tif"), b"x").unwrap();
+        let pairs = pair_by_stem(&im, &la).unwrap();
+        assert_eq!(
+            pairs.iter().map(|p| p.stem.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(pairs[0].labels, la.join("a.png"));
+
+        std::fs::write(im.join("c.tif"), b"x").unwrap();
+        std::fs::write(la.join("d.tif"), b"x").unwrap();
+        let msg = pair_by_stem(&im, &la).unwrap_err().to_string();
+        assert!(
+            msg.contains("c.tif (no labels)") && msg.contains("d.tif (no image)"),
+            "{msg}"
+        );
+
+        std::fs::write(la.join("c.tif"), b"x").unwrap();
+        std::fs::write(im.join("d.png"), b"x").unwrap();
+        std::fs::write(im.join("a.png"), b"x").unwrap();
+        let err = pair_by_stem(&im, &la).unwrap_err();
+        assert!(matches!(err, DataError::DuplicateStem { .. }), "{err}");
+    }
+
+    #[test]
+    fn writers_reject_unknown_extensions() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_labels(dir.path().join("x.png"), &LabelImage::zeros(1, 1)).unwrap_err();
+        assert!(matches!(err, DataError::UnsupportedExtension { .. }));
+        let err = write_image(dir.path().join("x.jpg"), &grey(BitDepth::U8)).unwrap_err();
+        assert!(matches!(err, DataError::UnsupportedExtension { .. }));
+    }
+}
