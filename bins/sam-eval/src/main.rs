@@ -1,11 +1,203 @@
-//! The `sam-eval` executable: a thin shell over the sam_trainer crates.
-use clap::Parser;
+//! The `sam-eval` executable: scores instance segmentations with micro_sam's metrics.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
 
-/// sam-eval (sam_trainer).
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sam_eval::{evaluate_label_dirs, EvalError, LabelEvalOptions, Progress};
+
+/// Score instance segmentations of brightfield images (mSA, SA50, SA75, precision, recall, F1).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Score a folder of predicted label images against a folder of ground-truth labels.
+    ///
+    /// Files are paired by stem (`img01.tif` with `img01.png`). Writes per_image.csv,
+    /// summary.csv (micro_sam's columns: mSA, SA50, SA75, Precision, Recall, F1 Score; mean of
+    /// the per-image scores), summary_pooled.csv (the same columns from counts pooled over all
+    /// images), report.json and, with --images, overlay pictures of the worst images.
+    Labels(LabelsArgs),
+    // The model-scoring mode (`sam-eval model --config ...`: automatic segmentation, grid
+    // search, iterative prompting) joins here once the inference crate is available; it
+    // composes sam-infer behind a cargo feature so that `labels` builds without libtorch.
+}
+
+#[derive(Debug, Args)]
+struct LabelsArgs {
+    /// Folder of ground-truth label images (.tif, .tiff, .png; 0 = background).
+    #[arg(long, value_name = "DIR")]
+    gt: PathBuf,
+
+    /// Folder of predicted label images, paired with the ground truth by file stem.
+    #[arg(long, value_name = "DIR")]
+    pred: PathBuf,
+
+    /// Output folder for the CSV files, report.json and overlays/ (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+
+    /// Folder of brightfield images (paired by stem); enables overlay pictures of the worst
+    /// images with ground-truth (green) and predicted (magenta) outlines.
+    #[arg(long, value_name = "DIR")]
+    images: Option<PathBuf>,
+
+    /// Score a ground-truth image without a prediction as an empty prediction instead of
+    /// failing.
+    #[arg(long)]
+    missing_as_empty: bool,
+
+    /// Number of lowest-mSA images that get an overlay picture (needs --images).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    worst: usize,
+
+    /// Do not show a progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // clap exits with 2 on usage errors
+    let result = match cli.command {
+        Command::Labels(args) => run_labels(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            if e.is_usage() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn run_labels(args: LabelsArgs) -> Result<(), EvalError> {
+    let opts = LabelEvalOptions {
+        gt_dir: args.gt,
+        pred_dir: args.pred,
+        out_dir: args.out,
+        image_dir: args.images,
+        missing_as_empty: args.missing_as_empty,
+        worst: args.worst,
+    };
+    let bar = Mutex::new(None::<ProgressBar>);
+    let quiet = args.quiet;
+    let on_progress = |p: Progress| {
+        if quiet {
+            return;
+        }
+        let Ok(mut bar) = bar.lock() else { return };
+        match p {
+            Progress::Scoring { total } => *bar = Some(new_bar(total, "scoring")),
+            Progress::Drawing { total } => {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+                *bar = Some(new_bar(total, "overlays"));
+            }
+            Progress::Scored | Progress::Drawn => {
+                if let Some(b) = bar.as_ref() {
+                    b.inc(1);
+                }
+            }
+        }
+    };
+    let report = evaluate_label_dirs(&opts, &on_progress)?;
+    if let Ok(mut bar) = bar.lock() {
+        if let Some(b) = bar.take() {
+            b.finish();
+        }
+    }
+    let m = &report.summary.mean_per_image;
+    let p = &report.summary.pooled;
+    println!(
+        "{} images: mSA {:.4}  SA50 {:.4}  SA75 {:.4}  Precision {:.4}  Recall {:.4}  F1 {:.4}",
+        report.summary.images, m.msa, m.sa50, m.sa75, m.precision, m.recall, m.f1
+    );
+    println!(
+        "pooled:    mSA {:.4}  SA50 {:.4}  SA75 {:.4}  Precision {:.4}  Recall {:.4}  F1 {:.4}",
+        p.msa, p.sa50, p.sa75, p.precision, p.recall, p.f1
+    );
+    for stem in &report.missing_predictions {
+        eprintln!("warning: no prediction for {stem}; scored as empty");
+    }
+    for path in &report.unpaired_predictions {
+        eprintln!(
+            "warning: prediction {} has no ground truth; ignored",
+            path.display()
+        );
+    }
+    println!("reports written to {}", opts.out_dir.display());
+    Ok(())
+}
+
+fn new_bar(total: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} images ({eta} left)")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "sam-eval",
+            "labels",
+            "--gt",
+            "g",
+            "--pred",
+            "p",
+            "--out",
+            "o",
+            "--images",
+            "i",
+            "--missing-as-empty",
+            "--worst",
+            "3",
+        ])
+        .unwrap();
+        let Command::Labels(a) = cli.command;
+        assert_eq!(a.gt, PathBuf::from("g"));
+        assert_eq!(a.pred, PathBuf::from("p"));
+        assert_eq!(a.out, PathBuf::from("o"));
+        assert_eq!(a.images, Some(PathBuf::from("i")));
+        assert!(a.missing_as_empty);
+        assert_eq!(a.worst, 3);
+    }
+
+    #[test]
+    fn labels_defaults_and_required_flags() {
+        let cli = Cli::try_parse_from([
+            "sam-eval", "labels", "--gt", "g", "--pred", "p", "--out", "o",
+        ])
+        .unwrap();
+        let Command::Labels(a) = cli.command;
+        assert_eq!(a.worst, 10);
+        assert!(!a.missing_as_empty);
+        assert!(a.images.is_none());
+        let err = Cli::try_parse_from(["sam-eval", "labels", "--gt", "g"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
 }
