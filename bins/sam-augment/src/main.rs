@@ -1,11 +1,417 @@
-//! The `sam-augment` executable: a thin shell over the sam_trainer crates.
-use clap::Parser;
+//! The `sam-augment` executable: offline augmentation of annotated brightfield data and the
+//! synthetic brightfield generator. A thin shell over `sam-data` (and `sam-config` for
+//! `--config`).
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
 
-/// sam-augment (sam_trainer).
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use sam_data::{
+    augment_folder, synthesize, write_image, write_labels, AffineOp, AugmentConfig, AugmentJob,
+    BitDepth, DataError, ElasticOp, Progress, RangeOp, SynthConfig,
+};
+
+/// Offline augmentation and synthetic data for sam_trainer.
+///
+/// `run` reads annotated images and labels (paired by file stem), writes augmented copies
+/// plus a manifest, and never writes into the source folders. `synth` writes a synthetic
+/// brightfield dataset with exact instance labels.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
-struct Cli {}
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Augment a dataset (from a config or from flags).
+    Run(RunArgs),
+    /// Write synthetic brightfield images and their instance labels.
+    Synth(SynthArgs),
+}
+
+/// Augment `images/` + `labels/` into a destination, with a manifest.
+///
+/// Either `--config CONFIG` (the `augmentation` section of an experiment config: folders,
+/// copies, operations; the experiment seed) or `--input DIR --output DIR` with the built-in
+/// operations. Same seed, same bytes, whatever the thread count.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Experiment config (YAML); its `augmentation` section drives the run.
+    #[arg(long, value_name = "CONFIG", conflicts_with_all = ["input", "output"], required_unless_present_all = ["input", "output"])]
+    config: Option<PathBuf>,
+    /// Folder holding `images/` and `labels/` (read only).
+    #[arg(long, value_name = "DIR", requires = "output")]
+    input: Option<PathBuf>,
+    /// Destination folder: `images/`, `labels/` and `manifest.json` are written there.
+    #[arg(long, value_name = "DIR", requires = "input")]
+    output: Option<PathBuf>,
+    /// Augmented copies per source image [default: 8, or the config's copies_per_image].
+    #[arg(long, value_name = "N")]
+    copies: Option<usize>,
+    /// Base seed [default: 0, or the config's seed].
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Replace the files of a non-empty destination instead of refusing.
+    #[arg(long)]
+    overwrite: bool,
+    /// Do not copy the unchanged originals into the destination.
+    #[arg(long)]
+    no_originals: bool,
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+/// Write `OUT/images/synth_NNN.tif` and `OUT/labels/synth_NNN.tif`.
+///
+/// Grey images with cells darker than the background (textured ellipses and irregular blobs,
+/// bright halos, touching and overlapping neighbours, uneven illumination, noise) and their
+/// exact instance labels (u32 TIFF). Deterministic per seed.
+#[derive(Debug, Args)]
+struct SynthArgs {
+    /// Destination folder.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Number of images.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    count: usize,
+    /// Width and height in pixels.
+    #[arg(long, value_name = "PX", default_value_t = 2048)]
+    size: usize,
+    /// Seed; image i uses a seed derived from (seed, i).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Bits per image pixel: 8 or 16.
+    #[arg(long, value_name = "BITS", default_value_t = 16, value_parser = parse_bits)]
+    bits: u8,
+    /// Mean number of cells per 512x512 area.
+    #[arg(long, value_name = "N", default_value_t = 110.0)]
+    cells_per_512: f64,
+    /// Replace the files of a non-empty destination instead of refusing.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+fn parse_bits(s: &str) -> Result<u8, String> {
+    match s {
+        "8" => Ok(8),
+        "16" => Ok(16),
+        other => Err(format!("expected 8 or 16, found {other}")),
+    }
+}
+
+/// Failures of the tool, with the exit code each maps to.
+#[derive(Debug)]
+enum Failure {
+    /// Usage or configuration problem: exit 2.
+    Usage(anyhow::Error),
+    /// Anything else: exit 1.
+    Run(anyhow::Error),
+}
+
+fn classify(e: DataError) -> Failure {
+    match e {
+        DataError::Destination { .. }
+        | DataError::InvalidParameter { .. }
+        | DataError::EmptyFolder { .. }
+        | DataError::Unpaired { .. }
+        | DataError::DuplicateStem { .. } => Failure::Usage(e.into()),
+        other => Failure::Run(other.into()),
+    }
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self) {
+        self.0.inc(1);
+    }
+}
+
+fn bar(what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// The library's operations from the config's `augmentation.operations`.
+fn ops_from_config(ops: &sam_config::AugmentationOps, min_object_size: usize) -> AugmentConfig {
+    let r = |o: &sam_config::RangeOp| RangeOp {
+        p: o.probability,
+        min: o.range[0],
+        max: o.range[1],
+    };
+    AugmentConfig {
+        hflip: ops.flip_horizontal.probability,
+        vflip: ops.flip_vertical.probability,
+        rot90: ops.rotate90.probability,
+        rotate: r(&ops.rotation),
+        affine: AffineOp {
+            p: ops.scale.probability,
+            scale: ops.scale.range,
+            shear_degrees: 0.0,
+            translate: 0.0,
+        },
+        elastic: ElasticOp {
+            p: ops.elastic.probability,
+            magnitude: ops.elastic.alpha,
+            sigma: ops.elastic.sigma,
+        },
+        brightness: r(&ops.brightness),
+        contrast: r(&ops.contrast),
+        gamma: r(&ops.gamma),
+        noise: r(&ops.gaussian_noise),
+        blur: r(&ops.gaussian_blur),
+        illumination: RangeOp {
+            p: 0.0,
+            min: 0.0,
+            max: 0.0,
+        },
+        min_object_size,
+    }
+}
+
+fn job_from_config(path: &Path, args: &RunArgs) -> Result<AugmentJob, Failure> {
+    let loaded = sam_config::load_config(path).map_err(|e| {
+        Failure::Usage(anyhow::Error::new(e).context(format!("config {}", path.display())))
+    })?;
+    let cfg = loaded.config;
+    let root = sam_config::find_root(None).map_err(|e| Failure::Usage(e.into()))?;
+    let a = &cfg.augmentation;
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            root.join(p)
+        }
+    };
+    let manifest = abs(&a.output_images_dir)
+        .parent()
+        .map(|p| p.join("manifest.json"))
+        .unwrap_or_else(|| root.join("manifest.json"));
+    Ok(AugmentJob {
+        source_images: abs(&a.source_images_dir),
+        source_labels: abs(&a.source_labels_dir),
+        output_images: abs(&a.output_images_dir),
+        output_labels: abs(&a.output_labels_dir),
+        manifest,
+        copies: args.copies.unwrap_or(a.copies_per_image as usize),
+        seed: args.seed.unwrap_or(cfg.seed),
+        keep_originals: a.include_original && !args.no_originals,
+        overwrite: args.overwrite,
+        config: ops_from_config(&a.operations, cfg.data.min_object_size as usize),
+    })
+}
+
+fn set_threads(threads: Option<usize>) -> Result<(), Failure> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .map_err(|e| Failure::Run(e.into()))?;
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<(), Failure> {
+    set_threads(args.threads)?;
+    let job = match (&args.config, &args.input, &args.output) {
+        (Some(c), _, _) => job_from_config(c, &args)?,
+        (None, Some(i), Some(o)) => {
+            let mut job =
+                AugmentJob::from_folders(i, o, args.copies.unwrap_or(8), args.seed.unwrap_or(0));
+            job.overwrite = args.overwrite;
+            job.keep_originals = !args.no_originals;
+            job
+        }
+        _ => {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "give --config CONFIG or --input DIR --output DIR"
+            )))
+        }
+    };
+    let started = Instant::now();
+    let pb = bar("augmenting");
+    let summary = augment_folder(&job, &Bar(pb.clone())).map_err(classify)?;
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "sam-augment: {} source pairs -> {} pairs ({} objects in, {} out) in {:.1} s ({:.2} pairs/s)",
+        summary.sources,
+        summary.outputs,
+        summary.source_objects,
+        summary.output_objects,
+        secs,
+        summary.outputs as f64 / secs.max(1e-9)
+    );
+    println!("  images:   {}", job.output_images.display());
+    println!("  labels:   {}", job.output_labels.display());
+    println!("  manifest: {}", summary.manifest.display());
+    Ok(())
+}
+
+fn synth(args: SynthArgs) -> Result<(), Failure> {
+    let (images, labels) = (args.out.join("images"), args.out.join("labels"));
+    for d in [&images, &labels] {
+        let non_empty = std::fs::read_dir(d)
+            .map(|mut it| it.next().is_some())
+            .unwrap_or(false);
+        if non_empty && !args.overwrite {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "{}: destination is not empty; pass --overwrite or choose an empty folder",
+                d.display()
+            )));
+        }
+        std::fs::create_dir_all(d).map_err(|e| {
+            Failure::Run(anyhow::Error::new(e).context(format!("create {}", d.display())))
+        })?;
+    }
+    if args.size < 16 {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--size must be at least 16, found {}",
+            args.size
+        )));
+    }
+    let cfg = SynthConfig {
+        size: args.size,
+        depth: if args.bits == 8 {
+            BitDepth::U8
+        } else {
+            BitDepth::U16
+        },
+        cells_per_512: args.cells_per_512,
+        ..SynthConfig::default()
+    };
+    let started = Instant::now();
+    let pb = bar("synthesising");
+    pb.set_length(args.count as u64);
+    let objects: Vec<usize> = (0..args.count)
+        .into_par_iter()
+        .map(|i| -> Result<usize, DataError> {
+            let s = synthesize(&cfg, sam_data::derive_seed(args.seed, &[i as u64]));
+            write_image(images.join(format!("synth_{i:03}.tif")), &s.image)?;
+            write_labels(labels.join(format!("synth_{i:03}.tif")), &s.labels)?;
+            pb.inc(1);
+            Ok(s.labels.max_id() as usize)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(classify)?;
+    pb.finish_and_clear();
+    println!(
+        "sam-augment synth: {} images of {}x{} ({} objects) in {:.2} s -> {}",
+        args.count,
+        args.size,
+        args.size,
+        objects.iter().sum::<usize>(),
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run(a),
+        Command::Synth(a) => synth(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let (code, e) = match f {
+                Failure::Usage(e) => (2, e),
+                Failure::Run(e) => (1, e),
+            };
+            eprintln!("sam-augment: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "sam-augment",
+            "run",
+            "--input",
+            "a",
+            "--output",
+            "b",
+            "--copies",
+            "3",
+            "--seed",
+            "9",
+            "--overwrite",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!((r.copies, r.seed, r.overwrite), (Some(3), Some(9), true));
+        // --config excludes --input/--output, and one of them is required
+        assert!(Cli::try_parse_from([
+            "sam-augment",
+            "run",
+            "--config",
+            "c.yaml",
+            "--input",
+            "a",
+            "--output",
+            "b"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["sam-augment", "run", "--input", "a"]).is_err());
+        assert!(Cli::try_parse_from(["sam-augment", "run"]).is_err());
+        assert!(Cli::try_parse_from(["sam-augment", "run", "--config", "c.yaml"]).is_ok());
+    }
+
+    #[test]
+    fn synth_flags_parse_with_defaults() {
+        let cli = Cli::try_parse_from(["sam-augment", "synth", "--out", "d"]).unwrap();
+        let Command::Synth(s) = cli.command else {
+            panic!("not synth")
+        };
+        assert_eq!((s.count, s.size, s.seed, s.bits), (8, 2048, 0, 16));
+        assert!(
+            Cli::try_parse_from(["sam-augment", "synth", "--out", "d", "--bits", "12"]).is_err()
+        );
+    }
+
+    #[test]
+    fn config_operations_map_onto_the_library() {
+        let ops = sam_config::AugmentationOps::default();
+        let c = ops_from_config(&ops, 25);
+        assert_eq!(c.hflip, ops.flip_horizontal.probability);
+        assert_eq!(
+            (c.rotate.p, c.rotate.min, c.rotate.max),
+            (
+                ops.rotation.probability,
+                ops.rotation.range[0],
+                ops.rotation.range[1]
+            )
+        );
+        assert_eq!(c.affine.scale, ops.scale.range);
+        assert_eq!(c.elastic.magnitude, ops.elastic.alpha);
+        assert_eq!(c.noise.max, ops.gaussian_noise.range[1]);
+        assert!(c.validate().is_ok());
+    }
 }

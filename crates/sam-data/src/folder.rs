@@ -125,17 +125,42 @@ fn canonical(p: &Path, action: &'static str) -> Result<PathBuf> {
     p.canonicalize().map_err(|e| DataError::io(p, action, e))
 }
 
+/// The absolute, symlink-free form of a path that may not exist yet: its nearest existing
+/// ancestor canonicalised, plus the rest.
+fn resolve(p: &Path) -> Result<PathBuf> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| DataError::io(p, "resolve", e))?
+            .join(p)
+    };
+    let mut base = abs.as_path();
+    let mut rest = Vec::new();
+    while !base.exists() {
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                base = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut out = canonical(base, "resolve")?;
+    for r in rest.iter().rev() {
+        out.push(r);
+    }
+    Ok(out)
+}
+
 /// Checks and prepares the destination: outside the sources, empty unless `overwrite`.
 fn prepare_destination(job: &AugmentJob) -> Result<()> {
     let sources = [
         canonical(&job.source_images, "open source folder")?,
         canonical(&job.source_labels, "open source folder")?,
     ];
-    let mut outs = Vec::new();
-    for d in [&job.output_images, &job.output_labels] {
-        std::fs::create_dir_all(d).map_err(|e| DataError::io(d, "create", e))?;
-        outs.push(canonical(d, "open output folder")?);
-    }
+    // decide before creating anything, so a refused output leaves no trace in the source
+    let outs = [resolve(&job.output_images)?, resolve(&job.output_labels)?];
     if outs[0] == outs[1] {
         return Err(DataError::Destination {
             path: job.output_images.clone(),
@@ -154,6 +179,9 @@ fn prepare_destination(job: &AugmentJob) -> Result<()> {
                 ),
             });
         }
+    }
+    for d in [&job.output_images, &job.output_labels] {
+        std::fs::create_dir_all(d).map_err(|e| DataError::io(d, "create", e))?;
     }
     let mut existing = Vec::new();
     for d in &outs {

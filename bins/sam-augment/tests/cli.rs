@@ -1,0 +1,253 @@
+//! End-to-end tests of the `sam-augment` executable.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// A fresh temporary folder for one test, removed when the test ends.
+macro_rules! tmpdir {
+    () => {
+        tempfile::Builder::new()
+            .prefix("sam-augment-cli-")
+            .tempdir()
+            .expect("temp dir")
+    };
+}
+
+fn sam_augment(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sam-augment"))
+        .args(args)
+        .output()
+        .expect("run sam-augment")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    for args in [&["--help"][..], &["run", "--help"], &["synth", "--help"]] {
+        let o = sam_augment(args);
+        assert!(o.status.success(), "{}", text(&o));
+        let t = text(&o);
+        assert!(t.contains("Usage"), "{t}");
+    }
+    let t = text(&sam_augment(&["synth", "--help"]));
+    assert!(
+        t.contains("--count") && t.contains("[default: 2048]"),
+        "{t}"
+    );
+}
+
+#[test]
+fn synth_then_run_is_deterministic_and_safe() {
+    let tmp = tmpdir!();
+    let data = tmp.path().join("raw");
+    let o = sam_augment(&[
+        "synth",
+        "--out",
+        p(&data),
+        "--count",
+        "3",
+        "--size",
+        "96",
+        "--seed",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(files(&data.join("images")).len(), 3);
+    assert_eq!(files(&data.join("labels")).len(), 3);
+    // same seed, same bytes
+    let again = tmp.path().join("raw2");
+    assert!(sam_augment(&[
+        "synth",
+        "--out",
+        p(&again),
+        "--count",
+        "3",
+        "--size",
+        "96",
+        "--seed",
+        "5"
+    ])
+    .status
+    .success());
+    assert_eq!(files(&data.join("images")), files(&again.join("images")));
+    assert_eq!(files(&data.join("labels")), files(&again.join("labels")));
+    let source = (files(&data.join("images")), files(&data.join("labels")));
+
+    let (a, b) = (tmp.path().join("aug_a"), tmp.path().join("aug_b"));
+    let o = sam_augment(&[
+        "run",
+        "--input",
+        p(&data),
+        "--output",
+        p(&a),
+        "--copies",
+        "2",
+        "--seed",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("3 source pairs -> 9 pairs"),
+        "{}",
+        text(&o)
+    );
+    let o = sam_augment(&[
+        "run",
+        "--input",
+        p(&data),
+        "--output",
+        p(&b),
+        "--copies",
+        "2",
+        "--seed",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(files(&a.join("images")), files(&b.join("images")));
+    assert_eq!(files(&a.join("labels")), files(&b.join("labels")));
+    assert!(a.join("manifest.json").exists());
+    // a different seed gives different copies
+    let c = tmp.path().join("aug_c");
+    assert!(sam_augment(&[
+        "run",
+        "--input",
+        p(&data),
+        "--output",
+        p(&c),
+        "--copies",
+        "2",
+        "--seed",
+        "2"
+    ])
+    .status
+    .success());
+    assert_ne!(files(&a.join("images")), files(&c.join("images")));
+    // the source is untouched
+    assert_eq!(
+        source,
+        (files(&data.join("images")), files(&data.join("labels")))
+    );
+    // a non-empty destination is refused (usage error) unless --overwrite
+    let o = sam_augment(&[
+        "run",
+        "--input",
+        p(&data),
+        "--output",
+        p(&a),
+        "--copies",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--overwrite"), "{}", text(&o));
+    let o = sam_augment(&[
+        "run",
+        "--input",
+        p(&data),
+        "--output",
+        p(&a),
+        "--copies",
+        "1",
+        "--overwrite",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(files(&a.join("images")).len(), 6);
+    // no temporary files left anywhere
+    assert!(files(&a.join("images"))
+        .iter()
+        .all(|(n, _)| !n.starts_with('.')));
+}
+
+#[test]
+fn bad_inputs_fail_with_the_file_named() {
+    let tmp = tmpdir!();
+    let data = tmp.path().join("raw");
+    assert!(
+        sam_augment(&["synth", "--out", p(&data), "--count", "2", "--size", "64"])
+            .status
+            .success()
+    );
+    // a truncated label file: exit 1, the file named
+    let bad = data.join("labels/synth_001.tif");
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 3]).unwrap();
+    let o = sam_augment(&[
+        "run",
+        "--input",
+        p(&data),
+        "--output",
+        p(&tmp.path().join("o1")),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("synth_001.tif"), "{}", text(&o));
+    assert!(files(&tmp.path().join("o1/images"))
+        .iter()
+        .all(|(n, _)| !n.starts_with('.')));
+    // an unpaired image: exit 2, the file named
+    std::fs::remove_file(&bad).unwrap();
+    let o = sam_augment(&[
+        "run",
+        "--input",
+        p(&data),
+        "--output",
+        p(&tmp.path().join("o2")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("synth_001.tif (no labels)"),
+        "{}",
+        text(&o)
+    );
+    // an empty input folder: exit 2
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(empty.join("images")).unwrap();
+    std::fs::create_dir_all(empty.join("labels")).unwrap();
+    let o = sam_augment(&[
+        "run",
+        "--input",
+        p(&empty),
+        "--output",
+        p(&tmp.path().join("o3")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no image files found"), "{}", text(&o));
+    // output inside the source: exit 2, nothing created there
+    let o = sam_augment(&[
+        "run",
+        "--input",
+        p(&data),
+        "--output",
+        p(&data.join("images/out")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!data.join("images/out").exists());
+    // usage errors from clap: exit 2
+    assert_eq!(sam_augment(&["run", "--input", "x"]).status.code(), Some(2));
+}
