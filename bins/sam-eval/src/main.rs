@@ -53,6 +53,11 @@ struct LabelsArgs {
     #[arg(long)]
     missing_as_empty: bool,
 
+    /// Relabel the ground truth into connected components before scoring, as micro_sam's
+    /// run_evaluation does; an id painted in separate pieces then counts as several objects.
+    #[arg(long)]
+    relabel_gt: bool,
+
     /// Number of lowest-mSA images that get an overlay picture (needs --images).
     #[arg(long, value_name = "N", default_value_t = 10)]
     worst: usize,
@@ -92,6 +97,7 @@ fn run_labels(args: LabelsArgs) -> Result<(), EvalError> {
         out_dir: args.out,
         image_dir: args.images,
         missing_as_empty: args.missing_as_empty,
+        relabel_gt: args.relabel_gt,
         worst: args.worst,
     };
     let bar = Mutex::new(None::<ProgressBar>);
@@ -174,6 +180,7 @@ mod tests {
             "--images",
             "i",
             "--missing-as-empty",
+            "--relabel-gt",
             "--worst",
             "3",
         ])
@@ -184,6 +191,7 @@ mod tests {
         assert_eq!(a.out, PathBuf::from("o"));
         assert_eq!(a.images, Some(PathBuf::from("i")));
         assert!(a.missing_as_empty);
+        assert!(a.relabel_gt);
         assert_eq!(a.worst, 3);
     }
 

@@ -69,28 +69,16 @@ pub enum EvalError {
         /// The reference file (ground truth).
         a: PathBuf,
         /// Its size.
-        a_size: (u32, u32),
+        a_size: (usize, usize),
         /// The other file.
         b: PathBuf,
         /// Its size.
-        b_size: (u32, u32),
+        b_size: (usize, usize),
     },
-    /// A file could not be read or decoded as a label image.
-    #[error("cannot read label image {path}: {reason}")]
-    BadLabel {
-        /// The file.
-        path: PathBuf,
-        /// What was expected and what was found.
-        reason: String,
-    },
-    /// A brightfield image could not be read.
-    #[error("cannot read image {path}: {reason}")]
-    BadImage {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
+    /// Reading a label or brightfield image or writing an overlay failed (the message names
+    /// the file and says what was expected and found).
+    #[error(transparent)]
+    Data(#[from] sam_data::DataError),
     /// Reading or writing a file failed.
     #[error("{action} {path}: {source}")]
     Io {

@@ -8,13 +8,21 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::EvalError;
-use crate::io::{find_by_stem, is_label_file, read_labels, Labels, LABEL_EXTENSIONS};
+use sam_data::{
+    connected_components, read_image, read_labels, write_overlay_png, Connectivity, LabelImage,
+};
+
+use crate::io::{find_by_stem, is_label_file, LABEL_EXTENSIONS};
 use crate::metrics::{score_image, ImageScores, SA_THRESHOLDS};
-use crate::overlay::{read_grey, write_overlay};
 use crate::summary::{Summary, SummaryScores};
 
 /// micro_sam's summary columns, in its order (`run_evaluation` in `micro_sam.evaluation`).
 pub const SUMMARY_COLUMNS: [&str; 6] = ["mSA", "SA50", "SA75", "Precision", "Recall", "F1 Score"];
+
+/// Colour of ground-truth outlines in overlay pictures.
+pub const GT_COLOUR: [u8; 3] = [0, 255, 0];
+/// Colour of predicted outlines in overlay pictures (drawn over the ground truth).
+pub const PRED_COLOUR: [u8; 3] = [255, 0, 255];
 
 /// What [`evaluate_label_dirs`] reads and writes.
 #[derive(Debug, Clone)]
@@ -30,6 +38,10 @@ pub struct LabelEvalOptions {
     pub image_dir: Option<PathBuf>,
     /// Score a ground-truth image without prediction as an empty prediction instead of failing.
     pub missing_as_empty: bool,
+    /// Relabel the ground truth into connected components (equal-valued, 8-connected) before
+    /// scoring, as micro_sam's `run_evaluation` does (`label(gt)`); an id painted in several
+    /// separate pieces then counts as several objects. Off: every id is one object.
+    pub relabel_gt: bool,
     /// Number of lowest-mSA images that get an overlay picture.
     pub worst: usize,
 }
@@ -63,9 +75,9 @@ pub struct ImageRecord {
     /// Prediction file; `None` when it was missing and scored as empty.
     pub pred: Option<PathBuf>,
     /// Image width in pixels.
-    pub width: u32,
+    pub width: usize,
     /// Image height in pixels.
-    pub height: u32,
+    pub height: usize,
     /// Every score of the pair.
     pub scores: ImageScores,
 }
@@ -81,6 +93,8 @@ pub struct LabelReport {
     pub thresholds: Vec<f64>,
     /// Whether missing predictions were scored as empty.
     pub missing_as_empty: bool,
+    /// Whether the ground truth was relabelled into connected components.
+    pub relabel_gt: bool,
     /// Stems of ground-truth images that had no prediction (only with `missing_as_empty`).
     pub missing_predictions: Vec<String>,
     /// Prediction files without a ground truth of the same stem (ignored).
@@ -155,7 +169,7 @@ pub fn evaluate_label_dirs(
     let images: Vec<ImageRecord> = pairs
         .par_iter()
         .map(|(name, gt_path, pred_path)| {
-            let (gt, pred) = read_pair(gt_path, pred_path.as_deref())?;
+            let (gt, pred) = read_pair(gt_path, pred_path.as_deref(), opts.relabel_gt)?;
             let scores = score_image(&gt.data, &pred.data)?;
             progress(Progress::Scored);
             Ok(ImageRecord {
@@ -180,7 +194,7 @@ pub fn evaluate_label_dirs(
     })?;
     let overlays = match &opts.image_dir {
         Some(image_dir) if !worst.is_empty() => {
-            draw_overlays(&images, &worst, image_dir, &opts.out_dir, progress)?
+            draw_overlays(&images, &worst, image_dir, opts, progress)?
         }
         _ => Vec::new(),
     };
@@ -190,6 +204,7 @@ pub fn evaluate_label_dirs(
         pred_dir: opts.pred_dir.clone(),
         thresholds: SA_THRESHOLDS.to_vec(),
         missing_as_empty: opts.missing_as_empty,
+        relabel_gt: opts.relabel_gt,
         missing_predictions,
         unpaired_predictions,
         summary,
@@ -268,8 +283,15 @@ fn label_files_by_stem(dir: &Path) -> Result<BTreeMap<String, PathBuf>, EvalErro
 }
 
 /// Reads a ground truth and its prediction (all background when `pred` is `None`).
-fn read_pair(gt_path: &Path, pred_path: Option<&Path>) -> Result<(Labels, Labels), EvalError> {
-    let gt = read_labels(gt_path)?;
+fn read_pair(
+    gt_path: &Path,
+    pred_path: Option<&Path>,
+    relabel_gt: bool,
+) -> Result<(LabelImage, LabelImage), EvalError> {
+    let mut gt = read_labels(gt_path)?;
+    if relabel_gt {
+        gt = connected_components(&gt, Connectivity::Eight);
+    }
     let pred = match pred_path {
         Some(p) => {
             let pred = read_labels(p)?;
@@ -283,7 +305,7 @@ fn read_pair(gt_path: &Path, pred_path: Option<&Path>) -> Result<(Labels, Labels
             }
             pred
         }
-        None => Labels::empty(gt.width, gt.height),
+        None => LabelImage::new(gt.width, gt.height, vec![0; gt.width * gt.height])?,
     };
     Ok((gt, pred))
 }
@@ -306,10 +328,11 @@ fn draw_overlays(
     images: &[ImageRecord],
     worst: &[usize],
     image_dir: &Path,
-    out_dir: &Path,
+    opts: &LabelEvalOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Vec<PathBuf>, EvalError> {
-    let overlay_dir = out_dir.join("overlays");
+    let relabel_gt = opts.relabel_gt;
+    let overlay_dir = opts.out_dir.join("overlays");
     fs::create_dir_all(&overlay_dir).map_err(|source| EvalError::Io {
         action: "cannot create output folder",
         path: overlay_dir.clone(),
@@ -326,18 +349,18 @@ fn draw_overlays(
                     stem: record.name.clone(),
                     image_dir: image_dir.to_path_buf(),
                 })?;
-            let (gt, pred) = read_pair(&record.gt, record.pred.as_deref())?;
-            let (w, h, grey) = read_grey(&image_path)?;
-            if (w, h) != (gt.width, gt.height) {
+            let (gt, pred) = read_pair(&record.gt, record.pred.as_deref(), relabel_gt)?;
+            let grey = read_image(&image_path)?;
+            if (grey.width, grey.height) != (gt.width, gt.height) {
                 return Err(EvalError::SizeMismatch {
                     a: record.gt.clone(),
                     a_size: (gt.width, gt.height),
                     b: image_path,
-                    b_size: (w, h),
+                    b_size: (grey.width, grey.height),
                 });
             }
             let out = overlay_dir.join(format!("{}.png", record.name));
-            write_overlay(&out, &grey, &gt, &pred)?;
+            write_overlay_png(&out, &grey, &[(&gt, GT_COLOUR), (&pred, PRED_COLOUR)])?;
             progress(Progress::Drawn);
             Ok(out)
         })

@@ -19,7 +19,8 @@
 //!
 //! [`evaluate_label_dirs`] scores a folder of predictions against a folder of ground truth
 //! (paired by file stem) and writes `per_image.csv`, `summary.csv` (micro_sam's columns
-//! [`SUMMARY_COLUMNS`]), `summary_pooled.csv`, `report.json` and overlay pictures.
+//! [`SUMMARY_COLUMNS`]), `summary_pooled.csv`, `report.json` and overlay pictures. Files are
+//! read and drawn with sam-data (`read_labels`, `read_image`, `write_overlay_png`).
 //!
 //! This crate does not link libtorch.
 //!
@@ -46,7 +47,7 @@ pub use crate::contingency::{Contingency, OverlapPair};
 pub use crate::error::{EvalError, MetricError};
 pub use crate::labels::{
     evaluate_label_dirs, label_extensions, ImageRecord, LabelEvalOptions, LabelReport, Progress,
-    SUMMARY_COLUMNS,
+    GT_COLOUR, PRED_COLOUR, SUMMARY_COLUMNS,
 };
 pub use crate::matching::MatchedPair;
 pub use crate::metrics::{
@@ -62,5 +63,4 @@ mod io;
 mod labels;
 mod matching;
 mod metrics;
-mod overlay;
 mod summary;
