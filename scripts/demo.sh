@@ -1,8 +1,41 @@
 #!/usr/bin/env bash
-# The main job end to end on a small built-in dataset, on CPU.
+# The main job end to end on a small built-in dataset, on CPU, from a fresh machine:
+#   setup → build → synthesise brightfield data → augment → train a tiny SAM from random
+#   weights → export → automatic instance segmentation of held-out images → scores.
+# Everything lands in dat/demo/, runs/demo_cpu/ and final_models/demo_cpu.pt; running it again
+# starts over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release
-echo "[demo] validating configs/demo_cpu.yaml"
-target/release/sam-train validate configs/demo_cpu.yaml
+echo "[demo] building (release)"
+cargo build --release -q
+BIN=target/release
+CONFIG=configs/demo_cpu.yaml
+
+echo "[demo] validating $CONFIG"
+$BIN/sam-train validate --no-path-checks "$CONFIG"
+
+echo "[demo] synthesising brightfield images into dat/demo/"
+rm -rf dat/demo runs/demo_cpu final_models/demo_cpu.pt
+$BIN/sam-augment synth --out dat/demo/raw --count 12 --size 256 --seed 1 --cells-per-512 40
+$BIN/sam-augment synth --out dat/demo/val --count 3 --size 256 --seed 2 --cells-per-512 40
+$BIN/sam-augment synth --out dat/demo/test --count 4 --size 256 --seed 3 --cells-per-512 40
+
+echo "[demo] augmenting"
+$BIN/sam-augment run --config "$CONFIG"
+
+echo "[demo] training (tiny model, random weights, CPU)"
+$BIN/sam-train train "$CONFIG" --no-progress
+
+echo "[demo] automatic instance segmentation + evaluation of the held-out test images"
+if [ -x scripts/run_inference.sh ] && [ -x $BIN/sam-infer ]; then
+    scripts/run_inference.sh final_models/demo_cpu.pt dat/demo/test runs/demo_cpu/inference
+fi
+
+echo
+echo "[demo] done:"
+echo "  data:        dat/demo/{raw,augmented,val,test}"
+echo "  run folder:  runs/demo_cpu/ (config.yaml, checkpoints/, logs/metrics.csv, logs/curves.png)"
+echo "  model:       final_models/demo_cpu.pt (micro_sam format: model_state + decoder_state)"
+[ -f runs/demo_cpu/inference/summary.csv ] && { echo "  scores:      runs/demo_cpu/inference/summary.csv"; cat runs/demo_cpu/inference/summary.csv; }
+true

@@ -18,7 +18,7 @@ log() { printf '[setup] %s\n' "$*"; }
 
 # --- Debian packages --------------------------------------------------------------------------
 need_apt=()
-for pkg in libgloo-dev; do
+for pkg in libgloo-dev libfontconfig1-dev libfreetype-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,2 +1,104 @@
-//! sam-train: SAM fine-tuning: iterative prompting, losses, AdamW, checkpoints, resume, distributed c10d.
+//! sam-train: fine-tuning Segment Anything the micro_sam way, resumable and distributed.
+//!
+//! [`train`] runs an experiment from its [`sam_config::ExperimentConfig`] into
+//! `runs/<experiment>/`:
+//!
+//! ```text
+//! runs/<experiment>/config.yaml                          the resolved config used
+//! runs/<experiment>/checkpoints/<checkpoint_name>/latest/  model, optimiser, state (resume)
+//! runs/<experiment>/checkpoints/<checkpoint_name>/best/    best validation mSA
+//! runs/<experiment>/logs/{train.log,metrics.csv,curves.png}
+//! ```
+//!
+//! and exports the best model to `export_path` with [`export_model`]. The pieces are small and
+//! testable on their own: [`step_loss`] (one step of the iterative-prompting recipe), [`AdamW`]
+//! (an optimiser whose state we own), [`LrScheduler`], [`EarlyStopping`],
+//! [`checkpoint_decision`], the losses in [`losses`], atomic checkpoints in [`CheckpointStore`],
+//! data-parallel training over c10d in [`Collective`].
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use sam_train::{prepare_run, train, NoProgress, StopFlag, TrainOptions};
+//! let root = std::path::PathBuf::from(".");
+//! let cfg = sam_config::load_config("configs/demo_cpu.yaml")?.config;
+//! let paths = prepare_run(&cfg, &root, false, false)?;
+//! let opts = TrainOptions {
+//!     root, resume: false, overwrite: false, stop: StopFlag::new(), progress: &NoProgress,
+//!     collective: None, max_iterations_this_run: None,
+//! };
+//! let outcome = train(&cfg, &paths, &opts)?;
+//! # let _ = outcome; Ok(()) }
+//! ```
 #![deny(missing_docs)]
+
+mod checkpoint;
+mod distributed;
+mod export;
+pub mod losses;
+mod optim;
+mod report;
+mod schedule;
+mod setup;
+mod signals;
+mod step;
+mod trainer;
+mod validation;
+
+pub use checkpoint::{Checkpoint, CheckpointStore, ScalerState, Slot, TrainState};
+pub use distributed::Collective;
+pub use export::export_model;
+pub use optim::{AdamW, AdamWConfig};
+pub use report::{draw_curves, EpochRecord, MetricsLog};
+pub use schedule::{checkpoint_decision, CheckpointDecision, EarlyStopping, LrScheduler, ScheduleKind};
+pub use setup::{device_for, sam_config, unetr_config, Model, DECODER_PREFIX};
+pub use signals::StopFlag;
+pub use step::{model_input, step_loss, RecipeConfig, StepLoss};
+pub use trainer::{
+    prepare_run, train, NoProgress, TrainOptions, TrainOutcome, TrainProgress, TrainSummary, REQUEUE_EXIT_CODE,
+};
+pub use validation::{validate, ValidationScores};
+
+use std::path::PathBuf;
+
+/// Errors of training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A file could not be read or written (the message names it).
+    #[error("{0}")]
+    Io(String),
+    /// A checkpoint that was asked for does not exist.
+    #[error("{0}")]
+    MissingCheckpoint(String),
+    /// Saved state does not fit the model or optimiser.
+    #[error("{0}")]
+    State(String),
+    /// The run folder exists and neither resume nor overwrite was asked for.
+    #[error("run folder {0} already exists: pass --resume to continue it or --overwrite to start over (nothing was changed)")]
+    RunExists(PathBuf),
+    /// Contradictory options.
+    #[error("{0}")]
+    Usage(String),
+    /// Building or loading the model failed.
+    #[error("model: {0}")]
+    Model(String),
+    /// Reading or sampling the data failed.
+    #[error("data: {0}")]
+    Data(String),
+    /// The loss stopped being a number.
+    #[error(
+        "the loss became {value} at iteration {iteration}; the run stopped and the last good \
+         checkpoint is kept in {} (lower training.lr, enable training.grad_clip_norm, or use fp32)",
+        checkpoint.display()
+    )]
+    NonFinite {
+        /// The iteration.
+        iteration: u64,
+        /// The loss value.
+        value: f64,
+        /// The last good checkpoint.
+        checkpoint: PathBuf,
+    },
+    /// A collective operation failed (a peer died or timed out).
+    #[error("distributed: {0}")]
+    Distributed(String),
+}

@@ -1,0 +1,197 @@
+//! The run's `logs/metrics.csv` (one row per epoch, appended across resumes) and the loss and
+//! metric curves drawn from it as PNG.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// One epoch's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number, from 1.
+    pub epoch: u64,
+    /// Optimiser steps done at the end of the epoch.
+    pub iteration: u64,
+    /// Learning rate used during the epoch.
+    pub lr: f64,
+    /// Mean training loss (Dice + IoU-MSE over prompting rounds, plus the decoder loss).
+    pub train_loss: f64,
+    /// Mean training Dice loss of the prompted masks.
+    pub train_dice_loss: f64,
+    /// Mean training loss of the instance decoder (0 without a decoder).
+    pub train_decoder_loss: f64,
+    /// Validation Dice of box-prompted masks.
+    pub val_dice: f64,
+    /// Validation mean IoU of box-prompted masks.
+    pub val_box_iou: f64,
+    /// Validation mean segmentation accuracy.
+    pub val_msa: f64,
+    /// Validation SA at IoU 0.5.
+    pub val_sa50: f64,
+    /// Seconds the epoch took (training and validation).
+    pub seconds: f64,
+}
+
+/// Appends [`EpochRecord`]s to a CSV file and redraws the curves.
+#[derive(Debug, Clone)]
+pub struct MetricsLog {
+    csv: PathBuf,
+}
+
+impl MetricsLog {
+    /// A log writing `dir/metrics.csv` and `dir/curves.png`.
+    pub fn new(dir: &Path) -> Self {
+        Self { csv: dir.join("metrics.csv") }
+    }
+
+    /// Path of the CSV file.
+    pub fn csv_path(&self) -> &Path {
+        &self.csv
+    }
+
+    /// Every record written so far.
+    pub fn read(&self) -> Result<Vec<EpochRecord>, TrainError> {
+        if !self.csv.exists() {
+            return Ok(Vec::new());
+        }
+        let mut reader = csv::Reader::from_path(&self.csv)
+            .map_err(|e| TrainError::Io(format!("{}: {e}", self.csv.display())))?;
+        reader
+            .deserialize()
+            .collect::<Result<Vec<EpochRecord>, _>>()
+            .map_err(|e| TrainError::Io(format!("{}: {e}", self.csv.display())))
+    }
+
+    /// Appends a record, dropping rows of later epochs first (left by a run that was killed
+    /// after logging but before its checkpoint), then redraws the curves.
+    pub fn append(&self, record: &EpochRecord) -> Result<(), TrainError> {
+        let mut rows = self.read()?;
+        rows.retain(|r| r.epoch < record.epoch);
+        rows.push(record.clone());
+        let tmp = self.csv.with_extension("csv.tmp");
+        let err = |e: &dyn std::fmt::Display| TrainError::Io(format!("{}: {e}", self.csv.display()));
+        {
+            let mut writer = csv::Writer::from_path(&tmp).map_err(|e| err(&e))?;
+            for r in &rows {
+                writer.serialize(r).map_err(|e| err(&e))?;
+            }
+            writer.flush().map_err(|e| err(&e))?;
+        }
+        fs::rename(&tmp, &self.csv).map_err(|e| err(&e))?;
+        let png = self.csv.with_file_name("curves.png");
+        draw_curves(&rows, &png)
+    }
+}
+
+/// Draws training loss and validation metrics against the epoch.
+pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> {
+    let err = |e: &dyn std::fmt::Display| TrainError::Io(format!("{}: {e}", path.display()));
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (left, right) = root.split_horizontally(500);
+    let max_epoch = rows.iter().map(|r| r.epoch).max().unwrap_or(1).max(1) as f64;
+    let panels: [(&DrawingArea<_, _>, &str, Vec<(&str, fn(&EpochRecord) -> f64, RGBColor)>); 2] = [
+        (
+            &left,
+            "training loss",
+            vec![
+                ("loss", |r| r.train_loss, RED),
+                ("dice loss", |r| r.train_dice_loss, BLUE),
+                ("decoder loss", |r| r.train_decoder_loss, GREEN),
+            ],
+        ),
+        (
+            &right,
+            "validation",
+            vec![
+                ("mSA", |r| r.val_msa, RED),
+                ("SA50", |r| r.val_sa50, MAGENTA),
+                ("box IoU", |r| r.val_box_iou, BLUE),
+                ("Dice", |r| r.val_dice, GREEN),
+            ],
+        ),
+    ];
+    for (area, title, series) in panels {
+        let y_max = rows
+            .iter()
+            .flat_map(|r| series.iter().map(move |(_, f, _)| f(r)))
+            .filter(|v| v.is_finite())
+            .fold(1e-3f64, f64::max)
+            * 1.05;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0.0..max_epoch, 0.0..y_max)
+            .map_err(|e| err(&e))?;
+        chart.configure_mesh().x_desc("epoch").draw().map_err(|e| err(&e))?;
+        for (name, f, colour) in series {
+            let points: Vec<(f64, f64)> =
+                rows.iter().map(|r| (r.epoch as f64, f(r))).filter(|p| p.1.is_finite()).collect();
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Writes a line to a log file (append), creating it when missing.
+pub(crate) fn append_line(path: &Path, line: &str) -> Result<(), TrainError> {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
+    writeln!(f, "{line}").map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(epoch: u64, loss: f64) -> EpochRecord {
+        EpochRecord {
+            epoch,
+            iteration: epoch * 4,
+            lr: 1e-4,
+            train_loss: loss,
+            train_dice_loss: loss / 2.0,
+            train_decoder_loss: 0.0,
+            val_dice: 0.5,
+            val_box_iou: 0.4,
+            val_msa: 0.3,
+            val_sa50: 0.6,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn append_replaces_rows_of_rerun_epochs_and_draws_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = MetricsLog::new(dir.path());
+        log.append(&rec(1, 1.0)).unwrap();
+        log.append(&rec(2, 0.9)).unwrap();
+        log.append(&rec(2, 0.8)).unwrap(); // epoch 2 re-run after a resume
+        let rows = log.read().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].train_loss, 0.8);
+        let png = fs::read(dir.path().join("curves.png")).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+    }
+}

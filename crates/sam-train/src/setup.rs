@@ -1,0 +1,184 @@
+//! Maps the experiment config onto the model crate's own config structs, builds the model and
+//! loads its initial weights.
+
+use sam_config::{Backbone, ModelConfig};
+use sam_model::{
+    apply_state_dict, read_checkpoint, resolve_checkpoint, ImageEncoderConfig, ImageEncoderViTConfig,
+    LoadMode, MaskDecoderConfig, PromptEncoderConfig, Sam, SamConfig, TwoWayTransformerConfig,
+    UnetrConfig, UnetrDecoder,
+};
+use tch::nn::VarStore;
+use tch::Device;
+
+use crate::TrainError;
+
+/// The SAM architecture a model section describes: the backbone preset with the optional
+/// size overrides applied (overrides only apply to the ViT backbones).
+pub fn sam_config(model: &ModelConfig) -> SamConfig {
+    if model.backbone == Backbone::VitT {
+        return SamConfig::vit_t();
+    }
+    let a = model.resolved_architecture();
+    let mut cfg = match model.backbone {
+        Backbone::VitL => SamConfig::vit_l(),
+        Backbone::VitH => SamConfig::vit_h(),
+        _ => SamConfig::vit_b(),
+    };
+    let img = i64::from(a.image_size);
+    let dim = i64::from(a.prompt_embed_dim);
+    let grid = img / i64::from(a.patch_size);
+    let mut enc = match &cfg.image_encoder {
+        ImageEncoderConfig::Vit(v) => v.clone(),
+        ImageEncoderConfig::TinyVit(_) => ImageEncoderViTConfig::vit_b(),
+    };
+    enc.img_size = img;
+    enc.patch_size = i64::from(a.patch_size);
+    enc.embed_dim = i64::from(a.encoder_embed_dim);
+    enc.depth = i64::from(a.encoder_depth);
+    enc.num_heads = i64::from(a.encoder_num_heads);
+    enc.global_attn_indexes = a.encoder_global_attn_indexes.iter().map(|&i| i64::from(i)).collect();
+    enc.window_size = i64::from(a.window_size);
+    enc.out_chans = dim;
+    cfg.image_encoder = ImageEncoderConfig::Vit(enc);
+    cfg.prompt_encoder = PromptEncoderConfig {
+        embed_dim: dim,
+        image_embedding_size: grid,
+        input_image_size: img,
+        ..PromptEncoderConfig::sam()
+    };
+    if dim != 256 {
+        // Narrow prompt dimensions (tiny models): keep SAM's proportions (mlp 8×, 8 heads).
+        cfg.mask_decoder = MaskDecoderConfig {
+            transformer_dim: dim,
+            transformer: TwoWayTransformerConfig {
+                embedding_dim: dim,
+                num_heads: if dim % 8 == 0 { 8 } else { 1 },
+                mlp_dim: 8 * dim,
+                ..TwoWayTransformerConfig::sam()
+            },
+            iou_head_hidden_dim: dim,
+            ..MaskDecoderConfig::sam()
+        };
+    }
+    cfg
+}
+
+/// The UNETR decoder matching a SAM config.
+pub fn unetr_config(sam: &SamConfig) -> UnetrConfig {
+    let embed_dim = sam.image_encoder.out_chans();
+    let img_size = sam.image_encoder.img_size();
+    if embed_dim == 256 {
+        UnetrConfig { img_size, ..UnetrConfig::sam() }
+    } else {
+        UnetrConfig { embed_dim, img_size, initial_features: (embed_dim / 4).max(8), ..UnetrConfig::sam() }
+    }
+}
+
+/// A model with its variables: SAM in one VarStore (keys as segment_anything's state_dict), the
+/// optional UNETR decoder in another (keys as micro_sam's `decoder_state`).
+pub struct Model {
+    /// SAM's variables.
+    pub sam_vs: VarStore,
+    /// SAM.
+    pub sam: Sam,
+    /// The decoder's variables and the decoder, when configured.
+    pub decoder: Option<(VarStore, UnetrDecoder)>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("decoder", &self.decoder.is_some()).finish()
+    }
+}
+
+/// Prefix of decoder variables in checkpoints and optimiser state.
+pub const DECODER_PREFIX: &str = "decoder.";
+
+impl Model {
+    /// Builds the configured architecture with random weights (seeded by the caller through
+    /// `tch::manual_seed`).
+    pub fn new(model: &ModelConfig, device: Device) -> Result<Self, TrainError> {
+        let cfg = sam_config(model);
+        let sam_vs = VarStore::new(device);
+        let sam = Sam::new(&sam_vs.root(), &cfg).map_err(|e| TrainError::Model(e.to_string()))?;
+        let decoder = if model.with_segmentation_decoder {
+            let vs = VarStore::new(device);
+            let dec = UnetrDecoder::new(&vs.root(), &unetr_config(&cfg))
+                .map_err(|e| TrainError::Model(e.to_string()))?;
+            Some((vs, dec))
+        } else {
+            None
+        };
+        Ok(Self { sam_vs, sam, decoder })
+    }
+
+    /// Loads the initial weights named by `model.checkpoint` (a file or a micro_sam model name
+    /// in the cache); the decoder loads too when the file has one. Returns warnings.
+    pub fn load_initial(&mut self, spec: &str) -> Result<Vec<String>, TrainError> {
+        let path = resolve_checkpoint(spec).map_err(|e| TrainError::Model(e.to_string()))?;
+        let ck = read_checkpoint(&path).map_err(|e| TrainError::Model(e.to_string()))?;
+        let mut warnings = ck.warnings.clone();
+        apply_state_dict(&self.sam_vs, &ck.model_state, LoadMode::Strict)
+            .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
+        match (&self.decoder, &ck.decoder_state) {
+            (Some((vs, _)), Some(state)) => {
+                apply_state_dict(vs, state, LoadMode::Strict)
+                    .map_err(|e| TrainError::Model(format!("{} (decoder_state): {e}", path.display())))?;
+            }
+            (Some(_), None) => warnings.push(format!(
+                "{} has no decoder_state: the instance decoder starts from random weights",
+                path.display()
+            )),
+            _ => {}
+        }
+        Ok(warnings)
+    }
+
+    /// Every variable, decoder ones prefixed with [`DECODER_PREFIX`].
+    pub fn named_variables(&self) -> Vec<(String, tch::Tensor)> {
+        let mut out: Vec<(String, tch::Tensor)> = self.sam_vs.variables().into_iter().collect();
+        if let Some((vs, _)) = &self.decoder {
+            out.extend(vs.variables().into_iter().map(|(k, t)| (format!("{DECODER_PREFIX}{k}"), t)));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Copies weights saved by [`Model::named_variables`] back (strict).
+    pub fn load_named(&self, tensors: &[(String, tch::Tensor)]) -> Result<(), TrainError> {
+        let (dec, sam): (Vec<_>, Vec<_>) =
+            tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).partition(|(k, _)| k.starts_with(DECODER_PREFIX));
+        apply_state_dict(&self.sam_vs, &sam, LoadMode::Strict).map_err(|e| TrainError::State(e.to_string()))?;
+        match &self.decoder {
+            Some((vs, _)) => {
+                let dec: Vec<(String, tch::Tensor)> = dec
+                    .into_iter()
+                    .map(|(k, t)| (k[DECODER_PREFIX.len()..].to_string(), t))
+                    .collect();
+                apply_state_dict(vs, &dec, LoadMode::Strict).map_err(|e| TrainError::State(e.to_string()))?;
+            }
+            None if !dec.is_empty() => {
+                return Err(TrainError::State(
+                    "the checkpoint has decoder weights but the config has no segmentation decoder".into(),
+                ))
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// The device named by the config (`auto`: CUDA when available).
+pub fn device_for(name: sam_config::Device, local_rank: usize) -> Device {
+    match name {
+        sam_config::Device::Cpu => Device::Cpu,
+        sam_config::Device::Cuda => Device::Cuda(local_rank),
+        sam_config::Device::Auto => {
+            if tch::Cuda::is_available() {
+                Device::Cuda(local_rank)
+            } else {
+                Device::Cpu
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! One training step of the micro_sam recipe, on a batch already in memory.
+//!
+//! Image embeddings are computed once per batch; then, per image, `n_sub_iteration` prompting
+//! rounds run on those embeddings: the first round starts from one positive point per object
+//! (multimask output) or from a box per object, alternating by iteration; every later round adds
+//! a positive point in the missed region and a negative point in the wrongly included region of
+//! each object's best mask, and feeds the previous best low-resolution logits as mask input with
+//! probability `mask_prob`. The loss is the mean over rounds of Dice (best of the k masks) +
+//! IoU-MSE, averaged over images; with the UNETR decoder, its distance loss is added.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sam_data::{derive_seed, PromptSampler, TrainingSample};
+use sam_model::{ResizeLongestSide, Sam, UnetrDecoder};
+use tch::{Device, Kind, Tensor};
+
+use crate::losses::{distance_loss, round_loss};
+use crate::TrainError;
+
+/// Settings of the prompting recipe.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecipeConfig {
+    /// Objects per image and step (micro_sam's `n_objects_per_batch`).
+    pub n_objects_per_batch: usize,
+    /// Prompting rounds per step (micro_sam's `n_sub_iteration`), at least 1.
+    pub n_sub_iteration: usize,
+    /// Probability of feeding the previous logits as mask input.
+    pub mask_prob: f64,
+    /// Random box enlargement (fraction of the box size per side).
+    pub box_distortion: f64,
+    /// Weight of the focal term (0: off).
+    pub focal_weight: f64,
+}
+
+/// The loss of one step, as a tensor to back-propagate and its parts as numbers.
+pub struct StepLoss {
+    /// What to back-propagate.
+    pub total: Tensor,
+    /// Mean Dice loss over images and rounds.
+    pub dice: f64,
+    /// Mean IoU-MSE over images and rounds.
+    pub iou_mse: f64,
+    /// The decoder's distance loss (0 without decoder).
+    pub decoder: f64,
+}
+
+impl std::fmt::Debug for StepLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepLoss")
+            .field("dice", &self.dice)
+            .field("iou_mse", &self.iou_mse)
+            .field("decoder", &self.decoder)
+            .finish()
+    }
+}
+
+/// Batched model input of grey patches: `[b, 3, img, img]` normalised and padded, plus the size
+/// of each patch after resizing (before padding).
+pub fn model_input(
+    sam: &Sam,
+    samples: &[&TrainingSample],
+    device: Device,
+) -> Result<(Tensor, (i64, i64)), TrainError> {
+    let first = samples.first().ok_or_else(|| TrainError::Data("empty batch".into()))?;
+    let (h, w) = (first.labels.height as i64, first.labels.width as i64);
+    let mut images = Vec::with_capacity(samples.len());
+    for s in samples {
+        if s.labels.height as i64 != h || s.labels.width as i64 != w {
+            return Err(TrainError::Data(format!(
+                "patches of one batch differ in size: {}×{} and {}×{}",
+                h, w, s.labels.height, s.labels.width
+            )));
+        }
+        images.push(Tensor::from_slice(&s.image).view([1, 1, h, w]));
+    }
+    let x = Tensor::cat(&images, 0).to_device(device).repeat([1, 3, 1, 1]) * 255.0;
+    let (rh, rw) = ResizeLongestSide::get_preprocess_shape(h, w, sam.img_size());
+    let x = if (rh, rw) != (h, w) {
+        x.upsample_bilinear2d([rh, rw], false, None, None)
+    } else {
+        x
+    };
+    let x = sam.preprocess(&x).map_err(|e| TrainError::Model(e.to_string()))?;
+    Ok((x, (rh, rw)))
+}
+
+/// Objects of a sample chosen for this step: up to `n` ids, drawn without replacement.
+fn choose_objects(sample: &TrainingSample, n: usize, rng: &mut ChaCha8Rng) -> Vec<u32> {
+    let max = sample.labels.data.iter().copied().max().unwrap_or(0);
+    let mut present = vec![false; max as usize + 1];
+    for &v in &sample.labels.data {
+        present[v as usize] = true;
+    }
+    let mut ids: Vec<u32> = (1..=max).filter(|&i| present[i as usize]).collect();
+    // Partial Fisher–Yates: the first n entries become a uniform sample.
+    let k = n.min(ids.len());
+    for i in 0..k {
+        let j = rng.gen_range(i..ids.len());
+        ids.swap(i, j);
+    }
+    ids.truncate(k);
+    ids.sort_unstable();
+    ids
+}
+
+/// Per-object binary masks `[n, 1, h, w]` of `ids`.
+fn object_masks(sample: &TrainingSample, ids: &[u32], device: Device) -> Tensor {
+    let (h, w) = (sample.labels.height, sample.labels.width);
+    let mut data = vec![0f32; ids.len() * h * w];
+    for (k, &id) in ids.iter().enumerate() {
+        let dst = &mut data[k * h * w..(k + 1) * h * w];
+        for (d, &v) in dst.iter_mut().zip(&sample.labels.data) {
+            *d = f32::from(u8::from(v == id));
+        }
+    }
+    Tensor::from_slice(&data).view([ids.len() as i64, 1, h as i64, w as i64]).to_device(device)
+}
+
+/// Computes the loss of one step. `iteration` picks the start prompt (even: point, odd: box) and,
+/// with `seed`, every random draw, so that a step is a pure function of its inputs.
+pub fn step_loss(
+    sam: &Sam,
+    decoder: Option<&UnetrDecoder>,
+    samples: &[&TrainingSample],
+    recipe: &RecipeConfig,
+    seed: u64,
+    iteration: u64,
+    global_index: &[u64],
+    device: Device,
+) -> Result<StepLoss, TrainError> {
+    let (x, input_size) = model_input(sam, samples, device)?;
+    let embeddings = sam.image_encoder.forward(&x);
+    let (ph, pw) = (samples[0].labels.height as i64, samples[0].labels.width as i64);
+    let mut total = Tensor::zeros([], (Kind::Float, device));
+    let (mut dice_sum, mut iou_sum) = (0.0, 0.0);
+    let mut decoder_value = 0.0;
+    let point_start = iteration % 2 == 0;
+    let sampler = PromptSampler { box_distortion: recipe.box_distortion };
+    let transform = ResizeLongestSide { target_length: sam.img_size() };
+    let rounds = recipe.n_sub_iteration.max(1);
+    for (b, sample) in samples.iter().enumerate() {
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[1, iteration, global_index[b]]));
+        let ids = choose_objects(sample, recipe.n_objects_per_batch, &mut rng);
+        if ids.is_empty() {
+            return Err(TrainError::Data(format!(
+                "a patch of {} at {:?} has no objects (min_objects_per_patch must be ≥ 1)",
+                sample.image_name, sample.origin
+            )));
+        }
+        let n = ids.len() as i64;
+        let target = object_masks(sample, &ids, device);
+        let emb = embeddings.narrow(0, b as i64, 1);
+        let mut coords: Vec<f32> = Vec::new(); // per object, per point (x, y), patch pixels
+        let mut labels: Vec<i64> = Vec::new();
+        let mut n_points = 0usize;
+        let mut boxes: Option<Tensor> = None;
+        if point_start {
+            for &id in &ids {
+                let (px, py) = sampler
+                    .positive_point(&sample.labels, id, &mut rng)
+                    .ok_or_else(|| TrainError::Data(format!("object {id} vanished")))?;
+                coords.extend([px as f32, py as f32]);
+                labels.push(1);
+            }
+            n_points = 1;
+        } else {
+            let mut v = Vec::with_capacity(ids.len() * 4);
+            for &id in &ids {
+                let bx = sampler
+                    .jittered_box(&sample.labels, id, &mut rng)
+                    .ok_or_else(|| TrainError::Data(format!("object {id} vanished")))?;
+                v.extend(bx.iter().map(|&c| c as f32));
+            }
+            let t = Tensor::from_slice(&v).view([n, 4]).to_device(device);
+            boxes = Some(transform.apply_boxes(&t, (ph, pw)));
+        }
+        let mut mask_input: Option<Tensor> = None;
+        let mut image_loss = Tensor::zeros([], (Kind::Float, device));
+        for round in 0..rounds {
+            let points = (n_points > 0).then(|| {
+                let c = Tensor::from_slice(&coords).view([n, n_points as i64, 2]).to_device(device);
+                let l = Tensor::from_slice(&labels).view([n, n_points as i64]).to_device(device);
+                (transform.apply_coords(&c, (ph, pw)), l)
+            });
+            let multimask = round == 0 && point_start;
+            let pred = sam
+                .forward_prompts(
+                    &emb,
+                    points.as_ref().map(|(c, l)| (c, l)),
+                    boxes.as_ref(),
+                    mask_input.as_ref(),
+                    multimask,
+                )
+                .map_err(|e| TrainError::Model(e.to_string()))?;
+            let masks = sam.postprocess_masks(&pred.low_res_masks, input_size, (ph, pw));
+            let rl = round_loss(&masks.to_kind(Kind::Float), &pred.iou_predictions, &target, recipe.focal_weight);
+            dice_sum += rl.dice;
+            iou_sum += rl.iou_mse;
+            image_loss = image_loss + &rl.total;
+            if round + 1 == rounds {
+                break;
+            }
+            // The corrective points come from each object's best mask.
+            let best_idx = rl.best.unsqueeze(1);
+            let best_masks = tch::no_grad(|| {
+                masks
+                    .gather(1, &best_idx.view([n, 1, 1, 1]).expand([n, 1, ph, pw], false), false)
+                    .gt(0.0)
+                    .to_device(Device::Cpu)
+            });
+            let pred_flat: Vec<bool> = Vec::<bool>::try_from(best_masks.flatten(0, -1))
+                .map_err(|e| TrainError::Model(e.to_string()))?;
+            let target_cpu: Vec<f32> = Vec::<f32>::try_from(target.to_device(Device::Cpu).flatten(0, -1))
+                .map_err(|e| TrainError::Model(e.to_string()))?;
+            let plane = (ph * pw) as usize;
+            let mut new_coords = Vec::with_capacity(ids.len() * (n_points + 2) * 2);
+            let mut new_labels = Vec::with_capacity(ids.len() * (n_points + 2));
+            for k in 0..ids.len() {
+                let truth: Vec<bool> = target_cpu[k * plane..(k + 1) * plane].iter().map(|&v| v > 0.5).collect();
+                let predicted = &pred_flat[k * plane..(k + 1) * plane];
+                let (pos, neg) = sampler.iterative_points(&truth, predicted, pw as usize, &mut rng);
+                new_coords.extend_from_slice(&coords[k * n_points * 2..(k + 1) * n_points * 2]);
+                new_labels.extend_from_slice(&labels[k * n_points..(k + 1) * n_points]);
+                for (p, label) in [(pos, 1i64), (neg, 0i64)] {
+                    match p {
+                        Some((x, y)) => {
+                            new_coords.extend([x as f32, y as f32]);
+                            new_labels.push(label);
+                        }
+                        // SAM's padding point: ignored by the prompt encoder.
+                        None => {
+                            new_coords.extend([0.0, 0.0]);
+                            new_labels.push(-1);
+                        }
+                    }
+                }
+            }
+            coords = new_coords;
+            labels = new_labels;
+            n_points += 2;
+            // Mask input decision: the same for every rank (derived from the iteration).
+            let mut mask_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[2, iteration, round as u64]));
+            mask_input = (mask_rng.gen::<f64>() < recipe.mask_prob).then(|| {
+                let k = pred.low_res_masks.size();
+                pred.low_res_masks
+                    .gather(1, &best_idx.view([n, 1, 1, 1]).expand([n, 1, k[2], k[3]], false), false)
+                    .detach()
+            });
+        }
+        total = total + image_loss / rounds as f64;
+    }
+    let nb = samples.len() as f64;
+    let mut total = total / nb;
+    if let Some(dec) = decoder {
+        let mut targets = Vec::with_capacity(samples.len());
+        for s in samples {
+            let t = s.targets.as_ref().ok_or_else(|| {
+                TrainError::Data("the decoder is on but samples carry no AIS targets".into())
+            })?;
+            targets.push(Tensor::from_slice(&t.data).view([1, 3, ph, pw]));
+        }
+        let target = Tensor::cat(&targets, 0).to_device(device);
+        let out = dec.forward_t(&embeddings, true).map_err(|e| TrainError::Model(e.to_string()))?;
+        let out = dec.postprocess_masks(&out, input_size, (ph, pw)).to_kind(Kind::Float);
+        // Per image, then the mean: a distributed run averages the same quantity.
+        let mut dl = Tensor::zeros([], (Kind::Float, device));
+        for b in 0..samples.len() as i64 {
+            dl = dl + distance_loss(&out.narrow(0, b, 1), &target.narrow(0, b, 1));
+        }
+        let dl = dl / nb;
+        decoder_value = dl.double_value(&[]);
+        total = total + dl;
+    }
+    let denom = nb * rounds as f64;
+    Ok(StepLoss { total, dice: dice_sum / denom, iou_mse: iou_sum / denom, decoder: decoder_value })
+}

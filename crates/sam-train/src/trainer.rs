@@ -1,0 +1,499 @@
+//! The training run: run folder, data, model, the epoch loop with validation, checkpoints,
+//! resume, stop requests and the final export.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sam_config::{ExperimentConfig, Precision, RunPaths, SchedulerKind};
+use sam_data::{derive_seed, pair_by_stem, split_by_image, Dataset, Normalization, PatchConfig, Prefetcher, SampleConfig, TrainingSample};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{CheckpointStore, ScalerState, Slot, TrainState};
+use crate::distributed::Collective;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::report::{EpochRecord, MetricsLog};
+use crate::schedule::{checkpoint_decision, EarlyStopping, LrScheduler, ScheduleKind};
+use crate::setup::{device_for, Model};
+use crate::signals::StopFlag;
+use crate::step::{step_loss, RecipeConfig};
+use crate::validation::{validate, ValidationScores};
+use crate::{export_model, TrainError};
+
+/// Exit status of a run stopped by SIGTERM/SIGUSR1 after checkpointing: the SLURM script
+/// requeues the job on it (`RequeueExit`).
+pub const REQUEUE_EXIT_CODE: i32 = 42;
+
+/// Receives progress; the command-line shell draws a progress bar from it.
+pub trait TrainProgress {
+    /// Training starts (or resumes) at `done` of `total` iterations.
+    fn start(&self, _total: u64, _done: u64) {}
+    /// An iteration finished.
+    fn step(&self, _iteration: u64, _loss: f64, _lr: f64) {}
+    /// A line for the console and the log (already sent to `tracing`).
+    fn message(&self, _line: &str) {}
+    /// Training ended.
+    fn finish(&self) {}
+}
+
+/// A progress sink that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+impl TrainProgress for NoProgress {}
+
+/// How to run.
+pub struct TrainOptions<'a> {
+    /// Repository root all config paths are relative to.
+    pub root: PathBuf,
+    /// Continue from the run's `latest` checkpoint.
+    pub resume: bool,
+    /// Delete an existing run folder first.
+    pub overwrite: bool,
+    /// Raised by SIGTERM/SIGUSR1.
+    pub stop: StopFlag,
+    /// Progress sink.
+    pub progress: &'a dyn TrainProgress,
+    /// The process group of a distributed run (`None`: one process).
+    pub collective: Option<&'a Collective>,
+    /// Stop after this many iterations in this process (tests simulate a kill with it).
+    pub max_iterations_this_run: Option<u64>,
+}
+
+impl std::fmt::Debug for TrainOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOptions").field("root", &self.root).field("resume", &self.resume).finish()
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainOutcome {
+    /// All epochs done (or early-stopped); the best model was exported.
+    Finished(TrainSummary),
+    /// A stop was requested; `latest` holds the state to resume from.
+    Interrupted(TrainSummary),
+}
+
+/// Numbers at the end of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    /// Completed epochs.
+    pub epochs: u64,
+    /// Completed iterations.
+    pub iterations: u64,
+    /// Best validation mSA.
+    pub best_msa: Option<f64>,
+    /// Validation scores of the last epoch.
+    pub last_validation: Option<ValidationScores>,
+    /// Where the model was exported.
+    pub export_path: Option<PathBuf>,
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Early stopping ended the run.
+    pub early_stopped: bool,
+    /// Wall-clock seconds of this process's training.
+    pub seconds: f64,
+}
+
+/// Checks the run folder against `resume`/`overwrite` and creates it. Nothing is touched when
+/// the run is refused.
+pub fn prepare_run(cfg: &ExperimentConfig, root: &Path, resume: bool, overwrite: bool) -> Result<RunPaths, TrainError> {
+    let paths = RunPaths::new(root, cfg);
+    if resume && overwrite {
+        return Err(TrainError::Usage("--resume and --overwrite exclude each other".into()));
+    }
+    let exists = paths.run_dir.exists();
+    if exists && !resume && !overwrite {
+        return Err(TrainError::RunExists(paths.run_dir.clone()));
+    }
+    if resume && !CheckpointStore::new(&paths.checkpoint_dir).exists(Slot::Latest) {
+        return Err(TrainError::MissingCheckpoint(format!(
+            "cannot resume: no checkpoint in {} (start without --resume)",
+            paths.checkpoint_dir.join("latest").display()
+        )));
+    }
+    if exists && overwrite {
+        fs::remove_dir_all(&paths.run_dir).map_err(|e| TrainError::Io(format!("{}: {e}", paths.run_dir.display())))?;
+    }
+    for d in [&paths.run_dir, &paths.checkpoint_dir, &paths.logs_dir] {
+        fs::create_dir_all(d).map_err(|e| TrainError::Io(format!("{}: {e}", d.display())))?;
+    }
+    Ok(paths)
+}
+
+fn sample_config(cfg: &ExperimentConfig) -> SampleConfig {
+    let d = &cfg.data;
+    SampleConfig {
+        patch: PatchConfig {
+            height: d.patch_shape[0] as usize,
+            width: d.patch_shape[1] as usize,
+            min_objects: d.min_objects_per_patch.max(1) as usize,
+            min_object_size: d.min_object_size as usize,
+            ..PatchConfig::default()
+        },
+        normalization: Normalization {
+            lower_percentile: d.normalization.lower_percentile,
+            upper_percentile: d.normalization.upper_percentile,
+        },
+        min_object_size: d.min_object_size as usize,
+        with_targets: cfg.model.with_segmentation_decoder,
+    }
+}
+
+fn load_data(cfg: &ExperimentConfig, root: &Path) -> Result<(Dataset, Dataset), TrainError> {
+    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { root.join(p) };
+    let d = &cfg.data;
+    let pairs = pair_by_stem(resolve(&d.train_images_dir), resolve(&d.train_labels_dir)).map_err(|e| TrainError::Data(e.to_string()))?;
+    let all = Dataset::load(&pairs).map_err(|e| TrainError::Data(e.to_string()))?;
+    match (&d.validation.images_dir, &d.validation.labels_dir) {
+        (Some(vi), Some(vl)) => {
+            let vpairs = pair_by_stem(resolve(vi), resolve(vl)).map_err(|e| TrainError::Data(e.to_string()))?;
+            let val = Dataset::load(&vpairs).map_err(|e| TrainError::Data(e.to_string()))?;
+            Ok((all, val))
+        }
+        _ => {
+            let fraction = d.validation.fraction.unwrap_or(0.1);
+            let (train, val) = split_by_image(all.items.len(), fraction, cfg.seed).map_err(|e| TrainError::Data(e.to_string()))?;
+            Ok((all.subset(&train), all.subset(&val)))
+        }
+    }
+}
+
+fn schedule_kind(cfg: &ExperimentConfig, epochs: u64) -> ScheduleKind {
+    let s = &cfg.training.scheduler;
+    match s.kind {
+        SchedulerKind::ReduceOnPlateau => ScheduleKind::ReduceOnPlateau { factor: s.factor, patience: s.patience },
+        SchedulerKind::Cosine => ScheduleKind::Cosine { total_epochs: epochs as u32, min_lr: s.min_lr },
+        SchedulerKind::Constant => ScheduleKind::Constant,
+    }
+}
+
+/// Number of validation patches: two per validation image, between 4 and 32.
+fn n_validation_patches(n_images: usize) -> usize {
+    (2 * n_images).clamp(4, 32)
+}
+
+/// Trains as the config says. See the crate documentation for the run folder layout.
+pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) -> Result<TrainOutcome, TrainError> {
+    let started = Instant::now();
+    let (rank, world) = opts.collective.map_or((0, 1), |c| (c.rank(), c.world_size()));
+    let is_main = rank == 0;
+    let say = |line: String| {
+        tracing::info!("{line}");
+        opts.progress.message(&line);
+    };
+    let t = &cfg.training;
+    let local_rank = opts.collective.map_or(0, |c| c.local_rank());
+    let device = device_for(t.device, local_rank);
+    if t.precision == Precision::Tf32 && device.is_cuda() {
+        sam_torch::set_tf32(sam_torch::Tf32 { cublas: true, cudnn: true }).map_err(|e| TrainError::Model(e.to_string()))?;
+    }
+    if is_main && !opts.resume {
+        let yaml = cfg.to_yaml().map_err(|e| TrainError::Io(e.to_string()))?;
+        fs::write(&paths.config, yaml).map_err(|e| TrainError::Io(format!("{}: {e}", paths.config.display())))?;
+    }
+
+    // Data.
+    let (train_set, val_set) = load_data(cfg, &paths.root)?;
+    if train_set.items.is_empty() {
+        return Err(TrainError::Data("no training images after the validation split".into()));
+    }
+    if val_set.items.is_empty() {
+        return Err(TrainError::Data("no validation images: set data.validation.fraction or data.validation.images_dir".into()));
+    }
+    let sample_cfg = sample_config(cfg);
+    let val_patches: Vec<TrainingSample> = (0..n_validation_patches(val_set.items.len()))
+        .map(|j| {
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(derive_seed(cfg.seed, &[3, j as u64]));
+            val_set.sample(&SampleConfig { with_targets: false, ..sample_cfg.clone() }, &mut rng)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+
+    // Model, optimiser, state.
+    tch::manual_seed(derive_seed(cfg.seed, &[0]) as i64 & i64::MAX);
+    let mut model = Model::new(&cfg.model, device)?;
+    if let Some(spec) = &cfg.model.checkpoint {
+        for w in model.load_initial(spec)? {
+            say(format!("warning: {w}"));
+        }
+    }
+    let frozen = |name: &str| cfg.model.freeze.iter().any(|p| name.starts_with(p.as_str()));
+    let mut trainable = Vec::new();
+    for (name, var) in model.named_variables() {
+        if !var.requires_grad() {
+            continue; // buffers
+        }
+        if frozen(&name) {
+            let _ = var.set_requires_grad(false);
+        } else {
+            trainable.push((name, var));
+        }
+    }
+    let n_params: i64 = trainable.iter().map(|(_, v)| v.numel() as i64).sum();
+    let mut optim = AdamW::new(
+        trainable,
+        AdamWConfig { lr: t.lr, betas: (t.betas[0], t.betas[1]), eps: t.eps, weight_decay: t.weight_decay },
+    );
+    let global_batch = u64::from(t.batch_size) * world as u64;
+    let samples_per_epoch = cfg.data.samples_per_epoch.unwrap_or(train_set.items.len() as u64 * 16);
+    let iters_per_epoch = samples_per_epoch.div_ceil(global_batch).max(1);
+    let epochs = match (t.epochs, t.iterations) {
+        (_, Some(it)) => it.div_ceil(iters_per_epoch),
+        (Some(e), None) => u64::from(e),
+        (None, None) => 1,
+    };
+    let total_iterations = t.iterations.unwrap_or(epochs * iters_per_epoch);
+    let store = CheckpointStore::new(&paths.checkpoint_dir);
+    let mut state = TrainState {
+        epoch: 0,
+        iteration: 0,
+        best_metric: None,
+        scheduler: LrScheduler::new(schedule_kind(cfg, epochs), t.lr),
+        early_stopping: EarlyStopping::new(t.early_stopping_patience),
+        scaler: ScalerState::default(),
+        seed: cfg.seed,
+        metric: None,
+        finished: false,
+        epoch_sums: [0.0; 4],
+    };
+    if opts.resume {
+        let ck = store.load(Slot::Latest)?;
+        model.load_named(&ck.model)?;
+        optim.load_state_tensors(ck.optimizer)?;
+        state = ck.state;
+        say(format!("resumed from {} at epoch {}, iteration {}", store.slot_dir(Slot::Latest).display(), state.epoch, state.iteration));
+    } else if let Some(c) = opts.collective {
+        // Every rank starts from rank 0's weights.
+        c.broadcast_variables(&model.named_variables())?;
+    }
+    optim.set_lr(state.scheduler.lr());
+    if is_main {
+        say(format!(
+            "training {} ({} trainable parameters) on {:?}, {} process(es): {} train / {} validation images, \
+             {} iterations of global batch {} ({} epochs × {})",
+            cfg.experiment_name, n_params, device, world, train_set.items.len(), val_set.items.len(),
+            total_iterations, global_batch, epochs, iters_per_epoch
+        ));
+    }
+    let recipe = RecipeConfig {
+        n_objects_per_batch: t.n_objects_per_batch as usize,
+        n_sub_iteration: t.n_sub_iteration as usize,
+        mask_prob: t.mask_prob,
+        box_distortion: t.box_distortion_factor,
+        focal_weight: t.focal_loss_weight,
+    };
+
+    // Samples for iterations from here on, built ahead on worker threads. Sample k of the global
+    // batch of iteration i depends only on (seed, i, k); this rank takes its slice of k.
+    let first = state.iteration;
+    let per_rank = t.batch_size as u64;
+    let train_arc = std::sync::Arc::new(train_set);
+    let sample_cfg_arc = sample_cfg.clone();
+    let seed = cfg.seed;
+    let remaining = total_iterations.saturating_sub(first);
+    let prefetch = {
+        let train_arc = std::sync::Arc::clone(&train_arc);
+        Prefetcher::spawn(
+            cfg.data.num_workers.max(1) as usize,
+            cfg.data.prefetch_batches.max(1) as usize,
+            seed,
+            Some(remaining * per_rank),
+            move |j, _| {
+                let i = first + j / per_rank;
+                let k = rank as u64 * per_rank + j % per_rank;
+                let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(derive_seed(seed, &[4, i, k]));
+                train_arc.sample(&sample_cfg_arc, &mut rng).map(|s| (k, s))
+            },
+        )
+    };
+    let mut prefetch = prefetch;
+    let metrics = MetricsLog::new(&paths.logs_dir);
+    opts.progress.start(total_iterations, state.iteration);
+    let autocast_kind = match t.precision {
+        Precision::Bf16 => Some(Kind::BFloat16),
+        Precision::Fp16 => Some(Kind::Half),
+        _ => None,
+    };
+    let mut last_validation = None;
+    let mut early_stopped = false;
+    let mut epoch_started = Instant::now();
+    let mut done_this_run = 0u64;
+    let snapshot = |model: &Model, optim: &AdamW, state: &TrainState, slot: Slot| -> Result<(), TrainError> {
+        if is_main {
+            store.save(slot, &model.named_variables(), &optim.state_tensors(), state)?;
+        }
+        Ok(())
+    };
+
+    while state.iteration < total_iterations {
+        // One iteration.
+        let mut batch = Vec::with_capacity(per_rank as usize);
+        let mut index = Vec::with_capacity(per_rank as usize);
+        for _ in 0..per_rank {
+            let (k, s) = prefetch
+                .next()
+                .ok_or_else(|| TrainError::Data("the sample pipeline ended early".into()))?
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+            index.push(k);
+            batch.push(s);
+        }
+        let refs: Vec<&TrainingSample> = batch.iter().collect();
+        optim.zero_grad();
+        let forward = || {
+            step_loss(&model.sam, model.decoder.as_ref().map(|(_, d)| d), &refs, &recipe, seed, state.iteration, &index, device)
+        };
+        let loss = match autocast_kind {
+            Some(kind) => sam_torch::autocast(device, kind, forward).map_err(|e| TrainError::Model(e.to_string()))??,
+            None => forward()?,
+        };
+        let value = loss.total.double_value(&[]);
+        if !value.is_finite() {
+            return Err(TrainError::NonFinite { iteration: state.iteration, value, checkpoint: store.slot_dir(Slot::Latest) });
+        }
+        let scale = if t.precision == Precision::Fp16 { state.scaler.scale } else { 1.0 };
+        (loss.total * scale).backward();
+        if let Some(c) = opts.collective {
+            c.average_gradients(&optim)?;
+        }
+        let mut apply = true;
+        if t.precision == Precision::Fp16 {
+            optim.scale_grads(1.0 / scale);
+            // torch.amp.GradScaler: skip the step and halve the scale on overflow; double it
+            // after 2000 clean steps.
+            if optim.grads_finite() {
+                state.scaler.growth_tracker += 1;
+                if state.scaler.growth_tracker >= 2000 {
+                    state.scaler.scale *= 2.0;
+                    state.scaler.growth_tracker = 0;
+                }
+            } else {
+                state.scaler.scale *= 0.5;
+                state.scaler.growth_tracker = 0;
+                apply = false;
+            }
+        }
+        if apply {
+            if let Some(max) = t.grad_clip_norm {
+                optim.clip_grad_norm(max);
+            }
+            optim.step();
+        }
+        state.iteration += 1;
+        done_this_run += 1;
+        state.epoch_sums[0] += value;
+        state.epoch_sums[1] += loss.dice;
+        state.epoch_sums[2] += loss.decoder;
+        state.epoch_sums[3] += 1.0;
+        opts.progress.step(state.iteration, value, optim.lr());
+        if t.log_every_iterations > 0 && state.iteration % u64::from(t.log_every_iterations) == 0 && is_main {
+            tracing::info!(
+                "iteration {}/{}: loss {:.4} (dice {:.4}, iou-mse {:.4}, decoder {:.4}), lr {:.3e}",
+                state.iteration, total_iterations, value, loss.dice, loss.iou_mse, loss.decoder, optim.lr()
+            );
+        }
+
+        let epoch_end = state.iteration % iters_per_epoch == 0 || state.iteration == total_iterations;
+        if epoch_end {
+            state.epoch += 1;
+            let validate_now = t.validate_every_epochs <= 1
+                || state.epoch % u64::from(t.validate_every_epochs) == 0
+                || state.iteration == total_iterations;
+            let scores = if validate_now { Some(validate(&model.sam, &val_patches, device)?) } else { None };
+            let n = state.epoch_sums[3].max(1.0);
+            let record = EpochRecord {
+                epoch: state.epoch,
+                iteration: state.iteration,
+                lr: optim.lr(),
+                train_loss: state.epoch_sums[0] / n,
+                train_dice_loss: state.epoch_sums[1] / n,
+                train_decoder_loss: state.epoch_sums[2] / n,
+                val_dice: scores.map_or(f64::NAN, |s| s.dice),
+                val_box_iou: scores.map_or(f64::NAN, |s| s.box_iou),
+                val_msa: scores.map_or(f64::NAN, |s| s.msa),
+                val_sa50: scores.map_or(f64::NAN, |s| s.sa50),
+                seconds: epoch_started.elapsed().as_secs_f64(),
+            };
+            state.epoch_sums = [0.0; 4];
+            epoch_started = Instant::now();
+            if let Some(s) = scores {
+                last_validation = Some(s);
+                if is_main {
+                    say(format!(
+                        "epoch {}/{}: train loss {:.4}, validation mSA {:.4}, SA50 {:.4}, box IoU {:.4}, Dice {:.4}",
+                        state.epoch, epochs, record.train_loss, s.msa, s.sa50, s.box_iou, s.dice
+                    ));
+                    metrics.append(&record)?;
+                }
+                let decision = checkpoint_decision(s.msa, state.best_metric);
+                state.metric = Some(s.msa);
+                let lr = state.scheduler.step(s.msa);
+                optim.set_lr(lr);
+                early_stopped = state.early_stopping.update(s.msa);
+                if decision.save_best {
+                    state.best_metric = Some(s.msa);
+                    snapshot(&model, &optim, &state, Slot::Best)?;
+                }
+            }
+            if early_stopped {
+                state.finished = true;
+            }
+            snapshot(&model, &optim, &state, Slot::Latest)?;
+            if early_stopped {
+                say(format!("early stopping after epoch {}: no improvement for {} epochs", state.epoch, t.early_stopping_patience.unwrap_or(0)));
+                break;
+            }
+        } else if t.checkpoint_every_iterations > 0 && state.iteration % u64::from(t.checkpoint_every_iterations) == 0 {
+            snapshot(&model, &optim, &state, Slot::Latest)?;
+        }
+
+        let stop_requested = opts.stop.is_raised();
+        let stop_all = match opts.collective {
+            Some(c) => c.any(stop_requested)?,
+            None => stop_requested,
+        };
+        let limit_hit = opts.max_iterations_this_run.is_some_and(|m| done_this_run >= m);
+        if (stop_all || limit_hit) && state.iteration < total_iterations {
+            if !epoch_end {
+                snapshot(&model, &optim, &state, Slot::Latest)?;
+            }
+            if stop_all {
+                say(format!("stop requested: checkpointed at iteration {} in {}", state.iteration, store.slot_dir(Slot::Latest).display()));
+            }
+            opts.progress.finish();
+            return Ok(TrainOutcome::Interrupted(TrainSummary {
+                epochs: state.epoch,
+                iterations: state.iteration,
+                best_msa: state.best_metric,
+                last_validation,
+                export_path: None,
+                run_dir: paths.run_dir.clone(),
+                early_stopped: false,
+                seconds: started.elapsed().as_secs_f64(),
+            }));
+        }
+    }
+    opts.progress.finish();
+    state.finished = true;
+    snapshot(&model, &optim, &state, Slot::Latest)?;
+    let export_path = if is_main {
+        let slot = if store.exists(Slot::Best) { Slot::Best } else { Slot::Latest };
+        let source = store.slot_dir(slot);
+        export_model(&source, &paths.export_path, model.decoder.is_some())?;
+        say(format!("exported {} to {}", source.display(), paths.export_path.display()));
+        Some(paths.export_path.clone())
+    } else {
+        None
+    };
+    Ok(TrainOutcome::Finished(TrainSummary {
+        epochs: state.epoch,
+        iterations: state.iteration,
+        best_msa: state.best_metric,
+        last_validation,
+        export_path,
+        run_dir: paths.run_dir.clone(),
+        early_stopped,
+        seconds: started.elapsed().as_secs_f64(),
+    }))
+}
+

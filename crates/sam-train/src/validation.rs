@@ -1,0 +1,102 @@
+//! Validation on held-out images: every object of a fixed set of patches is prompted with its
+//! tight box; the masks give the box-prompted Dice and IoU, and, merged into one label image
+//! (each pixel to the object with the highest positive logit), the instance metrics (mSA, SA50)
+//! of sam-eval.
+
+use sam_data::{PromptSampler, TrainingSample};
+use sam_model::{ResizeLongestSide, Sam};
+use tch::{Device, Kind, Tensor};
+
+use crate::step::model_input;
+use crate::TrainError;
+
+/// Validation scores, means over objects (Dice, IoU) and over patches (mSA, SA50).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ValidationScores {
+    /// Dice of the box-prompted masks.
+    pub dice: f64,
+    /// IoU of the box-prompted masks.
+    pub box_iou: f64,
+    /// Mean segmentation accuracy of the merged label images.
+    pub msa: f64,
+    /// SA at IoU 0.5 of the merged label images.
+    pub sa50: f64,
+}
+
+/// Objects prompted together in one decoder call.
+const OBJECT_CHUNK: usize = 32;
+
+/// Scores the model on validation patches (no gradients).
+pub fn validate(sam: &Sam, patches: &[TrainingSample], device: Device) -> Result<ValidationScores, TrainError> {
+    let _guard = tch::no_grad_guard();
+    let sampler = PromptSampler { box_distortion: 0.0 };
+    let transform = ResizeLongestSide { target_length: sam.img_size() };
+    let (mut dice_sum, mut iou_sum, mut n_objects) = (0.0, 0.0, 0usize);
+    let (mut msa_sum, mut sa50_sum) = (0.0, 0.0);
+    for sample in patches {
+        let (x, input_size) = model_input(sam, &[sample], device)?;
+        let emb = sam.image_encoder.forward(&x);
+        let (h, w) = (sample.labels.height, sample.labels.width);
+        let max = sample.labels.data.iter().copied().max().unwrap_or(0);
+        let mut present = vec![false; max as usize + 1];
+        for &v in &sample.labels.data {
+            present[v as usize] = true;
+        }
+        let ids: Vec<u32> = (1..=max).filter(|&i| present[i as usize]).collect();
+        // Best logit and its object per pixel, for the merged label image.
+        let mut best_logit = vec![0f32; h * w];
+        let mut merged = vec![0u32; h * w];
+        for chunk in ids.chunks(OBJECT_CHUNK) {
+            let mut boxes = Vec::with_capacity(chunk.len() * 4);
+            for &id in chunk {
+                let b = sampler
+                    .jittered_box(&sample.labels, id, &mut rand::rngs::mock::StepRng::new(0, 0))
+                    .ok_or_else(|| TrainError::Data(format!("object {id} vanished")))?;
+                boxes.extend(b.iter().map(|&c| c as f32));
+            }
+            let n = chunk.len() as i64;
+            let boxes = Tensor::from_slice(&boxes).view([n, 4]).to_device(device);
+            let boxes = transform.apply_boxes(&boxes, (h as i64, w as i64));
+            let pred = sam
+                .forward_prompts(&emb, None, Some(&boxes), None, false)
+                .map_err(|e| TrainError::Model(e.to_string()))?;
+            let logits = sam
+                .postprocess_masks(&pred.low_res_masks, input_size, (h as i64, w as i64))
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu)
+                .contiguous();
+            let logits: Vec<f32> = Vec::<f32>::try_from(logits.flatten(0, -1))
+                .map_err(|e| TrainError::Model(e.to_string()))?;
+            for (k, &id) in chunk.iter().enumerate() {
+                let plane = &logits[k * h * w..(k + 1) * h * w];
+                let (mut inter, mut pred_n, mut true_n) = (0u64, 0u64, 0u64);
+                for ((&l, &t), (best, m)) in plane
+                    .iter()
+                    .zip(&sample.labels.data)
+                    .zip(best_logit.iter_mut().zip(merged.iter_mut()))
+                {
+                    let p = l > 0.0;
+                    let t = t == id;
+                    inter += u64::from(p && t);
+                    pred_n += u64::from(p);
+                    true_n += u64::from(t);
+                    if l > *best {
+                        *best = l;
+                        *m = id;
+                    }
+                }
+                let union = pred_n + true_n - inter;
+                dice_sum += if pred_n + true_n == 0 { 1.0 } else { 2.0 * inter as f64 / (pred_n + true_n) as f64 };
+                iou_sum += if union == 0 { 1.0 } else { inter as f64 / union as f64 };
+                n_objects += 1;
+            }
+        }
+        let scores = sam_eval::score_image(&sample.labels.data, &merged)
+            .map_err(|e| TrainError::Data(format!("validation scoring of {}: {e}", sample.image_name)))?;
+        msa_sum += scores.msa;
+        sa50_sum += scores.sa50;
+    }
+    let no = n_objects.max(1) as f64;
+    let np = patches.len().max(1) as f64;
+    Ok(ValidationScores { dice: dice_sum / no, box_iou: iou_sum / no, msa: msa_sum / np, sa50: sa50_sum / np })
+}

@@ -1,0 +1,234 @@
+//! End-to-end tests of the trainer on a tiny model and small synthetic images.
+
+use std::path::{Path, PathBuf};
+
+use sam_config::{parse_config, ExperimentConfig, RunPaths, ValidateOptions};
+use sam_data::{synthesize, write_image, write_labels, SynthConfig};
+use sam_train::{
+    prepare_run, train, CheckpointStore, NoProgress, Slot, StopFlag, TrainError, TrainOptions, TrainOutcome,
+};
+use tch::Tensor;
+
+/// A fresh repository-like temp dir with `n` synthetic training and 2 validation images.
+macro_rules! setup {
+    ($n:expr) => {{
+        let dir = tempfile::tempdir().unwrap();
+        write_synth(dir.path(), "train", $n, 1);
+        write_synth(dir.path(), "val", 2, 100);
+        dir
+    }};
+}
+
+fn write_synth(root: &Path, split: &str, n: usize, seed: u64) {
+    let images = root.join("data").join(split).join("images");
+    let labels = root.join("data").join(split).join("labels");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&labels).unwrap();
+    for i in 0..n {
+        let s = synthesize(&SynthConfig { size: 96, ..SynthConfig::default() }, seed + i as u64);
+        write_image(images.join(format!("img{i}.tif")), &s.image).unwrap();
+        write_labels(labels.join(format!("img{i}.tif")), &s.labels).unwrap();
+    }
+}
+
+fn config(extra_training: &str, decoder: bool) -> ExperimentConfig {
+    let yaml = format!(
+        "experiment_name: t
+output_base_dir: runs
+checkpoint_name: ck
+export_path: final_models/t.pt
+seed: 3
+data:
+  train_images_dir: data/train/images
+  train_labels_dir: data/train/labels
+  validation:
+    images_dir: data/val/images
+    labels_dir: data/val/labels
+    fraction: null
+  image_shape: [96, 96]
+  patch_shape: [64, 64]
+  min_object_size: 10
+  min_objects_per_patch: 1
+  samples_per_epoch: 4
+  num_workers: 2
+  prefetch_batches: 2
+model:
+  backbone: vit_b
+  checkpoint: null
+  with_segmentation_decoder: {decoder}
+  architecture:
+    image_size: 128
+    patch_size: 16
+    encoder_embed_dim: 32
+    encoder_depth: 2
+    encoder_num_heads: 2
+    encoder_global_attn_indexes: [1]
+    window_size: 4
+    prompt_embed_dim: 32
+training:
+  batch_size: 2
+  n_objects_per_batch: 3
+  n_sub_iteration: 3
+  lr: 1.0e-3
+  precision: fp32
+  device: cpu
+  log_every_iterations: 0
+{extra_training}
+hardware:
+  accelerator: cpu
+distributed:
+  backend: gloo
+slurm:
+  time_limit: \"01:00:00\"
+"
+    );
+    match parse_config(&yaml, None, &ValidateOptions::without_path_checks()) {
+        Ok(l) => l.config,
+        Err(e) => panic!("test config invalid:\n{e}"),
+    }
+}
+
+fn opts(root: &Path, resume: bool, limit: Option<u64>) -> TrainOptions<'static> {
+    TrainOptions {
+        root: root.to_path_buf(),
+        resume,
+        overwrite: false,
+        stop: StopFlag::new(),
+        progress: &NoProgress,
+        collective: None,
+        max_iterations_this_run: limit,
+    }
+}
+
+fn run(cfg: &ExperimentConfig, root: &Path, resume: bool, limit: Option<u64>) -> Result<TrainOutcome, TrainError> {
+    let paths = prepare_run(cfg, root, resume, false)?;
+    train(cfg, &paths, &opts(root, resume, limit))
+}
+
+fn latest_model(root: &Path, cfg: &ExperimentConfig) -> Vec<(String, Tensor)> {
+    let paths = RunPaths::new(root, cfg);
+    let mut m = CheckpointStore::new(paths.checkpoint_dir).load(Slot::Latest).unwrap().model;
+    m.sort_by(|a, b| a.0.cmp(&b.0));
+    m
+}
+
+fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn resume_after_kill_equals_uninterrupted_run() {
+    let cfg = config("  epochs: 2\n  checkpoint_every_iterations: 1", false);
+    let a = setup!(3);
+    match run(&cfg, a.path(), false, None).unwrap() {
+        TrainOutcome::Finished(s) => assert_eq!(s.iterations, 4),
+        other => panic!("expected a finished run, got {other:?}"),
+    }
+    let b = setup!(3);
+    // "Killed" after 3 iterations (mid-epoch 2), then resumed.
+    assert!(matches!(run(&cfg, b.path(), false, Some(3)).unwrap(), TrainOutcome::Interrupted(_)));
+    assert!(matches!(run(&cfg, b.path(), true, None).unwrap(), TrainOutcome::Finished(_)));
+    let d = max_diff(&latest_model(a.path(), &cfg), &latest_model(b.path(), &cfg));
+    assert!(d <= 1e-6, "resumed run differs from the uninterrupted one by {d}");
+}
+
+#[test]
+fn run_folder_has_the_documented_layout_and_export() {
+    let cfg = config("  epochs: 1", true);
+    let dir = setup!(2);
+    run(&cfg, dir.path(), false, None).unwrap();
+    let run_dir = dir.path().join("runs/t");
+    let rel: Vec<String> = files_under(&run_dir)
+        .iter()
+        .map(|p| p.strip_prefix(&run_dir).unwrap().display().to_string())
+        .collect();
+    let expected = [
+        "checkpoints/ck/best/model.safetensors",
+        "checkpoints/ck/best/optimizer.safetensors",
+        "checkpoints/ck/best/state.json",
+        "checkpoints/ck/latest/model.safetensors",
+        "checkpoints/ck/latest/optimizer.safetensors",
+        "checkpoints/ck/latest/state.json",
+        "config.yaml",
+        "logs/curves.png",
+        "logs/metrics.csv",
+    ];
+    assert_eq!(rel, expected, "run folder layout");
+    // The export is a micro_sam checkpoint with both parts.
+    let ck = sam_model::read_checkpoint(dir.path().join("final_models/t.pt")).unwrap();
+    assert!(ck.model_state.iter().any(|(k, _)| k.starts_with("image_encoder.")));
+    assert!(ck.decoder_state.is_some_and(|d| !d.is_empty()));
+}
+
+#[test]
+fn existing_run_folder_is_refused_and_untouched() {
+    let cfg = config("  epochs: 1", false);
+    let dir = setup!(2);
+    let run_dir = dir.path().join("runs/t");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::write(run_dir.join("notes.txt"), "keep me").unwrap();
+    let err = prepare_run(&cfg, dir.path(), false, false).unwrap_err();
+    assert!(matches!(err, TrainError::RunExists(_)), "{err}");
+    assert!(err.to_string().contains("--resume") && err.to_string().contains("--overwrite"), "{err}");
+    assert_eq!(files_under(&run_dir), vec![run_dir.join("notes.txt")]);
+    // --resume without a checkpoint is refused too.
+    let err = prepare_run(&cfg, dir.path(), true, false).unwrap_err();
+    assert!(err.to_string().contains("cannot resume"), "{err}");
+    assert_eq!(std::fs::read_to_string(run_dir.join("notes.txt")).unwrap(), "keep me");
+}
+
+#[test]
+fn freezing_keeps_frozen_weights_bit_identical() {
+    let mut cfg = config("  epochs: 1", false);
+    cfg.model.freeze = vec!["image_encoder".into(), "prompt_encoder".into()];
+    let dir = setup!(2);
+    // Rank-0 initial weights: the same seed builds the same random model.
+    tch::manual_seed(sam_data::derive_seed(cfg.seed, &[0]) as i64 & i64::MAX);
+    let initial = sam_train::Model::new(&cfg.model, tch::Device::Cpu).unwrap().named_variables();
+    run(&cfg, dir.path(), false, None).unwrap();
+    let after = latest_model(dir.path(), &cfg);
+    let mut changed_decoder = false;
+    for ((name, a), (_, b)) in initial.iter().zip(&after) {
+        let same = a.equal(b);
+        if name.starts_with("image_encoder") || name.starts_with("prompt_encoder") {
+            assert!(same, "frozen {name} changed");
+        } else if name.starts_with("mask_decoder") && !same {
+            changed_decoder = true;
+        }
+    }
+    assert!(changed_decoder, "the unfrozen mask decoder did not train");
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let cfg = config("  epochs: 3\n  lr: 1.0e+30\n  checkpoint_every_iterations: 1\n  weight_decay: 0.0", false);
+    let dir = setup!(2);
+    let err = run(&cfg, dir.path(), false, None).unwrap_err();
+    let TrainError::NonFinite { iteration, .. } = err else { panic!("expected NonFinite, got {err}") };
+    assert!(err.to_string().contains("last good checkpoint"), "{err}");
+    let state = CheckpointStore::new(RunPaths::new(dir.path(), &cfg).checkpoint_dir).load(Slot::Latest).unwrap().state;
+    assert_eq!(state.iteration, iteration, "latest holds the state before the bad step");
+    let finite = latest_model(dir.path(), &cfg).iter().all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1);
+    assert!(finite, "the kept checkpoint has non-finite weights");
+}
