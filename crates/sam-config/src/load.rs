@@ -1,0 +1,249 @@
+//! The one place that parses config YAML: syntax, structure (against the JSON Schema), serde,
+//! then semantic validation; every problem placed at its line and column.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+
+use crate::diagnostics::{ConfigError, Diagnostic, Problem, Severity};
+use crate::estimate::WallTimeEstimate;
+use crate::experiment::ExperimentConfig;
+use crate::paths::{find_root, find_root_from};
+use crate::positions::{dotted, parse_dotted, Pos, PositionIndex, Seg};
+use crate::schema::{check_structure, json_schema, Issue};
+use crate::validate::ValidateOptions;
+
+/// A config that loaded and validated, with what validation had to say.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The config, defaults filled in.
+    pub config: ExperimentConfig,
+    /// Warnings, placed in the file. Callers decide whether to show them.
+    pub warnings: Vec<Diagnostic>,
+    /// The run's wall-time estimate.
+    pub wall_time: Option<WallTimeEstimate>,
+}
+
+/// Load, check and validate a config file with the default options (file-system checks on;
+/// repository root from `$SAM_TRAINER_ROOT`, the working directory, or the config's folder).
+pub fn load_config(path: impl AsRef<Path>) -> Result<Loaded, ConfigError> {
+    load_config_with(path, &ValidateOptions::default())
+}
+
+/// Load, check and validate a config file. All problems are collected before returning; the
+/// error lists each as `file:line:column: dotted.key: message (did you mean ...)`.
+pub fn load_config_with(
+    path: impl AsRef<Path>,
+    options: &ValidateOptions,
+) -> Result<Loaded, ConfigError> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut options = options.clone();
+    if options.check_paths && options.root.is_none() {
+        options.root = find_root(None).ok().or_else(|| {
+            let abs = std::fs::canonicalize(path).ok()?;
+            find_root_from(abs.parent()?)
+        });
+    }
+    parse_config(&text, Some(path), &options)
+}
+
+/// Check and validate config text. `file` only names the source in diagnostics.
+pub fn parse_config(
+    text: &str,
+    file: Option<&Path>,
+    options: &ValidateOptions,
+) -> Result<Loaded, ConfigError> {
+    let file: Option<PathBuf> = file.map(Path::to_path_buf);
+    let place = |pos: Pos, severity: Severity, problem: Problem| Diagnostic {
+        file: file.clone(),
+        line: pos.line,
+        column: pos.column,
+        severity,
+        problem,
+    };
+    let invalid = |mut errors: Vec<Diagnostic>, warnings: Vec<Diagnostic>| {
+        errors.sort_by_key(|d| (d.line, d.column));
+        ConfigError::Invalid {
+            file: file.clone(),
+            errors,
+            warnings,
+        }
+    };
+
+    // 1. Syntax.
+    let yaml: Yaml = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Err(invalid(vec![serde_diagnostic(&e, &place)], Vec::new())),
+    };
+    let index = PositionIndex::build(text);
+
+    // 2. Structure: every unknown key, wrong type and missing key, via the JSON Schema.
+    let mut errors = Vec::new();
+    let mut issues = Vec::new();
+    let json = to_json(&yaml, &mut Vec::new(), &mut issues);
+    if json.is_null() {
+        let problem = Problem::new("", "the config is empty; see docs/config.md");
+        return Err(invalid(
+            vec![place(Pos::START, Severity::Error, problem)],
+            Vec::new(),
+        ));
+    }
+    match check_structure(&json_schema(), &json) {
+        Ok(found) => issues.extend(found),
+        Err(e) => {
+            let problem = Problem::new("", format!("internal error: invalid schema: {e}"));
+            errors.push(place(Pos::START, Severity::Error, problem));
+        }
+    }
+    for issue in issues {
+        let pos = if issue.at_key {
+            index.key(&issue.path)
+        } else {
+            index.value(&issue.path)
+        };
+        let pos = if issue.problem.message.starts_with("missing required key") {
+            index.key(&issue.path)
+        } else {
+            pos
+        };
+        errors.push(place(pos, Severity::Error, issue.problem));
+    }
+    if !errors.is_empty() {
+        return Err(invalid(errors, Vec::new()));
+    }
+
+    // 3. serde, which must agree with the schema; it has the last word on types.
+    let config: ExperimentConfig = match serde_yaml::from_str(text) {
+        Ok(c) => c,
+        Err(e) => return Err(invalid(vec![serde_diagnostic(&e, &place)], Vec::new())),
+    };
+
+    // 4. Semantics.
+    let report = config.validate(options);
+    let locate = |p: &Problem| {
+        let path = parse_dotted(&p.key);
+        index.key(&path)
+    };
+    let warnings: Vec<Diagnostic> = report
+        .warnings
+        .into_iter()
+        .map(|p| place(locate(&p), Severity::Warning, p))
+        .collect();
+    let errors: Vec<Diagnostic> = report
+        .errors
+        .into_iter()
+        .map(|p| place(locate(&p), Severity::Error, p))
+        .collect();
+    if !errors.is_empty() {
+        return Err(invalid(errors, warnings));
+    }
+    Ok(Loaded {
+        config,
+        warnings,
+        wall_time: report.wall_time,
+    })
+}
+
+fn serde_diagnostic(
+    e: &serde_yaml::Error,
+    place: &dyn Fn(Pos, Severity, Problem) -> Diagnostic,
+) -> Diagnostic {
+    let pos = e.location().map_or(Pos::START, |l| Pos {
+        line: l.line(),
+        column: l.column(),
+    });
+    let msg = e.to_string();
+    // serde_yaml appends " at line L column C"; the position is shown in front instead.
+    let msg = match msg.find(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg,
+    };
+    // serde_yaml starts path-aware messages with "dotted.key: ".
+    let (key, msg) = match msg.split_once(": ") {
+        Some((k, m)) if !k.contains(' ') => (k.to_owned(), m.to_owned()),
+        _ => (String::new(), msg),
+    };
+    place(pos, Severity::Error, Problem::new(key, msg))
+}
+
+/// Convert parsed YAML to JSON for the schema check; values JSON cannot hold are reported.
+fn to_json(v: &Yaml, path: &mut Vec<Seg>, issues: &mut Vec<Issue>) -> Json {
+    match v {
+        Yaml::Null => Json::Null,
+        Yaml::Bool(b) => Json::Bool(*b),
+        Yaml::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Json::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Json::from(u)
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                serde_json::Number::from_f64(f).map_or_else(
+                    || {
+                        issues.push(Issue {
+                            path: path.clone(),
+                            at_key: false,
+                            problem: Problem::new(
+                                dotted(path),
+                                format!("expected a finite number, found {f}"),
+                            ),
+                        });
+                        Json::Null
+                    },
+                    Json::Number,
+                )
+            }
+        }
+        Yaml::String(s) => Json::String(s.clone()),
+        Yaml::Sequence(items) => Json::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    path.push(Seg::Index(i));
+                    let j = to_json(item, path, issues);
+                    path.pop();
+                    j
+                })
+                .collect(),
+        ),
+        Yaml::Mapping(map) => {
+            let mut out = serde_json::Map::new();
+            for (k, item) in map {
+                let key = match k {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Bool(b) => b.to_string(),
+                    Yaml::Number(n) => n.to_string(),
+                    Yaml::Null => "null".to_owned(),
+                    _ => {
+                        issues.push(Issue {
+                            path: path.clone(),
+                            at_key: false,
+                            problem: Problem::new(dotted(path), "keys must be plain names"),
+                        });
+                        continue;
+                    }
+                };
+                path.push(Seg::Key(key.clone()));
+                let j = to_json(item, path, issues);
+                path.pop();
+                out.insert(key, j);
+            }
+            Json::Object(out)
+        }
+        Yaml::Tagged(t) => to_json(&t.value, path, issues),
+    }
+}
+
+impl ExperimentConfig {
+    /// The config as YAML (every field, defaults filled in), for saving the resolved config
+    /// of a run to `runs/<experiment>/config.yaml`.
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        serde_yaml::to_string(self).map_err(|e| ConfigError::Serialize(e.to_string()))
+    }
+}

@@ -1,0 +1,257 @@
+//! The model section: backbone, initial weights, decoder, frozen parts, architecture override.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The SAM image-encoder family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backbone {
+    /// MobileSAM's TinyViT (5.7 M parameters in the encoder).
+    VitT,
+    /// ViT-B: 768-d, 12 blocks, 12 heads (91 M parameters in total).
+    VitB,
+    /// ViT-L: 1024-d, 24 blocks, 16 heads (308 M).
+    VitL,
+    /// ViT-H: 1280-d, 32 blocks, 16 heads (636 M).
+    VitH,
+}
+
+impl Backbone {
+    /// All backbones, smallest first.
+    pub const ALL: [Backbone; 4] = [
+        Backbone::VitT,
+        Backbone::VitB,
+        Backbone::VitL,
+        Backbone::VitH,
+    ];
+
+    /// The name used in configs and by micro_sam (`vit_b`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backbone::VitT => "vit_t",
+            Backbone::VitB => "vit_b",
+            Backbone::VitL => "vit_l",
+            Backbone::VitH => "vit_h",
+        }
+    }
+
+    /// The architecture of the original checkpoints (segment_anything `build_sam.py`).
+    /// TinyViT (`vit_t`) is not a plain ViT: its encoder fields describe the last stage only
+    /// and are not used to build it.
+    pub fn architecture(self) -> Architecture {
+        let vit = |dim, depth, heads, global: &[u32]| Architecture {
+            image_size: 1024,
+            patch_size: 16,
+            encoder_embed_dim: dim,
+            encoder_depth: depth,
+            encoder_num_heads: heads,
+            encoder_global_attn_indexes: global.to_vec(),
+            window_size: 14,
+            prompt_embed_dim: 256,
+        };
+        match self {
+            // MobileSAM: TinyViT-5M, last stage 320-d, 10 heads; no global-attention indexes.
+            Backbone::VitT => vit(320, 12, 10, &[]),
+            Backbone::VitB => vit(768, 12, 12, &[2, 5, 8, 11]),
+            Backbone::VitL => vit(1024, 24, 16, &[5, 11, 17, 23]),
+            Backbone::VitH => vit(1280, 32, 16, &[7, 15, 23, 31]),
+        }
+    }
+}
+
+impl fmt::Display for Backbone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The SAM model to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Image-encoder family.
+    pub backbone: Backbone,
+    /// Initial weights: a micro_sam model name (`vit_b`, `vit_b_lm`, … looked up in
+    /// `$MICROSAM_CACHEDIR` or `~/.cache/micro_sam/models/`), a path to a `.pth`/`.pt` file,
+    /// or `null` for random initialisation.
+    pub checkpoint: Option<String>,
+    /// Train micro_sam's UNETR instance-segmentation decoder jointly (needed for AIS).
+    pub with_segmentation_decoder: bool,
+    /// State-dict prefixes whose parameters are not trained, e.g. `image_encoder`,
+    /// `prompt_encoder`, `mask_decoder` or a deeper prefix such as `image_encoder.blocks.0`.
+    pub freeze: Vec<String>,
+    /// Architecture changes against the backbone's original one, e.g. a tiny model trained
+    /// from random weights for tests and demos. `null`: the backbone's architecture.
+    pub architecture: Option<ArchitectureOverride>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            backbone: Backbone::VitB,
+            checkpoint: Some("vit_b".to_owned()),
+            with_segmentation_decoder: true,
+            freeze: Vec::new(),
+            architecture: None,
+        }
+    }
+}
+
+/// Where the initial weights come from, as read from [`ModelConfig::checkpoint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointSource {
+    /// Random initialisation.
+    Random,
+    /// A micro_sam model name such as `vit_b` or `vit_b_lm`.
+    ModelName(String),
+    /// A file path (relative to the repository root unless absolute).
+    Path(std::path::PathBuf),
+}
+
+impl ModelConfig {
+    /// Classify the `checkpoint` value. A value is a model name when it looks like
+    /// `vit_<t|b|l|h>[_suffix]` with only lower-case letters, digits and `_`; otherwise a path.
+    pub fn checkpoint_source(&self) -> CheckpointSource {
+        match &self.checkpoint {
+            None => CheckpointSource::Random,
+            Some(c) if is_model_name(c) => CheckpointSource::ModelName(c.clone()),
+            Some(c) => CheckpointSource::Path(c.into()),
+        }
+    }
+
+    /// The architecture to build: the backbone's, with the override applied.
+    pub fn resolved_architecture(&self) -> Architecture {
+        let mut a = self.backbone.architecture();
+        if let Some(o) = &self.architecture {
+            if let Some(v) = o.image_size {
+                a.image_size = v;
+            }
+            if let Some(v) = o.patch_size {
+                a.patch_size = v;
+            }
+            if let Some(v) = o.encoder_embed_dim {
+                a.encoder_embed_dim = v;
+            }
+            if let Some(v) = o.encoder_depth {
+                a.encoder_depth = v;
+            }
+            if let Some(v) = o.encoder_num_heads {
+                a.encoder_num_heads = v;
+            }
+            if let Some(v) = &o.encoder_global_attn_indexes {
+                a.encoder_global_attn_indexes = v.clone();
+            }
+            if let Some(v) = o.window_size {
+                a.window_size = v;
+            }
+            if let Some(v) = o.prompt_embed_dim {
+                a.prompt_embed_dim = v;
+            }
+        }
+        a
+    }
+}
+
+/// True when `s` names a micro_sam model (`vit_b`, `vit_l_lm`, `vit_b_em_organelles`, …).
+pub(crate) fn is_model_name(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("vit_") else {
+        return false;
+    };
+    let mut chars = rest.chars();
+    let size_ok = matches!(chars.next(), Some('t' | 'b' | 'l' | 'h'));
+    let tail: String = chars.collect();
+    size_ok
+        && (tail.is_empty()
+            || (tail.starts_with('_')
+                && tail.len() > 1
+                && tail
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')))
+}
+
+/// Fields of the architecture that differ from the backbone's; each `null` field keeps the
+/// backbone's value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchitectureOverride {
+    /// Side of the square model input in pixels (original: 1024).
+    pub image_size: Option<u32>,
+    /// Side of the encoder's patch embedding in pixels (original: 16).
+    pub patch_size: Option<u32>,
+    /// Encoder width (vit_b 768, vit_l 1024, vit_h 1280).
+    pub encoder_embed_dim: Option<u32>,
+    /// Number of encoder blocks (vit_b 12, vit_l 24, vit_h 32).
+    pub encoder_depth: Option<u32>,
+    /// Attention heads per block (vit_b 12, vit_l 16, vit_h 16).
+    pub encoder_num_heads: Option<u32>,
+    /// Blocks with global instead of windowed attention, 0-based (vit_b `[2, 5, 8, 11]`).
+    pub encoder_global_attn_indexes: Option<Vec<u32>>,
+    /// Window side of windowed attention in patches (original: 14).
+    pub window_size: Option<u32>,
+    /// Width of the prompt embeddings and the encoder neck (original: 256).
+    pub prompt_embed_dim: Option<u32>,
+}
+
+/// A complete ViT-SAM architecture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Architecture {
+    /// Side of the square model input in pixels.
+    pub image_size: u32,
+    /// Side of the patch embedding in pixels.
+    pub patch_size: u32,
+    /// Encoder width.
+    pub encoder_embed_dim: u32,
+    /// Number of encoder blocks.
+    pub encoder_depth: u32,
+    /// Attention heads per block.
+    pub encoder_num_heads: u32,
+    /// Blocks with global attention.
+    pub encoder_global_attn_indexes: Vec<u32>,
+    /// Window side of windowed attention in patches.
+    pub window_size: u32,
+    /// Width of the prompt embeddings and the encoder neck.
+    pub prompt_embed_dim: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_are_told_from_paths() {
+        for name in ["vit_b", "vit_t", "vit_l_lm", "vit_b_em_organelles", "vit_h"] {
+            assert!(is_model_name(name), "{name}");
+        }
+        for path in [
+            "vit_x",
+            "vit_",
+            "vit_b_",
+            "models/vit_b.pth",
+            "vit_b.pth",
+            "sam",
+            "VIT_B",
+        ] {
+            assert!(!is_model_name(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn override_replaces_only_given_fields() {
+        let m = ModelConfig {
+            architecture: Some(ArchitectureOverride {
+                encoder_embed_dim: Some(64),
+                encoder_global_attn_indexes: Some(vec![1]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let a = m.resolved_architecture();
+        assert_eq!(a.encoder_embed_dim, 64);
+        assert_eq!(a.encoder_global_attn_indexes, vec![1]);
+        assert_eq!(a.encoder_depth, 12);
+        assert_eq!(a.image_size, 1024);
+    }
+}

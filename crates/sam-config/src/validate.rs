@@ -1,0 +1,1060 @@
+//! Semantic validation: ranges, consistency between sections, accelerator presets, cluster
+//! limits, the wall-time estimate and (optionally) the file system.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::cluster::{
+    parse_slurm_memory_gb, parse_slurm_time, Accelerator, Backend, MAX_GPUS_PER_NODE,
+    MAX_MEMORY_GB, MAX_NODES, MAX_WALL_TIME_SECONDS,
+};
+use crate::diagnostics::{did_you_mean, Problem};
+use crate::estimate::WallTimeEstimate;
+use crate::evaluation::{GridRange, InferenceMode};
+use crate::experiment::{ExperimentConfig, RangeOp};
+use crate::model::{Backbone, CheckpointSource};
+use crate::paths::find_root;
+use crate::training::{Device, Precision, SchedulerKind};
+
+/// The top-level state-dict prefixes that `model.freeze` may start with.
+pub const FREEZE_ROOTS: [&str; 4] = ["image_encoder", "prompt_encoder", "mask_decoder", "decoder"];
+
+/// Image file extensions counted in data folders.
+const IMAGE_EXTENSIONS: [&str; 5] = ["tif", "tiff", "png", "jpg", "jpeg"];
+
+/// What [`ExperimentConfig::validate`] checks besides the values themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidateOptions {
+    /// Check that data folders and checkpoint files exist (missing training or validation
+    /// folders and checkpoint files are errors; missing augmentation sources and test folders
+    /// are warnings). Turn off to validate a config before its data exists.
+    pub check_paths: bool,
+    /// Repository root for relative paths; `None`: found as described in `RunPaths`.
+    pub root: Option<PathBuf>,
+}
+
+impl Default for ValidateOptions {
+    fn default() -> Self {
+        Self {
+            check_paths: true,
+            root: None,
+        }
+    }
+}
+
+impl ValidateOptions {
+    /// Options that skip every file-system check.
+    pub fn without_path_checks() -> Self {
+        Self {
+            check_paths: false,
+            root: None,
+        }
+    }
+}
+
+/// Everything validation found. A config is usable when `errors` is empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// Problems that make the config unusable.
+    pub errors: Vec<Problem>,
+    /// Problems worth a look that do not stop a run.
+    pub warnings: Vec<Problem>,
+    /// The wall-time estimate of the run.
+    pub wall_time: Option<WallTimeEstimate>,
+}
+
+impl Report {
+    /// True when there are no errors.
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+struct Checker {
+    report: Report,
+}
+
+impl Checker {
+    fn err(&mut self, key: &str, msg: impl Into<String>) {
+        self.report.errors.push(Problem::new(key, msg));
+    }
+
+    fn err_hint(&mut self, key: &str, msg: impl Into<String>, hint: Option<String>) {
+        self.report
+            .errors
+            .push(Problem::new(key, msg).suggest(hint));
+    }
+
+    fn warn(&mut self, key: &str, msg: impl Into<String>) {
+        self.report.warnings.push(Problem::new(key, msg));
+    }
+
+    fn at_least<T: PartialOrd + std::fmt::Display>(&mut self, key: &str, v: T, min: T) {
+        if v < min {
+            self.err(key, format!("must be at least {min}, found {v}"));
+        }
+    }
+
+    fn at_most<T: PartialOrd + std::fmt::Display>(&mut self, key: &str, v: T, max: T, why: &str) {
+        if v > max {
+            self.err(key, format!("must be at most {max}{why}, found {v}"));
+        }
+    }
+
+    /// `low <= v <= high` (inclusive), finite.
+    fn within(&mut self, key: &str, v: f64, low: f64, high: f64) {
+        if !(v.is_finite() && v >= low && v <= high) {
+            self.err(key, format!("must be between {low} and {high}, found {v}"));
+        }
+    }
+
+    fn positive(&mut self, key: &str, v: f64) {
+        if !(v.is_finite() && v > 0.0) {
+            self.err(key, format!("must be greater than 0, found {v}"));
+        }
+    }
+
+    fn non_negative(&mut self, key: &str, v: f64) {
+        if !(v.is_finite() && v >= 0.0) {
+            self.err(key, format!("must be 0 or more, found {v}"));
+        }
+    }
+
+    fn name(&mut self, key: &str, v: &str) {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if v.is_empty() {
+            self.err(key, "must not be empty");
+        } else if v.starts_with('.') || !v.chars().all(ok_char) {
+            self.err(
+                key,
+                format!(
+                    "`{v}` must use only letters, digits, `_`, `-` and `.` and not start with `.`"
+                ),
+            );
+        }
+    }
+
+    fn range_op(&mut self, key: &str, op: &RangeOp, low: f64, high: f64) {
+        self.within(&format!("{key}.probability"), op.probability, 0.0, 1.0);
+        let [a, b] = op.range;
+        let rk = format!("{key}.range");
+        if !(a.is_finite() && b.is_finite() && a >= low && b <= high) {
+            self.err(
+                &rk,
+                format!("values must lie in [{low}, {high}], found [{a}, {b}]"),
+            );
+        } else if a > b {
+            self.err(
+                &rk,
+                format!("must be [low, high] with low <= high, found [{a}, {b}]"),
+            );
+        }
+    }
+
+    fn grid(&mut self, key: &str, g: &GridRange, low: f64, high: f64) {
+        if !(g.step.is_finite() && g.step > 0.0) {
+            self.err(
+                &format!("{key}.step"),
+                format!("must be greater than 0, found {}", g.step),
+            );
+        }
+        if g.start > g.stop {
+            self.err(
+                &format!("{key}.stop"),
+                format!("must be at least start ({}), found {}", g.start, g.stop),
+            );
+        }
+        for (k, v) in [("start", g.start), ("stop", g.stop)] {
+            self.within(&format!("{key}.{k}"), v, low, high);
+        }
+    }
+}
+
+fn count_images(dir: &Path) -> Option<u64> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let n = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.path()
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+        })
+        .count();
+    Some(n as u64)
+}
+
+fn normalise(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+impl ExperimentConfig {
+    /// Check every value and every relation between values; collect every problem with its
+    /// dotted key. Never fails early, never prints.
+    pub fn validate(&self, options: &ValidateOptions) -> Report {
+        let mut c = Checker {
+            report: Report::default(),
+        };
+        self.check_top(&mut c);
+        self.check_data(&mut c);
+        self.check_augmentation(&mut c);
+        self.check_model(&mut c);
+        self.check_training(&mut c);
+        self.check_cluster(&mut c);
+        self.check_evaluation(&mut c);
+        self.check_inference(&mut c);
+        let counted = if options.check_paths {
+            self.check_paths(&mut c, options)
+        } else {
+            None
+        };
+        self.check_wall_time(&mut c, counted);
+        c.report
+    }
+
+    fn check_top(&self, c: &mut Checker) {
+        c.name("experiment_name", &self.experiment_name);
+        c.name("checkpoint_name", &self.checkpoint_name);
+        if self.output_base_dir.as_os_str().is_empty() {
+            c.err("output_base_dir", "must not be empty (normally `runs`)");
+        }
+        let e = &self.export_path;
+        let key = "export_path";
+        let first = e.components().next();
+        if e.is_absolute() || first != Some(Component::Normal("final_models".as_ref())) {
+            c.err(
+                key,
+                format!(
+                    "must lie under `final_models/` (relative to the repository root), found `{}`",
+                    e.display()
+                ),
+            );
+        } else if e.components().any(|x| matches!(x, Component::ParentDir)) {
+            c.err(
+                key,
+                format!("must not contain `..`, found `{}`", e.display()),
+            );
+        }
+        let file = e.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+        if !self.experiment_name.is_empty() && !file.contains(&self.experiment_name) {
+            c.err(
+                key,
+                format!(
+                    "file name `{file}` must contain the experiment name `{}`",
+                    self.experiment_name
+                ),
+            );
+        }
+        if !matches!(e.extension().and_then(|x| x.to_str()), Some("pt" | "pth")) {
+            c.err(
+                key,
+                format!("must end in `.pt` or `.pth`, found `{}`", e.display()),
+            );
+        }
+    }
+
+    fn check_data(&self, c: &mut Checker) {
+        let d = &self.data;
+        for (k, p) in [
+            ("data.train_images_dir", &d.train_images_dir),
+            ("data.train_labels_dir", &d.train_labels_dir),
+        ] {
+            if p.as_os_str().is_empty() {
+                c.err(k, "must not be empty");
+            }
+        }
+        if d.train_images_dir == d.train_labels_dir {
+            c.err(
+                "data.train_labels_dir",
+                "must differ from `data.train_images_dir`",
+            );
+        }
+        let v = &d.validation;
+        match (&v.images_dir, &v.labels_dir, v.fraction) {
+            (Some(_), None, _) => c.err(
+                "data.validation.labels_dir",
+                "must be set when `data.validation.images_dir` is set",
+            ),
+            (None, Some(_), _) => c.err(
+                "data.validation.images_dir",
+                "must be set when `data.validation.labels_dir` is set",
+            ),
+            (Some(_), Some(_), Some(f)) => c.err(
+                "data.validation.fraction",
+                format!("must be null when validation folders are given, found {f}"),
+            ),
+            (None, None, None) => c.err(
+                "data.validation.fraction",
+                "must be set (e.g. 0.1) when no validation folders are given",
+            ),
+            (None, None, Some(f)) => {
+                if !(f > 0.0 && f < 1.0) {
+                    c.err(
+                        "data.validation.fraction",
+                        format!("must be between 0 and 1 (exclusive), found {f}"),
+                    );
+                } else if f > 0.5 {
+                    c.warn(
+                        "data.validation.fraction",
+                        format!("holds out {f} of the training images: more than half"),
+                    );
+                }
+            }
+            (Some(i), Some(l), None) => {
+                if i == l {
+                    c.err(
+                        "data.validation.labels_dir",
+                        "must differ from `images_dir`",
+                    );
+                }
+                if *i == d.train_images_dir {
+                    c.warn(
+                        "data.validation.images_dir",
+                        "is the training image folder: validation would not be held out",
+                    );
+                }
+            }
+        }
+        for (i, side) in ["height", "width"].iter().enumerate() {
+            c.at_least(&format!("data.image_shape[{i}]"), d.image_shape[i], 1);
+            c.at_least(&format!("data.patch_shape[{i}]"), d.patch_shape[i], 1);
+            if d.patch_shape[i] > d.image_shape[i] {
+                c.err(
+                    &format!("data.patch_shape[{i}]"),
+                    format!(
+                        "patch {side} {} is larger than the image {side} {} (`data.image_shape`)",
+                        d.patch_shape[i], d.image_shape[i]
+                    ),
+                );
+            }
+        }
+        c.at_least("data.min_objects_per_patch", d.min_objects_per_patch, 1);
+        if let Some(n) = d.samples_per_epoch {
+            c.at_least("data.samples_per_epoch", n, 1);
+        }
+        let n = &d.normalization;
+        let (lo, hi) = (n.lower_percentile, n.upper_percentile);
+        c.within("data.normalization.lower_percentile", lo, 0.0, 100.0);
+        c.within("data.normalization.upper_percentile", hi, 0.0, 100.0);
+        if lo >= hi {
+            c.err(
+                "data.normalization.upper_percentile",
+                format!("must be greater than lower_percentile ({lo}), found {hi}"),
+            );
+        }
+        c.at_least("data.prefetch_batches", d.prefetch_batches, 1);
+        let preset = self.hardware.accelerator.preset();
+        if d.num_workers > preset.max_num_workers {
+            c.err(
+                "data.num_workers",
+                format!(
+                    "must be at most {} on {} ({}), found {}",
+                    preset.max_num_workers, self.hardware.accelerator, preset.reason, d.num_workers
+                ),
+            );
+        }
+    }
+
+    fn check_augmentation(&self, c: &mut Checker) {
+        let a = &self.augmentation;
+        if a.copies_per_image == 0 && !a.include_original {
+            c.err(
+                "augmentation.copies_per_image",
+                "is 0 and include_original is false: augmentation would write nothing",
+            );
+        }
+        for (out_key, out, src) in [
+            (
+                "augmentation.output_images_dir",
+                &a.output_images_dir,
+                &a.source_images_dir,
+            ),
+            (
+                "augmentation.output_labels_dir",
+                &a.output_labels_dir,
+                &a.source_labels_dir,
+            ),
+        ] {
+            if normalise(out) == normalise(src) {
+                c.err(
+                    out_key,
+                    "must differ from the source folder: raw data is never written to",
+                );
+            }
+        }
+        let ops = &a.operations;
+        let k = "augmentation.operations";
+        for (name, op) in [
+            ("flip_horizontal", &ops.flip_horizontal),
+            ("flip_vertical", &ops.flip_vertical),
+            ("rotate90", &ops.rotate90),
+        ] {
+            c.within(&format!("{k}.{name}.probability"), op.probability, 0.0, 1.0);
+        }
+        let inf = f64::INFINITY;
+        c.range_op(&format!("{k}.rotation"), &ops.rotation, -180.0, 180.0);
+        c.range_op(&format!("{k}.scale"), &ops.scale, 0.1, 10.0);
+        c.range_op(&format!("{k}.brightness"), &ops.brightness, -1.0, 1.0);
+        c.range_op(&format!("{k}.contrast"), &ops.contrast, 0.01, 100.0);
+        c.range_op(&format!("{k}.gamma"), &ops.gamma, 0.01, 100.0);
+        c.range_op(
+            &format!("{k}.gaussian_noise"),
+            &ops.gaussian_noise,
+            0.0,
+            1.0,
+        );
+        c.range_op(&format!("{k}.gaussian_blur"), &ops.gaussian_blur, 0.0, inf);
+        let e = &ops.elastic;
+        c.within(&format!("{k}.elastic.probability"), e.probability, 0.0, 1.0);
+        c.non_negative(&format!("{k}.elastic.alpha"), e.alpha);
+        c.positive(&format!("{k}.elastic.sigma"), e.sigma);
+    }
+
+    fn check_model(&self, c: &mut Checker) {
+        let m = &self.model;
+        match m.checkpoint_source() {
+            CheckpointSource::ModelName(name) => {
+                let family = &name[..5.min(name.len())];
+                if family != m.backbone.as_str() {
+                    c.err(
+                        "model.checkpoint",
+                        format!(
+                            "micro_sam model `{name}` is a {family} model but model.backbone is {}",
+                            m.backbone
+                        ),
+                    );
+                }
+            }
+            CheckpointSource::Path(p) => {
+                if p.as_os_str().is_empty() {
+                    c.err(
+                        "model.checkpoint",
+                        "must not be empty (null for random weights)",
+                    );
+                } else if !matches!(
+                    p.extension().and_then(|x| x.to_str()),
+                    Some("pth" | "pt" | "safetensors")
+                ) {
+                    let hint = did_you_mean(
+                        &p.to_string_lossy(),
+                        [
+                            "vit_t", "vit_b", "vit_l", "vit_h", "vit_t_lm", "vit_b_lm", "vit_l_lm",
+                        ],
+                    );
+                    c.err_hint(
+                        "model.checkpoint",
+                        format!(
+                            "`{}` is neither a micro_sam model name (vit_b, vit_b_lm, …) nor a \
+                             .pth/.pt/.safetensors file",
+                            p.display()
+                        ),
+                        hint,
+                    );
+                }
+            }
+            CheckpointSource::Random => {
+                if m.architecture.is_none() {
+                    c.warn(
+                        "model.checkpoint",
+                        "is null: the full-size model starts from random weights",
+                    );
+                }
+            }
+        }
+        let mut seen = Vec::new();
+        for (i, f) in m.freeze.iter().enumerate() {
+            let key = format!("model.freeze[{i}]");
+            let root = f.split('.').next().unwrap_or_default();
+            if !FREEZE_ROOTS.contains(&root) {
+                c.err_hint(
+                    &key,
+                    format!(
+                        "`{f}` must start with one of {}",
+                        FREEZE_ROOTS.map(|r| format!("`{r}`")).join(", ")
+                    ),
+                    did_you_mean(root, FREEZE_ROOTS),
+                );
+            } else if root == "decoder" && !m.with_segmentation_decoder {
+                c.err(
+                    &key,
+                    "freezes the segmentation decoder, but with_segmentation_decoder is false",
+                );
+            }
+            if seen.contains(&f) {
+                c.warn(&key, format!("`{f}` is listed twice"));
+            }
+            seen.push(f);
+        }
+        let sam_parts = ["image_encoder", "prompt_encoder", "mask_decoder"];
+        let all_sam = sam_parts.iter().all(|p| m.freeze.iter().any(|f| f == p));
+        if all_sam && !(m.with_segmentation_decoder && !m.freeze.iter().any(|f| f == "decoder")) {
+            c.err(
+                "model.freeze",
+                "freezes every part of the model: nothing is left to train",
+            );
+        }
+        self.check_architecture(c);
+    }
+
+    fn check_architecture(&self, c: &mut Checker) {
+        let m = &self.model;
+        let Some(o) = &m.architecture else { return };
+        let k = "model.architecture";
+        if m.backbone == Backbone::VitT {
+            let vit_only = [
+                ("encoder_embed_dim", o.encoder_embed_dim.is_some()),
+                ("encoder_depth", o.encoder_depth.is_some()),
+                ("encoder_num_heads", o.encoder_num_heads.is_some()),
+                (
+                    "encoder_global_attn_indexes",
+                    o.encoder_global_attn_indexes.is_some(),
+                ),
+                ("window_size", o.window_size.is_some()),
+                ("patch_size", o.patch_size.is_some()),
+            ];
+            for (field, set) in vit_only {
+                if set {
+                    c.err(
+                        &format!("{k}.{field}"),
+                        "applies to ViT encoders only; vit_t (TinyViT) takes image_size and \
+                         prompt_embed_dim",
+                    );
+                }
+            }
+            return;
+        }
+        let a = m.resolved_architecture();
+        c.at_least(&format!("{k}.patch_size"), a.patch_size, 1);
+        c.at_least(&format!("{k}.encoder_depth"), a.encoder_depth, 1);
+        c.at_least(&format!("{k}.encoder_num_heads"), a.encoder_num_heads, 1);
+        c.at_least(&format!("{k}.window_size"), a.window_size, 1);
+        c.at_least(&format!("{k}.prompt_embed_dim"), a.prompt_embed_dim, 1);
+        c.at_least(&format!("{k}.encoder_embed_dim"), a.encoder_embed_dim, 1);
+        if a.patch_size > 0 && a.image_size % a.patch_size != 0 {
+            c.err(
+                &format!("{k}.image_size"),
+                format!(
+                    "must be a multiple of patch_size ({}), found {}",
+                    a.patch_size, a.image_size
+                ),
+            );
+        }
+        if a.encoder_num_heads > 0 && a.encoder_embed_dim % a.encoder_num_heads != 0 {
+            c.err(
+                &format!("{k}.encoder_num_heads"),
+                format!(
+                    "must divide encoder_embed_dim ({}), found {}",
+                    a.encoder_embed_dim, a.encoder_num_heads
+                ),
+            );
+        }
+        let idx = &a.encoder_global_attn_indexes;
+        for (i, &g) in idx.iter().enumerate() {
+            let key = format!("{k}.encoder_global_attn_indexes[{i}]");
+            if g >= a.encoder_depth {
+                c.err(
+                    &key,
+                    format!(
+                        "block {g} does not exist: encoder_depth is {}",
+                        a.encoder_depth
+                    ),
+                );
+            }
+            if i > 0 && g <= idx[i - 1] {
+                c.err(&key, "indexes must be strictly increasing");
+            }
+        }
+        if !matches!(m.checkpoint_source(), CheckpointSource::Random) {
+            c.warn(
+                &format!("{k}"),
+                "overrides the architecture while a checkpoint is given: its weights must have \
+                 this architecture (use `model.checkpoint: null` for random weights)",
+            );
+        }
+    }
+
+    fn check_training(&self, c: &mut Checker) {
+        let t = &self.training;
+        let k = "training";
+        c.at_least("training.batch_size", t.batch_size, 1);
+        c.at_least("training.n_objects_per_batch", t.n_objects_per_batch, 1);
+        c.at_least("training.n_sub_iteration", t.n_sub_iteration, 1);
+        c.within("training.mask_prob", t.mask_prob, 0.0, 1.0);
+        c.within(
+            "training.box_distortion_factor",
+            t.box_distortion_factor,
+            0.0,
+            0.5,
+        );
+        match (t.epochs, t.iterations) {
+            (None, None) => c.err("training.epochs", "set `epochs` or `iterations`"),
+            (Some(_), Some(_)) => c.warn(
+                "training.epochs",
+                "is ignored because `training.iterations` is set",
+            ),
+            _ => {}
+        }
+        if let Some(e) = t.epochs {
+            c.at_least("training.epochs", e, 1);
+        }
+        if let Some(i) = t.iterations {
+            c.at_least("training.iterations", i, 1);
+        }
+        c.positive("training.lr", t.lr);
+        if t.lr.is_finite() && t.lr > 1e-3 {
+            c.warn(
+                "training.lr",
+                format!("{} is far above micro_sam's 1e-5", t.lr),
+            );
+        }
+        c.non_negative("training.weight_decay", t.weight_decay);
+        for (i, b) in t.betas.iter().enumerate() {
+            if !(b.is_finite() && *b >= 0.0 && *b < 1.0) {
+                c.err(
+                    &format!("{k}.betas[{i}]"),
+                    format!("must be in [0, 1), found {b}"),
+                );
+            }
+        }
+        c.positive("training.eps", t.eps);
+        let s = &t.scheduler;
+        if s.kind == SchedulerKind::ReduceOnPlateau && !(s.factor > 0.0 && s.factor < 1.0) {
+            c.err(
+                "training.scheduler.factor",
+                format!("must be between 0 and 1 (exclusive), found {}", s.factor),
+            );
+        }
+        c.non_negative("training.scheduler.min_lr", s.min_lr);
+        if s.min_lr.is_finite() && s.min_lr >= t.lr && s.kind != SchedulerKind::Constant {
+            c.err(
+                "training.scheduler.min_lr",
+                format!("must be below training.lr ({}), found {}", t.lr, s.min_lr),
+            );
+        }
+        if let Some(it) = t.iterations {
+            if s.warmup_iterations >= it && s.warmup_iterations > 0 {
+                c.err(
+                    "training.scheduler.warmup_iterations",
+                    format!(
+                        "must be below training.iterations ({it}), found {}",
+                        s.warmup_iterations
+                    ),
+                );
+            }
+        }
+        if let Some(p) = t.early_stopping_patience {
+            c.at_least("training.early_stopping_patience", p, 1);
+            if s.kind == SchedulerKind::ReduceOnPlateau && p > 0 && p <= s.patience {
+                c.warn(
+                    "training.early_stopping_patience",
+                    format!(
+                        "{p} is not above scheduler.patience ({}): training stops before the \
+                         learning rate ever drops",
+                        s.patience
+                    ),
+                );
+            }
+        }
+        let acc = self.hardware.accelerator;
+        if !self.hardware.supports(t.precision) {
+            c.err(
+                "training.precision",
+                format!(
+                    "{} needs a GPU; hardware.accelerator is {acc}: use fp32",
+                    t.precision
+                ),
+            );
+        }
+        if t.device == Device::Cpu && t.precision != Precision::Fp32 {
+            c.err(
+                "training.precision",
+                format!(
+                    "{} needs a GPU; training.device is cpu: use fp32",
+                    t.precision
+                ),
+            );
+        }
+        if t.device == Device::Cuda && acc == Accelerator::Cpu {
+            c.err("training.device", "is cuda but hardware.accelerator is cpu");
+        }
+        if let Some(g) = t.grad_clip_norm {
+            c.positive("training.grad_clip_norm", g);
+        }
+        c.non_negative("training.focal_loss_weight", t.focal_loss_weight);
+        c.at_least("training.log_every_iterations", t.log_every_iterations, 1);
+        c.at_least(
+            "training.checkpoint_every_iterations",
+            t.checkpoint_every_iterations,
+            1,
+        );
+        if let Some(e) = t.save_every_kth_epoch {
+            c.at_least("training.save_every_kth_epoch", e, 1);
+        }
+        c.at_least("training.validate_every_epochs", t.validate_every_epochs, 1);
+
+        let preset = acc.preset();
+        let max = preset.max_batch(self.model.backbone);
+        if acc != Accelerator::Cpu && self.model.architecture.is_none() && t.batch_size > max {
+            c.err(
+                "training.batch_size",
+                format!(
+                    "must be at most {max} for {} on {acc} ({}), found {}",
+                    self.model.backbone, preset.reason, t.batch_size
+                ),
+            );
+        }
+    }
+
+    fn check_cluster(&self, c: &mut Checker) {
+        let d = &self.distributed;
+        let acc = self.hardware.accelerator;
+        c.at_least("distributed.nodes", d.nodes, 1);
+        c.at_most(
+            "distributed.nodes",
+            d.nodes,
+            MAX_NODES,
+            " (nodes per job on the cluster)",
+        );
+        c.at_least("distributed.gpus_per_node", d.gpus_per_node, 1);
+        c.at_most(
+            "distributed.gpus_per_node",
+            d.gpus_per_node,
+            MAX_GPUS_PER_NODE,
+            " (GPUs per node on the cluster)",
+        );
+        if d.backend == Backend::Nccl
+            && (acc == Accelerator::Cpu || self.training.device == Device::Cpu)
+        {
+            c.err(
+                "distributed.backend",
+                "nccl needs GPUs; use gloo or auto on CPU",
+            );
+        }
+        if d.backend == Backend::Gloo && acc != Accelerator::Cpu && d.world_size() > 1 {
+            c.warn(
+                "distributed.backend",
+                "gloo between GPUs goes through host memory: slow",
+            );
+        }
+        c.at_least("distributed.master_port", d.master_port, 1024);
+        c.at_least("distributed.timeout_minutes", d.timeout_minutes, 1);
+
+        let s = &self.slurm;
+        let limit = match parse_slurm_time(&s.time_limit) {
+            Ok(secs) => {
+                if secs > MAX_WALL_TIME_SECONDS {
+                    c.err(
+                        "slurm.time_limit",
+                        format!(
+                            "must be at most 56:00:00 (the cluster's limit), found {}",
+                            s.time_limit
+                        ),
+                    );
+                }
+                if secs == 0 {
+                    c.err("slurm.time_limit", "must be longer than 0");
+                }
+                Some(secs)
+            }
+            Err(e) => {
+                c.err("slurm.time_limit", e);
+                None
+            }
+        };
+        if let Some(l) = limit {
+            if u64::from(s.signal_lead_seconds) >= l {
+                c.err(
+                    "slurm.signal_lead_seconds",
+                    format!(
+                        "must be shorter than the time limit ({l} s), found {}",
+                        s.signal_lead_seconds
+                    ),
+                );
+            }
+        }
+        if s.signal_lead_seconds < 60 {
+            c.warn(
+                "slurm.signal_lead_seconds",
+                format!(
+                    "{} s may be too short to finish a step and write a checkpoint",
+                    s.signal_lead_seconds
+                ),
+            );
+        }
+        c.at_least("slurm.cpus_per_task", s.cpus_per_task, 1);
+        if s.cpus_per_task < self.data.num_workers + 1 {
+            c.warn(
+                "slurm.cpus_per_task",
+                format!(
+                    "{} cores for {} loader workers and the training thread: the GPU may wait \
+                     for data",
+                    s.cpus_per_task, self.data.num_workers
+                ),
+            );
+        }
+        match parse_slurm_memory_gb(&s.memory) {
+            Ok(gb) if gb > MAX_MEMORY_GB as f64 => c.err(
+                "slurm.memory",
+                format!(
+                    "must be at most {MAX_MEMORY_GB}G per node, found {}",
+                    s.memory
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => c.err("slurm.memory", e),
+        }
+        if let (Some(p), Some(want)) = (&s.partition, acc.preset().partition) {
+            let other = [Accelerator::A100, Accelerator::A40]
+                .into_iter()
+                .find(|a| a.preset().partition == Some(p.as_str()) && *a != acc);
+            if let Some(other) = other {
+                c.err(
+                    "slurm.partition",
+                    format!(
+                        "`{p}` is the {other} partition but hardware.accelerator is {acc} \
+                         (its partition is `{want}`)"
+                    ),
+                );
+            }
+        }
+        for (k, v) in [
+            ("slurm.partition", &s.partition),
+            ("slurm.job_name", &s.job_name),
+        ] {
+            if v.as_deref().is_some_and(str::is_empty) {
+                c.err(k, "must not be empty (null for the default)");
+            }
+        }
+    }
+
+    fn check_evaluation(&self, c: &mut Checker) {
+        let e = &self.evaluation;
+        let g = &e.grid_search;
+        let k = "evaluation.grid_search";
+        c.grid(
+            &format!("{k}.center_distance_threshold"),
+            &g.center_distance_threshold,
+            0.0,
+            1.0,
+        );
+        c.grid(
+            &format!("{k}.boundary_distance_threshold"),
+            &g.boundary_distance_threshold,
+            0.0,
+            1.0,
+        );
+        c.grid(
+            &format!("{k}.distance_smoothing"),
+            &g.distance_smoothing,
+            0.0,
+            100.0,
+        );
+        c.grid(
+            &format!("{k}.pred_iou_thresh"),
+            &g.pred_iou_thresh,
+            0.0,
+            1.0,
+        );
+        c.grid(
+            &format!("{k}.stability_score_thresh"),
+            &g.stability_score_thresh,
+            0.0,
+            1.0,
+        );
+        if g.min_size.is_empty() {
+            c.err(&format!("{k}.min_size"), "must list at least one value");
+        }
+        c.at_least(
+            "evaluation.iterative_prompting.n_iterations",
+            e.iterative_prompting.n_iterations,
+            1,
+        );
+        if e.test_images_dir == e.test_labels_dir {
+            c.err(
+                "evaluation.test_labels_dir",
+                "must differ from `evaluation.test_images_dir`",
+            );
+        }
+    }
+
+    fn check_inference(&self, c: &mut Checker) {
+        let i = &self.inference;
+        if i.mode == InferenceMode::Ais && !self.model.with_segmentation_decoder {
+            c.err(
+                "inference.mode",
+                "ais needs the segmentation decoder, but model.with_segmentation_decoder is false",
+            );
+        }
+        if let Some(tile) = i.tile_shape {
+            let input = self.model.resolved_architecture().image_size;
+            for ax in 0..2 {
+                c.at_least(&format!("inference.tile_shape[{ax}]"), tile[ax], 1);
+                let full = u64::from(tile[ax]) + 2 * u64::from(i.halo[ax]);
+                if full > u64::from(input) {
+                    c.warn(
+                        &format!("inference.tile_shape[{ax}]"),
+                        format!(
+                            "tile {} + 2 × halo {} = {full} exceeds the model input {input}: \
+                             tiles are downscaled",
+                            tile[ax], i.halo[ax]
+                        ),
+                    );
+                }
+            }
+        }
+        c.at_least("inference.batch_size", i.batch_size, 1);
+        let a = &i.ais;
+        let k = "inference.ais";
+        c.within(
+            &format!("{k}.center_distance_threshold"),
+            a.center_distance_threshold,
+            0.0,
+            1.0,
+        );
+        c.within(
+            &format!("{k}.boundary_distance_threshold"),
+            a.boundary_distance_threshold,
+            0.0,
+            1.0,
+        );
+        c.within(
+            &format!("{k}.foreground_threshold"),
+            a.foreground_threshold,
+            0.0,
+            1.0,
+        );
+        c.non_negative(&format!("{k}.foreground_smoothing"), a.foreground_smoothing);
+        c.non_negative(&format!("{k}.distance_smoothing"), a.distance_smoothing);
+        let m = &i.amg;
+        let k = "inference.amg";
+        c.at_least(&format!("{k}.points_per_side"), m.points_per_side, 1);
+        c.at_least(&format!("{k}.points_per_batch"), m.points_per_batch, 1);
+        c.within(&format!("{k}.pred_iou_thresh"), m.pred_iou_thresh, 0.0, 1.0);
+        c.within(
+            &format!("{k}.stability_score_thresh"),
+            m.stability_score_thresh,
+            0.0,
+            1.0,
+        );
+        c.non_negative(
+            &format!("{k}.stability_score_offset"),
+            m.stability_score_offset,
+        );
+        c.within(&format!("{k}.box_nms_thresh"), m.box_nms_thresh, 0.0, 1.0);
+        c.within(&format!("{k}.crop_nms_thresh"), m.crop_nms_thresh, 0.0, 1.0);
+        c.at_most(&format!("{k}.crop_n_layers"), m.crop_n_layers, 3, "");
+    }
+
+    /// File-system checks; returns the number of training images when counted.
+    fn check_paths(&self, c: &mut Checker, options: &ValidateOptions) -> Option<u64> {
+        let root = match find_root(options.root.as_deref()) {
+            Ok(r) => r,
+            Err(e) => {
+                c.err("", format!("cannot check paths: {e}"));
+                return None;
+            }
+        };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                root.join(p)
+            }
+        };
+        let require = |c: &mut Checker, key: &str, p: &Path, error: bool| {
+            let full = resolve(p);
+            if full.is_dir() {
+                return true;
+            }
+            let msg = format!("folder `{}` does not exist", full.display());
+            if error {
+                c.err(key, msg);
+            } else {
+                c.warn(key, msg);
+            }
+            false
+        };
+        let d = &self.data;
+        let mut counted = None;
+        if require(c, "data.train_images_dir", &d.train_images_dir, true) {
+            let n = count_images(&resolve(&d.train_images_dir));
+            if n == Some(0) {
+                c.err(
+                    "data.train_images_dir",
+                    format!(
+                        "folder `{}` holds no images",
+                        resolve(&d.train_images_dir).display()
+                    ),
+                );
+            }
+            counted = n;
+        }
+        require(c, "data.train_labels_dir", &d.train_labels_dir, true);
+        if let (Some(i), Some(l)) = (&d.validation.images_dir, &d.validation.labels_dir) {
+            require(c, "data.validation.images_dir", i, true);
+            require(c, "data.validation.labels_dir", l, true);
+        }
+        let a = &self.augmentation;
+        require(
+            c,
+            "augmentation.source_images_dir",
+            &a.source_images_dir,
+            false,
+        );
+        require(
+            c,
+            "augmentation.source_labels_dir",
+            &a.source_labels_dir,
+            false,
+        );
+        let e = &self.evaluation;
+        require(c, "evaluation.test_images_dir", &e.test_images_dir, false);
+        require(c, "evaluation.test_labels_dir", &e.test_labels_dir, false);
+        if let CheckpointSource::Path(p) = self.model.checkpoint_source() {
+            let full = resolve(&p);
+            if !full.is_file() {
+                c.err(
+                    "model.checkpoint",
+                    format!("file `{}` does not exist", full.display()),
+                );
+            }
+        }
+        counted
+    }
+
+    fn check_wall_time(&self, c: &mut Checker, counted: Option<u64>) {
+        let est = self.estimate_wall_time(counted);
+        let basis = if est.images_counted {
+            format!("{} training images", est.train_images)
+        } else {
+            format!("an assumed {} training images", est.train_images)
+        };
+        if est.exceeds_limit() {
+            c.warn(
+                "training",
+                format!(
+                    "ESTIMATED WALL TIME ~{:.0} h EXCEEDS THE 56 h SLURM LIMIT ({} patches per \
+                     process at ~{:.2} s on {}, from {basis}): the job will be stopped and must \
+                     resume from its checkpoint; reduce epochs/iterations or add GPUs",
+                    est.hours,
+                    est.samples_per_process,
+                    est.seconds_per_sample,
+                    self.hardware.accelerator
+                ),
+            );
+        } else if let Ok(limit) = parse_slurm_time(&self.slurm.time_limit) {
+            if self.hardware.accelerator != Accelerator::Cpu && est.hours * 3600.0 > limit as f64 {
+                c.warn(
+                    "slurm.time_limit",
+                    format!(
+                        "the run is estimated at ~{:.1} h, longer than {}: it will requeue and \
+                         resume from its checkpoint",
+                        est.hours, self.slurm.time_limit
+                    ),
+                );
+            }
+        }
+        c.report.wall_time = Some(est);
+    }
+}

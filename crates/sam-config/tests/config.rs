@@ -1,0 +1,333 @@
+//! Integration tests: shipped configs, every class of config error, path checks, run paths.
+
+use std::path::{Path, PathBuf};
+
+use sam_config::{
+    json_schema, load_config_with, parse_config, ConfigError, Diagnostic, ExperimentConfig,
+    RunPaths, Severity, ValidateOptions,
+};
+
+/// A fresh temporary repository root (with `configs/` and `dat/`), removed on drop.
+macro_rules! temp_root {
+    () => {{
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("configs")).expect("configs");
+        std::fs::create_dir_all(dir.path().join("dat")).expect("dat");
+        dir
+    }};
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn no_paths() -> ValidateOptions {
+    ValidateOptions::without_path_checks()
+}
+
+const HEAD: &str = "experiment_name: exp\noutput_base_dir: runs\ncheckpoint_name: ckpt\n\
+                    export_path: final_models/exp.pt\n";
+
+/// Parse text that must fail; return its errors.
+fn errors_of(text: &str) -> Vec<Diagnostic> {
+    match parse_config(text, Some(Path::new("cfg.yaml")), &no_paths()) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(ConfigError::Invalid { errors, .. }) => errors,
+        Err(other) => panic!("unexpected error kind: {other}"),
+    }
+}
+
+/// The one error whose key is `key`; its rendered line must name the file, line and key.
+fn find<'a>(errors: &'a [Diagnostic], key: &str) -> &'a Diagnostic {
+    errors
+        .iter()
+        .find(|d| d.problem.key == key)
+        .unwrap_or_else(|| {
+            let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            panic!("no error for `{key}`; got:\n{}", all.join("\n"))
+        })
+}
+
+#[test]
+fn every_shipped_config_validates() {
+    let dir = repo_root().join("configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("configs/") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        n += 1;
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            text.starts_with("# yaml-language-server: $schema=./schema.json\n"),
+            "{} must start with the schema line",
+            path.display()
+        );
+        match load_config_with(&path, &no_paths()) {
+            Ok(loaded) => {
+                let stem = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default();
+                assert_eq!(loaded.config.experiment_name, stem, "{}", path.display());
+            }
+            Err(e) => panic!("{} does not validate:\n{e}", path.display()),
+        }
+    }
+    assert!(n >= 5, "expected at least 5 shipped configs, found {n}");
+}
+
+#[test]
+fn committed_schema_equals_generated_schema() {
+    let path = repo_root().join("configs/schema.json");
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("configs/schema.json"))
+            .expect("schema.json is JSON");
+    assert!(
+        committed == json_schema(),
+        "configs/schema.json is stale: run `sam-train schema > configs/schema.json`"
+    );
+}
+
+#[test]
+fn shipped_presets_differ_between_a100_and_a40() {
+    let load = |name: &str| {
+        load_config_with(repo_root().join("configs").join(name), &no_paths())
+            .expect(name)
+            .config
+    };
+    let (a100, a40) = (
+        load("full_sam_vit_b_a100.yaml"),
+        load("full_sam_vit_b_a40.yaml"),
+    );
+    assert_eq!(a100.training.batch_size, 4);
+    assert_eq!(a40.training.batch_size, 2);
+    assert!(a100.data.num_workers <= 8);
+    let demo = load("demo_cpu.yaml");
+    assert_eq!(demo.training.precision, sam_config::Precision::Fp32);
+    assert!(demo.model.checkpoint.is_none() && demo.model.with_segmentation_decoder);
+    assert_eq!(demo.model.resolved_architecture().encoder_embed_dim, 64);
+}
+
+#[test]
+fn unknown_keys_are_named_with_line_and_suggestion() {
+    let text =
+        format!("{HEAD}training:\n  lr: 1.0e-5\n  batch_sise: 2\nmodle:\n  backbone: vit_b\n");
+    let errors = errors_of(&text);
+    let d = find(&errors, "training.batch_sise");
+    assert_eq!((d.line, d.column), (7, 3));
+    assert_eq!(d.problem.suggestion.as_deref(), Some("batch_size"));
+    assert!(
+        d.to_string()
+            .starts_with("cfg.yaml:7:3: training.batch_sise: unknown key"),
+        "{d}"
+    );
+    let d = find(&errors, "modle");
+    assert_eq!(d.line, 8);
+    assert!(d.to_string().contains("(did you mean `model`?)"), "{d}");
+}
+
+#[test]
+fn wrong_types_are_named_with_line() {
+    let text = format!(
+        "{HEAD}training:\n  lr: fast\n  epochs: [1]\nmodel:\n  backbone: vit_q\n  freeze: image_encoder\n"
+    );
+    let errors = errors_of(&text);
+    let lr = find(&errors, "training.lr");
+    assert_eq!((lr.line, lr.column), (6, 7));
+    assert!(lr.problem.message.contains("expected a number"), "{lr}");
+    assert!(lr.problem.message.contains("\"fast\""), "{lr}");
+    let epochs = find(&errors, "training.epochs");
+    assert_eq!(epochs.line, 7);
+    let backbone = find(&errors, "model.backbone");
+    assert_eq!(backbone.line, 9);
+    assert!(backbone.problem.message.contains("`vit_b`"), "{backbone}");
+    assert!(backbone.problem.suggestion.is_some(), "{backbone}");
+    let freeze = find(&errors, "model.freeze");
+    assert_eq!(freeze.line, 10);
+    assert!(
+        freeze.problem.message.contains("expected a list"),
+        "{freeze}"
+    );
+}
+
+#[test]
+fn missing_required_fields_are_named() {
+    let text = "experiment_name: exp\noutput_base_dir: runs\ntraining:\n  lr: 1.0e-5\n";
+    let errors = errors_of(text);
+    for key in ["checkpoint_name", "export_path"] {
+        let d = find(&errors, key);
+        assert!(d.problem.message.contains("missing required key"), "{d}");
+        assert!(d.to_string().starts_with("cfg.yaml:1:1: "), "{d}");
+    }
+    assert_eq!(errors.len(), 2, "{errors:?}");
+}
+
+#[test]
+fn out_of_range_values_are_named_with_line() {
+    let text = format!(
+        "{HEAD}training:\n  lr: -1.0\n  mask_prob: 1.5\ndata:\n  normalization:\n    \
+         lower_percentile: 99.0\n    upper_percentile: 2.0\ndistributed:\n  gpus_per_node: 8\n\
+         slurm:\n  time_limit: \"72:00:00\"\n"
+    );
+    let errors = errors_of(&text);
+    let lr = find(&errors, "training.lr");
+    assert_eq!(lr.line, 6);
+    assert!(lr.problem.message.contains("greater than 0") && lr.problem.message.contains("-1"));
+    assert_eq!(find(&errors, "training.mask_prob").line, 7);
+    let p = find(&errors, "data.normalization.upper_percentile");
+    assert_eq!(p.line, 11);
+    assert!(p.problem.message.contains("lower_percentile"), "{p}");
+    let g = find(&errors, "distributed.gpus_per_node");
+    assert_eq!(g.line, 13);
+    assert!(g.problem.message.contains("at most 4"), "{g}");
+    let t = find(&errors, "slurm.time_limit");
+    assert_eq!(t.line, 15);
+    assert!(t.problem.message.contains("56:00:00"), "{t}");
+}
+
+#[test]
+fn inconsistent_values_are_named_with_line() {
+    let text = "experiment_name: exp\noutput_base_dir: runs\ncheckpoint_name: ckpt\n\
+                export_path: models/other.pt\nmodel:\n  backbone: vit_l\n  checkpoint: vit_b\n\
+                data:\n  patch_shape: [4096, 512]\nhardware:\n  accelerator: cpu\n\
+                training:\n  precision: bf16\n";
+    let errors = errors_of(text);
+    let export: Vec<&Diagnostic> = errors
+        .iter()
+        .filter(|d| d.problem.key == "export_path")
+        .collect();
+    assert_eq!(
+        export.len(),
+        2,
+        "under final_models/ and containing the name: {export:?}"
+    );
+    assert!(export.iter().all(|d| d.line == 4));
+    let ck = find(&errors, "model.checkpoint");
+    assert_eq!(ck.line, 7);
+    assert!(ck.problem.message.contains("vit_l"), "{ck}");
+    let patch = find(&errors, "data.patch_shape[0]");
+    assert_eq!(patch.line, 9, "{patch}");
+    let prec = find(&errors, "training.precision");
+    assert_eq!(prec.line, 13);
+    assert!(prec.problem.message.contains("cpu"), "{prec}");
+}
+
+#[test]
+fn every_problem_of_every_kind_is_reported_in_one_run() {
+    // Two unknown keys and two wrong types in different sections: all four reported.
+    let text = format!(
+        "{HEAD}training:\n  lrr: 1\n  batch_size: many\ninference:\n  halo: x\n  mdoe: ais\n"
+    );
+    let errors = errors_of(&text);
+    for key in [
+        "training.lrr",
+        "training.batch_size",
+        "inference.halo",
+        "inference.mdoe",
+    ] {
+        find(&errors, key);
+    }
+    let lines: Vec<usize> = errors.iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![6, 7, 9, 10], "sorted by line");
+    // Semantic problems are collected too.
+    let text = format!("{HEAD}training:\n  lr: 0\n  batch_size: 0\n  n_sub_iteration: 0\n");
+    let errors = errors_of(&text);
+    for key in [
+        "training.lr",
+        "training.batch_size",
+        "training.n_sub_iteration",
+    ] {
+        find(&errors, key);
+    }
+}
+
+#[test]
+fn yaml_syntax_errors_have_line_and_column() {
+    let text = format!("{HEAD}training:\n  lr: [1\n  batch_size: 2\n");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].line >= 6, "{}", errors[0]);
+    assert!(
+        errors[0].to_string().starts_with("cfg.yaml:"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn missing_data_folders_are_errors_unless_path_checks_are_off() {
+    let root = temp_root!();
+    let text = format!("{HEAD}data:\n  train_images_dir: dat/imgs\n  train_labels_dir: dat/lbls\n");
+    let opts = ValidateOptions {
+        check_paths: true,
+        root: Some(root.path().to_path_buf()),
+    };
+    let errors = match parse_config(&text, None, &opts) {
+        Err(ConfigError::Invalid { errors, .. }) => errors,
+        other => panic!("expected missing folders, got {other:?}"),
+    };
+    let d = find(&errors, "data.train_images_dir");
+    assert_eq!(d.line, 6);
+    assert!(d.problem.message.contains("does not exist"), "{d}");
+    find(&errors, "data.train_labels_dir");
+
+    // With the folders (and an image) present, the config loads; test folders only warn.
+    std::fs::create_dir_all(root.path().join("dat/imgs")).expect("mkdir");
+    std::fs::create_dir_all(root.path().join("dat/lbls")).expect("mkdir");
+    std::fs::write(root.path().join("dat/imgs/a.tif"), b"").expect("write");
+    let loaded = parse_config(&text, None, &opts).expect("valid with folders");
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|w| w.problem.key == "evaluation.test_images_dir" && w.severity == Severity::Warning));
+    assert!(parse_config(&text, None, &no_paths()).is_ok());
+}
+
+#[test]
+fn wall_time_estimate_warns_loudly_above_56_hours() {
+    let text = format!(
+        "{HEAD}model:\n  backbone: vit_h\n  checkpoint: vit_h\ntraining:\n  batch_size: 1\n  \
+         iterations: 400000\n"
+    );
+    let loaded = parse_config(&text, None, &no_paths()).expect("valid");
+    let w = loaded
+        .warnings
+        .iter()
+        .find(|w| w.problem.message.contains("EXCEEDS THE 56 h SLURM LIMIT"))
+        .expect("a loud wall-time warning");
+    assert_eq!(w.problem.key, "training");
+    assert_eq!(w.line, 8);
+    assert!(loaded.wall_time.expect("estimate").hours > 56.0);
+}
+
+#[test]
+fn resolved_config_round_trips_through_yaml() {
+    let path = repo_root().join("configs/demo_cpu.yaml");
+    let cfg = load_config_with(&path, &no_paths()).expect("demo").config;
+    let yaml = cfg.to_yaml().expect("yaml");
+    let back = parse_config(&yaml, None, &no_paths())
+        .expect("saved config reloads")
+        .config;
+    assert_eq!(back, cfg);
+}
+
+#[test]
+fn run_paths_follow_the_documented_layout() {
+    let root = temp_root!();
+    let cfg: ExperimentConfig = parse_config(HEAD, None, &no_paths()).expect("valid").config;
+    let p = RunPaths::new(root.path(), &cfg);
+    let r = root.path();
+    assert_eq!(p.run_dir, r.join("runs/exp"));
+    assert_eq!(p.config, r.join("runs/exp/config.yaml"));
+    assert_eq!(p.checkpoint_dir, r.join("runs/exp/checkpoints/ckpt"));
+    assert_eq!(p.logs_dir, r.join("runs/exp/logs"));
+    assert_eq!(p.export_path, r.join("final_models/exp.pt"));
+    assert_eq!(p.resolve(Path::new("/abs/x")), PathBuf::from("/abs/x"));
+    // The root is found from any folder below it.
+    let deep = r.join("scripts/slurm");
+    std::fs::create_dir_all(&deep).expect("mkdir");
+    assert_eq!(sam_config::find_root_from(&deep).as_deref(), Some(r));
+    assert_eq!(sam_config::find_root_from(Path::new("/")), None);
+}
