@@ -1,0 +1,476 @@
+//! `segment_anything/modeling/image_encoder.py`: the ViT image encoder of SAM (vit_b, vit_l,
+//! vit_h) with windowed and global attention and decomposed relative positions.
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use crate::common::{
+    attention, conv_cfg, layer_norm, linear, Activation, AttentionMode, LayerNorm2d, MLPBlock,
+};
+use crate::error::ModelError;
+
+/// Configuration of [`ImageEncoderViT`] (the arguments of `ImageEncoderViT.__init__` as
+/// `segment_anything/build_sam.py` sets them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageEncoderViTConfig {
+    /// Input image size (square), 1024 for SAM.
+    pub img_size: i64,
+    /// Patch size, 16.
+    pub patch_size: i64,
+    /// Input channels, 3.
+    pub in_chans: i64,
+    /// Patch embedding width: 768 (vit_b), 1024 (vit_l), 1280 (vit_h).
+    pub embed_dim: i64,
+    /// Number of transformer blocks: 12, 24, 32.
+    pub depth: i64,
+    /// Attention heads per block: 12, 16, 16.
+    pub num_heads: i64,
+    /// MLP hidden width as a multiple of `embed_dim`, 4.
+    pub mlp_ratio: f64,
+    /// Output channels of the neck (the prompt embedding width), 256.
+    pub out_chans: i64,
+    /// Bias in the qkv projection, true.
+    pub qkv_bias: bool,
+    /// Learned absolute position embedding, true.
+    pub use_abs_pos: bool,
+    /// Decomposed relative position bias, true.
+    pub use_rel_pos: bool,
+    /// Window size of the windowed blocks, 14.
+    pub window_size: i64,
+    /// Blocks with global attention: [2, 5, 8, 11] (vit_b), [5, 11, 17, 23] (vit_l),
+    /// [7, 15, 23, 31] (vit_h).
+    pub global_attn_indexes: Vec<i64>,
+    /// Epsilon of the blocks' layer norms, 1e-6 (`partial(nn.LayerNorm, eps=1e-6)`).
+    pub layer_norm_eps: f64,
+    /// Attention kernel.
+    pub attention: AttentionMode,
+}
+
+impl ImageEncoderViTConfig {
+    fn sam(embed_dim: i64, depth: i64, num_heads: i64, global_attn_indexes: Vec<i64>) -> Self {
+        // segment_anything/build_sam.py, `_build_sam`.
+        Self {
+            img_size: 1024,
+            patch_size: 16,
+            in_chans: 3,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio: 4.0,
+            out_chans: 256,
+            qkv_bias: true,
+            use_abs_pos: true,
+            use_rel_pos: true,
+            window_size: 14,
+            global_attn_indexes,
+            layer_norm_eps: 1e-6,
+            attention: AttentionMode::Sdpa,
+        }
+    }
+
+    /// SAM ViT-B (`build_sam_vit_b`).
+    pub fn vit_b() -> Self {
+        Self::sam(768, 12, 12, vec![2, 5, 8, 11])
+    }
+
+    /// SAM ViT-L (`build_sam_vit_l`).
+    pub fn vit_l() -> Self {
+        Self::sam(1024, 24, 16, vec![5, 11, 17, 23])
+    }
+
+    /// SAM ViT-H (`build_sam_vit_h`).
+    pub fn vit_h() -> Self {
+        Self::sam(1280, 32, 16, vec![7, 15, 23, 31])
+    }
+
+    /// A tiny encoder for tests: 256 px input, 64-d, 2 blocks (windowed with padding, then global),
+    /// 32-d output.
+    pub fn tiny() -> Self {
+        Self {
+            img_size: 256,
+            embed_dim: 64,
+            depth: 2,
+            num_heads: 2,
+            out_chans: 32,
+            window_size: 6,
+            global_attn_indexes: vec![1],
+            ..Self::vit_b()
+        }
+    }
+
+    /// Side of the image embedding grid, `img_size / patch_size`.
+    pub fn embedding_size(&self) -> i64 {
+        self.img_size / self.patch_size
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ModelError> {
+        let bad = |field: &str, expected: &str, found: String| {
+            Err(ModelError::Config {
+                field: format!("image_encoder.{field}"),
+                expected: expected.into(),
+                found,
+            })
+        };
+        if self.patch_size <= 0 || self.img_size % self.patch_size != 0 {
+            return bad(
+                "img_size",
+                "a positive multiple of patch_size",
+                format!("{} (patch_size {})", self.img_size, self.patch_size),
+            );
+        }
+        if self.num_heads <= 0 || self.embed_dim % self.num_heads != 0 {
+            return bad(
+                "num_heads",
+                "a divisor of embed_dim",
+                format!("{} (embed_dim {})", self.num_heads, self.embed_dim),
+            );
+        }
+        if self.window_size < 0 {
+            return bad("window_size", "≥ 0", self.window_size.to_string());
+        }
+        Ok(())
+    }
+}
+
+/// `PatchEmbed`: a strided convolution, output channels-last `[b, h, w, c]`.
+#[derive(Debug)]
+struct PatchEmbed {
+    proj: nn::Conv2D,
+}
+
+impl PatchEmbed {
+    fn new(p: nn::Path, cfg: &ImageEncoderViTConfig) -> Self {
+        let conv = conv_cfg(cfg.patch_size, 0, 1, true);
+        let proj = nn::conv2d(&p / "proj", cfg.in_chans, cfg.embed_dim, cfg.patch_size, conv);
+        Self { proj }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        // x = self.proj(x); x = x.permute(0, 2, 3, 1)
+        self.proj.forward(x).permute([0, 2, 3, 1])
+    }
+}
+
+/// Multi-head attention with decomposed relative position bias (`Attention`).
+#[derive(Debug)]
+struct Attention {
+    num_heads: i64,
+    scale: f64,
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    rel_pos: Option<(Tensor, Tensor)>,
+    mode: AttentionMode,
+}
+
+impl Attention {
+    fn new(p: nn::Path, cfg: &ImageEncoderViTConfig, input_size: (i64, i64)) -> Self {
+        let dim = cfg.embed_dim;
+        let head_dim = dim / cfg.num_heads;
+        let qkv = linear(&p / "qkv", dim, dim * 3, cfg.qkv_bias);
+        let proj = linear(&p / "proj", dim, dim, true);
+        let rel_pos = cfg.use_rel_pos.then(|| {
+            let h = p.zeros("rel_pos_h", &[2 * input_size.0 - 1, head_dim]);
+            let w = p.zeros("rel_pos_w", &[2 * input_size.1 - 1, head_dim]);
+            (h, w)
+        });
+        Self {
+            num_heads: cfg.num_heads,
+            scale: (head_dim as f64).powf(-0.5),
+            qkv,
+            proj,
+            rel_pos,
+            mode: cfg.attention,
+        }
+    }
+
+    /// # Shapes
+    /// `x`: `[b, h, w, c]` → `[b, h, w, c]`.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let (b, h, w, _) = x.size4().unwrap_or_default();
+        let nh = self.num_heads;
+        // qkv with shape (3, B, nHead, H * W, C)
+        let qkv = self.qkv.forward(x).reshape([b, h * w, 3, nh, -1]).permute([2, 0, 3, 1, 4]);
+        // q, k, v with shape (B * nHead, H * W, C)
+        let qkv = qkv.reshape([3, b * nh, h * w, -1]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let head_dim = q.size()[2];
+        let bias = self.rel_pos.as_ref().map(|(rel_pos_h, rel_pos_w)| {
+            decomposed_rel_pos_bias(&q, rel_pos_h, rel_pos_w, (h, w), (h, w))
+        });
+        let x = match self.mode {
+            AttentionMode::Sdpa => {
+                let q4 = q.view([b, nh, h * w, head_dim]);
+                let k4 = k.view([b, nh, h * w, head_dim]);
+                let v4 = v.view([b, nh, h * w, head_dim]);
+                let bias = bias.map(|t| t.view([b, nh, h * w, h * w]));
+                attention(&q4, &k4, &v4, bias.as_ref(), self.scale, self.mode)
+            }
+            AttentionMode::Math => attention(&q, &k, &v, bias.as_ref(), self.scale, self.mode),
+        };
+        // (attn @ v).view(B, nHead, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+        let x = x.view([b, nh, h, w, -1]).permute([0, 2, 3, 1, 4]).reshape([b, h, w, -1]);
+        self.proj.forward(&x)
+    }
+}
+
+/// `get_rel_pos`: relative position embeddings for every (query, key) pair along one axis,
+/// linearly interpolating the table when its length is not `2 * max(q_size, k_size) - 1`.
+///
+/// # Shapes
+/// `rel_pos`: `[L, c]` → `[q_size, k_size, c]`.
+pub(crate) fn get_rel_pos(q_size: i64, k_size: i64, rel_pos: &Tensor) -> Tensor {
+    let max_rel_dist = 2 * q_size.max(k_size) - 1;
+    let len = rel_pos.size()[0];
+    let resized = if len != max_rel_dist {
+        // F.interpolate(rel_pos.reshape(1, L, -1).permute(0, 2, 1), size=max_rel_dist, mode="linear")
+        rel_pos
+            .reshape([1, len, -1])
+            .permute([0, 2, 1])
+            .upsample_linear1d([max_rel_dist], false, None)
+            .reshape([-1, max_rel_dist])
+            .permute([1, 0])
+    } else {
+        rel_pos.shallow_clone()
+    };
+    // Scale the coords with short length if shapes for q and k are different.
+    let q_scale = (k_size as f64 / q_size as f64).max(1.0);
+    let k_scale = (q_size as f64 / k_size as f64).max(1.0);
+    let mut idx = Vec::with_capacity((q_size * k_size) as usize);
+    for i in 0..q_size {
+        for j in 0..k_size {
+            let c = (i as f64 * q_scale - j as f64 * k_scale) + (k_size - 1) as f64 * k_scale;
+            idx.push(c as i64);
+        }
+    }
+    let idx = Tensor::from_slice(&idx).to_device(rel_pos.device());
+    resized.index_select(0, &idx).reshape([q_size, k_size, -1])
+}
+
+/// The decomposed relative position bias of `add_decomposed_rel_pos`, as a tensor to add to the
+/// attention logits.
+///
+/// # Shapes
+/// `q`: `[b, q_h * q_w, c]` → `[b, q_h * q_w, k_h * k_w]`.
+pub(crate) fn decomposed_rel_pos_bias(
+    q: &Tensor,
+    rel_pos_h: &Tensor,
+    rel_pos_w: &Tensor,
+    q_size: (i64, i64),
+    k_size: (i64, i64),
+) -> Tensor {
+    let (q_h, q_w) = q_size;
+    let (k_h, k_w) = k_size;
+    let rh = get_rel_pos(q_h, k_h, rel_pos_h);
+    let rw = get_rel_pos(q_w, k_w, rel_pos_w);
+    let size = q.size();
+    let (b, dim) = (size[0], size[2]);
+    let r_q = q.reshape([b, q_h, q_w, dim]);
+    let rel_h = Tensor::einsum("bhwc,hkc->bhwk", &[&r_q, &rh.to_kind(q.kind())], None::<i64>);
+    let rel_w = Tensor::einsum("bhwc,wkc->bhwk", &[&r_q, &rw.to_kind(q.kind())], None::<i64>);
+    // rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+    (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape([b, q_h * q_w, k_h * k_w])
+}
+
+/// `window_partition`: `[b, h, w, c]` → (`[b * n_windows, ws, ws, c]`, padded (h, w)).
+pub(crate) fn window_partition(x: &Tensor, window_size: i64) -> (Tensor, (i64, i64)) {
+    let (b, h, w, c) = x.size4().unwrap_or_default();
+    let pad_h = (window_size - h % window_size) % window_size;
+    let pad_w = (window_size - w % window_size) % window_size;
+    let x = if pad_h > 0 || pad_w > 0 {
+        x.constant_pad_nd([0, 0, 0, pad_w, 0, pad_h])
+    } else {
+        x.shallow_clone()
+    };
+    let (hp, wp) = (h + pad_h, w + pad_w);
+    let windows = x
+        .view([b, hp / window_size, window_size, wp / window_size, window_size, c])
+        .permute([0, 1, 3, 2, 4, 5])
+        .contiguous()
+        .view([-1, window_size, window_size, c]);
+    (windows, (hp, wp))
+}
+
+/// `window_unpartition`: the inverse of [`window_partition`], removing the padding.
+pub(crate) fn window_unpartition(
+    windows: &Tensor,
+    window_size: i64,
+    pad_hw: (i64, i64),
+    hw: (i64, i64),
+) -> Tensor {
+    let (hp, wp) = pad_hw;
+    let (h, w) = hw;
+    let b = windows.size()[0] / (hp * wp / window_size / window_size);
+    let x = windows
+        .view([b, hp / window_size, wp / window_size, window_size, window_size, -1])
+        .permute([0, 1, 3, 2, 4, 5])
+        .contiguous()
+        .view([b, hp, wp, -1]);
+    if hp > h || wp > w {
+        x.narrow(1, 0, h).narrow(2, 0, w).contiguous()
+    } else {
+        x
+    }
+}
+
+/// A transformer block with windowed or global attention (`Block`).
+#[derive(Debug)]
+struct Block {
+    norm1: nn::LayerNorm,
+    attn: Attention,
+    norm2: nn::LayerNorm,
+    mlp: MLPBlock,
+    window_size: i64,
+}
+
+impl Block {
+    fn new(p: nn::Path, cfg: &ImageEncoderViTConfig, window_size: i64) -> Self {
+        let grid = cfg.embedding_size();
+        let input_size = if window_size == 0 { (grid, grid) } else { (window_size, window_size) };
+        let dim = cfg.embed_dim;
+        let mlp_dim = (dim as f64 * cfg.mlp_ratio) as i64;
+        Self {
+            norm1: layer_norm(&p / "norm1", dim, cfg.layer_norm_eps),
+            attn: Attention::new(&p / "attn", cfg, input_size),
+            norm2: layer_norm(&p / "norm2", dim, cfg.layer_norm_eps),
+            mlp: MLPBlock::new(&p / "mlp", dim, mlp_dim, Activation::Gelu),
+            window_size,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let shortcut = x;
+        let x = self.norm1.forward(x);
+        let x = if self.window_size > 0 {
+            let (h, w) = (x.size()[1], x.size()[2]);
+            let (windows, pad_hw) = window_partition(&x, self.window_size);
+            let windows = self.attn.forward(&windows);
+            window_unpartition(&windows, self.window_size, pad_hw, (h, w))
+        } else {
+            self.attn.forward(&x)
+        };
+        let x = shortcut + x;
+        let y = self.mlp.forward(&self.norm2.forward(&x));
+        x + y
+    }
+}
+
+/// `ImageEncoderViT`: patch embedding, transformer blocks and a convolutional neck.
+#[derive(Debug)]
+pub struct ImageEncoderViT {
+    patch_embed: PatchEmbed,
+    pos_embed: Option<Tensor>,
+    blocks: Vec<Block>,
+    neck: (nn::Conv2D, LayerNorm2d, nn::Conv2D, LayerNorm2d),
+    cfg: ImageEncoderViTConfig,
+}
+
+impl ImageEncoderViT {
+    /// Builds the encoder under `p` (`image_encoder` in a SAM state_dict).
+    pub fn new(p: &nn::Path, cfg: &ImageEncoderViTConfig) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let grid = cfg.embedding_size();
+        let pos_embed = cfg.use_abs_pos.then(|| p.zeros("pos_embed", &[1, grid, grid, cfg.embed_dim]));
+        let blocks = (0..cfg.depth)
+            .map(|i| {
+                let global = cfg.global_attn_indexes.contains(&i);
+                Block::new(p / "blocks" / i, cfg, if global { 0 } else { cfg.window_size })
+            })
+            .collect();
+        let neck = p / "neck";
+        let neck = (
+            nn::conv2d(&neck / 0, cfg.embed_dim, cfg.out_chans, 1, conv_cfg(1, 0, 1, false)),
+            LayerNorm2d::new(&neck / 1, cfg.out_chans),
+            nn::conv2d(&neck / 2, cfg.out_chans, cfg.out_chans, 3, conv_cfg(1, 1, 1, false)),
+            LayerNorm2d::new(&neck / 3, cfg.out_chans),
+        );
+        Ok(Self {
+            patch_embed: PatchEmbed::new(p / "patch_embed", cfg),
+            pos_embed,
+            blocks,
+            neck,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The configuration this encoder was built with.
+    pub fn config(&self) -> &ImageEncoderViTConfig {
+        &self.cfg
+    }
+
+    /// Encodes normalised, padded images.
+    ///
+    /// # Shapes
+    /// `x`: `[b, 3, img_size, img_size]` → `[b, out_chans, img_size / 16, img_size / 16]`.
+    /// Other input sizes (multiples of the patch size) work too: the absolute position
+    /// embedding is interpolated bicubically and the relative position tables linearly.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut x = self.patch_embed.forward(x);
+        if let Some(pos_embed) = &self.pos_embed {
+            let (h, w) = (x.size()[1], x.size()[2]);
+            let pos = if pos_embed.size()[1] != h || pos_embed.size()[2] != w {
+                pos_embed
+                    .permute([0, 3, 1, 2])
+                    .upsample_bicubic2d([h, w], false, None, None)
+                    .permute([0, 2, 3, 1])
+            } else {
+                pos_embed.shallow_clone()
+            };
+            let kind = x.kind();
+            x = x + pos.to_kind(kind);
+        }
+        for blk in &self.blocks {
+            x = blk.forward(&x);
+        }
+        let x = x.permute([0, 3, 1, 2]);
+        let (c0, n1, c2, n3) = &self.neck;
+        n3.forward(&c2.forward(&n1.forward(&c0.forward(&x))))
+    }
+}
+
+impl Module for ImageEncoderViT {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        ImageEncoderViT::forward(self, x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn window_partition_round_trips_with_padding() {
+        let x = Tensor::arange(2 * 5 * 7 * 3, (Kind::Float, Device::Cpu)).view([2, 5, 7, 3]);
+        let (windows, pad_hw) = window_partition(&x, 4);
+        assert_eq!(pad_hw, (8, 8));
+        assert_eq!(windows.size(), [2 * 2 * 2, 4, 4, 3]);
+        // The first window holds rows 0..4, cols 0..4 of image 0.
+        assert_eq!(windows.get(0).get(1).get(2).get(0).double_value(&[]), x.get(0).get(1).get(2).get(0).double_value(&[]));
+        let back = window_unpartition(&windows, 4, pad_hw, (5, 7));
+        assert_eq!(back.size(), [2, 5, 7, 3]);
+        assert!(back.equal(&x));
+    }
+
+    #[test]
+    fn get_rel_pos_indexes_by_offset() {
+        // Table of length 2*3-1 = 5 with rows 0..5: entry (i, j) is row i - j + 2.
+        let table = Tensor::arange(5, (Kind::Float, Device::Cpu)).view([5, 1]);
+        let r = get_rel_pos(3, 3, &table).view([3, 3]);
+        let got = Vec::<f32>::try_from(r.flatten(0, -1)).unwrap();
+        assert_eq!(got, [2.0, 1.0, 0.0, 3.0, 2.0, 1.0, 4.0, 3.0, 2.0]);
+    }
+
+    #[test]
+    fn get_rel_pos_interpolates_short_tables() {
+        // A table of length 3 stretched linearly to 5 (align_corners=False): a linear ramp stays
+        // a ramp inside, clamped at the ends.
+        let table = Tensor::from_slice(&[0.0f32, 1.0, 2.0]).view([3, 1]);
+        let r = get_rel_pos(3, 3, &table).view([3, 3]);
+        let row0 = Vec::<f32>::try_from(r.get(0)).unwrap();
+        // Interpolated table: x_src = (i + 0.5) * 3/5 - 0.5 → [0, 0.4, 1.0, 1.6, 2.0].
+        let want = [1.0f32, 0.4, 0.0];
+        for (a, b) in row0.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "got {row0:?}, expected {want:?}");
+        }
+    }
+}

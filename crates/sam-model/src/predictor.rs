@@ -1,0 +1,291 @@
+//! `segment_anything/predictor.py` and `utils/transforms.py`: image embeddings once per image,
+//! then any number of prompt batches on them.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{shape_error, ModelError};
+use crate::sam::Sam;
+
+/// Resizes images so that the long side equals the model input, and maps coordinates and
+/// boxes the same way (`ResizeLongestSide`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResizeLongestSide {
+    /// Length of the long side after resizing (the model's `img_size`).
+    pub target_length: i64,
+}
+
+impl ResizeLongestSide {
+    /// The output (h, w) for an input of (h, w) (`get_preprocess_shape`).
+    pub fn get_preprocess_shape(old_h: i64, old_w: i64, long_side_length: i64) -> (i64, i64) {
+        let scale = long_side_length as f64 / old_h.max(old_w) as f64;
+        let (new_h, new_w) = (old_h as f64 * scale, old_w as f64 * scale);
+        ((new_h + 0.5) as i64, (new_w + 0.5) as i64)
+    }
+
+    /// Resizes `[b, c, h, w]` float images with antialiased bilinear interpolation
+    /// (`apply_image_torch`, with the sizes taken from h and w).
+    pub fn apply_image(&self, image: &Tensor) -> Tensor {
+        let s = image.size();
+        let (h, w) = Self::get_preprocess_shape(s[2], s[3], self.target_length);
+        if (h, w) == (s[2], s[3]) {
+            return image.shallow_clone();
+        }
+        image.internal_upsample_bilinear2d_aa([h, w], false, None, None)
+    }
+
+    /// Maps `(x, y)` pixel coordinates `[..., 2]` of an image of `original_size` (h, w) into
+    /// the resized frame (`apply_coords`).
+    pub fn apply_coords(&self, coords: &Tensor, original_size: (i64, i64)) -> Tensor {
+        let (old_h, old_w) = original_size;
+        let (new_h, new_w) = Self::get_preprocess_shape(old_h, old_w, self.target_length);
+        let scale = Tensor::from_slice(&[new_w as f64 / old_w as f64, new_h as f64 / old_h as f64])
+            .to_device(coords.device());
+        (coords.to_kind(Kind::Double) * scale).to_kind(Kind::Float)
+    }
+
+    /// Maps `[n, 4]` boxes (x0, y0, x1, y1) into the resized frame (`apply_boxes`).
+    pub fn apply_boxes(&self, boxes: &Tensor, original_size: (i64, i64)) -> Tensor {
+        self.apply_coords(&boxes.reshape([-1, 2, 2]), original_size).reshape([-1, 4])
+    }
+}
+
+/// A grey image as sam-data hands it out: row-major `height × width` values, percentile
+/// normalised to [0, 1].
+#[derive(Debug, Clone, Copy)]
+pub struct GreyImage<'a> {
+    /// The pixels, `height * width` values in [0, 1].
+    pub pixels: &'a [f32],
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+/// The embedding of one image with the sizes needed to map prompts and masks.
+#[derive(Debug)]
+pub struct ImageEmbedding {
+    /// `[1, c, h, w]` image embedding.
+    pub features: Tensor,
+    /// Size of the image given to `set_image`, (h, w).
+    pub original_size: (i64, i64),
+    /// Size after resizing, before padding, (h, w).
+    pub input_size: (i64, i64),
+}
+
+/// Prompts for one image, batched over `n` objects. Coordinates are pixels of the original
+/// image, `(x, y)`; at least one of points, boxes or a mask input is needed.
+#[derive(Debug, Default)]
+pub struct Prompts {
+    /// `[n, p, 2]` point coordinates (x, y).
+    pub point_coords: Option<Tensor>,
+    /// `[n, p]` point labels: 1 foreground, 0 background, -1 ignored.
+    pub point_labels: Option<Tensor>,
+    /// `[n, 4]` boxes (x0, y0, x1, y1).
+    pub boxes: Option<Tensor>,
+    /// `[n, 1, 256, 256]` low-resolution logits, e.g. a previous prediction.
+    pub mask_input: Option<Tensor>,
+}
+
+/// Result of [`SamPredictor::predict`].
+#[derive(Debug)]
+pub struct Prediction {
+    /// `[n, k, H, W]` mask logits at the original image size; threshold at 0
+    /// ([`Prediction::binary_masks`]).
+    pub masks: Tensor,
+    /// `[n, k]` predicted IoU of each mask.
+    pub iou_predictions: Tensor,
+    /// `[n, k, 256, 256]` low-resolution logits, usable as the next `mask_input`.
+    pub low_res_logits: Tensor,
+}
+
+impl Prediction {
+    /// `masks > 0` (`Sam.mask_threshold`).
+    pub fn binary_masks(&self) -> Tensor {
+        self.masks.gt(0.0)
+    }
+}
+
+/// Computes image embeddings and predicts masks from prompts (`SamPredictor`).
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use sam_model::{GreyImage, Prompts, Sam, SamConfig, SamPredictor};
+/// use tch::{nn, Device, Tensor};
+///
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let sam = Sam::new(&vs.root(), &SamConfig::vit_b())?;
+/// // ... load weights into `vs` ...
+/// let pixels = vec![0.5f32; 512 * 512];
+/// let mut predictor = SamPredictor::new(&sam);
+/// predictor.set_image(GreyImage { pixels: &pixels, height: 512, width: 512 })?;
+/// let prompts = Prompts {
+///     point_coords: Some(Tensor::from_slice(&[100.0f32, 120.0]).view([1, 1, 2])),
+///     point_labels: Some(Tensor::from_slice(&[1i64]).view([1, 1])),
+///     ..Default::default()
+/// };
+/// let out = predictor.predict(&prompts, true)?;
+/// assert_eq!(out.masks.size(), [1, 3, 512, 512]);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct SamPredictor<'a> {
+    model: &'a Sam,
+    transform: ResizeLongestSide,
+    image: Option<ImageEmbedding>,
+}
+
+impl<'a> SamPredictor<'a> {
+    /// A predictor on `model` with no image set.
+    pub fn new(model: &'a Sam) -> Self {
+        let transform = ResizeLongestSide { target_length: model.img_size() };
+        Self { model, transform, image: None }
+    }
+
+    /// The coordinate transform of the model input.
+    pub fn transform(&self) -> ResizeLongestSide {
+        self.transform
+    }
+
+    fn device(&self) -> Device {
+        self.model.prompt_encoder.get_dense_pe().device()
+    }
+
+    /// Grey [0, 1] image → `[1, 3, h', w']` on the 0..255 scale, long side = `img_size`.
+    pub fn to_model_input(&self, image: GreyImage<'_>) -> Result<Tensor, ModelError> {
+        let (h, w) = (image.height as i64, image.width as i64);
+        if image.pixels.len() != image.height * image.width || h == 0 || w == 0 {
+            return Err(ModelError::Argument {
+                argument: "image",
+                message: format!(
+                    "expected {}×{} = {} pixels, found {}",
+                    image.height,
+                    image.width,
+                    image.height * image.width,
+                    image.pixels.len()
+                ),
+            });
+        }
+        let x = Tensor::from_slice(image.pixels).to_device(self.device()).view([1, 1, h, w]);
+        // Grey → 3 channels on SAM's 0..255 scale.
+        let x = (x * 255.0).expand([1, 3, h, w], false).contiguous();
+        Ok(self.transform.apply_image(&x))
+    }
+
+    /// Embeds several images in one encoder batch (all are resized and padded to the model
+    /// input). The encoder runs without gradients.
+    pub fn embed_images(&self, images: &[GreyImage<'_>]) -> Result<Vec<ImageEmbedding>, ModelError> {
+        let mut inputs = Vec::with_capacity(images.len());
+        let mut sizes = Vec::with_capacity(images.len());
+        for image in images {
+            let x = self.to_model_input(*image)?;
+            let s = x.size();
+            sizes.push(((image.height as i64, image.width as i64), (s[2], s[3])));
+            inputs.push(self.model.preprocess(&x)?);
+        }
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = Tensor::cat(&inputs, 0);
+        let features = tch::no_grad(|| self.model.image_encoder.forward(&batch));
+        Ok(sizes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (original_size, input_size))| ImageEmbedding {
+                features: features.narrow(0, i as i64, 1),
+                original_size,
+                input_size,
+            })
+            .collect())
+    }
+
+    /// Computes the embedding of `image` for the following [`SamPredictor::predict`] calls.
+    pub fn set_image(&mut self, image: GreyImage<'_>) -> Result<(), ModelError> {
+        let mut e = self.embed_images(&[image])?;
+        self.image = e.pop();
+        Ok(())
+    }
+
+    /// Uses an embedding computed before (e.g. by [`SamPredictor::embed_images`]).
+    pub fn set_embedding(&mut self, embedding: ImageEmbedding) {
+        self.image = Some(embedding);
+    }
+
+    /// The current image embedding, if an image is set.
+    pub fn embedding(&self) -> Option<&ImageEmbedding> {
+        self.image.as_ref()
+    }
+
+    /// Predicts masks for a batch of prompts on the current image.
+    pub fn predict(&self, prompts: &Prompts, multimask_output: bool) -> Result<Prediction, ModelError> {
+        let image = self.image.as_ref().ok_or(ModelError::Argument {
+            argument: "image",
+            message: "no image set: call set_image before predict".into(),
+        })?;
+        predict_on(self.model, self.transform, image, prompts, multimask_output)
+    }
+
+    /// Predicts masks for prompts on several images, one prompt batch per image.
+    pub fn predict_batch(
+        &self,
+        images: &[ImageEmbedding],
+        prompts: &[Prompts],
+        multimask_output: bool,
+    ) -> Result<Vec<Prediction>, ModelError> {
+        if images.len() != prompts.len() {
+            return Err(ModelError::Argument {
+                argument: "prompts",
+                message: format!("{} prompt sets for {} images", prompts.len(), images.len()),
+            });
+        }
+        images
+            .iter()
+            .zip(prompts)
+            .map(|(image, p)| predict_on(self.model, self.transform, image, p, multimask_output))
+            .collect()
+    }
+}
+
+fn predict_on(
+    model: &Sam,
+    transform: ResizeLongestSide,
+    image: &ImageEmbedding,
+    prompts: &Prompts,
+    multimask_output: bool,
+) -> Result<Prediction, ModelError> {
+    let device = image.features.device();
+    let points = match (&prompts.point_coords, &prompts.point_labels) {
+        (Some(c), Some(l)) => {
+            if c.dim() != 3 {
+                return Err(shape_error("point_coords", "[n, p, 2]", c));
+            }
+            let c = transform.apply_coords(&c.to_device(device), image.original_size);
+            Some((c, l.to_device(device)))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(ModelError::Argument {
+                argument: "point_labels",
+                message: "point_coords and point_labels must be given together".into(),
+            })
+        }
+    };
+    let boxes = prompts.boxes.as_ref().map(|b| transform.apply_boxes(&b.to_device(device), image.original_size));
+    let mask_input = prompts.mask_input.as_ref().map(|m| m.to_device(device).to_kind(Kind::Float));
+    if points.is_none() && boxes.is_none() && mask_input.is_none() {
+        return Err(ModelError::Argument {
+            argument: "prompts",
+            message: "no points, boxes or mask input given".into(),
+        });
+    }
+    let (low_res, iou) = tch::no_grad(|| {
+        model.forward_prompts(
+            &image.features,
+            points.as_ref().map(|(c, l)| (c, l)),
+            boxes.as_ref(),
+            mask_input.as_ref(),
+            multimask_output,
+        )
+    })?;
+    let masks = tch::no_grad(|| model.postprocess_masks(&low_res, image.input_size, image.original_size));
+    Ok(Prediction { masks, iou_predictions: iou, low_res_logits: low_res })
+}
