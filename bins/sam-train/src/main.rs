@@ -1,11 +1,200 @@
 //! The `sam-train` executable: a thin shell over the sam_trainer crates.
-use clap::Parser;
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage or config error.
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// sam-train (sam_trainer).
+use clap::{Parser, Subcommand};
+use sam_config::{load_config_with, ConfigError, ValidateOptions};
+
+/// Fine-tune Segment Anything on brightfield microscopy.
+///
+/// Every command reads one experiment config (YAML, see docs/config.md); relative paths in it
+/// are relative to the repository root, found from the working directory or
+/// $SAM_TRAINER_ROOT.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
-struct Cli {}
+#[command(name = "sam-train", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check configs and list every problem in them.
+    ///
+    /// Reports YAML syntax errors, unknown keys (with "did you mean"), wrong types, missing
+    /// keys, out-of-range and inconsistent values, accelerator presets, cluster limits and
+    /// missing data folders, each as `file:line:column: key: message`. Warnings (such as a
+    /// wall-time estimate above 56 h) are printed but do not fail. Exits 0 only when every
+    /// config is valid, 2 otherwise.
+    Validate(ValidateArgs),
+    /// Print the JSON Schema of the config (what `configs/schema.json` holds).
+    Schema(SchemaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ValidateArgs {
+    /// Config files to check.
+    #[arg(value_name = "CONFIG", required = true)]
+    configs: Vec<PathBuf>,
+    /// Skip the file-system checks (data folders, checkpoint files), e.g. before the data
+    /// has been written.
+    #[arg(long)]
+    no_path_checks: bool,
+    /// Repository root for relative paths [default: $SAM_TRAINER_ROOT, else the nearest
+    /// ancestor of the working directory, or of the config, holding configs/ and dat/].
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Print only errors, not warnings or the summary line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SchemaArgs {
+    /// Write the schema to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate(args) => validate(&args),
+        Command::Schema(args) => schema(&args),
+    }
+}
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    let options = ValidateOptions {
+        check_paths: !args.no_path_checks,
+        root: args.root.clone(),
+    };
+    let mut all_ok = true;
+    for path in &args.configs {
+        match load_config_with(path, &options) {
+            Ok(loaded) => {
+                if !args.quiet {
+                    for w in &loaded.warnings {
+                        eprintln!("{w}");
+                    }
+                    let hours = loaded
+                        .wall_time
+                        .map(|e| format!(" (estimated training time ~{:.1} h)", e.hours))
+                        .unwrap_or_default();
+                    println!("ok: {}{hours}", path.display());
+                }
+            }
+            Err(e) => {
+                all_ok = false;
+                if !args.quiet {
+                    for w in e.warnings() {
+                        eprintln!("{w}");
+                    }
+                }
+                match &e {
+                    ConfigError::Invalid { .. } => eprintln!("{e}"),
+                    other => eprintln!("error: {other}"),
+                }
+            }
+        }
+    }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn schema(args: &SchemaArgs) -> ExitCode {
+    let text = match serde_json::to_string_pretty(&sam_config::json_schema()) {
+        Ok(t) => t + "\n",
+        Err(e) => {
+            eprintln!("error: cannot render the schema: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match &args.output {
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Some(path) => match std::fs::write(path, text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sam-train").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn validate_takes_several_configs_and_flags() {
+        let cli = parse(&[
+            "validate",
+            "a.yaml",
+            "b.yaml",
+            "--no-path-checks",
+            "--root",
+            "/r",
+        ])
+        .expect("parses");
+        let Command::Validate(v) = cli.command else {
+            panic!("not validate")
+        };
+        assert_eq!(
+            v.configs,
+            vec![PathBuf::from("a.yaml"), PathBuf::from("b.yaml")]
+        );
+        assert!(v.no_path_checks);
+        assert_eq!(v.root, Some(PathBuf::from("/r")));
+        assert!(!v.quiet);
+    }
+
+    #[test]
+    fn validate_checks_paths_by_default_and_needs_a_config() {
+        let Command::Validate(v) = parse(&["validate", "a.yaml"]).expect("parses").command else {
+            panic!("not validate")
+        };
+        assert!(!v.no_path_checks && v.root.is_none());
+        assert!(parse(&["validate"]).is_err());
+        let Command::Validate(v) = parse(&["validate", "-q", "a.yaml"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not validate")
+        };
+        assert!(v.quiet);
+    }
+
+    #[test]
+    fn schema_writes_to_a_file_or_stdout() {
+        let Command::Schema(s) = parse(&["schema", "-o", "out.json"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not schema")
+        };
+        assert_eq!(s.output, Some(PathBuf::from("out.json")));
+        let Command::Schema(s) = parse(&["schema"]).expect("parses").command else {
+            panic!("not schema")
+        };
+        assert_eq!(s.output, None);
+    }
 }

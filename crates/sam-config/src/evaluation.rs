@@ -147,7 +147,7 @@ impl GridRange {
     /// The values, rounded to 3 decimals as micro_sam does (empty when the step is not
     /// positive or `stop < start`).
     pub fn values(&self) -> Vec<f64> {
-        if !(self.step > 0.0) || !(self.stop >= self.start) {
+        if self.step.is_nan() || self.step <= 0.0 || self.stop.is_nan() || self.stop < self.start {
             return Vec::new();
         }
         // A tolerance of half a thousandth keeps `stop` despite float accumulation.

@@ -100,20 +100,42 @@ pub fn parse_config(
             errors.push(place(Pos::START, Severity::Error, problem));
         }
     }
+    let mut missing_required = false;
+    let mut bad_paths = Vec::new();
     for issue in issues {
-        let pos = if issue.at_key {
+        let required = issue.problem.message.starts_with("missing required key");
+        missing_required |= required;
+        let pos = if issue.at_key || required {
             index.key(&issue.path)
         } else {
             index.value(&issue.path)
         };
-        let pos = if issue.problem.message.starts_with("missing required key") {
-            index.key(&issue.path)
-        } else {
-            pos
-        };
+        bad_paths.push(issue.path);
         errors.push(place(pos, Severity::Error, issue.problem));
     }
     if !errors.is_empty() {
+        // Also report the semantic problems of everything else: drop the offending values
+        // (defaults take their place) and validate the rest, leaving out problems about the
+        // dropped values themselves. Not possible while a required key is missing.
+        if !missing_required {
+            let mut repaired = json;
+            for p in &bad_paths {
+                remove_path(&mut repaired, p);
+            }
+            if let Ok(config) = serde_json::from_value::<ExperimentConfig>(repaired) {
+                let report = config.validate(options);
+                let related = |key: &str| {
+                    let path = parse_dotted(key);
+                    bad_paths
+                        .iter()
+                        .any(|b| path.starts_with(b) || b.starts_with(&path))
+                };
+                for p in report.errors.into_iter().filter(|p| !related(&p.key)) {
+                    let pos = index.key(&parse_dotted(&p.key));
+                    errors.push(place(pos, Severity::Error, p));
+                }
+            }
+        }
         return Err(invalid(errors, Vec::new()));
     }
 
@@ -147,6 +169,34 @@ pub fn parse_config(
         warnings,
         wall_time: report.wall_time,
     })
+}
+
+/// Remove the value at `path` (a mapping entry or a sequence item) from `v`.
+fn remove_path(v: &mut Json, path: &[Seg]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = &mut *v;
+    for seg in parents {
+        let next = match (seg, node) {
+            (Seg::Key(k), Json::Object(m)) => m.get_mut(k),
+            (Seg::Index(i), Json::Array(a)) => a.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return,
+        }
+    }
+    match (last, node) {
+        (Seg::Key(k), Json::Object(m)) => {
+            m.remove(k);
+        }
+        // Removing an item would shift the others; a sequence with a bad item is dropped
+        // whole by its parent's entry instead.
+        (Seg::Index(_), _) => remove_path(v, parents),
+        _ => {}
+    }
 }
 
 fn serde_diagnostic(

@@ -488,7 +488,9 @@ impl ExperimentConfig {
         }
         let sam_parts = ["image_encoder", "prompt_encoder", "mask_decoder"];
         let all_sam = sam_parts.iter().all(|p| m.freeze.iter().any(|f| f == p));
-        if all_sam && !(m.with_segmentation_decoder && !m.freeze.iter().any(|f| f == "decoder")) {
+        let decoder_trains =
+            m.with_segmentation_decoder && !m.freeze.iter().any(|f| f == "decoder");
+        if all_sam && !decoder_trains {
             c.err(
                 "model.freeze",
                 "freezes every part of the model: nothing is left to train",
@@ -567,7 +569,7 @@ impl ExperimentConfig {
         }
         if !matches!(m.checkpoint_source(), CheckpointSource::Random) {
             c.warn(
-                &format!("{k}"),
+                k,
                 "overrides the architecture while a checkpoint is given: its weights must have \
                  this architecture (use `model.checkpoint: null` for random weights)",
             );
@@ -587,13 +589,9 @@ impl ExperimentConfig {
             0.0,
             0.5,
         );
-        match (t.epochs, t.iterations) {
-            (None, None) => c.err("training.epochs", "set `epochs` or `iterations`"),
-            (Some(_), Some(_)) => c.warn(
-                "training.epochs",
-                "is ignored because `training.iterations` is set",
-            ),
-            _ => {}
+        // `iterations` overrides `epochs` (which has a default), so both being set is normal.
+        if t.epochs.is_none() && t.iterations.is_none() {
+            c.err("training.epochs", "set `epochs` or `iterations`");
         }
         if let Some(e) = t.epochs {
             c.at_least("training.epochs", e, 1);
@@ -888,16 +886,16 @@ impl ExperimentConfig {
         }
         if let Some(tile) = i.tile_shape {
             let input = self.model.resolved_architecture().image_size;
-            for ax in 0..2 {
-                c.at_least(&format!("inference.tile_shape[{ax}]"), tile[ax], 1);
-                let full = u64::from(tile[ax]) + 2 * u64::from(i.halo[ax]);
+            for (ax, &side) in tile.iter().enumerate() {
+                c.at_least(&format!("inference.tile_shape[{ax}]"), side, 1);
+                let full = u64::from(side) + 2 * u64::from(i.halo[ax]);
                 if full > u64::from(input) {
                     c.warn(
                         &format!("inference.tile_shape[{ax}]"),
                         format!(
                             "tile {} + 2 × halo {} = {full} exceeds the model input {input}: \
                              tiles are downscaled",
-                            tile[ax], i.halo[ax]
+                            side, i.halo[ax]
                         ),
                     );
                 }

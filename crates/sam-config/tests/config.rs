@@ -331,3 +331,25 @@ fn run_paths_follow_the_documented_layout() {
     assert_eq!(sam_config::find_root_from(&deep).as_deref(), Some(r));
     assert_eq!(sam_config::find_root_from(Path::new("/")), None);
 }
+
+#[test]
+fn structural_and_semantic_problems_are_reported_together() {
+    let text = "experiment_name: x\noutput_base_dir: runs\ncheckpoint_name: c\n\
+                export_path: final_models/y.pt\ntraining:\n  batch_sise: 2\n  lr: fast\n  \
+                mask_prob: 2.0\nslurm:\n  time_limit: \"72:00:00\"\n";
+    let errors = errors_of(text);
+    let keys: Vec<&str> = errors.iter().map(|d| d.problem.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "export_path",
+            "training.batch_sise",
+            "training.lr",
+            "training.mask_prob",
+            "slurm.time_limit"
+        ],
+        "{errors:#?}"
+    );
+    let lines: Vec<usize> = errors.iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![4, 6, 7, 8, 10]);
+}
