@@ -76,11 +76,26 @@ pub fn parse_config(
     };
 
     // 1. Syntax.
+    let index = PositionIndex::build(text);
     let yaml: Yaml = match serde_yaml::from_str(text) {
         Ok(v) => v,
-        Err(e) => return Err(invalid(vec![serde_diagnostic(&e, &place)], Vec::new())),
+        Err(e) => {
+            let mut d = serde_diagnostic(&e, &place);
+            // serde_yaml gives no position for a duplicate key; the index knows the second one.
+            let dup = d
+                .problem
+                .message
+                .strip_prefix("duplicate entry with key \"");
+            if let Some((path, pos)) = dup
+                .and_then(|r| r.strip_suffix('"'))
+                .and_then(|k| index.last_key_named(k))
+            {
+                (d.line, d.column) = (pos.line, pos.column);
+                d.problem.key = dotted(&path);
+            }
+            return Err(invalid(vec![d], Vec::new()));
+        }
     };
-    let index = PositionIndex::build(text);
 
     // 2. Structure: every unknown key, wrong type and missing key, via the JSON Schema.
     let mut errors = Vec::new();

@@ -117,6 +117,18 @@ impl PositionIndex {
     }
 }
 
+impl PositionIndex {
+    /// The path and position of the entry named `name` that starts last in the file (the
+    /// later of two duplicate keys: the index keeps the last occurrence of each path).
+    pub(crate) fn last_key_named(&self, name: &str) -> Option<(Vec<Seg>, Pos)> {
+        self.keys
+            .iter()
+            .filter(|(p, _)| matches!(p.last(), Some(Seg::Key(k)) if k == name))
+            .max_by_key(|(_, pos)| (pos.line, pos.column))
+            .map(|(p, pos)| (p.clone(), *pos))
+    }
+}
+
 enum Frame {
     Map {
         path: Vec<Seg>,

@@ -353,3 +353,47 @@ fn structural_and_semantic_problems_are_reported_together() {
     let lines: Vec<usize> = errors.iter().map(|d| d.line).collect();
     assert_eq!(lines, vec![4, 6, 7, 8, 10]);
 }
+
+#[test]
+fn errors_inside_optional_values_and_enums_are_precise() {
+    let text = format!(
+        "{HEAD}model:\n  architecture:\n    encoder_dpth: 2\ninference:\n  tile_shape: [512]\n\
+         training:\n  precision: bf61\n  epochs: null\n  iterations: null\n"
+    );
+    let errors = errors_of(&text);
+    let d = find(&errors, "model.architecture.encoder_dpth");
+    assert_eq!((d.line, d.column), (7, 5));
+    assert_eq!(d.problem.suggestion.as_deref(), Some("encoder_depth"));
+    let d = find(&errors, "inference.tile_shape");
+    assert_eq!(d.line, 9);
+    assert!(d.problem.message.contains("2 items, found 1"), "{d}");
+    let d = find(&errors, "training.precision");
+    assert_eq!(d.line, 11);
+    assert!(d.problem.message.contains("`bf16`"), "{d}");
+    assert_eq!(d.problem.suggestion.as_deref(), Some("bf16"));
+    // The semantic rule is reported in the same run.
+    let d = find(&errors, "training.epochs");
+    assert!(d.problem.message.contains("`iterations`"), "{d}");
+    assert_eq!(d.line, 12);
+}
+
+#[test]
+fn empty_and_non_mapping_documents_are_explained() {
+    let errors = errors_of("# only a comment\n");
+    assert!(errors[0].problem.message.contains("empty"), "{}", errors[0]);
+    let errors = errors_of("- a\n- b\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].problem.message.contains("expected a mapping"),
+        "{}",
+        errors[0]
+    );
+    let errors = errors_of(&format!("{HEAD}seed: 1\nseed: 2\n"));
+    assert!(
+        errors[0].problem.message.contains("duplicate"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(errors[0].line, 6, "{}", errors[0]);
+    assert_eq!(errors[0].problem.key, "seed");
+}
