@@ -397,3 +397,15 @@ fn empty_and_non_mapping_documents_are_explained() {
     assert_eq!(errors[0].line, 6, "{}", errors[0]);
     assert_eq!(errors[0].problem.key, "seed");
 }
+
+#[test]
+fn root_comes_from_explicit_path_then_environment() {
+    // The only test in this binary that reads the environment variable.
+    let root = temp_root!();
+    std::env::set_var(sam_config::ROOT_ENV_VAR, root.path());
+    let from_env = sam_config::find_root(None).expect("root from env");
+    let explicit = sam_config::find_root(Some(Path::new("/elsewhere"))).expect("explicit");
+    std::env::remove_var(sam_config::ROOT_ENV_VAR);
+    assert_eq!(from_env, root.path());
+    assert_eq!(explicit, PathBuf::from("/elsewhere"));
+}
