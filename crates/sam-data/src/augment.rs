@@ -458,14 +458,18 @@ pub fn augment_pair(
 }
 
 /// Applies a list of already drawn operations (as recorded in a manifest).
+///
+/// Passes over the image: one geometric pass (exact index permutation for flips and 90°
+/// rotations alone, otherwise one resampling through the combined map and displacement field)
+/// with the intensity table applied on the fly; a blur pass if drawn; one pass for
+/// illumination and noise if drawn.
 pub fn apply_ops(
     image: &GreyImage,
     labels: &LabelImage,
     ops: &[AppliedOp],
     min_object_size: usize,
 ) -> Result<(GreyImage, LabelImage)> {
-    let max = image.depth.max_value();
-    // 1. intensity lookup table: brightness, contrast, gamma
+    // intensity lookup table: brightness, contrast, gamma
     let (mut shift, mut gain, mut gamma) = (0.0f64, 1.0f64, 1.0f64);
     for op in ops {
         match op {
@@ -475,16 +479,16 @@ pub fn apply_ops(
             _ => {}
         }
     }
-    let mut img = image.clone();
-    if shift != 0.0 || gain != 1.0 || gamma != 1.0 {
-        let mean = if gain != 1.0 { mean_level(&img) } else { 0.0 };
-        apply_lut(&mut img, |x| {
-            let y = (mean + gain * (x - mean) + shift).clamp(0.0, 1.0);
-            y.powf(gamma)
-        });
-    }
+    let lut = (shift != 0.0 || gain != 1.0 || gamma != 1.0).then(|| {
+        let mean = if gain != 1.0 { mean_level(image) } else { 0.0 };
+        Lut::new(image.depth.max_value(), |x| {
+            (mean + gain * (x - mean) + shift)
+                .clamp(0.0, 1.0)
+                .powf(gamma)
+        })
+    });
 
-    // 2. geometry: exact permutations alone, or one combined resampling
+    // geometry: exact permutations alone, or one combined resampling
     let mut flips = (false, false);
     let mut k90 = 0u8;
     let mut affine: Option<Mat> = None;
@@ -495,8 +499,7 @@ pub fn apply_ops(
             AppliedOp::Vflip => flips.1 = !flips.1,
             AppliedOp::Rot90 { k } => k90 = (k90 + k) % 4,
             AppliedOp::Rotate { degrees } => {
-                let a = Mat::rotation(degrees);
-                affine = Some(a.then_after(affine));
+                affine = Some(Mat::rotation(degrees).then_after(affine))
             }
             AppliedOp::Affine {
                 scale,
@@ -515,30 +518,42 @@ pub fn apply_ops(
             _ => {}
         }
     }
-    let (mut img, mut lab) = if affine.is_none() && elastic.is_none() {
-        permute(&img, labels, flips, k90)
+    let (out_w, out_h) = if k90 % 2 == 1 {
+        (image.height, image.width)
     } else {
-        let (out_w, out_h) = if k90 % 2 == 1 {
-            (img.height, img.width)
-        } else {
-            (img.width, img.height)
-        };
-        let src = discrete_inverse(img.width, img.height, flips, k90);
+        (image.width, image.height)
+    };
+    let src = discrete_inverse(image.width, image.height, flips, k90);
+    let (mut img, lab) = if affine.is_none() && elastic.is_none() {
+        permute(image, labels, &src, out_w, out_h, lut.as_ref())
+    } else {
         let cont = affine
             .map(|a| a.inverse_about_centre(out_w, out_h))
             .unwrap_or_else(Mat::identity);
         let map = src.compose(&cont);
         let field = elastic.map(|(m, s, seed)| Field::new(out_w, out_h, m, s, seed));
-        let fill = background_level(&img);
-        let (i2, l2) = resample(&img, labels, out_w, out_h, &map, field.as_ref(), fill);
+        let mut fill = background_level(image);
+        if let Some(l) = &lut {
+            fill = l.apply(fill);
+        }
+        let (i2, l2) = resample(
+            image,
+            labels,
+            out_w,
+            out_h,
+            &map,
+            field.as_ref(),
+            fill,
+            lut.as_ref(),
+        );
         (i2, split_fragments(&l2, min_object_size))
     };
-    let _ = &mut lab;
 
-    // 3. blur, illumination and noise on the output
+    // blur, illumination and noise on the output
     for op in ops {
         if let AppliedOp::Blur { sigma } = *op {
-            gaussian_blur(&mut img, sigma);
+            let (w, h) = (img.width, img.height);
+            blur_buffer(&mut img.data, w, h, sigma);
         }
     }
     let illum = ops.iter().find_map(|op| match *op {
@@ -555,28 +570,41 @@ pub fn apply_ops(
     if illum.is_some() || noise.is_some() {
         illuminate_and_noise(&mut img, illum, noise);
     }
-    for v in img.data.iter_mut() {
-        *v = v.clamp(0.0, max);
-    }
     Ok((img, lab))
 }
 
-/// Applies `f` (on intensities normalised to [0, 1]) through a table over the integer grey
-/// values, interpolating linearly between entries.
-fn apply_lut(img: &mut GreyImage, f: impl Fn(f64) -> f64) {
-    let max = img.depth.max_value();
-    let n = max as usize + 1;
-    let lut: Vec<f32> = (0..=n)
-        .map(|i| (f((i.min(n - 1)) as f64 / f64::from(max)) * f64::from(max)) as f32)
-        .collect();
-    img.data.par_chunks_mut(1 << 14).for_each(|chunk| {
-        for v in chunk {
-            let x = v.clamp(0.0, max);
-            let i = x as usize;
-            let t = x - i as f32;
-            *v = lut[i] + (lut[i + 1] - lut[i]) * t;
+/// An intensity transfer function tabulated over at most 4096 segments of the depth's range
+/// (one per grey value for 8-bit images), interpolated linearly between entries; small enough
+/// to stay in the L1 cache.
+struct Lut {
+    table: Vec<f32>,
+    max: f32,
+    /// Table index per intensity unit.
+    scale: f32,
+}
+
+impl Lut {
+    /// `f` maps normalised intensity [0, 1] to normalised intensity.
+    fn new(max: f32, f: impl Fn(f64) -> f64) -> Self {
+        let n = (max as usize).min(4096);
+        let table = (0..=n + 1)
+            .map(|i| (f(i.min(n) as f64 / n as f64) * f64::from(max)) as f32)
+            .collect();
+        Lut {
+            table,
+            max,
+            scale: n as f32 / max,
         }
-    });
+    }
+
+    #[inline]
+    fn apply(&self, v: f32) -> f32 {
+        let x = v.clamp(0.0, self.max) * self.scale;
+        let i = x as usize;
+        let t = x - i as f32;
+        let (a, b) = (self.table[i], self.table[i + 1]);
+        a + (b - a) * t
+    }
 }
 
 /// Mean intensity as a fraction of full range (from every 7th pixel).
@@ -592,34 +620,54 @@ fn mean_level(img: &GreyImage) -> f64 {
 /// The fill value for areas that a geometric operation brings in from outside the image:
 /// the median intensity, i.e. the (bright) background, so no dark fake object appears.
 fn background_level(img: &GreyImage) -> f32 {
-    let mut sample: Vec<f32> = img.data.iter().step_by(7).copied().collect();
+    let mut sample: Vec<f32> = img.data.iter().step_by(61).copied().collect();
     percentiles(&mut sample, &[50.0])[0]
 }
 
-/// Flips and 90-degree rotations as exact index permutations.
+/// Rows per parallel band and columns per tile of the geometric passes (tiles keep the
+/// column-wise source reads of 90° rotations in cache).
+const BAND: usize = 32;
+
+/// Flips and 90-degree rotations as exact index permutations (`map` has integer
+/// coefficients), with the intensity table applied on the way.
 fn permute(
     img: &GreyImage,
     labels: &LabelImage,
-    flips: (bool, bool),
-    k90: u8,
+    map: &Mat,
+    ow: usize,
+    oh: usize,
+    lut: Option<&Lut>,
 ) -> (GreyImage, LabelImage) {
-    if !flips.0 && !flips.1 && k90 == 0 {
-        return (img.clone(), labels.clone());
-    }
-    let (w, h) = (img.width, img.height);
-    let m = discrete_inverse(w, h, flips, k90);
-    let (ow, oh) = if k90 % 2 == 1 { (h, w) } else { (w, h) };
+    let w = img.width as isize;
+    let m = map.0;
+    // source index = base + x * step_x + y * step_y
+    let step_x = (m[3] as isize) * w + m[0] as isize;
+    let step_y = (m[4] as isize) * w + m[1] as isize;
+    let base = (m[5] as isize) * w + m[2] as isize;
     let mut oi = vec![0f32; ow * oh];
     let mut ol = vec![0u32; ow * oh];
-    oi.par_chunks_mut(ow)
-        .zip(ol.par_chunks_mut(ow))
+    oi.par_chunks_mut(ow * BAND)
+        .zip(ol.par_chunks_mut(ow * BAND))
         .enumerate()
-        .for_each(|(y, (ri, rl))| {
-            for x in 0..ow {
-                let (sx, sy) = m.apply(x as f64, y as f64);
-                let s = sy.round() as usize * w + sx.round() as usize;
-                ri[x] = img.data[s];
-                rl[x] = labels.data[s];
+        .for_each(|(band, (bi, bl))| {
+            let y0 = band * BAND;
+            let rows = bi.len() / ow;
+            for x0 in (0..ow).step_by(BAND) {
+                let x1 = (x0 + BAND).min(ow);
+                for r in 0..rows {
+                    let mut s = base + (y0 + r) as isize * step_y + x0 as isize * step_x;
+                    let (ri, rl) = (&mut bi[r * ow..(r + 1) * ow], &mut bl[r * ow..(r + 1) * ow]);
+                    for x in x0..x1 {
+                        let su = s as usize;
+                        let v = img.data[su];
+                        ri[x] = match lut {
+                            Some(l) => l.apply(v),
+                            None => v,
+                        };
+                        rl[x] = labels.data[su];
+                        s += step_x;
+                    }
+                }
             }
         });
     (
@@ -656,11 +704,6 @@ impl Mat {
     fn affine(scale: f64, shear_degrees: f64, tx: f64, ty: f64) -> Self {
         let sh = shear_degrees.to_radians().tan();
         Mat([scale, scale * sh, tx, 0.0, scale, ty])
-    }
-
-    fn apply(&self, x: f64, y: f64) -> (f64, f64) {
-        let m = &self.0;
-        (m[0] * x + m[1] * y + m[2], m[3] * x + m[4] * y + m[5])
     }
 
     /// `self ∘ other`: apply `other` first.
@@ -768,28 +811,35 @@ impl Field {
     }
 
     /// Displacements of output row `y`, for every x in `0..w`.
-    fn row(&self, y: usize, w: usize, out_dx: &mut [f32], out_dy: &mut [f32]) {
+    /// Displacements of output row `y`, for every x in `0..w`.
+    fn row(&self, y: usize, w: usize, out_dx: &mut [f32], out_dy: &mut [f32], tmp: &mut Vec<f32>) {
         let fy = y as f64 / self.step;
         let iy = fy as usize;
         let ty = (fy - iy as f64) as f32;
         let (r0, r1) = (iy * self.gw, (iy + 1) * self.gw);
+        // the two coarse rows blended once, then interpolated along x
+        tmp.clear();
+        for g in [&self.dx, &self.dy] {
+            for j in 0..self.gw {
+                tmp.push(g[r0 + j] + (g[r1 + j] - g[r0 + j]) * ty);
+            }
+        }
+        let (cx, cy) = tmp.split_at(self.gw);
+        let inv = (1.0 / self.step) as f32;
         for x in 0..w {
-            let fx = x as f64 / self.step;
+            let fx = x as f32 * inv;
             let ix = fx as usize;
-            let tx = (fx - ix as f64) as f32;
-            let bil = |g: &[f32]| {
-                let top = g[r0 + ix] + (g[r0 + ix + 1] - g[r0 + ix]) * tx;
-                let bot = g[r1 + ix] + (g[r1 + ix + 1] - g[r1 + ix]) * tx;
-                top + (bot - top) * ty
-            };
-            out_dx[x] = bil(&self.dx);
-            out_dy[x] = bil(&self.dy);
+            let tx = fx - ix as f32;
+            out_dx[x] = cx[ix] + (cx[ix + 1] - cx[ix]) * tx;
+            out_dy[x] = cy[ix] + (cy[ix + 1] - cy[ix]) * tx;
         }
     }
 }
 
 /// One pass over the output: source position through `map` (after the elastic
-/// displacement), bilinear image sample with `fill` outside, nearest label with 0 outside.
+/// displacement), bilinear image sample with `fill` outside (then the intensity table),
+/// nearest label with 0 outside.
+#[allow(clippy::too_many_arguments)]
 fn resample(
     img: &GreyImage,
     labels: &LabelImage,
@@ -798,62 +848,72 @@ fn resample(
     map: &Mat,
     field: Option<&Field>,
     fill: f32,
+    lut: Option<&Lut>,
 ) -> (GreyImage, LabelImage) {
-    let (w, h) = (img.width as i64, img.height as i64);
+    let (w, h) = (img.width as i32, img.height as i32);
+    let (wf, hf) = ((w - 1) as f32, (h - 1) as f32);
     let mut oi = vec![0f32; ow * oh];
     let mut ol = vec![0u32; ow * oh];
-    let m = map.0;
+    let m: [f32; 6] = map.0.map(|v| v as f32);
+    let (src, lab) = (&img.data, &labels.data);
+    let wu = img.width;
     oi.par_chunks_mut(ow)
         .zip(ol.par_chunks_mut(ow))
         .enumerate()
         .for_each(|(y, (ri, rl))| {
             let mut dx = vec![0f32; ow];
             let mut dy = vec![0f32; ow];
+            let mut tmp = Vec::new();
             if let Some(f) = field {
-                f.row(y, ow, &mut dx, &mut dy);
+                f.row(y, ow, &mut dx, &mut dy, &mut tmp);
             }
+            let yf = y as f32;
+            let (bx, by) = (m[1] * yf + m[2], m[4] * yf + m[5]);
             for x in 0..ow {
-                let px = x as f64 + f64::from(dx[x]);
-                let py = y as f64 + f64::from(dy[x]);
-                let sx = m[0] * px + m[1] * py + m[2];
-                let sy = m[3] * px + m[4] * py + m[5];
-                // labels: nearest neighbour
-                let (nx, ny) = (sx.round() as i64, sy.round() as i64);
-                rl[x] = if nx >= 0 && ny >= 0 && nx < w && ny < h {
-                    labels.data[(ny * w + nx) as usize]
+                let px = x as f32 + dx[x];
+                let py = dy[x];
+                let sx = m[0] * px + m[1] * py + bx;
+                let sy = m[3] * px + m[4] * py + by;
+                // labels: nearest neighbour (truncation is floor here: negatives are outside anyway)
+                let (fx, fy) = (sx + 0.5, sy + 0.5);
+                rl[x] = if fx >= 0.0 && fy >= 0.0 && (fx as i32) < w && (fy as i32) < h {
+                    lab[fy as usize * wu + fx as usize]
                 } else {
                     0
                 };
                 // image: bilinear, `fill` outside
-                let (x0, y0) = (sx.floor() as i64, sy.floor() as i64);
-                let (tx, ty) = ((sx - x0 as f64) as f32, (sy - y0 as f64) as f32);
-                let px = |xx: i64, yy: i64| {
-                    if xx >= 0 && yy >= 0 && xx < w && yy < h {
-                        img.data[(yy * w + xx) as usize]
-                    } else {
-                        fill
-                    }
-                };
-                let (a, b, c, d) = if x0 >= 0 && y0 >= 0 && x0 + 1 < w && y0 + 1 < h {
-                    let i = (y0 * w + x0) as usize;
-                    let wu = w as usize;
-                    (
-                        img.data[i],
-                        img.data[i + 1],
-                        img.data[i + wu],
-                        img.data[i + wu + 1],
-                    )
+                let v = if sx >= 0.0 && sy >= 0.0 && sx < wf && sy < hf {
+                    let (x0, y0) = (sx as usize, sy as usize);
+                    let (tx, ty) = (sx - x0 as f32, sy - y0 as f32);
+                    let i = y0 * wu + x0;
+                    let (a, b, c, d) = (src[i], src[i + 1], src[i + wu], src[i + wu + 1]);
+                    let top = a + (b - a) * tx;
+                    let bot = c + (d - c) * tx;
+                    top + (bot - top) * ty
                 } else {
-                    (
-                        px(x0, y0),
-                        px(x0 + 1, y0),
-                        px(x0, y0 + 1),
-                        px(x0 + 1, y0 + 1),
-                    )
+                    let (x0, y0) = (sx.floor() as i32, sy.floor() as i32);
+                    let (tx, ty) = (sx - x0 as f32, sy - y0 as f32);
+                    let at = |xx: i32, yy: i32| {
+                        if xx >= 0 && yy >= 0 && xx < w && yy < h {
+                            src[yy as usize * wu + xx as usize]
+                        } else {
+                            fill
+                        }
+                    };
+                    let (a, b, c, d) = (
+                        at(x0, y0),
+                        at(x0 + 1, y0),
+                        at(x0, y0 + 1),
+                        at(x0 + 1, y0 + 1),
+                    );
+                    let top = a + (b - a) * tx;
+                    let bot = c + (d - c) * tx;
+                    top + (bot - top) * ty
                 };
-                let top = a + (b - a) * tx;
-                let bot = c + (d - c) * tx;
-                ri[x] = top + (bot - top) * ty;
+                ri[x] = match lut {
+                    Some(l) => l.apply(v),
+                    None => v,
+                };
             }
         });
     (
@@ -900,39 +960,62 @@ fn blur_buffer(data: &mut [f32], w: usize, h: usize, sigma: f64) {
         return;
     }
     let k = gaussian_kernel(sigma);
-    let r = (k.len() / 2) as i64;
-    // horizontal
-    data.par_chunks_mut(w).for_each(|row| {
-        let src = row.to_vec();
-        for (x, out) in row.iter_mut().enumerate() {
-            let mut acc = 0.0;
-            for (j, kv) in k.iter().enumerate() {
-                acc += kv * src[reflect(x as i64 + j as i64 - r, w as i64)];
+    let r = k.len() / 2;
+    let mut tmp = vec![0f32; w * h];
+    // horizontal, into tmp: each row padded once, then a plain dot product per pixel
+    tmp.par_chunks_mut(w)
+        .zip(data.par_chunks(w))
+        .for_each(|(out, row)| {
+            let pad: Vec<f32> = (0..w + 2 * r)
+                .map(|i| row[reflect(i as i64 - r as i64, w as i64)])
+                .collect();
+            out.fill(0.0);
+            // tap by tap over the whole row, so the inner loop vectorises
+            for (j, &kv) in k.iter().enumerate() {
+                for (o, p) in out.iter_mut().zip(&pad[j..j + w]) {
+                    *o += kv * p;
+                }
             }
-            *out = acc;
-        }
-    });
-    // vertical: each output row is a weighted sum of input rows
-    let src = data.to_vec();
+        });
+    // vertical, back into data: each output row is a weighted sum of input rows
     data.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
         row.fill(0.0);
         for (j, &kv) in k.iter().enumerate() {
-            let sy = reflect(y as i64 + j as i64 - r, h as i64);
-            let srow = &src[sy * w..(sy + 1) * w];
-            for (o, s) in row.iter_mut().zip(srow) {
+            let sy = reflect(y as i64 + j as i64 - r as i64, h as i64);
+            for (o, s) in row.iter_mut().zip(&tmp[sy * w..(sy + 1) * w]) {
                 *o += kv * s;
             }
         }
     });
 }
 
-fn gaussian_blur(img: &mut GreyImage, sigma: f64) {
-    let (w, h) = (img.width, img.height);
-    blur_buffer(&mut img.data, w, h, sigma);
+/// SplitMix64 as a random stream for per-row camera noise: tiny state, fast, and enough
+/// statistical quality for additive noise.
+struct SplitMix(u64);
+
+impl rand::RngCore for SplitMix {
+    fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        crate::rng::mix64(self.0)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        rand::RngCore::try_fill_bytes(self, dest).unwrap_or_default();
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> std::result::Result<(), rand::Error> {
+        for chunk in dest.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
 }
 
-/// Multiplies by a linear illumination ramp and adds Gaussian noise, in one pass. Noise rows
-/// have their own seeds, so the result does not depend on the thread count.
+/// Multiplies by a linear illumination ramp, adds Gaussian noise and clips to the depth's
+/// range, in one pass. Noise rows have their own seeds, so the result does not depend on the
+/// thread count.
 fn illuminate_and_noise(img: &mut GreyImage, illum: Option<(f64, f64)>, noise: Option<(f64, u64)>) {
     let (w, h) = (img.width, img.height);
     let max = img.depth.max_value();
@@ -950,16 +1033,16 @@ fn illuminate_and_noise(img: &mut GreyImage, illum: Option<(f64, f64)>, noise: O
         let base = 1.0 + gy * (y as f32 - cy);
         match noise {
             Some((std, seed)) => {
-                let mut rng = rng_for(derive_seed(seed, &[y as u64]));
+                let mut rng = SplitMix(derive_seed(seed, &[y as u64]));
                 let s = std as f32 * max;
                 for (x, v) in row.iter_mut().enumerate() {
                     let n: f32 = rng.sample(StandardNormal);
-                    *v = *v * (base + gx * (x as f32 - cx)) + s * n;
+                    *v = (*v * (base + gx * (x as f32 - cx)) + s * n).clamp(0.0, max);
                 }
             }
             None => {
                 for (x, v) in row.iter_mut().enumerate() {
-                    *v *= base + gx * (x as f32 - cx);
+                    *v = (*v * (base + gx * (x as f32 - cx))).clamp(0.0, max);
                 }
             }
         }
