@@ -1,0 +1,396 @@
+// The C++ bridge of sam-torch: the libtorch features tch does not bind.
+//
+// Every exported function is `extern "C"`, catches every C++ exception and reports it as a
+// heap-allocated message (free it with `sam_torch_free_string`); a null pointer means success.
+// Nothing here prints, exits or aborts.
+//
+// Sections: errors, autocast, CUDA device and memory, TF32, c10d store and process groups.
+
+#include <ATen/ATen.h>
+#include <c10/core/CachingDeviceAllocator.h>
+#include <ATen/autocast_mode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+#ifdef SAM_TORCH_HAVE_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#ifdef SAM_TORCH_HAVE_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+namespace {
+
+char* dup_message(const std::string& message) {
+  char* out = static_cast<char*>(std::malloc(message.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, message.c_str(), message.size() + 1);
+  }
+  return out;
+}
+
+// Runs `body`, turning any exception into a message. c10::Error's what() carries a C++
+// backtrace; what_without_backtrace() is the message a user can act on.
+template <typename F>
+char* guarded(F&& body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return dup_message(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return dup_message(e.what());
+  } catch (...) {
+    return dup_message("unknown C++ exception");
+  }
+}
+
+c10::DeviceType device_type_of(int device) {
+  switch (device) {
+    case 0:
+      return c10::DeviceType::CPU;
+    case 1:
+      return c10::DeviceType::CUDA;
+    default:
+      TORCH_CHECK(false, "unknown device type code ", device, " (expected 0 = CPU, 1 = CUDA)");
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// ---- errors ---------------------------------------------------------------------------------
+
+void sam_torch_free_string(char* s) { std::free(s); }
+
+// ---- autocast -------------------------------------------------------------------------------
+// The state is thread-local, as in Python's torch.autocast.
+
+char* sam_torch_autocast_is_enabled(int device, int* out) {
+  return guarded([&] { *out = at::autocast::is_autocast_enabled(device_type_of(device)) ? 1 : 0; });
+}
+
+char* sam_torch_autocast_set_enabled(int device, int enabled) {
+  return guarded([&] { at::autocast::set_autocast_enabled(device_type_of(device), enabled != 0); });
+}
+
+char* sam_torch_autocast_get_dtype(int device, int* out) {
+  return guarded([&] {
+    *out = static_cast<int>(at::autocast::get_autocast_dtype(device_type_of(device)));
+  });
+}
+
+char* sam_torch_autocast_set_dtype(int device, int dtype) {
+  return guarded([&] {
+    at::autocast::set_autocast_dtype(device_type_of(device), static_cast<at::ScalarType>(dtype));
+  });
+}
+
+char* sam_torch_autocast_cache_enabled(int* out) {
+  return guarded([&] { *out = at::autocast::is_autocast_cache_enabled() ? 1 : 0; });
+}
+
+char* sam_torch_autocast_set_cache_enabled(int enabled) {
+  return guarded([&] { at::autocast::set_autocast_cache_enabled(enabled != 0); });
+}
+
+char* sam_torch_autocast_increment_nesting(int* out) {
+  return guarded([&] { *out = at::autocast::increment_nesting(); });
+}
+
+char* sam_torch_autocast_decrement_nesting(int* out) {
+  return guarded([&] { *out = at::autocast::decrement_nesting(); });
+}
+
+char* sam_torch_autocast_clear_cache() {
+  return guarded([&] { at::autocast::clear_cache(); });
+}
+
+// ---- CUDA device and memory -----------------------------------------------------------------
+
+char* sam_torch_cuda_is_available(int* out) {
+  return guarded([&] { *out = at::hasCUDA() ? 1 : 0; });
+}
+
+char* sam_torch_cuda_device_count(int* out) {
+  return guarded([&] { *out = at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0; });
+}
+
+char* sam_torch_cuda_set_device(int index) {
+  return guarded([&] {
+    TORCH_CHECK(at::hasCUDA(), "CUDA is not available (no GPU or no CUDA driver)");
+    const auto count = static_cast<int>(at::getNumGPUs());
+    TORCH_CHECK(index >= 0 && index < count, "CUDA device index ", index,
+                " out of range: this process sees ", count, " device(s)");
+    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
+        ->setDevice(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index)));
+  });
+}
+
+char* sam_torch_cuda_current_device(int* out) {
+  return guarded([&] {
+    TORCH_CHECK(at::hasCUDA(), "CUDA is not available (no GPU or no CUDA driver)");
+    *out = static_cast<int>(
+        c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index());
+  });
+}
+
+char* sam_torch_cuda_synchronize(int index) {
+  return guarded([&] {
+    TORCH_CHECK(at::hasCUDA(), "CUDA is not available (no GPU or no CUDA driver)");
+    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
+        ->synchronizeDevice(static_cast<c10::DeviceIndex>(index));
+  });
+}
+
+// Memory statistics of the caching allocator, aggregate over pools, in bytes:
+// out[0] allocated now, out[1] peak allocated, out[2] reserved now, out[3] peak reserved.
+char* sam_torch_cuda_memory_stats(int index, int64_t* out) {
+  return guarded([&] {
+    TORCH_CHECK(at::hasCUDA(), "CUDA is not available (no GPU or no CUDA driver)");
+    const auto stats = c10::getDeviceAllocator(c10::DeviceType::CUDA)
+                           ->getDeviceStats(static_cast<c10::DeviceIndex>(index));
+    const auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    out[0] = stats.allocated_bytes[agg].current;
+    out[1] = stats.allocated_bytes[agg].peak;
+    out[2] = stats.reserved_bytes[agg].current;
+    out[3] = stats.reserved_bytes[agg].peak;
+  });
+}
+
+char* sam_torch_cuda_reset_peak_memory_stats(int index) {
+  return guarded([&] {
+    TORCH_CHECK(at::hasCUDA(), "CUDA is not available (no GPU or no CUDA driver)");
+    c10::getDeviceAllocator(c10::DeviceType::CUDA)
+        ->resetPeakStats(static_cast<c10::DeviceIndex>(index));
+  });
+}
+
+char* sam_torch_cuda_empty_cache() {
+  return guarded([&] {
+    TORCH_CHECK(at::hasCUDA(), "CUDA is not available (no GPU or no CUDA driver)");
+    c10::getDeviceAllocator(c10::DeviceType::CUDA)->emptyCache();
+  });
+}
+
+// ---- TF32 -----------------------------------------------------------------------------------
+
+char* sam_torch_set_allow_tf32(int cublas, int cudnn) {
+  return guarded([&] {
+    at::globalContext().setAllowTF32CuBLAS(cublas != 0);
+    at::globalContext().setAllowTF32CuDNN(cudnn != 0);
+  });
+}
+
+char* sam_torch_get_allow_tf32(int* cublas, int* cudnn) {
+  return guarded([&] {
+    *cublas = at::globalContext().allowTF32CuBLAS() ? 1 : 0;
+    *cudnn = at::globalContext().allowTF32CuDNN() ? 1 : 0;
+  });
+}
+
+// ---- c10d: store --------------------------------------------------------------------------
+
+struct SamStore {
+  c10::intrusive_ptr<c10d::Store> store;
+};
+
+// Rank 0 (is_master) hosts the store; every rank connects to host:port. The master waits for
+// `world` clients up to `timeout_ms`.
+char* sam_torch_tcp_store_new(const char* host, int port, int world, int is_master,
+                              int64_t timeout_ms, SamStore** out) {
+  return guarded([&] {
+    TORCH_CHECK(port > 0 && port < 65536, "port ", port, " out of range 1..65535");
+    TORCH_CHECK(world >= 1, "world size must be at least 1, got ", world);
+    c10d::TCPStoreOptions opts;
+    opts.port = static_cast<std::uint16_t>(port);
+    opts.isServer = is_master != 0;
+    opts.numWorkers = static_cast<std::size_t>(world);
+    opts.waitWorkers = true;
+    opts.timeout = std::chrono::milliseconds(timeout_ms);
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    *out = new SamStore{std::move(store)};
+  });
+}
+
+void sam_torch_store_free(SamStore* store) { delete store; }
+
+char* sam_torch_store_set(SamStore* store, const char* key, const std::uint8_t* data,
+                          std::size_t len) {
+  return guarded([&] {
+    store->store->set(std::string(key), std::vector<std::uint8_t>(data, data + len));
+  });
+}
+
+// The value is returned in a malloc'ed buffer (free with sam_torch_free_string).
+char* sam_torch_store_get(SamStore* store, const char* key, std::uint8_t** data,
+                          std::size_t* len) {
+  return guarded([&] {
+    const auto value = store->store->get(std::string(key));
+    auto* buf = static_cast<std::uint8_t*>(std::malloc(value.empty() ? 1 : value.size()));
+    TORCH_CHECK(buf != nullptr, "out of memory copying a store value of ", value.size(), " bytes");
+    if (!value.empty()) {
+      std::memcpy(buf, value.data(), value.size());
+    }
+    *data = buf;
+    *len = value.size();
+  });
+}
+
+char* sam_torch_store_add(SamStore* store, const char* key, int64_t delta, int64_t* out) {
+  return guarded([&] { *out = store->store->add(std::string(key), delta); });
+}
+
+// ---- c10d: process groups -------------------------------------------------------------------
+
+struct SamGroup {
+  c10::intrusive_ptr<c10d::Backend> backend;
+  int rank;
+  int size;
+  bool native_avg;  // NCCL averages itself; Gloo sums and we divide.
+  std::chrono::milliseconds timeout;
+};
+
+char* sam_torch_pg_gloo_new(SamStore* store, const char* prefix, int rank, int size,
+                            int64_t timeout_ms, const char* iface, const char* hostname,
+                            int threads, SamGroup** out) {
+  return guarded([&] {
+#ifdef SAM_TORCH_HAVE_GLOO
+    TORCH_CHECK(size >= 1 && rank >= 0 && rank < size, "rank ", rank,
+                " out of range for world size ", size);
+    const auto timeout = std::chrono::milliseconds(timeout_ms);
+    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    if (iface != nullptr) {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(iface));
+    } else if (hostname != nullptr) {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
+    } else {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
+    if (threads > 0) {
+      opts->threads = threads;
+    }
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), store->store);
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, size, opts);
+    *out = new SamGroup{pg, rank, size, false, timeout};
+#else
+    TORCH_CHECK(false,
+                "sam-torch was built without Gloo: install Debian's libgloo-dev "
+                "(scripts/setup.sh) and rebuild");
+#endif
+  });
+}
+
+char* sam_torch_pg_nccl_new(SamStore* store, const char* prefix, int rank, int size,
+                            int64_t timeout_ms, SamGroup** out) {
+  return guarded([&] {
+#ifdef SAM_TORCH_HAVE_NCCL
+    TORCH_CHECK(size >= 1 && rank >= 0 && rank < size, "rank ", rank,
+                " out of range for world size ", size);
+    TORCH_CHECK(at::hasCUDA(), "NCCL needs CUDA, but CUDA is not available on this machine");
+    const auto timeout = std::chrono::milliseconds(timeout_ms);
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = timeout;
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), store->store);
+    auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, rank, size, opts);
+    *out = new SamGroup{pg, rank, size, true, timeout};
+#else
+    TORCH_CHECK(false,
+                "sam-torch was built without NCCL: the CUDA/NCCL headers were missing at build "
+                "time (pip install \"nvidia-cuda-crt==13.0.*\" \"nvidia-cuda-cccl==13.0.*\" "
+                "into .venv, then rebuild)");
+#endif
+  });
+}
+
+void sam_torch_pg_free(SamGroup* group) {
+  if (group == nullptr) {
+    return;
+  }
+  try {
+    group->backend->shutdown();
+  } catch (...) {
+    // Teardown after a failed peer may throw; the handle is released either way.
+  }
+  try {
+    delete group;
+  } catch (...) {
+  }
+}
+
+char* sam_torch_pg_allreduce(SamGroup* group, at::Tensor* tensor, int op) {
+  return guarded([&] {
+    TORCH_CHECK(op >= 0 && op <= 4, "unknown reduce op code ", op);
+    auto red = static_cast<c10d::ReduceOp::RedOpType>(op);
+    const bool divide = red == c10d::ReduceOp::AVG && !group->native_avg;
+    if (divide) {
+      TORCH_CHECK(at::isFloatingType(tensor->scalar_type()),
+                  "average needs a floating-point tensor, got ", tensor->scalar_type());
+      red = c10d::ReduceOp::SUM;
+    }
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp(red);
+    opts.timeout = group->timeout;
+    auto work = group->backend->allreduce(tensors, opts);
+    work->wait();
+    if (divide && group->size > 1) {
+      tensor->div_(group->size);
+    }
+  });
+}
+
+char* sam_torch_pg_broadcast(SamGroup* group, at::Tensor* tensor, int root) {
+  return guarded([&] {
+    TORCH_CHECK(root >= 0 && root < group->size, "broadcast root ", root,
+                " out of range for world size ", group->size);
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    opts.timeout = group->timeout;
+    auto work = group->backend->broadcast(tensors, opts);
+    work->wait();
+  });
+}
+
+// `outs` receives `size` new tensors (owned by the caller, as tch tensors).
+char* sam_torch_pg_allgather(SamGroup* group, const at::Tensor* tensor, at::Tensor** outs) {
+  return guarded([&] {
+    std::vector<at::Tensor> inputs{*tensor};
+    std::vector<std::vector<at::Tensor>> outputs(1);
+    for (int i = 0; i < group->size; ++i) {
+      outputs[0].push_back(at::empty_like(*tensor, at::MemoryFormat::Contiguous));
+    }
+    c10d::AllgatherOptions opts;
+    opts.timeout = group->timeout;
+    auto work = group->backend->allgather(outputs, inputs, opts);
+    work->wait();
+    for (int i = 0; i < group->size; ++i) {
+      outs[i] = new at::Tensor(outputs[0][i]);
+    }
+  });
+}
+
+char* sam_torch_pg_barrier(SamGroup* group) {
+  return guarded([&] {
+    c10d::BarrierOptions opts;
+    opts.timeout = group->timeout;
+    auto work = group->backend->barrier(opts);
+    work->wait();
+  });
+}
+
+}  // extern "C"

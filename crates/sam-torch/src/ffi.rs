@@ -1,0 +1,122 @@
+//! Raw declarations of `csrc/bridge.cpp`. Every function returns null on success or a
+//! `malloc`ed message that [`take`] turns into an [`Error`] and frees.
+use std::ffi::{c_char, c_int, CStr};
+
+use torch_sys::C_tensor;
+
+use crate::error::Error;
+
+/// Opaque `SamStore` of the bridge (holds a `c10::intrusive_ptr<c10d::Store>`).
+#[repr(C)]
+pub struct RawStore {
+    _private: [u8; 0],
+}
+
+/// Opaque `SamGroup` of the bridge (holds a `c10::intrusive_ptr<c10d::Backend>`).
+#[repr(C)]
+pub struct RawGroup {
+    _private: [u8; 0],
+}
+
+extern "C" {
+    pub fn sam_torch_free_string(s: *mut c_char);
+
+    pub fn sam_torch_autocast_is_enabled(device: c_int, out: *mut c_int) -> *mut c_char;
+    pub fn sam_torch_autocast_set_enabled(device: c_int, enabled: c_int) -> *mut c_char;
+    pub fn sam_torch_autocast_get_dtype(device: c_int, out: *mut c_int) -> *mut c_char;
+    pub fn sam_torch_autocast_set_dtype(device: c_int, dtype: c_int) -> *mut c_char;
+    pub fn sam_torch_autocast_cache_enabled(out: *mut c_int) -> *mut c_char;
+    pub fn sam_torch_autocast_set_cache_enabled(enabled: c_int) -> *mut c_char;
+    pub fn sam_torch_autocast_increment_nesting(out: *mut c_int) -> *mut c_char;
+    pub fn sam_torch_autocast_decrement_nesting(out: *mut c_int) -> *mut c_char;
+    pub fn sam_torch_autocast_clear_cache() -> *mut c_char;
+
+    pub fn sam_torch_cuda_is_available(out: *mut c_int) -> *mut c_char;
+    pub fn sam_torch_cuda_device_count(out: *mut c_int) -> *mut c_char;
+    pub fn sam_torch_cuda_set_device(index: c_int) -> *mut c_char;
+    pub fn sam_torch_cuda_current_device(out: *mut c_int) -> *mut c_char;
+    pub fn sam_torch_cuda_synchronize(index: c_int) -> *mut c_char;
+    pub fn sam_torch_cuda_memory_stats(index: c_int, out: *mut i64) -> *mut c_char;
+    pub fn sam_torch_cuda_reset_peak_memory_stats(index: c_int) -> *mut c_char;
+    pub fn sam_torch_cuda_empty_cache() -> *mut c_char;
+
+    pub fn sam_torch_set_allow_tf32(cublas: c_int, cudnn: c_int) -> *mut c_char;
+    pub fn sam_torch_get_allow_tf32(cublas: *mut c_int, cudnn: *mut c_int) -> *mut c_char;
+
+    pub fn sam_torch_tcp_store_new(
+        host: *const c_char,
+        port: c_int,
+        world: c_int,
+        is_master: c_int,
+        timeout_ms: i64,
+        out: *mut *mut RawStore,
+    ) -> *mut c_char;
+    pub fn sam_torch_store_free(store: *mut RawStore);
+    pub fn sam_torch_store_set(
+        store: *mut RawStore,
+        key: *const c_char,
+        data: *const u8,
+        len: usize,
+    ) -> *mut c_char;
+    pub fn sam_torch_store_get(
+        store: *mut RawStore,
+        key: *const c_char,
+        data: *mut *mut u8,
+        len: *mut usize,
+    ) -> *mut c_char;
+    pub fn sam_torch_store_add(
+        store: *mut RawStore,
+        key: *const c_char,
+        delta: i64,
+        out: *mut i64,
+    ) -> *mut c_char;
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn sam_torch_pg_gloo_new(
+        store: *mut RawStore,
+        prefix: *const c_char,
+        rank: c_int,
+        size: c_int,
+        timeout_ms: i64,
+        iface: *const c_char,
+        hostname: *const c_char,
+        threads: c_int,
+        out: *mut *mut RawGroup,
+    ) -> *mut c_char;
+    pub fn sam_torch_pg_nccl_new(
+        store: *mut RawStore,
+        prefix: *const c_char,
+        rank: c_int,
+        size: c_int,
+        timeout_ms: i64,
+        out: *mut *mut RawGroup,
+    ) -> *mut c_char;
+    pub fn sam_torch_pg_free(group: *mut RawGroup);
+    pub fn sam_torch_pg_allreduce(group: *mut RawGroup, t: *mut C_tensor, op: c_int)
+        -> *mut c_char;
+    pub fn sam_torch_pg_broadcast(
+        group: *mut RawGroup,
+        t: *mut C_tensor,
+        root: c_int,
+    ) -> *mut c_char;
+    pub fn sam_torch_pg_allgather(
+        group: *mut RawGroup,
+        t: *const C_tensor,
+        outs: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    pub fn sam_torch_pg_barrier(group: *mut RawGroup) -> *mut c_char;
+}
+
+/// Converts the status of a bridge call into a `Result`, freeing the message.
+pub fn take(op: &'static str, status: *mut c_char) -> Result<(), Error> {
+    if status.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null status is a NUL-terminated string malloc'ed by the bridge, owned by us.
+    let message = unsafe { CStr::from_ptr(status) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: freed exactly once, with the allocator that made it.
+    unsafe { sam_torch_free_string(status) };
+    Err(Error::Torch { op, message })
+}
