@@ -1,4 +1,5 @@
 //! End-to-end tests of the `sam-augment` executable.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::process::{Command, Output};

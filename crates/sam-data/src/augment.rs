@@ -1050,6 +1050,7 @@ fn illuminate_and_noise(img: &mut GreyImage, illum: Option<(f64, f64)>, noise: O
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::image::BitDepth;
@@ -1278,7 +1279,8 @@ mod tests {
         let m = 255.0f64;
         let sub: Vec<f64> = img.data.iter().step_by(7).map(|&v| f64::from(v)).collect();
         let mean = sub.iter().sum::<f64>() / sub.len() as f64;
-        let cases: Vec<(AppliedOp, Box<dyn Fn(f64) -> f64>)> = vec![
+        type Formula = Box<dyn Fn(f64) -> f64>;
+        let cases: Vec<(AppliedOp, Formula)> = vec![
             (
                 AppliedOp::Brightness { shift: 0.1 },
                 Box::new(move |x| x + 0.1 * m),
@@ -1422,8 +1424,10 @@ mod tests {
 
     #[test]
     fn validate_reports_every_problem() {
-        let mut c = AugmentConfig::default();
-        c.hflip = 1.5;
+        let mut c = AugmentConfig {
+            hflip: 1.5,
+            ..AugmentConfig::default()
+        };
         c.gamma = RangeOp {
             p: 0.5,
             min: 1.2,

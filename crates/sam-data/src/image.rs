@@ -163,6 +163,7 @@ pub(crate) fn crop_rows<T: Copy>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

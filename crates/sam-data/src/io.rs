@@ -513,6 +513,7 @@ pub fn pair_by_stem(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

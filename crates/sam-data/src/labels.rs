@@ -368,6 +368,7 @@ pub fn inner_boundaries(labels: &LabelImage) -> Vec<bool> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -79,6 +79,7 @@ pub fn write_overlay_png(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::image::BitDepth;

@@ -111,6 +111,7 @@ impl<T: Send + 'static> Drop for Prefetcher<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use rand::Rng;

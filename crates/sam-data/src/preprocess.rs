@@ -31,7 +31,7 @@ impl Normalization {
     /// Checks 0 <= lower < upper <= 100.
     pub fn validate(&self) -> Result<()> {
         let (lo, hi) = (self.lower_percentile, self.upper_percentile);
-        if !(0.0..100.0).contains(&lo) || !(hi > lo && hi <= 100.0) {
+        if !(0.0..100.0).contains(&lo) || hi <= lo || hi > 100.0 || hi.is_nan() {
             return Err(DataError::InvalidParameter {
                 name: "normalization".into(),
                 reason: format!(
@@ -95,6 +95,7 @@ pub fn preprocess(image: &GreyImage, norm: &Normalization) -> Result<Vec<f32>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::image::BitDepth;

@@ -160,6 +160,7 @@ fn bbox_background(truth: &[bool], width: usize, height: usize, grow: usize) -> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::rng::rng_for;

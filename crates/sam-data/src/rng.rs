@@ -33,6 +33,7 @@ pub(crate) fn normal_pair(u1: f32, u2: f32) -> (f32, f32) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

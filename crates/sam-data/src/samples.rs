@@ -298,6 +298,7 @@ impl Dataset {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::image::BitDepth;

@@ -268,6 +268,7 @@ pub fn synthesize(cfg: &SynthConfig, seed: u64) -> SynthSample {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::labels::{connected_components, object_stats, Connectivity};

@@ -24,6 +24,9 @@ pub struct AisTargets {
     pub data: Vec<f32>,
 }
 
+/// One object's id, bounding box and its two distance channels over the box.
+type ObjectTargets = (usize, [usize; 4], Vec<f32>, Vec<f32>);
+
 /// torch_em's normalisation epsilon.
 const EPS: f32 = 1e-7;
 
@@ -49,7 +52,7 @@ pub fn ais_targets(labels: &LabelImage, min_size: usize) -> AisTargets {
         *fg = if l != 0 { 1.0 } else { 0.0 };
     }
     data[n..].fill(1.0);
-    let per_object: Vec<(usize, [usize; 4], Vec<f32>, Vec<f32>)> = stats
+    let per_object: Vec<ObjectTargets> = stats
         .par_iter()
         .map(|s| {
             let [x0, y0, x1, y1] = s.bbox;
@@ -209,6 +212,7 @@ fn envelope(f: &[f64], d: &mut [f64], v: &mut [usize], z: &mut [f64]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

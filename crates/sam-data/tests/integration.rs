@@ -1,4 +1,5 @@
 //! Integration tests of sam-data: parity with torch_em's AIS targets, and folder augmentation.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
