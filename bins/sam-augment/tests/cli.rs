@@ -252,3 +252,43 @@ fn bad_inputs_fail_with_the_file_named() {
     // usage errors from clap: exit 2
     assert_eq!(sam_augment(&["run", "--input", "x"]).status.code(), Some(2));
 }
+
+#[test]
+fn config_path_reads_the_augmentation_section() {
+    let tmp = tmpdir!();
+    let data = tmp.path().join("raw");
+    assert!(
+        sam_augment(&["synth", "--out", p(&data), "--count", "2", "--size", "64"])
+            .status
+            .success()
+    );
+    let out = tmp.path().join("aug");
+    let config = tmp.path().join("exp.yaml");
+    let yaml = format!(
+        "experiment_name: demo\noutput_base_dir: runs\ncheckpoint_name: demo_ckpt\n\
+         export_path: final_models/demo.pt\nseed: 7\n\
+         data:\n  train_images_dir: {d}/images\n  train_labels_dir: {d}/labels\n\
+         augmentation:\n  source_images_dir: {d}/images\n  source_labels_dir: {d}/labels\n  \
+         output_images_dir: {o}/images\n  output_labels_dir: {o}/labels\n  copies_per_image: 3\n",
+        d = p(&data),
+        o = p(&out)
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let o = sam_augment(&["run", "--config", p(&config)]);
+    assert!(o.status.success(), "{}", text(&o));
+    // 2 originals + 2 x 3 copies, seed from the config
+    assert_eq!(files(&out.join("images")).len(), 8);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["job"]["seed"], 7);
+    assert_eq!(manifest["job"]["copies"], 3);
+    // a broken config is a usage error naming the file
+    std::fs::write(
+        &config,
+        "experiment_name: demo\naugmentation:\n  copies_per_image: many\n",
+    )
+    .unwrap();
+    let o = sam_augment(&["run", "--config", p(&config)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("exp.yaml"), "{}", text(&o));
+}
