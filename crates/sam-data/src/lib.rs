@@ -60,7 +60,9 @@ pub use crate::labels::{
 };
 pub use crate::overlay::write_overlay_png;
 pub use crate::pipeline::Prefetcher;
-pub use crate::preprocess::{percentiles, preprocess, Normalization};
+pub use crate::preprocess::{
+    normalization_bounds, normalize_with_bounds, percentiles, preprocess, Normalization,
+};
 pub use crate::prompts::{BoxPrompt, Point, PromptSampler};
 pub use crate::rng::derive_seed;
 pub use crate::samples::{

@@ -79,19 +79,29 @@ pub fn percentiles(values: &mut [f32], qs: &[f64]) -> Vec<f32> {
 // TODO: later preprocessing steps (e.g. flat-field correction) go here, each behind an explicit,
 // documented option; none exist yet.
 pub fn preprocess(image: &GreyImage, norm: &Normalization) -> Result<Vec<f32>> {
+    let (lo, hi) = normalization_bounds(image, norm)?;
+    Ok(normalize_with_bounds(&image.data, lo, hi))
+}
+
+/// The intensities that [`preprocess`] maps to 0 and 1 for this image. Patches of an image are
+/// normalised with the bounds of the whole image, as inference normalises whole images.
+pub fn normalization_bounds(image: &GreyImage, norm: &Normalization) -> Result<(f32, f32)> {
     norm.validate()?;
     let mut scratch = image.data.clone();
     let p = percentiles(
         &mut scratch,
         &[norm.lower_percentile, norm.upper_percentile],
     );
-    let (lo, hi) = (p[0], p[1]);
+    Ok((p[0], p[1]))
+}
+
+/// `(v - lo) / (hi - lo)` clipped to [0, 1] (all zeros when `hi <= lo`).
+pub fn normalize_with_bounds(values: &[f32], lo: f32, hi: f32) -> Vec<f32> {
     let scale = if hi > lo { 1.0 / (hi - lo) } else { 0.0 };
-    Ok(image
-        .data
+    values
         .iter()
         .map(|&v| ((v - lo) * scale).clamp(0.0, 1.0))
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

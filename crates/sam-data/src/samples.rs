@@ -1,5 +1,7 @@
 //! Training samples: patch sampling, the validation split, and loaded datasets.
 
+use std::sync::OnceLock;
+
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rayon::prelude::*;
@@ -8,7 +10,7 @@ use crate::error::{DataError, Result};
 use crate::image::{GreyImage, LabelImage};
 use crate::io::{read_pair, ImagePair};
 use crate::labels::prepare_instances;
-use crate::preprocess::{preprocess, Normalization};
+use crate::preprocess::{normalization_bounds, normalize_with_bounds, Normalization};
 use crate::rng::rng_for;
 use crate::targets::{ais_targets, AisTargets};
 
@@ -225,7 +227,7 @@ pub struct TrainingSample {
     pub image_name: String,
     /// Patch position in the source image (x, y).
     pub origin: (usize, usize),
-    /// Normalised patch, `height * width` values in [0, 1].
+    /// Patch normalised with its whole image's bounds, `height * width` values in [0, 1].
     pub image: Vec<f32>,
     /// Patch labels: connected components, small objects removed, ids 1..N.
     pub labels: LabelImage,
@@ -234,13 +236,56 @@ pub struct TrainingSample {
 }
 
 /// Images and labels held in memory, ready for sampling.
-#[derive(Debug, Clone, Default)]
+///
+/// Each image's normalisation bounds are computed once (whole image, as inference does) and
+/// reused for every patch cut from it.
+#[derive(Debug, Default)]
 pub struct Dataset {
-    /// The images.
-    pub items: Vec<DatasetItem>,
+    items: Vec<DatasetItem>,
+    /// Per item: the normalisation used and its bounds.
+    bounds: Vec<OnceLock<(Normalization, (f32, f32))>>,
+}
+
+impl Clone for Dataset {
+    fn clone(&self) -> Self {
+        Dataset::new(self.items.clone())
+    }
 }
 
 impl Dataset {
+    /// A dataset over these images.
+    pub fn new(items: Vec<DatasetItem>) -> Self {
+        let bounds = items.iter().map(|_| OnceLock::new()).collect();
+        Dataset { items, bounds }
+    }
+
+    /// The images.
+    pub fn items(&self) -> &[DatasetItem] {
+        &self.items
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn bounds(&self, i: usize, norm: &Normalization) -> Result<(f32, f32)> {
+        if let Some((n, b)) = self.bounds[i].get() {
+            if n == norm {
+                return Ok(*b);
+            }
+            return normalization_bounds(&self.items[i].image, norm);
+        }
+        let b = normalization_bounds(&self.items[i].image, norm)?;
+        let _ = self.bounds[i].set((*norm, b));
+        Ok(b)
+    }
+
     /// Reads every pair (in parallel), checking sizes.
     pub fn load(pairs: &[ImagePair]) -> Result<Dataset> {
         let items = pairs
@@ -253,17 +298,17 @@ impl Dataset {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Dataset { items })
+        Ok(Dataset::new(items))
     }
 
     /// The images with these indices (e.g. one side of [`split_by_image`]).
     pub fn subset(&self, indices: &[usize]) -> Dataset {
-        Dataset {
-            items: indices
+        Dataset::new(
+            indices
                 .iter()
                 .filter_map(|&i| self.items.get(i).cloned())
                 .collect(),
-        }
+        )
     }
 
     /// Draws a sample: a uniformly chosen image, a valid patch of it, normalised, with labels
@@ -275,14 +320,16 @@ impl Dataset {
                 reason: "no images to sample from".into(),
             });
         }
-        let item = &self.items[rng.gen_range(0..self.items.len())];
+        let index = rng.gen_range(0..self.items.len());
+        let item = &self.items[index];
         let patch = PatchSampler::new(cfg.patch.clone()).sample(
             &item.name,
             &item.image,
             &item.labels,
             rng,
         )?;
-        let image = preprocess(&patch.image, &cfg.normalization)?;
+        let (lo, hi) = self.bounds(index, &cfg.normalization)?;
+        let image = normalize_with_bounds(&patch.image.data, lo, hi);
         let labels = prepare_instances(&patch.labels, cfg.min_object_size);
         let targets = cfg
             .with_targets
@@ -398,13 +445,12 @@ mod tests {
             },
             5,
         );
-        let ds = Dataset {
-            items: vec![DatasetItem {
-                name: "s".into(),
-                image: s.image,
-                labels: s.labels,
-            }],
-        };
+        let whole = crate::preprocess::preprocess(&s.image, &Normalization::default()).unwrap();
+        let ds = Dataset::new(vec![DatasetItem {
+            name: "s".into(),
+            image: s.image,
+            labels: s.labels,
+        }]);
         let cfg = SampleConfig {
             patch: PatchConfig {
                 height: 64,
@@ -416,6 +462,13 @@ mod tests {
         };
         let t = ds.sample(&cfg, &mut rng_for(2)).unwrap();
         assert_eq!(t.image.len(), 64 * 64);
+        // normalised with the whole image's bounds, as inference does
+        let (ox, oy) = t.origin;
+        for y in 0..64 {
+            for x in 0..64 {
+                assert_eq!(t.image[y * 64 + x], whole[(oy + y) * 128 + ox + x]);
+            }
+        }
         assert!(t.image.iter().all(|v| (0.0..=1.0).contains(v)));
         let ids = t.labels.ids();
         assert_eq!(ids, (1..=ids.len() as u32).collect::<Vec<_>>());
