@@ -41,7 +41,13 @@ fn main() -> ExitCode {
 fn run(numel: i64, iters: usize) -> Result<(), Box<dyn std::error::Error>> {
     let env = LaunchEnv::from_env()?;
     let timeout = Duration::from_secs(300);
-    let store = TcpStore::new(&env.master_addr, env.master_port, env.world_size, env.is_master(), timeout)?;
+    let store = TcpStore::new(
+        &env.master_addr,
+        env.master_port,
+        env.world_size,
+        env.is_master(),
+        timeout,
+    )?;
     let pg = ProcessGroup::new_gloo(&store, env.rank, env.world_size, timeout)?;
     let mut t = Tensor::ones([numel], (Kind::Float, Device::Cpu));
     // Warm-up: connections, buffers.

@@ -156,6 +156,7 @@ pub fn autocast<T>(device: Device, kind: Kind, f: impl FnOnce() -> T) -> Result<
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use tch::Tensor;

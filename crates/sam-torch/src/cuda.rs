@@ -169,6 +169,7 @@ pub fn tf32() -> Result<Tf32, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,8 @@
 //! Multi-process tests of the c10d Gloo bridge: the test binary re-runs itself as the ranks
 //! (the `rank_entry` test, active only when `SAM_TORCH_TEST_WORKER` is set), on 127.0.0.1
 //! with a free port, each rank under a hard deadline.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
