@@ -1,0 +1,162 @@
+//! GPU paths of the bridge, for a GPU machine (see ../shared DEVICE.md): CUDA device selection,
+//! bf16 autocast on CUDA, TF32 switches, caching-allocator statistics, and an NCCL process
+//! group at world size 1 (init + all-reduce + broadcast + barrier). Prints one `name: result`
+//! line per check; exit status 1 if any fails.
+//!
+//! ```text
+//! target/debug/examples/gpu_check [--port P (29650)]
+//! ```
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use sam_torch::{ProcessGroup, ReduceOp, TcpStore, Tf32};
+use tch::{Device, Kind, Tensor};
+
+type Check = Result<String, String>;
+
+fn main() -> ExitCode {
+    let port = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
+        [] => 29650,
+        [flag, p] if flag == "--port" => match p.parse() {
+            Ok(p) => p,
+            Err(_) => {
+                eprintln!("error: --port needs a number");
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("usage: gpu_check [--port P (29650)]");
+            return ExitCode::from(2);
+        }
+    };
+    let mut failed = false;
+    let mut report = |name: &str, r: Check| match r {
+        Ok(msg) => println!("{name}: ok {msg}"),
+        Err(msg) => {
+            failed = true;
+            println!("{name}: FAIL {msg}");
+        }
+    };
+    let cuda_ok = cuda();
+    let have_cuda = cuda_ok.is_ok();
+    report("cuda", cuda_ok);
+    if !have_cuda {
+        // Every other check allocates on the GPU.
+        return ExitCode::FAILURE;
+    }
+    report("autocast_bf16_cuda", autocast_cuda());
+    report("tf32", tf32());
+    report("memory_stats", memory());
+    report("nccl_world1", nccl(port));
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn s<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+fn cuda() -> Check {
+    if !sam_torch::cuda_is_available() {
+        return Err("CUDA not available".into());
+    }
+    let n = sam_torch::cuda_device_count();
+    sam_torch::set_cuda_device(n - 1).map_err(s)?;
+    let cur = sam_torch::current_cuda_device().map_err(s)?;
+    sam_torch::set_cuda_device(0).map_err(s)?;
+    if cur != n - 1 {
+        return Err(format!("set_cuda_device({}) left device {cur}", n - 1));
+    }
+    Ok(format!(
+        "{n} device(s), nccl built: {}",
+        sam_torch::HAS_NCCL
+    ))
+}
+
+fn autocast_cuda() -> Check {
+    let a = Tensor::randn([256, 256], (Kind::Float, Device::Cuda(0)));
+    let y = sam_torch::autocast(Device::Cuda(0), Kind::BFloat16, || a.matmul(&a)).map_err(s)?;
+    let z = a.matmul(&a);
+    if y.kind() != Kind::BFloat16 || z.kind() != Kind::Float {
+        return Err(format!("inside {:?}, outside {:?}", y.kind(), z.kind()));
+    }
+    let err = (y.to_kind(Kind::Float) - &z).abs().max().double_value(&[]);
+    let scale = z.abs().max().double_value(&[]);
+    if err > 0.02 * scale {
+        return Err(format!("bf16 result off by {err} (max |z| {scale})"));
+    }
+    Ok(format!(
+        "inside bf16, outside f32, max err {err:.3} of {scale:.1}"
+    ))
+}
+
+fn tf32() -> Check {
+    let before = sam_torch::tf32().map_err(s)?;
+    let on = Tf32 {
+        cublas: true,
+        cudnn: true,
+    };
+    sam_torch::set_tf32(on).map_err(s)?;
+    let got = sam_torch::tf32().map_err(s)?;
+    sam_torch::set_tf32(before).map_err(s)?;
+    if got != on {
+        return Err(format!("set {on:?}, read {got:?}"));
+    }
+    Ok(format!("round trip ok (default {before:?})"))
+}
+
+fn memory() -> Check {
+    sam_torch::cuda_synchronize(0).map_err(s)?;
+    sam_torch::reset_peak_memory_stats(0).map_err(s)?;
+    let before = sam_torch::cuda_memory_stats(0).map_err(s)?;
+    let big = Tensor::zeros([64, 1024, 1024], (Kind::Float, Device::Cuda(0))); // 256 MiB
+    let during = sam_torch::cuda_memory_stats(0).map_err(s)?;
+    drop(big);
+    let after = sam_torch::cuda_memory_stats(0).map_err(s)?;
+    let mib = 1u64 << 20;
+    if during.allocated < before.allocated + 256 * mib || after.peak_allocated < during.allocated {
+        return Err(format!(
+            "before {before:?}, during {during:?}, after {after:?}"
+        ));
+    }
+    Ok(format!(
+        "allocated {} -> {} -> {} MiB, peak {} MiB",
+        before.allocated / mib,
+        during.allocated / mib,
+        after.allocated / mib,
+        after.peak_allocated / mib
+    ))
+}
+
+fn nccl(port: u16) -> Check {
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs(60);
+    sam_torch::set_cuda_device(0).map_err(s)?;
+    let store = TcpStore::new("127.0.0.1", port, 1, true, timeout).map_err(s)?;
+    let pg = ProcessGroup::new_nccl(&store, 0, 1, timeout).map_err(s)?;
+    let mut t = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).to_device(Device::Cuda(0));
+    pg.all_reduce_(&mut t, ReduceOp::Sum).map_err(s)?;
+    pg.all_reduce_(&mut t, ReduceOp::Avg).map_err(s)?;
+    pg.broadcast_(&mut t, 0).map_err(s)?;
+    pg.barrier().map_err(s)?;
+    let got = Vec::<f32>::try_from(t.to_device(Device::Cpu)).map_err(s)?;
+    if got != [1.0, 2.0, 3.0] {
+        return Err(format!("world-1 all_reduce changed the tensor: {got:?}"));
+    }
+    let init_and_ops = t0.elapsed().as_secs_f64();
+    // Bandwidth of a vit_b-sized bucket at world size 1 (a local no-op copy bound).
+    let mut bucket = Tensor::ones([90_000_000], (Kind::Float, Device::Cuda(0)));
+    pg.all_reduce_(&mut bucket, ReduceOp::Sum).map_err(s)?;
+    sam_torch::cuda_synchronize(0).map_err(s)?;
+    let t1 = Instant::now();
+    pg.all_reduce_(&mut bucket, ReduceOp::Sum).map_err(s)?;
+    sam_torch::cuda_synchronize(0).map_err(s)?;
+    let dt = t1.elapsed().as_secs_f64();
+    Ok(format!(
+        "init + 4 collectives {init_and_ops:.2} s; 360 MB all_reduce {:.2} ms",
+        dt * 1e3
+    ))
+}
