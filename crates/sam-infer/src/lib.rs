@@ -1,2 +1,64 @@
-//! sam-infer: Automatic instance segmentation (AIS, AMG), prompted segmentation and tiling for SAM.
+//! sam-infer: automatic instance segmentation (AIS, AMG), prompted segmentation and tiling for SAM.
+//!
+//! The post-processing is plain Rust on [`Plane`]s, usable without a model:
+//!
+//! - [`ais_segment`] turns the UNETR decoder's foreground / centre-distance / boundary-distance
+//!   maps ([`DecoderMaps`]) into instance labels exactly as micro_sam's
+//!   `InstanceSegmentationWithDecoder.generate` does (smoothing, seeds, seeded watershed, size filter).
+//! - [`seeded_watershed`], [`gaussian_smoothing`], [`label_components`] are the building blocks.
+//!
+//! # Example
+//!
+//! ```
+//! use sam_infer::{ais_segment, AisParams, DecoderMaps, Plane};
+//!
+//! // Two foreground blobs in one row, each with a low centre and boundary distance.
+//! let fg = Plane::from_vec(1, 7, vec![0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0])?;
+//! let dist = Plane::from_vec(1, 7, vec![1.0, 0.1, 0.3, 1.0, 0.3, 0.1, 1.0])?;
+//! let maps = DecoderMaps {
+//!     foreground: fg,
+//!     center_distances: dist.clone(),
+//!     boundary_distances: dist,
+//! };
+//! let params = AisParams { foreground_smoothing: 0.0, distance_smoothing: 0.0, ..Default::default() };
+//! let labels = ais_segment(&maps, &params)?;
+//! assert_eq!(labels.as_slice(), &[0, 1, 1, 0, 2, 2, 0]);
+//! # Ok::<(), sam_infer::InferError>(())
+//! ```
 #![deny(missing_docs)]
+
+mod ais;
+mod amg;
+mod error;
+mod filters;
+mod model;
+mod objects;
+mod plane;
+mod prompts;
+mod runner;
+mod tiling;
+mod watershed;
+
+pub use crate::{
+    ais::{ais_segment, ais_segment_debug, AisDebug, AisParams, DecoderMaps},
+    amg::{
+        amg_segment, box_iou, build_point_grid, is_box_near_crop_edge, mask_box, merge_masks, nms,
+        remove_small_regions, stability_score, AmgOutput, AmgParams, CropMasks, MaskRecord,
+        RegionMode,
+    },
+    error::InferError,
+    filters::{gaussian_kernel, gaussian_smoothing},
+    model::{resolve_model_path, InferenceModel},
+    objects::{mean_per_object, write_objects_csv, OBJECTS_CSV_HEADER},
+    plane::Plane,
+    prompts::{read_prompts, PromptFile, PromptSet},
+    runner::{
+        file_sha256, list_inputs, load_image, output_paths, run_auto, run_prompts, segment_auto,
+        AutoMode, AutoOptions, ImageReport, Outcome, Progress, TileSpec, Timings,
+    },
+    tiling::{crop_outer, paste_inner, Rect, Tile, Tiling},
+    watershed::{
+        label_components, label_sizes, relabel_consecutive, seeded_watershed, size_filter,
+        Connectivity,
+    },
+};

@@ -1,0 +1,435 @@
+//! The model side of inference: checkpoint resolution and loading, tiled embeddings, the UNETR
+//! decoder maps, point-grid masks for AMG and prompted masks.
+
+use std::path::{Path, PathBuf};
+
+use sam_model::{
+    apply_state_dict, infer_architecture, read_checkpoint, resolve_checkpoint, Backbone,
+    ImageEmbedding, LoadMode, Prompts, Sam, SamConfig, SamPredictor, UnetrConfig, UnetrDecoder,
+};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::ais::DecoderMaps;
+use crate::amg::{build_point_grid, AmgParams, CropMasks, MaskRecord};
+use crate::error::InferError;
+use crate::plane::Plane;
+use crate::prompts::PromptSet;
+use crate::tiling::{crop_outer, paste_inner, Tile, Tiling};
+
+/// `Sam.mask_threshold` of segment_anything.
+const MASK_THRESHOLD: f32 = 0.0;
+
+fn model_err(e: impl std::fmt::Display) -> InferError {
+    InferError::Model(e.to_string())
+}
+
+/// Find the checkpoint file for `spec`: an existing file, a name under `final_models/` (as is or
+/// with `.pt`, `.pth`, `.safetensors`), or a micro_sam model name in the model cache
+/// (`$MICROSAM_CACHEDIR` or `~/.cache/micro_sam/models`).
+pub fn resolve_model_path(spec: &str, final_models: &Path) -> Result<PathBuf, InferError> {
+    let direct = Path::new(spec);
+    if direct.is_file() {
+        return Ok(direct.to_path_buf());
+    }
+    for ext in ["", ".pt", ".pth", ".safetensors"] {
+        let p = final_models.join(format!("{spec}{ext}"));
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    resolve_checkpoint(spec).map_err(|e| {
+        InferError::Model(format!(
+            "checkpoint `{spec}`: not a file, not in {}, and not in the model cache: {e}",
+            final_models.display()
+        ))
+    })
+}
+
+/// A loaded SAM with its optional UNETR instance-segmentation decoder.
+pub struct InferenceModel {
+    _vs: nn::VarStore,
+    _decoder_vs: Option<nn::VarStore>,
+    sam: Sam,
+    decoder: Option<UnetrDecoder>,
+    description: String,
+}
+
+impl std::fmt::Debug for InferenceModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferenceModel")
+            .field("description", &self.description)
+            .finish()
+    }
+}
+
+fn preset_for(backbone: Backbone) -> SamConfig {
+    match backbone {
+        Backbone::VitB => SamConfig::vit_b(),
+        Backbone::VitL => SamConfig::vit_l(),
+        Backbone::VitH => SamConfig::vit_h(),
+        Backbone::VitT => SamConfig::vit_t(),
+        // Custom widths: the tiny test model is the one custom preset we have.
+        Backbone::CustomVit => SamConfig::tiny(),
+    }
+}
+
+impl InferenceModel {
+    /// Load a checkpoint (plain SAM state_dict, micro_sam `{model_state, decoder_state}`, or our
+    /// safetensors) onto `device`. The architecture is inferred from the weights; loading is
+    /// strict.
+    pub fn load(path: &Path, device: Device) -> Result<Self, InferError> {
+        let ckpt = read_checkpoint(path).map_err(model_err)?;
+        let arch = infer_architecture(&ckpt.model_state).map_err(model_err)?;
+        let cfg = preset_for(arch.backbone);
+        let vs = nn::VarStore::new(device);
+        let sam = Sam::new(&vs.root(), &cfg).map_err(model_err)?;
+        apply_state_dict(&vs, &ckpt.model_state, LoadMode::Strict).map_err(|e| {
+            InferError::Model(format!(
+                "{}: {} weights do not fit: {e}",
+                path.display(),
+                arch.describe()
+            ))
+        })?;
+        let (decoder, decoder_vs) = match &ckpt.decoder_state {
+            None => (None, None),
+            Some(state) => {
+                let ucfg = unetr_config_for(state, &sam)?;
+                let dvs = nn::VarStore::new(device);
+                let dec = UnetrDecoder::new(&dvs.root(), &ucfg).map_err(model_err)?;
+                apply_state_dict(&dvs, state, LoadMode::Strict).map_err(|e| {
+                    InferError::Model(format!(
+                        "{}: decoder_state does not fit: {e}",
+                        path.display()
+                    ))
+                })?;
+                (Some(dec), Some(dvs))
+            }
+        };
+        let description = format!(
+            "{} ({}{})",
+            path.display(),
+            arch.describe(),
+            if decoder.is_some() {
+                ", with instance-segmentation decoder"
+            } else {
+                ""
+            }
+        );
+        Ok(Self {
+            _vs: vs,
+            _decoder_vs: decoder_vs,
+            sam,
+            decoder,
+            description,
+        })
+    }
+
+    /// Wrap a model built in code (tests, benchmarks).
+    pub fn from_parts(
+        vs: nn::VarStore,
+        sam: Sam,
+        decoder: Option<(nn::VarStore, UnetrDecoder)>,
+    ) -> Self {
+        let (decoder_vs, decoder) = match decoder {
+            Some((v, d)) => (Some(v), Some(d)),
+            None => (None, None),
+        };
+        Self {
+            _vs: vs,
+            _decoder_vs: decoder_vs,
+            sam,
+            decoder,
+            description: "in-memory model".into(),
+        }
+    }
+
+    /// What was loaded, for logs.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Whether the checkpoint had an instance-segmentation decoder (AIS possible).
+    pub fn has_decoder(&self) -> bool {
+        self.decoder.is_some()
+    }
+
+    /// Side of the model input (1024 for SAM).
+    pub fn input_size(&self) -> usize {
+        self.sam.img_size() as usize
+    }
+
+    /// Embed the outer blocks of `tiles` in batches of `batch_size`; `on_tile` is called once per
+    /// embedded tile (progress).
+    pub fn embed_tiles(
+        &self,
+        image: &Plane<f32>,
+        tiles: &[Tile],
+        batch_size: usize,
+        on_tile: &mut dyn FnMut(),
+    ) -> Result<Vec<ImageEmbedding>, InferError> {
+        let predictor = SamPredictor::new(&self.sam);
+        let mut out = Vec::with_capacity(tiles.len());
+        for chunk in tiles.chunks(batch_size.max(1)) {
+            let crops: Vec<Plane<f32>> = chunk.iter().map(|t| crop_outer(image, t)).collect();
+            let greys: Vec<sam_model::GreyImage<'_>> = crops
+                .iter()
+                .map(|c| sam_model::GreyImage {
+                    pixels: c.as_slice(),
+                    height: c.height(),
+                    width: c.width(),
+                })
+                .collect();
+            out.extend(predictor.embed_images(&greys).map_err(model_err)?);
+            for _ in chunk {
+                on_tile();
+            }
+        }
+        Ok(out)
+    }
+
+    /// The UNETR decoder maps of the whole image from per-tile embeddings: each tile decoded
+    /// (in batches), resized to its outer block, and its inner block pasted into the image.
+    pub fn decoder_maps(
+        &self,
+        tiling: &Tiling,
+        embeddings: &[ImageEmbedding],
+        batch_size: usize,
+        on_tile: &mut dyn FnMut(),
+    ) -> Result<DecoderMaps, InferError> {
+        let decoder = self.decoder.as_ref().ok_or_else(|| {
+            InferError::Model(
+                "the checkpoint has no instance-segmentation decoder_state; use AMG".into(),
+            )
+        })?;
+        let tiles = tiling.tiles();
+        if tiles.len() != embeddings.len() {
+            return Err(InferError::Shape {
+                what: "tile embeddings".into(),
+                expected: format!("{} tiles", tiles.len()),
+                found: format!("{} embeddings", embeddings.len()),
+            });
+        }
+        let (h, w) = tiling.shape();
+        let mut maps = DecoderMaps {
+            foreground: Plane::zeros(h, w),
+            center_distances: Plane::zeros(h, w),
+            boundary_distances: Plane::zeros(h, w),
+        };
+        let bs = batch_size.max(1);
+        for (chunk_tiles, chunk_emb) in tiles.chunks(bs).zip(embeddings.chunks(bs)) {
+            let feats: Vec<&Tensor> = chunk_emb.iter().map(|e| &e.features).collect();
+            let batch = Tensor::cat(&feats, 0);
+            let out = tch::no_grad(|| decoder.forward_t(&batch, false)).map_err(model_err)?;
+            for (i, (tile, emb)) in chunk_tiles.iter().zip(chunk_emb).enumerate() {
+                let y = tch::no_grad(|| {
+                    decoder.postprocess_masks(
+                        &out.narrow(0, i as i64, 1),
+                        emb.input_size,
+                        emb.original_size,
+                    )
+                });
+                let (th, tw) = (tile.outer.height(), tile.outer.width());
+                let v = tensor_to_f32(&y)?;
+                if v.len() != 3 * th * tw {
+                    return Err(InferError::Shape {
+                        what: format!("decoder output of tile {}", tile.index),
+                        expected: format!("3×{th}×{tw}"),
+                        found: format!("{:?}", y.size()),
+                    });
+                }
+                let n = th * tw;
+                for (c, dst) in [
+                    &mut maps.foreground,
+                    &mut maps.center_distances,
+                    &mut maps.boundary_distances,
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let p = Plane::from_vec(th, tw, v[c * n..(c + 1) * n].to_vec())?;
+                    paste_inner(dst, &p, tile)?;
+                }
+                on_tile();
+            }
+        }
+        Ok(maps)
+    }
+
+    /// AMG masks of every tile: the point grid of each tile's outer block through the mask
+    /// decoder (multimask, `points_per_batch` at once), thresholded, with stability scores.
+    pub fn amg_masks(
+        &self,
+        tiling: &Tiling,
+        embeddings: Vec<ImageEmbedding>,
+        params: &AmgParams,
+        on_tile: &mut dyn FnMut(),
+    ) -> Result<Vec<CropMasks>, InferError> {
+        let grid = build_point_grid(params.points_per_side);
+        let mut predictor = SamPredictor::new(&self.sam);
+        let mut crops = Vec::new();
+        for (tile, emb) in tiling.tiles().into_iter().zip(embeddings) {
+            predictor.set_embedding(emb);
+            let (th, tw) = (tile.outer.height(), tile.outer.width());
+            let mut masks = Vec::new();
+            for chunk in grid.chunks(params.points_per_batch.max(1)) {
+                let coords: Vec<f32> = chunk
+                    .iter()
+                    .flat_map(|p| [p[0] * tw as f32, p[1] * th as f32])
+                    .collect();
+                let n = chunk.len() as i64;
+                let prompts = Prompts {
+                    point_coords: Some(Tensor::from_slice(&coords).view([n, 1, 2])),
+                    point_labels: Some(Tensor::ones([n, 1], (Kind::Int64, Device::Cpu))),
+                    ..Default::default()
+                };
+                let pred = predictor.predict(&prompts, true).map_err(model_err)?;
+                let k = pred.masks.size()[1];
+                let off = f64::from(params.stability_score_offset);
+                let t = f64::from(MASK_THRESHOLD);
+                let inter = pred.masks.gt(t + off).sum_dim_intlist(
+                    [2i64, 3].as_slice(),
+                    false,
+                    Kind::Int64,
+                );
+                let union = pred.masks.gt(t - off).sum_dim_intlist(
+                    [2i64, 3].as_slice(),
+                    false,
+                    Kind::Int64,
+                );
+                let inter = tensor_to_i64(&inter)?;
+                let union = tensor_to_i64(&union)?;
+                let iou = tensor_to_f32(&pred.iou_predictions)?;
+                let binary = tensor_to_u8(&pred.masks.gt(t))?;
+                let px = th * tw;
+                for j in 0..(n * k) as usize {
+                    let stability = inter[j] as f32 / union[j] as f32;
+                    let m = Plane::from_vec(
+                        th,
+                        tw,
+                        binary[j * px..(j + 1) * px]
+                            .iter()
+                            .map(|&b| b != 0)
+                            .collect(),
+                    )?;
+                    if let Some(r) =
+                        MaskRecord::from_mask(&m, tile.outer.y0, tile.outer.x0, iou[j], stability)
+                    {
+                        masks.push(r);
+                    }
+                }
+            }
+            let o = tile.outer;
+            crops.push(CropMasks {
+                crop_box: [o.x0, o.y0, o.x1, o.y1],
+                masks,
+            });
+            on_tile();
+        }
+        Ok(crops)
+    }
+
+    /// One mask per prompt set on the whole image: a single point without a box uses multimask
+    /// output and keeps the best predicted IoU. Overlaps go to the set with the higher predicted
+    /// IoU. Returns labels (id = 1-based position of the set; a set whose mask is empty or fully
+    /// overlapped is absent) and the predicted IoU per set.
+    pub fn segment_prompts(
+        &self,
+        image: &Plane<f32>,
+        sets: &[PromptSet],
+    ) -> Result<(Plane<u32>, Vec<f32>), InferError> {
+        let (h, w) = image.shape();
+        let mut predictor = SamPredictor::new(&self.sam);
+        predictor
+            .set_image(sam_model::GreyImage {
+                pixels: image.as_slice(),
+                height: h,
+                width: w,
+            })
+            .map_err(model_err)?;
+        let mut masks: Vec<(Vec<u8>, f32)> = Vec::with_capacity(sets.len());
+        for s in sets {
+            let p = s.points.len() as i64;
+            let coords: Vec<f32> = s.points.iter().flat_map(|q| [q[0], q[1]]).collect();
+            let prompts = Prompts {
+                point_coords: (p > 0).then(|| Tensor::from_slice(&coords).view([1, p, 2])),
+                point_labels: (p > 0).then(|| Tensor::from_slice(&s.labels).view([1, p])),
+                boxes: s.bbox.map(|b| Tensor::from_slice(&b).view([1, 4])),
+                mask_input: None,
+            };
+            let multimask = p == 1 && s.bbox.is_none();
+            let pred = predictor.predict(&prompts, multimask).map_err(model_err)?;
+            let iou = tensor_to_f32(&pred.iou_predictions)?;
+            let best = iou
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, &v)| if v > iou[b] { i } else { b });
+            let m = pred
+                .masks
+                .get(0)
+                .get(best as i64)
+                .gt(f64::from(MASK_THRESHOLD));
+            masks.push((tensor_to_u8(&m)?, iou[best]));
+        }
+        // Paint by ascending predicted IoU so that the most confident mask wins overlaps.
+        let mut order: Vec<usize> = (0..masks.len()).collect();
+        order.sort_by(|&a, &b| masks[a].1.total_cmp(&masks[b].1).then(a.cmp(&b)));
+        let mut labels = Plane::<u32>::zeros(h, w);
+        for i in order {
+            for (dst, &m) in labels.as_mut_slice().iter_mut().zip(&masks[i].0) {
+                if m != 0 {
+                    *dst = i as u32 + 1;
+                }
+            }
+        }
+        Ok((labels, masks.iter().map(|m| m.1).collect()))
+    }
+}
+
+fn unetr_config_for(state: &[(String, Tensor)], sam: &Sam) -> Result<UnetrConfig, InferError> {
+    let find = |k: &str| state.iter().find(|(n, _)| n == k).map(|(_, t)| t.size());
+    let out = find("out_conv.weight").ok_or_else(|| {
+        InferError::Model(
+            "decoder_state has no `out_conv.weight`: not a micro_sam UNETR decoder".into(),
+        )
+    })?;
+    // micro_sam get_unetr: transposed convolutions when `.block.` appears in the sampler keys.
+    let use_conv_transpose = state
+        .iter()
+        .any(|(k, _)| k.starts_with("decoder.samplers") && k.contains(".block."));
+    let enc = &sam.config().image_encoder;
+    Ok(UnetrConfig {
+        embed_dim: enc.out_chans(),
+        out_channels: out[0],
+        initial_features: out[1],
+        use_conv_transpose,
+        img_size: enc.img_size(),
+        ..UnetrConfig::sam()
+    })
+}
+
+fn tensor_to_f32(t: &Tensor) -> Result<Vec<f32>, InferError> {
+    let flat = t
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous()
+        .view([-1]);
+    Vec::<f32>::try_from(&flat).map_err(model_err)
+}
+
+fn tensor_to_i64(t: &Tensor) -> Result<Vec<i64>, InferError> {
+    let flat = t
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Int64)
+        .contiguous()
+        .view([-1]);
+    Vec::<i64>::try_from(&flat).map_err(model_err)
+}
+
+fn tensor_to_u8(t: &Tensor) -> Result<Vec<u8>, InferError> {
+    let flat = t
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Uint8)
+        .contiguous()
+        .view([-1]);
+    Vec::<u8>::try_from(&flat).map_err(model_err)
+}

@@ -1,0 +1,539 @@
+//! Whole-image jobs: read, normalise, tile, segment, write labels / overlay / CSV, per image.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tch::{Device, Tensor};
+
+use crate::ais::{ais_segment, AisParams};
+use crate::amg::{amg_segment, AmgParams};
+use crate::error::InferError;
+use crate::model::InferenceModel;
+use crate::objects::{mean_per_object, write_objects_csv};
+use crate::plane::Plane;
+use crate::prompts::PromptFile;
+use crate::tiling::Tiling;
+
+/// Which automatic segmentation to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoMode {
+    /// AIS when the model has a decoder, else AMG.
+    Auto,
+    /// UNETR decoder + seeded watershed.
+    Ais,
+    /// Point grid + filtering + NMS.
+    Amg,
+}
+
+impl AutoMode {
+    /// The mode actually run for `model`; AIS without a decoder is an error.
+    pub fn resolve(self, model: &InferenceModel) -> Result<AutoMode, InferError> {
+        match self {
+            AutoMode::Auto if model.has_decoder() => Ok(AutoMode::Ais),
+            AutoMode::Auto => Ok(AutoMode::Amg),
+            AutoMode::Ais if !model.has_decoder() => Err(InferError::Model(format!(
+                "mode ais needs an instance-segmentation decoder, but {} has none; use --mode amg",
+                model.description()
+            ))),
+            m => Ok(m),
+        }
+    }
+
+    /// `"ais"`, `"amg"` or `"auto"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AutoMode::Auto => "auto",
+            AutoMode::Ais => "ais",
+            AutoMode::Amg => "amg",
+        }
+    }
+}
+
+/// How images are tiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileSpec {
+    /// Inner block `(h, w)`; `None` = the whole image at once (resized to the model input).
+    pub tile_shape: Option<(usize, usize)>,
+    /// Halo `(h, w)` added on each side of a tile.
+    pub halo: (usize, usize),
+}
+
+impl TileSpec {
+    /// The tiling for an image of `shape`: one tile when the image fits the model input
+    /// (`input_size` on both sides) or no tile shape is set, else `tile_shape` with `halo`.
+    pub fn tiling_for(
+        &self,
+        shape: (usize, usize),
+        input_size: usize,
+    ) -> Result<Tiling, InferError> {
+        match self.tile_shape {
+            Some(t) if shape.0 > input_size || shape.1 > input_size => {
+                Tiling::new(shape, t, self.halo)
+            }
+            _ => Tiling::single(shape),
+        }
+    }
+}
+
+/// Settings of [`run_auto`].
+#[derive(Debug, Clone)]
+pub struct AutoOptions {
+    /// The mode.
+    pub mode: AutoMode,
+    /// Tiling.
+    pub tiles: TileSpec,
+    /// Tiles per encoder / decoder forward pass.
+    pub batch_size: usize,
+    /// AIS thresholds.
+    pub ais: AisParams,
+    /// AMG settings.
+    pub amg: AmgParams,
+    /// Percentile normalisation (as in training).
+    pub normalization: sam_data::Normalization,
+    /// Recompute images whose label file exists.
+    pub overwrite: bool,
+    /// Write `overlays/<stem>.png`.
+    pub write_overlay: bool,
+    /// Write `objects/<stem>.csv`.
+    pub write_csv: bool,
+    /// Cache embeddings in this folder, keyed by the image and `model_key`.
+    pub embedding_cache: Option<(PathBuf, String)>,
+}
+
+/// Seconds spent per stage of one image.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Image encoder (or cache load).
+    pub embed_s: f64,
+    /// UNETR decoder (AIS) or mask decoder over the point grid (AMG).
+    pub decode_s: f64,
+    /// Smoothing + watershed (AIS) or filtering + NMS + merging (AMG).
+    pub postprocess_s: f64,
+}
+
+/// A progress event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Starting image `index` (0-based) of `total`.
+    Image {
+        /// 0-based position.
+        index: usize,
+        /// Number of images.
+        total: usize,
+        /// The file.
+        path: PathBuf,
+    },
+    /// One tile went through a stage.
+    Tile {
+        /// `"embed"`, `"decode"` or `"masks"`.
+        stage: &'static str,
+    },
+}
+
+/// What happened to one image.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Segmented and written.
+    Done {
+        /// Objects found.
+        objects: usize,
+        /// The mode run.
+        mode: AutoMode,
+        /// Seconds per stage.
+        timings: Timings,
+        /// Tiles.
+        tiles: usize,
+    },
+    /// The label file existed and overwrite was off.
+    Skipped,
+    /// Failed; the message names the file and the reason.
+    Failed(String),
+}
+
+/// The result for one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageReport {
+    /// The input image.
+    pub input: PathBuf,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Where the outputs of `image` go under `out_dir`: `labels/<stem>.tif`,
+/// `overlays/<stem>.png`, `objects/<stem>.csv`.
+pub fn output_paths(out_dir: &Path, image: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    (
+        out_dir.join("labels").join(format!("{stem}.tif")),
+        out_dir.join("overlays").join(format!("{stem}.png")),
+        out_dir.join("objects").join(format!("{stem}.csv")),
+    )
+}
+
+/// The images to process: `input` itself if it is a file, else the files in the folder `input`
+/// matching `pattern` (e.g. `*.tif`) with a `.tif`, `.tiff` or `.png` extension, sorted.
+pub fn list_inputs(input: &Path, pattern: &str) -> Result<Vec<PathBuf>, InferError> {
+    if input.is_file() {
+        return Ok(vec![input.to_path_buf()]);
+    }
+    if !input.is_dir() {
+        return Err(InferError::io(
+            input,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        ));
+    }
+    let full = input.join(pattern);
+    let paths = glob::glob(&full.to_string_lossy()).map_err(|e| {
+        InferError::param(
+            "pattern",
+            "a glob such as `*.tif`",
+            format!("`{pattern}`: {e}"),
+        )
+    })?;
+    let mut out: Vec<PathBuf> = paths
+        .filter_map(Result::ok)
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            p.extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .is_some_and(|e| e == "tif" || e == "tiff" || e == "png")
+        })
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        return Err(InferError::Image {
+            path: input.to_path_buf(),
+            message: format!("no .tif/.tiff/.png images match `{pattern}`"),
+        });
+    }
+    Ok(out)
+}
+
+/// Read and normalise an image: the original (for the overlay) and the [0, 1] plane.
+pub fn load_image(
+    path: &Path,
+    norm: &sam_data::Normalization,
+) -> Result<(sam_data::GreyImage, Plane<f32>), InferError> {
+    let img_err = |e: sam_data::DataError| InferError::Image {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let grey = sam_data::read_image(path).map_err(img_err)?;
+    let norm = sam_data::preprocess(&grey, norm).map_err(img_err)?;
+    let plane = Plane::from_vec(grey.height, grey.width, norm)?;
+    Ok((grey, plane))
+}
+
+/// The sha256 of a file, hex (the model part of the embedding-cache key).
+pub fn file_sha256(path: &Path) -> Result<String, InferError> {
+    let mut f = std::fs::File::open(path).map_err(|e| InferError::io(path, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| InferError::io(path, e))?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn cache_file(
+    dir: &Path,
+    model_key: &str,
+    image: &Plane<f32>,
+    tiling: &Tiling,
+    tiles: &TileSpec,
+) -> PathBuf {
+    let mut h = Sha256::new();
+    for v in image.as_slice() {
+        h.update(v.to_le_bytes());
+    }
+    h.update(format!("{:?}{:?}{:?}", image.shape(), tiles.tile_shape, tiles.halo).as_bytes());
+    let key = format!("{:x}", h.finalize());
+    let _ = tiling;
+    dir.join(&model_key[..model_key.len().min(16)])
+        .join(format!("{}.ot", &key[..32]))
+}
+
+fn load_cached(path: &Path, n: usize) -> Option<Vec<sam_model::ImageEmbedding>> {
+    let named = Tensor::load_multi_with_device(path, Device::Cpu).ok()?;
+    let sizes = named.iter().find(|(k, _)| k == "sizes")?.1.shallow_clone();
+    let sizes: Vec<i64> = Vec::<i64>::try_from(&sizes.view([-1])).ok()?;
+    if sizes.len() != 4 * n {
+        return None;
+    }
+    (0..n)
+        .map(|i| {
+            let f = named
+                .iter()
+                .find(|(k, _)| *k == format!("features_{i}"))?
+                .1
+                .shallow_clone();
+            Some(sam_model::ImageEmbedding {
+                features: f,
+                original_size: (sizes[4 * i], sizes[4 * i + 1]),
+                input_size: (sizes[4 * i + 2], sizes[4 * i + 3]),
+            })
+        })
+        .collect()
+}
+
+fn store_cached(path: &Path, embs: &[sam_model::ImageEmbedding]) -> Result<(), InferError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| InferError::io(dir, e))?;
+    }
+    let sizes: Vec<i64> = embs
+        .iter()
+        .flat_map(|e| {
+            [
+                e.original_size.0,
+                e.original_size.1,
+                e.input_size.0,
+                e.input_size.1,
+            ]
+        })
+        .collect();
+    let mut named: Vec<(String, Tensor)> = embs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (format!("features_{i}"), e.features.to_device(Device::Cpu)))
+        .collect();
+    named.push(("sizes".into(), Tensor::from_slice(&sizes)));
+    let tmp = path.with_extension("ot.tmp");
+    Tensor::save_multi(&named, &tmp)
+        .map_err(|e| InferError::Model(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| InferError::io(path, e))
+}
+
+/// Segment one normalised image automatically. Returns labels, per-object scores (AIS: mean
+/// foreground probability; AMG: predicted IoU), the mode run, the timings and the tile count.
+pub fn segment_auto(
+    model: &InferenceModel,
+    image: &Plane<f32>,
+    opts: &AutoOptions,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<(Plane<u32>, Vec<f32>, AutoMode, Timings, usize), InferError> {
+    let mode = opts.mode.resolve(model)?;
+    let tiling = opts.tiles.tiling_for(image.shape(), model.input_size())?;
+    let tiles = tiling.tiles();
+    let mut t = Timings::default();
+
+    let start = Instant::now();
+    let cache = opts
+        .embedding_cache
+        .as_ref()
+        .map(|(dir, key)| cache_file(dir, key, image, &tiling, &opts.tiles));
+    let cached = cache
+        .as_deref()
+        .filter(|p| p.is_file())
+        .and_then(|p| load_cached(p, tiles.len()));
+    let embeddings = match cached {
+        Some(e) => e,
+        None => {
+            let e = model.embed_tiles(image, &tiles, opts.batch_size, &mut || {
+                on_progress(Progress::Tile { stage: "embed" })
+            })?;
+            if let Some(p) = &cache {
+                store_cached(p, &e)?;
+            }
+            e
+        }
+    };
+    t.embed_s = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let (labels, scores) = match mode {
+        AutoMode::Ais => {
+            let maps = model.decoder_maps(&tiling, &embeddings, opts.batch_size, &mut || {
+                on_progress(Progress::Tile { stage: "decode" })
+            })?;
+            t.decode_s = start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let labels = ais_segment(&maps, &opts.ais)?;
+            let scores = mean_per_object(&labels, &maps.foreground)?;
+            t.postprocess_s = start.elapsed().as_secs_f64();
+            (labels, scores)
+        }
+        _ => {
+            let crops = model.amg_masks(&tiling, embeddings, &opts.amg, &mut || {
+                on_progress(Progress::Tile { stage: "masks" })
+            })?;
+            t.decode_s = start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let out = amg_segment(&crops, image.shape(), &opts.amg)?;
+            t.postprocess_s = start.elapsed().as_secs_f64();
+            (out.labels, out.scores)
+        }
+    };
+    Ok((labels, scores, mode, t, tiles.len()))
+}
+
+fn write_outputs(
+    out_dir: &Path,
+    input: &Path,
+    grey: &sam_data::GreyImage,
+    labels: &Plane<u32>,
+    scores: &[f32],
+    write_overlay: bool,
+    write_csv: bool,
+) -> Result<usize, InferError> {
+    let (label_path, overlay_path, csv_path) = output_paths(out_dir, input);
+    for p in [&label_path, &overlay_path, &csv_path] {
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| InferError::io(d, e))?;
+        }
+    }
+    let (h, w) = labels.shape();
+    let li = sam_data::LabelImage::new(w, h, labels.as_slice().to_vec()).map_err(|e| {
+        InferError::Image {
+            path: label_path.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    let n = li.max_id() as usize;
+    if write_csv {
+        write_objects_csv(&csv_path, labels, scores)?;
+    }
+    if write_overlay {
+        sam_data::write_overlay_png(&overlay_path, grey, &[(&li, [255, 48, 48])]).map_err(|e| {
+            InferError::Image {
+                path: overlay_path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+    }
+    // Labels last: their presence marks the image as done.
+    sam_data::write_labels(&label_path, &li).map_err(|e| InferError::Image {
+        path: label_path.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(n)
+}
+
+fn check_output_dir(out_dir: &Path, inputs: &[PathBuf]) -> Result<(), InferError> {
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    let Some(out) = canon(out_dir) else {
+        return Ok(());
+    };
+    for i in inputs {
+        let dir = i.parent().and_then(canon);
+        let parent = dir.as_ref().and_then(|d| d.parent().map(Path::to_path_buf));
+        if dir.as_ref() == Some(&out) || parent.as_ref() == Some(&out) {
+            return Err(InferError::param(
+                "output",
+                "a folder other than the input folder and its parent (raw data is never written)",
+                out_dir.display(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Segment every image of `inputs` into `out_dir` (see [`output_paths`]). One image failing does
+/// not stop the others; its report says why.
+pub fn run_auto(
+    model: &InferenceModel,
+    inputs: &[PathBuf],
+    out_dir: &Path,
+    opts: &AutoOptions,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<ImageReport>, InferError> {
+    opts.ais.validate()?;
+    opts.amg.validate()?;
+    opts.mode.resolve(model)?;
+    check_output_dir(out_dir, inputs)?;
+    let mut reports = Vec::with_capacity(inputs.len());
+    for (index, input) in inputs.iter().enumerate() {
+        on_progress(Progress::Image {
+            index,
+            total: inputs.len(),
+            path: input.clone(),
+        });
+        let (label_path, _, _) = output_paths(out_dir, input);
+        if label_path.is_file() && !opts.overwrite {
+            reports.push(ImageReport {
+                input: input.clone(),
+                outcome: Outcome::Skipped,
+            });
+            continue;
+        }
+        let result = load_image(input, &opts.normalization).and_then(|(grey, plane)| {
+            let (labels, scores, mode, timings, tiles) =
+                segment_auto(model, &plane, opts, on_progress)?;
+            let objects = write_outputs(
+                out_dir,
+                input,
+                &grey,
+                &labels,
+                &scores,
+                opts.write_overlay,
+                opts.write_csv,
+            )?;
+            Ok(Outcome::Done {
+                objects,
+                mode,
+                timings,
+                tiles,
+            })
+        });
+        let outcome = result.unwrap_or_else(|e| Outcome::Failed(e.to_string()));
+        reports.push(ImageReport {
+            input: input.clone(),
+            outcome,
+        });
+    }
+    Ok(reports)
+}
+
+/// Segment the prompt sets of `prompts` on each image of `inputs` into `out_dir`. Image names
+/// in the file must match the inputs; coordinates must lie inside each image.
+pub fn run_prompts(
+    model: &InferenceModel,
+    inputs: &[PathBuf],
+    prompts: &PromptFile,
+    out_dir: &Path,
+    normalization: &sam_data::Normalization,
+    overwrite: bool,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<ImageReport>, InferError> {
+    prompts.check_images(inputs)?;
+    check_output_dir(out_dir, inputs)?;
+    let mut reports = Vec::new();
+    for (index, input) in inputs.iter().enumerate() {
+        on_progress(Progress::Image {
+            index,
+            total: inputs.len(),
+            path: input.clone(),
+        });
+        let (label_path, _, _) = output_paths(out_dir, input);
+        if label_path.is_file() && !overwrite {
+            reports.push(ImageReport {
+                input: input.clone(),
+                outcome: Outcome::Skipped,
+            });
+            continue;
+        }
+        let (grey, plane) = load_image(input, normalization)?;
+        // Bad coordinates are an error for the whole run: the file needs fixing.
+        let sets = prompts.for_image(input, plane.shape())?;
+        if sets.is_empty() {
+            continue;
+        }
+        let start = Instant::now();
+        let (labels, scores) = model.segment_prompts(&plane, &sets)?;
+        let timings = Timings {
+            decode_s: start.elapsed().as_secs_f64(),
+            ..Timings::default()
+        };
+        let objects = write_outputs(out_dir, input, &grey, &labels, &scores, true, true)?;
+        reports.push(ImageReport {
+            input: input.clone(),
+            outcome: Outcome::Done {
+                objects,
+                mode: AutoMode::Auto,
+                timings,
+                tiles: 1,
+            },
+        });
+    }
+    Ok(reports)
+}

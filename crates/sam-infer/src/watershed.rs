@@ -1,0 +1,339 @@
+//! Connected components, seeded watershed, size filtering and consecutive relabelling.
+//!
+//! These mirror what micro_sam's AIS post-processing calls (`bioimage_cpp.segmentation.label`,
+//! `bioimage_cpp.segmentation.watershed`, `torch_em.util.segmentation.size_filter`), written so
+//! that the result is deterministic.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::error::InferError;
+use crate::plane::Plane;
+
+/// Which neighbours touch: 4 (edges) or 8 (edges and corners).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connectivity {
+    /// Up, left, right, down.
+    Four,
+    /// The 4 above plus the diagonals.
+    Eight,
+}
+
+/// Union-find root with path halving.
+fn find(parent: &mut [u32], mut i: u32) -> u32 {
+    while parent[i as usize] != i {
+        let p = parent[parent[i as usize] as usize];
+        parent[i as usize] = p;
+        i = p;
+    }
+    i
+}
+
+/// Connected components of pixels that are not `background` and equal to their neighbour.
+///
+/// Ids are 1..=n in order of first appearance in a row-major scan (as `skimage.measure.label`);
+/// background pixels are 0. Returns the labels and n.
+pub fn label_components<T: PartialEq + Copy>(
+    image: &Plane<T>,
+    background: T,
+    connectivity: Connectivity,
+) -> (Plane<u32>, u32) {
+    let (h, w) = image.shape();
+    let px = image.as_slice();
+    let mut prov = vec![0u32; h * w]; // provisional label + 1, 0 = background
+    let mut parent: Vec<u32> = vec![0]; // index 0 unused
+                                        // Neighbours already visited in a row-major scan: left, up-left, up, up-right.
+    let back: &[(isize, isize)] = match connectivity {
+        Connectivity::Four => &[(0, -1), (-1, 0)],
+        Connectivity::Eight => &[(0, -1), (-1, -1), (-1, 0), (-1, 1)],
+    };
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let v = px[i];
+            if v == background {
+                continue;
+            }
+            let mut cur = 0u32;
+            for &(dy, dx) in back {
+                let (ny, nx) = (y as isize + dy, x as isize + dx);
+                if ny < 0 || nx < 0 || nx >= w as isize {
+                    continue;
+                }
+                let j = ny as usize * w + nx as usize;
+                if prov[j] == 0 || px[j] != v {
+                    continue;
+                }
+                let r = find(&mut parent, prov[j]);
+                if cur == 0 {
+                    cur = r;
+                } else if r != cur {
+                    let (lo, hi) = if r < cur { (r, cur) } else { (cur, r) };
+                    parent[hi as usize] = lo;
+                    cur = lo;
+                }
+            }
+            if cur == 0 {
+                cur = parent.len() as u32;
+                parent.push(cur);
+            }
+            prov[i] = cur;
+        }
+    }
+    // Final ids in order of first appearance of each set's root.
+    let mut final_id = vec![0u32; parent.len()];
+    let mut n = 0u32;
+    for p in prov.iter_mut() {
+        if *p == 0 {
+            continue;
+        }
+        let r = find(&mut parent, *p) as usize;
+        if final_id[r] == 0 {
+            n += 1;
+            final_id[r] = n;
+        }
+        *p = final_id[r];
+    }
+    (
+        Plane::from_vec(h, w, prov).unwrap_or_else(|_| Plane::zeros(h, w)),
+        n,
+    )
+}
+
+/// Map an `f32` to a `u32` whose unsigned order is the float's total order (NaN sorts last).
+fn ordered_bits(v: f32) -> u32 {
+    let v = if v.is_nan() { f32::INFINITY } else { v };
+    let b = v.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// Seeded watershed by priority flooding of `height` from the non-zero `markers`, 4-connected.
+///
+/// Pixels outside `mask` are never flooded and stay 0; markers outside it are dropped. Pixels the
+/// flood cannot reach stay 0. The order is skimage's `watershed` (which bioimage_cpp, used by
+/// micro_sam, reproduces): a pixel takes the label of the neighbour that reaches it first; the
+/// queue pops the lowest height, and among equal heights the earliest pushed, with seeds pushed
+/// first in row-major order and neighbours visited up, left, right, down. On ties skimage leaves
+/// the order among seeds unspecified; here it is row-major, so the result is deterministic.
+pub fn seeded_watershed(
+    height: &Plane<f32>,
+    markers: &Plane<u32>,
+    mask: Option<&Plane<bool>>,
+) -> Result<Plane<u32>, InferError> {
+    height.check_same_shape(markers, "watershed height map vs markers")?;
+    if let Some(m) = mask {
+        height.check_same_shape(m, "watershed height map vs mask")?;
+    }
+    let (h, w) = height.shape();
+    let hv = height.as_slice();
+    let inside = |i: usize| mask.is_none_or(|m| m.as_slice()[i]);
+    let mut out: Vec<u32> = markers
+        .as_slice()
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| if inside(i) { m } else { 0 })
+        .collect();
+
+    let mut heap: BinaryHeap<Reverse<(u64, u32)>> = BinaryHeap::new();
+    let mut age: u64 = 0;
+    let key = |v: f32, age: u64| (u64::from(ordered_bits(v)) << 32) | age;
+    for (i, &l) in out.iter().enumerate() {
+        if l != 0 {
+            heap.push(Reverse((key(hv[i], age), i as u32)));
+            age += 1;
+        }
+    }
+    while let Some(Reverse((_, i))) = heap.pop() {
+        let i = i as usize;
+        let (y, x) = (i / w, i % w);
+        let label = out[i];
+        // up, left, right, down: skimage's raveled neighbour order for connectivity 1.
+        let neighbours = [
+            (y > 0).then(|| i - w),
+            (x > 0).then(|| i - 1),
+            (x + 1 < w).then(|| i + 1),
+            (y + 1 < h).then(|| i + w),
+        ];
+        for j in neighbours.into_iter().flatten() {
+            if out[j] != 0 || !inside(j) {
+                continue;
+            }
+            out[j] = label;
+            heap.push(Reverse((key(hv[j], age), j as u32)));
+            age += 1;
+        }
+    }
+    Plane::from_vec(h, w, out)
+}
+
+/// Sizes of all ids in `labels` (index = id; index 0 counts the background).
+pub fn label_sizes(labels: &Plane<u32>) -> Vec<u64> {
+    let max = labels.as_slice().iter().copied().max().unwrap_or(0) as usize;
+    let mut sizes = vec![0u64; max + 1];
+    for &l in labels.as_slice() {
+        sizes[l as usize] += 1;
+    }
+    sizes
+}
+
+/// Map the ids present in `labels` to 1..=n keeping their order (0 stays 0). Returns n.
+pub fn relabel_consecutive(labels: &mut Plane<u32>) -> u32 {
+    let sizes = label_sizes(labels);
+    let mut map = vec![0u32; sizes.len()];
+    let mut n = 0;
+    for (id, &s) in sizes.iter().enumerate().skip(1) {
+        if s > 0 {
+            n += 1;
+            map[id] = n;
+        }
+    }
+    for l in labels.as_mut_slice() {
+        *l = map[*l as usize];
+    }
+    n
+}
+
+/// Set objects smaller than `min_size` pixels to 0 and relabel consecutively (as torch_em's
+/// `size_filter` without a height map). `min_size == 0` leaves `labels` untouched. Returns n.
+pub fn size_filter(labels: &mut Plane<u32>, min_size: u64) -> u32 {
+    if min_size > 0 {
+        let sizes = label_sizes(labels);
+        for l in labels.as_mut_slice() {
+            if sizes[*l as usize] < min_size {
+                *l = 0;
+            }
+        }
+    }
+    relabel_consecutive(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plane<T: Copy>(rows: &[&[T]]) -> Plane<T> {
+        let w = rows[0].len();
+        Plane::from_vec(
+            rows.len(),
+            w,
+            rows.iter().flat_map(|r| r.iter().copied()).collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn components_eight_vs_four_and_first_occurrence_order() {
+        let m = plane(&[
+            &[0u8, 0, 1, 0, 1],
+            &[1, 0, 0, 1, 0], // (1,3) touches (0,2) and (0,4) diagonally
+            &[1, 0, 0, 0, 0],
+        ]);
+        let (l8, n8) = label_components(&m, 0, Connectivity::Eight);
+        assert_eq!(n8, 2);
+        assert_eq!(
+            l8.as_slice(),
+            &[0, 0, 1, 0, 1, 2, 0, 0, 1, 0, 2, 0, 0, 0, 0]
+        );
+        let (l4, n4) = label_components(&m, 0, Connectivity::Four);
+        assert_eq!(n4, 4);
+        assert_eq!(
+            l4.as_slice(),
+            &[0, 0, 1, 0, 2, 3, 0, 0, 4, 0, 3, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn components_u_shape_merges_late() {
+        // Two arms that only join at the bottom row: one component, id 1.
+        let m = plane(&[
+            &[true, false, true],
+            &[true, false, true],
+            &[true, true, true],
+        ]);
+        let (l, n) = label_components(&m, false, Connectivity::Four);
+        assert_eq!(n, 1);
+        assert!(l
+            .as_slice()
+            .iter()
+            .zip(m.as_slice())
+            .all(|(&a, &b)| (a == 1) == b));
+    }
+
+    #[test]
+    fn components_of_a_label_image_split_equal_values_only() {
+        let m = plane(&[&[5u32, 5, 7], &[0, 0, 7], &[5, 0, 7]]);
+        let (l, n) = label_components(&m, 0, Connectivity::Four);
+        assert_eq!(n, 3);
+        assert_eq!(l.as_slice(), &[1, 1, 2, 0, 0, 2, 3, 0, 2]);
+    }
+
+    #[test]
+    fn watershed_splits_at_the_ridge() {
+        // Heights 0 1 2 3 2 1 0, seeds at both ends. x=2 and x=4 both have height 2; x=2 was
+        // pushed first (the left seed is first in row-major order), so it pops first and claims
+        // the peak x=3 for label 1.
+        let hgt = plane(&[&[0.0f32, 1.0, 2.0, 3.0, 2.0, 1.0, 0.0]]);
+        let seeds = plane(&[&[1u32, 0, 0, 0, 0, 0, 2]]);
+        let out = seeded_watershed(&hgt, &seeds, None).unwrap();
+        assert_eq!(out.as_slice(), &[1, 1, 1, 1, 2, 2, 2]);
+    }
+
+    #[test]
+    fn watershed_respects_mask_and_unreachable_pixels() {
+        let hgt = plane(&[&[0.0f32, 0.5, 0.9, 0.1, 0.2]]);
+        let seeds = plane(&[&[1u32, 0, 0, 0, 2]]);
+        // x=2 is outside the mask: it separates the two floods; the seed at x=4 floods x=3.
+        let mask = plane(&[&[true, true, false, true, true]]);
+        let out = seeded_watershed(&hgt, &seeds, Some(&mask)).unwrap();
+        assert_eq!(out.as_slice(), &[1, 1, 0, 2, 2]);
+        // A masked-out seed is dropped; its pixels are then flooded by nobody.
+        let mask = plane(&[&[false, true, false, true, true]]);
+        let seeds = plane(&[&[1u32, 0, 0, 0, 0]]);
+        let out = seeded_watershed(&hgt, &seeds, Some(&mask)).unwrap();
+        assert_eq!(out.as_slice(), &[0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn watershed_lowest_path_wins_in_2d() {
+        // Seed 1 top-left, seed 2 bottom-right. Pixel (0,2) sits on a low corridor from seed 2
+        // (column 2 is low) and behind a wall (col 1 = 9) from seed 1, so it goes to 2.
+        let hgt = plane(&[&[0.0f32, 9.0, 0.1], &[0.2, 9.0, 0.1], &[0.3, 0.4, 0.0]]);
+        let seeds = plane(&[&[1u32, 0, 0], &[0, 0, 0], &[0, 0, 2]]);
+        let out = seeded_watershed(&hgt, &seeds, None).unwrap();
+        // Flood order: seeds (0,0)=1 h0, (2,2)=2 h0. Pop (0,0): push (0,1)=1 h9, (1,0)=1 h.2.
+        // Pop (2,2): push (1,2)=2 h.1, (2,1)=2 h.4. Pop (1,2): push (0,2)=2 h.1, (1,1)=2 h9.
+        // Pop (0,2). Pop (1,0): push (2,0)=1 h.3. Then the rest are labelled already.
+        assert_eq!(out.as_slice(), &[1, 1, 2, 1, 2, 2, 1, 2, 2]);
+    }
+
+    #[test]
+    fn watershed_rejects_shape_mismatch() {
+        let err = seeded_watershed(&Plane::zeros(2, 3), &Plane::zeros(3, 2), None).unwrap_err();
+        assert!(err.to_string().contains("2×3"), "{err}");
+    }
+
+    #[test]
+    fn size_filter_drops_small_and_relabels_in_order() {
+        let mut l = plane(&[&[3u32, 3, 0, 9], &[3, 0, 4, 9], &[0, 0, 0, 9]]);
+        let n = size_filter(&mut l, 3);
+        // 3 (size 3) → 1, 4 (size 1) dropped, 9 (size 3) → 2.
+        assert_eq!(n, 2);
+        assert_eq!(l.as_slice(), &[1, 1, 0, 2, 1, 0, 0, 2, 0, 0, 0, 2]);
+        let mut l = plane(&[&[0u32, 7, 7, 2]]);
+        assert_eq!(size_filter(&mut l, 0), 2);
+        assert_eq!(l.as_slice(), &[0, 2, 2, 1]);
+    }
+
+    #[test]
+    fn ordered_bits_is_monotone() {
+        let v = [-3.5f32, -0.0, 0.0, 1e-20, 0.5, 2.0, f32::INFINITY];
+        for p in v.windows(2) {
+            assert!(ordered_bits(p[0]) <= ordered_bits(p[1]), "{p:?}");
+        }
+        assert_eq!(ordered_bits(f32::NAN), ordered_bits(f32::INFINITY));
+    }
+}
