@@ -144,6 +144,7 @@ fn killing_a_rank_makes_the_other_fail_promptly() {
     );
     assert!(out.contains("peer lost after"), "survivor output:\n{out}");
     assert!(killed.elapsed() < Duration::from_secs(30));
+    eprintln!("survivor of a killed peer:\n{out}");
 }
 
 #[test]
@@ -178,6 +179,7 @@ fn a_silent_rank_makes_the_other_fail_after_the_timeout() {
         (2.5..30.0).contains(&lost),
         "lost after {lost} s; output:\n{out}"
     );
+    eprintln!("survivor of a silent peer:\n{out}");
 }
 
 #[test]
