@@ -4,6 +4,10 @@
 //!   or CUDA for the calling thread, like Python's `torch.autocast`.
 //! - **CUDA**: [`set_cuda_device`], [`cuda_memory_stats`] / [`reset_peak_memory_stats`], and
 //!   the TF32 switches [`set_tf32`].
+//! - **Distributed** (c10d, the engine of `torch.distributed`): [`TcpStore`] rendezvous and
+//!   [`ProcessGroup`] over Gloo (CPU) or NCCL (CUDA) with `all_reduce_`, `broadcast_`,
+//!   `all_gather`, `barrier`; [`LaunchEnv`] reads rank, world size, local rank and the master
+//!   address from SLURM (`srun`) or torchrun-style variables.
 //!
 //! The bridge (`csrc/bridge.cpp`) is compiled with `cc` against the headers of the libtorch that
 //! tch links; every C++ exception becomes an [`Error`], never an abort.
@@ -15,6 +19,20 @@
 //! let w = Tensor::randn([32, 8], (Kind::Float, Device::Cpu));
 //! let y = sam_torch::autocast(Device::Cpu, Kind::BFloat16, || x.matmul(&w))?;
 //! assert_eq!(y.kind(), Kind::BFloat16);
+//! # Ok(()) }
+//! ```
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use sam_torch::{LaunchEnv, ProcessGroup, ReduceOp, TcpStore};
+//! let env = LaunchEnv::from_env()?;
+//! let timeout = Duration::from_secs(300);
+//! let store =
+//!     TcpStore::new(&env.master_addr, env.master_port, env.world_size, env.is_master(), timeout)?;
+//! let pg = ProcessGroup::new_gloo(&store, env.rank, env.world_size, timeout)?;
+//! let mut grads = tch::Tensor::ones([1024], (tch::Kind::Float, tch::Device::Cpu));
+//! pg.all_reduce_(&mut grads, ReduceOp::Avg)?;
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
