@@ -31,7 +31,11 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     repeats: usize,
     /// Modes to run: fp32, bf16-autocast, bf16-convert (ours only: the VarStore converted to bf16).
-    #[arg(long, value_delimiter = ',', default_value = "fp32,bf16-autocast,bf16-convert")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fp32,bf16-autocast,bf16-convert"
+    )]
     modes: Vec<String>,
     /// Skip the Python peer.
     #[arg(long)]
@@ -89,13 +93,19 @@ fn run_json(cmd: &mut Command) -> Result<serde_json::Value, Box<dyn std::error::
         return Err(format!("{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr)).into());
     }
     let stdout = String::from_utf8(out.stdout)?;
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).ok_or("no JSON line")?;
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or("no JSON line")?;
     Ok(serde_json::from_str(line)?)
 }
 
 fn median(v: &serde_json::Value) -> f64 {
-    let mut t: Vec<f64> =
-        v["times_s"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+    let mut t: Vec<f64> = v["times_s"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+        .unwrap_or_default();
     t.sort_by(f64::total_cmp);
     t.get(t.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -119,20 +129,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ours = run_json(
             Command::new(&exe)
                 .args(["--worker", mode, "--threads", &args.threads.to_string()])
-                .args(["--size", &args.size.to_string(), "--warmup", &args.warmup.to_string()])
+                .args([
+                    "--size",
+                    &args.size.to_string(),
+                    "--warmup",
+                    &args.warmup.to_string(),
+                ])
                 .args(["--repeats", &args.repeats.to_string()]),
         )?;
         let py = if args.no_python || mode == "bf16-convert" {
             None
         } else {
-            Some(run_json(Command::new(&python).arg(&script).arg(mode).args([
-                args.threads.to_string(),
-                args.size.to_string(),
-                args.warmup.to_string(),
-                args.repeats.to_string(),
-            ]))?)
+            Some(run_json(
+                Command::new(&python).arg(&script).arg(mode).args([
+                    args.threads.to_string(),
+                    args.size.to_string(),
+                    args.warmup.to_string(),
+                    args.repeats.to_string(),
+                ]),
+            )?)
         };
-        let ratio = py.as_ref().map_or("–".to_string(), |p| format!("{:.2}", median(&ours) / median(p)));
+        let ratio = py.as_ref().map_or("–".to_string(), |p| {
+            format!("{:.2}", median(&ours) / median(p))
+        });
         for (v, r) in [(Some(&ours), ratio.as_str()), (py.as_ref(), "")] {
             if let Some(v) = v {
                 println!(

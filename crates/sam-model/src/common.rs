@@ -46,22 +46,46 @@ pub(crate) fn attention(
 
 /// `nn.LayerNorm(dim, eps)` with PyTorch's parameter names (`weight`, `bias`).
 pub(crate) fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(p, vec![dim], nn::LayerNormConfig { eps, ..Default::default() })
+    nn::layer_norm(
+        p,
+        vec![dim],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
 }
 
 /// `nn.Linear(in, out, bias)`.
 pub(crate) fn linear(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
-    nn::linear(p, in_dim, out_dim, nn::LinearConfig { bias, ..Default::default() })
+    nn::linear(
+        p,
+        in_dim,
+        out_dim,
+        nn::LinearConfig {
+            bias,
+            ..Default::default()
+        },
+    )
 }
 
 /// The options of `nn.Conv2d(..., stride, padding, groups=groups, bias=bias)`.
 pub(crate) fn conv_cfg(stride: i64, padding: i64, groups: i64, bias: bool) -> nn::ConvConfig {
-    nn::ConvConfig { stride, padding, groups, bias, ..Default::default() }
+    nn::ConvConfig {
+        stride,
+        padding,
+        groups,
+        bias,
+        ..Default::default()
+    }
 }
 
 /// `nn.ConvTranspose2d(in, out, kernel_size=2, stride=2)`.
 pub(crate) fn conv_transpose2x2(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::ConvTranspose2D {
-    let cfg = nn::ConvTransposeConfig { stride: 2, ..Default::default() };
+    let cfg = nn::ConvTransposeConfig {
+        stride: 2,
+        ..Default::default()
+    };
     nn::conv_transpose2d(p, in_dim, out_dim, 2, cfg)
 }
 
@@ -116,7 +140,11 @@ impl LayerNorm2d {
     pub(crate) fn new(p: nn::Path, num_channels: i64) -> Self {
         let weight = p.ones("weight", &[num_channels]);
         let bias = p.zeros("bias", &[num_channels]);
-        Self { weight, bias, eps: 1e-6 }
+        Self {
+            weight,
+            bias,
+            eps: 1e-6,
+        }
     }
 }
 
@@ -155,7 +183,13 @@ impl BatchNorm2d {
         let running_var = p.ones_no_train("running_var", &[num_features]);
         let nbt = Tensor::zeros([], (Kind::Int64, p.device()));
         let num_batches_tracked = p.add("num_batches_tracked", nbt, false);
-        Self { weight, bias, running_mean, running_var, num_batches_tracked }
+        Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            num_batches_tracked,
+        }
     }
 }
 
@@ -180,6 +214,7 @@ impl nn::ModuleT for BatchNorm2d {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use tch::Device;

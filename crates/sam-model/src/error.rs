@@ -38,6 +38,14 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
 }
 
-pub(crate) fn shape_error(argument: &'static str, expected: &str, found: &tch::Tensor) -> ModelError {
-    ModelError::Shape { argument, expected: expected.to_string(), found: found.size() }
+pub(crate) fn shape_error(
+    argument: &'static str,
+    expected: &str,
+    found: &tch::Tensor,
+) -> ModelError {
+    ModelError::Shape {
+        argument,
+        expected: expected.to_string(),
+        found: found.size(),
+    }
 }

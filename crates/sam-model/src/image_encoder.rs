@@ -141,7 +141,13 @@ struct PatchEmbed {
 impl PatchEmbed {
     fn new(p: nn::Path, cfg: &ImageEncoderViTConfig) -> Self {
         let conv = conv_cfg(cfg.patch_size, 0, 1, true);
-        let proj = nn::conv2d(&p / "proj", cfg.in_chans, cfg.embed_dim, cfg.patch_size, conv);
+        let proj = nn::conv2d(
+            &p / "proj",
+            cfg.in_chans,
+            cfg.embed_dim,
+            cfg.patch_size,
+            conv,
+        );
         Self { proj }
     }
 
@@ -189,7 +195,11 @@ impl Attention {
         let (b, h, w, _) = x.size4().unwrap_or_default();
         let nh = self.num_heads;
         // qkv with shape (3, B, nHead, H * W, C)
-        let qkv = self.qkv.forward(x).reshape([b, h * w, 3, nh, -1]).permute([2, 0, 3, 1, 4]);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, h * w, 3, nh, -1])
+            .permute([2, 0, 3, 1, 4]);
         // q, k, v with shape (B * nHead, H * W, C)
         let qkv = qkv.reshape([3, b * nh, h * w, -1]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
@@ -208,7 +218,10 @@ impl Attention {
             AttentionMode::Math => attention(&q, &k, &v, bias.as_ref(), self.scale, self.mode),
         };
         // (attn @ v).view(B, nHead, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-        let x = x.view([b, nh, h, w, -1]).permute([0, 2, 3, 1, 4]).reshape([b, h, w, -1]);
+        let x = x
+            .view([b, nh, h, w, -1])
+            .permute([0, 2, 3, 1, 4])
+            .reshape([b, h, w, -1]);
         self.proj.forward(&x)
     }
 }
@@ -265,8 +278,16 @@ pub(crate) fn decomposed_rel_pos_bias(
     let size = q.size();
     let (b, dim) = (size[0], size[2]);
     let r_q = q.reshape([b, q_h, q_w, dim]);
-    let rel_h = Tensor::einsum("bhwc,hkc->bhwk", &[&r_q, &rh.to_kind(q.kind())], None::<i64>);
-    let rel_w = Tensor::einsum("bhwc,wkc->bhwk", &[&r_q, &rw.to_kind(q.kind())], None::<i64>);
+    let rel_h = Tensor::einsum(
+        "bhwc,hkc->bhwk",
+        &[&r_q, &rh.to_kind(q.kind())],
+        None::<i64>,
+    );
+    let rel_w = Tensor::einsum(
+        "bhwc,wkc->bhwk",
+        &[&r_q, &rw.to_kind(q.kind())],
+        None::<i64>,
+    );
     // rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
     (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape([b, q_h * q_w, k_h * k_w])
 }
@@ -283,7 +304,14 @@ pub(crate) fn window_partition(x: &Tensor, window_size: i64) -> (Tensor, (i64, i
     };
     let (hp, wp) = (h + pad_h, w + pad_w);
     let windows = x
-        .view([b, hp / window_size, window_size, wp / window_size, window_size, c])
+        .view([
+            b,
+            hp / window_size,
+            window_size,
+            wp / window_size,
+            window_size,
+            c,
+        ])
         .permute([0, 1, 3, 2, 4, 5])
         .contiguous()
         .view([-1, window_size, window_size, c]);
@@ -301,7 +329,14 @@ pub(crate) fn window_unpartition(
     let (h, w) = hw;
     let b = windows.size()[0] / (hp * wp / window_size / window_size);
     let x = windows
-        .view([b, hp / window_size, wp / window_size, window_size, window_size, -1])
+        .view([
+            b,
+            hp / window_size,
+            wp / window_size,
+            window_size,
+            window_size,
+            -1,
+        ])
         .permute([0, 1, 3, 2, 4, 5])
         .contiguous()
         .view([b, hp, wp, -1]);
@@ -325,7 +360,11 @@ struct Block {
 impl Block {
     fn new(p: nn::Path, cfg: &ImageEncoderViTConfig, window_size: i64) -> Self {
         let grid = cfg.embedding_size();
-        let input_size = if window_size == 0 { (grid, grid) } else { (window_size, window_size) };
+        let input_size = if window_size == 0 {
+            (grid, grid)
+        } else {
+            (window_size, window_size)
+        };
         let dim = cfg.embed_dim;
         let mlp_dim = (dim as f64 * cfg.mlp_ratio) as i64;
         Self {
@@ -369,18 +408,36 @@ impl ImageEncoderViT {
     pub fn new(p: &nn::Path, cfg: &ImageEncoderViTConfig) -> Result<Self, ModelError> {
         cfg.validate()?;
         let grid = cfg.embedding_size();
-        let pos_embed = cfg.use_abs_pos.then(|| p.zeros("pos_embed", &[1, grid, grid, cfg.embed_dim]));
+        let pos_embed = cfg
+            .use_abs_pos
+            .then(|| p.zeros("pos_embed", &[1, grid, grid, cfg.embed_dim]));
         let blocks = (0..cfg.depth)
             .map(|i| {
                 let global = cfg.global_attn_indexes.contains(&i);
-                Block::new(p / "blocks" / i, cfg, if global { 0 } else { cfg.window_size })
+                Block::new(
+                    p / "blocks" / i,
+                    cfg,
+                    if global { 0 } else { cfg.window_size },
+                )
             })
             .collect();
         let neck = p / "neck";
         let neck = (
-            nn::conv2d(&neck / 0, cfg.embed_dim, cfg.out_chans, 1, conv_cfg(1, 0, 1, false)),
+            nn::conv2d(
+                &neck / 0,
+                cfg.embed_dim,
+                cfg.out_chans,
+                1,
+                conv_cfg(1, 0, 1, false),
+            ),
             LayerNorm2d::new(&neck / 1, cfg.out_chans),
-            nn::conv2d(&neck / 2, cfg.out_chans, cfg.out_chans, 3, conv_cfg(1, 1, 1, false)),
+            nn::conv2d(
+                &neck / 2,
+                cfg.out_chans,
+                cfg.out_chans,
+                3,
+                conv_cfg(1, 1, 1, false),
+            ),
             LayerNorm2d::new(&neck / 3, cfg.out_chans),
         );
         Ok(Self {
@@ -434,6 +491,7 @@ impl Module for ImageEncoderViT {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use tch::{Device, Kind};
@@ -445,7 +503,10 @@ mod tests {
         assert_eq!(pad_hw, (8, 8));
         assert_eq!(windows.size(), [2 * 2 * 2, 4, 4, 3]);
         // The first window holds rows 0..4, cols 0..4 of image 0.
-        assert_eq!(windows.get(0).get(1).get(2).get(0).double_value(&[]), x.get(0).get(1).get(2).get(0).double_value(&[]));
+        assert_eq!(
+            windows.get(0).get(1).get(2).get(0).double_value(&[]),
+            x.get(0).get(1).get(2).get(0).double_value(&[])
+        );
         let back = window_unpartition(&windows, 4, pad_hw, (5, 7));
         assert_eq!(back.size(), [2, 5, 7, 3]);
         assert!(back.equal(&x));

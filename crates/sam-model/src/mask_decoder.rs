@@ -57,7 +57,11 @@ impl Mlp {
         let layers = (0..num_layers)
             .map(|i| {
                 let n = if i == 0 { input_dim } else { hidden_dim };
-                let k = if i == num_layers - 1 { output_dim } else { hidden_dim };
+                let k = if i == num_layers - 1 {
+                    output_dim
+                } else {
+                    hidden_dim
+                };
                 linear(&p / "layers" / i, n, k, true)
             })
             .collect();
@@ -99,11 +103,17 @@ impl MaskDecoder {
             return Err(ModelError::Config {
                 field: "mask_decoder.transformer_dim".into(),
                 expected: "a multiple of 8 equal to transformer.embedding_dim".into(),
-                found: format!("{d} (transformer.embedding_dim {})", cfg.transformer.embedding_dim),
+                found: format!(
+                    "{d} (transformer.embedding_dim {})",
+                    cfg.transformer.embedding_dim
+                ),
             });
         }
         let num_mask_tokens = cfg.num_multimask_outputs + 1;
-        let randn = nn::Init::Randn { mean: 0.0, stdev: 1.0 };
+        let randn = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 1.0,
+        };
         let up = p / "output_upscaling";
         Ok(Self {
             transformer: TwoWayTransformer::new(&(p / "transformer"), &cfg.transformer)?,
@@ -154,7 +164,11 @@ impl MaskDecoder {
             dense_prompt_embeddings,
         )?;
         // Select the correct mask or masks for output
-        let (start, len) = if multimask_output { (1, self.num_mask_tokens - 1) } else { (0, 1) };
+        let (start, len) = if multimask_output {
+            (1, self.num_mask_tokens - 1)
+        } else {
+            (0, 1)
+        };
         Ok((masks.narrow(1, start, len), iou_pred.narrow(1, start, len)))
     }
 
@@ -173,7 +187,10 @@ impl MaskDecoder {
             .to_kind(sparse_prompt_embeddings.kind())
             .unsqueeze(0)
             .expand([n, -1, -1], false);
-        let tokens = Tensor::cat(&[output_tokens, sparse_prompt_embeddings.shallow_clone()], 1);
+        let tokens = Tensor::cat(
+            &[output_tokens, sparse_prompt_embeddings.shallow_clone()],
+            1,
+        );
 
         // Expand per-image data in batch direction to be per-mask
         let src = match image_embeddings.size().first() {
@@ -215,7 +232,9 @@ impl MaskDecoder {
             .collect();
         let hyper_in = Tensor::stack(&hyper_in, 1);
         let (b, c, h, w) = upscaled.size4()?;
-        let masks = hyper_in.matmul(&upscaled.view([b, c, h * w])).view([b, -1, h, w]);
+        let masks = hyper_in
+            .matmul(&upscaled.view([b, c, h * w]))
+            .view([b, -1, h, w]);
 
         // Generate mask quality predictions
         let iou_pred = self.iou_prediction_head.forward(&iou_token_out);

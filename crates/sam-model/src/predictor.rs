@@ -45,7 +45,8 @@ impl ResizeLongestSide {
 
     /// Maps `[n, 4]` boxes (x0, y0, x1, y1) into the resized frame (`apply_boxes`).
     pub fn apply_boxes(&self, boxes: &Tensor, original_size: (i64, i64)) -> Tensor {
-        self.apply_coords(&boxes.reshape([-1, 2, 2]), original_size).reshape([-1, 4])
+        self.apply_coords(&boxes.reshape([-1, 2, 2]), original_size)
+            .reshape([-1, 4])
     }
 }
 
@@ -137,8 +138,14 @@ pub struct SamPredictor<'a> {
 impl<'a> SamPredictor<'a> {
     /// A predictor on `model` with no image set.
     pub fn new(model: &'a Sam) -> Self {
-        let transform = ResizeLongestSide { target_length: model.img_size() };
-        Self { model, transform, image: None }
+        let transform = ResizeLongestSide {
+            target_length: model.img_size(),
+        };
+        Self {
+            model,
+            transform,
+            image: None,
+        }
     }
 
     /// The coordinate transform of the model input.
@@ -165,7 +172,9 @@ impl<'a> SamPredictor<'a> {
                 ),
             });
         }
-        let x = Tensor::from_slice(image.pixels).to_device(self.device()).view([1, 1, h, w]);
+        let x = Tensor::from_slice(image.pixels)
+            .to_device(self.device())
+            .view([1, 1, h, w]);
         // Grey → 3 channels on SAM's 0..255 scale.
         let x = (x * 255.0).expand([1, 3, h, w], false).contiguous();
         Ok(self.transform.apply_image(&x))
@@ -173,7 +182,10 @@ impl<'a> SamPredictor<'a> {
 
     /// Embeds several images in one encoder batch (all are resized and padded to the model
     /// input). The encoder runs without gradients.
-    pub fn embed_images(&self, images: &[GreyImage<'_>]) -> Result<Vec<ImageEmbedding>, ModelError> {
+    pub fn embed_images(
+        &self,
+        images: &[GreyImage<'_>],
+    ) -> Result<Vec<ImageEmbedding>, ModelError> {
         let mut inputs = Vec::with_capacity(images.len());
         let mut sizes = Vec::with_capacity(images.len());
         for image in images {
@@ -216,7 +228,11 @@ impl<'a> SamPredictor<'a> {
     }
 
     /// Predicts masks for a batch of prompts on the current image.
-    pub fn predict(&self, prompts: &Prompts, multimask_output: bool) -> Result<Prediction, ModelError> {
+    pub fn predict(
+        &self,
+        prompts: &Prompts,
+        multimask_output: bool,
+    ) -> Result<Prediction, ModelError> {
         let image = self.image.as_ref().ok_or(ModelError::Argument {
             argument: "image",
             message: "no image set: call set_image before predict".into(),
@@ -269,8 +285,14 @@ fn predict_on(
             })
         }
     };
-    let boxes = prompts.boxes.as_ref().map(|b| transform.apply_boxes(&b.to_device(device), image.original_size));
-    let mask_input = prompts.mask_input.as_ref().map(|m| m.to_device(device).to_kind(Kind::Float));
+    let boxes = prompts
+        .boxes
+        .as_ref()
+        .map(|b| transform.apply_boxes(&b.to_device(device), image.original_size));
+    let mask_input = prompts
+        .mask_input
+        .as_ref()
+        .map(|m| m.to_device(device).to_kind(Kind::Float));
     if points.is_none() && boxes.is_none() && mask_input.is_none() {
         return Err(ModelError::Argument {
             argument: "prompts",
@@ -286,6 +308,100 @@ fn predict_on(
             multimask_output,
         )
     })?;
-    let masks = tch::no_grad(|| model.postprocess_masks(&low_res, image.input_size, image.original_size));
-    Ok(Prediction { masks, iou_predictions: iou, low_res_logits: low_res })
+    let masks =
+        tch::no_grad(|| model.postprocess_masks(&low_res, image.input_size, image.original_size));
+    Ok(Prediction {
+        masks,
+        iou_predictions: iou,
+        low_res_logits: low_res,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preprocess_shape_rounds_like_segment_anything() {
+        // 256 / 200 = 1.28: 150 * 1.28 = 192.
+        assert_eq!(
+            ResizeLongestSide::get_preprocess_shape(150, 200, 256),
+            (192, 256)
+        );
+        // 1024 / 2048 = 0.5: 1001 * 0.5 = 500.5 rounds up.
+        assert_eq!(
+            ResizeLongestSide::get_preprocess_shape(2048, 1001, 1024),
+            (1024, 501)
+        );
+    }
+
+    #[test]
+    fn coordinates_and_boxes_scale_with_the_image() {
+        let t = ResizeLongestSide { target_length: 256 };
+        let c = t.apply_coords(
+            &Tensor::from_slice(&[40.0f32, 30.0]).view([1, 1, 2]),
+            (150, 200),
+        );
+        let got = Vec::<f32>::try_from(c.flatten(0, -1)).unwrap();
+        assert!(
+            (got[0] - 51.2).abs() < 1e-5 && (got[1] - 38.4).abs() < 1e-5,
+            "{got:?}"
+        );
+        let b = t.apply_boxes(
+            &Tensor::from_slice(&[0.0f32, 10.0, 100.0, 150.0]).view([1, 4]),
+            (150, 200),
+        );
+        let got = Vec::<f32>::try_from(b.flatten(0, -1)).unwrap();
+        let want = [0.0f32, 12.8, 128.0, 192.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-4, "got {got:?}, expected {want:?}");
+        }
+    }
+
+    #[test]
+    fn predict_without_image_or_prompts_is_an_error() {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let sam = Sam::new(&vs.root(), &crate::SamConfig::tiny()).unwrap();
+        let mut predictor = SamPredictor::new(&sam);
+        let err = predictor.predict(&Prompts::default(), true).unwrap_err();
+        assert!(err.to_string().contains("set_image"), "{err}");
+        let pixels = vec![0.5f32; 20 * 30];
+        let bad = GreyImage {
+            pixels: &pixels,
+            height: 20,
+            width: 31,
+        };
+        let err = predictor.set_image(bad).unwrap_err();
+        assert!(err.to_string().contains("620"), "{err}");
+        predictor
+            .set_image(GreyImage {
+                pixels: &pixels,
+                height: 20,
+                width: 30,
+            })
+            .unwrap();
+        let e = predictor.embedding().unwrap();
+        assert_eq!((e.original_size, e.input_size), ((20, 30), (171, 256)));
+        let err = predictor.predict(&Prompts::default(), true).unwrap_err();
+        assert!(
+            err.to_string().contains("no points, boxes or mask input"),
+            "{err}"
+        );
+        // Two boxes, single-mask output: masks at the original size.
+        let boxes =
+            Tensor::from_slice(&[1.0f32, 2.0, 10.0, 12.0, 5.0, 5.0, 25.0, 15.0]).view([2, 4]);
+        let out = predictor
+            .predict(
+                &Prompts {
+                    boxes: Some(boxes),
+                    ..Default::default()
+                },
+                false,
+            )
+            .unwrap();
+        assert_eq!(out.masks.size(), [2, 1, 20, 30]);
+        assert_eq!(out.low_res_logits.size(), [2, 1, 64, 64]);
+        assert_eq!(out.iou_predictions.size(), [2, 1]);
+    }
 }

@@ -24,12 +24,22 @@ pub struct PromptEncoderConfig {
 impl PromptEncoderConfig {
     /// SAM's prompt encoder (`_build_sam`).
     pub fn sam() -> Self {
-        Self { embed_dim: 256, image_embedding_size: 64, input_image_size: 1024, mask_in_chans: 16 }
+        Self {
+            embed_dim: 256,
+            image_embedding_size: 64,
+            input_image_size: 1024,
+            mask_in_chans: 16,
+        }
     }
 
     /// A tiny prompt encoder for tests (32-d, 16×16 embedding of a 256 px input).
     pub fn tiny() -> Self {
-        Self { embed_dim: 32, image_embedding_size: 16, input_image_size: 256, mask_in_chans: 8 }
+        Self {
+            embed_dim: 32,
+            image_embedding_size: 16,
+            input_image_size: 256,
+            mask_in_chans: 8,
+        }
     }
 
     /// Side of the low-resolution mask input and output, `4 * image_embedding_size` (256).
@@ -49,13 +59,19 @@ impl PositionEmbeddingRandom {
         // A persistent buffer: part of the state_dict, not trained.
         let m = Tensor::randn([2, num_pos_feats], (Kind::Float, p.device()));
         let m = p.add("positional_encoding_gaussian_matrix", m, false);
-        Self { positional_encoding_gaussian_matrix: m }
+        Self {
+            positional_encoding_gaussian_matrix: m,
+        }
     }
 
     /// `_pe_encoding`: coordinates normalised to [0, 1] → `[..., 2 * num_pos_feats]`.
     fn pe_encoding(&self, coords: &Tensor) -> Tensor {
         let coords = coords * 2.0 - 1.0;
-        let coords = coords.matmul(&self.positional_encoding_gaussian_matrix.to_kind(coords.kind()));
+        let coords = coords.matmul(
+            &self
+                .positional_encoding_gaussian_matrix
+                .to_kind(coords.kind()),
+        );
         let coords = coords * (2.0 * PI);
         Tensor::cat(&[coords.sin(), coords.cos()], -1)
     }
@@ -101,11 +117,23 @@ impl PromptEncoder {
             return Err(ModelError::Config {
                 field: "prompt_encoder".into(),
                 expected: "an even embed_dim and mask_in_chans divisible by 4".into(),
-                found: format!("embed_dim {}, mask_in_chans {}", cfg.embed_dim, cfg.mask_in_chans),
+                found: format!(
+                    "embed_dim {}, mask_in_chans {}",
+                    cfg.embed_dim, cfg.mask_in_chans
+                ),
             });
         }
         let d = cfg.embed_dim;
-        let emb = |q: nn::Path, n: i64| q.var("weight", &[n, d], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+        let emb = |q: nn::Path, n: i64| {
+            q.var(
+                "weight",
+                &[n, d],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            )
+        };
         // pos/neg point + 2 box corners
         let point_embeddings = (0..4).map(|i| emb(p / "point_embeddings" / i, 1)).collect();
         let md = p / "mask_downscaling";
@@ -156,7 +184,9 @@ impl PromptEncoder {
             points = Tensor::cat(&[points, padding_point], 1);
             labels = Tensor::cat(&[labels, padding_label], 1);
         }
-        let pe = self.pe_layer.forward_with_coords(&points, self.input_image_size());
+        let pe = self
+            .pe_layer
+            .forward_with_coords(&points, self.input_image_size());
         let labels = labels.unsqueeze(-1);
         let kind = pe.kind();
         let is = |v: f64| labels.eq(v).to_kind(kind);
@@ -174,7 +204,9 @@ impl PromptEncoder {
         // Shift to center of pixel
         let boxes = boxes.to_kind(Kind::Float) + 0.5;
         let coords = boxes.reshape([-1, 2, 2]);
-        let corner = self.pe_layer.forward_with_coords(&coords, self.input_image_size());
+        let corner = self
+            .pe_layer
+            .forward_with_coords(&coords, self.input_image_size());
         let offsets = Tensor::stack(&[&self.point_embeddings[2], &self.point_embeddings[3]], 1);
         corner + offsets
     }
@@ -214,7 +246,11 @@ impl PromptEncoder {
                 return Err(shape_error("point_coords", "[n, p, 2]", coords));
             }
             if labels.size() != cs[..2] {
-                return Err(shape_error("point_labels", &format!("[{}, {}]", cs[0], cs[1]), labels));
+                return Err(shape_error(
+                    "point_labels",
+                    &format!("[{}, {}]", cs[0], cs[1]),
+                    labels,
+                ));
             }
         }
         if let Some(b) = boxes {
@@ -226,11 +262,18 @@ impl PromptEncoder {
         if let Some(m) = masks {
             let ms = self.cfg.mask_input_size();
             if m.size() != [bs, 1, ms, ms] {
-                return Err(shape_error("mask_input", &format!("[{bs}, 1, {ms}, {ms}]"), m));
+                return Err(shape_error(
+                    "mask_input",
+                    &format!("[{bs}, 1, {ms}, {ms}]"),
+                    m,
+                ));
             }
         }
         let device = self.no_mask_embed.device();
-        let mut sparse = vec![Tensor::empty([bs, 0, self.cfg.embed_dim], (Kind::Float, device))];
+        let mut sparse = vec![Tensor::empty(
+            [bs, 0, self.cfg.embed_dim],
+            (Kind::Float, device),
+        )];
         if let Some((coords, labels)) = points {
             sparse.push(self.embed_points(coords, labels, boxes.is_none()));
         }
@@ -240,7 +283,10 @@ impl PromptEncoder {
         let sparse = Tensor::cat(&sparse, 1);
         let dense = match masks {
             Some(m) => self.embed_masks(m),
-            None => self.no_mask_embed.reshape([1, -1, 1, 1]).expand([bs, -1, s, s], false),
+            None => self
+                .no_mask_embed
+                .reshape([1, -1, 1, 1])
+                .expand([bs, -1, s, s], false),
         };
         Ok((sparse, dense))
     }

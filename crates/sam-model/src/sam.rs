@@ -133,9 +133,24 @@ impl SamConfig {
         let enc = &self.image_encoder;
         let grid = enc.img_size() / 16;
         let checks = [
-            ("prompt_encoder.embed_dim", pe.embed_dim, enc.out_chans(), "image_encoder.out_chans"),
-            ("prompt_encoder.input_image_size", pe.input_image_size, enc.img_size(), "image_encoder.img_size"),
-            ("prompt_encoder.image_embedding_size", pe.image_embedding_size, grid, "image_encoder.img_size / 16"),
+            (
+                "prompt_encoder.embed_dim",
+                pe.embed_dim,
+                enc.out_chans(),
+                "image_encoder.out_chans",
+            ),
+            (
+                "prompt_encoder.input_image_size",
+                pe.input_image_size,
+                enc.img_size(),
+                "image_encoder.img_size",
+            ),
+            (
+                "prompt_encoder.image_embedding_size",
+                pe.image_embedding_size,
+                grid,
+                "image_encoder.img_size / 16",
+            ),
             (
                 "mask_decoder.transformer_dim",
                 self.mask_decoder.transformer_dim,
@@ -218,8 +233,12 @@ impl Sam {
         cfg.validate()?;
         let device = p.device();
         // Non-persistent buffers in Python: not part of the state_dict.
-        let pixel_mean = Tensor::from_slice(&cfg.pixel_mean).to_kind(Kind::Float).view([1, 3, 1, 1]);
-        let pixel_std = Tensor::from_slice(&cfg.pixel_std).to_kind(Kind::Float).view([1, 3, 1, 1]);
+        let pixel_mean = Tensor::from_slice(&cfg.pixel_mean)
+            .to_kind(Kind::Float)
+            .view([1, 3, 1, 1]);
+        let pixel_std = Tensor::from_slice(&cfg.pixel_std)
+            .to_kind(Kind::Float)
+            .view([1, 3, 1, 1]);
         Ok(Self {
             image_encoder: ImageEncoder::new(&(p / "image_encoder"), &cfg.image_encoder)?,
             prompt_encoder: PromptEncoder::new(&(p / "prompt_encoder"), &cfg.prompt_encoder)?,
@@ -248,7 +267,11 @@ impl Sam {
         let s = x.size();
         let size = self.img_size();
         if s.len() != 4 || s[1] != 3 || s[2] > size || s[3] > size {
-            return Err(shape_error("x", &format!("[b, 3, h ≤ {size}, w ≤ {size}]"), x));
+            return Err(shape_error(
+                "x",
+                &format!("[b, 3, h ≤ {size}, w ≤ {size}]"),
+                x,
+            ));
         }
         let x = (x - self.pixel_mean.to_kind(x.kind())) / self.pixel_std.to_kind(x.kind());
         Ok(x.constant_pad_nd([0, size - s[3], 0, size - s[2]]))
@@ -309,4 +332,53 @@ pub(crate) fn postprocess_masks(
     let masks = masks.upsample_bilinear2d([img_size, img_size], false, None, None);
     let masks = masks.narrow(2, 0, input_size.0).narrow(3, 0, input_size.1);
     masks.upsample_bilinear2d([original_size.0, original_size.1], false, None, None)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn model_type_names_resolve_to_presets() {
+        assert_eq!(
+            SamConfig::from_model_type("vit_b_lm"),
+            Some(SamConfig::vit_b())
+        );
+        assert_eq!(
+            SamConfig::from_model_type("vit_t"),
+            Some(SamConfig::vit_t())
+        );
+        assert_eq!(SamConfig::from_model_type("vit_x"), None);
+    }
+
+    #[test]
+    fn inconsistent_sizes_are_config_errors() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut cfg = SamConfig::tiny();
+        cfg.prompt_encoder.embed_dim = 48;
+        let err = Sam::new(&vs.root(), &cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("prompt_encoder.embed_dim") && err.contains("48"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn preprocess_normalises_and_pads_bottom_right() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let sam = Sam::new(&vs.root(), &SamConfig::tiny()).unwrap();
+        let x = Tensor::full([1, 3, 10, 20], 123.675, (Kind::Float, Device::Cpu));
+        let y = sam.preprocess(&x).unwrap();
+        assert_eq!(y.size(), [1, 3, 256, 256]);
+        // Channel 0 equals its mean → 0; channel 1: (123.675 - 116.28) / 57.12.
+        assert!(y.get(0).get(0).get(5).get(5).double_value(&[]).abs() < 1e-6);
+        let c1 = y.get(0).get(1).get(5).get(5).double_value(&[]);
+        assert!((c1 - (123.675 - 116.28) / 57.12).abs() < 1e-5, "{c1}");
+        assert_eq!(y.get(0).get(1).get(10).get(5).double_value(&[]), 0.0);
+        assert!(sam
+            .preprocess(&Tensor::zeros([1, 3, 300, 10], (Kind::Float, Device::Cpu)))
+            .is_err());
+    }
 }

@@ -78,13 +78,21 @@ impl TinyViTConfig {
     fn validate(&self) -> Result<(), ModelError> {
         let n = self.embed_dims.len();
         let bad = |field: &str, expected: String, found: String| {
-            Err(ModelError::Config { field: format!("image_encoder.{field}"), expected, found })
+            Err(ModelError::Config {
+                field: format!("image_encoder.{field}"),
+                expected,
+                found,
+            })
         };
-        if n < 2 || self.depths.len() != n || self.num_heads.len() != n || self.window_sizes.len() != n
+        if n < 2
+            || self.depths.len() != n
+            || self.num_heads.len() != n
+            || self.window_sizes.len() != n
         {
             return bad(
                 "embed_dims",
-                "at least 2 stages, with depths, num_heads and window_sizes of the same length".into(),
+                "at least 2 stages, with depths, num_heads and window_sizes of the same length"
+                    .into(),
                 format!(
                     "{} embed_dims, {} depths, {} num_heads, {} window_sizes",
                     n,
@@ -183,7 +191,11 @@ impl PatchMerging {
     fn new(p: nn::Path, dim: i64, out_dim: i64) -> Self {
         // MobileSAM keeps the resolution into its last stage by testing the output width:
         // `stride_c = 1 if out_dim in (320, 448, 576) else 2`.
-        let stride = if matches!(out_dim, 320 | 448 | 576) { 1 } else { 2 };
+        let stride = if matches!(out_dim, 320 | 448 | 576) {
+            1
+        } else {
+            2
+        };
         Self {
             conv1: Conv2dBN::pointwise(&p / "conv1", dim, out_dim),
             conv2: Conv2dBN::new(&p / "conv2", out_dim, out_dim, 3, stride, 1, out_dim, 1.0),
@@ -216,7 +228,8 @@ struct Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.fc2.forward(&gelu(&self.fc1.forward(&self.norm.forward(x))))
+        self.fc2
+            .forward(&gelu(&self.fc1.forward(&self.norm.forward(x))))
     }
 }
 
@@ -234,12 +247,20 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(p: nn::Path, dim: i64, key_dim: i64, num_heads: i64, resolution: i64, mode: AttentionMode) -> Self {
+    fn new(
+        p: nn::Path,
+        dim: i64,
+        key_dim: i64,
+        num_heads: i64,
+        resolution: i64,
+        mode: AttentionMode,
+    ) -> Self {
         // attn_ratio = 1: d = key_dim, dh = key_dim * num_heads.
         let dh = key_dim * num_heads;
         let h = dh + 2 * key_dim * num_heads;
-        let points: Vec<(i64, i64)> =
-            (0..resolution).flat_map(|a| (0..resolution).map(move |b| (a, b))).collect();
+        let points: Vec<(i64, i64)> = (0..resolution)
+            .flat_map(|a| (0..resolution).map(move |b| (a, b)))
+            .collect();
         let mut offsets: HashMap<(i64, i64), i64> = HashMap::new();
         let mut idxs = Vec::with_capacity(points.len() * points.len());
         for p1 in &points {
@@ -307,7 +328,14 @@ impl TinyViTBlock {
         let mlp = &p / "mlp";
         let k = cfg.local_conv_size;
         Self {
-            attn: Attention::new(&p / "attn", dim, head_dim, num_heads, window_size, cfg.attention),
+            attn: Attention::new(
+                &p / "attn",
+                dim,
+                head_dim,
+                num_heads,
+                window_size,
+                cfg.attention,
+            ),
             mlp: Mlp {
                 norm: layer_norm(&mlp / "norm", dim, 1e-5),
                 fc1: linear(&mlp / "fc1", dim, hidden, true),
@@ -344,8 +372,14 @@ impl TinyViTBlock {
 /// an optional `PatchMerging` at its end.
 #[derive(Debug)]
 enum Stage {
-    Conv { blocks: Vec<MBConv>, downsample: Option<PatchMerging> },
-    Basic { blocks: Vec<TinyViTBlock>, downsample: Option<PatchMerging> },
+    Conv {
+        blocks: Vec<MBConv>,
+        downsample: Option<PatchMerging>,
+    },
+    Basic {
+        blocks: Vec<TinyViTBlock>,
+        downsample: Option<PatchMerging>,
+    },
 }
 
 /// MobileSAM's `TinyViT` image encoder (vit_t).
@@ -383,8 +417,9 @@ impl TinyViT {
                         .collect();
                     Stage::Conv { blocks, downsample }
                 } else {
-                    let blocks =
-                        (0..depth).map(|j| TinyViTBlock::new(&lp / "blocks" / j, cfg, i)).collect();
+                    let blocks = (0..depth)
+                        .map(|j| TinyViTBlock::new(&lp / "blocks" / j, cfg, i))
+                        .collect();
                     Stage::Basic { blocks, downsample }
                 }
             })
@@ -397,10 +432,21 @@ impl TinyViT {
         let neck = (
             nn::conv2d(&neck / 0, last, cfg.out_chans, 1, conv_cfg(1, 0, 1, false)),
             LayerNorm2d::new(&neck / 1, cfg.out_chans),
-            nn::conv2d(&neck / 2, cfg.out_chans, cfg.out_chans, 3, conv_cfg(1, 1, 1, false)),
+            nn::conv2d(
+                &neck / 2,
+                cfg.out_chans,
+                cfg.out_chans,
+                3,
+                conv_cfg(1, 1, 1, false),
+            ),
             LayerNorm2d::new(&neck / 3, cfg.out_chans),
         );
-        Ok(Self { patch_embed, layers, neck, cfg: cfg.clone() })
+        Ok(Self {
+            patch_embed,
+            layers,
+            neck,
+            cfg: cfg.clone(),
+        })
     }
 
     /// The configuration this encoder was built with.

@@ -38,7 +38,12 @@ impl TwoWayTransformerConfig {
 
     /// A tiny transformer for tests: 32-d, 2 heads, MLP 64.
     pub fn tiny() -> Self {
-        Self { embedding_dim: 32, num_heads: 2, mlp_dim: 64, ..Self::sam() }
+        Self {
+            embedding_dim: 32,
+            num_heads: 2,
+            mlp_dim: 64,
+            ..Self::sam()
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), ModelError> {
@@ -82,7 +87,8 @@ impl Attention {
     /// `[b, n, c]` → `[b, heads, n, c / heads]`.
     fn separate_heads(&self, x: &Tensor) -> Tensor {
         let (b, n, c) = x.size3().unwrap_or_default();
-        x.reshape([b, n, self.num_heads, c / self.num_heads]).transpose(1, 2)
+        x.reshape([b, n, self.num_heads, c / self.num_heads])
+            .transpose(1, 2)
     }
 
     /// # Shapes
@@ -180,8 +186,9 @@ impl TwoWayTransformer {
     /// Builds the transformer under `p` (`mask_decoder.transformer`).
     pub fn new(p: &nn::Path, cfg: &TwoWayTransformerConfig) -> Result<Self, ModelError> {
         cfg.validate()?;
-        let layers =
-            (0..cfg.depth).map(|i| TwoWayAttentionBlock::new(p / "layers" / i, cfg, i == 0)).collect();
+        let layers = (0..cfg.depth)
+            .map(|i| TwoWayAttentionBlock::new(p / "layers" / i, cfg, i == 0))
+            .collect();
         Ok(Self {
             layers,
             final_attn_token_to_image: Attention::new(

@@ -49,7 +49,12 @@ impl UnetrConfig {
 
     /// A tiny decoder for tests: 32-d embedding of a 256 px input, 8 initial features.
     pub fn tiny() -> Self {
-        Self { embed_dim: 32, initial_features: 8, img_size: 256, ..Self::sam() }
+        Self {
+            embed_dim: 32,
+            initial_features: 8,
+            img_size: 256,
+            ..Self::sam()
+        }
     }
 
     /// Decoder level widths `[8f, 4f, 2f, f]` (`features_decoder`).
@@ -61,7 +66,16 @@ impl UnetrConfig {
 
 /// `nn.InstanceNorm2d(c)` (no affine parameters, no running statistics, eps 1e-5).
 fn instance_norm(x: &Tensor) -> Tensor {
-    x.instance_norm(None::<Tensor>, None::<Tensor>, None::<Tensor>, None::<Tensor>, true, 0.1, 1e-5, true)
+    x.instance_norm(
+        None::<Tensor>,
+        None::<Tensor>,
+        None::<Tensor>,
+        None::<Tensor>,
+        true,
+        0.1,
+        1e-5,
+        true,
+    )
 }
 
 /// `ConvBlock2d` with `norm="InstanceNorm"`: (norm, conv3×3, ReLU) twice.
@@ -76,9 +90,21 @@ impl ConvBlock2d {
         let block = p / "block";
         Self {
             // 0: InstanceNorm2d
-            conv1: nn::conv2d(&block / 1, in_channels, out_channels, 3, conv_cfg(1, 1, 1, true)),
+            conv1: nn::conv2d(
+                &block / 1,
+                in_channels,
+                out_channels,
+                3,
+                conv_cfg(1, 1, 1, true),
+            ),
             // 2: ReLU, 3: InstanceNorm2d
-            conv2: nn::conv2d(&block / 4, out_channels, out_channels, 3, conv_cfg(1, 1, 1, true)),
+            conv2: nn::conv2d(
+                &block / 4,
+                out_channels,
+                out_channels,
+                3,
+                conv_cfg(1, 1, 1, true),
+            ),
             // 5: ReLU
         }
     }
@@ -104,7 +130,13 @@ impl Upsampler {
         if conv_transpose {
             Self::Transpose(conv_transpose2x2(&p / "block", in_channels, out_channels))
         } else {
-            let conv = nn::conv2d(&p / "conv", in_channels, out_channels, 1, conv_cfg(1, 0, 1, true));
+            let conv = nn::conv2d(
+                &p / "conv",
+                in_channels,
+                out_channels,
+                1,
+                conv_cfg(1, 0, 1, true),
+            );
             Self::Interpolate(conv)
         }
     }
@@ -138,7 +170,13 @@ impl Deconv2DBlock {
         Self {
             up: Upsampler::new(&block / 0, in_channels, out_channels, conv_transpose),
             // SingleConv2DBlock keeps its convolution in `.block`.
-            conv: nn::conv2d(&block / 1 / "block", out_channels, out_channels, 3, conv_cfg(1, 1, 1, true)),
+            conv: nn::conv2d(
+                &block / 1 / "block",
+                out_channels,
+                out_channels,
+                3,
+                conv_cfg(1, 1, 1, true),
+            ),
             bn: BatchNorm2d::new(&block / 2, out_channels),
             // 3: ReLU
         }
@@ -213,7 +251,13 @@ impl UnetrDecoder {
             deconv4: Deconv2DBlock::new(p / "deconv4", f[2], f[3], ct),
             deconv_out: Upsampler::new(p / "deconv_out", f[3], f[3], ct),
             decoder_head: ConvBlock2d::new(p / "decoder_head", 2 * f[3], f[3]),
-            out_conv: nn::conv2d(p / "out_conv", f[3], cfg.out_channels, 1, conv_cfg(1, 0, 1, true)),
+            out_conv: nn::conv2d(
+                p / "out_conv",
+                f[3],
+                cfg.out_channels,
+                1,
+                conv_cfg(1, 0, 1, true),
+            ),
             cfg: cfg.clone(),
         })
     }
@@ -240,8 +284,11 @@ impl UnetrDecoder {
         let z0 = self.deconv4.forward_t(&z3, train);
 
         let mut x = self.base.forward(z12);
-        for ((sampler, block), from_encoder) in
-            self.decoder_samplers.iter().zip(&self.decoder_blocks).zip([&z9, &z6, &z3])
+        for ((sampler, block), from_encoder) in self
+            .decoder_samplers
+            .iter()
+            .zip(&self.decoder_blocks)
+            .zip([&z9, &z6, &z3])
         {
             x = sampler.forward(&x);
             let skip = center_crop(from_encoder, &x.size());
@@ -250,7 +297,11 @@ impl UnetrDecoder {
         let x = self.deconv_out.forward(&x);
         let x = self.decoder_head.forward(&Tensor::cat(&[x, z0], 1));
         let x = self.out_conv.forward(&x);
-        Ok(if self.cfg.sigmoid_output { x.sigmoid() } else { x })
+        Ok(if self.cfg.sigmoid_output {
+            x.sigmoid()
+        } else {
+            x
+        })
     }
 
     /// Removes the padding and resizes decoder output to the original image

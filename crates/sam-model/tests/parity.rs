@@ -6,13 +6,15 @@
 //! `target/test-fixtures/sam-model-parity/`. These tests load the same weights by name and
 //! require the same outputs to ≤ 1e-4 max abs error in fp32, with both attention kernels.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use sam_model::{
-    AttentionMode, GreyImage, Prompts, Sam, SamConfig, SamPredictor,
-    TinyViT, TinyViTConfig, UnetrConfig, UnetrDecoder,
+    AttentionMode, GreyImage, Prompts, Sam, SamConfig, SamPredictor, TinyViT, TinyViTConfig,
+    UnetrConfig, UnetrDecoder,
 };
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
@@ -37,7 +39,9 @@ fn fixture(case: &str, files: &[&str]) -> (HashMap<String, Tensor>, HashMap<Stri
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/make_parity.py");
     let script_time = std::fs::metadata(&script).and_then(|m| m.modified()).ok();
     let fresh = files.iter().all(|f| {
-        let t = std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok();
+        let t = std::fs::metadata(dir.join(f))
+            .and_then(|m| m.modified())
+            .ok();
         matches!((t, script_time), (Some(t), Some(s)) if t >= s)
     });
     if !fresh {
@@ -71,15 +75,21 @@ fn fixture(case: &str, files: &[&str]) -> (HashMap<String, Tensor>, HashMap<Stri
         std::fs::remove_dir_all(&tmp).ok();
     }
     let read = |name: &str| -> HashMap<String, Tensor> {
-        Tensor::read_safetensors(dir.join(name)).unwrap().into_iter().collect()
+        Tensor::read_safetensors(dir.join(name))
+            .unwrap()
+            .into_iter()
+            .collect()
     };
     let state = read(files[0]);
-    let io = if files.len() > 1 { read(files[1]) } else { HashMap::new() };
+    let io = read(files[1]);
     (state, io)
 }
 
 fn case_files(case: &str) -> [String; 2] {
-    [format!("{case}.safetensors"), format!("{case}_io.safetensors")]
+    [
+        format!("{case}.safetensors"),
+        format!("{case}_io.safetensors"),
+    ]
 }
 
 fn load_case(case: &str) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
@@ -98,7 +108,10 @@ fn load_exact(vs: &nn::VarStore, state: &HashMap<String, Tensor>) {
         "variable names differ from the reference state_dict\nmissing in ours: {missing:?}\n\
          not in the reference: {unexpected:?}"
     );
-    assert!(ours.iter().all(|n| !n.contains("__")), "a variable was renamed with __");
+    assert!(
+        ours.iter().all(|n| !n.contains("__")),
+        "a variable was renamed with __"
+    );
     let vars = vs.variables();
     tch::no_grad(|| {
         for (name, mut var) in vars {
@@ -138,14 +151,25 @@ fn tiny_sam(mode: AttentionMode, state: &HashMap<String, Tensor>) -> (nn::VarSto
 }
 
 /// Checks point, box, point+box and mask prompts, as written by `prompt_outputs`.
-fn check_prompts(sam: &Sam, emb: &Tensor, io: &HashMap<String, Tensor>, multimask: &[bool], tag: &str) {
+fn check_prompts(
+    sam: &Sam,
+    emb: &Tensor,
+    io: &HashMap<String, Tensor>,
+    multimask: &[bool],
+    tag: &str,
+) {
     let coords = &io["point_coords"];
     let labels = &io["point_labels"];
     let boxes = &io["boxes"];
     let masks = &io["mask_input"];
     let c1 = coords.narrow(1, 0, 1);
     let l1 = labels.narrow(1, 0, 1);
-    type Case<'a> = (&'a str, Option<(&'a Tensor, &'a Tensor)>, Option<&'a Tensor>, Option<&'a Tensor>);
+    type Case<'a> = (
+        &'a str,
+        Option<(&'a Tensor, &'a Tensor)>,
+        Option<&'a Tensor>,
+        Option<&'a Tensor>,
+    );
     let cases: [Case; 4] = [
         ("point", Some((coords, labels)), None, None),
         ("box", None, Some(boxes), None),
@@ -156,8 +180,18 @@ fn check_prompts(sam: &Sam, emb: &Tensor, io: &HashMap<String, Tensor>, multimas
         for &mm in multimask {
             let (low, iou) = tch::no_grad(|| sam.forward_prompts(emb, points, b, m, mm)).unwrap();
             let key = format!("{name}_{}", if mm { "multi" } else { "single" });
-            assert_close(&format!("{tag} {key} low_res"), &low, &io[&format!("{key}_low_res")], TOL);
-            assert_close(&format!("{tag} {key} iou"), &iou, &io[&format!("{key}_iou")], TOL);
+            assert_close(
+                &format!("{tag} {key} low_res"),
+                &low,
+                &io[&format!("{key}_low_res")],
+                TOL,
+            );
+            assert_close(
+                &format!("{tag} {key} iou"),
+                &iou,
+                &io[&format!("{key}_iou")],
+                TOL,
+            );
         }
     }
 }
@@ -169,7 +203,12 @@ fn tiny_sam_matches_segment_anything() {
         let (_vs, sam) = tiny_sam(mode, &state);
         let tag = format!("{mode:?}");
         let emb = tch::no_grad(|| sam.image_encoder.forward(&io["image"]));
-        assert_close(&format!("{tag} image_embeddings"), &emb, &io["image_embeddings"], TOL);
+        assert_close(
+            &format!("{tag} image_embeddings"),
+            &emb,
+            &io["image_embeddings"],
+            TOL,
+        );
         // Prompts on the reference embedding, so each stage is checked on its own.
         let emb0 = io["image_embeddings"].narrow(0, 0, 1);
         check_prompts(&sam, &emb0, &io, &[true, false], &tag);
@@ -181,7 +220,12 @@ fn tiny_sam_matches_segment_anything() {
             sam.forward_prompts(&io["image_embeddings"], Some((&c, &l)), None, None, true)
         })
         .unwrap();
-        assert_close("per-image low_res", &low, &io["per_image_point_multi_low_res"], TOL);
+        assert_close(
+            "per-image low_res",
+            &low,
+            &io["per_image_point_multi_low_res"],
+            TOL,
+        );
         assert_close("per-image iou", &iou, &io["per_image_point_multi_iou"], TOL);
     }
 }
@@ -200,7 +244,11 @@ fn predictor_on_grey_image_matches_reference_pipeline() {
     let (_vs, sam) = tiny_sam(AttentionMode::Sdpa, &state);
     let grey = &io["grey"];
     let pixels = Vec::<f32>::try_from(grey.flatten(0, -1)).unwrap();
-    let image = GreyImage { pixels: &pixels, height: 150, width: 200 };
+    let image = GreyImage {
+        pixels: &pixels,
+        height: 150,
+        width: 200,
+    };
     let mut predictor = SamPredictor::new(&sam);
     let resized = predictor.to_model_input(image).unwrap();
     assert_close("resized grey image", &resized, &io["grey_resized"], 1e-3);
@@ -214,13 +262,24 @@ fn predictor_on_grey_image_matches_reference_pipeline() {
         ..Default::default()
     };
     let out = predictor.predict(&prompts, true).unwrap();
-    assert_close("grey low_res", &out.low_res_logits, &io["grey_low_res"], TOL);
+    assert_close(
+        "grey low_res",
+        &out.low_res_logits,
+        &io["grey_low_res"],
+        TOL,
+    );
     assert_close("grey iou", &out.iou_predictions, &io["grey_iou"], TOL);
     assert_close("grey masks", &out.masks, &io["grey_masks"], TOL);
 
     // Batching over images gives the same as one image at a time.
     let embs = predictor.embed_images(&[image, image]).unwrap();
-    let preds = predictor.predict_batch(&embs, &[clone_prompts(&prompts), clone_prompts(&prompts)], true).unwrap();
+    let preds = predictor
+        .predict_batch(
+            &embs,
+            &[clone_prompts(&prompts), clone_prompts(&prompts)],
+            true,
+        )
+        .unwrap();
     for p in &preds {
         assert_close("batched grey masks", &p.masks, &io["grey_masks"], TOL);
     }
@@ -237,14 +296,23 @@ fn clone_prompts(p: &Prompts) -> Prompts {
 
 #[test]
 fn tiny_vit_matches_mobile_sam() {
-    let (state, io) = load_case("tiny_vit");
+    let files = case_files("tiny_vit");
+    let (state, io) = fixture("tiny_vit", &[&files[0], &files[1], "vit_t_keys.txt"]);
     for mode in MODES {
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = TinyViTConfig { attention: mode, ..TinyViTConfig::tiny() };
+        let cfg = TinyViTConfig {
+            attention: mode,
+            ..TinyViTConfig::tiny()
+        };
         let model = TinyViT::new(&vs.root(), &cfg).unwrap();
         load_exact(&vs, &state);
         let out = tch::no_grad(|| model.forward_t(&io["image"], false));
-        assert_close(&format!("{mode:?} TinyViT eval"), &out, &io["image_embeddings"], TOL);
+        assert_close(
+            &format!("{mode:?} TinyViT eval"),
+            &out,
+            &io["image_embeddings"],
+            TOL,
+        );
         if mode == AttentionMode::Math {
             let out = tch::no_grad(|| model.forward_t(&io["train_image"], true));
             assert_close("TinyViT train", &out, &io["train_embeddings"], TOL);
@@ -255,22 +323,61 @@ fn tiny_vit_matches_mobile_sam() {
 }
 
 #[test]
+fn vit_t_preset_has_mobile_sam_names_and_shapes() {
+    let files = case_files("tiny_vit");
+    let _ = fixture("tiny_vit", &[&files[0], &files[1], "vit_t_keys.txt"]);
+    let text = std::fs::read_to_string(fixture_dir().join("vit_t_keys.txt")).unwrap();
+    let theirs: BTreeSet<String> = text.lines().map(str::to_string).collect();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _sam = Sam::new(&vs.root(), &SamConfig::vit_t()).unwrap();
+    let ours: BTreeSet<String> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| format!("{k} {:?}", v.size()))
+        .collect();
+    let missing: Vec<_> = theirs.difference(&ours).collect();
+    let unexpected: Vec<_> = ours.difference(&theirs).collect();
+    assert!(
+        missing.is_empty() && unexpected.is_empty(),
+        "vit_t names/shapes differ from MobileSAM\nmissing in ours: {missing:?}\nnot in MobileSAM: {unexpected:?}"
+    );
+}
+
+#[test]
 fn unetr_decoder_matches_torch_em() {
     for (case, conv_transpose) in [("unetr", false), ("unetr_transpose", true)] {
         let (state, io) = load_case(case);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = UnetrConfig { use_conv_transpose: conv_transpose, ..UnetrConfig::tiny() };
+        let cfg = UnetrConfig {
+            use_conv_transpose: conv_transpose,
+            ..UnetrConfig::tiny()
+        };
         let decoder = UnetrDecoder::new(&vs.root(), &cfg).unwrap();
         load_exact(&vs, &state);
         let z = &io["image_embeddings"];
         let out = tch::no_grad(|| decoder.forward_t(z, false)).unwrap();
         assert_close(&format!("{case} output"), &out, &io["output"], TOL);
         let post = decoder.postprocess_masks(&out, (256, 192), (300, 225));
-        assert_close(&format!("{case} postprocessed"), &post, &io["postprocessed"], TOL);
+        assert_close(
+            &format!("{case} postprocessed"),
+            &post,
+            &io["postprocessed"],
+            TOL,
+        );
         let train = tch::no_grad(|| decoder.forward_t(z, true)).unwrap();
-        assert_close(&format!("{case} train output"), &train, &io["train_output"], TOL);
+        assert_close(
+            &format!("{case} train output"),
+            &train,
+            &io["train_output"],
+            TOL,
+        );
         let rm = &vs.variables()["deconv1.block.2.running_mean"];
-        assert_close(&format!("{case} running_mean"), rm, &io["train_running_mean"], 1e-6);
+        assert_close(
+            &format!("{case} running_mean"),
+            rm,
+            &io["train_running_mean"],
+            1e-6,
+        );
     }
 }
 
@@ -283,6 +390,11 @@ fn vit_b_matches_segment_anything() {
     load_exact(&vs, &state);
     assert_eq!(state.len(), 314, "vit_b state_dict entries");
     let emb = tch::no_grad(|| sam.image_encoder.forward(&io["image"]));
-    assert_close("vit_b image_embeddings (sdpa)", &emb, &io["image_embeddings"], TOL);
+    assert_close(
+        "vit_b image_embeddings (sdpa)",
+        &emb,
+        &io["image_embeddings"],
+        TOL,
+    );
     check_prompts(&sam, &io["image_embeddings"], &io, &[true], "vit_b");
 }

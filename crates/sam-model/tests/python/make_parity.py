@@ -8,7 +8,7 @@ micro_sam's `get_unetr` configures it), perturbs every weight so that zero-initi
   <out>/<case>.safetensors     the state_dict (the names our VarStore must have)
   <out>/<case>_io.safetensors  fixed inputs and the reference outputs
 
-Usage: make_parity.py {tiny_sam,vit_b,tiny_vit,unetr} OUT_DIR
+Usage: make_parity.py {tiny_sam,vit_b,tiny_vit,unetr,unetr_transpose} OUT_DIR
 """
 
 import importlib.util
@@ -193,6 +193,14 @@ def tiny_vit(out):
     io["train_running_mean"] = model.patch_embed.seq[0].bn.running_mean
     save(out, "tiny_vit", state, io)
 
+    # The full MobileSAM model (vit_t preset): names and shapes only.
+    from mobile_sam import sam_model_registry
+
+    full = sam_model_registry["vit_t"]()
+    with open(os.path.join(out, "vit_t_keys.txt"), "w") as f:
+        for k, v in full.state_dict().items():
+            f.write(f"{k} {list(v.shape)}\n")
+
 
 def import_torch_em_unetr():
     """torch_em's UNETR without importing the torch_em package (its __init__ pulls in data
@@ -211,40 +219,46 @@ def import_torch_em_unetr():
 
 
 @torch.no_grad()
-def unetr(out):
+def unetr(out, conv_transpose):
     from segment_anything.modeling import ImageEncoderViT
 
     UNETR = import_torch_em_unetr()
-    for conv_transpose in (False, True):
-        torch.manual_seed(0)
-        encoder = ImageEncoderViT(
-            img_size=256, patch_size=16, embed_dim=64, depth=2, num_heads=2, out_chans=32,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=6,
-            global_attn_indexes=(1,),
-        )
-        # As micro_sam's get_unetr, with 8 initial features (UnetrConfig::tiny()).
-        model = UNETR(
-            backbone="sam", encoder=encoder, out_channels=3, use_sam_stats=True,
-            final_activation="Sigmoid", use_skip_connection=False, resize_input=True,
-            use_conv_transpose=conv_transpose, initial_features=8,
-        )
-        perturb(model, scale=0.05)
-        model.eval()
-        io = {}
-        g = torch.Generator().manual_seed(3)
-        z12 = torch.randn((2, 32, 16, 16), generator=g)
-        io["image_embeddings"] = z12
-        io["output"] = model.decode((z12, None, None), (256, 256), (256, 256))
-        io["postprocessed"] = model.decode((z12, None, None), (256, 192), (300, 225))
-        state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("encoder")}
-        model.train()
-        io["train_output"] = model.decode((z12, None, None), (256, 256), (256, 256))
-        io["train_running_mean"] = model.deconv1.block[2].running_mean
-        case = "unetr_transpose" if conv_transpose else "unetr"
-        save(out, case, state, io)
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(
+        img_size=256, patch_size=16, embed_dim=64, depth=2, num_heads=2, out_chans=32,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=6,
+        global_attn_indexes=(1,),
+    )
+    # As micro_sam's get_unetr, with 8 initial features (UnetrConfig::tiny()).
+    model = UNETR(
+        backbone="sam", encoder=encoder, out_channels=3, use_sam_stats=True,
+        final_activation="Sigmoid", use_skip_connection=False, resize_input=True,
+        use_conv_transpose=conv_transpose, initial_features=8,
+    )
+    perturb(model, scale=0.05)
+    model.eval()
+    io = {}
+    g = torch.Generator().manual_seed(3)
+    z12 = torch.randn((2, 32, 16, 16), generator=g)
+    io["image_embeddings"] = z12
+    io["output"] = model.decode((z12, None, None), (256, 256), (256, 256))
+    io["postprocessed"] = model.decode((z12, None, None), (256, 192), (300, 225))
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("encoder")}
+    model.train()
+    io["train_output"] = model.decode((z12, None, None), (256, 256), (256, 256))
+    io["train_running_mean"] = model.deconv1.block[2].running_mean
+    case = "unetr_transpose" if conv_transpose else "unetr"
+    save(out, case, state, io)
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         raise SystemExit(__doc__)
-    {"tiny_sam": tiny_sam, "vit_b": vit_b, "tiny_vit": tiny_vit, "unetr": unetr}[sys.argv[1]](sys.argv[2])
+    cases = {
+        "tiny_sam": tiny_sam,
+        "vit_b": vit_b,
+        "tiny_vit": tiny_vit,
+        "unetr": lambda out: unetr(out, conv_transpose=False),
+        "unetr_transpose": lambda out: unetr(out, conv_transpose=True),
+    }
+    cases[sys.argv[1]](sys.argv[2])
