@@ -79,11 +79,13 @@ def time_elf(out, repeats):
                 "times_s": times,
                 "n_true": int(len(np.unique(gt)) - (gt == 0).any()),
                 "n_pred": int(len(np.unique(pred)) - (pred == 0).any()),
-                "msa": float(msa),
-                "accuracies": [float(a) for a in accuracies],
-                "precision": float(stats["precision"]),
-                "recall": float(stats["recall"]),
-                "f1": float(stats["f1"]),
+                # Scores as repr strings: shortest round-trip text, parsed exactly by Rust's
+                # f64::from_str (serde_json's float parser may be one ulp off).
+                "msa": repr(float(msa)),
+                "accuracies": [repr(float(a)) for a in accuracies],
+                "precision": repr(float(stats["precision"])),
+                "recall": repr(float(stats["recall"])),
+                "f1": repr(float(stats["f1"])),
             }
         )
     )

@@ -80,16 +80,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let s = scores.ok_or("no repeats")?;
 
-    let f = |k: &str| elf[k].as_f64().unwrap_or(f64::NAN);
+    // Scores come as repr strings so that they parse to the exact f64 elf produced.
+    let exact = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse::<f64>().ok());
+    let f = |k: &str| exact(&elf[k]).unwrap_or(f64::NAN);
     let elf_sa: Vec<f64> = elf["accuracies"]
         .as_array()
         .ok_or("accuracies")?
         .iter()
-        .filter_map(|v| v.as_f64())
+        .filter_map(exact)
         .collect();
     let mut max_diff = 0.0f64;
-    for (a, b) in elf_sa.iter().zip(&s.sa) {
+    for (i, (a, b)) in elf_sa.iter().zip(&s.sa).enumerate() {
         max_diff = max_diff.max((a - b).abs());
+        if a != b {
+            println!("SA[{i}] differs: elf {a:e}, ours {b:e}");
+        }
     }
     for (a, b) in [
         (f("msa"), s.msa),
@@ -124,7 +129,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("speed-up (median): {:.1}x", elf_med / ours_med);
     println!(
         "reading both TIFFs: sam-data {read_s:.4} s, tifffile {:.4} s",
-        f("read_s")
+        elf["read_s"].as_f64().unwrap_or(f64::NAN)
     );
     println!(
         "mSA {} (elf {}), SA50 {}, SA75 {}, P {} R {} F1 {}",
