@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sam_config::{find_root, load_config_with, ValidateOptions};
 use sam_torch::LaunchEnv;
 use sam_train::{
-    export_model, prepare_run, train, Collective, StopFlag, TrainOptions, TrainOutcome, TrainProgress,
-    REQUEUE_EXIT_CODE,
+    export_model, prepare_run, train, Collective, StopFlag, TrainOptions, TrainOutcome,
+    TrainProgress, REQUEUE_EXIT_CODE,
 };
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -117,7 +117,9 @@ impl<'a> MakeWriter<'a> for Console {
 /// Log lines to the console and, when given, to a file (the run's logs/train.log).
 fn init_logging(file: Option<std::fs::File>) {
     use tracing_subscriber::fmt::writer::MakeWriterExt;
-    let base = tracing_subscriber::fmt().with_target(false).with_ansi(false);
+    let base = tracing_subscriber::fmt()
+        .with_target(false)
+        .with_ansi(false);
     let result = match file {
         Some(f) => base.with_writer(Console.and(Mutex::new(f))).try_init(),
         None => base.with_writer(Console).try_init(),
@@ -172,7 +174,10 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail_plain(2, e),
     };
-    let options = ValidateOptions { root: Some(root.clone()), ..ValidateOptions::default() };
+    let options = ValidateOptions {
+        root: Some(root.clone()),
+        ..ValidateOptions::default()
+    };
     let loaded = match load_config_with(&args.config, &options) {
         Ok(l) => l,
         Err(e) => return fail_plain(2, e),
@@ -186,7 +191,9 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
     let paths = if env.rank == 0 {
         match prepare_run(&cfg, &root, args.resume, args.overwrite) {
             Ok(p) => p,
-            Err(e @ (sam_train::TrainError::RunExists(_) | sam_train::TrainError::Usage(_))) => return fail_plain(2, e),
+            Err(e @ (sam_train::TrainError::RunExists(_) | sam_train::TrainError::Usage(_))) => {
+                return fail_plain(2, e)
+            }
             Err(e) => return fail_plain(1, e),
         }
     } else {
@@ -205,9 +212,11 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
     let bar = (!args.no_progress && env.rank == 0).then(|| {
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         let _ = BAR.set(bar.clone());
         bar
@@ -221,7 +230,9 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
         let backend = match cfg.distributed.backend {
             sam_config::Backend::Nccl => sam_torch::Backend::Nccl,
             sam_config::Backend::Gloo => sam_torch::Backend::Gloo,
-            sam_config::Backend::Auto if gpu && cfg.training.device != sam_config::Device::Cpu => sam_torch::Backend::Nccl,
+            sam_config::Backend::Auto if gpu && cfg.training.device != sam_config::Device::Cpu => {
+                sam_torch::Backend::Nccl
+            }
             sam_config::Backend::Auto => sam_torch::Backend::Gloo,
         };
         let timeout = Duration::from_secs(60 * u64::from(cfg.distributed.timeout_minutes.max(1)));

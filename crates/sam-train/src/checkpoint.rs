@@ -45,7 +45,10 @@ pub struct ScalerState {
 impl Default for ScalerState {
     fn default() -> Self {
         // torch.amp.GradScaler's init_scale.
-        Self { scale: 65536.0, growth_tracker: 0 }
+        Self {
+            scale: 65536.0,
+            growth_tracker: 0,
+        }
     }
 }
 
@@ -129,7 +132,9 @@ impl CheckpointStore {
     fn readable_dir(&self, slot: Slot) -> Option<PathBuf> {
         let main = self.slot_dir(slot);
         let prev = self.dir.join(format!("{}.prev", slot.name()));
-        [main, prev].into_iter().find(|d| d.join(STATE_FILE).is_file())
+        [main, prev]
+            .into_iter()
+            .find(|d| d.join(STATE_FILE).is_file())
     }
 
     /// Writes `slot` atomically.
@@ -149,18 +154,29 @@ impl CheckpointStore {
         fs::create_dir(&tmp).map_err(|e| io_err(&tmp, e))?;
         let write = || -> Result<(), TrainError> {
             let to_cpu = |v: &[(String, Tensor)]| -> Vec<(String, Tensor)> {
-                v.iter().map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect()
+                v.iter()
+                    .map(|(n, t)| {
+                        (
+                            n.clone(),
+                            t.detach().to_device(tch::Device::Cpu).contiguous(),
+                        )
+                    })
+                    .collect()
             };
             let model_path = tmp.join(MODEL_FILE);
-            Tensor::write_safetensors(&to_cpu(model), &model_path).map_err(|e| io_err(&model_path, e))?;
+            Tensor::write_safetensors(&to_cpu(model), &model_path)
+                .map_err(|e| io_err(&model_path, e))?;
             let optim_path = tmp.join(OPTIM_FILE);
-            Tensor::write_safetensors(&to_cpu(optimizer), &optim_path).map_err(|e| io_err(&optim_path, e))?;
+            Tensor::write_safetensors(&to_cpu(optimizer), &optim_path)
+                .map_err(|e| io_err(&optim_path, e))?;
             let state_path = tmp.join(STATE_FILE);
             let json = serde_json::to_vec_pretty(state).map_err(|e| io_err(&state_path, e))?;
             fs::write(&state_path, json).map_err(|e| io_err(&state_path, e))?;
             for f in [MODEL_FILE, OPTIM_FILE, STATE_FILE] {
                 let p = tmp.join(f);
-                fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| io_err(&p, e))?;
+                fs::File::open(&p)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| io_err(&p, e))?;
             }
             Ok(())
         };
@@ -181,7 +197,9 @@ impl CheckpointStore {
         if prev.exists() {
             fs::remove_dir_all(&prev).map_err(|e| io_err(&prev, e))?;
         }
-        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_err(&self.dir, e))?;
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(&self.dir, e))?;
         Ok(())
     }
 
@@ -205,8 +223,13 @@ impl CheckpointStore {
         let model_path = dir.join(MODEL_FILE);
         let model = Tensor::read_safetensors(&model_path).map_err(|e| io_err(&model_path, e))?;
         let optim_path = dir.join(OPTIM_FILE);
-        let optimizer = Tensor::read_safetensors(&optim_path).map_err(|e| io_err(&optim_path, e))?;
-        Ok(Checkpoint { model, optimizer, state })
+        let optimizer =
+            Tensor::read_safetensors(&optim_path).map_err(|e| io_err(&optim_path, e))?;
+        Ok(Checkpoint {
+            model,
+            optimizer,
+            state,
+        })
     }
 }
 
@@ -236,8 +259,22 @@ mod tests {
         let store = CheckpointStore::new(dir.path().join("ck"));
         assert!(!store.exists(Slot::Latest));
         let w = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-        store.save(Slot::Latest, &[("a.weight".into(), w.shallow_clone())], &[], &state(1)).unwrap();
-        store.save(Slot::Latest, &[("a.weight".into(), &w * 2.0)], &[], &state(2)).unwrap();
+        store
+            .save(
+                Slot::Latest,
+                &[("a.weight".into(), w.shallow_clone())],
+                &[],
+                &state(1),
+            )
+            .unwrap();
+        store
+            .save(
+                Slot::Latest,
+                &[("a.weight".into(), &w * 2.0)],
+                &[],
+                &state(2),
+            )
+            .unwrap();
         let ck = store.load(Slot::Latest).unwrap();
         assert_eq!(ck.state.epoch, 2);
         let got: Vec<f32> = Vec::try_from(&ck.model[0].1).unwrap();
@@ -254,7 +291,14 @@ mod tests {
     fn interrupted_swap_falls_back_to_prev() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::new(dir.path());
-        store.save(Slot::Best, &[("w".into(), Tensor::from_slice(&[1.0f32]))], &[], &state(4)).unwrap();
+        store
+            .save(
+                Slot::Best,
+                &[("w".into(), Tensor::from_slice(&[1.0f32]))],
+                &[],
+                &state(4),
+            )
+            .unwrap();
         // Simulate a kill between the two renames.
         fs::rename(dir.path().join("best"), dir.path().join("best.prev")).unwrap();
         assert_eq!(store.load(Slot::Best).unwrap().state.epoch, 4);
@@ -263,7 +307,13 @@ mod tests {
     #[test]
     fn missing_checkpoint_error_names_the_folder() {
         let dir = tempfile::tempdir().unwrap();
-        let err = CheckpointStore::new(dir.path()).load(Slot::Latest).unwrap_err().to_string();
-        assert!(err.contains("latest") && err.contains(&dir.path().display().to_string()), "{err}");
+        let err = CheckpointStore::new(dir.path())
+            .load(Slot::Latest)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("latest") && err.contains(&dir.path().display().to_string()),
+            "{err}"
+        );
     }
 }

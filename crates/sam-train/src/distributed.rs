@@ -22,7 +22,10 @@ pub struct Collective {
 
 impl std::fmt::Debug for Collective {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Collective").field("env", &self.env).field("device", &self.device).finish()
+        f.debug_struct("Collective")
+            .field("env", &self.env)
+            .field("device", &self.device)
+            .finish()
     }
 }
 
@@ -35,22 +38,36 @@ impl Collective {
     /// tensors then live on `cuda:<local_rank>`). A peer that does not answer within `timeout`
     /// makes every collective fail instead of hanging.
     pub fn init(env: &LaunchEnv, backend: Backend, timeout: Duration) -> Result<Self, TrainError> {
-        let store = TcpStore::new(&env.master_addr, env.master_port, env.world_size, env.rank == 0, timeout)
-            .map_err(|e| dist_err("rendezvous", e))?;
+        let store = TcpStore::new(
+            &env.master_addr,
+            env.master_port,
+            env.world_size,
+            env.rank == 0,
+            timeout,
+        )
+        .map_err(|e| dist_err("rendezvous", e))?;
         let (group, device) = match backend {
             Backend::Nccl => {
-                sam_torch::set_cuda_device(env.local_rank).map_err(|e| dist_err("CUDA device", e))?;
+                sam_torch::set_cuda_device(env.local_rank)
+                    .map_err(|e| dist_err("CUDA device", e))?;
                 (
-                    ProcessGroup::new_nccl(&store, env.rank, env.world_size, timeout).map_err(|e| dist_err("NCCL", e))?,
+                    ProcessGroup::new_nccl(&store, env.rank, env.world_size, timeout)
+                        .map_err(|e| dist_err("NCCL", e))?,
                     Device::Cuda(env.local_rank),
                 )
             }
             _ => (
-                ProcessGroup::new_gloo(&store, env.rank, env.world_size, timeout).map_err(|e| dist_err("Gloo", e))?,
+                ProcessGroup::new_gloo(&store, env.rank, env.world_size, timeout)
+                    .map_err(|e| dist_err("Gloo", e))?,
                 Device::Cpu,
             ),
         };
-        Ok(Self { group, _store: store, env: env.clone(), device })
+        Ok(Self {
+            group,
+            _store: store,
+            env: env.clone(),
+            device,
+        })
     }
 
     /// Global rank.
@@ -73,7 +90,9 @@ impl Collective {
         let _guard = tch::no_grad_guard();
         for (name, var) in vars {
             let mut t = var.detach().to_device(self.device).contiguous();
-            self.group.broadcast_(&mut t, 0).map_err(|e| dist_err(&format!("broadcast of {name}"), e))?;
+            self.group
+                .broadcast_(&mut t, 0)
+                .map_err(|e| dist_err(&format!("broadcast of {name}"), e))?;
             let mut v = var.detach();
             v.copy_(&t);
         }
@@ -86,10 +105,16 @@ impl Collective {
     /// name order, the same on every rank.
     pub fn average_gradients(&self, optim: &AdamW) -> Result<(), TrainError> {
         let vars: Vec<(&str, &Tensor)> = optim.variables().collect();
-        let defined: Vec<f32> = vars.iter().map(|(_, v)| f32::from(u8::from(v.grad().defined()))).collect();
+        let defined: Vec<f32> = vars
+            .iter()
+            .map(|(_, v)| f32::from(u8::from(v.grad().defined())))
+            .collect();
         let mut flags = Tensor::from_slice(&defined).to_device(self.device);
-        self.group.all_reduce_(&mut flags, ReduceOp::Max).map_err(|e| dist_err("gradient flags", e))?;
-        let flags: Vec<f32> = Vec::<f32>::try_from(flags.to_device(Device::Cpu)).map_err(|e| dist_err("gradient flags", e))?;
+        self.group
+            .all_reduce_(&mut flags, ReduceOp::Max)
+            .map_err(|e| dist_err("gradient flags", e))?;
+        let flags: Vec<f32> = Vec::<f32>::try_from(flags.to_device(Device::Cpu))
+            .map_err(|e| dist_err("gradient flags", e))?;
         for ((_, var), (&local, &any)) in vars.iter().zip(defined.iter().zip(&flags)) {
             if any > 0.0 && local == 0.0 {
                 // Accumulating a zero defines the gradient without changing anything.
@@ -97,25 +122,40 @@ impl Collective {
             }
         }
         let _guard = tch::no_grad_guard();
-        let grads: Vec<Tensor> = vars.iter().map(|(_, v)| v.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<Tensor> = vars
+            .iter()
+            .map(|(_, v)| v.grad())
+            .filter(|g| g.defined())
+            .collect();
         let world = self.world_size() as f64;
         let mut start = 0;
         while start < grads.len() {
             let mut end = start;
             let mut numel = 0i64;
-            while end < grads.len() && (end == start || numel + grads[end].numel() as i64 <= BUCKET_ELEMENTS) {
+            while end < grads.len()
+                && (end == start || numel + grads[end].numel() as i64 <= BUCKET_ELEMENTS)
+            {
                 numel += grads[end].numel() as i64;
                 end += 1;
             }
-            let flat: Vec<Tensor> = grads[start..end].iter().map(|g| g.to_kind(Kind::Float).flatten(0, -1)).collect();
+            let flat: Vec<Tensor> = grads[start..end]
+                .iter()
+                .map(|g| g.to_kind(Kind::Float).flatten(0, -1))
+                .collect();
             let mut bucket = Tensor::cat(&flat, 0).to_device(self.device);
-            self.group.all_reduce_(&mut bucket, ReduceOp::Sum).map_err(|e| dist_err("gradient all-reduce", e))?;
+            self.group
+                .all_reduce_(&mut bucket, ReduceOp::Sum)
+                .map_err(|e| dist_err("gradient all-reduce", e))?;
             let bucket = bucket / world;
             let mut offset = 0i64;
             for g in &grads[start..end] {
                 let n = g.numel() as i64;
                 let mut g = g.shallow_clone();
-                let part = bucket.narrow(0, offset, n).view_as(&g).to_kind(g.kind()).to_device(g.device());
+                let part = bucket
+                    .narrow(0, offset, n)
+                    .view_as(&g)
+                    .to_kind(g.kind())
+                    .to_device(g.device());
                 g.copy_(&part);
                 offset += n;
             }
@@ -127,7 +167,9 @@ impl Collective {
     /// True on every rank when `flag` is true on any rank (stop requests).
     pub fn any(&self, flag: bool) -> Result<bool, TrainError> {
         let mut t = Tensor::from_slice(&[f32::from(u8::from(flag))]).to_device(self.device);
-        self.group.all_reduce_(&mut t, ReduceOp::Max).map_err(|e| dist_err("stop agreement", e))?;
+        self.group
+            .all_reduce_(&mut t, ReduceOp::Max)
+            .map_err(|e| dist_err("stop agreement", e))?;
         Ok(t.double_value(&[0]) > 0.0)
     }
 

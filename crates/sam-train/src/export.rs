@@ -21,23 +21,35 @@ pub fn export_model(source: &Path, output: &Path, with_decoder: bool) -> Result<
                 source.display()
             )));
         }
-        let tensors = Tensor::read_safetensors(&file).map_err(|e| TrainError::Io(format!("{}: {e}", file.display())))?;
-        let (dec, sam): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(k, _)| k.starts_with(DECODER_PREFIX));
-        let dec: Vec<(String, Tensor)> =
-            dec.into_iter().map(|(k, t)| (k[DECODER_PREFIX.len()..].to_string(), t)).collect();
+        let tensors = Tensor::read_safetensors(&file)
+            .map_err(|e| TrainError::Io(format!("{}: {e}", file.display())))?;
+        let (dec, sam): (Vec<_>, Vec<_>) = tensors
+            .into_iter()
+            .partition(|(k, _)| k.starts_with(DECODER_PREFIX));
+        let dec: Vec<(String, Tensor)> = dec
+            .into_iter()
+            .map(|(k, t)| (k[DECODER_PREFIX.len()..].to_string(), t))
+            .collect();
         (sam, (!dec.is_empty()).then_some(dec))
     } else if source.is_file() {
         let ck = read_checkpoint(source).map_err(|e| TrainError::Model(e.to_string()))?;
         (ck.model_state, ck.decoder_state)
     } else {
-        return Err(TrainError::MissingCheckpoint(format!("checkpoint {} does not exist", source.display())));
+        return Err(TrainError::MissingCheckpoint(format!(
+            "checkpoint {} does not exist",
+            source.display()
+        )));
     };
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| TrainError::Io(format!("{}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| TrainError::Io(format!("{}: {e}", parent.display())))?;
     }
     if with_decoder {
         let decoder = decoder.ok_or_else(|| {
-            TrainError::Model(format!("{} has no decoder weights; export without --with-decoder", source.display()))
+            TrainError::Model(format!(
+                "{} has no decoder weights; export without --with-decoder",
+                source.display()
+            ))
         })?;
         write_micro_sam_checkpoint(output, &model, &decoder)
     } else {

@@ -49,12 +49,15 @@ pub use distributed::Collective;
 pub use export::export_model;
 pub use optim::{AdamW, AdamWConfig};
 pub use report::{draw_curves, EpochRecord, MetricsLog};
-pub use schedule::{checkpoint_decision, CheckpointDecision, EarlyStopping, LrScheduler, ScheduleKind};
+pub use schedule::{
+    checkpoint_decision, CheckpointDecision, EarlyStopping, LrScheduler, ScheduleKind,
+};
 pub use setup::{device_for, sam_config, unetr_config, Model, DECODER_PREFIX};
 pub use signals::StopFlag;
 pub use step::{model_input, step_loss, RecipeConfig, StepLoss};
 pub use trainer::{
-    prepare_run, train, NoProgress, TrainOptions, TrainOutcome, TrainProgress, TrainSummary, REQUEUE_EXIT_CODE,
+    prepare_run, train, NoProgress, TrainOptions, TrainOutcome, TrainProgress, TrainSummary,
+    REQUEUE_EXIT_CODE,
 };
 pub use validation::{validate, ValidationScores};
 

@@ -26,8 +26,12 @@ pub fn mask_iou(probs: &Tensor, target: &Tensor) -> Tensor {
         let dims: &[i64] = &[2, 3];
         let pred = probs.gt(0.5);
         let target = target.gt(0.5).expand_as(&pred);
-        let inter = pred.logical_and(&target).sum_dim_intlist(dims, false, Kind::Float);
-        let union = pred.logical_or(&target).sum_dim_intlist(dims, false, Kind::Float);
+        let inter = pred
+            .logical_and(&target)
+            .sum_dim_intlist(dims, false, Kind::Float);
+        let union = pred
+            .logical_or(&target)
+            .sum_dim_intlist(dims, false, Kind::Float);
         let empty = union.eq(0.0);
         (inter / union.clamp_min(1.0)).masked_fill(&empty, 1.0)
     })
@@ -37,10 +41,11 @@ pub fn mask_iou(probs: &Tensor, target: &Tensor) -> Tensor {
 pub fn focal_loss_per_mask(logits: &Tensor, target: &Tensor) -> Tensor {
     let target = target.to_kind(logits.kind()).expand_as(logits);
     let p = logits.sigmoid();
-    let ce = logits.binary_cross_entropy_with_logits::<Tensor>(&target, None, None, Reduction::None);
+    let ce =
+        logits.binary_cross_entropy_with_logits::<Tensor>(&target, None, None, Reduction::None);
     let p_t = &p * &target + (1.0 - &p) * (1.0 - &target);
     let alpha_t = &target * 0.25 + (1.0 - &target) * 0.75;
-    (alpha_t * ce * (1.0 - &p_t).square()).mean_dim(&[2i64, 3][..], false, logits.kind())
+    (alpha_t * ce * (p_t.neg() + 1.0).square()).mean_dim(&[2i64, 3][..], false, logits.kind())
 }
 
 /// The loss of one prompting round: the Dice of the best of the k masks per object (the minimum,
@@ -60,18 +65,28 @@ pub struct RoundLoss {
 
 impl std::fmt::Debug for RoundLoss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoundLoss").field("dice", &self.dice).field("iou_mse", &self.iou_mse).finish()
+        f.debug_struct("RoundLoss")
+            .field("dice", &self.dice)
+            .field("iou_mse", &self.iou_mse)
+            .finish()
     }
 }
 
 /// Computes [`RoundLoss`] from mask logits `[n, k, h, w]`, IoU predictions `[n, k]` and targets
 /// `[n, 1, h, w]`.
-pub fn round_loss(logits: &Tensor, iou_pred: &Tensor, target: &Tensor, focal_weight: f64) -> RoundLoss {
+pub fn round_loss(
+    logits: &Tensor,
+    iou_pred: &Tensor,
+    target: &Tensor,
+    focal_weight: f64,
+) -> RoundLoss {
     let probs = logits.sigmoid();
     let dice = dice_loss_per_mask(&probs, target); // [n, k]
     let (dice_best, best) = dice.min_dim(1, false);
     let true_iou = mask_iou(&probs, target);
-    let iou_mse = iou_pred.to_kind(Kind::Float).mse_loss(&true_iou, Reduction::Mean);
+    let iou_mse = iou_pred
+        .to_kind(Kind::Float)
+        .mse_loss(&true_iou, Reduction::Mean);
     let dice_mean = dice_best.mean(Kind::Float);
     let mut total = &dice_mean + &iou_mse;
     if focal_weight > 0.0 {
@@ -155,14 +170,18 @@ mod tests {
     #[test]
     fn focal_loss_is_small_for_confident_correct_and_large_for_wrong() {
         let target = t(&[1.0, 0.0], &[1, 1, 1, 2]);
-        let good = focal_loss_per_mask(&t(&[8.0, -8.0], &[1, 1, 1, 2]), &target).double_value(&[0, 0]);
-        let bad = focal_loss_per_mask(&t(&[-8.0, 8.0], &[1, 1, 1, 2]), &target).double_value(&[0, 0]);
+        let good =
+            focal_loss_per_mask(&t(&[8.0, -8.0], &[1, 1, 1, 2]), &target).double_value(&[0, 0]);
+        let bad =
+            focal_loss_per_mask(&t(&[-8.0, 8.0], &[1, 1, 1, 2]), &target).double_value(&[0, 0]);
         assert!(good < 1e-6 && bad > 1.0, "good {good} bad {bad}");
     }
 
     #[test]
     fn distance_loss_zero_for_perfect_prediction() {
-        let target = Tensor::rand([2, 3, 4, 4], (Kind::Float, Device::Cpu)).gt(0.5).to_kind(Kind::Float);
+        let target = Tensor::rand([2, 3, 4, 4], (Kind::Float, Device::Cpu))
+            .gt(0.5)
+            .to_kind(Kind::Float);
         assert!(distance_loss(&target, &target).double_value(&[]) < 1e-6);
         assert!(distance_loss(&(1.0 - &target), &target).double_value(&[]) > 1.0);
     }

@@ -26,7 +26,12 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     fn default() -> Self {
         // torch.optim.AdamW defaults.
-        Self { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 1e-2 }
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 1e-2,
+        }
     }
 }
 
@@ -63,7 +68,13 @@ impl AdamW {
             .map(|(name, var)| {
                 let exp_avg = var.zeros_like().detach();
                 let exp_avg_sq = var.zeros_like().detach();
-                ParamState { name, var, exp_avg, exp_avg_sq, step: 0 }
+                ParamState {
+                    name,
+                    var,
+                    exp_avg,
+                    exp_avg_sq,
+                    step: 0,
+                }
             })
             .collect();
         Self { config, params }
@@ -129,7 +140,11 @@ impl AdamW {
             for p in &self.params {
                 let grad = p.var.grad();
                 if grad.defined() {
-                    sum += grad.to_kind(tch::Kind::Double).square().sum(None).double_value(&[]);
+                    sum += grad
+                        .to_kind(tch::Kind::Double)
+                        .square()
+                        .sum(None)
+                        .double_value(&[]);
                 }
             }
             sum.sqrt()
@@ -144,7 +159,12 @@ impl AdamW {
 
     /// One AdamW update of every parameter that has a gradient.
     pub fn step(&mut self) {
-        let AdamWConfig { lr, betas: (b1, b2), eps, weight_decay } = self.config;
+        let AdamWConfig {
+            lr,
+            betas: (b1, b2),
+            eps,
+            weight_decay,
+        } = self.config;
         tch::no_grad(|| {
             for p in &mut self.params {
                 let grad = p.var.grad();
@@ -175,7 +195,10 @@ impl AdamW {
         let mut out = Vec::with_capacity(self.params.len() * 3);
         for p in &self.params {
             out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
-            out.push((format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.shallow_clone()));
+            out.push((
+                format!("exp_avg_sq.{}", p.name),
+                p.exp_avg_sq.shallow_clone(),
+            ));
             out.push((format!("step.{}", p.name), Tensor::from_slice(&[p.step])));
         }
         out
@@ -228,7 +251,12 @@ mod tests {
     #[test]
     fn matches_torch_update_rule_by_hand() {
         let p = Tensor::from_slice(&[1.0f64, -2.0]).set_requires_grad(true);
-        let cfg = AdamWConfig { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 };
+        let cfg = AdamWConfig {
+            lr: 0.1,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
         let mut opt = AdamW::new(vec![("p".into(), p.shallow_clone())], cfg);
         let mut expect = [1.0f64, -2.0];
         let (mut m, mut v) = ([0.0f64; 2], [0.0f64; 2]);
@@ -249,7 +277,10 @@ mod tests {
         }
         let got: Vec<f64> = Vec::try_from(&p.detach()).unwrap();
         for i in 0..2 {
-            assert!((got[i] - expect[i]).abs() < 1e-12, "expected {expect:?}\n     got {got:?}");
+            assert!(
+                (got[i] - expect[i]).abs() < 1e-12,
+                "expected {expect:?}\n     got {got:?}"
+            );
         }
     }
 
@@ -264,16 +295,28 @@ mod tests {
             }
         };
         let p1 = make();
-        let mut o1 = AdamW::new(vec![("w".into(), p1.shallow_clone())], AdamWConfig::default());
+        let mut o1 = AdamW::new(
+            vec![("w".into(), p1.shallow_clone())],
+            AdamWConfig::default(),
+        );
         run(&mut o1, &p1, 5);
 
         let p2 = make();
-        let mut o2 = AdamW::new(vec![("w".into(), p2.shallow_clone())], AdamWConfig::default());
+        let mut o2 = AdamW::new(
+            vec![("w".into(), p2.shallow_clone())],
+            AdamWConfig::default(),
+        );
         run(&mut o2, &p2, 3);
-        let state: Vec<(String, Tensor)> =
-            o2.state_tensors().into_iter().map(|(n, t)| (n, t.copy())).collect();
+        let state: Vec<(String, Tensor)> = o2
+            .state_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
         let p3 = p2.detach().copy().set_requires_grad(true);
-        let mut o3 = AdamW::new(vec![("w".into(), p3.shallow_clone())], AdamWConfig::default());
+        let mut o3 = AdamW::new(
+            vec![("w".into(), p3.shallow_clone())],
+            AdamWConfig::default(),
+        );
         o3.load_state_tensors(state).unwrap();
         run(&mut o3, &p3, 2);
         let diff = (&p1 - &p3).abs().max().double_value(&[]);
@@ -291,11 +334,17 @@ mod tests {
     #[test]
     fn clip_grad_norm_scales_to_max_norm() {
         let p = Tensor::from_slice(&[3.0f64, 4.0]).set_requires_grad(true);
-        let mut opt = AdamW::new(vec![("p".into(), p.shallow_clone())], AdamWConfig::default());
+        let mut opt = AdamW::new(
+            vec![("p".into(), p.shallow_clone())],
+            AdamWConfig::default(),
+        );
         (&p * &p).sum(Kind::Double).g_mul_scalar(0.5).backward(); // grad = p = [3, 4], norm 5
         let before = opt.clip_grad_norm(1.0);
         assert!((before - 5.0).abs() < 1e-12);
         let g: Vec<f64> = Vec::try_from(&p.grad()).unwrap();
-        assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
+        assert!(
+            (g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6,
+            "{g:?}"
+        );
     }
 }

@@ -46,7 +46,9 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// A log writing `dir/metrics.csv` and `dir/curves.png`.
     pub fn new(dir: &Path) -> Self {
-        Self { csv: dir.join("metrics.csv") }
+        Self {
+            csv: dir.join("metrics.csv"),
+        }
     }
 
     /// Path of the CSV file.
@@ -74,7 +76,8 @@ impl MetricsLog {
         rows.retain(|r| r.epoch < record.epoch);
         rows.push(record.clone());
         let tmp = self.csv.with_extension("csv.tmp");
-        let err = |e: &dyn std::fmt::Display| TrainError::Io(format!("{}: {e}", self.csv.display()));
+        let err =
+            |e: &dyn std::fmt::Display| TrainError::Io(format!("{}: {e}", self.csv.display()));
         {
             let mut writer = csv::Writer::from_path(&tmp).map_err(|e| err(&e))?;
             for r in &rows {
@@ -95,7 +98,11 @@ pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> 
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (left, right) = root.split_horizontally(500);
     let max_epoch = rows.iter().map(|r| r.epoch).max().unwrap_or(1).max(1) as f64;
-    let panels: [(&DrawingArea<_, _>, &str, Vec<(&str, fn(&EpochRecord) -> f64, RGBColor)>); 2] = [
+    let panels: [(
+        &DrawingArea<_, _>,
+        &str,
+        Vec<(&str, fn(&EpochRecord) -> f64, RGBColor)>,
+    ); 2] = [
         (
             &left,
             "training loss",
@@ -130,10 +137,17 @@ pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> 
             .y_label_area_size(45)
             .build_cartesian_2d(0.0..max_epoch, 0.0..y_max)
             .map_err(|e| err(&e))?;
-        chart.configure_mesh().x_desc("epoch").draw().map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .draw()
+            .map_err(|e| err(&e))?;
         for (name, f, colour) in series {
-            let points: Vec<(f64, f64)> =
-                rows.iter().map(|r| (r.epoch as f64, f(r))).filter(|p| p.1.is_finite()).collect();
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .map(|r| (r.epoch as f64, f(r)))
+                .filter(|p| p.1.is_finite())
+                .collect();
             chart
                 .draw_series(LineSeries::new(points, colour.stroke_width(2)))
                 .map_err(|e| err(&e))?

@@ -40,7 +40,14 @@ pub struct LrScheduler {
 impl LrScheduler {
     /// A scheduler starting at `base_lr`.
     pub fn new(kind: ScheduleKind, base_lr: f64) -> Self {
-        Self { kind, base_lr, lr: base_lr, best: None, bad_epochs: 0, epochs: 0 }
+        Self {
+            kind,
+            base_lr,
+            lr: base_lr,
+            best: None,
+            bad_epochs: 0,
+            epochs: 0,
+        }
     }
 
     /// The learning rate to use now.
@@ -69,9 +76,13 @@ impl LrScheduler {
                     }
                 }
             }
-            ScheduleKind::Cosine { total_epochs, min_lr } => {
+            ScheduleKind::Cosine {
+                total_epochs,
+                min_lr,
+            } => {
                 let t = (self.epochs.min(total_epochs.max(1)) as f64) / total_epochs.max(1) as f64;
-                self.lr = min_lr + 0.5 * (self.base_lr - min_lr) * (1.0 + (std::f64::consts::PI * t).cos());
+                self.lr = min_lr
+                    + 0.5 * (self.base_lr - min_lr) * (1.0 + (std::f64::consts::PI * t).cos());
             }
             ScheduleKind::Constant => {}
         }
@@ -90,7 +101,11 @@ pub struct EarlyStopping {
 impl EarlyStopping {
     /// `None` disables early stopping.
     pub fn new(patience: Option<u32>) -> Self {
-        Self { patience, best: None, bad_epochs: 0 }
+        Self {
+            patience,
+            best: None,
+            bad_epochs: 0,
+        }
     }
 
     /// Records an epoch's metric (higher is better); returns true when training should stop.
@@ -118,7 +133,10 @@ pub struct CheckpointDecision {
 /// than `best_so_far` (or there is none yet). NaN metrics never become best.
 pub fn checkpoint_decision(metric: f64, best_so_far: Option<f64>) -> CheckpointDecision {
     let save_best = !metric.is_nan() && best_so_far.is_none_or(|b| metric > b);
-    CheckpointDecision { save_latest: true, save_best }
+    CheckpointDecision {
+        save_latest: true,
+        save_best,
+    }
 }
 
 #[cfg(test)]
@@ -127,7 +145,13 @@ mod tests {
 
     #[test]
     fn plateau_decays_after_patience_bad_epochs() {
-        let mut s = LrScheduler::new(ScheduleKind::ReduceOnPlateau { factor: 0.9, patience: 3 }, 1.0);
+        let mut s = LrScheduler::new(
+            ScheduleKind::ReduceOnPlateau {
+                factor: 0.9,
+                patience: 3,
+            },
+            1.0,
+        );
         assert_eq!(s.step(0.5), 1.0); // first: best
         assert_eq!(s.step(0.5), 1.0); // bad 1
         assert_eq!(s.step(0.4), 1.0); // bad 2
@@ -138,7 +162,13 @@ mod tests {
 
     #[test]
     fn cosine_reaches_min_at_the_end() {
-        let mut s = LrScheduler::new(ScheduleKind::Cosine { total_epochs: 4, min_lr: 0.0 }, 1.0);
+        let mut s = LrScheduler::new(
+            ScheduleKind::Cosine {
+                total_epochs: 4,
+                min_lr: 0.0,
+            },
+            1.0,
+        );
         let lrs: Vec<f64> = (0..4).map(|_| s.step(0.0)).collect();
         assert!((lrs[1] - 0.5).abs() < 1e-12, "{lrs:?}"); // half way: (1 + cos(pi/2)) / 2
         assert!(lrs[3].abs() < 1e-12, "{lrs:?}");

@@ -3,9 +3,9 @@
 
 use sam_config::{Backbone, ModelConfig};
 use sam_model::{
-    apply_state_dict, read_checkpoint, resolve_checkpoint, ImageEncoderConfig, ImageEncoderViTConfig,
-    LoadMode, MaskDecoderConfig, PromptEncoderConfig, Sam, SamConfig, TwoWayTransformerConfig,
-    UnetrConfig, UnetrDecoder,
+    apply_state_dict, read_checkpoint, resolve_checkpoint, ImageEncoderConfig,
+    ImageEncoderViTConfig, LoadMode, MaskDecoderConfig, PromptEncoderConfig, Sam, SamConfig,
+    TwoWayTransformerConfig, UnetrConfig, UnetrDecoder,
 };
 use tch::nn::VarStore;
 use tch::Device;
@@ -36,7 +36,11 @@ pub fn sam_config(model: &ModelConfig) -> SamConfig {
     enc.embed_dim = i64::from(a.encoder_embed_dim);
     enc.depth = i64::from(a.encoder_depth);
     enc.num_heads = i64::from(a.encoder_num_heads);
-    enc.global_attn_indexes = a.encoder_global_attn_indexes.iter().map(|&i| i64::from(i)).collect();
+    enc.global_attn_indexes = a
+        .encoder_global_attn_indexes
+        .iter()
+        .map(|&i| i64::from(i))
+        .collect();
     enc.window_size = i64::from(a.window_size);
     enc.out_chans = dim;
     cfg.image_encoder = ImageEncoderConfig::Vit(enc);
@@ -68,9 +72,17 @@ pub fn unetr_config(sam: &SamConfig) -> UnetrConfig {
     let embed_dim = sam.image_encoder.out_chans();
     let img_size = sam.image_encoder.img_size();
     if embed_dim == 256 {
-        UnetrConfig { img_size, ..UnetrConfig::sam() }
+        UnetrConfig {
+            img_size,
+            ..UnetrConfig::sam()
+        }
     } else {
-        UnetrConfig { embed_dim, img_size, initial_features: (embed_dim / 4).max(8), ..UnetrConfig::sam() }
+        UnetrConfig {
+            embed_dim,
+            img_size,
+            initial_features: (embed_dim / 4).max(8),
+            ..UnetrConfig::sam()
+        }
     }
 }
 
@@ -87,7 +99,9 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("decoder", &self.decoder.is_some()).finish()
+        f.debug_struct("Model")
+            .field("decoder", &self.decoder.is_some())
+            .finish()
     }
 }
 
@@ -109,7 +123,11 @@ impl Model {
         } else {
             None
         };
-        Ok(Self { sam_vs, sam, decoder })
+        Ok(Self {
+            sam_vs,
+            sam,
+            decoder,
+        })
     }
 
     /// Loads the initial weights named by `model.checkpoint` (a file or a micro_sam model name
@@ -122,8 +140,9 @@ impl Model {
             .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
         match (&self.decoder, &ck.decoder_state) {
             (Some((vs, _)), Some(state)) => {
-                apply_state_dict(vs, state, LoadMode::Strict)
-                    .map_err(|e| TrainError::Model(format!("{} (decoder_state): {e}", path.display())))?;
+                apply_state_dict(vs, state, LoadMode::Strict).map_err(|e| {
+                    TrainError::Model(format!("{} (decoder_state): {e}", path.display()))
+                })?;
             }
             (Some(_), None) => warnings.push(format!(
                 "{} has no decoder_state: the instance decoder starts from random weights",
@@ -138,7 +157,11 @@ impl Model {
     pub fn named_variables(&self) -> Vec<(String, tch::Tensor)> {
         let mut out: Vec<(String, tch::Tensor)> = self.sam_vs.variables().into_iter().collect();
         if let Some((vs, _)) = &self.decoder {
-            out.extend(vs.variables().into_iter().map(|(k, t)| (format!("{DECODER_PREFIX}{k}"), t)));
+            out.extend(
+                vs.variables()
+                    .into_iter()
+                    .map(|(k, t)| (format!("{DECODER_PREFIX}{k}"), t)),
+            );
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -146,20 +169,25 @@ impl Model {
 
     /// Copies weights saved by [`Model::named_variables`] back (strict).
     pub fn load_named(&self, tensors: &[(String, tch::Tensor)]) -> Result<(), TrainError> {
-        let (dec, sam): (Vec<_>, Vec<_>) =
-            tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).partition(|(k, _)| k.starts_with(DECODER_PREFIX));
-        apply_state_dict(&self.sam_vs, &sam, LoadMode::Strict).map_err(|e| TrainError::State(e.to_string()))?;
+        let (dec, sam): (Vec<_>, Vec<_>) = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shallow_clone()))
+            .partition(|(k, _)| k.starts_with(DECODER_PREFIX));
+        apply_state_dict(&self.sam_vs, &sam, LoadMode::Strict)
+            .map_err(|e| TrainError::State(e.to_string()))?;
         match &self.decoder {
             Some((vs, _)) => {
                 let dec: Vec<(String, tch::Tensor)> = dec
                     .into_iter()
                     .map(|(k, t)| (k[DECODER_PREFIX.len()..].to_string(), t))
                     .collect();
-                apply_state_dict(vs, &dec, LoadMode::Strict).map_err(|e| TrainError::State(e.to_string()))?;
+                apply_state_dict(vs, &dec, LoadMode::Strict)
+                    .map_err(|e| TrainError::State(e.to_string()))?;
             }
             None if !dec.is_empty() => {
                 return Err(TrainError::State(
-                    "the checkpoint has decoder weights but the config has no segmentation decoder".into(),
+                    "the checkpoint has decoder weights but the config has no segmentation decoder"
+                        .into(),
                 ))
             }
             None => {}

@@ -61,7 +61,9 @@ pub fn model_input(
     samples: &[&TrainingSample],
     device: Device,
 ) -> Result<(Tensor, (i64, i64)), TrainError> {
-    let first = samples.first().ok_or_else(|| TrainError::Data("empty batch".into()))?;
+    let first = samples
+        .first()
+        .ok_or_else(|| TrainError::Data("empty batch".into()))?;
     let (h, w) = (first.labels.height as i64, first.labels.width as i64);
     let mut images = Vec::with_capacity(samples.len());
     for s in samples {
@@ -73,14 +75,19 @@ pub fn model_input(
         }
         images.push(Tensor::from_slice(&s.image).view([1, 1, h, w]));
     }
-    let x = Tensor::cat(&images, 0).to_device(device).repeat([1, 3, 1, 1]) * 255.0;
+    let x = Tensor::cat(&images, 0)
+        .to_device(device)
+        .repeat([1, 3, 1, 1])
+        * 255.0;
     let (rh, rw) = ResizeLongestSide::get_preprocess_shape(h, w, sam.img_size());
     let x = if (rh, rw) != (h, w) {
         x.upsample_bilinear2d([rh, rw], false, None, None)
     } else {
         x
     };
-    let x = sam.preprocess(&x).map_err(|e| TrainError::Model(e.to_string()))?;
+    let x = sam
+        .preprocess(&x)
+        .map_err(|e| TrainError::Model(e.to_string()))?;
     Ok((x, (rh, rw)))
 }
 
@@ -113,7 +120,9 @@ fn object_masks(sample: &TrainingSample, ids: &[u32], device: Device) -> Tensor 
             *d = f32::from(u8::from(v == id));
         }
     }
-    Tensor::from_slice(&data).view([ids.len() as i64, 1, h as i64, w as i64]).to_device(device)
+    Tensor::from_slice(&data)
+        .view([ids.len() as i64, 1, h as i64, w as i64])
+        .to_device(device)
 }
 
 /// Computes the loss of one step. `iteration` picks the start prompt (even: point, odd: box) and,
@@ -130,16 +139,24 @@ pub fn step_loss(
 ) -> Result<StepLoss, TrainError> {
     let (x, input_size) = model_input(sam, samples, device)?;
     let embeddings = sam.image_encoder.forward(&x);
-    let (ph, pw) = (samples[0].labels.height as i64, samples[0].labels.width as i64);
+    let (ph, pw) = (
+        samples[0].labels.height as i64,
+        samples[0].labels.width as i64,
+    );
     let mut total = Tensor::zeros([], (Kind::Float, device));
     let (mut dice_sum, mut iou_sum) = (0.0, 0.0);
     let mut decoder_value = 0.0;
     let point_start = iteration % 2 == 0;
-    let sampler = PromptSampler { box_distortion: recipe.box_distortion };
-    let transform = ResizeLongestSide { target_length: sam.img_size() };
+    let sampler = PromptSampler {
+        box_distortion: recipe.box_distortion,
+    };
+    let transform = ResizeLongestSide {
+        target_length: sam.img_size(),
+    };
     let rounds = recipe.n_sub_iteration.max(1);
     for (b, sample) in samples.iter().enumerate() {
-        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[1, iteration, global_index[b]]));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(derive_seed(seed, &[1, iteration, global_index[b]]));
         let ids = choose_objects(sample, recipe.n_objects_per_batch, &mut rng);
         if ids.is_empty() {
             return Err(TrainError::Data(format!(
@@ -178,12 +195,16 @@ pub fn step_loss(
         let mut image_loss = Tensor::zeros([], (Kind::Float, device));
         for round in 0..rounds {
             let points = (n_points > 0).then(|| {
-                let c = Tensor::from_slice(&coords).view([n, n_points as i64, 2]).to_device(device);
-                let l = Tensor::from_slice(&labels).view([n, n_points as i64]).to_device(device);
+                let c = Tensor::from_slice(&coords)
+                    .view([n, n_points as i64, 2])
+                    .to_device(device);
+                let l = Tensor::from_slice(&labels)
+                    .view([n, n_points as i64])
+                    .to_device(device);
                 (transform.apply_coords(&c, (ph, pw)), l)
             });
             let multimask = round == 0 && point_start;
-            let pred = sam
+            let (low_res_masks, iou_predictions) = sam
                 .forward_prompts(
                     &emb,
                     points.as_ref().map(|(c, l)| (c, l)),
@@ -192,8 +213,13 @@ pub fn step_loss(
                     multimask,
                 )
                 .map_err(|e| TrainError::Model(e.to_string()))?;
-            let masks = sam.postprocess_masks(&pred.low_res_masks, input_size, (ph, pw));
-            let rl = round_loss(&masks.to_kind(Kind::Float), &pred.iou_predictions, &target, recipe.focal_weight);
+            let masks = sam.postprocess_masks(&low_res_masks, input_size, (ph, pw));
+            let rl = round_loss(
+                &masks.to_kind(Kind::Float),
+                &iou_predictions,
+                &target,
+                recipe.focal_weight,
+            );
             dice_sum += rl.dice;
             iou_sum += rl.iou_mse;
             image_loss = image_loss + &rl.total;
@@ -204,19 +230,27 @@ pub fn step_loss(
             let best_idx = rl.best.unsqueeze(1);
             let best_masks = tch::no_grad(|| {
                 masks
-                    .gather(1, &best_idx.view([n, 1, 1, 1]).expand([n, 1, ph, pw], false), false)
+                    .gather(
+                        1,
+                        &best_idx.view([n, 1, 1, 1]).expand([n, 1, ph, pw], false),
+                        false,
+                    )
                     .gt(0.0)
                     .to_device(Device::Cpu)
             });
             let pred_flat: Vec<bool> = Vec::<bool>::try_from(best_masks.flatten(0, -1))
                 .map_err(|e| TrainError::Model(e.to_string()))?;
-            let target_cpu: Vec<f32> = Vec::<f32>::try_from(target.to_device(Device::Cpu).flatten(0, -1))
-                .map_err(|e| TrainError::Model(e.to_string()))?;
+            let target_cpu: Vec<f32> =
+                Vec::<f32>::try_from(target.to_device(Device::Cpu).flatten(0, -1))
+                    .map_err(|e| TrainError::Model(e.to_string()))?;
             let plane = (ph * pw) as usize;
             let mut new_coords = Vec::with_capacity(ids.len() * (n_points + 2) * 2);
             let mut new_labels = Vec::with_capacity(ids.len() * (n_points + 2));
             for k in 0..ids.len() {
-                let truth: Vec<bool> = target_cpu[k * plane..(k + 1) * plane].iter().map(|&v| v > 0.5).collect();
+                let truth: Vec<bool> = target_cpu[k * plane..(k + 1) * plane]
+                    .iter()
+                    .map(|&v| v > 0.5)
+                    .collect();
                 let predicted = &pred_flat[k * plane..(k + 1) * plane];
                 let (pos, neg) = sampler.iterative_points(&truth, predicted, pw as usize, &mut rng);
                 new_coords.extend_from_slice(&coords[k * n_points * 2..(k + 1) * n_points * 2]);
@@ -239,11 +273,18 @@ pub fn step_loss(
             labels = new_labels;
             n_points += 2;
             // Mask input decision: the same for every rank (derived from the iteration).
-            let mut mask_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[2, iteration, round as u64]));
+            let mut mask_rng =
+                ChaCha8Rng::seed_from_u64(derive_seed(seed, &[2, iteration, round as u64]));
             mask_input = (mask_rng.gen::<f64>() < recipe.mask_prob).then(|| {
-                let k = pred.low_res_masks.size();
-                pred.low_res_masks
-                    .gather(1, &best_idx.view([n, 1, 1, 1]).expand([n, 1, k[2], k[3]], false), false)
+                let k = low_res_masks.size();
+                low_res_masks
+                    .gather(
+                        1,
+                        &best_idx
+                            .view([n, 1, 1, 1])
+                            .expand([n, 1, k[2], k[3]], false),
+                        false,
+                    )
                     .detach()
             });
         }
@@ -260,8 +301,12 @@ pub fn step_loss(
             targets.push(Tensor::from_slice(&t.data).view([1, 3, ph, pw]));
         }
         let target = Tensor::cat(&targets, 0).to_device(device);
-        let out = dec.forward_t(&embeddings, true).map_err(|e| TrainError::Model(e.to_string()))?;
-        let out = dec.postprocess_masks(&out, input_size, (ph, pw)).to_kind(Kind::Float);
+        let out = dec
+            .forward_t(&embeddings, true)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let out = dec
+            .postprocess_masks(&out, input_size, (ph, pw))
+            .to_kind(Kind::Float);
         // Per image, then the mean: a distributed run averages the same quantity.
         let mut dl = Tensor::zeros([], (Kind::Float, device));
         for b in 0..samples.len() as i64 {
@@ -272,5 +317,10 @@ pub fn step_loss(
         total = total + dl;
     }
     let denom = nb * rounds as f64;
-    Ok(StepLoss { total, dice: dice_sum / denom, iou_mse: iou_sum / denom, decoder: decoder_value })
+    Ok(StepLoss {
+        total,
+        dice: dice_sum / denom,
+        iou_mse: iou_sum / denom,
+        decoder: decoder_value,
+    })
 }

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use sam_config::{ExperimentConfig, Precision, RunPaths, SchedulerKind};
-use sam_data::{derive_seed, pair_by_stem, split_by_image, Dataset, Normalization, PatchConfig, Prefetcher, SampleConfig, TrainingSample};
-use tch::{Device, Kind, Tensor};
+use sam_data::{
+    derive_seed, pair_by_stem, split_by_image, Dataset, Normalization, PatchConfig, Prefetcher,
+    SampleConfig, TrainingSample,
+};
+use tch::Kind;
 
 use crate::checkpoint::{CheckpointStore, ScalerState, Slot, TrainState};
 use crate::distributed::Collective;
@@ -61,7 +64,10 @@ pub struct TrainOptions<'a> {
 
 impl std::fmt::Debug for TrainOptions<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrainOptions").field("root", &self.root).field("resume", &self.resume).finish()
+        f.debug_struct("TrainOptions")
+            .field("root", &self.root)
+            .field("resume", &self.resume)
+            .finish()
     }
 }
 
@@ -97,10 +103,17 @@ pub struct TrainSummary {
 
 /// Checks the run folder against `resume`/`overwrite` and creates it. Nothing is touched when
 /// the run is refused.
-pub fn prepare_run(cfg: &ExperimentConfig, root: &Path, resume: bool, overwrite: bool) -> Result<RunPaths, TrainError> {
+pub fn prepare_run(
+    cfg: &ExperimentConfig,
+    root: &Path,
+    resume: bool,
+    overwrite: bool,
+) -> Result<RunPaths, TrainError> {
     let paths = RunPaths::new(root, cfg);
     if resume && overwrite {
-        return Err(TrainError::Usage("--resume and --overwrite exclude each other".into()));
+        return Err(TrainError::Usage(
+            "--resume and --overwrite exclude each other".into(),
+        ));
     }
     let exists = paths.run_dir.exists();
     if exists && !resume && !overwrite {
@@ -113,7 +126,8 @@ pub fn prepare_run(cfg: &ExperimentConfig, root: &Path, resume: bool, overwrite:
         )));
     }
     if exists && overwrite {
-        fs::remove_dir_all(&paths.run_dir).map_err(|e| TrainError::Io(format!("{}: {e}", paths.run_dir.display())))?;
+        fs::remove_dir_all(&paths.run_dir)
+            .map_err(|e| TrainError::Io(format!("{}: {e}", paths.run_dir.display())))?;
     }
     for d in [&paths.run_dir, &paths.checkpoint_dir, &paths.logs_dir] {
         fs::create_dir_all(d).map_err(|e| TrainError::Io(format!("{}: {e}", d.display())))?;
@@ -141,19 +155,28 @@ fn sample_config(cfg: &ExperimentConfig) -> SampleConfig {
 }
 
 fn load_data(cfg: &ExperimentConfig, root: &Path) -> Result<(Dataset, Dataset), TrainError> {
-    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { root.join(p) };
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            root.join(p)
+        }
+    };
     let d = &cfg.data;
-    let pairs = pair_by_stem(resolve(&d.train_images_dir), resolve(&d.train_labels_dir)).map_err(|e| TrainError::Data(e.to_string()))?;
+    let pairs = pair_by_stem(resolve(&d.train_images_dir), resolve(&d.train_labels_dir))
+        .map_err(|e| TrainError::Data(e.to_string()))?;
     let all = Dataset::load(&pairs).map_err(|e| TrainError::Data(e.to_string()))?;
     match (&d.validation.images_dir, &d.validation.labels_dir) {
         (Some(vi), Some(vl)) => {
-            let vpairs = pair_by_stem(resolve(vi), resolve(vl)).map_err(|e| TrainError::Data(e.to_string()))?;
+            let vpairs = pair_by_stem(resolve(vi), resolve(vl))
+                .map_err(|e| TrainError::Data(e.to_string()))?;
             let val = Dataset::load(&vpairs).map_err(|e| TrainError::Data(e.to_string()))?;
             Ok((all, val))
         }
         _ => {
             let fraction = d.validation.fraction.unwrap_or(0.1);
-            let (train, val) = split_by_image(all.items.len(), fraction, cfg.seed).map_err(|e| TrainError::Data(e.to_string()))?;
+            let (train, val) = split_by_image(all.items.len(), fraction, cfg.seed)
+                .map_err(|e| TrainError::Data(e.to_string()))?;
             Ok((all.subset(&train), all.subset(&val)))
         }
     }
@@ -162,8 +185,14 @@ fn load_data(cfg: &ExperimentConfig, root: &Path) -> Result<(Dataset, Dataset), 
 fn schedule_kind(cfg: &ExperimentConfig, epochs: u64) -> ScheduleKind {
     let s = &cfg.training.scheduler;
     match s.kind {
-        SchedulerKind::ReduceOnPlateau => ScheduleKind::ReduceOnPlateau { factor: s.factor, patience: s.patience },
-        SchedulerKind::Cosine => ScheduleKind::Cosine { total_epochs: epochs as u32, min_lr: s.min_lr },
+        SchedulerKind::ReduceOnPlateau => ScheduleKind::ReduceOnPlateau {
+            factor: s.factor,
+            patience: s.patience,
+        },
+        SchedulerKind::Cosine => ScheduleKind::Cosine {
+            total_epochs: epochs as u32,
+            min_lr: s.min_lr,
+        },
         SchedulerKind::Constant => ScheduleKind::Constant,
     }
 }
@@ -174,9 +203,15 @@ fn n_validation_patches(n_images: usize) -> usize {
 }
 
 /// Trains as the config says. See the crate documentation for the run folder layout.
-pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) -> Result<TrainOutcome, TrainError> {
+pub fn train(
+    cfg: &ExperimentConfig,
+    paths: &RunPaths,
+    opts: &TrainOptions<'_>,
+) -> Result<TrainOutcome, TrainError> {
     let started = Instant::now();
-    let (rank, world) = opts.collective.map_or((0, 1), |c| (c.rank(), c.world_size()));
+    let (rank, world) = opts
+        .collective
+        .map_or((0, 1), |c| (c.rank(), c.world_size()));
     let is_main = rank == 0;
     let say = |line: String| {
         tracing::info!("{line}");
@@ -186,26 +221,44 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
     let local_rank = opts.collective.map_or(0, |c| c.local_rank());
     let device = device_for(t.device, local_rank);
     if t.precision == Precision::Tf32 && device.is_cuda() {
-        sam_torch::set_tf32(sam_torch::Tf32 { cublas: true, cudnn: true }).map_err(|e| TrainError::Model(e.to_string()))?;
+        sam_torch::set_tf32(sam_torch::Tf32 {
+            cublas: true,
+            cudnn: true,
+        })
+        .map_err(|e| TrainError::Model(e.to_string()))?;
     }
     if is_main && !opts.resume {
         let yaml = cfg.to_yaml().map_err(|e| TrainError::Io(e.to_string()))?;
-        fs::write(&paths.config, yaml).map_err(|e| TrainError::Io(format!("{}: {e}", paths.config.display())))?;
+        fs::write(&paths.config, yaml)
+            .map_err(|e| TrainError::Io(format!("{}: {e}", paths.config.display())))?;
     }
 
     // Data.
     let (train_set, val_set) = load_data(cfg, &paths.root)?;
     if train_set.items.is_empty() {
-        return Err(TrainError::Data("no training images after the validation split".into()));
+        return Err(TrainError::Data(
+            "no training images after the validation split".into(),
+        ));
     }
     if val_set.items.is_empty() {
-        return Err(TrainError::Data("no validation images: set data.validation.fraction or data.validation.images_dir".into()));
+        return Err(TrainError::Data(
+            "no validation images: set data.validation.fraction or data.validation.images_dir"
+                .into(),
+        ));
     }
     let sample_cfg = sample_config(cfg);
     let val_patches: Vec<TrainingSample> = (0..n_validation_patches(val_set.items.len()))
         .map(|j| {
-            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(derive_seed(cfg.seed, &[3, j as u64]));
-            val_set.sample(&SampleConfig { with_targets: false, ..sample_cfg.clone() }, &mut rng)
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(
+                derive_seed(cfg.seed, &[3, j as u64]),
+            );
+            val_set.sample(
+                &SampleConfig {
+                    with_targets: false,
+                    ..sample_cfg.clone()
+                },
+                &mut rng,
+            )
         })
         .collect::<Result<_, _>>()
         .map_err(|e| TrainError::Data(e.to_string()))?;
@@ -218,7 +271,12 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
             say(format!("warning: {w}"));
         }
     }
-    let frozen = |name: &str| cfg.model.freeze.iter().any(|p| name.starts_with(p.as_str()));
+    let frozen = |name: &str| {
+        cfg.model
+            .freeze
+            .iter()
+            .any(|p| name.starts_with(p.as_str()))
+    };
     let mut trainable = Vec::new();
     for (name, var) in model.named_variables() {
         if !var.requires_grad() {
@@ -233,10 +291,18 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
     let n_params: i64 = trainable.iter().map(|(_, v)| v.numel() as i64).sum();
     let mut optim = AdamW::new(
         trainable,
-        AdamWConfig { lr: t.lr, betas: (t.betas[0], t.betas[1]), eps: t.eps, weight_decay: t.weight_decay },
+        AdamWConfig {
+            lr: t.lr,
+            betas: (t.betas[0], t.betas[1]),
+            eps: t.eps,
+            weight_decay: t.weight_decay,
+        },
     );
     let global_batch = u64::from(t.batch_size) * world as u64;
-    let samples_per_epoch = cfg.data.samples_per_epoch.unwrap_or(train_set.items.len() as u64 * 16);
+    let samples_per_epoch = cfg
+        .data
+        .samples_per_epoch
+        .unwrap_or(train_set.items.len() as u64 * 16);
     let iters_per_epoch = samples_per_epoch.div_ceil(global_batch).max(1);
     let epochs = match (t.epochs, t.iterations) {
         (_, Some(it)) => it.div_ceil(iters_per_epoch),
@@ -262,7 +328,12 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
         model.load_named(&ck.model)?;
         optim.load_state_tensors(ck.optimizer)?;
         state = ck.state;
-        say(format!("resumed from {} at epoch {}, iteration {}", store.slot_dir(Slot::Latest).display(), state.epoch, state.iteration));
+        say(format!(
+            "resumed from {} at epoch {}, iteration {}",
+            store.slot_dir(Slot::Latest).display(),
+            state.epoch,
+            state.iteration
+        ));
     } else if let Some(c) = opts.collective {
         // Every rank starts from rank 0's weights.
         c.broadcast_variables(&model.named_variables())?;
@@ -302,7 +373,9 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
             move |j, _| {
                 let i = first + j / per_rank;
                 let k = rank as u64 * per_rank + j % per_rank;
-                let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(derive_seed(seed, &[4, i, k]));
+                let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(
+                    derive_seed(seed, &[4, i, k]),
+                );
                 train_arc.sample(&sample_cfg_arc, &mut rng).map(|s| (k, s))
             },
         )
@@ -319,12 +392,18 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
     let mut early_stopped = false;
     let mut epoch_started = Instant::now();
     let mut done_this_run = 0u64;
-    let snapshot = |model: &Model, optim: &AdamW, state: &TrainState, slot: Slot| -> Result<(), TrainError> {
-        if is_main {
-            store.save(slot, &model.named_variables(), &optim.state_tensors(), state)?;
-        }
-        Ok(())
-    };
+    let snapshot =
+        |model: &Model, optim: &AdamW, state: &TrainState, slot: Slot| -> Result<(), TrainError> {
+            if is_main {
+                store.save(
+                    slot,
+                    &model.named_variables(),
+                    &optim.state_tensors(),
+                    state,
+                )?;
+            }
+            Ok(())
+        };
 
     while state.iteration < total_iterations {
         // One iteration.
@@ -341,17 +420,35 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
         let refs: Vec<&TrainingSample> = batch.iter().collect();
         optim.zero_grad();
         let forward = || {
-            step_loss(&model.sam, model.decoder.as_ref().map(|(_, d)| d), &refs, &recipe, seed, state.iteration, &index, device)
+            step_loss(
+                &model.sam,
+                model.decoder.as_ref().map(|(_, d)| d),
+                &refs,
+                &recipe,
+                seed,
+                state.iteration,
+                &index,
+                device,
+            )
         };
         let loss = match autocast_kind {
-            Some(kind) => sam_torch::autocast(device, kind, forward).map_err(|e| TrainError::Model(e.to_string()))??,
+            Some(kind) => sam_torch::autocast(device, kind, forward)
+                .map_err(|e| TrainError::Model(e.to_string()))??,
             None => forward()?,
         };
         let value = loss.total.double_value(&[]);
         if !value.is_finite() {
-            return Err(TrainError::NonFinite { iteration: state.iteration, value, checkpoint: store.slot_dir(Slot::Latest) });
+            return Err(TrainError::NonFinite {
+                iteration: state.iteration,
+                value,
+                checkpoint: store.slot_dir(Slot::Latest),
+            });
         }
-        let scale = if t.precision == Precision::Fp16 { state.scaler.scale } else { 1.0 };
+        let scale = if t.precision == Precision::Fp16 {
+            state.scaler.scale
+        } else {
+            1.0
+        };
         (loss.total * scale).backward();
         if let Some(c) = opts.collective {
             c.average_gradients(&optim)?;
@@ -386,20 +483,34 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
         state.epoch_sums[2] += loss.decoder;
         state.epoch_sums[3] += 1.0;
         opts.progress.step(state.iteration, value, optim.lr());
-        if t.log_every_iterations > 0 && state.iteration % u64::from(t.log_every_iterations) == 0 && is_main {
+        if t.log_every_iterations > 0
+            && state.iteration % u64::from(t.log_every_iterations) == 0
+            && is_main
+        {
             tracing::info!(
                 "iteration {}/{}: loss {:.4} (dice {:.4}, iou-mse {:.4}, decoder {:.4}), lr {:.3e}",
-                state.iteration, total_iterations, value, loss.dice, loss.iou_mse, loss.decoder, optim.lr()
+                state.iteration,
+                total_iterations,
+                value,
+                loss.dice,
+                loss.iou_mse,
+                loss.decoder,
+                optim.lr()
             );
         }
 
-        let epoch_end = state.iteration % iters_per_epoch == 0 || state.iteration == total_iterations;
+        let epoch_end =
+            state.iteration % iters_per_epoch == 0 || state.iteration == total_iterations;
         if epoch_end {
             state.epoch += 1;
             let validate_now = t.validate_every_epochs <= 1
                 || state.epoch % u64::from(t.validate_every_epochs) == 0
                 || state.iteration == total_iterations;
-            let scores = if validate_now { Some(validate(&model.sam, &val_patches, device)?) } else { None };
+            let scores = if validate_now {
+                Some(validate(&model.sam, &val_patches, device)?)
+            } else {
+                None
+            };
             let n = state.epoch_sums[3].max(1.0);
             let record = EpochRecord {
                 epoch: state.epoch,
@@ -440,10 +551,16 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
             }
             snapshot(&model, &optim, &state, Slot::Latest)?;
             if early_stopped {
-                say(format!("early stopping after epoch {}: no improvement for {} epochs", state.epoch, t.early_stopping_patience.unwrap_or(0)));
+                say(format!(
+                    "early stopping after epoch {}: no improvement for {} epochs",
+                    state.epoch,
+                    t.early_stopping_patience.unwrap_or(0)
+                ));
                 break;
             }
-        } else if t.checkpoint_every_iterations > 0 && state.iteration % u64::from(t.checkpoint_every_iterations) == 0 {
+        } else if t.checkpoint_every_iterations > 0
+            && state.iteration % u64::from(t.checkpoint_every_iterations) == 0
+        {
             snapshot(&model, &optim, &state, Slot::Latest)?;
         }
 
@@ -452,13 +569,19 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
             Some(c) => c.any(stop_requested)?,
             None => stop_requested,
         };
-        let limit_hit = opts.max_iterations_this_run.is_some_and(|m| done_this_run >= m);
+        let limit_hit = opts
+            .max_iterations_this_run
+            .is_some_and(|m| done_this_run >= m);
         if (stop_all || limit_hit) && state.iteration < total_iterations {
             if !epoch_end {
                 snapshot(&model, &optim, &state, Slot::Latest)?;
             }
             if stop_all {
-                say(format!("stop requested: checkpointed at iteration {} in {}", state.iteration, store.slot_dir(Slot::Latest).display()));
+                say(format!(
+                    "stop requested: checkpointed at iteration {} in {}",
+                    state.iteration,
+                    store.slot_dir(Slot::Latest).display()
+                ));
             }
             opts.progress.finish();
             return Ok(TrainOutcome::Interrupted(TrainSummary {
@@ -477,10 +600,18 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
     state.finished = true;
     snapshot(&model, &optim, &state, Slot::Latest)?;
     let export_path = if is_main {
-        let slot = if store.exists(Slot::Best) { Slot::Best } else { Slot::Latest };
+        let slot = if store.exists(Slot::Best) {
+            Slot::Best
+        } else {
+            Slot::Latest
+        };
         let source = store.slot_dir(slot);
         export_model(&source, &paths.export_path, model.decoder.is_some())?;
-        say(format!("exported {} to {}", source.display(), paths.export_path.display()));
+        say(format!(
+            "exported {} to {}",
+            source.display(),
+            paths.export_path.display()
+        ));
         Some(paths.export_path.clone())
     } else {
         None
@@ -496,4 +627,3 @@ pub fn train(cfg: &ExperimentConfig, paths: &RunPaths, opts: &TrainOptions<'_>) 
         seconds: started.elapsed().as_secs_f64(),
     }))
 }
-

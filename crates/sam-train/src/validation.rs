@@ -27,10 +27,18 @@ pub struct ValidationScores {
 const OBJECT_CHUNK: usize = 32;
 
 /// Scores the model on validation patches (no gradients).
-pub fn validate(sam: &Sam, patches: &[TrainingSample], device: Device) -> Result<ValidationScores, TrainError> {
+pub fn validate(
+    sam: &Sam,
+    patches: &[TrainingSample],
+    device: Device,
+) -> Result<ValidationScores, TrainError> {
     let _guard = tch::no_grad_guard();
-    let sampler = PromptSampler { box_distortion: 0.0 };
-    let transform = ResizeLongestSide { target_length: sam.img_size() };
+    let sampler = PromptSampler {
+        box_distortion: 0.0,
+    };
+    let transform = ResizeLongestSide {
+        target_length: sam.img_size(),
+    };
     let (mut dice_sum, mut iou_sum, mut n_objects) = (0.0, 0.0, 0usize);
     let (mut msa_sum, mut sa50_sum) = (0.0, 0.0);
     for sample in patches {
@@ -50,18 +58,22 @@ pub fn validate(sam: &Sam, patches: &[TrainingSample], device: Device) -> Result
             let mut boxes = Vec::with_capacity(chunk.len() * 4);
             for &id in chunk {
                 let b = sampler
-                    .jittered_box(&sample.labels, id, &mut rand::rngs::mock::StepRng::new(0, 0))
+                    .jittered_box(
+                        &sample.labels,
+                        id,
+                        &mut rand::rngs::mock::StepRng::new(0, 0),
+                    )
                     .ok_or_else(|| TrainError::Data(format!("object {id} vanished")))?;
                 boxes.extend(b.iter().map(|&c| c as f32));
             }
             let n = chunk.len() as i64;
             let boxes = Tensor::from_slice(&boxes).view([n, 4]).to_device(device);
             let boxes = transform.apply_boxes(&boxes, (h as i64, w as i64));
-            let pred = sam
+            let (low_res_masks, _iou) = sam
                 .forward_prompts(&emb, None, Some(&boxes), None, false)
                 .map_err(|e| TrainError::Model(e.to_string()))?;
             let logits = sam
-                .postprocess_masks(&pred.low_res_masks, input_size, (h as i64, w as i64))
+                .postprocess_masks(&low_res_masks, input_size, (h as i64, w as i64))
                 .to_kind(Kind::Float)
                 .to_device(Device::Cpu)
                 .contiguous();
@@ -86,17 +98,31 @@ pub fn validate(sam: &Sam, patches: &[TrainingSample], device: Device) -> Result
                     }
                 }
                 let union = pred_n + true_n - inter;
-                dice_sum += if pred_n + true_n == 0 { 1.0 } else { 2.0 * inter as f64 / (pred_n + true_n) as f64 };
-                iou_sum += if union == 0 { 1.0 } else { inter as f64 / union as f64 };
+                dice_sum += if pred_n + true_n == 0 {
+                    1.0
+                } else {
+                    2.0 * inter as f64 / (pred_n + true_n) as f64
+                };
+                iou_sum += if union == 0 {
+                    1.0
+                } else {
+                    inter as f64 / union as f64
+                };
                 n_objects += 1;
             }
         }
-        let scores = sam_eval::score_image(&sample.labels.data, &merged)
-            .map_err(|e| TrainError::Data(format!("validation scoring of {}: {e}", sample.image_name)))?;
+        let scores = sam_eval::score_image(&sample.labels.data, &merged).map_err(|e| {
+            TrainError::Data(format!("validation scoring of {}: {e}", sample.image_name))
+        })?;
         msa_sum += scores.msa;
         sa50_sum += scores.sa50;
     }
     let no = n_objects.max(1) as f64;
     let np = patches.len().max(1) as f64;
-    Ok(ValidationScores { dice: dice_sum / no, box_iou: iou_sum / no, msa: msa_sum / np, sa50: sa50_sum / np })
+    Ok(ValidationScores {
+        dice: dice_sum / no,
+        box_iou: iou_sum / no,
+        msa: msa_sum / np,
+        sa50: sa50_sum / np,
+    })
 }

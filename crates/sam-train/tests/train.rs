@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use sam_config::{parse_config, ExperimentConfig, RunPaths, ValidateOptions};
 use sam_data::{synthesize, write_image, write_labels, SynthConfig};
 use sam_train::{
-    prepare_run, train, CheckpointStore, NoProgress, Slot, StopFlag, TrainError, TrainOptions, TrainOutcome,
+    prepare_run, train, CheckpointStore, NoProgress, Slot, StopFlag, TrainError, TrainOptions,
+    TrainOutcome,
 };
 use tch::Tensor;
 
@@ -25,7 +26,13 @@ fn write_synth(root: &Path, split: &str, n: usize, seed: u64) {
     std::fs::create_dir_all(&images).unwrap();
     std::fs::create_dir_all(&labels).unwrap();
     for i in 0..n {
-        let s = synthesize(&SynthConfig { size: 96, ..SynthConfig::default() }, seed + i as u64);
+        let s = synthesize(
+            &SynthConfig {
+                size: 96,
+                ..SynthConfig::default()
+            },
+            seed + i as u64,
+        );
         write_image(images.join(format!("img{i}.tif")), &s.image).unwrap();
         write_labels(labels.join(format!("img{i}.tif")), &s.labels).unwrap();
     }
@@ -100,14 +107,22 @@ fn opts(root: &Path, resume: bool, limit: Option<u64>) -> TrainOptions<'static> 
     }
 }
 
-fn run(cfg: &ExperimentConfig, root: &Path, resume: bool, limit: Option<u64>) -> Result<TrainOutcome, TrainError> {
+fn run(
+    cfg: &ExperimentConfig,
+    root: &Path,
+    resume: bool,
+    limit: Option<u64>,
+) -> Result<TrainOutcome, TrainError> {
     let paths = prepare_run(cfg, root, resume, false)?;
     train(cfg, &paths, &opts(root, resume, limit))
 }
 
 fn latest_model(root: &Path, cfg: &ExperimentConfig) -> Vec<(String, Tensor)> {
     let paths = RunPaths::new(root, cfg);
-    let mut m = CheckpointStore::new(paths.checkpoint_dir).load(Slot::Latest).unwrap().model;
+    let mut m = CheckpointStore::new(paths.checkpoint_dir)
+        .load(Slot::Latest)
+        .unwrap()
+        .model;
     m.sort_by(|a, b| a.0.cmp(&b.0));
     m
 }
@@ -147,10 +162,19 @@ fn resume_after_kill_equals_uninterrupted_run() {
     }
     let b = setup!(3);
     // "Killed" after 3 iterations (mid-epoch 2), then resumed.
-    assert!(matches!(run(&cfg, b.path(), false, Some(3)).unwrap(), TrainOutcome::Interrupted(_)));
-    assert!(matches!(run(&cfg, b.path(), true, None).unwrap(), TrainOutcome::Finished(_)));
+    assert!(matches!(
+        run(&cfg, b.path(), false, Some(3)).unwrap(),
+        TrainOutcome::Interrupted(_)
+    ));
+    assert!(matches!(
+        run(&cfg, b.path(), true, None).unwrap(),
+        TrainOutcome::Finished(_)
+    ));
     let d = max_diff(&latest_model(a.path(), &cfg), &latest_model(b.path(), &cfg));
-    assert!(d <= 1e-6, "resumed run differs from the uninterrupted one by {d}");
+    assert!(
+        d <= 1e-6,
+        "resumed run differs from the uninterrupted one by {d}"
+    );
 }
 
 #[test]
@@ -177,7 +201,10 @@ fn run_folder_has_the_documented_layout_and_export() {
     assert_eq!(rel, expected, "run folder layout");
     // The export is a micro_sam checkpoint with both parts.
     let ck = sam_model::read_checkpoint(dir.path().join("final_models/t.pt")).unwrap();
-    assert!(ck.model_state.iter().any(|(k, _)| k.starts_with("image_encoder.")));
+    assert!(ck
+        .model_state
+        .iter()
+        .any(|(k, _)| k.starts_with("image_encoder.")));
     assert!(ck.decoder_state.is_some_and(|d| !d.is_empty()));
 }
 
@@ -190,12 +217,18 @@ fn existing_run_folder_is_refused_and_untouched() {
     std::fs::write(run_dir.join("notes.txt"), "keep me").unwrap();
     let err = prepare_run(&cfg, dir.path(), false, false).unwrap_err();
     assert!(matches!(err, TrainError::RunExists(_)), "{err}");
-    assert!(err.to_string().contains("--resume") && err.to_string().contains("--overwrite"), "{err}");
+    assert!(
+        err.to_string().contains("--resume") && err.to_string().contains("--overwrite"),
+        "{err}"
+    );
     assert_eq!(files_under(&run_dir), vec![run_dir.join("notes.txt")]);
     // --resume without a checkpoint is refused too.
     let err = prepare_run(&cfg, dir.path(), true, false).unwrap_err();
     assert!(err.to_string().contains("cannot resume"), "{err}");
-    assert_eq!(std::fs::read_to_string(run_dir.join("notes.txt")).unwrap(), "keep me");
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("notes.txt")).unwrap(),
+        "keep me"
+    );
 }
 
 #[test]
@@ -205,7 +238,9 @@ fn freezing_keeps_frozen_weights_bit_identical() {
     let dir = setup!(2);
     // Rank-0 initial weights: the same seed builds the same random model.
     tch::manual_seed(sam_data::derive_seed(cfg.seed, &[0]) as i64 & i64::MAX);
-    let initial = sam_train::Model::new(&cfg.model, tch::Device::Cpu).unwrap().named_variables();
+    let initial = sam_train::Model::new(&cfg.model, tch::Device::Cpu)
+        .unwrap()
+        .named_variables();
     run(&cfg, dir.path(), false, None).unwrap();
     let after = latest_model(dir.path(), &cfg);
     let mut changed_decoder = false;
@@ -222,13 +257,26 @@ fn freezing_keeps_frozen_weights_bit_identical() {
 
 #[test]
 fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
-    let cfg = config("  epochs: 3\n  lr: 1.0e+30\n  checkpoint_every_iterations: 1\n  weight_decay: 0.0", false);
+    let cfg = config(
+        "  epochs: 3\n  lr: 1.0e+30\n  checkpoint_every_iterations: 1\n  weight_decay: 0.0",
+        false,
+    );
     let dir = setup!(2);
     let err = run(&cfg, dir.path(), false, None).unwrap_err();
-    let TrainError::NonFinite { iteration, .. } = err else { panic!("expected NonFinite, got {err}") };
+    let TrainError::NonFinite { iteration, .. } = err else {
+        panic!("expected NonFinite, got {err}")
+    };
     assert!(err.to_string().contains("last good checkpoint"), "{err}");
-    let state = CheckpointStore::new(RunPaths::new(dir.path(), &cfg).checkpoint_dir).load(Slot::Latest).unwrap().state;
-    assert_eq!(state.iteration, iteration, "latest holds the state before the bad step");
-    let finite = latest_model(dir.path(), &cfg).iter().all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1);
+    let state = CheckpointStore::new(RunPaths::new(dir.path(), &cfg).checkpoint_dir)
+        .load(Slot::Latest)
+        .unwrap()
+        .state;
+    assert_eq!(
+        state.iteration, iteration,
+        "latest holds the state before the bad step"
+    );
+    let finite = latest_model(dir.path(), &cfg)
+        .iter()
+        .all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1);
     assert!(finite, "the kept checkpoint has non-finite weights");
 }
