@@ -163,6 +163,7 @@ fn new_bar(total: usize, what: &str) -> ProgressBar {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
 

@@ -174,6 +174,7 @@ fn iou(intersection: u64, area_a: u64, area_b: u64) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
 

@@ -73,6 +73,7 @@ pub(crate) fn assign(costs: &[f64], rows: usize, cols: usize) -> Vec<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};

@@ -42,9 +42,10 @@ pub struct Counts {
     pub fn_: u64,
 }
 
-impl Counts {
-    /// Sums two count sets (for pooling over images).
-    pub fn add(self, other: Counts) -> Counts {
+/// Sums two count sets (for pooling over images).
+impl std::ops::Add for Counts {
+    type Output = Counts;
+    fn add(self, other: Counts) -> Counts {
         Counts {
             tp: self.tp + other.tp,
             fp: self.fp + other.fp,
@@ -253,6 +254,7 @@ pub(crate) fn numpy_mean(values: &[f64]) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -263,7 +265,7 @@ mod tests {
         for (i, &t) in SA_THRESHOLDS.iter().enumerate() {
             assert_eq!(t, 0.5 + i as f64 * delta, "threshold {i}");
         }
-        assert!(SA_THRESHOLDS[INDEX_SA75] > 0.75);
+        const { assert!(SA_THRESHOLDS[INDEX_SA75] > 0.75) };
         assert_eq!(SA_THRESHOLDS[INDEX_SA50], 0.5);
     }
 

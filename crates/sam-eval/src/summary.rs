@@ -78,7 +78,7 @@ impl Summary {
             .map(|t| {
                 images
                     .iter()
-                    .fold(Counts::default(), |acc, s| acc.add(s.counts[t]))
+                    .fold(Counts::default(), |acc, s| acc + s.counts[t])
             })
             .collect();
         let sa: Vec<f64> = counts

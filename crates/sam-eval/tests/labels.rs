@@ -1,4 +1,5 @@
 //! `evaluate_label_dirs` on small folders written in a fresh temporary directory.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

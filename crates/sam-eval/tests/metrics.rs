@@ -1,4 +1,5 @@
 //! Hand-computed scores of small label images, and agreement with elf (micro_sam's metrics).
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
