@@ -175,7 +175,7 @@ fn load_data(cfg: &ExperimentConfig, root: &Path) -> Result<(Dataset, Dataset), 
         }
         _ => {
             let fraction = d.validation.fraction.unwrap_or(0.1);
-            let (train, val) = split_by_image(all.items.len(), fraction, cfg.seed)
+            let (train, val) = split_by_image(all.len(), fraction, cfg.seed)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
             Ok((all.subset(&train), all.subset(&val)))
         }
@@ -235,19 +235,19 @@ pub fn train(
 
     // Data.
     let (train_set, val_set) = load_data(cfg, &paths.root)?;
-    if train_set.items.is_empty() {
+    if train_set.is_empty() {
         return Err(TrainError::Data(
             "no training images after the validation split".into(),
         ));
     }
-    if val_set.items.is_empty() {
+    if val_set.is_empty() {
         return Err(TrainError::Data(
             "no validation images: set data.validation.fraction or data.validation.images_dir"
                 .into(),
         ));
     }
     let sample_cfg = sample_config(cfg);
-    let val_patches: Vec<TrainingSample> = (0..n_validation_patches(val_set.items.len()))
+    let val_patches: Vec<TrainingSample> = (0..n_validation_patches(val_set.len()))
         .map(|j| {
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(
                 derive_seed(cfg.seed, &[3, j as u64]),
@@ -302,7 +302,7 @@ pub fn train(
     let samples_per_epoch = cfg
         .data
         .samples_per_epoch
-        .unwrap_or(train_set.items.len() as u64 * 16);
+        .unwrap_or(train_set.len() as u64 * 16);
     let iters_per_epoch = samples_per_epoch.div_ceil(global_batch).max(1);
     let epochs = match (t.epochs, t.iterations) {
         (_, Some(it)) => it.div_ceil(iters_per_epoch),
@@ -343,7 +343,7 @@ pub fn train(
         say(format!(
             "training {} ({} trainable parameters) on {:?}, {} process(es): {} train / {} validation images, \
              {} iterations of global batch {} ({} epochs × {})",
-            cfg.experiment_name, n_params, device, world, train_set.items.len(), val_set.items.len(),
+            cfg.experiment_name, n_params, device, world, train_set.len(), val_set.len(),
             total_iterations, global_batch, epochs, iters_per_epoch
         ));
     }
