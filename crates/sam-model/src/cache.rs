@@ -114,7 +114,9 @@ pub enum CacheError {
         url: String,
     },
     /// The hash string is not `xxh128:<32 hex>` or `sha256:<64 hex>`.
-    #[error("unsupported hash `{0}`: expected `xxh128:<32 hex digits>` or `sha256:<64 hex digits>`")]
+    #[error(
+        "unsupported hash `{0}`: expected `xxh128:<32 hex digits>` or `sha256:<64 hex digits>`"
+    )]
     BadHash(String),
     /// The download failed (connection, HTTP status, interrupted transfer).
     #[error("downloading {url} failed: {message}")]
@@ -149,14 +151,21 @@ pub enum CacheError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io { path: path.to_path_buf(), source }
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The model folder of the cache: `$MICROSAM_CACHEDIR/models` if that variable is set,
 /// otherwise micro_sam's default (pooch's `os_cache("micro_sam")`): `$XDG_CACHE_HOME/micro_sam/models`
 /// or `~/.cache/micro_sam/models` on Linux, `~/Library/Caches/micro_sam/models` on macOS.
 pub fn model_cache_dir() -> Result<PathBuf, CacheError> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = var("MICROSAM_CACHEDIR") {
         return Ok(dir.join("models"));
     }
@@ -166,7 +175,8 @@ pub fn model_cache_dir() -> Result<PathBuf, CacheError> {
     } else {
         var("XDG_CACHE_HOME").or_else(|| home.map(|h| h.join(".cache")))
     };
-    base.map(|b| b.join("micro_sam").join("models")).ok_or(CacheError::NoCacheDir)
+    base.map(|b| b.join("micro_sam").join("models"))
+        .ok_or(CacheError::NoCacheDir)
 }
 
 /// Resolves a checkpoint spec, a file path or a model name, against the default cache
@@ -191,7 +201,9 @@ pub fn resolve_checkpoint_in(spec: &str, cache_dir: &Path) -> Result<PathBuf, Ca
     }
     let looks_like_path = spec.contains(std::path::MAIN_SEPARATOR)
         || spec.contains('/')
-        || [".pt", ".pth", ".safetensors", ".ckpt"].iter().any(|e| spec.ends_with(e));
+        || [".pt", ".pth", ".safetensors", ".ckpt"]
+            .iter()
+            .any(|e| spec.ends_with(e));
     if looks_like_path {
         return Err(CacheError::FileNotFound(path.to_path_buf()));
     }
@@ -234,7 +246,11 @@ fn unknown_model(name: &str, cache_dir: &Path) -> CacheError {
         name: name.to_string(),
         cache_dir: cache_dir.to_path_buf(),
         did_you_mean,
-        known: REGISTRY.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+        known: REGISTRY
+            .iter()
+            .map(|m| m.name)
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 
@@ -269,7 +285,10 @@ fn parse_hash(s: &str) -> Result<ExpectedHash, CacheError> {
     if hex.len() != len || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(CacheError::BadHash(s.to_string()));
     }
-    Ok(ExpectedHash { algorithm, hex: hex.to_ascii_lowercase() })
+    Ok(ExpectedHash {
+        algorithm,
+        hex: hex.to_ascii_lowercase(),
+    })
 }
 
 impl Hasher {
@@ -375,7 +394,13 @@ impl fmt::Debug for DownloadOptions<'_> {
 /// Instance-segmentation models have their decoder under a second name, `<name>_decoder`
 /// (see [`model_info`]); download both.
 pub fn download_model(name: &str, options: DownloadOptions<'_>) -> Result<PathBuf, CacheError> {
-    let DownloadOptions { cache_dir, url, hash, mut progress, force } = options;
+    let DownloadOptions {
+        cache_dir,
+        url,
+        hash,
+        mut progress,
+        force,
+    } = options;
     let info = model_info(name);
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         return Err(unknown_model(name, &cache_dir.clone().unwrap_or_default()));
@@ -389,7 +414,10 @@ pub fn download_model(name: &str, options: DownloadOptions<'_>) -> Result<PathBu
             Some(url) => (url, hash),
             None => return Err(unknown_model(name, &cache_dir)),
         },
-        (url, None, Some(info)) => (url.unwrap_or_else(|| info.url.to_string()), info.hash.to_string()),
+        (url, None, Some(info)) => (
+            url.unwrap_or_else(|| info.url.to_string()),
+            info.hash.to_string(),
+        ),
         (_, None, None) => return Err(unknown_model(name, &cache_dir)),
     };
     let expected = parse_hash(&hash)?;
@@ -403,12 +431,17 @@ pub fn download_model(name: &str, options: DownloadOptions<'_>) -> Result<PathBu
         .suffix(".download")
         .tempfile_in(&cache_dir)
         .map_err(io_err(&cache_dir))?;
-    let download_err = |message: String| CacheError::Download { url: url.clone(), message };
+    let download_err = |message: String| CacheError::Download {
+        url: url.clone(),
+        message,
+    };
     let response = agent_for(&url).get(&url).call().map_err(|e| match e {
         ureq::Error::Status(code, r) => download_err(format!("HTTP {code} {}", r.status_text())),
         ureq::Error::Transport(t) => download_err(t.to_string()),
     })?;
-    let total = response.header("Content-Length").and_then(|v| v.parse::<u64>().ok());
+    let total = response
+        .header("Content-Length")
+        .and_then(|v| v.parse::<u64>().ok());
     let mut reader = response.into_reader();
     let mut hasher = Hasher::new(expected.algorithm);
     let mut buf = vec![0u8; 1 << 20];
@@ -436,7 +469,9 @@ pub fn download_model(name: &str, options: DownloadOptions<'_>) -> Result<PathBu
     }
     if let Some(total) = total {
         if downloaded != total {
-            return Err(download_err(format!("received {downloaded} of {total} bytes")));
+            return Err(download_err(format!(
+                "received {downloaded} of {total} bytes"
+            )));
         }
     }
     let found = hasher.hex();
@@ -456,13 +491,22 @@ pub fn download_model(name: &str, options: DownloadOptions<'_>) -> Result<PathBu
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o644))
             .map_err(io_err(&target))?;
     }
-    temp.persist(&target).map_err(|e| CacheError::Io { path: target.clone(), source: e.error })?;
+    temp.persist(&target).map_err(|e| CacheError::Io {
+        path: target.clone(),
+        source: e.error,
+    })?;
     Ok(target)
 }
 
 /// An HTTP agent with generous timeouts; proxies from the environment except for loopback.
 fn agent_for(url: &str) -> ureq::Agent {
-    let host = url.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
     let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]");
     ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(30))
@@ -478,9 +522,17 @@ mod tests {
 
     #[test]
     fn hashes_parse_and_match_known_vectors() {
-        assert_eq!(parse_hash("xxh128:ABCDEF0123456789abcdef0123456789").unwrap().hex, "abcdef0123456789abcdef0123456789");
+        assert_eq!(
+            parse_hash("xxh128:ABCDEF0123456789abcdef0123456789")
+                .unwrap()
+                .hex,
+            "abcdef0123456789abcdef0123456789"
+        );
         assert!(matches!(parse_hash("md5:00"), Err(CacheError::BadHash(_))));
-        assert!(matches!(parse_hash("xxh128:xyz"), Err(CacheError::BadHash(_))));
+        assert!(matches!(
+            parse_hash("xxh128:xyz"),
+            Err(CacheError::BadHash(_))
+        ));
         assert_eq!(parse_hash(&"a".repeat(64)).unwrap().algorithm, "sha256");
         // Reference values from Python: xxhash.xxh128(b"").hexdigest(), hashlib.sha256(b"abc").
         let mut h = Hasher::new("xxh128");
@@ -488,7 +540,10 @@ mod tests {
         assert_eq!(h.hex(), "99aa06d3014798d86001c324468d497f");
         let mut h = Hasher::new("sha256");
         h.update(b"abc");
-        assert_eq!(h.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            h.hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

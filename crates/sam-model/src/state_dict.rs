@@ -88,7 +88,11 @@ impl fmt::Display for LoadReport {
             write!(f, "\n  unexpected: {u}")?;
         }
         for s in &self.shape_mismatches {
-            write!(f, "\n  shape:      {}: model has {:?}, weights have {:?}", s.key, s.expected, s.found)?;
+            write!(
+                f,
+                "\n  shape:      {}: model has {:?}, weights have {:?}",
+                s.key, s.expected, s.found
+            )?;
         }
         Ok(())
     }
@@ -164,12 +168,18 @@ pub fn apply_state_dict(
                     to_copy.push((name, dst, *src));
                 }
             }
-            None => report.missing.push(UnmatchedKey { key: name.clone(), did_you_mean: None }),
+            None => report.missing.push(UnmatchedKey {
+                key: name.clone(),
+                did_you_mean: None,
+            }),
         }
     }
     for (k, _) in tensors {
         if !matched.contains(k.as_str()) {
-            report.unexpected.push(UnmatchedKey { key: k.clone(), did_you_mean: None });
+            report.unexpected.push(UnmatchedKey {
+                key: k.clone(),
+                did_you_mean: None,
+            });
         }
     }
     // Suggestions pair the two unmatched sides.
@@ -187,7 +197,10 @@ pub fn apply_state_dict(
     tch::no_grad(|| {
         for (name, dst, src) in to_copy {
             let mut dst = dst.shallow_clone();
-            dst.f_copy_(src).map_err(|source| LoadError::Copy { key: name.clone(), source })?;
+            dst.f_copy_(src).map_err(|source| LoadError::Copy {
+                key: name.clone(),
+                source,
+            })?;
             report.applied.push(name.clone());
         }
         Ok::<(), LoadError>(())
@@ -199,8 +212,11 @@ pub fn apply_state_dict(
 /// sharing storage with the var store. Write them with
 /// [`write_sam_state_dict`](crate::write_sam_state_dict).
 pub fn named_tensors(vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut out: Vec<(String, Tensor)> =
-        vs.variables().into_iter().map(|(k, t)| (k, t.detach())).collect();
+    let mut out: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.detach()))
+        .collect();
     sort_state_dict(&mut out);
     out
 }
@@ -241,7 +257,7 @@ mod tests {
     fn store() -> VarStore {
         let vs = VarStore::new(Device::Cpu);
         let root = vs.root();
-        let _ = root.zeros("a.weight", &[2, 3]);
+        let _ = (&root / "a").zeros("weight", &[2, 3]);
         let _ = (&root / "blocks" / 10).zeros("bias", &[2]);
         let _ = (&root / "blocks" / 2).zeros("bias", &[2]);
         let _ = root.zeros_no_train("buffer", &[1]);
@@ -262,49 +278,87 @@ mod tests {
             ("buffer".to_string(), Tensor::from_slice(&[7.0f64])), // f64 into an f32 buffer
         ];
         let report = apply_state_dict(&vs, &weights, LoadMode::Strict).unwrap();
-        assert_eq!(report.applied, ["a.weight", "blocks.2.bias", "blocks.10.bias", "buffer"]);
+        assert_eq!(
+            report.applied,
+            ["a.weight", "blocks.2.bias", "blocks.10.bias", "buffer"]
+        );
         let vars = vs.variables();
         assert_eq!(vars["a.weight"].sum(Kind::Float).double_value(&[]), 9.0);
         assert_eq!(vars["blocks.10.bias"].double_value(&[1]), 2.0);
         assert_eq!(vars["buffer"].double_value(&[0]), 7.0);
         assert_eq!(vars["buffer"].kind(), Kind::Float);
-        assert!(vars["a.weight"].requires_grad(), "variables stay trainable after the copy");
+        assert!(
+            vars["a.weight"].requires_grad(),
+            "variables stay trainable after the copy"
+        );
     }
 
     #[test]
     fn strict_load_lists_every_problem_and_copies_nothing() {
         let vs = store();
         let weights = vec![
-            ("a.weigth".to_string(), t(&[2, 3], 1.0)),     // typo
+            ("a.weigth".to_string(), t(&[2, 3], 1.0)),    // typo
             ("blocks.10.bias".to_string(), t(&[3], 1.0)), // wrong shape
             ("blocks.2.bias".to_string(), t(&[2], 1.0)),
             ("buffer".to_string(), t(&[1], 1.0)),
             ("extra".to_string(), t(&[1], 1.0)),
         ];
         let err = apply_state_dict(&vs, &weights, LoadMode::Strict).unwrap_err();
-        let LoadError::Mismatch(report) = &err else { panic!("{err}") };
+        let LoadError::Mismatch(report) = &err else {
+            panic!("{err}")
+        };
         assert_eq!(
             report.missing,
-            [UnmatchedKey { key: "a.weight".into(), did_you_mean: Some("a.weigth".into()) }]
+            [UnmatchedKey {
+                key: "a.weight".into(),
+                did_you_mean: Some("a.weigth".into())
+            }]
         );
         assert_eq!(report.unexpected.len(), 2);
-        assert_eq!(report.unexpected[0].did_you_mean.as_deref(), Some("a.weight"));
-        assert_eq!(report.unexpected[1], UnmatchedKey { key: "extra".into(), did_you_mean: None });
+        assert_eq!(
+            report.unexpected[0].did_you_mean.as_deref(),
+            Some("a.weight")
+        );
+        assert_eq!(
+            report.unexpected[1],
+            UnmatchedKey {
+                key: "extra".into(),
+                did_you_mean: None
+            }
+        );
         assert_eq!(
             report.shape_mismatches,
-            [ShapeMismatch { key: "blocks.10.bias".into(), expected: vec![2], found: vec![3] }]
+            [ShapeMismatch {
+                key: "blocks.10.bias".into(),
+                expected: vec![2],
+                found: vec![3]
+            }]
         );
         let text = err.to_string();
-        assert!(text.contains("missing:    a.weight (did you mean `a.weigth`?)"), "{text}");
-        assert!(text.contains("blocks.10.bias: model has [2], weights have [3]"), "{text}");
+        assert!(
+            text.contains("missing:    a.weight (did you mean `a.weigth`?)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("blocks.10.bias: model has [2], weights have [3]"),
+            "{text}"
+        );
         // Nothing was copied, not even the matching keys.
-        assert_eq!(vs.variables()["blocks.2.bias"].sum(Kind::Float).double_value(&[]), 0.0);
+        assert_eq!(
+            vs.variables()["blocks.2.bias"]
+                .sum(Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
     }
 
     #[test]
     fn partial_load_applies_matches_and_reports_the_rest() {
         let vs = store();
-        let weights = vec![("blocks.2.bias".to_string(), t(&[2], 4.0)), ("x".to_string(), t(&[1], 1.0))];
+        let weights = vec![
+            ("blocks.2.bias".to_string(), t(&[2], 4.0)),
+            ("x".to_string(), t(&[1], 1.0)),
+        ];
         let report = apply_state_dict(&vs, &weights, LoadMode::Partial).unwrap();
         assert_eq!(report.applied, ["blocks.2.bias"]);
         assert_eq!(report.missing.len(), 3);
@@ -315,7 +369,10 @@ mod tests {
     #[test]
     fn duplicate_keys_are_refused() {
         let vs = store();
-        let weights = vec![("buffer".to_string(), t(&[1], 1.0)), ("buffer".to_string(), t(&[1], 2.0))];
+        let weights = vec![
+            ("buffer".to_string(), t(&[1], 1.0)),
+            ("buffer".to_string(), t(&[1], 2.0)),
+        ];
         assert!(matches!(
             apply_state_dict(&vs, &weights, LoadMode::Partial),
             Err(LoadError::DuplicateKey(k)) if k == "buffer"
@@ -327,7 +384,10 @@ mod tests {
         let vs = store();
         let named = named_tensors(&vs);
         let keys: Vec<_> = named.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["a.weight", "blocks.2.bias", "blocks.10.bias", "buffer"]);
+        assert_eq!(
+            keys,
+            ["a.weight", "blocks.2.bias", "blocks.10.bias", "buffer"]
+        );
         let _ = tch::no_grad(|| vs.variables()["buffer"].shallow_clone().fill_(5.0));
         assert_eq!(named[3].1.double_value(&[0]), 5.0);
     }

@@ -45,22 +45,33 @@ fn serve() -> Server {
                     break;
                 }
             }
-            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_string();
             let body = body();
             let response = match path.as_str() {
                 "/model" => [
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
-                        .into_bytes(),
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes(),
                     body,
                 ]
                 .concat(),
                 "/short" => [
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
-                        .into_bytes(),
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes(),
                     body[..body.len() / 2].to_vec(),
                 ]
                 .concat(),
-                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
             };
             let _ = stream.write_all(&response);
         }
@@ -70,7 +81,10 @@ fn serve() -> Server {
 
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -98,7 +112,13 @@ fn download_verifies_hash_reports_progress_and_reuses_the_cache() {
     assert_eq!(std::fs::read(&path).unwrap(), body());
     assert_eq!(files_in(&models), ["vit_b"]);
     let last = seen.last().copied().unwrap();
-    assert_eq!(last, DownloadProgress { downloaded: 9000, total: Some(9000) });
+    assert_eq!(
+        last,
+        DownloadProgress {
+            downloaded: 9000,
+            total: Some(9000)
+        }
+    );
     assert!(seen.windows(2).all(|w| w[0].downloaded <= w[1].downloaded));
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
 
@@ -147,13 +167,19 @@ fn a_wrong_hash_or_a_failed_transfer_leaves_nothing_behind() {
     )
     .unwrap_err();
     match &wrong {
-        CacheError::HashMismatch { expected, found, .. } => {
+        CacheError::HashMismatch {
+            expected, found, ..
+        } => {
             assert_eq!(expected, &format!("xxh128:{}", "0".repeat(32)));
             assert_eq!(found, BODY_XXH128);
         }
         other => panic!("expected a hash mismatch, got {other}"),
     }
-    assert!(files_in(&models).is_empty(), "left behind: {:?}", files_in(&models));
+    assert!(
+        files_in(&models).is_empty(),
+        "left behind: {:?}",
+        files_in(&models)
+    );
 
     for (path, expect) in [("/missing", "HTTP 404"), ("/short", "")] {
         let err = download_model(
@@ -168,7 +194,11 @@ fn a_wrong_hash_or_a_failed_transfer_leaves_nothing_behind() {
         .unwrap_err();
         assert!(matches!(err, CacheError::Download { .. }), "{path}: {err}");
         assert!(err.to_string().contains(expect), "{err}");
-        assert!(files_in(&models).is_empty(), "{path} left behind: {:?}", files_in(&models));
+        assert!(
+            files_in(&models).is_empty(),
+            "{path} left behind: {:?}",
+            files_in(&models)
+        );
     }
 
     // A model the registry does not know needs an explicit hash.
@@ -192,7 +222,10 @@ fn resolving_paths_and_names() {
 
     let file = cache.path().join("weights.pth");
     std::fs::write(&file, b"x").unwrap();
-    assert_eq!(resolve_checkpoint_in(file.to_str().unwrap(), &models).unwrap(), file);
+    assert_eq!(
+        resolve_checkpoint_in(file.to_str().unwrap(), &models).unwrap(),
+        file
+    );
 
     let missing = cache.path().join("nope.pth");
     assert!(matches!(
@@ -203,18 +236,26 @@ fn resolving_paths_and_names() {
     // Known but not downloaded: the error says where it belongs and where it comes from.
     let err = resolve_checkpoint_in("vit_b_lm", &models).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains(&models.join("vit_b_lm").display().to_string()), "{text}");
+    assert!(
+        text.contains(&models.join("vit_b_lm").display().to_string()),
+        "{text}"
+    );
     assert!(text.contains(model_info("vit_b_lm").unwrap().url), "{text}");
     assert!(text.contains("MICROSAM_CACHEDIR"), "{text}");
 
     let err = resolve_checkpoint_in("vit_bb", &models).unwrap_err();
     match err {
-        CacheError::UnknownModel { did_you_mean, .. } => assert_eq!(did_you_mean.as_deref(), Some("vit_b")),
+        CacheError::UnknownModel { did_you_mean, .. } => {
+            assert_eq!(did_you_mean.as_deref(), Some("vit_b"))
+        }
         other => panic!("{other}"),
     }
 
     std::fs::write(models.join("vit_b_lm"), b"x").unwrap();
-    assert_eq!(resolve_checkpoint_in("vit_b_lm", &models).unwrap(), models.join("vit_b_lm"));
+    assert_eq!(
+        resolve_checkpoint_in("vit_b_lm", &models).unwrap(),
+        models.join("vit_b_lm")
+    );
     // Its decoder is a second file; vit_b has none.
     assert!(matches!(
         resolve_decoder_checkpoint_in("vit_b_lm", &models),
@@ -225,18 +266,30 @@ fn resolving_paths_and_names() {
         resolve_decoder_checkpoint_in("vit_b_lm", &models).unwrap(),
         Some(models.join("vit_b_lm_decoder"))
     );
-    assert_eq!(resolve_decoder_checkpoint_in("vit_b", &models).unwrap(), None);
+    assert_eq!(
+        resolve_decoder_checkpoint_in("vit_b", &models).unwrap(),
+        None
+    );
 }
 
 #[test]
 fn the_cache_folder_follows_micro_sam() {
     // The only test in this binary that touches the environment.
     std::env::set_var("MICROSAM_CACHEDIR", "/data/shared/micro_sam");
-    assert_eq!(sam_model::model_cache_dir().unwrap(), Path::new("/data/shared/micro_sam/models"));
+    assert_eq!(
+        sam_model::model_cache_dir().unwrap(),
+        Path::new("/data/shared/micro_sam/models")
+    );
     std::env::remove_var("MICROSAM_CACHEDIR");
     std::env::set_var("XDG_CACHE_HOME", "/scratch/cache");
-    assert_eq!(sam_model::model_cache_dir().unwrap(), Path::new("/scratch/cache/micro_sam/models"));
+    assert_eq!(
+        sam_model::model_cache_dir().unwrap(),
+        Path::new("/scratch/cache/micro_sam/models")
+    );
     std::env::remove_var("XDG_CACHE_HOME");
     std::env::set_var("HOME", "/home/lab");
-    assert_eq!(sam_model::model_cache_dir().unwrap(), Path::new("/home/lab/.cache/micro_sam/models"));
+    assert_eq!(
+        sam_model::model_cache_dir().unwrap(),
+        Path::new("/home/lab/.cache/micro_sam/models")
+    );
 }

@@ -154,16 +154,25 @@ struct Weights<'a> {
 
 impl<'a> Weights<'a> {
     fn shape(&self, key: &str) -> Result<Vec<i64>, CheckpointError> {
-        self.by_name.get(key).map(|t| t.size()).ok_or_else(|| CheckpointError::Architecture {
-            reason: format!("the weights have no `{key}`"),
-        })
+        self.by_name
+            .get(key)
+            .map(|t| t.size())
+            .ok_or_else(|| CheckpointError::Architecture {
+                reason: format!("the weights have no `{key}`"),
+            })
     }
 
     fn dim(&self, key: &str, index: usize) -> Result<i64, CheckpointError> {
         let shape = self.shape(key)?;
-        shape.get(index).copied().ok_or_else(|| CheckpointError::Architecture {
-            reason: format!("`{key}` has shape {shape:?}, expected at least {} dimensions", index + 1),
-        })
+        shape
+            .get(index)
+            .copied()
+            .ok_or_else(|| CheckpointError::Architecture {
+                reason: format!(
+                    "`{key}` has shape {shape:?}, expected at least {} dimensions",
+                    index + 1
+                ),
+            })
     }
 
     /// The distinct values of the numeric path segment after `prefix`, e.g. the block indices
@@ -194,7 +203,10 @@ impl<'a> Weights<'a> {
     }
 
     fn has_prefix(&self, prefix: &str) -> bool {
-        self.by_name.range(prefix..).next().is_some_and(|(k, _)| k.starts_with(prefix))
+        self.by_name
+            .range(prefix..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(prefix))
     }
 }
 
@@ -206,10 +218,17 @@ impl<'a> Weights<'a> {
 /// depth (block count), heads (relative-position table width), global-attention layout
 /// (blocks whose relative-position tables span the whole token grid), and input size
 /// (`pos_embed` grid × patch size) are all read from the shapes, so custom sizes work too.
-pub fn infer_architecture(tensors: &[(String, Tensor)]) -> Result<InferredArchitecture, CheckpointError> {
-    let w = Weights { by_name: tensors.iter().map(|(k, t)| (k.as_str(), t)).collect() };
+pub fn infer_architecture(
+    tensors: &[(String, Tensor)],
+) -> Result<InferredArchitecture, CheckpointError> {
+    let w = Weights {
+        by_name: tensors.iter().map(|(k, t)| (k.as_str(), t)).collect(),
+    };
     let (backbone, image_encoder) = if w.has_prefix("image_encoder.layers.") {
-        (Backbone::VitT, ImageEncoderArchitecture::TinyVit(tiny_vit(&w)?))
+        (
+            Backbone::VitT,
+            ImageEncoderArchitecture::TinyVit(tiny_vit(&w)?),
+        )
     } else if w.has_prefix("image_encoder.") {
         let vit = vit(&w)?;
         let backbone = match vit.embed_dim {
@@ -242,13 +261,17 @@ fn vit(w: &Weights) -> Result<VitArchitecture, CheckpointError> {
     let patch = w.shape(&format!("{p}patch_embed.proj.weight"))?; // [embed_dim, in_chans, k, k]
     if patch.len() != 4 {
         return Err(CheckpointError::Architecture {
-            reason: format!("`{p}patch_embed.proj.weight` has shape {patch:?}, expected 4 dimensions"),
+            reason: format!(
+                "`{p}patch_embed.proj.weight` has shape {patch:?}, expected 4 dimensions"
+            ),
         });
     }
     let (embed_dim, in_chans, patch_size) = (patch[0], patch[1], patch[2]);
     let depth = w.count(&format!("{p}blocks."))?;
     if depth == 0 {
-        return Err(CheckpointError::Architecture { reason: format!("no `{p}blocks.*` weights") });
+        return Err(CheckpointError::Architecture {
+            reason: format!("no `{p}blocks.*` weights"),
+        });
     }
     let use_abs_pos = w.by_name.contains_key(format!("{p}pos_embed").as_str());
     // pos_embed: [1, img_size / patch, img_size / patch, embed_dim].
@@ -274,7 +297,9 @@ fn vit(w: &Weights) -> Result<VitArchitecture, CheckpointError> {
         })?;
         if rel.len() != 2 || rel[1] <= 0 || embed_dim % rel[1] != 0 {
             return Err(CheckpointError::Architecture {
-                reason: format!("`{key}` has shape {rel:?}, expected [2*size-1, head_dim dividing {embed_dim}]"),
+                reason: format!(
+                    "`{key}` has shape {rel:?}, expected [2*size-1, head_dim dividing {embed_dim}]"
+                ),
             });
         }
         let heads = embed_dim / rel[1];

@@ -26,7 +26,10 @@ impl TorchArchive {
     /// Opens `path` and locates its `data.pkl`.
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
         let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| CheckpointError::io(path, e))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(|e| CheckpointError::io(path, e))?
+            .len();
         let zip = ZipArchive::new(BufReader::new(file)).map_err(|e| CheckpointError::Zip {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -38,7 +41,9 @@ impl TorchArchive {
             .find(|p| !p.contains('/'))
             .map(str::to_string);
         let Some(prefix) = prefix else {
-            let torchscript = names.iter().any(|n| n.ends_with("constants.pkl") || n.contains("/code/"));
+            let torchscript = names
+                .iter()
+                .any(|n| n.ends_with("constants.pkl") || n.contains("/code/"));
             let reason = if torchscript {
                 "it is a TorchScript archive (torch.jit.save), not a state_dict; in Python, save \
                  `model.state_dict()` with torch.save instead"
@@ -49,8 +54,13 @@ impl TorchArchive {
             };
             return Err(CheckpointError::format(path, reason));
         };
-        let mut archive =
-            Self { path: path.to_path_buf(), zip, prefix, file_len, big_endian: false };
+        let mut archive = Self {
+            path: path.to_path_buf(),
+            zip,
+            prefix,
+            file_len,
+            big_endian: false,
+        };
         if archive.has_record("byteorder") {
             let order = archive.record("byteorder")?;
             archive.big_endian = match order.as_slice() {
@@ -88,14 +98,19 @@ impl TorchArchive {
             path: path.to_path_buf(),
             message: format!("record {name}: {e}"),
         };
-        let mut entry = self.zip.by_name(&name).map_err(|e| zip_err(e, &self.path))?;
+        let mut entry = self
+            .zip
+            .by_name(&name)
+            .map_err(|e| zip_err(e, &self.path))?;
         // The declared size is only a capacity hint; a corrupt header must not allocate more
         // than the file could hold.
         let mut data = Vec::with_capacity(entry.size().min(self.file_len) as usize);
-        entry.read_to_end(&mut data).map_err(|e| CheckpointError::Zip {
-            path: self.path.clone(),
-            message: format!("record {name}: {e}"),
-        })?;
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| CheckpointError::Zip {
+                path: self.path.clone(),
+                message: format!("record {name}: {e}"),
+            })?;
         Ok(data)
     }
 }
@@ -110,7 +125,10 @@ impl<W: Write + std::io::Seek> TorchArchiveWriter<W> {
     /// Starts an archive whose records live under `archive/` (the folder name torch.save uses
     /// for file-like targets).
     pub fn new(inner: W) -> Self {
-        Self { zip: ZipWriter::new(inner), prefix: "archive" }
+        Self {
+            zip: ZipWriter::new(inner),
+            prefix: "archive",
+        }
     }
 
     /// Adds one uncompressed record, aligned to 64 bytes like torch.save does.

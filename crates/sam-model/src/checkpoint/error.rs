@@ -105,14 +105,24 @@ pub enum CheckpointError {
 
 impl CheckpointError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     pub(crate) fn entry(path: &std::path::Path, key: &str, message: impl Into<String>) -> Self {
-        Self::Entry { path: path.to_path_buf(), key: key.to_string(), message: message.into() }
+        Self::Entry {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+        }
     }
 
     pub(crate) fn format(path: &std::path::Path, reason: impl Into<String>) -> Self {
-        Self::Format { path: path.to_path_buf(), reason: reason.into() }
+        Self::Format {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
     }
 }

@@ -37,7 +37,10 @@ pub(crate) struct PickleError {
 
 impl PickleError {
     fn new(offset: u64, message: impl Into<String>) -> Self {
-        Self { offset, message: message.into() }
+        Self {
+            offset,
+            message: message.into(),
+        }
     }
 }
 
@@ -48,7 +51,10 @@ struct Shadow {
     objects: u64,
 }
 
-const LEAF: Shadow = Shadow { depth: 1, objects: 1 };
+const LEAF: Shadow = Shadow {
+    depth: 1,
+    objects: 1,
+};
 
 /// How an opcode changes the stack, for the shadow bookkeeping.
 enum Effect {
@@ -121,7 +127,10 @@ fn effect_of(bytes: &[u8], pos: usize) -> Result<Effect, PickleError> {
     let op = bytes[pos];
     let need = |n: usize| -> Result<(), PickleError> {
         if pos + 1 + n > bytes.len() {
-            Err(PickleError::new(at, "the pickle ends inside an opcode (truncated file?)"))
+            Err(PickleError::new(
+                at,
+                "the pickle ends inside an opcode (truncated file?)",
+            ))
         } else {
             Ok(())
         }
@@ -137,7 +146,10 @@ fn effect_of(bytes: &[u8], pos: usize) -> Result<Effect, PickleError> {
             let rest = &bytes[pos + 1..];
             let newlines = rest.iter().filter(|&&b| b == b'\n').take(2).count();
             if newlines < 2 {
-                return Err(PickleError::new(at, "GLOBAL is not terminated (truncated file?)"));
+                return Err(PickleError::new(
+                    at,
+                    "GLOBAL is not terminated (truncated file?)",
+                ));
             }
             Effect::Leaf
         }
@@ -161,7 +173,10 @@ fn effect_of(bytes: &[u8], pos: usize) -> Result<Effect, PickleError> {
             need(1)?;
             let n = bytes[pos + 1] as usize;
             if n > 8 {
-                return Err(PickleError::new(at, format!("LONG1 of {n} bytes does not fit in 64 bits")));
+                return Err(PickleError::new(
+                    at,
+                    format!("LONG1 of {n} bytes does not fit in 64 bits"),
+                ));
             }
             need(1 + n)?;
             Effect::Leaf
@@ -211,7 +226,11 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Object, PickleError> {
 }
 
 /// [`parse`] with explicit limits on nesting depth and on the number of objects created.
-fn parse_with_limits(bytes: &[u8], max_depth: u32, max_objects: u64) -> Result<Object, PickleError> {
+fn parse_with_limits(
+    bytes: &[u8],
+    max_depth: u32,
+    max_objects: u64,
+) -> Result<Object, PickleError> {
     let mut cursor = Cursor::new(bytes);
     let mut stack = Stack::empty();
     let mut shadow: Vec<Shadow> = Vec::new();
@@ -266,7 +285,11 @@ fn parse_with_limits(bytes: &[u8], max_depth: u32, max_objects: u64) -> Result<O
             Effect::Extend => {
                 let start = after.min(shadow.len());
                 let end = before.min(shadow.len());
-                let depth = 1 + shadow[start..end].iter().map(|s| s.depth).max().unwrap_or(0);
+                let depth = 1 + shadow[start..end]
+                    .iter()
+                    .map(|s| s.depth)
+                    .max()
+                    .unwrap_or(0);
                 let objects: u64 = shadow[start..end].iter().map(|s| s.objects).sum();
                 shadow.truncate(start);
                 if let Some(target) = shadow.last_mut() {
@@ -277,7 +300,10 @@ fn parse_with_limits(bytes: &[u8], max_depth: u32, max_objects: u64) -> Result<O
         }
         if shadow.len() != after {
             // Cannot happen with the effects above; fail loudly rather than mis-track.
-            return Err(PickleError::new(pos as u64, "internal: pickle stack bookkeeping diverged"));
+            return Err(PickleError::new(
+                pos as u64,
+                "internal: pickle stack bookkeeping diverged",
+            ));
         }
         if let Some(top) = shadow.last() {
             if top.depth > max_depth {
@@ -309,7 +335,10 @@ mod tests {
         // {'a': 1} at protocol 2: PROTO 2, EMPTY_DICT, BINUNICODE 'a', BININT1 1, SETITEM, STOP
         let bytes = b"\x80\x02}X\x01\x00\x00\x00aK\x01s.";
         let obj = parse(bytes).unwrap();
-        assert_eq!(obj, Object::Dict(vec![(Object::Unicode("a".into()), Object::Int(1))]));
+        assert_eq!(
+            obj,
+            Object::Dict(vec![(Object::Unicode("a".into()), Object::Int(1))])
+        );
     }
 
     #[test]
@@ -349,6 +378,10 @@ mod tests {
         }
         bytes.push(b'.');
         let err = parse_with_limits(&bytes, MAX_DEPTH, 10_000).unwrap_err();
-        assert!(err.message.contains("more than 10000 pickle objects"), "{}", err.message);
+        assert!(
+            err.message.contains("more than 10000 pickle objects"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -159,7 +159,11 @@ fn read_torch_zip(path: &Path) -> Result<TorchCheckpoint, CheckpointError> {
         offset: e.offset,
         message: e.message,
     })?;
-    let mut loader = Loader { path, archive, storages: HashMap::new() };
+    let mut loader = Loader {
+        path,
+        archive,
+        storages: HashMap::new(),
+    };
     loader.interpret(root)
 }
 
@@ -180,7 +184,10 @@ impl Loader<'_> {
                 check_globals(path, &other, "<file>")?;
                 return Err(CheckpointError::format(
                     path,
-                    format!("it holds {} instead of a state_dict (a dict of tensors)", describe(&other)),
+                    format!(
+                        "it holds {} instead of a state_dict (a dict of tensors)",
+                        describe(&other)
+                    ),
                 ));
             }
         };
@@ -259,17 +266,30 @@ impl Loader<'_> {
             for (k, _) in tensors.iter_mut() {
                 k.drain(.."module.".len());
             }
-            warnings.push("stripped the `module.` prefix (a DistributedDataParallel state_dict)".into());
+            warnings.push(
+                "stripped the `module.` prefix (a DistributedDataParallel state_dict)".into(),
+            );
         }
-        let is_sam = tensors.iter().any(|(k, _)| SAM_PARTS.iter().any(|p| k.starts_with(p)));
+        let is_sam = tensors
+            .iter()
+            .any(|(k, _)| SAM_PARTS.iter().any(|p| k.starts_with(p)));
         let (kind, model_state, decoder_state) = if !is_sam {
             (CheckpointKind::DecoderOnly, Vec::new(), Some(tensors))
-        } else if tensors.iter().any(|(k, _)| k.starts_with("image_encoder.layers.")) {
+        } else if tensors
+            .iter()
+            .any(|(k, _)| k.starts_with("image_encoder.layers."))
+        {
             (CheckpointKind::MobileSam, tensors, None)
         } else {
             (CheckpointKind::SamStateDict, tensors, None)
         };
-        Ok(TorchCheckpoint { path: path.to_path_buf(), kind, model_state, decoder_state, warnings })
+        Ok(TorchCheckpoint {
+            path: path.to_path_buf(),
+            kind,
+            model_state,
+            decoder_state,
+            warnings,
+        })
     }
 
     /// Reads a dict of tensors. `where_` names the dict for errors (empty for the file itself).
@@ -279,17 +299,34 @@ impl Loader<'_> {
         where_: &str,
     ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
         let path = self.path;
-        let located = |k: &str| if where_.is_empty() { k.to_string() } else { format!("{where_}/{k}") };
+        let located = |k: &str| {
+            if where_.is_empty() {
+                k.to_string()
+            } else {
+                format!("{where_}/{k}")
+            }
+        };
         let items = match obj {
             Object::Dict(items) => items,
             other => {
                 return Err(CheckpointError::entry(
                     path,
                     if where_.is_empty() { "<file>" } else { where_ },
-                    format!("expected a state_dict (a dict of tensors), found {}", describe(&other)),
+                    format!(
+                        "expected a state_dict (a dict of tensors), found {}",
+                        describe(&other)
+                    ),
                 ))
             }
         };
+        // torch's state_dict() attaches per-module version info as `_metadata` (BUILD appends
+        // it after the items).
+        let items = file_order(
+            items
+                .into_iter()
+                .filter(|(k, _)| !is_str(k, "_metadata"))
+                .collect(),
+        );
         let mut tensors = Vec::with_capacity(items.len());
         for (key, value) in items {
             let key = match key {
@@ -298,14 +335,13 @@ impl Loader<'_> {
                     return Err(CheckpointError::entry(
                         path,
                         &located("?"),
-                        format!("state_dict keys must be strings, found {}", describe(&other)),
+                        format!(
+                            "state_dict keys must be strings, found {}",
+                            describe(&other)
+                        ),
                     ))
                 }
             };
-            // torch's state_dict() attaches per-module version info as `_metadata`.
-            if key == "_metadata" {
-                continue;
-            }
             let tensor = self.tensor(value, &located(&key))?;
             tensors.push((key, tensor));
         }
@@ -326,7 +362,10 @@ impl Loader<'_> {
             }
         };
         let (module, name) = match &callable {
-            Object::Class { module_name, class_name } => (module_name.as_str(), class_name.as_str()),
+            Object::Class {
+                module_name,
+                class_name,
+            } => (module_name.as_str(), class_name.as_str()),
             other => {
                 return Err(CheckpointError::entry(
                     path,
@@ -341,14 +380,21 @@ impl Loader<'_> {
                 return Err(CheckpointError::entry(
                     path,
                     key,
-                    format!("{module}.{name} arguments: expected a tuple, found {}", describe(&other)),
+                    format!(
+                        "{module}.{name} arguments: expected a tuple, found {}",
+                        describe(&other)
+                    ),
                 ))
             }
         };
         match (module, name) {
             ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
                 if args.is_empty() {
-                    return Err(CheckpointError::entry(path, key, format!("{name} without arguments")));
+                    return Err(CheckpointError::entry(
+                        path,
+                        key,
+                        format!("{name} without arguments"),
+                    ));
                 }
                 let data = args.swap_remove(0);
                 self.tensor(data, key)
@@ -364,17 +410,27 @@ impl Loader<'_> {
 
     /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])`
     /// (torch/_utils.py).
-    fn rebuild_tensor_v2(&mut self, args: Vec<Object>, key: &str) -> Result<Tensor, CheckpointError> {
+    fn rebuild_tensor_v2(
+        &mut self,
+        args: Vec<Object>,
+        key: &str,
+    ) -> Result<Tensor, CheckpointError> {
         let path = self.path;
-        let bad = |what: &str| CheckpointError::entry(path, key, format!("_rebuild_tensor_v2: {what}"));
+        let bad =
+            |what: &str| CheckpointError::entry(path, key, format!("_rebuild_tensor_v2: {what}"));
         if args.len() < 4 {
-            return Err(bad(&format!("expected at least 4 arguments, found {}", args.len())));
+            return Err(bad(&format!(
+                "expected at least 4 arguments, found {}",
+                args.len()
+            )));
         }
         let offset = as_i64(&args[1]).ok_or_else(|| bad("storage offset is not an integer"))?;
         let size = int_tuple(&args[2]).ok_or_else(|| bad("size is not a tuple of integers"))?;
         let stride = int_tuple(&args[3]).ok_or_else(|| bad("stride is not a tuple of integers"))?;
         if size.len() != stride.len() {
-            return Err(bad(&format!("size {size:?} and stride {stride:?} differ in length")));
+            return Err(bad(&format!(
+                "size {size:?} and stride {stride:?} differ in length"
+            )));
         }
         // Persistent id: ('storage', <storage type>, key, location, numel).
         let pid = match &args[0] {
@@ -382,17 +438,24 @@ impl Loader<'_> {
                 Object::Tuple(t) => t,
                 other => return Err(bad(&format!("storage id is {}", describe(other)))),
             },
-            other => return Err(bad(&format!("expected a storage, found {}", describe(other)))),
+            other => {
+                return Err(bad(&format!(
+                    "expected a storage, found {}",
+                    describe(other)
+                )))
+            }
         };
         if pid.len() != 5 || !is_str(&pid[0], "storage") {
-            return Err(bad("storage id is not ('storage', type, key, location, numel)"));
+            return Err(bad(
+                "storage id is not ('storage', type, key, location, numel)",
+            ));
         }
         let kind = match &pid[1] {
-            Object::Class { module_name, class_name } if module_name == "torch" => {
-                storage_kind(class_name).ok_or_else(|| {
-                    bad(&format!("unsupported storage type torch.{class_name}"))
-                })?
-            }
+            Object::Class {
+                module_name,
+                class_name,
+            } if module_name == "torch" => storage_kind(class_name)
+                .ok_or_else(|| bad(&format!("unsupported storage type torch.{class_name}")))?,
             other => return Err(bad(&format!("storage type is {}", describe(other)))),
         };
         let storage_key = match &pid[2] {
@@ -437,7 +500,11 @@ impl Loader<'_> {
             return Ok(t.shallow_clone());
         }
         if numel < 0 {
-            return Err(CheckpointError::entry(path, key, format!("negative storage size {numel}")));
+            return Err(CheckpointError::entry(
+                path,
+                key,
+                format!("negative storage size {numel}"),
+            ));
         }
         let record = format!("data/{storage_key}");
         let mut bytes = self.archive.record(&record)?;
@@ -458,12 +525,30 @@ impl Loader<'_> {
             swap_bytes(&mut bytes, elt);
         }
         let tensor = Tensor::f_from_data_size(&bytes, &[numel], kind).map_err(|source| {
-            CheckpointError::Torch { path: path.to_path_buf(), key: key.to_string(), source }
+            CheckpointError::Torch {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                source,
+            }
         })?;
-        self.storages.insert(storage_key.to_string(), tensor.shallow_clone());
+        self.storages
+            .insert(storage_key.to_string(), tensor.shallow_clone());
         Ok(tensor)
     }
 }
+
+/// Python's pickler writes dict items in SETITEMS batches of 1000 (`pickle._BATCHSIZE`), and
+/// candle's interpreter appends each batch in reverse; reversing each run of 1000 restores the
+/// file's order.
+fn file_order(mut items: Vec<(Object, Object)>) -> Vec<(Object, Object)> {
+    for chunk in items.chunks_mut(SETITEMS_BATCH) {
+        chunk.reverse();
+    }
+    items
+}
+
+/// Items per SETITEMS batch, as Python's pickler (and our writer) emit them.
+pub(crate) const SETITEMS_BATCH: usize = 1000;
 
 /// Checks that a strided view stays inside its storage of `numel` elements.
 fn check_bounds(offset: i64, size: &[i64], stride: &[i64], numel: i64) -> Result<(), String> {
@@ -480,7 +565,11 @@ fn check_bounds(offset: i64, size: &[i64], stride: &[i64], numel: i64) -> Result
         return Ok(());
     }
     let last: i128 = offset as i128
-        + size.iter().zip(stride).map(|(&n, &s)| (n as i128 - 1) * s as i128).sum::<i128>();
+        + size
+            .iter()
+            .zip(stride)
+            .map(|(&n, &s)| (n as i128 - 1) * s as i128)
+            .sum::<i128>();
     if last >= numel as i128 {
         return Err(format!(
             "size {size:?}, stride {stride:?} and offset {offset} reach element {last}, but the \
@@ -511,7 +600,10 @@ fn strip_model_prefix(tensors: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>,
 fn is_allowed_global(module: &str, name: &str) -> bool {
     match module {
         "torch._utils" => {
-            matches!(name, "_rebuild_tensor_v2" | "_rebuild_parameter" | "_rebuild_parameter_with_state")
+            matches!(
+                name,
+                "_rebuild_tensor_v2" | "_rebuild_parameter" | "_rebuild_parameter_with_state"
+            )
         }
         "torch" => storage_kind(name).is_some(),
         "collections" => name == "OrderedDict",
@@ -524,10 +616,17 @@ fn check_globals(path: &Path, obj: &Object, location: &str) -> Result<(), Checkp
     let forbid = |module: &str, name: &str, location: &str| CheckpointError::ForbiddenGlobal {
         path: path.to_path_buf(),
         global: format!("{module}.{name}"),
-        location: if location.is_empty() { "<file>".to_string() } else { location.to_string() },
+        location: if location.is_empty() {
+            "<file>".to_string()
+        } else {
+            location.to_string()
+        },
     };
     match obj {
-        Object::Class { module_name, class_name } => {
+        Object::Class {
+            module_name,
+            class_name,
+        } => {
             if is_allowed_global(module_name, class_name) {
                 Ok(())
             } else {
@@ -539,9 +638,9 @@ fn check_globals(path: &Path, obj: &Object, location: &str) -> Result<(), Checkp
             check_globals(path, args, location)
         }
         Object::PersistentLoad(inner) => check_globals(path, inner, location),
-        Object::Tuple(items) | Object::List(items) => {
-            items.iter().try_for_each(|o| check_globals(path, o, location))
-        }
+        Object::Tuple(items) | Object::List(items) => items
+            .iter()
+            .try_for_each(|o| check_globals(path, o, location)),
         Object::Dict(items) => items.iter().try_for_each(|(k, v)| {
             check_globals(path, k, location)?;
             match k {
@@ -582,9 +681,16 @@ fn int_tuple(obj: &Object) -> Option<Vec<i64>> {
 /// A short description of a pickled value for error messages.
 fn describe(obj: &Object) -> String {
     match obj {
-        Object::Class { module_name, class_name } => format!("the global `{module_name}.{class_name}`"),
-        Object::Reduce { callable, .. } | Object::Build { callable, .. } => match callable.as_ref() {
-            Object::Class { module_name, class_name } => {
+        Object::Class {
+            module_name,
+            class_name,
+        } => format!("the global `{module_name}.{class_name}`"),
+        Object::Reduce { callable, .. } | Object::Build { callable, .. } => match callable.as_ref()
+        {
+            Object::Class {
+                module_name,
+                class_name,
+            } => {
                 format!("an object built by `{module_name}.{class_name}`")
             }
             _ => "a constructed object".to_string(),
@@ -631,7 +737,11 @@ mod tests {
         let keys: Vec<_> = out.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
-            ["image_encoder.pos_embed", "mask_decoder.iou_token.weight", "prompt_encoder.no_mask_embed.weight"]
+            [
+                "image_encoder.pos_embed",
+                "mask_decoder.iou_token.weight",
+                "prompt_encoder.no_mask_embed.weight"
+            ]
         );
         assert_eq!(prefix, "module.sam.");
     }
@@ -639,13 +749,18 @@ mod tests {
     #[test]
     fn globals_outside_the_allowlist_are_named_with_their_location() {
         let evil = Object::Reduce {
-            callable: Box::new(Object::Class { module_name: "posix".into(), class_name: "system".into() }),
+            callable: Box::new(Object::Class {
+                module_name: "posix".into(),
+                class_name: "system".into(),
+            }),
             args: Box::new(Object::Tuple(vec![Object::Unicode("echo".into())])),
         };
         let dict = Object::Dict(vec![(Object::Unicode("w".into()), evil)]);
         let err = check_globals(Path::new("f.pth"), &dict, "model_state").unwrap_err();
         match err {
-            CheckpointError::ForbiddenGlobal { global, location, .. } => {
+            CheckpointError::ForbiddenGlobal {
+                global, location, ..
+            } => {
                 assert_eq!(global, "posix.system");
                 assert_eq!(location, "model_state/w");
             }

@@ -46,7 +46,9 @@ struct Pickler {
 
 impl Pickler {
     fn new() -> Self {
-        Self { out: vec![op::PROTO, 2] }
+        Self {
+            out: vec![op::PROTO, 2],
+        }
     }
 
     fn global(&mut self, module: &str, name: &str) {
@@ -129,11 +131,13 @@ impl Pickler {
     /// An `OrderedDict` of tensors whose storages are keyed `first_key`, `first_key + 1`, ...
     fn state_dict(&mut self, entries: &[Entry], first_key: usize) {
         self.empty_ordered_dict();
-        if !entries.is_empty() {
+        // Batches of 1000 items, like Python's pickler.
+        for (b, batch) in entries.chunks(super::read::SETITEMS_BATCH).enumerate() {
             self.out.push(op::MARK);
-            for (i, e) in entries.iter().enumerate() {
+            for (i, e) in batch.iter().enumerate() {
+                let key = first_key + b * super::read::SETITEMS_BATCH + i;
                 self.string(&e.name);
-                self.tensor(e.storage_type, &(first_key + i).to_string(), &e.size);
+                self.tensor(e.storage_type, &key.to_string(), &e.size);
             }
             self.out.push(op::SETITEMS);
         }
@@ -163,7 +167,11 @@ fn entries(path: &Path, tensors: &[(String, Tensor)]) -> Result<Vec<Entry>, Chec
             let storage_type = storage_name(t.kind()).ok_or_else(|| {
                 CheckpointError::entry(path, name, format!("cannot save dtype {:?}", t.kind()))
             })?;
-            Ok(Entry { name: name.clone(), storage_type, size: t.size() })
+            Ok(Entry {
+                name: name.clone(),
+                storage_type,
+                size: t.size(),
+            })
         })
         .collect()
 }
@@ -175,7 +183,11 @@ fn tensor_bytes(path: &Path, name: &str, t: &Tensor) -> Result<Vec<u8>, Checkpoi
         key: name.to_string(),
         source,
     };
-    let t = t.detach().f_to_device(Device::Cpu).and_then(|t| t.f_contiguous()).map_err(torch_err)?;
+    let t = t
+        .detach()
+        .f_to_device(Device::Cpu)
+        .and_then(|t| t.f_contiguous())
+        .map_err(torch_err)?;
     let numel = t.numel();
     let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
     t.f_copy_data_u8(&mut data, numel).map_err(torch_err)?;
@@ -202,7 +214,9 @@ pub(crate) fn write_atomically(
         .map_err(|e| CheckpointError::io(path, e))?;
     let temp_path = temp.path().to_path_buf();
     write(temp.as_file_mut(), &temp_path)?;
-    temp.as_file().sync_all().map_err(|e| CheckpointError::io(path, e))?;
+    temp.as_file()
+        .sync_all()
+        .map_err(|e| CheckpointError::io(path, e))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -210,7 +224,8 @@ pub(crate) fn write_atomically(
         std::fs::set_permissions(&temp_path, std::fs::Permissions::from_mode(0o644))
             .map_err(|e| CheckpointError::io(path, e))?;
     }
-    temp.persist(path).map_err(|e| CheckpointError::io(path, e.error))?;
+    temp.persist(path)
+        .map_err(|e| CheckpointError::io(path, e.error))?;
     Ok(())
 }
 
@@ -221,7 +236,10 @@ fn write_archive(
     pickle: Vec<u8>,
     tensors: &[&(String, Tensor)],
 ) -> Result<(), CheckpointError> {
-    let zip_err = |message: String| CheckpointError::Zip { path: path.to_path_buf(), message };
+    let zip_err = |message: String| CheckpointError::Zip {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut archive = TorchArchiveWriter::new(BufWriter::new(file));
     // Same records, same order as torch 2.x's torch.save.
     archive.add("data.pkl", &pickle).map_err(zip_err)?;
@@ -295,13 +313,20 @@ pub fn write_safetensors_checkpoint(
     let mut named: Vec<(String, Tensor)> = Vec::new();
     let decoder = decoder_state.unwrap_or(&[]);
     let mut seen = std::collections::HashSet::new();
-    let prepared = model_state
-        .iter()
-        .map(|(k, t)| (k.clone(), t))
-        .chain(decoder.iter().map(|(k, t)| (format!("{SAFETENSORS_DECODER_PREFIX}{k}"), t)));
+    let prepared = model_state.iter().map(|(k, t)| (k.clone(), t)).chain(
+        decoder
+            .iter()
+            .map(|(k, t)| (format!("{SAFETENSORS_DECODER_PREFIX}{k}"), t)),
+    );
     for (name, t) in prepared {
-        if name.starts_with(SAFETENSORS_DECODER_PREFIX) && model_state.iter().any(|(k, _)| *k == name) {
-            return Err(CheckpointError::entry(path, &name, "model key clashes with the decoder prefix"));
+        if name.starts_with(SAFETENSORS_DECODER_PREFIX)
+            && model_state.iter().any(|(k, _)| *k == name)
+        {
+            return Err(CheckpointError::entry(
+                path,
+                &name,
+                "model key clashes with the decoder prefix",
+            ));
         }
         if !seen.insert(name.clone()) {
             return Err(CheckpointError::entry(path, &name, "the key occurs twice"));
@@ -310,7 +335,11 @@ pub fn write_safetensors_checkpoint(
             .detach()
             .f_to_device(Device::Cpu)
             .and_then(|t| t.f_contiguous())
-            .map_err(|source| CheckpointError::Torch { path: path.to_path_buf(), key: name.clone(), source })?;
+            .map_err(|source| CheckpointError::Torch {
+                path: path.to_path_buf(),
+                key: name.clone(),
+                source,
+            })?;
         named.push((name, t));
     }
     write_atomically(path, |_, temp_path| {
@@ -350,7 +379,9 @@ mod tests {
         let mut p = Pickler::new();
         p.tensor("FloatStorage", "0", &[2, 3, 4]);
         // The stride tuple (12, 4, 1) follows the size tuple (2, 3, 4).
-        let needle = [b'K', 2, b'K', 3, b'K', 4, 0x87, b'K', 12, b'K', 4, b'K', 1, 0x87];
+        let needle = [
+            b'K', 2, b'K', 3, b'K', 4, 0x87, b'K', 12, b'K', 4, b'K', 1, 0x87,
+        ];
         assert!(p.out.windows(needle.len()).any(|w| w == needle));
     }
 }

@@ -118,6 +118,8 @@ def make(out, marker):
     sam = random_sam()
     sd = sam.state_dict()  # an OrderedDict with torch's `_metadata` attribute
     torch.save(sd, os.path.join(out, "plain.pth"))
+    # A copy: the optimiser step below changes the model, the checkpoints must hold these values.
+    sd = collections.OrderedDict((k, v.clone()) for k, v in sd.items())
 
     dec = decoder_state()
     opt = torch.optim.AdamW(sam.parameters(), lr=1e-5)
