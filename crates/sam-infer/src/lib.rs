@@ -26,6 +26,7 @@
 //! # Ok::<(), sam_infer::InferError>(())
 //! ```
 #![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod ais;
 mod amg;
@@ -54,7 +55,7 @@ pub use crate::{
     prompts::{read_prompts, PromptFile, PromptSet},
     runner::{
         file_sha256, list_inputs, load_image, output_paths, run_auto, run_prompts, segment_auto,
-        AutoMode, AutoOptions, ImageReport, Outcome, Progress, TileSpec, Timings,
+        AutoMode, AutoOptions, AutoSegmentation, ImageReport, Outcome, Progress, TileSpec, Timings,
     },
     tiling::{crop_outer, paste_inner, Rect, Tile, Tiling},
     watershed::{

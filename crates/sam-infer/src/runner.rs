@@ -304,14 +304,28 @@ fn store_cached(path: &Path, embs: &[sam_model::ImageEmbedding]) -> Result<(), I
     std::fs::rename(&tmp, path).map_err(|e| InferError::io(path, e))
 }
 
-/// Segment one normalised image automatically. Returns labels, per-object scores (AIS: mean
-/// foreground probability; AMG: predicted IoU), the mode run, the timings and the tile count.
+/// The result of [`segment_auto`].
+#[derive(Debug, Clone)]
+pub struct AutoSegmentation {
+    /// Instance labels, 0 = background, 1..=n.
+    pub labels: Plane<u32>,
+    /// Per-object score (index = id - 1): AIS mean foreground probability, AMG predicted IoU.
+    pub scores: Vec<f32>,
+    /// The mode run.
+    pub mode: AutoMode,
+    /// Seconds per stage.
+    pub timings: Timings,
+    /// Number of tiles.
+    pub tiles: usize,
+}
+
+/// Segment one normalised image automatically.
 pub fn segment_auto(
     model: &InferenceModel,
     image: &Plane<f32>,
     opts: &AutoOptions,
     on_progress: &mut dyn FnMut(Progress),
-) -> Result<(Plane<u32>, Vec<f32>, AutoMode, Timings, usize), InferError> {
+) -> Result<AutoSegmentation, InferError> {
     let mode = opts.mode.resolve(model)?;
     let tiling = opts.tiles.tiling_for(image.shape(), model.input_size())?;
     let tiles = tiling.tiles();
@@ -364,7 +378,13 @@ pub fn segment_auto(
             (out.labels, out.scores)
         }
     };
-    Ok((labels, scores, mode, t, tiles.len()))
+    Ok(AutoSegmentation {
+        labels,
+        scores,
+        mode,
+        timings: t,
+        tiles: tiles.len(),
+    })
 }
 
 fn write_outputs(
@@ -457,22 +477,21 @@ pub fn run_auto(
             continue;
         }
         let result = load_image(input, &opts.normalization).and_then(|(grey, plane)| {
-            let (labels, scores, mode, timings, tiles) =
-                segment_auto(model, &plane, opts, on_progress)?;
+            let s = segment_auto(model, &plane, opts, on_progress)?;
             let objects = write_outputs(
                 out_dir,
                 input,
                 &grey,
-                &labels,
-                &scores,
+                &s.labels,
+                &s.scores,
                 opts.write_overlay,
                 opts.write_csv,
             )?;
             Ok(Outcome::Done {
                 objects,
-                mode,
-                timings,
-                tiles,
+                mode: s.mode,
+                timings: s.timings,
+                tiles: s.tiles,
             })
         });
         let outcome = result.unwrap_or_else(|e| Outcome::Failed(e.to_string()));

@@ -10,6 +10,7 @@
 //!   bioimage_cpp quantises heights to 65536 levels and leaves the order inside a level
 //!   unspecified, so pixels where two floods meet at nearly equal heights may differ. We
 //!   require ≥ 99.5 % identical pixels and the same object count.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

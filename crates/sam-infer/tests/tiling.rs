@@ -1,4 +1,5 @@
 //! Tiled AIS: objects crossing tile borders stay whole (issue 8), tiled and untiled agree.
+#![allow(clippy::unwrap_used)]
 
 use sam_infer::{
     ais_segment, crop_outer, paste_inner, AisParams, DecoderMaps, Plane, TileSpec, Tiling,
