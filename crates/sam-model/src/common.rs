@@ -37,7 +37,7 @@ pub(crate) fn attention(
         AttentionMode::Math => {
             let mut attn = (q * scale).matmul(&k.transpose(-2, -1));
             if let Some(b) = bias {
-                attn = attn + b;
+                attn = attn.g_add(b);
             }
             attn.softmax(-1, attn.kind()).matmul(v)
         }

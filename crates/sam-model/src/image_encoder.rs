@@ -473,7 +473,7 @@ impl ImageEncoderViT {
                 pos_embed.shallow_clone()
             };
             let kind = x.kind();
-            x = x + pos.to_kind(kind);
+            x = x.g_add(&pos.to_kind(kind));
         }
         for blk in &self.blocks {
             x = blk.forward(&x);

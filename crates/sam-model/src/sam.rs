@@ -172,6 +172,8 @@ impl SamConfig {
 }
 
 /// The image encoder of a [`Sam`].
+// One encoder per model: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ImageEncoder {
     /// SAM's ViT.
