@@ -1,0 +1,227 @@
+//! End-to-end runs of the `sam-infer` executable with a tiny random-weight model.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sam_model::{
+    named_tensors, write_micro_sam_checkpoint, write_sam_state_dict, Sam, SamConfig, UnetrConfig,
+    UnetrDecoder,
+};
+use tch::{nn, Device};
+
+/// A fresh temporary folder per test.
+macro_rules! setup {
+    () => {
+        tempfile::tempdir().unwrap()
+    };
+}
+
+fn tiny_checkpoint(dir: &Path, with_decoder: bool) -> PathBuf {
+    tch::manual_seed(7);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _sam = Sam::new(&vs.root(), &SamConfig::tiny()).unwrap();
+    let path = dir.join(if with_decoder {
+        "tiny_ais.pt"
+    } else {
+        "tiny_sam.pt"
+    });
+    if with_decoder {
+        let dvs = nn::VarStore::new(Device::Cpu);
+        let _dec = UnetrDecoder::new(&dvs.root(), &UnetrConfig::tiny()).unwrap();
+        write_micro_sam_checkpoint(&path, &named_tensors(&vs), &named_tensors(&dvs)).unwrap();
+    } else {
+        write_sam_state_dict(&path, &named_tensors(&vs)).unwrap();
+    }
+    path
+}
+
+fn images(dir: &Path, names: &[(&str, usize)]) -> PathBuf {
+    let d = dir.join("images");
+    std::fs::create_dir_all(&d).unwrap();
+    for (i, (name, size)) in names.iter().enumerate() {
+        let s = sam_data::synthesize(
+            &sam_data::SynthConfig {
+                size: *size,
+                ..Default::default()
+            },
+            i as u64,
+        );
+        sam_data::write_image(d.join(name), &s.image).unwrap();
+    }
+    d
+}
+
+fn sam_infer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sam-infer"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn auto_ais_writes_labels_overlay_csv_and_skips_existing() {
+    let t = setup!();
+    let ckpt = tiny_checkpoint(t.path(), true);
+    // 300 px > the tiny model's 256 px input: tiled with 128-px tiles and a 32-px halo.
+    let input = images(t.path(), &[("a.tif", 300), ("b.png", 200)]);
+    let out = t.path().join("out");
+    let args = [
+        "auto",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--tile-shape",
+        "128",
+        "128",
+        "--halo",
+        "32",
+        "32",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+    ];
+    let o = sam_infer(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("a.tif:") && err.contains("ais, 9 tile(s)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("b.png:") && err.contains("ais, 1 tile(s)"),
+        "{err}"
+    );
+    for stem in ["a", "b"] {
+        let labels = sam_data::read_labels(out.join("labels").join(format!("{stem}.tif"))).unwrap();
+        let ids = labels.ids();
+        assert_eq!(
+            ids,
+            (1..=ids.len() as u32).collect::<Vec<_>>(),
+            "ids are consecutive"
+        );
+        assert!(out.join("overlays").join(format!("{stem}.png")).is_file());
+        let csv = std::fs::read_to_string(out.join("objects").join(format!("{stem}.csv"))).unwrap();
+        assert!(
+            csv.starts_with("id,area,centroid_y,centroid_x,bbox_y0,bbox_x0,bbox_y1,bbox_x1,score")
+        );
+        assert_eq!(csv.lines().count(), ids.len() + 1);
+    }
+    let a = sam_data::read_labels(out.join("labels/a.tif")).unwrap();
+    assert_eq!((a.width, a.height), (300, 300));
+    // Second run: skipped unless --overwrite.
+    let o = sam_infer(&args);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("2 skipped"), "{}", stderr(&o));
+}
+
+#[test]
+fn auto_falls_back_to_amg_without_decoder_and_ais_is_refused() {
+    let t = setup!();
+    let ckpt = tiny_checkpoint(t.path(), false);
+    let input = images(t.path(), &[("c.tif", 96)]);
+    let out = t.path().join("out");
+    let base = [
+        "auto",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--points-per-side",
+        "4",
+        "--pred-iou-thresh",
+        "0",
+        "--stability-score-thresh",
+        "0",
+    ];
+    let o = sam_infer(&base);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("amg, 1 tile(s)"), "{}", stderr(&o));
+    assert!(out.join("labels/c.tif").is_file());
+    let mut ais: Vec<&str> = base.to_vec();
+    ais.extend(["--mode", "ais", "--overwrite"]);
+    let o = sam_infer(&ais);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--mode amg"), "{}", stderr(&o));
+}
+
+#[test]
+fn prompts_segment_and_bad_files_are_reported() {
+    let t = setup!();
+    let ckpt = tiny_checkpoint(t.path(), false);
+    let input = images(t.path(), &[("cells.tif", 128)]);
+    let img = input.join("cells.tif");
+    let out = t.path().join("out");
+    let run = |prompts: &str, name: &str| {
+        let p = t.path().join(name);
+        std::fs::write(&p, prompts).unwrap();
+        sam_infer(&[
+            "prompts",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--input",
+            img.to_str().unwrap(),
+            "--prompts",
+            p.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--overwrite",
+        ])
+    };
+    let o = run("image,object,kind,x,y,x2,y2,label\ncells.tif,1,point,30,40,,,1\ncells.tif,2,box,60,60,100,110,\n", "ok.csv");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let labels = sam_data::read_labels(out.join("labels/cells.tif")).unwrap();
+    assert!(labels.ids().iter().all(|&i| i == 1 || i == 2));
+    let csv = std::fs::read_to_string(out.join("objects/cells.csv")).unwrap();
+    assert_eq!(csv.lines().count(), labels.ids().len() + 1);
+
+    let o = run("object,kind,x,y\n1,point,300,4\n", "far.csv");
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("far.csv:2") && e.contains("x=300") && e.contains("outside"),
+        "{e}"
+    );
+
+    let o = run(
+        r#"[{"image": "other.tif", "points": [[1, 1]]}]"#,
+        "other.json",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("unknown image `other.tif`") && e.contains("cells.tif"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_checkpoint_is_a_usage_error() {
+    let t = setup!();
+    let input = images(t.path(), &[("d.tif", 64)]);
+    let o = sam_infer(&[
+        "auto",
+        "--checkpoint",
+        "no/such/model.pt",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        t.path().join("o").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("model.pt"), "{}", stderr(&o));
+}
