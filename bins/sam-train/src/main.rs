@@ -1,6 +1,9 @@
 //! The `sam-train` executable: a thin shell over the sam_trainer crates.
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage or config error.
+//! Exit codes: 0 success, 1 failure, 2 usage or config error, 42 stopped by SIGTERM/SIGUSR1
+//! after checkpointing (resume with `--resume`).
+mod train_cmd;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -21,6 +24,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Fine-tune SAM as an experiment config describes (the main job).
+    Train(train_cmd::TrainArgs),
+    /// Export a checkpoint for segment_anything / micro_sam.
+    Export(train_cmd::ExportArgs),
+    /// Download a micro_sam model into the model cache.
+    DownloadModel(train_cmd::DownloadArgs),
     /// Check configs and list every problem in them.
     ///
     /// Reports YAML syntax errors, unknown keys (with "did you mean"), wrong types, missing
@@ -61,6 +70,9 @@ struct SchemaArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Train(args) => train_cmd::run_train(args),
+        Command::Export(args) => train_cmd::run_export(args),
+        Command::DownloadModel(args) => train_cmd::run_download(args),
         Command::Validate(args) => validate(&args),
         Command::Schema(args) => schema(&args),
     }

@@ -234,6 +234,7 @@ impl CheckpointStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::schedule::ScheduleKind;

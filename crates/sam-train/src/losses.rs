@@ -3,6 +3,9 @@
 //! Shapes: masks are `[n, k, h, w]` (n objects, k masks per object), targets `[n, 1, h, w]`
 //! with values in {0, 1}.
 
+// `+=` on a Tensor is an in-place op; the losses build new autograd nodes instead.
+#![allow(clippy::assign_op_pattern)]
+
 use tch::{Kind, Reduction, Tensor};
 
 /// torch_em's Dice epsilon (`dice_score(..., eps=1e-7)`).
@@ -43,8 +46,10 @@ pub fn focal_loss_per_mask(logits: &Tensor, target: &Tensor) -> Tensor {
     let p = logits.sigmoid();
     let ce =
         logits.binary_cross_entropy_with_logits::<Tensor>(&target, None, None, Reduction::None);
-    let p_t = &p * &target + (1.0 - &p) * (1.0 - &target);
-    let alpha_t = &target * 0.25 + (1.0 - &target) * 0.75;
+    let not_p = p.neg() + 1.0;
+    let not_target = target.neg() + 1.0;
+    let p_t = &p * &target + not_p * &not_target;
+    let alpha_t = &target * 0.25 + not_target * 0.75;
     (alpha_t * ce * (p_t.neg() + 1.0).square()).mean_dim(&[2i64, 3][..], false, logits.kind())
 }
 
@@ -126,6 +131,7 @@ pub fn distance_loss(pred: &Tensor, target: &Tensor) -> Tensor {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use tch::Device;

@@ -242,6 +242,7 @@ impl AdamW {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use tch::{Device, Kind};

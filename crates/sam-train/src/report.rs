@@ -2,7 +2,6 @@
 //! metric curves drawn from it as PNG.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
@@ -91,6 +90,13 @@ impl MetricsLog {
     }
 }
 
+/// One panel of the curves figure: its area, title and (name, value, colour) series.
+type Panel<'a, DB> = (
+    &'a DrawingArea<DB, plotters::coord::Shift>,
+    &'a str,
+    Vec<(&'a str, fn(&EpochRecord) -> f64, RGBColor)>,
+);
+
 /// Draws training loss and validation metrics against the epoch.
 pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> {
     let err = |e: &dyn std::fmt::Display| TrainError::Io(format!("{}: {e}", path.display()));
@@ -98,11 +104,7 @@ pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> 
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (left, right) = root.split_horizontally(500);
     let max_epoch = rows.iter().map(|r| r.epoch).max().unwrap_or(1).max(1) as f64;
-    let panels: [(
-        &DrawingArea<_, _>,
-        &str,
-        Vec<(&str, fn(&EpochRecord) -> f64, RGBColor)>,
-    ); 2] = [
+    let panels: [Panel<'_, _>; 2] = [
         (
             &left,
             "training loss",
@@ -165,17 +167,8 @@ pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> 
     Ok(())
 }
 
-/// Writes a line to a log file (append), creating it when missing.
-pub(crate) fn append_line(path: &Path, line: &str) -> Result<(), TrainError> {
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
-    writeln!(f, "{line}").map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))
-}
-
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

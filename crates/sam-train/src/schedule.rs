@@ -140,6 +140,7 @@ pub fn checkpoint_decision(metric: f64, best_so_far: Option<f64>) -> CheckpointD
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -39,6 +39,7 @@ impl StopFlag {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
