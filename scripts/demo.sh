@@ -22,7 +22,7 @@ $BIN/sam-augment synth --out dat/demo/val --count 3 --size 256 --seed 2 --cells-
 $BIN/sam-augment synth --out dat/demo/test --count 4 --size 256 --seed 3 --cells-per-512 40
 
 echo "[demo] augmenting"
-mkdir -p dat/demo/augmented/images dat/demo/augmented/labels
+
 $BIN/sam-augment run --config "$CONFIG" --overwrite
 
 if $BIN/sam-train train --help >/dev/null 2>&1; then

@@ -184,9 +184,13 @@ fn ops_from_config(ops: &sam_config::AugmentationOps, min_object_size: usize) ->
 }
 
 fn job_from_config(path: &Path, args: &RunArgs) -> Result<AugmentJob, Failure> {
-    let loaded = sam_config::load_config(path).map_err(|e| {
-        Failure::Usage(anyhow::Error::new(e).context(format!("config {}", path.display())))
-    })?;
+    // No file-system checks: the training folders are what this command writes; its own source
+    // folders are checked when they are read.
+    let loaded =
+        sam_config::load_config_with(path, &sam_config::ValidateOptions::without_path_checks())
+            .map_err(|e| {
+                Failure::Usage(anyhow::Error::new(e).context(format!("config {}", path.display())))
+            })?;
     let cfg = loaded.config;
     let root = sam_config::find_root(None).map_err(|e| Failure::Usage(e.into()))?;
     let a = &cfg.augmentation;

@@ -102,7 +102,8 @@ pub struct TrainSummary {
 }
 
 /// Checks the run folder against `resume`/`overwrite` and creates it. Nothing is touched when
-/// the run is refused.
+/// the run is refused. A folder holding only SLURM output files (`logs/slurm-*`, written by the
+/// submission script before the job starts) counts as unused; `overwrite` keeps those files.
 pub fn prepare_run(
     cfg: &ExperimentConfig,
     root: &Path,
@@ -115,7 +116,7 @@ pub fn prepare_run(
             "--resume and --overwrite exclude each other".into(),
         ));
     }
-    let exists = paths.run_dir.exists();
+    let exists = !is_unused_run_dir(&paths.run_dir);
     if exists && !resume && !overwrite {
         return Err(TrainError::RunExists(paths.run_dir.clone()));
     }
@@ -126,13 +127,60 @@ pub fn prepare_run(
         )));
     }
     if exists && overwrite {
-        fs::remove_dir_all(&paths.run_dir)
-            .map_err(|e| TrainError::Io(format!("{}: {e}", paths.run_dir.display())))?;
+        clear_run_dir(&paths.run_dir)?;
     }
     for d in [&paths.run_dir, &paths.checkpoint_dir, &paths.logs_dir] {
         fs::create_dir_all(d).map_err(|e| TrainError::Io(format!("{}: {e}", d.display())))?;
     }
     Ok(paths)
+}
+
+/// SLURM's own output files (`logs/slurm-<job>.out`): the submission script creates them before
+/// the trainer starts, and they are the job's, not the run's.
+fn is_slurm_log(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("slurm-"))
+}
+
+/// True when `run_dir` does not exist or holds nothing but SLURM output files in `logs/`.
+fn is_unused_run_dir(run_dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return !run_dir.exists();
+    };
+    entries.flatten().all(|e| {
+        let p = e.path();
+        p.file_name().is_some_and(|n| n == "logs")
+            && p.is_dir()
+            && fs::read_dir(&p).is_ok_and(|logs| logs.flatten().all(|l| is_slurm_log(&l.path())))
+    })
+}
+
+/// Deletes everything of a run (`--overwrite`) except SLURM output files being written.
+fn clear_run_dir(run_dir: &Path) -> Result<(), TrainError> {
+    let io = |p: &Path, e: std::io::Error| TrainError::Io(format!("{}: {e}", p.display()));
+    for entry in fs::read_dir(run_dir).map_err(|e| io(run_dir, e))? {
+        let p = entry.map_err(|e| io(run_dir, e))?.path();
+        if p.file_name().is_some_and(|n| n == "logs") && p.is_dir() {
+            for log in fs::read_dir(&p).map_err(|e| io(&p, e))? {
+                let l = log.map_err(|e| io(&p, e))?.path();
+                if is_slurm_log(&l) {
+                    continue;
+                }
+                let removed = if l.is_dir() {
+                    fs::remove_dir_all(&l)
+                } else {
+                    fs::remove_file(&l)
+                };
+                removed.map_err(|e| io(&l, e))?;
+            }
+        } else if p.is_dir() {
+            fs::remove_dir_all(&p).map_err(|e| io(&p, e))?;
+        } else {
+            fs::remove_file(&p).map_err(|e| io(&p, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn sample_config(cfg: &ExperimentConfig) -> SampleConfig {
@@ -576,6 +624,12 @@ pub fn train(
             if !epoch_end {
                 snapshot(&model, &optim, &state, Slot::Latest)?;
             }
+            if let Some(c) = opts.collective {
+                // No rank leaves before rank 0 has written the checkpoint: a launcher that
+                // kills the job when its first task exits (srun --kill-on-bad-exit) would
+                // otherwise cut the write short.
+                c.barrier()?;
+            }
             if stop_all {
                 say(format!(
                     "stop requested: checkpointed at iteration {} in {}",
@@ -616,6 +670,9 @@ pub fn train(
     } else {
         None
     };
+    if let Some(c) = opts.collective {
+        c.barrier()?;
+    }
     Ok(TrainOutcome::Finished(TrainSummary {
         epochs: state.epoch,
         iterations: state.iteration,

@@ -351,3 +351,28 @@ fn loss_goes_down_on_a_fixed_batch() {
         "loss did not go down on a fixed batch: {losses:?}"
     );
 }
+
+#[test]
+fn slurm_output_files_alone_do_not_make_a_run_and_survive_overwrite() {
+    let cfg = config("  epochs: 1", false);
+    let dir = setup!(2);
+    let logs = dir.path().join("runs/t/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("slurm-17.out"), "job 17").unwrap();
+    // Not a run yet: a fresh start is allowed.
+    let paths = prepare_run(&cfg, dir.path(), false, false).unwrap();
+    std::fs::write(&paths.config, "x").unwrap();
+    std::fs::write(logs.join("train.log"), "old").unwrap();
+    // Now it is a run: refused without flags; --overwrite clears it but keeps the SLURM file.
+    assert!(matches!(
+        prepare_run(&cfg, dir.path(), false, false),
+        Err(TrainError::RunExists(_))
+    ));
+    prepare_run(&cfg, dir.path(), false, true).unwrap();
+    assert!(!paths.config.exists());
+    assert!(!logs.join("train.log").exists());
+    assert_eq!(
+        std::fs::read_to_string(logs.join("slurm-17.out")).unwrap(),
+        "job 17"
+    );
+}

@@ -1,0 +1,240 @@
+//! Distributed training through the `sam-train` executable on CPU over Gloo: two processes over
+//! a global batch end where one process over the same batch ends, and a rank that dies makes
+//! its peer fail instead of hanging.
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sam_data::{synthesize, write_image, write_labels, SynthConfig};
+use sam_train::{CheckpointStore, Slot};
+use tch::Tensor;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sam-train");
+
+fn write_synth(root: &Path, split: &str, n: usize, seed: u64) {
+    let images = root.join("data").join(split).join("images");
+    let labels = root.join("data").join(split).join("labels");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&labels).unwrap();
+    for i in 0..n {
+        let s = synthesize(
+            &SynthConfig {
+                size: 96,
+                ..SynthConfig::default()
+            },
+            seed + i as u64,
+        );
+        write_image(images.join(format!("img{i}.tif")), &s.image).unwrap();
+        write_labels(labels.join(format!("img{i}.tif")), &s.labels).unwrap();
+    }
+}
+
+/// A repository-like folder with data and a config whose per-process batch is `batch_size`.
+fn setup(batch_size: u32, epochs: u32, decoder: bool) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    write_synth(dir.path(), "train", 3, 1);
+    write_synth(dir.path(), "val", 2, 100);
+    let yaml = format!(
+        "experiment_name: d
+output_base_dir: runs
+checkpoint_name: ck
+export_path: final_models/d.pt
+seed: 5
+data:
+  train_images_dir: data/train/images
+  train_labels_dir: data/train/labels
+  validation:
+    images_dir: data/val/images
+    labels_dir: data/val/labels
+    fraction: null
+  image_shape: [96, 96]
+  patch_shape: [64, 64]
+  min_object_size: 10
+  min_objects_per_patch: 1
+  samples_per_epoch: 4
+  num_workers: 1
+  prefetch_batches: 2
+model:
+  backbone: vit_b
+  checkpoint: null
+  with_segmentation_decoder: {decoder}
+  architecture:
+    image_size: 128
+    patch_size: 16
+    encoder_embed_dim: 32
+    encoder_depth: 2
+    encoder_num_heads: 2
+    encoder_global_attn_indexes: [1]
+    window_size: 4
+    prompt_embed_dim: 32
+training:
+  batch_size: {batch_size}
+  n_objects_per_batch: 3
+  n_sub_iteration: 3
+  mask_prob: 0.5
+  epochs: {epochs}
+  lr: 1.0e-3
+  # Adam's update of a parameter whose true gradient is 0 (attention key biases) is
+  # lr * noise / (|noise| + eps): with a small eps, summation-order noise alone moves it by ~lr.
+  # A large eps keeps such parameters still and leaves the real updates at ~lr.
+  eps: 1.0e-3
+  precision: fp32
+  device: cpu
+  log_every_iterations: 1
+hardware:
+  accelerator: cpu
+distributed:
+  backend: gloo
+  timeout_minutes: 1
+slurm:
+  time_limit: \"01:00:00\"
+"
+    );
+    let config = dir.path().join("d.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    (dir, config)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `sam-train train` as `rank` of `world` (torchrun-style variables), or alone.
+fn spawn(root: &Path, config: &Path, rank_world_port: Option<(usize, usize, u16)>) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["train", "--no-progress", "--root"])
+        .arg(root)
+        .arg(config)
+        .env_remove("SLURM_PROCID")
+        .env_remove("SLURM_NTASKS")
+        .env_remove("SLURM_JOB_NODELIST")
+        .env_remove("SLURM_STEP_ID")
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match rank_world_port {
+        Some((rank, world, port)) => {
+            cmd.env("RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string());
+        }
+        None => {
+            cmd.env_remove("RANK").env_remove("WORLD_SIZE");
+        }
+    }
+    cmd.spawn().unwrap()
+}
+
+fn finish(child: Child, what: &str) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn latest_model(root: &Path) -> Vec<(String, Tensor)> {
+    let mut m = CheckpointStore::new(root.join("runs/d/checkpoints/ck"))
+        .load(Slot::Latest)
+        .unwrap()
+        .model;
+    m.sort_by(|a, b| a.0.cmp(&b.0));
+    m
+}
+
+/// The largest element difference and the tensor it is in.
+fn max_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, String) {
+    assert_eq!(a.len(), b.len());
+    let mut worst = (0.0f64, String::new());
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        let d = (ta - tb).abs().max().double_value(&[]);
+        if d > worst.0 {
+            worst = (d, na.clone());
+        }
+    }
+    worst
+}
+
+#[test]
+fn two_processes_end_with_the_weights_of_one_process_over_the_same_global_batch() {
+    // Without the UNETR decoder: its BatchNorm layers normalise with each process's own batch
+    // statistics (as PyTorch DDP without SyncBatchNorm does), which a single process over the
+    // whole batch cannot reproduce. SAM itself has only LayerNorm.
+    // One process, batch 2 per step.
+    let (one, one_cfg) = setup(2, 2, false);
+    finish(spawn(one.path(), &one_cfg, None), "single-process run");
+    // Two processes, batch 1 each: the same global batch of 2.
+    let (two, two_cfg) = setup(1, 2, false);
+    let port = free_port();
+    let r0 = spawn(two.path(), &two_cfg, Some((0, 2, port)));
+    let r1 = spawn(two.path(), &two_cfg, Some((1, 2, port)));
+    finish(r0, "rank 0");
+    finish(r1, "rank 1");
+
+    let worst = max_difference(&latest_model(one.path()), &latest_model(two.path()));
+    assert!(
+        worst.0 <= 1e-5,
+        "2-process weights differ from 1-process weights by {} (in {})",
+        worst.0,
+        worst.1
+    );
+    // The comparison can tell runs apart: one process over half the batch ends elsewhere.
+    let (half, half_cfg) = setup(1, 2, false);
+    finish(spawn(half.path(), &half_cfg, None), "half-batch run");
+    let other = max_difference(&latest_model(one.path()), &latest_model(half.path()));
+    assert!(
+        other.0 > 1e-3,
+        "a different batch changed the weights by only {}",
+        other.0
+    );
+    // Both runs did train: 4 iterations each, logged by rank 0 only.
+    let log = std::fs::read_to_string(two.path().join("runs/d/logs/train.log")).unwrap();
+    assert!(log.contains("2 process(es)"), "{log}");
+    assert_eq!(log.matches("iteration 4/4").count(), 1, "{log}");
+}
+
+#[test]
+fn a_dead_rank_makes_its_peer_exit_with_an_error_in_bounded_time() {
+    let (dir, cfg) = setup(1, 50, true);
+    let port = free_port();
+    let r0 = spawn(dir.path(), &cfg, Some((0, 2, port)));
+    let mut r1 = spawn(dir.path(), &cfg, Some((1, 2, port)));
+    // Wait until training runs (rank 0 has logged an iteration), then kill rank 1.
+    let log = dir.path().join("runs/d/logs/train.log");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|s| s.contains("iteration 2/")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    r1.kill().unwrap();
+    let _ = r1.wait();
+    let killed_at = Instant::now();
+    let out = r0.wait_with_output().unwrap();
+    let waited = killed_at.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "rank 0 succeeded without its peer: {stderr}"
+    );
+    assert!(
+        waited < Duration::from_secs(90),
+        "rank 0 took {waited:?} to notice"
+    );
+    assert!(stderr.contains("distributed"), "{stderr}");
+}
