@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use sam_model::{
-    apply_state_dict, infer_architecture, read_checkpoint, resolve_checkpoint, Backbone,
-    ImageEmbedding, LoadMode, Prompts, Sam, SamConfig, SamPredictor, UnetrConfig, UnetrDecoder,
+    apply_state_dict, infer_architecture, read_checkpoint, resolve_checkpoint, ImageEmbedding,
+    LoadMode, Prompts, Sam, SamPredictor, UnetrConfig, UnetrDecoder,
 };
 use tch::{nn, Device, Kind, Tensor};
 
@@ -62,17 +62,6 @@ impl std::fmt::Debug for InferenceModel {
     }
 }
 
-fn preset_for(backbone: Backbone) -> SamConfig {
-    match backbone {
-        Backbone::VitB => SamConfig::vit_b(),
-        Backbone::VitL => SamConfig::vit_l(),
-        Backbone::VitH => SamConfig::vit_h(),
-        Backbone::VitT => SamConfig::vit_t(),
-        // Custom widths: the tiny test model is the one custom preset we have.
-        Backbone::CustomVit => SamConfig::tiny(),
-    }
-}
-
 impl InferenceModel {
     /// Load a checkpoint (plain SAM state_dict, micro_sam `{model_state, decoder_state}`, or our
     /// safetensors) onto `device`. The architecture is inferred from the weights; loading is
@@ -80,7 +69,7 @@ impl InferenceModel {
     pub fn load(path: &Path, device: Device) -> Result<Self, InferError> {
         let ckpt = read_checkpoint(path).map_err(model_err)?;
         let arch = infer_architecture(&ckpt.model_state).map_err(model_err)?;
-        let cfg = preset_for(arch.backbone);
+        let cfg = arch.sam_config(&ckpt.model_state).map_err(model_err)?;
         let vs = nn::VarStore::new(device);
         let sam = Sam::new(&vs.root(), &cfg).map_err(model_err)?;
         apply_state_dict(&vs, &ckpt.model_state, LoadMode::Strict).map_err(|e| {

@@ -49,9 +49,10 @@ pub use cache::{
     DownloadOptions, DownloadProgress, ModelInfo,
 };
 pub use checkpoint::{
-    infer_architecture, read_checkpoint, write_micro_sam_checkpoint, write_safetensors_checkpoint,
-    write_sam_state_dict, Backbone, CheckpointError, CheckpointKind, ImageEncoderArchitecture,
-    InferredArchitecture, TinyVitArchitecture, TorchCheckpoint, VitArchitecture,
+    infer_architecture, mask_decoder_heads, read_checkpoint, write_micro_sam_checkpoint,
+    write_safetensors_checkpoint, write_sam_state_dict, Backbone, CheckpointError, CheckpointKind,
+    ImageEncoderArchitecture, InferredArchitecture, TinyVitArchitecture, TorchCheckpoint,
+    VitArchitecture,
 };
 pub use common::{AttentionMode, BatchNorm2d, LayerNorm2d, MLPBlock};
 pub use error::ModelError;

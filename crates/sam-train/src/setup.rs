@@ -51,12 +51,13 @@ pub fn sam_config(model: &ModelConfig) -> SamConfig {
         ..PromptEncoderConfig::sam()
     };
     if dim != 256 {
-        // Narrow prompt dimensions (tiny models): keep SAM's proportions (mlp 8×, 8 heads).
+        // Narrow prompt dimensions (tiny models): SAM's mlp proportion (8×), the heads of
+        // `sam_model::mask_decoder_heads` (which inference assumes, since weights do not say).
         cfg.mask_decoder = MaskDecoderConfig {
             transformer_dim: dim,
             transformer: TwoWayTransformerConfig {
                 embedding_dim: dim,
-                num_heads: if dim % 8 == 0 { 8 } else { 1 },
+                num_heads: sam_model::mask_decoder_heads(dim),
                 mlp_dim: 8 * dim,
                 ..TwoWayTransformerConfig::sam()
             },

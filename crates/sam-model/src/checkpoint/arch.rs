@@ -2,8 +2,23 @@
 //! original SAM sizes, MobileSAM, or a tiny custom model) is built with the right shapes.
 
 use super::error::CheckpointError;
+use crate::{
+    ImageEncoderConfig, ImageEncoderViTConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig,
+    TwoWayTransformerConfig,
+};
 use std::collections::BTreeMap;
 use tch::Tensor;
+
+/// Attention heads of the mask decoder's two-way transformer for a prompt width. The weights
+/// do not record them: SAM's 8 at width 256 (and wider), 2 for narrower custom models (the
+/// convention of [`SamConfig::tiny`] and of custom sizes trained with sam-train).
+pub fn mask_decoder_heads(prompt_embed_dim: i64) -> i64 {
+    if prompt_embed_dim >= 256 {
+        8
+    } else {
+        2
+    }
+}
 
 /// The backbone family of an image encoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +141,60 @@ impl InferredArchitecture {
                 t.depths
             ),
         }
+    }
+
+    /// The model configuration that builds exactly these weights: every size is read from the
+    /// tensors (`tensors` are the ones the architecture was inferred from), except the mask
+    /// decoder's attention heads, which follow [`mask_decoder_heads`].
+    pub fn sam_config(&self, tensors: &[(String, Tensor)]) -> Result<SamConfig, CheckpointError> {
+        let w = Weights {
+            by_name: tensors.iter().map(|(k, t)| (k.as_str(), t)).collect(),
+        };
+        let mut cfg = match &self.image_encoder {
+            ImageEncoderArchitecture::TinyVit(_) => SamConfig::vit_t(),
+            ImageEncoderArchitecture::Vit(v) => {
+                let base = ImageEncoderViTConfig::vit_b();
+                SamConfig {
+                    image_encoder: ImageEncoderConfig::Vit(ImageEncoderViTConfig {
+                        img_size: v.img_size,
+                        patch_size: v.patch_size,
+                        in_chans: v.in_chans,
+                        embed_dim: v.embed_dim,
+                        depth: v.depth,
+                        num_heads: v.num_heads,
+                        mlp_ratio: v.mlp_dim as f64 / v.embed_dim as f64,
+                        out_chans: v.out_chans,
+                        use_abs_pos: v.use_abs_pos,
+                        window_size: v.window_size,
+                        global_attn_indexes: v.global_attn_indexes.clone(),
+                        ..base
+                    }),
+                    ..SamConfig::vit_b()
+                }
+            }
+        };
+        let dim = self.prompt_embed_dim;
+        let img = cfg.image_encoder.img_size();
+        cfg.prompt_encoder = PromptEncoderConfig {
+            embed_dim: dim,
+            image_embedding_size: img / 16,
+            input_image_size: img,
+            mask_in_chans: w.dim("prompt_encoder.mask_downscaling.3.weight", 0)?,
+        };
+        cfg.mask_decoder = MaskDecoderConfig {
+            transformer_dim: dim,
+            transformer: TwoWayTransformerConfig {
+                depth: self.decoder_depth,
+                embedding_dim: dim,
+                num_heads: mask_decoder_heads(dim),
+                mlp_dim: w.dim("mask_decoder.transformer.layers.0.mlp.lin1.weight", 0)?,
+                ..TwoWayTransformerConfig::sam()
+            },
+            num_multimask_outputs: self.num_multimask_outputs,
+            iou_head_depth: w.count("mask_decoder.iou_prediction_head.layers.")?,
+            iou_head_hidden_dim: w.dim("mask_decoder.iou_prediction_head.layers.0.weight", 0)?,
+        };
+        Ok(cfg)
     }
 
     /// Checks the weights against the backbone a configuration names.
@@ -379,4 +448,56 @@ fn tiny_vit(w: &Weights) -> Result<TinyVitArchitecture, CheckpointError> {
         out_chans: w.dim("image_encoder.neck.0.weight", 0)?,
         img_size: 1024,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{apply_state_dict, named_tensors, LoadMode, Sam};
+    use tch::{nn, Device};
+
+    /// Builds `cfg`, infers the configuration back from its weights, and loads them strictly.
+    fn round_trip(cfg: &SamConfig) -> SamConfig {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _sam = Sam::new(&vs.root(), cfg).unwrap();
+        let tensors = named_tensors(&vs);
+        let inferred = infer_architecture(&tensors)
+            .unwrap()
+            .sam_config(&tensors)
+            .unwrap();
+        let vs2 = nn::VarStore::new(Device::Cpu);
+        let _sam2 = Sam::new(&vs2.root(), &inferred).unwrap();
+        apply_state_dict(&vs2, &tensors, LoadMode::Strict).unwrap();
+        inferred
+    }
+
+    #[test]
+    fn sam_config_from_weights_rebuilds_tiny_and_custom_models() {
+        let tiny = round_trip(&SamConfig::tiny());
+        assert_eq!(tiny.mask_decoder.transformer.num_heads, 2);
+        assert_eq!(tiny.prompt_encoder.mask_in_chans, 8);
+        // A custom size unlike any preset: 128 px input, 48-wide prompts, 4× MLP.
+        let mut custom = SamConfig::tiny();
+        if let ImageEncoderConfig::Vit(v) = &mut custom.image_encoder {
+            v.img_size = 128;
+            v.out_chans = 48;
+            v.window_size = 4;
+        }
+        custom.prompt_encoder = PromptEncoderConfig {
+            embed_dim: 48,
+            image_embedding_size: 8,
+            input_image_size: 128,
+            mask_in_chans: 16,
+        };
+        custom.mask_decoder.transformer_dim = 48;
+        custom.mask_decoder.transformer.embedding_dim = 48;
+        custom.mask_decoder.transformer.mlp_dim = 192;
+        custom.mask_decoder.iou_head_hidden_dim = 24;
+        let back = round_trip(&custom);
+        assert_eq!(back.image_encoder.img_size(), 128);
+        assert_eq!(back.mask_decoder.transformer.mlp_dim, 192);
+        assert_eq!(back.mask_decoder.iou_head_hidden_dim, 24);
+        assert_eq!(back.prompt_encoder.mask_in_chans, 16);
+    }
 }

@@ -11,8 +11,8 @@ mod storage;
 mod write;
 
 pub use arch::{
-    infer_architecture, Backbone, ImageEncoderArchitecture, InferredArchitecture,
-    TinyVitArchitecture, VitArchitecture,
+    infer_architecture, mask_decoder_heads, Backbone, ImageEncoderArchitecture,
+    InferredArchitecture, TinyVitArchitecture, VitArchitecture,
 };
 pub use error::CheckpointError;
 pub use read::{read_checkpoint, CheckpointKind, TorchCheckpoint};
