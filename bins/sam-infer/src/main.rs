@@ -356,23 +356,24 @@ fn on_progress(bar: &ProgressBar) -> impl FnMut(Progress) + '_ {
     }
 }
 
-/// Print the per-image lines and the totals; returns whether any image failed.
-fn summary(reports: &[ImageReport], started: Instant) -> bool {
+/// Print the per-image lines and the totals; returns whether any image failed. `mode` names
+/// the mode in the per-image lines when the report's own mode does not apply (prompts).
+fn summary(reports: &[ImageReport], started: Instant, mode: Option<&str>) -> bool {
     let (mut done, mut skipped, mut failed, mut objects) = (0, 0, 0, 0);
     for r in reports {
         let name = r.input.display();
         match &r.outcome {
             Outcome::Done {
                 objects: n,
-                mode,
+                mode: run_mode,
                 timings,
                 tiles,
             } => {
                 done += 1;
                 objects += n;
+                let mode_name = mode.unwrap_or_else(|| run_mode.name());
                 eprintln!(
-                    "{name}: {n} objects ({}, {tiles} tile(s); embed {:.1} s, decode {:.1} s, post-process {:.2} s)",
-                    mode.name(),
+                    "{name}: {n} objects ({mode_name}, {tiles} tile(s); embed {:.1} s, decode {:.1} s, post-process {:.2} s)",
                     timings.embed_s,
                     timings.decode_s,
                     timings.postprocess_s
@@ -413,7 +414,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let reports = run_auto(&model, &inputs, &a.output, &opts, &mut on_progress(&bar))
                 .map_err(usage)?;
             bar.finish_and_clear();
-            if summary(&reports, started) {
+            if summary(&reports, started, None) {
                 return Err(failure(anyhow::anyhow!("some images failed")));
             }
         }
@@ -441,7 +442,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 other => failure(other),
             })?;
             bar.finish_and_clear();
-            if summary(&reports, started) {
+            if summary(&reports, started, Some("prompts")) {
                 return Err(failure(anyhow::anyhow!("some images failed")));
             }
         }

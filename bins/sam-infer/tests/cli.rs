@@ -64,7 +64,6 @@ fn stderr(o: &Output) -> String {
 }
 
 #[test]
-#[ignore = "not yet run against the tiny model: run with `cargo test -p sam-infer-cli -- --ignored`"]
 fn auto_ais_writes_labels_overlay_csv_and_skips_existing() {
     let t = setup!();
     let ckpt = tiny_checkpoint(t.path(), true);
@@ -104,6 +103,8 @@ fn auto_ais_writes_labels_overlay_csv_and_skips_existing() {
     for stem in ["a", "b"] {
         let labels = sam_data::read_labels(out.join("labels").join(format!("{stem}.tif"))).unwrap();
         let ids = labels.ids();
+        // The random-weight decoder still gives blobs, so the watershed finds objects.
+        assert!(!ids.is_empty(), "{stem}: no objects");
         assert_eq!(
             ids,
             (1..=ids.len() as u32).collect::<Vec<_>>(),
@@ -118,14 +119,31 @@ fn auto_ais_writes_labels_overlay_csv_and_skips_existing() {
     }
     let a = sam_data::read_labels(out.join("labels/a.tif")).unwrap();
     assert_eq!((a.width, a.height), (300, 300));
-    // Second run: skipped unless --overwrite.
+    // Second run: existing outputs are kept. Blank b's labels to see whether they are rewritten.
+    let b_labels = out.join("labels/b.tif");
+    sam_data::write_labels(&b_labels, &sam_data::LabelImage::zeros(200, 200)).unwrap();
     let o = sam_infer(&args);
-    assert!(o.status.success());
-    assert!(stderr(&o).contains("2 skipped"), "{}", stderr(&o));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0 segmented, 2 skipped"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(sam_data::read_labels(&b_labels).unwrap().ids().is_empty());
+    // With --overwrite both are segmented again and b gets its objects back.
+    let mut again: Vec<&str> = args.to_vec();
+    again.push("--overwrite");
+    let o = sam_infer(&again);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("2 segmented, 0 skipped"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!sam_data::read_labels(&b_labels).unwrap().ids().is_empty());
 }
 
 #[test]
-#[ignore = "not yet run against the tiny model: run with `cargo test -p sam-infer-cli -- --ignored`"]
 fn auto_falls_back_to_amg_without_decoder_and_ais_is_refused() {
     let t = setup!();
     let ckpt = tiny_checkpoint(t.path(), false);
@@ -160,7 +178,6 @@ fn auto_falls_back_to_amg_without_decoder_and_ais_is_refused() {
 }
 
 #[test]
-#[ignore = "not yet run against the tiny model: run with `cargo test -p sam-infer-cli -- --ignored`"]
 fn prompts_segment_and_bad_files_are_reported() {
     let t = setup!();
     let ckpt = tiny_checkpoint(t.path(), false);
@@ -187,13 +204,19 @@ fn prompts_segment_and_bad_files_are_reported() {
     };
     let o = run("image,object,kind,x,y,x2,y2,label\ncells.tif,1,point,30,40,,,1\ncells.tif,2,box,60,60,100,110,\n", "ok.csv");
     assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("cells.tif: 2 objects (prompts"), "{e}");
     let labels = sam_data::read_labels(out.join("labels/cells.tif")).unwrap();
-    assert!(labels.ids().iter().all(|&i| i == 1 || i == 2));
+    // One label per prompt set, ids = the position of the set in the file.
+    assert_eq!(labels.ids(), vec![1, 2]);
     let csv = std::fs::read_to_string(out.join("objects/cells.csv")).unwrap();
     assert_eq!(csv.lines().count(), labels.ids().len() + 1);
 
+    // A bad file stops the run before anything is written, even with --overwrite.
+    std::fs::remove_dir_all(&out).unwrap();
     let o = run("object,kind,x,y\n1,point,300,4\n", "far.csv");
     assert_eq!(o.status.code(), Some(2));
+    assert!(!out.join("labels/cells.tif").exists());
     let e = stderr(&o);
     assert!(
         e.contains("far.csv:2") && e.contains("x=300") && e.contains("outside"),
@@ -213,7 +236,6 @@ fn prompts_segment_and_bad_files_are_reported() {
 }
 
 #[test]
-#[ignore = "not yet run against the tiny model: run with `cargo test -p sam-infer-cli -- --ignored`"]
 fn missing_checkpoint_is_a_usage_error() {
     let t = setup!();
     let input = images(t.path(), &[("d.tif", 64)]);
