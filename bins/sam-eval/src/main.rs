@@ -1,4 +1,6 @@
 //! The `sam-eval` executable: scores instance segmentations with micro_sam's metrics.
+//!
+//! Exit codes: 0 ok, 1 failure, 2 usage or config error.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -7,9 +9,15 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sam_eval::{evaluate_label_dirs, EvalError, LabelEvalOptions, Progress};
 
+#[cfg(feature = "model")]
+mod model_cmd;
+
 /// Score instance segmentations of brightfield images (mSA, SA50, SA75, precision, recall, F1).
+///
+/// `labels` scores label images that exist; `model` segments the experiment's test images with
+/// a checkpoint and scores the result. Exit codes: 0 ok, 1 failure, 2 usage or config error.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "sam-eval", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,9 +32,20 @@ enum Command {
     /// the per-image scores), summary_pooled.csv (the same columns from counts pooled over all
     /// images), report.json and, with --images, overlay pictures of the worst images.
     Labels(LabelsArgs),
-    // The model-scoring mode (`sam-eval model --config ...`: automatic segmentation, grid
-    // search, iterative prompting) joins here once the inference crate is available; it
-    // composes sam-infer behind a cargo feature so that `labels` builds without libtorch.
+    /// Score a checkpoint on the experiment's test images (automatic segmentation, with
+    /// optional grid search and iterative prompting).
+    ///
+    /// Runs automatic instance segmentation (AIS when the checkpoint has the
+    /// instance-segmentation decoder, else AMG; the config's `inference` section decides, with
+    /// its tiling and thresholds, and `data.normalization`) on `evaluation.test_images_dir` and
+    /// scores it against `evaluation.test_labels_dir` (paired by file stem). Writes into
+    /// runs/<experiment>/evaluation/: predictions/<stem>.tif, per_image.csv, summary.csv
+    /// (mSA, SA50, SA75, Precision, Recall, F1 Score: mean of the per-image scores),
+    /// summary_pooled.csv, report.json, overlays/ of the worst images and, with
+    /// --iterative-prompting, iterative_prompting_box.csv / iterative_prompting_point.csv.
+    /// An existing evaluation is kept unless --overwrite.
+    #[cfg(feature = "model")]
+    Model(model_cmd::ModelArgs),
 }
 
 #[derive(Debug, Args)]
@@ -67,25 +86,62 @@ struct LabelsArgs {
     quiet: bool,
 }
 
+/// A failure with its exit code.
+pub(crate) struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    /// A usage or config problem (exit code 2).
+    #[cfg_attr(not(feature = "model"), allow(dead_code))]
+    pub(crate) fn usage(message: String) -> Self {
+        Self {
+            code: 2,
+            error: anyhow::anyhow!(message),
+        }
+    }
+
+    /// A usage or config problem with its cause chain (exit code 2).
+    pub(crate) fn usage_error(e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 2,
+            error: e.into(),
+        }
+    }
+
+    /// A failure while running (exit code 1).
+    pub(crate) fn failed(e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+fn eval_failure(e: EvalError) -> Failure {
+    if e.is_usage() {
+        Failure::usage_error(e)
+    } else {
+        Failure::failed(e)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse(); // clap exits with 2 on usage errors
     let result = match cli.command {
-        Command::Labels(args) => run_labels(args),
+        Command::Labels(args) => run_labels(args).map_err(eval_failure),
+        #[cfg(feature = "model")]
+        Command::Model(args) => model_cmd::run_model(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
+        Err(f) => {
+            eprintln!("error: {}", f.error);
+            for cause in f.error.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
-                source = cause.source();
             }
-            if e.is_usage() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::from(f.code)
         }
     }
 }
@@ -151,7 +207,7 @@ fn run_labels(args: LabelsArgs) -> Result<(), EvalError> {
     Ok(())
 }
 
-fn new_bar(total: usize, what: &str) -> ProgressBar {
+pub(crate) fn new_bar(total: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     if let Ok(style) =
         ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} images ({eta} left)")
@@ -164,6 +220,7 @@ fn new_bar(total: usize, what: &str) -> ProgressBar {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+#[allow(irrefutable_let_patterns)] // `labels` is the only subcommand without the model feature
 mod tests {
     use super::*;
 
@@ -186,7 +243,9 @@ mod tests {
             "3",
         ])
         .unwrap();
-        let Command::Labels(a) = cli.command;
+        let Command::Labels(a) = cli.command else {
+            panic!("not labels")
+        };
         assert_eq!(a.gt, PathBuf::from("g"));
         assert_eq!(a.pred, PathBuf::from("p"));
         assert_eq!(a.out, PathBuf::from("o"));
@@ -202,7 +261,9 @@ mod tests {
             "sam-eval", "labels", "--gt", "g", "--pred", "p", "--out", "o",
         ])
         .unwrap();
-        let Command::Labels(a) = cli.command;
+        let Command::Labels(a) = cli.command else {
+            panic!("not labels")
+        };
         assert_eq!(a.worst, 10);
         assert!(!a.missing_as_empty);
         assert!(a.images.is_none());

@@ -100,12 +100,41 @@ pub enum EvalError {
     /// A metric computation failed.
     #[error(transparent)]
     Metric(#[from] MetricError),
+    /// The output folder already holds an evaluation and overwriting was not asked for.
+    #[error(
+        "{dir} already holds an evaluation ({}); pass --overwrite to replace it",
+        .files.join(", ")
+    )]
+    OutputExists {
+        /// The output folder.
+        dir: PathBuf,
+        /// The evaluation files found there.
+        files: Vec<String>,
+    },
+    /// An evaluation setting is unusable (an empty grid, no prompt start, ...).
+    #[error("invalid setting `{name}`: {message}")]
+    Setting {
+        /// The setting, as spelled in the config.
+        name: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// Running the model failed (loading, segmentation or writing its output).
+    #[cfg(feature = "model")]
+    #[error(transparent)]
+    Infer(#[from] sam_infer::InferError),
 }
 
 impl EvalError {
     /// Whether the error is a usage problem (a wrong folder on the command line) rather than
     /// a failure while reading data; command-line tools map it to exit code 2.
     pub fn is_usage(&self) -> bool {
-        matches!(self, EvalError::NotADir { .. } | EvalError::NoLabels(_))
+        matches!(
+            self,
+            EvalError::NotADir { .. }
+                | EvalError::NoLabels(_)
+                | EvalError::OutputExists { .. }
+                | EvalError::Setting { .. }
+        )
     }
 }

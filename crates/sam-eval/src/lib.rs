@@ -22,7 +22,11 @@
 //! [`SUMMARY_COLUMNS`]), `summary_pooled.csv`, `report.json` and overlay pictures. Files are
 //! read and drawn with sam-data (`read_labels`, `read_image`, `write_overlay_png`).
 //!
-//! This crate does not link libtorch.
+//! With the `model` feature, [`evaluate_model`] scores a SAM checkpoint (through sam-infer):
+//! automatic instance segmentation of test images (AIS or AMG), optionally with its
+//! thresholds chosen by a grid search on validation images ([`GridValues`]), and iterative
+//! prompting ([`IterativeOptions`]) with one row of scores per round; behind
+//! `sam-eval model`. Without that feature this crate does not link libtorch.
 //!
 //! # Example
 //! ```
@@ -56,6 +60,19 @@ pub use crate::metrics::{
 };
 pub use crate::summary::{Summary, SummaryScores};
 
+#[cfg(feature = "model")]
+pub use crate::grid::{
+    choose, score_ais_grid, score_amg_grid, AisGridParams, AmgGridParams, GridParams, GridPoint,
+    GridSearchReport, GridValues,
+};
+#[cfg(feature = "model")]
+pub use crate::iterative::{iterative_prompting_image, IterativeOptions, PromptStart};
+#[cfg(feature = "model")]
+pub use crate::model_eval::{
+    evaluate_model, existing_evaluation, GridSearchOptions, ImageSource, IterativeReport,
+    ModelEvalOptions, ModelProgress, ModelReport, MODEL_EVAL_FILES,
+};
+
 mod contingency;
 mod error;
 mod hungarian;
@@ -64,3 +81,10 @@ mod labels;
 mod matching;
 mod metrics;
 mod summary;
+
+#[cfg(feature = "model")]
+mod grid;
+#[cfg(feature = "model")]
+mod iterative;
+#[cfg(feature = "model")]
+mod model_eval;

@@ -142,6 +142,12 @@ impl InferenceModel {
         self.decoder.is_some()
     }
 
+    /// The SAM model, for prompted work beyond [`InferenceModel::segment_prompts`] (e.g. the
+    /// iterative-prompting evaluation, which needs per-object logits).
+    pub fn sam(&self) -> &Sam {
+        &self.sam
+    }
+
     /// Side of the model input (1024 for SAM).
     pub fn input_size(&self) -> usize {
         self.sam.img_size() as usize

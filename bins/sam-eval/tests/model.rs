@@ -1,0 +1,380 @@
+//! End-to-end runs of `sam-eval model` with a tiny random-weight checkpoint on small synthetic
+//! images in a temporary repository (configs/, dat/, final_models/).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sam_infer::{segment_auto, AisParams, AutoMode, AutoOptions, InferenceModel, TileSpec};
+use sam_model::{
+    named_tensors, write_micro_sam_checkpoint, write_sam_state_dict, Sam, SamConfig, UnetrConfig,
+    UnetrDecoder,
+};
+use tch::{nn, Device};
+
+/// A fresh temporary repository per test.
+macro_rules! setup {
+    ($decoder:expr) => {{
+        let t = tempfile::tempdir().unwrap();
+        make_repo(t.path(), $decoder);
+        t
+    }};
+}
+
+const CONFIG: &str = "\
+experiment_name: t
+output_base_dir: runs
+checkpoint_name: t
+export_path: final_models/t.pt
+seed: 3
+data:
+  validation:
+    images_dir: dat/val/images
+    labels_dir: dat/val/labels
+    fraction: null
+evaluation:
+  test_images_dir: TEST_IMAGES
+  test_labels_dir: dat/test/labels
+  grid_search:
+    center_distance_threshold: {start: 0.4, stop: 0.6, step: 0.2}
+    boundary_distance_threshold: {start: 0.4, stop: 0.6, step: 0.2}
+    distance_smoothing: {start: 1.0, stop: 1.0, step: 0.5}
+    min_size: [0, 20]
+    pred_iou_thresh: {start: 0.0, stop: 0.5, step: 0.5}
+    stability_score_thresh: {start: 0.0, stop: 0.5, step: 0.5}
+  iterative_prompting:
+    n_iterations: 3
+    start_with: both
+  write_overlays: true
+inference:
+  mode: auto
+  tile_shape: null
+  halo: [0, 0]
+  amg:
+    points_per_side: 4
+";
+
+fn tiny_checkpoint(path: &Path, with_decoder: bool) {
+    tch::manual_seed(7);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _sam = Sam::new(&vs.root(), &SamConfig::tiny()).unwrap();
+    if with_decoder {
+        let dvs = nn::VarStore::new(Device::Cpu);
+        let _dec = UnetrDecoder::new(&dvs.root(), &UnetrConfig::tiny()).unwrap();
+        write_micro_sam_checkpoint(path, &named_tensors(&vs), &named_tensors(&dvs)).unwrap();
+    } else {
+        write_sam_state_dict(path, &named_tensors(&vs)).unwrap();
+    }
+}
+
+fn write_set(root: &Path, set: &str, items: &[(&str, usize, u64)]) {
+    let (images, labels) = (
+        root.join("dat").join(set).join("images"),
+        root.join("dat").join(set).join("labels"),
+    );
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&labels).unwrap();
+    for &(stem, size, seed) in items {
+        let s = sam_data::synthesize(
+            &sam_data::SynthConfig {
+                size,
+                cells_per_512: 300.0,
+                ..Default::default()
+            },
+            seed,
+        );
+        sam_data::write_image(images.join(format!("{stem}.tif")), &s.image).unwrap();
+        sam_data::write_labels(labels.join(format!("{stem}.tif")), &s.labels).unwrap();
+    }
+}
+
+fn make_repo(root: &Path, with_decoder: bool) {
+    std::fs::create_dir_all(root.join("configs")).unwrap();
+    std::fs::create_dir_all(root.join("final_models")).unwrap();
+    tiny_checkpoint(&root.join("final_models/t.pt"), with_decoder);
+    write_set(root, "test", &[("t1", 80, 1), ("t2", 96, 2)]);
+    write_set(root, "val", &[("v1", 64, 3), ("v2", 80, 4)]);
+    write_config(root, "dat/test/images");
+}
+
+fn write_config(root: &Path, test_images: &str) {
+    std::fs::write(
+        root.join("configs/t.yaml"),
+        CONFIG.replace("TEST_IMAGES", test_images),
+    )
+    .unwrap();
+}
+
+fn sam_eval(root: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sam-eval"))
+        .current_dir(root)
+        .env_remove("SAM_TRAINER_ROOT")
+        .env("MICROSAM_CACHEDIR", root.join("cache"))
+        .args([
+            "model",
+            "--config",
+            "configs/t.yaml",
+            "--device",
+            "cpu",
+            "--quiet",
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn eval_dir(root: &Path) -> PathBuf {
+    root.join("runs/t/evaluation")
+}
+
+/// Header and rows of a CSV file.
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let header = r.headers().unwrap().iter().map(String::from).collect();
+    let rows = r
+        .records()
+        .map(|x| x.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+fn in_unit_interval(v: &str) -> f64 {
+    let x: f64 = v.parse().unwrap();
+    assert!((0.0..=1.0).contains(&x), "{v} not in [0, 1]");
+    x
+}
+
+fn report(root: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(eval_dir(root).join("report.json")).unwrap())
+        .unwrap()
+}
+
+/// The options the config above gives, with `ais` thresholds.
+fn auto_options(ais: AisParams) -> AutoOptions {
+    AutoOptions {
+        mode: AutoMode::Auto,
+        tiles: TileSpec {
+            tile_shape: None,
+            halo: (0, 0),
+        },
+        batch_size: 1,
+        ais,
+        amg: Default::default(),
+        normalization: Default::default(),
+        overwrite: true,
+        write_overlay: false,
+        write_csv: false,
+        embedding_cache: None,
+    }
+}
+
+/// Mean mSA of `model` with `ais` over the images of `dat/<set>`, segmented and scored here.
+fn rescore(model: &InferenceModel, root: &Path, set: &str, ais: AisParams) -> f64 {
+    let d = root.join("dat").join(set);
+    let pairs = sam_data::pair_by_stem(d.join("images"), d.join("labels")).unwrap();
+    let opts = auto_options(ais);
+    let msa: Vec<f64> = pairs
+        .iter()
+        .map(|p| {
+            let (_, plane) = sam_infer::load_image(&p.image, &opts.normalization).unwrap();
+            let seg = segment_auto(model, &plane, &opts, &mut |_| {}).unwrap();
+            let gt = sam_data::read_labels(&p.labels).unwrap();
+            sam_eval::score_image(&gt.data, seg.labels.as_slice())
+                .unwrap()
+                .msa
+        })
+        .collect();
+    msa.iter().sum::<f64>() / msa.len() as f64
+}
+
+#[test]
+fn writes_reports_and_keeps_an_existing_evaluation() {
+    let t = setup!(true);
+    let root = t.path();
+    let o = sam_eval(root, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dir = eval_dir(root);
+
+    let (header, rows) = read_csv(&dir.join("summary.csv"));
+    assert_eq!(
+        header,
+        ["mSA", "SA50", "SA75", "Precision", "Recall", "F1 Score"]
+    );
+    assert_eq!(rows.len(), 1);
+    rows[0].iter().for_each(|v| {
+        in_unit_interval(v);
+    });
+
+    // Per-image scores are those of the written predictions, and the predictions are what
+    // sam-infer gives with the config's (default) AIS parameters.
+    let model = InferenceModel::load(&root.join("final_models/t.pt"), Device::Cpu).unwrap();
+    let opts = auto_options(AisParams::default());
+    let (header, rows) = read_csv(&dir.join("per_image.csv"));
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        let stem = &row[col("image")];
+        let pred =
+            sam_data::read_labels(dir.join("predictions").join(format!("{stem}.tif"))).unwrap();
+        let gt = sam_data::read_labels(root.join(format!("dat/test/labels/{stem}.tif"))).unwrap();
+        let (_, plane) = sam_infer::load_image(
+            &root.join(format!("dat/test/images/{stem}.tif")),
+            &opts.normalization,
+        )
+        .unwrap();
+        let seg = segment_auto(&model, &plane, &opts, &mut |_| {}).unwrap();
+        assert_eq!(pred.data, seg.labels.as_slice(), "{stem}");
+        let s = sam_eval::score_image(&gt.data, &pred.data).unwrap();
+        assert_eq!(in_unit_interval(&row[col("mSA")]), s.msa, "{stem}");
+        for c in ["SA50", "SA75", "Precision", "Recall", "F1 Score"] {
+            in_unit_interval(&row[col(c)]);
+        }
+        assert_eq!(row[col("n_true")], gt.ids().len().to_string());
+    }
+    let r = report(root);
+    assert_eq!(r["mode"], "ais");
+    assert_eq!(r["test"]["summary"]["images"], 2);
+    assert!(r["grid_search"].is_null());
+    assert!(dir.join("summary_pooled.csv").is_file());
+    assert!(dir.join("overlays/t1.png").is_file());
+
+    // An existing evaluation is kept unless --overwrite.
+    let before = std::fs::read_to_string(dir.join("report.json")).unwrap();
+    let o = sam_eval(root, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("already holds an evaluation") && e.contains("--overwrite"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("report.json")).unwrap(),
+        before
+    );
+    let o = sam_eval(root, &["--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn grid_search_picks_the_best_validation_msa() {
+    let t = setup!(true);
+    let root = t.path();
+    let o = sam_eval(root, &["--grid-search"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = report(root);
+    let g = &r["grid_search"];
+    assert_eq!(g["validation_images"], serde_json::json!(["v1", "v2"]));
+    let tried = g["tried"].as_array().unwrap();
+    assert_eq!(tried.len(), 2 * 2 * 2, "centre × boundary × min_size");
+    let best = g["best"].as_u64().unwrap() as usize;
+    let msa: Vec<f64> = tried.iter().map(|p| p["msa"].as_f64().unwrap()).collect();
+    let max = msa.iter().copied().fold(f64::MIN, f64::max);
+    assert_eq!(msa[best], max);
+    assert_eq!(
+        msa.iter().position(|&m| m == max),
+        Some(best),
+        "first of equals"
+    );
+
+    // Every recorded validation mSA is what a full segmentation with those parameters scores.
+    let model = InferenceModel::load(&root.join("final_models/t.pt"), Device::Cpu).unwrap();
+    let params = |p: &serde_json::Value| AisParams {
+        center_distance_threshold: p["center_distance_threshold"].as_f64().unwrap() as f32,
+        boundary_distance_threshold: p["boundary_distance_threshold"].as_f64().unwrap() as f32,
+        distance_smoothing: p["distance_smoothing"].as_f64().unwrap() as f32,
+        min_size: p["min_size"].as_u64().unwrap(),
+        ..AisParams::default()
+    };
+    for (p, &recorded) in tried.iter().zip(&msa) {
+        assert_eq!(p["params"]["mode"], "ais");
+        let again = rescore(&model, root, "val", params(&p["params"]));
+        assert!((again - recorded).abs() < 1e-12, "{p}: re-scored {again}");
+    }
+    // The test images were segmented with the chosen parameters.
+    let chosen = params(&tried[best]["params"]);
+    let used = &r["ais"];
+    assert_eq!(
+        used["center_distance_threshold"].as_f64().unwrap() as f32,
+        chosen.center_distance_threshold
+    );
+    assert_eq!(used["min_size"].as_u64().unwrap(), chosen.min_size);
+    let (_, rows) = read_csv(&eval_dir(root).join("summary.csv"));
+    let test_msa: f64 = rows[0][0].parse().unwrap();
+    assert!((test_msa - rescore(&model, root, "test", chosen)).abs() < 1e-12);
+}
+
+#[test]
+fn iterative_prompting_writes_one_row_per_round_and_amg_without_decoder() {
+    let t = setup!(false);
+    let root = t.path();
+    let o = sam_eval(root, &["--iterative-prompting", "--grid-search"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dir = eval_dir(root);
+    for start in ["box", "point"] {
+        let (header, rows) = read_csv(&dir.join(format!("iterative_prompting_{start}.csv")));
+        assert_eq!(
+            header,
+            [
+                "iteration",
+                "mSA",
+                "SA50",
+                "SA75",
+                "Precision",
+                "Recall",
+                "F1 Score"
+            ]
+        );
+        assert_eq!(rows.len(), 3, "n_iterations rows");
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(row[0], i.to_string());
+            row[1..].iter().for_each(|v| {
+                in_unit_interval(v);
+            });
+        }
+    }
+    let r = report(root);
+    assert_eq!(r["mode"], "amg");
+    let it = r["iterative_prompting"].as_array().unwrap();
+    assert_eq!(it.len(), 2);
+    assert_eq!(it[0]["start"], "box");
+    assert_eq!(it[0]["rounds"].as_array().unwrap().len(), 3);
+    // Without a decoder the grid search tunes the AMG thresholds.
+    let tried = r["grid_search"]["tried"].as_array().unwrap();
+    assert_eq!(tried.len(), 4);
+    assert!(tried.iter().all(|p| p["params"]["mode"] == "amg"));
+}
+
+#[test]
+fn missing_checkpoint_or_test_folder_is_a_usage_error() {
+    let t = setup!(false);
+    let root = t.path();
+    let ckpt = root.join("final_models/t.pt");
+    let kept = root.join("kept.pt");
+    std::fs::rename(&ckpt, &kept).unwrap();
+    let o = sam_eval(root, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("final_models/t.pt") && e.contains("export_path"),
+        "{e}"
+    );
+
+    let o = sam_eval(root, &["--checkpoint", "no/such.pt"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no/such.pt"), "{}", stderr(&o));
+
+    std::fs::rename(&kept, &ckpt).unwrap();
+    write_config(root, "dat/nope/images");
+    let o = sam_eval(root, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("evaluation.test_images_dir") && e.contains("dat/nope/images"),
+        "{e}"
+    );
+    assert!(!eval_dir(root).exists());
+}

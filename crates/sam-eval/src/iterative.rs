@@ -1,0 +1,385 @@
+//! Iterative-prompting evaluation, as micro_sam's `run_inference_with_iterative_prompting`:
+//! every ground-truth object is prompted with its tight box or one random positive point; each
+//! following round adds one positive point in the region the object's mask missed and one
+//! negative point in the region it wrongly included (sam-data's
+//! [`PromptSampler::iterative_points`], the step sam-train uses). The masks of a round are merged
+//! into one label image (each pixel to the object with the highest positive logit, as sam-train's
+//! validation) and scored against the ground truth: one row of metrics per round.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use sam_data::{derive_seed, LabelImage, PromptSampler};
+use sam_infer::{InferenceModel, Plane};
+use sam_model::{GreyImage, Prompts, SamPredictor};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::EvalError;
+use crate::metrics::{score_image, ImageScores};
+
+/// The first prompt of every object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptStart {
+    /// One random positive point inside the object (multimask output, best predicted IoU).
+    Point,
+    /// The object's tight bounding box.
+    Box,
+}
+
+impl PromptStart {
+    /// `"point"` or `"box"` (used in file names).
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptStart::Point => "point",
+            PromptStart::Box => "box",
+        }
+    }
+
+    fn code(self) -> u64 {
+        match self {
+            PromptStart::Point => 1,
+            PromptStart::Box => 2,
+        }
+    }
+}
+
+/// Settings of the iterative-prompting evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IterativeOptions {
+    /// The starts to run, each reported separately.
+    pub starts: Vec<PromptStart>,
+    /// Rounds, one row each; round 0 is the start prompt alone (micro_sam: 8).
+    pub n_iterations: usize,
+    /// Give the previous round's low-resolution logits as mask input.
+    pub use_masks: bool,
+    /// Seed of the random points (per image, start, object and round).
+    pub seed: u64,
+    /// Objects per mask-decoder call (memory: each needs a full-size logit plane).
+    pub objects_per_batch: usize,
+}
+
+impl IterativeOptions {
+    /// Checks the settings.
+    pub fn check(&self) -> Result<(), EvalError> {
+        if self.starts.is_empty() {
+            return Err(EvalError::Setting {
+                name: "evaluation.iterative_prompting.start_with".into(),
+                message: "no start prompt: use point, box or both".into(),
+            });
+        }
+        if self.n_iterations == 0 {
+            return Err(EvalError::Setting {
+                name: "evaluation.iterative_prompting.n_iterations".into(),
+                message: "must be at least 1 (micro_sam: 8)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn model_err(e: impl std::fmt::Display) -> EvalError {
+    EvalError::Infer(sam_infer::InferError::Model(e.to_string()))
+}
+
+/// One ground-truth object and its prompts so far.
+struct Object {
+    id: u32,
+    /// `[x0, y0, x1, y1]`, max exclusive.
+    bbox: [usize; 4],
+    points: Vec<[f32; 2]>,
+    labels: Vec<i64>,
+    /// `[1, 256, 256]` low-resolution logits of the last round (with `use_masks`).
+    logits: Option<Tensor>,
+}
+
+/// Tight boxes of every object, in one pass over the labels.
+fn objects_of(gt: &LabelImage) -> Vec<Object> {
+    let mut boxes: std::collections::BTreeMap<u32, [usize; 4]> = Default::default();
+    for (i, &v) in gt.data.iter().enumerate() {
+        if v == 0 {
+            continue;
+        }
+        let (x, y) = (i % gt.width, i / gt.width);
+        boxes
+            .entry(v)
+            .and_modify(|b| {
+                *b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
+            })
+            .or_insert([x, y, x + 1, y + 1]);
+    }
+    boxes
+        .into_iter()
+        .map(|(id, bbox)| Object {
+            id,
+            bbox,
+            points: Vec::new(),
+            labels: Vec::new(),
+            logits: None,
+        })
+        .collect()
+}
+
+/// A crop of `data` (row-major, `width` columns) to `[x0, y0, x1, y1]`.
+fn crop<T: Copy>(data: &[T], width: usize, r: [usize; 4]) -> Vec<T> {
+    (r[1]..r[3])
+        .flat_map(|y| data[y * width + r[0]..y * width + r[2]].iter().copied())
+        .collect()
+}
+
+fn rng(seed: u64, image: u64, start: PromptStart, id: u32, round: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(derive_seed(
+        seed,
+        &[image, start.code(), u64::from(id), round as u64],
+    ))
+}
+
+/// The corrective points of one object: positive in the missed region, negative in the
+/// wrongly included one (see [`PromptSampler::iterative_points`]). The search is limited to
+/// the object's box grown by 3 pixels together with the predicted mask's box, which holds every
+/// candidate of the first two rules; only when those find no negative does the whole image
+/// count (micro_sam's last fallback, any background).
+fn corrections(
+    gt: &LabelImage,
+    id: u32,
+    bbox: [usize; 4],
+    logits: &[f32],
+    rng: &mut ChaCha8Rng,
+) -> ([f32; 2], i64, [f32; 2], i64) {
+    let (w, h) = (gt.width, gt.height);
+    let mut r = [
+        bbox[0].saturating_sub(3),
+        bbox[1].saturating_sub(3),
+        (bbox[2] + 3).min(w),
+        (bbox[3] + 3).min(h),
+    ];
+    for (i, &l) in logits.iter().enumerate() {
+        if l > 0.0 {
+            let (x, y) = (i % w, i / w);
+            r = [r[0].min(x), r[1].min(y), r[2].max(x + 1), r[3].max(y + 1)];
+        }
+    }
+    let truth: Vec<bool> = crop(&gt.data, w, r).into_iter().map(|v| v == id).collect();
+    let pred: Vec<bool> = crop(logits, w, r).into_iter().map(|l| l > 0.0).collect();
+    let sampler = PromptSampler::default();
+    let (pos, neg) = sampler.iterative_points(&truth, &pred, r[2] - r[0], rng);
+    let offset = |p: (usize, usize)| [(p.0 + r[0]) as f32, (p.1 + r[1]) as f32];
+    let neg = match neg {
+        Some(q) => Some(offset(q)),
+        None => {
+            let truth: Vec<bool> = gt.data.iter().map(|&v| v == id).collect();
+            let pred: Vec<bool> = logits.iter().map(|&l| l > 0.0).collect();
+            let (_, q) = sampler.iterative_points(&truth, &pred, w, rng);
+            q.map(|q| [q.0 as f32, q.1 as f32])
+        }
+    };
+    // A missing point (an object covering the whole image) becomes SAM's padding point, -1.
+    let (p, pl) = pos.map_or(([0.0, 0.0], -1), |p| (offset(p), 1));
+    let (n, nl) = neg.map_or(([0.0, 0.0], -1), |q| (q, 0));
+    (p, pl, n, nl)
+}
+
+/// Runs the iterative prompting on one normalised image with ground truth `gt`; returns the
+/// scores of each round (`opts.n_iterations` of them). `image_index` seeds the random points.
+///
+/// # Errors
+/// A ground truth of another size than the image, or a model failure.
+pub fn iterative_prompting_image(
+    model: &InferenceModel,
+    image: &Plane<f32>,
+    gt: &LabelImage,
+    start: PromptStart,
+    opts: &IterativeOptions,
+    image_index: u64,
+) -> Result<Vec<ImageScores>, EvalError> {
+    let (h, w) = image.shape();
+    if (gt.height, gt.width) != (h, w) {
+        return Err(EvalError::Setting {
+            name: "labels".into(),
+            message: format!(
+                "the label image is {}×{} but its image is {w}×{h} (width×height)",
+                gt.width, gt.height
+            ),
+        });
+    }
+    let mut objects = objects_of(gt);
+    if objects.is_empty() {
+        let s = score_image(&gt.data, &vec![0; h * w])?;
+        return Ok(vec![s; opts.n_iterations]);
+    }
+    let _guard = tch::no_grad_guard();
+    let mut predictor = SamPredictor::new(model.sam());
+    predictor
+        .set_image(GreyImage {
+            pixels: image.as_slice(),
+            height: h,
+            width: w,
+        })
+        .map_err(model_err)?;
+    if start == PromptStart::Point {
+        let sampler = PromptSampler::default();
+        for o in &mut objects {
+            let [x0, y0, x1, y1] = o.bbox;
+            let data = crop(&gt.data, w, o.bbox);
+            let local = LabelImage::new(x1 - x0, y1 - y0, data)?;
+            let mut r = rng(opts.seed, image_index, start, o.id, 0);
+            let (x, y) = sampler
+                .positive_point(&local, o.id, &mut r)
+                .ok_or_else(|| model_err(format!("object {} has no pixel", o.id)))?;
+            o.points.push([(x + x0) as f32, (y + y0) as f32]);
+            o.labels.push(1);
+        }
+    }
+
+    let mut rounds = Vec::with_capacity(opts.n_iterations);
+    for round in 0..opts.n_iterations {
+        let last = round + 1 == opts.n_iterations;
+        let mut best_logit = vec![0f32; h * w];
+        let mut merged = vec![0u32; h * w];
+        for chunk in objects.chunks_mut(opts.objects_per_batch.max(1)) {
+            let n = chunk.len() as i64;
+            let p = chunk[0].points.len() as i64;
+            let coords: Vec<f32> = chunk.iter().flat_map(|o| o.points.concat()).collect();
+            let labels: Vec<i64> = chunk.iter().flat_map(|o| o.labels.clone()).collect();
+            let boxes: Vec<f32> = chunk
+                .iter()
+                .flat_map(|o| o.bbox.map(|v| v as f32))
+                .collect();
+            let mask_input = if opts.use_masks && round > 0 {
+                let l: Option<Vec<Tensor>> = chunk
+                    .iter()
+                    .map(|o| o.logits.as_ref().map(Tensor::shallow_clone))
+                    .collect();
+                l.map(|l| Tensor::stack(&l, 0))
+            } else {
+                None
+            };
+            let prompts = Prompts {
+                point_coords: (p > 0).then(|| Tensor::from_slice(&coords).view([n, p, 2])),
+                point_labels: (p > 0).then(|| Tensor::from_slice(&labels).view([n, p])),
+                boxes: (start == PromptStart::Box).then(|| Tensor::from_slice(&boxes).view([n, 4])),
+                mask_input,
+            };
+            // micro_sam: multimask output only for the single starting point.
+            let multimask = round == 0 && start == PromptStart::Point;
+            let pred = predictor.predict(&prompts, multimask).map_err(model_err)?;
+            let best: Vec<i64> = if multimask {
+                Vec::<i64>::try_from(pred.iou_predictions.argmax(1, false).to_device(Device::Cpu))
+                    .map_err(model_err)?
+            } else {
+                vec![0; chunk.len()]
+            };
+            let chosen: Vec<Tensor> = best
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| pred.masks.get(i as i64).get(k))
+                .collect();
+            let planes = Tensor::stack(&chosen, 0)
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous()
+                .view([-1]);
+            let planes = Vec::<f32>::try_from(&planes).map_err(model_err)?;
+            if planes.len() != chunk.len() * h * w {
+                return Err(model_err(format!(
+                    "expected {} masks of {h}×{w}, found {} values",
+                    chunk.len(),
+                    planes.len()
+                )));
+            }
+            for (o, plane) in chunk.iter().zip(planes.chunks(h * w)) {
+                for ((&l, best), m) in plane.iter().zip(&mut best_logit).zip(&mut merged) {
+                    if l > *best {
+                        *best = l;
+                        *m = o.id;
+                    }
+                }
+            }
+            if last {
+                continue;
+            }
+            if opts.use_masks {
+                for (i, (o, &k)) in chunk.iter_mut().zip(&best).enumerate() {
+                    o.logits = Some(pred.low_res_logits.get(i as i64).get(k).unsqueeze(0));
+                }
+            }
+            // Tensors are not Sync: the workers get the plain id and box.
+            let boxes: Vec<(u32, [usize; 4])> = chunk.iter().map(|o| (o.id, o.bbox)).collect();
+            let next: Vec<_> = boxes
+                .par_iter()
+                .zip(planes.par_chunks(h * w))
+                .map(|(&(id, bbox), plane)| {
+                    let mut r = rng(opts.seed, image_index, start, id, round + 1);
+                    corrections(gt, id, bbox, plane, &mut r)
+                })
+                .collect();
+            for (o, (p, pl, q, ql)) in chunk.iter_mut().zip(next) {
+                o.points.extend([p, q]);
+                o.labels.extend([pl, ql]);
+            }
+        }
+        rounds.push(score_image(&gt.data, &merged)?);
+    }
+    Ok(rounds)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxes_and_crops() {
+        let gt = LabelImage::new(5, 3, vec![0, 7, 7, 0, 0, 0, 7, 0, 0, 2, 0, 0, 0, 0, 2]).unwrap();
+        let o = objects_of(&gt);
+        assert_eq!(o.len(), 2);
+        assert_eq!((o[0].id, o[0].bbox), (2, [4, 1, 5, 3]));
+        assert_eq!((o[1].id, o[1].bbox), (7, [1, 0, 3, 2]));
+        assert_eq!(crop(&gt.data, 5, [1, 0, 3, 2]), vec![7, 7, 7, 0]);
+    }
+
+    #[test]
+    fn corrections_fall_in_the_missed_and_wrong_regions() {
+        // Object 1: columns 2..6 of rows 2..6 in a 12×12 image. Prediction: columns 4..9.
+        let (w, h) = (12, 12);
+        let mut data = vec![0u32; w * h];
+        let mut logits = vec![-1f32; w * h];
+        for y in 2..6 {
+            for x in 2..6 {
+                data[y * w + x] = 1;
+            }
+            for x in 4..9 {
+                logits[y * w + x] = 1.0;
+            }
+        }
+        let gt = LabelImage::new(w, h, data).unwrap();
+        for seed in 0..20 {
+            let mut r = ChaCha8Rng::seed_from_u64(seed);
+            let (p, pl, n, nl) = corrections(&gt, 1, [2, 2, 6, 6], &logits, &mut r);
+            assert_eq!((pl, nl), (1, 0));
+            let (px, py) = (p[0] as usize, p[1] as usize);
+            let (nx, ny) = (n[0] as usize, n[1] as usize);
+            assert!(
+                (2..4).contains(&px) && (2..6).contains(&py),
+                "positive {p:?}"
+            );
+            assert!(
+                (6..9).contains(&nx) && (2..6).contains(&ny),
+                "negative {n:?}"
+            );
+        }
+        // A perfect prediction: the negative point goes to the background ring around the box.
+        let perfect: Vec<f32> = gt
+            .data
+            .iter()
+            .map(|&v| if v == 1 { 1.0 } else { -1.0 })
+            .collect();
+        let mut r = ChaCha8Rng::seed_from_u64(1);
+        let (p, _, n, nl) = corrections(&gt, 1, [2, 2, 6, 6], &perfect, &mut r);
+        assert_eq!(gt.data[p[1] as usize * w + p[0] as usize], 1);
+        assert_eq!(nl, 0);
+        assert_eq!(gt.data[n[1] as usize * w + n[0] as usize], 0);
+        assert!(n[0] < 9.0 && n[1] < 9.0);
+    }
+}
