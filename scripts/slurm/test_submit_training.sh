@@ -31,14 +31,15 @@ fi
 STATE=${SAM_SLURM_STATE:-/tmp/sam_trainer-slurm}
 mkdir -p "$STATE"
 CONFIG=$STATE/slurm_check.yaml
-# The demo config with this check's names and data, 2 processes of batch 1, 16 iterations.
+# The demo config with this check's names and data, 2 processes of batch 1, 40 iterations.
 sed -e 's/^experiment_name: .*/experiment_name: slurm_check/' \
     -e 's/^checkpoint_name: .*/checkpoint_name: slurm_check/' \
     -e 's|^export_path: .*|export_path: final_models/slurm_check.pt|' \
     -e "s|dat/demo/augmented|$DATA/train|; s|dat/demo/val|$DATA/val|" \
     -e 's/^  samples_per_epoch: .*/  samples_per_epoch: 8/' \
     -e 's/^  batch_size: .*/  batch_size: 1/' \
-    -e 's/^  epochs: .*/  epochs: 4/' \
+    -e 's/^  epochs: .*/  epochs: 10/' \
+    -e 's/^  log_every_iterations: .*/  log_every_iterations: 1/' \
     -e 's/^  checkpoint_every_iterations: .*/  checkpoint_every_iterations: 1/' \
     -e 's/^  gpus_per_node: .*/  gpus_per_node: 2/' \
     configs/demo_cpu.yaml > "$CONFIG"
