@@ -10,8 +10,6 @@
 //! the one `sam_infer::ais_segment` runs, so the labels equal what a full run with those
 //! parameters gives (tests check this).
 
-use std::collections::HashMap;
-
 use rayon::prelude::*;
 use sam_infer::{
     ais_segment, amg_segment, gaussian_smoothing, size_filter, AisParams, AmgParams, CropMasks,
@@ -200,26 +198,38 @@ pub fn score_ais_grid(
     grid: &[AisGridParams],
 ) -> Result<Vec<(f64, f64)>, EvalError> {
     maps.check()?;
+    if gt.len() != maps.foreground.as_slice().len() {
+        return Err(crate::MetricError::LengthMismatch {
+            gt: gt.len(),
+            pred: maps.foreground.as_slice().len(),
+        }
+        .into());
+    }
     let foreground = gaussian_smoothing(&maps.foreground, base.foreground_smoothing);
     // The watershed depends on (smoothing, centre, boundary); min_size only filters its result.
-    let mut triples: Vec<(u32, u32, u32)> = Vec::new();
-    for p in grid {
-        let key = (
+    // Grid positions grouped by that triple, triples grouped by smoothing; one smoothing's
+    // segmentations are alive at a time (each is a full-size label image).
+    let key = |p: &AisGridParams| {
+        (
             p.distance_smoothing.to_bits(),
             p.center_distance_threshold.to_bits(),
             p.boundary_distance_threshold.to_bits(),
-        );
-        if !triples.contains(&key) {
-            triples.push(key);
+        )
+    };
+    let mut groups: Vec<((u32, u32, u32), Vec<usize>)> = Vec::new();
+    for (k, p) in grid.iter().enumerate() {
+        match groups.iter_mut().find(|(t, _)| *t == key(p)) {
+            Some((_, members)) => members.push(k),
+            None => groups.push((key(p), vec![k])),
         }
     }
     let mut smoothings: Vec<u32> = Vec::new();
-    for t in &triples {
-        if !smoothings.contains(&t.0) {
-            smoothings.push(t.0);
+    for ((s, _, _), _) in &groups {
+        if !smoothings.contains(s) {
+            smoothings.push(*s);
         }
     }
-    let mut segmentations: HashMap<(u32, u32, u32), sam_infer::Plane<u32>> = HashMap::new();
+    let mut scores = vec![(0.0, 0.0); grid.len()];
     for s_bits in smoothings {
         let sigma = f32::from_bits(s_bits);
         let smoothed = DecoderMaps {
@@ -227,11 +237,10 @@ pub fn score_ais_grid(
             center_distances: gaussian_smoothing(&maps.center_distances, sigma),
             boundary_distances: gaussian_smoothing(&maps.boundary_distances, sigma),
         };
-        let these: Vec<(u32, u32, u32)> =
-            triples.iter().copied().filter(|t| t.0 == s_bits).collect();
-        let segs = these
+        let scored = groups
             .par_iter()
-            .map(|&(_, c, b)| {
+            .filter(|((s, _, _), _)| *s == s_bits)
+            .map(|&((_, c, b), ref members)| {
                 // Already smoothed: the σ = 0 steps of ais_segment leave the maps as they are.
                 let p = AisParams {
                     center_distance_threshold: f32::from_bits(c),
@@ -241,30 +250,23 @@ pub fn score_ais_grid(
                     min_size: 0,
                     ..*base
                 };
-                ais_segment(&smoothed, &p)
+                let seg = ais_segment(&smoothed, &p)?;
+                members
+                    .iter()
+                    .map(|&k| {
+                        let mut filtered = seg.clone();
+                        size_filter(&mut filtered, grid[k].min_size);
+                        let s = score_image(gt, filtered.as_slice())?;
+                        Ok((k, (s.msa, s.sa50)))
+                    })
+                    .collect::<Result<Vec<_>, EvalError>>()
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        segmentations.extend(these.into_iter().zip(segs));
+            .collect::<Result<Vec<_>, EvalError>>()?;
+        for (k, v) in scored.into_iter().flatten() {
+            scores[k] = v;
+        }
     }
-    grid.par_iter()
-        .map(|p| {
-            let key = (
-                p.distance_smoothing.to_bits(),
-                p.center_distance_threshold.to_bits(),
-                p.boundary_distance_threshold.to_bits(),
-            );
-            let mut seg = segmentations
-                .get(&key)
-                .cloned()
-                .ok_or_else(|| EvalError::Setting {
-                    name: "grid".into(),
-                    message: "internal: missing segmentation".into(),
-                })?;
-            size_filter(&mut seg, p.min_size);
-            let s = score_image(gt, seg.as_slice())?;
-            Ok((s.msa, s.sa50))
-        })
-        .collect()
+    Ok(scores)
 }
 
 /// `(mSA, SA50)` of one image for every AMG combination of `grid`, from the point-grid masks

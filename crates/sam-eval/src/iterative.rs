@@ -135,49 +135,80 @@ fn rng(seed: u64, image: u64, start: PromptStart, id: u32, round: usize) -> ChaC
     ))
 }
 
-/// The corrective points of one object: positive in the missed region, negative in the
-/// wrongly included one (see [`PromptSampler::iterative_points`]). The search is limited to
-/// the object's box grown by 3 pixels together with the predicted mask's box, which holds every
-/// candidate of the first two rules; only when those find no negative does the whole image
-/// count (micro_sam's last fallback, any background).
-fn corrections(
-    gt: &LabelImage,
-    id: u32,
-    bbox: [usize; 4],
-    logits: &[f32],
-    rng: &mut ChaCha8Rng,
-) -> ([f32; 2], i64, [f32; 2], i64) {
-    let (w, h) = (gt.width, gt.height);
-    let mut r = [
+/// Where the corrective points of an object are searched: its box grown by 3 pixels (the
+/// negative fallback ring) together with the box of its predicted mask, which holds every
+/// candidate of the first two rules of [`PromptSampler::iterative_points`]. `[x0, y0, x1, y1]`.
+fn search_region(bbox: [usize; 4], pred_box: Option<[usize; 4]>, w: usize, h: usize) -> [usize; 4] {
+    let r = [
         bbox[0].saturating_sub(3),
         bbox[1].saturating_sub(3),
         (bbox[2] + 3).min(w),
         (bbox[3] + 3).min(h),
     ];
-    for (i, &l) in logits.iter().enumerate() {
-        if l > 0.0 {
-            let (x, y) = (i % w, i / w);
-            r = [r[0].min(x), r[1].min(y), r[2].max(x + 1), r[3].max(y + 1)];
-        }
+    match pred_box {
+        Some(p) => [
+            r[0].min(p[0]),
+            r[1].min(p[1]),
+            r[2].max(p[2]),
+            r[3].max(p[3]),
+        ],
+        None => r,
     }
+}
+
+/// The box `[x0, y0, x1, y1]` of a mask from its per-row and per-column "any" flags.
+fn box_from_flags(rows: &[u8], cols: &[u8]) -> Option<[usize; 4]> {
+    let y0 = rows.iter().position(|&v| v != 0)?;
+    let y1 = rows.iter().rposition(|&v| v != 0)? + 1;
+    let x0 = cols.iter().position(|&v| v != 0)?;
+    let x1 = cols.iter().rposition(|&v| v != 0)? + 1;
+    Some([x0, y0, x1, y1])
+}
+
+/// The corrective points of one object: positive in the missed region, negative in the
+/// wrongly included one (see [`PromptSampler::iterative_points`]), searched in `region` (see
+/// [`search_region`]; `pred` is the predicted mask there). Only when no negative is found there
+/// does the whole image count (micro_sam's last fallback: any background pixel). Returns
+/// `(positive, label, negative, label)`; a missing point is SAM's padding point (label -1).
+fn corrections(
+    gt: &LabelImage,
+    id: u32,
+    region: [usize; 4],
+    pred: &[bool],
+    rng: &mut ChaCha8Rng,
+) -> ([f32; 2], i64, [f32; 2], i64) {
+    let w = gt.width;
+    let r = region;
     let truth: Vec<bool> = crop(&gt.data, w, r).into_iter().map(|v| v == id).collect();
-    let pred: Vec<bool> = crop(logits, w, r).into_iter().map(|l| l > 0.0).collect();
     let sampler = PromptSampler::default();
-    let (pos, neg) = sampler.iterative_points(&truth, &pred, r[2] - r[0], rng);
+    let (pos, neg) = sampler.iterative_points(&truth, pred, r[2] - r[0], rng);
     let offset = |p: (usize, usize)| [(p.0 + r[0]) as f32, (p.1 + r[1]) as f32];
     let neg = match neg {
         Some(q) => Some(offset(q)),
         None => {
+            // Nothing wrongly included and no background around the object: the prediction
+            // plays no part any more, only the background of the whole image.
             let truth: Vec<bool> = gt.data.iter().map(|&v| v == id).collect();
-            let pred: Vec<bool> = logits.iter().map(|&l| l > 0.0).collect();
-            let (_, q) = sampler.iterative_points(&truth, &pred, w, rng);
+            let none = vec![false; truth.len()];
+            let (_, q) = sampler.iterative_points(&truth, &none, w, rng);
             q.map(|q| [q.0 as f32, q.1 as f32])
         }
     };
-    // A missing point (an object covering the whole image) becomes SAM's padding point, -1.
     let (p, pl) = pos.map_or(([0.0, 0.0], -1), |p| (offset(p), 1));
     let (n, nl) = neg.map_or(([0.0, 0.0], -1), |q| (q, 0));
     (p, pl, n, nl)
+}
+
+fn to_vec<T>(t: &Tensor, kind: Kind) -> Result<Vec<T>, EvalError>
+where
+    Vec<T>: for<'a> TryFrom<&'a Tensor, Error = tch::TchError>,
+{
+    let flat = t
+        .to_device(Device::Cpu)
+        .to_kind(kind)
+        .contiguous()
+        .view([-1]);
+    Vec::<T>::try_from(&flat).map_err(model_err)
 }
 
 /// Runs the iterative prompting on one normalised image with ground truth `gt`; returns the
@@ -232,6 +263,7 @@ pub fn iterative_prompting_image(
         }
     }
 
+    let (hi, wi) = (h as i64, w as i64);
     let mut rounds = Vec::with_capacity(opts.n_iterations);
     for round in 0..opts.n_iterations {
         let last = round + 1 == opts.n_iterations;
@@ -265,36 +297,69 @@ pub fn iterative_prompting_image(
             let multimask = round == 0 && start == PromptStart::Point;
             let pred = predictor.predict(&prompts, multimask).map_err(model_err)?;
             let best: Vec<i64> = if multimask {
-                Vec::<i64>::try_from(pred.iou_predictions.argmax(1, false).to_device(Device::Cpu))
-                    .map_err(model_err)?
+                to_vec(&pred.iou_predictions.argmax(1, false), Kind::Int64)?
             } else {
                 vec![0; chunk.len()]
             };
-            let chosen: Vec<Tensor> = best
-                .iter()
-                .enumerate()
-                .map(|(i, &k)| pred.masks.get(i as i64).get(k))
-                .collect();
-            let planes = Tensor::stack(&chosen, 0)
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Float)
-                .contiguous()
-                .view([-1]);
-            let planes = Vec::<f32>::try_from(&planes).map_err(model_err)?;
-            if planes.len() != chunk.len() * h * w {
+            let planes = if multimask {
+                let chosen: Vec<Tensor> = best
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &k)| pred.masks.get(i as i64).get(k))
+                    .collect();
+                Tensor::stack(&chosen, 0)
+            } else {
+                pred.masks.select(1, 0)
+            }; // [n, h, w] logits
+            if planes.size() != [n, hi, wi] {
                 return Err(model_err(format!(
-                    "expected {} masks of {h}×{w}, found {} values",
-                    chunk.len(),
-                    planes.len()
+                    "expected {n} masks of {h}×{w}, found {:?}",
+                    planes.size()
                 )));
             }
-            for (o, plane) in chunk.iter().zip(planes.chunks(h * w)) {
-                for ((&l, best), m) in plane.iter().zip(&mut best_logit).zip(&mut merged) {
-                    if l > *best {
-                        *best = l;
-                        *m = o.id;
+            // Only the box of each object's positive logits matters for merging, and that box
+            // grown to the search region for the corrective points: just that comes back from
+            // the device, not n full-size planes.
+            let positive = planes.gt(0.0);
+            let rows: Vec<u8> = to_vec(&positive.any_dim(2, false), Kind::Uint8)?;
+            let cols: Vec<u8> = to_vec(&positive.any_dim(1, false), Kind::Uint8)?;
+            let mut work = Vec::with_capacity(chunk.len());
+            for (i, o) in chunk.iter().enumerate() {
+                let pred_box = box_from_flags(&rows[i * h..(i + 1) * h], &cols[i * w..(i + 1) * w]);
+                let r = if last {
+                    match pred_box {
+                        Some(b) => b,
+                        None => continue, // nothing predicted: nothing to merge
+                    }
+                } else {
+                    search_region(o.bbox, pred_box, w, h)
+                };
+                let (rw, rh) = (r[2] - r[0], r[3] - r[1]);
+                let part = planes
+                    .get(i as i64)
+                    .narrow(0, r[1] as i64, rh as i64)
+                    .narrow(1, r[0] as i64, rw as i64);
+                let part: Vec<f32> = to_vec(&part, Kind::Float)?;
+                // Each pixel to the object with the highest positive logit (the first of
+                // equals, as sam-train's validation).
+                for (y, row) in part.chunks(rw).enumerate() {
+                    let at = (r[1] + y) * w + r[0];
+                    for ((&l, b), m) in row
+                        .iter()
+                        .zip(&mut best_logit[at..at + rw])
+                        .zip(&mut merged[at..at + rw])
+                    {
+                        if l > *b {
+                            *b = l;
+                            *m = o.id;
+                        }
                     }
                 }
+                work.push((
+                    o.id,
+                    r,
+                    part.into_iter().map(|l| l > 0.0).collect::<Vec<_>>(),
+                ));
             }
             if last {
                 continue;
@@ -304,14 +369,11 @@ pub fn iterative_prompting_image(
                     o.logits = Some(pred.low_res_logits.get(i as i64).get(k).unsqueeze(0));
                 }
             }
-            // Tensors are not Sync: the workers get the plain id and box.
-            let boxes: Vec<(u32, [usize; 4])> = chunk.iter().map(|o| (o.id, o.bbox)).collect();
-            let next: Vec<_> = boxes
+            let next: Vec<_> = work
                 .par_iter()
-                .zip(planes.par_chunks(h * w))
-                .map(|(&(id, bbox), plane)| {
-                    let mut r = rng(opts.seed, image_index, start, id, round + 1);
-                    corrections(gt, id, bbox, plane, &mut r)
+                .map(|(id, r, part)| {
+                    let mut g = rng(opts.seed, image_index, start, *id, round + 1);
+                    corrections(gt, *id, *r, part, &mut g)
                 })
                 .collect();
             for (o, (p, pl, q, ql)) in chunk.iter_mut().zip(next) {
@@ -339,6 +401,74 @@ mod tests {
         assert_eq!(crop(&gt.data, 5, [1, 0, 3, 2]), vec![7, 7, 7, 0]);
     }
 
+    /// The cropped merge equals a plain merge of the full-size masks of every object.
+    #[test]
+    fn first_round_merges_like_the_full_masks() {
+        tch::manual_seed(11);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let sam = sam_model::Sam::new(&vs.root(), &sam_model::SamConfig::tiny()).unwrap();
+        let model = InferenceModel::from_parts(vs, sam, None);
+        let s = sam_data::synthesize(
+            &sam_data::SynthConfig {
+                size: 64,
+                ..Default::default()
+            },
+            9,
+        );
+        let norm = sam_data::preprocess(&s.image, &sam_data::Normalization::default()).unwrap();
+        let image = Plane::from_vec(64, 64, norm).unwrap();
+        let opts = IterativeOptions {
+            starts: vec![PromptStart::Box],
+            n_iterations: 2,
+            use_masks: true,
+            seed: 0,
+            objects_per_batch: 3,
+        };
+        let got = iterative_prompting_image(&model, &image, &s.labels, PromptStart::Box, &opts, 0)
+            .unwrap();
+        assert_eq!(got.len(), 2);
+
+        let mut predictor = SamPredictor::new(model.sam());
+        predictor
+            .set_image(GreyImage {
+                pixels: image.as_slice(),
+                height: 64,
+                width: 64,
+            })
+            .unwrap();
+        let objects = objects_of(&s.labels);
+        let boxes: Vec<f32> = objects
+            .iter()
+            .flat_map(|o| o.bbox.map(|v| v as f32))
+            .collect();
+        let n = objects.len() as i64;
+        let pred = predictor
+            .predict(
+                &Prompts {
+                    boxes: Some(Tensor::from_slice(&boxes).view([n, 4])),
+                    ..Default::default()
+                },
+                false,
+            )
+            .unwrap();
+        let logits: Vec<f32> = to_vec(&pred.masks, Kind::Float).unwrap();
+        let (mut best, mut merged) = (vec![0f32; 64 * 64], vec![0u32; 64 * 64]);
+        for (o, plane) in objects.iter().zip(logits.chunks(64 * 64)) {
+            for ((&l, b), m) in plane.iter().zip(&mut best).zip(&mut merged) {
+                if l > *b {
+                    *b = l;
+                    *m = o.id;
+                }
+            }
+        }
+        assert!(
+            merged.iter().any(|&m| m != 0),
+            "the random model predicts something"
+        );
+        let want = score_image(&s.labels.data, &merged).unwrap();
+        assert_eq!(got[0], want);
+    }
+
     #[test]
     fn corrections_fall_in_the_missed_and_wrong_regions() {
         // Object 1: columns 2..6 of rows 2..6 in a 12×12 image. Prediction: columns 4..9.
@@ -354,9 +484,22 @@ mod tests {
             }
         }
         let gt = LabelImage::new(w, h, data).unwrap();
+        let region = |logits: &[f32]| {
+            let rows: Vec<u8> = (0..h)
+                .map(|y| u8::from(logits[y * w..(y + 1) * w].iter().any(|&l| l > 0.0)))
+                .collect();
+            let cols: Vec<u8> = (0..w)
+                .map(|x| u8::from((0..h).any(|y| logits[y * w + x] > 0.0)))
+                .collect();
+            let r = search_region([2, 2, 6, 6], box_from_flags(&rows, &cols), w, h);
+            let pred: Vec<bool> = crop(logits, w, r).into_iter().map(|l| l > 0.0).collect();
+            (r, pred)
+        };
+        let (r0, pred) = region(&logits);
+        assert_eq!(r0, [0, 0, 9, 9]);
         for seed in 0..20 {
             let mut r = ChaCha8Rng::seed_from_u64(seed);
-            let (p, pl, n, nl) = corrections(&gt, 1, [2, 2, 6, 6], &logits, &mut r);
+            let (p, pl, n, nl) = corrections(&gt, 1, r0, &pred, &mut r);
             assert_eq!((pl, nl), (1, 0));
             let (px, py) = (p[0] as usize, p[1] as usize);
             let (nx, ny) = (n[0] as usize, n[1] as usize);
@@ -376,7 +519,9 @@ mod tests {
             .map(|&v| if v == 1 { 1.0 } else { -1.0 })
             .collect();
         let mut r = ChaCha8Rng::seed_from_u64(1);
-        let (p, _, n, nl) = corrections(&gt, 1, [2, 2, 6, 6], &perfect, &mut r);
+        let (r1, pred) = region(&perfect);
+        assert_eq!(r1, [0, 0, 9, 9]);
+        let (p, _, n, nl) = corrections(&gt, 1, r1, &pred, &mut r);
         assert_eq!(gt.data[p[1] as usize * w + p[0] as usize], 1);
         assert_eq!(nl, 0);
         assert_eq!(gt.data[n[1] as usize * w + n[0] as usize], 0);
