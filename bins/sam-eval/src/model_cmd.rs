@@ -327,6 +327,8 @@ pub fn run_model(args: ModelArgs) -> Result<(), Failure> {
     let paths = RunPaths::new(root, &cfg);
     let device = parse_device(&args.device)?;
     let checkpoint = resolve_checkpoint(&args, &paths)?;
+    // Absolute in the report, whatever the working directory was.
+    let checkpoint = std::fs::canonicalize(&checkpoint).unwrap_or(checkpoint);
     let opts = eval_options(&args, &cfg, &paths, checkpoint.clone())?;
     // Fail on folders, settings and an existing evaluation before the model is loaded.
     opts.check().map_err(eval_failure)?;
