@@ -73,8 +73,10 @@ model:
 training:
   batch_size: {batch_size}
   n_objects_per_batch: 3
-  n_sub_iteration: 3
-  mask_prob: 0.5
+  # One prompting round: the corrective points of later rounds are drawn from thresholded
+  # masks, so a logit within rounding noise of 0 can move a point and make two exact runs
+  # diverge for reasons that have nothing to do with data parallelism.
+  n_sub_iteration: 1
   epochs: {epochs}
   lr: 1.0e-3
   # Adam's update of a parameter whose true gradient is 0 (attention key biases) is

@@ -61,6 +61,9 @@ pub struct TrainState {
     pub iteration: u64,
     /// Best validation mSA so far.
     pub best_metric: Option<f64>,
+    /// Box-prompted validation Dice of the best checkpoint (breaks mSA ties).
+    #[serde(default)]
+    pub best_dice: Option<f64>,
     /// The learning-rate scheduler.
     pub scheduler: LrScheduler,
     /// Early stopping.
@@ -244,6 +247,7 @@ mod tests {
             epoch,
             iteration: epoch * 10,
             best_metric: Some(0.5),
+            best_dice: Some(0.6),
             scheduler: LrScheduler::new(ScheduleKind::Constant, 1e-4),
             early_stopping: EarlyStopping::new(Some(3)),
             scaler: ScalerState::default(),

@@ -129,10 +129,21 @@ pub struct CheckpointDecision {
     pub save_best: bool,
 }
 
-/// Decides which checkpoints to write: `latest` always, `best` when `metric` is strictly higher
-/// than `best_so_far` (or there is none yet). NaN metrics never become best.
-pub fn checkpoint_decision(metric: f64, best_so_far: Option<f64>) -> CheckpointDecision {
-    let save_best = !metric.is_nan() && best_so_far.is_none_or(|b| metric > b);
+/// Decides which checkpoints to write: `latest` always, `best` when the validation scores
+/// `(mSA, Dice)` beat `best_so_far` (or there is none yet): a strictly higher mSA, or the same
+/// mSA with a strictly higher box-prompted Dice. The tie-break matters early in training, when
+/// no object is matched at IoU ≥ 0.5 and mSA is 0 for several epochs while the masks improve.
+/// NaN scores never become best.
+pub fn checkpoint_decision(
+    scores: (f64, f64),
+    best_so_far: Option<(f64, f64)>,
+) -> CheckpointDecision {
+    let (msa, dice) = scores;
+    let save_best = !msa.is_nan()
+        && !dice.is_nan()
+        && best_so_far.is_none_or(|(best_msa, best_dice)| {
+            msa > best_msa || (msa == best_msa && dice > best_dice)
+        });
     CheckpointDecision {
         save_latest: true,
         save_best,
@@ -187,10 +198,14 @@ mod tests {
 
     #[test]
     fn best_checkpoint_only_on_strict_improvement() {
-        assert!(checkpoint_decision(0.3, None).save_best);
-        assert!(checkpoint_decision(0.4, Some(0.3)).save_best);
-        assert!(!checkpoint_decision(0.3, Some(0.3)).save_best);
-        assert!(!checkpoint_decision(f64::NAN, None).save_best);
-        assert!(checkpoint_decision(0.1, Some(0.3)).save_latest);
+        assert!(checkpoint_decision((0.3, 0.5), None).save_best);
+        assert!(checkpoint_decision((0.4, 0.1), Some((0.3, 0.5))).save_best);
+        assert!(!checkpoint_decision((0.3, 0.5), Some((0.3, 0.5))).save_best);
+        assert!(!checkpoint_decision((0.2, 0.9), Some((0.3, 0.5))).save_best);
+        // Equal mSA (e.g. still 0): better Dice wins, worse does not.
+        assert!(checkpoint_decision((0.0, 0.3), Some((0.0, 0.2))).save_best);
+        assert!(!checkpoint_decision((0.0, 0.1), Some((0.0, 0.2))).save_best);
+        assert!(!checkpoint_decision((f64::NAN, 0.5), None).save_best);
+        assert!(checkpoint_decision((0.1, 0.0), Some((0.3, 0.5))).save_latest);
     }
 }

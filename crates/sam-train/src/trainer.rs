@@ -363,6 +363,7 @@ pub fn train(
         epoch: 0,
         iteration: 0,
         best_metric: None,
+        best_dice: None,
         scheduler: LrScheduler::new(schedule_kind(cfg, epochs), t.lr),
         early_stopping: EarlyStopping::new(t.early_stopping_patience),
         scaler: ScalerState::default(),
@@ -584,13 +585,19 @@ pub fn train(
                     ));
                     metrics.append(&record)?;
                 }
-                let decision = checkpoint_decision(s.msa, state.best_metric);
+                let decision = checkpoint_decision(
+                    (s.msa, s.dice),
+                    state
+                        .best_metric
+                        .zip(state.best_dice.or(Some(f64::NEG_INFINITY))),
+                );
                 state.metric = Some(s.msa);
                 let lr = state.scheduler.step(s.msa);
                 optim.set_lr(lr);
                 early_stopped = state.early_stopping.update(s.msa);
                 if decision.save_best {
                     state.best_metric = Some(s.msa);
+                    state.best_dice = Some(s.dice);
                     snapshot(&model, &optim, &state, Slot::Best)?;
                 }
             }
