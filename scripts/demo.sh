@@ -17,7 +17,7 @@ $BIN/sam-train validate --no-path-checks "$CONFIG"
 
 echo "[demo] synthesising brightfield images into dat/demo/"
 rm -rf dat/demo runs/demo_cpu final_models/demo_cpu.pt
-$BIN/sam-augment synth --out dat/demo/raw --count 12 --size 128 --seed 1 --cells-per-512 80
+$BIN/sam-augment synth --out dat/demo/raw --count 100 --size 128 --seed 1 --cells-per-512 80
 $BIN/sam-augment synth --out dat/demo/val --count 3 --size 128 --seed 2 --cells-per-512 80
 $BIN/sam-augment synth --out dat/demo/test --count 4 --size 128 --seed 3 --cells-per-512 80
 
