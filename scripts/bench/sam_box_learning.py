@@ -17,12 +17,15 @@ torch.set_num_threads(1)
 ROOT = {'augmented': sys.argv[3], 'val': sys.argv[4]}
 lr = float(sys.argv[1]) if len(sys.argv) > 1 else 1e-3
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+import os
 D, IMG = 64, 128
+PATCH = int(os.environ.get('PATCH', '16'))
+ALTERNATE = os.environ.get('ALTERNATE') == '1'  # point starts on every other step
 sam = Sam(
-    image_encoder=ImageEncoderViT(img_size=IMG, patch_size=16, in_chans=3, embed_dim=64, depth=2, num_heads=2,
+    image_encoder=ImageEncoderViT(img_size=IMG, patch_size=PATCH, in_chans=3, embed_dim=64, depth=2, num_heads=2,
         mlp_ratio=4, out_chans=D, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
         use_rel_pos=True, window_size=4, global_attn_indexes=(1,)),
-    prompt_encoder=PromptEncoder(embed_dim=D, image_embedding_size=(IMG // 16, IMG // 16), input_image_size=(IMG, IMG), mask_in_chans=16),
+    prompt_encoder=PromptEncoder(embed_dim=D, image_embedding_size=(IMG // PATCH, IMG // PATCH), input_image_size=(IMG, IMG), mask_in_chans=16),
     mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=D, mlp_dim=8 * D, num_heads=2),
         transformer_dim=D, iou_head_depth=3, iou_head_hidden_dim=D),
 )
@@ -41,12 +44,13 @@ def boxes_masks(lab, ids):
         ys, xs = np.nonzero(lab == i)
         bs.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]); ms.append(lab == i)
     return torch.tensor(bs, dtype=torch.float32), torch.tensor(np.stack(ms)[:, None], dtype=torch.float32)
-def predict(im, boxes):
+def predict(im, boxes, points=None):
     x = torch.tensor(im)[None, None].repeat(1, 3, 1, 1) * 255
     x = sam.preprocess(x)
     emb = sam.image_encoder(x)
-    sp, de = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
-    low, iou = sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sp, de, False)
+    pts = None if points is None else (points, torch.ones(points.shape[:2], dtype=torch.int64))
+    sp, de = sam.prompt_encoder(points=pts, boxes=boxes, masks=None)
+    low, iou = sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sp, de, points is not None)
     return sam.postprocess_masks(low, (IMG, IMG), (IMG, IMG))
 def val_iou():
     r = []
@@ -64,10 +68,19 @@ for step in range(1, steps + 1):
     loss = 0
     for _ in range(2):
         im, lab = train[np.random.randint(len(train))]
-        ids = np.unique(lab)[1:]; ids = np.random.choice(ids, min(8, len(ids)), replace=False)
+        ids = np.unique(lab)[1:]; ids = np.random.choice(ids, min(int(os.environ.get('NOBJ', '8')), len(ids)), replace=False)
         b, m = boxes_masks(lab, ids)
-        p = torch.sigmoid(predict(im, b))
-        dice = 1 - (2 * (p * m).flatten(1).sum(1) + 1e-6) / (p.flatten(1).sum(1) + m.flatten(1).sum(1) + 1e-6)
+        if ALTERNATE and step % 2 == 0:
+            # micro_sam's other start: one positive point per object, three masks, the best counts.
+            pts = []
+            for i in ids:
+                ys, xs = np.nonzero(lab == i); k = np.random.randint(len(ys)); pts.append([[xs[k], ys[k]]])
+            p = torch.sigmoid(predict(im, None, torch.tensor(pts, dtype=torch.float32)))
+            dice = 1 - (2 * (p * m).flatten(2).sum(2) + 1e-6) / (p.flatten(2).sum(2) + m.flatten(2).sum(2) + 1e-6)
+            dice = dice.min(1).values
+        else:
+            p = torch.sigmoid(predict(im, b))
+            dice = 1 - (2 * (p * m).flatten(1).sum(1) + 1e-6) / (p.flatten(1).sum(1) + m.flatten(1).sum(1) + 1e-6)
         loss = loss + dice.mean() / 2
     opt.zero_grad(); loss.backward(); opt.step()
     if step % 50 == 0:

@@ -267,6 +267,11 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
                     s.export_path.as_ref().map_or("-".into(), |p| p.display().to_string()),
                     s.run_dir.display()
                 );
+                tracing::info!(
+                    "training steps: {:.3} s per iteration, {:.1} % of it waiting for data",
+                    s.timing.seconds_per_iteration(),
+                    100.0 * s.timing.data_wait_share()
+                );
             }
             ExitCode::SUCCESS
         }

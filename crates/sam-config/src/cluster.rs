@@ -108,7 +108,7 @@ impl Accelerator {
                 max_num_workers: 8,
                 partition: None,
                 seconds_per_sample: [6.0, 15.0, 40.0, 80.0],
-                reason: "CPU: fp32 only, for demos and tests with small models",
+                reason: "CPU: fp32 or bf16 autocast, for demos and tests with small models",
             },
         }
     }
@@ -179,10 +179,11 @@ impl Default for HardwareConfig {
 }
 
 impl HardwareConfig {
-    /// Whether a precision runs on this accelerator.
+    /// Whether a precision runs on this accelerator. CPUs run fp32 and bf16 autocast (what
+    /// micro_sam uses on a CPU); tf32 and fp16 need a GPU.
     pub fn supports(&self, precision: Precision) -> bool {
         match self.accelerator {
-            Accelerator::Cpu => precision == Precision::Fp32,
+            Accelerator::Cpu => matches!(precision, Precision::Fp32 | Precision::Bf16),
             Accelerator::A100 | Accelerator::A40 => true,
         }
     }

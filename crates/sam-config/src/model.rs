@@ -51,6 +51,7 @@ impl Backbone {
             encoder_global_attn_indexes: global.to_vec(),
             window_size: 14,
             prompt_embed_dim: 256,
+            decoder_features: 64,
         };
         match self {
             // MobileSAM: TinyViT-5M, last stage 320-d, 10 heads; no global-attention indexes.
@@ -150,6 +151,12 @@ impl ModelConfig {
             if let Some(v) = o.prompt_embed_dim {
                 a.prompt_embed_dim = v;
             }
+            a.decoder_features = match o.decoder_features {
+                Some(v) => v,
+                // A narrow neck gets a proportionally narrow decoder.
+                None if a.prompt_embed_dim != 256 => (a.prompt_embed_dim / 4).max(8),
+                None => a.decoder_features,
+            };
         }
         a
     }
@@ -193,6 +200,10 @@ pub struct ArchitectureOverride {
     pub window_size: Option<u32>,
     /// Width of the prompt embeddings and the encoder neck (original: 256).
     pub prompt_embed_dim: Option<u32>,
+    /// Features of the finest level of the UNETR instance decoder; its levels have 1, 2, 4 and 8
+    /// times as many (micro_sam: 64). Default: 64 with a 256-wide neck, otherwise a quarter of
+    /// `prompt_embed_dim` (at least 8). The decoder's cost grows with its square.
+    pub decoder_features: Option<u32>,
 }
 
 /// A complete ViT-SAM architecture.
@@ -214,6 +225,8 @@ pub struct Architecture {
     pub window_size: u32,
     /// Width of the prompt embeddings and the encoder neck.
     pub prompt_embed_dim: u32,
+    /// Features of the finest level of the UNETR instance decoder.
+    pub decoder_features: u32,
 }
 
 #[cfg(test)]

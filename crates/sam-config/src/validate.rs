@@ -532,6 +532,7 @@ impl ExperimentConfig {
         c.at_least(&format!("{k}.encoder_num_heads"), a.encoder_num_heads, 1);
         c.at_least(&format!("{k}.window_size"), a.window_size, 1);
         c.at_least(&format!("{k}.prompt_embed_dim"), a.prompt_embed_dim, 1);
+        c.at_least(&format!("{k}.decoder_features"), a.decoder_features, 1);
         c.at_least(&format!("{k}.encoder_embed_dim"), a.encoder_embed_dim, 1);
         if a.patch_size > 0 && a.image_size % a.patch_size != 0 {
             c.err(
@@ -659,16 +660,16 @@ impl ExperimentConfig {
             c.err(
                 "training.precision",
                 format!(
-                    "{} needs a GPU; hardware.accelerator is {acc}: use fp32",
+                    "{} needs a GPU; hardware.accelerator is {acc}: use fp32 or bf16",
                     t.precision
                 ),
             );
         }
-        if t.device == Device::Cpu && t.precision != Precision::Fp32 {
+        if t.device == Device::Cpu && !matches!(t.precision, Precision::Fp32 | Precision::Bf16) {
             c.err(
                 "training.precision",
                 format!(
-                    "{} needs a GPU; training.device is cpu: use fp32",
+                    "{} needs a GPU; training.device is cpu: use fp32 or bf16",
                     t.precision
                 ),
             );

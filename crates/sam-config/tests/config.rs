@@ -192,7 +192,7 @@ fn inconsistent_values_are_named_with_line() {
     let text = "experiment_name: exp\noutput_base_dir: runs\ncheckpoint_name: ckpt\n\
                 export_path: models/other.pt\nmodel:\n  backbone: vit_l\n  checkpoint: vit_b\n\
                 data:\n  patch_shape: [4096, 512]\nhardware:\n  accelerator: cpu\n\
-                training:\n  precision: bf16\n";
+                training:\n  precision: fp16\n";
     let errors = errors_of(text);
     let export: Vec<&Diagnostic> = errors
         .iter()
@@ -408,4 +408,22 @@ fn root_comes_from_explicit_path_then_environment() {
     std::env::remove_var(sam_config::ROOT_ENV_VAR);
     assert_eq!(from_env, root.path());
     assert_eq!(explicit, PathBuf::from("/elsewhere"));
+}
+
+#[test]
+fn cpu_runs_fp32_and_bf16_but_not_fp16_or_tf32() {
+    let base = "experiment_name: exp\noutput_base_dir: runs\ncheckpoint_name: exp\n\
+                export_path: final_models/exp.pt\nhardware:\n  accelerator: cpu\n\
+                training:\n  device: cpu\n  precision: ";
+    for ok in ["fp32", "bf16"] {
+        let text = format!("{base}{ok}\n");
+        if let Err(e) = parse_config(&text, Some(Path::new("cfg.yaml")), &no_paths()) {
+            panic!("{ok} on CPU was refused: {e}");
+        }
+    }
+    for gpu_only in ["fp16", "tf32"] {
+        let errors = errors_of(&format!("{base}{gpu_only}\n"));
+        let p = find(&errors, "training.precision");
+        assert!(p.problem.message.contains("needs a GPU"), "{p}");
+    }
 }

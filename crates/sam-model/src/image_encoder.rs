@@ -5,7 +5,8 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use crate::common::{
-    attention, conv_cfg, layer_norm, linear, Activation, AttentionMode, LayerNorm2d, MLPBlock,
+    attention, conv2d, conv_cfg, layer_norm, linear, Activation, AttentionMode, LayerNorm2d,
+    MLPBlock,
 };
 use crate::error::ModelError;
 
@@ -141,7 +142,7 @@ struct PatchEmbed {
 impl PatchEmbed {
     fn new(p: nn::Path, cfg: &ImageEncoderViTConfig) -> Self {
         let conv = conv_cfg(cfg.patch_size, 0, 1, true);
-        let proj = nn::conv2d(
+        let proj = conv2d(
             &p / "proj",
             cfg.in_chans,
             cfg.embed_dim,
@@ -423,7 +424,7 @@ impl ImageEncoderViT {
             .collect();
         let neck = p / "neck";
         let neck = (
-            nn::conv2d(
+            conv2d(
                 &neck / 0,
                 cfg.embed_dim,
                 cfg.out_chans,
@@ -431,7 +432,7 @@ impl ImageEncoderViT {
                 conv_cfg(1, 0, 1, false),
             ),
             LayerNorm2d::new(&neck / 1, cfg.out_chans),
-            nn::conv2d(
+            conv2d(
                 &neck / 2,
                 cfg.out_chans,
                 cfg.out_chans,

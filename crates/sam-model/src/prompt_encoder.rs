@@ -5,7 +5,7 @@ use std::f64::consts::PI;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::common::{conv_cfg, gelu, LayerNorm2d};
+use crate::common::{conv2d, conv_cfg, gelu, LayerNorm2d};
 use crate::error::{shape_error, ModelError};
 
 /// Configuration of [`PromptEncoder`].
@@ -139,13 +139,13 @@ impl PromptEncoder {
         let md = p / "mask_downscaling";
         let c = cfg.mask_in_chans;
         let mask_downscaling = (
-            nn::conv2d(&md / 0, 1, c / 4, 2, conv_cfg(2, 0, 1, true)),
+            conv2d(&md / 0, 1, c / 4, 2, conv_cfg(2, 0, 1, true)),
             LayerNorm2d::new(&md / 1, c / 4),
             // 2: activation
-            nn::conv2d(&md / 3, c / 4, c, 2, conv_cfg(2, 0, 1, true)),
+            conv2d(&md / 3, c / 4, c, 2, conv_cfg(2, 0, 1, true)),
             LayerNorm2d::new(&md / 4, c),
             // 5: activation
-            nn::conv2d(&md / 6, c, d, 1, conv_cfg(1, 0, 1, true)),
+            conv2d(&md / 6, c, d, 1, conv_cfg(1, 0, 1, true)),
         );
         Ok(Self {
             pe_layer: PositionEmbeddingRandom::new(p / "pe_layer", d / 2),

@@ -34,6 +34,15 @@ impl ImageEncoderConfig {
         }
     }
 
+    /// Side of the image embedding grid: `img_size / patch_size` for the ViT (16 in SAM's
+    /// models), `img_size / 16` for TinyViT.
+    pub fn embedding_size(&self) -> i64 {
+        match self {
+            Self::Vit(c) => c.embedding_size(),
+            Self::TinyVit(c) => c.img_size / 16,
+        }
+    }
+
     /// Channels of the image embedding.
     pub fn out_chans(&self) -> i64 {
         match self {
@@ -131,7 +140,7 @@ impl SamConfig {
     fn validate(&self) -> Result<(), ModelError> {
         let pe = &self.prompt_encoder;
         let enc = &self.image_encoder;
-        let grid = enc.img_size() / 16;
+        let grid = enc.embedding_size();
         let checks = [
             (
                 "prompt_encoder.embed_dim",
@@ -149,7 +158,7 @@ impl SamConfig {
                 "prompt_encoder.image_embedding_size",
                 pe.image_embedding_size,
                 grid,
-                "image_encoder.img_size / 16",
+                "image_encoder.img_size / patch_size",
             ),
             (
                 "mask_decoder.transformer_dim",

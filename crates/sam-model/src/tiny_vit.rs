@@ -9,7 +9,7 @@ use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
 use crate::common::{
-    attention, conv_cfg, gelu, layer_norm, linear, AttentionMode, BatchNorm2d, LayerNorm2d,
+    attention, conv2d, conv_cfg, gelu, layer_norm, linear, AttentionMode, BatchNorm2d, LayerNorm2d,
 };
 use crate::error::ModelError;
 use crate::image_encoder::{window_partition, window_unpartition};
@@ -134,7 +134,7 @@ impl Conv2dBN {
         groups: i64,
         bn_weight_init: f64,
     ) -> Self {
-        let c = nn::conv2d(&p / "c", a, b, ks, conv_cfg(stride, pad, groups, false));
+        let c = conv2d(&p / "c", a, b, ks, conv_cfg(stride, pad, groups, false));
         let bn = BatchNorm2d::with_weight(&p / "bn", b, bn_weight_init);
         Self { c, bn }
     }
@@ -430,9 +430,9 @@ impl TinyViT {
         let _ = linear(p / "head", last, cfg.num_classes, true);
         let neck = p / "neck";
         let neck = (
-            nn::conv2d(&neck / 0, last, cfg.out_chans, 1, conv_cfg(1, 0, 1, false)),
+            conv2d(&neck / 0, last, cfg.out_chans, 1, conv_cfg(1, 0, 1, false)),
             LayerNorm2d::new(&neck / 1, cfg.out_chans),
-            nn::conv2d(
+            conv2d(
                 &neck / 2,
                 cfg.out_chans,
                 cfg.out_chans,

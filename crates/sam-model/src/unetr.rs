@@ -11,7 +11,7 @@
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
-use crate::common::{conv_cfg, conv_transpose2x2, BatchNorm2d};
+use crate::common::{conv2d, conv_cfg, conv_transpose2x2, BatchNorm2d};
 use crate::error::{shape_error, ModelError};
 
 /// Configuration of [`UnetrDecoder`].
@@ -90,7 +90,7 @@ impl ConvBlock2d {
         let block = p / "block";
         Self {
             // 0: InstanceNorm2d
-            conv1: nn::conv2d(
+            conv1: conv2d(
                 &block / 1,
                 in_channels,
                 out_channels,
@@ -98,7 +98,7 @@ impl ConvBlock2d {
                 conv_cfg(1, 1, 1, true),
             ),
             // 2: ReLU, 3: InstanceNorm2d
-            conv2: nn::conv2d(
+            conv2: conv2d(
                 &block / 4,
                 out_channels,
                 out_channels,
@@ -130,7 +130,7 @@ impl Upsampler {
         if conv_transpose {
             Self::Transpose(conv_transpose2x2(&p / "block", in_channels, out_channels))
         } else {
-            let conv = nn::conv2d(
+            let conv = conv2d(
                 &p / "conv",
                 in_channels,
                 out_channels,
@@ -170,7 +170,7 @@ impl Deconv2DBlock {
         Self {
             up: Upsampler::new(&block / 0, in_channels, out_channels, conv_transpose),
             // SingleConv2DBlock keeps its convolution in `.block`.
-            conv: nn::conv2d(
+            conv: conv2d(
                 &block / 1 / "block",
                 out_channels,
                 out_channels,
@@ -251,7 +251,7 @@ impl UnetrDecoder {
             deconv4: Deconv2DBlock::new(p / "deconv4", f[2], f[3], ct),
             deconv_out: Upsampler::new(p / "deconv_out", f[3], f[3], ct),
             decoder_head: ConvBlock2d::new(p / "decoder_head", 2 * f[3], f[3]),
-            out_conv: nn::conv2d(
+            out_conv: conv2d(
                 p / "out_conv",
                 f[3],
                 cfg.out_channels,

@@ -56,8 +56,8 @@ pub use setup::{device_for, sam_config, unetr_config, Model, DECODER_PREFIX};
 pub use signals::StopFlag;
 pub use step::{model_input, step_loss, RecipeConfig, StepLoss};
 pub use trainer::{
-    prepare_run, train, NoProgress, TrainOptions, TrainOutcome, TrainProgress, TrainSummary,
-    REQUEUE_EXIT_CODE,
+    prepare_run, train, NoProgress, StepTiming, TrainOptions, TrainOutcome, TrainProgress,
+    TrainSummary, REQUEUE_EXIT_CODE,
 };
 pub use validation::{validate, ValidationScores};
 

@@ -68,22 +68,14 @@ pub fn sam_config(model: &ModelConfig) -> SamConfig {
     cfg
 }
 
-/// The UNETR decoder matching a SAM config.
-pub fn unetr_config(sam: &SamConfig) -> UnetrConfig {
-    let embed_dim = sam.image_encoder.out_chans();
-    let img_size = sam.image_encoder.img_size();
-    if embed_dim == 256 {
-        UnetrConfig {
-            img_size,
-            ..UnetrConfig::sam()
-        }
-    } else {
-        UnetrConfig {
-            embed_dim,
-            img_size,
-            initial_features: (embed_dim / 4).max(8),
-            ..UnetrConfig::sam()
-        }
+/// The UNETR decoder a model section describes, on top of the SAM it builds.
+pub fn unetr_config(model: &ModelConfig) -> UnetrConfig {
+    let sam = sam_config(model);
+    UnetrConfig {
+        embed_dim: sam.image_encoder.out_chans(),
+        img_size: sam.image_encoder.img_size(),
+        initial_features: i64::from(model.resolved_architecture().decoder_features),
+        ..UnetrConfig::sam()
     }
 }
 
@@ -118,7 +110,7 @@ impl Model {
         let sam = Sam::new(&sam_vs.root(), &cfg).map_err(|e| TrainError::Model(e.to_string()))?;
         let decoder = if model.with_segmentation_decoder {
             let vs = VarStore::new(device);
-            let dec = UnetrDecoder::new(&vs.root(), &unetr_config(&cfg))
+            let dec = UnetrDecoder::new(&vs.root(), &unetr_config(model))
                 .map_err(|e| TrainError::Model(e.to_string()))?;
             Some((vs, dec))
         } else {

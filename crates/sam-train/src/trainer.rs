@@ -99,6 +99,39 @@ pub struct TrainSummary {
     pub early_stopped: bool,
     /// Wall-clock seconds of this process's training.
     pub seconds: f64,
+    /// Where this process's training steps spent their time.
+    pub timing: StepTiming,
+}
+
+/// Time spent in the training steps of one process (validation and checkpoints excluded).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTiming {
+    /// Steps measured.
+    pub iterations: u64,
+    /// Seconds from asking for a step's batch to the end of its optimiser update.
+    pub step_seconds: f64,
+    /// Of those, the seconds spent waiting for the sample pipeline.
+    pub data_wait_seconds: f64,
+}
+
+impl StepTiming {
+    /// Mean seconds per training step (0 before the first).
+    pub fn seconds_per_iteration(&self) -> f64 {
+        if self.iterations == 0 {
+            0.0
+        } else {
+            self.step_seconds / self.iterations as f64
+        }
+    }
+
+    /// Share of the step time spent waiting for data, 0..1 (0 before the first step).
+    pub fn data_wait_share(&self) -> f64 {
+        if self.step_seconds > 0.0 {
+            self.data_wait_seconds / self.step_seconds
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Checks the run folder against `resume`/`overwrite` and creates it. Nothing is touched when
@@ -441,6 +474,7 @@ pub fn train(
     let mut early_stopped = false;
     let mut epoch_started = Instant::now();
     let mut done_this_run = 0u64;
+    let mut timing = StepTiming::default();
     let snapshot =
         |model: &Model, optim: &AdamW, state: &TrainState, slot: Slot| -> Result<(), TrainError> {
             if is_main {
@@ -456,6 +490,7 @@ pub fn train(
 
     while state.iteration < total_iterations {
         // One iteration.
+        let step_started = Instant::now();
         let mut batch = Vec::with_capacity(per_rank as usize);
         let mut index = Vec::with_capacity(per_rank as usize);
         for _ in 0..per_rank {
@@ -466,6 +501,7 @@ pub fn train(
             index.push(k);
             batch.push(s);
         }
+        let data_wait = step_started.elapsed().as_secs_f64();
         let refs: Vec<&TrainingSample> = batch.iter().collect();
         optim.zero_grad();
         let forward = || {
@@ -525,6 +561,9 @@ pub fn train(
             }
             optim.step();
         }
+        timing.iterations += 1;
+        timing.step_seconds += step_started.elapsed().as_secs_f64();
+        timing.data_wait_seconds += data_wait;
         state.iteration += 1;
         done_this_run += 1;
         state.epoch_sums[0] += value;
@@ -654,6 +693,7 @@ pub fn train(
                 run_dir: paths.run_dir.clone(),
                 early_stopped: false,
                 seconds: started.elapsed().as_secs_f64(),
+                timing,
             }));
         }
     }
@@ -689,5 +729,6 @@ pub fn train(
         run_dir: paths.run_dir.clone(),
         early_stopped,
         seconds: started.elapsed().as_secs_f64(),
+        timing,
     }))
 }

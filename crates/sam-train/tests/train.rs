@@ -313,7 +313,7 @@ fn loss_goes_down_on_a_fixed_batch() {
     let mut optim = sam_train::AdamW::new(
         model.named_variables(),
         sam_train::AdamWConfig {
-            lr: 1e-3,
+            lr: 3e-3,
             betas: (0.9, 0.999),
             eps: 1e-8,
             weight_decay: 0.0,

@@ -177,7 +177,7 @@ impl InferredArchitecture {
         let img = cfg.image_encoder.img_size();
         cfg.prompt_encoder = PromptEncoderConfig {
             embed_dim: dim,
-            image_embedding_size: img / 16,
+            image_embedding_size: cfg.image_encoder.embedding_size(),
             input_image_size: img,
             mask_in_chans: w.dim("prompt_encoder.mask_downscaling.3.weight", 0)?,
         };
