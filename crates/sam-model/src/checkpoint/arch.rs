@@ -499,5 +499,20 @@ mod tests {
         assert_eq!(back.mask_decoder.transformer.mlp_dim, 192);
         assert_eq!(back.mask_decoder.iou_head_hidden_dim, 24);
         assert_eq!(back.prompt_encoder.mask_in_chans, 16);
+        // 8 px patches: a 16×16 embedding grid for a 128 px input.
+        let mut fine = custom.clone();
+        if let ImageEncoderConfig::Vit(v) = &mut fine.image_encoder {
+            v.patch_size = 8;
+        }
+        fine.prompt_encoder.image_embedding_size = 16;
+        let back = round_trip(&fine);
+        assert_eq!(back.image_encoder.embedding_size(), 16);
+        assert_eq!(back.prompt_encoder.image_embedding_size, 16);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let sam = Sam::new(&vs.root(), &back).unwrap();
+        let emb = sam
+            .image_encoder
+            .forward(&tch::Tensor::zeros([1, 3, 128, 128], tch::kind::FLOAT_CPU));
+        assert_eq!(emb.size(), [1, 48, 16, 16]);
     }
 }
