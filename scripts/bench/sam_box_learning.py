@@ -1,12 +1,15 @@
 # Reference check for the demo's learning speed: the demo's tiny SAM built with the Python
-# segment_anything package, trained from random weights with box prompts only (Dice loss, AdamW),
+# segment_anything package, trained from random weights with box prompts (Dice loss, AdamW),
 # printing the box-prompted IoU on held-out images every 50 steps. It answers whether a slow
-# start is the architecture's or our implementation's.
+# start is the architecture's or our implementation's (it found tch's wider default
+# initialisation: see crates/sam-model/src/common.rs).
 #
-#   .venv/bin/python scripts/bench/sam_box_learning.py LR STEPS TRAIN_DIR VAL_DIR
-#   e.g. target/release/sam-augment synth --out /tmp/big --count 400 --size 128 --seed 11 --cells-per-512 80
-#        .venv/bin/python scripts/bench/sam_box_learning.py 1e-3 1000 /tmp/big dat/demo/val
-# (TRAIN_DIR and VAL_DIR hold images/ and labels/.)
+#   [PATCH=16|8] [NOBJ=8] [ALTERNATE=1] .venv/bin/python scripts/bench/sam_box_learning.py LR STEPS TRAIN_DIR VAL_DIR
+#   e.g. after scripts/demo.sh:
+#        PATCH=8 .venv/bin/python scripts/bench/sam_box_learning.py 1e-3 1000 dat/demo/augmented dat/demo/val
+# (TRAIN_DIR and VAL_DIR hold images/ and labels/.) PATCH: patch size (the demo uses 8); NOBJ:
+# objects per image and step; ALTERNATE=1: single-point starts (multimask, best of 3) on every
+# other step, as micro_sam's recipe alternates them with boxes.
 import glob, sys, time
 from functools import partial
 import numpy as np, tifffile, torch
