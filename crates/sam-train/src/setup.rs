@@ -26,7 +26,6 @@ pub fn sam_config(model: &ModelConfig) -> SamConfig {
     };
     let img = i64::from(a.image_size);
     let dim = i64::from(a.prompt_embed_dim);
-    let grid = img / i64::from(a.patch_size);
     let mut enc = match &cfg.image_encoder {
         ImageEncoderConfig::Vit(v) => v.clone(),
         ImageEncoderConfig::TinyVit(_) => ImageEncoderViTConfig::vit_b(),
@@ -46,7 +45,7 @@ pub fn sam_config(model: &ModelConfig) -> SamConfig {
     cfg.image_encoder = ImageEncoderConfig::Vit(enc);
     cfg.prompt_encoder = PromptEncoderConfig {
         embed_dim: dim,
-        image_embedding_size: grid,
+        image_embedding_size: cfg.image_encoder.embedding_size(),
         input_image_size: img,
         ..PromptEncoderConfig::sam()
     };

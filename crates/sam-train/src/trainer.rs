@@ -106,7 +106,7 @@ pub struct TrainSummary {
 /// Time spent in the training steps of one process (validation and checkpoints excluded).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepTiming {
-    /// Steps measured.
+    /// Steps this process ran.
     pub iterations: u64,
     /// Seconds from asking for a step's batch to the end of its optimiser update.
     pub step_seconds: f64,
@@ -473,7 +473,7 @@ pub fn train(
     let mut last_validation = None;
     let mut early_stopped = false;
     let mut epoch_started = Instant::now();
-    let mut done_this_run = 0u64;
+    // Also counts this process's steps (`max_iterations_this_run`).
     let mut timing = StepTiming::default();
     let snapshot =
         |model: &Model, optim: &AdamW, state: &TrainState, slot: Slot| -> Result<(), TrainError> {
@@ -565,7 +565,6 @@ pub fn train(
         timing.step_seconds += step_started.elapsed().as_secs_f64();
         timing.data_wait_seconds += data_wait;
         state.iteration += 1;
-        done_this_run += 1;
         state.epoch_sums[0] += value;
         state.epoch_sums[1] += loss.dice;
         state.epoch_sums[2] += loss.decoder;
@@ -665,7 +664,7 @@ pub fn train(
         };
         let limit_hit = opts
             .max_iterations_this_run
-            .is_some_and(|m| done_this_run >= m);
+            .is_some_and(|m| timing.iterations >= m);
         if (stop_all || limit_hit) && state.iteration < total_iterations {
             if !epoch_end {
                 snapshot(&model, &optim, &state, Slot::Latest)?;
@@ -731,4 +730,23 @@ pub fn train(
         seconds: started.elapsed().as_secs_f64(),
         timing,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepTiming;
+
+    #[test]
+    fn step_timing_means_and_shares() {
+        let none = StepTiming::default();
+        assert_eq!(none.seconds_per_iteration(), 0.0);
+        assert_eq!(none.data_wait_share(), 0.0);
+        let t = StepTiming {
+            iterations: 4,
+            step_seconds: 2.0,
+            data_wait_seconds: 0.5,
+        };
+        assert!((t.seconds_per_iteration() - 0.5).abs() < 1e-12);
+        assert!((t.data_wait_share() - 0.25).abs() < 1e-12);
+    }
 }
