@@ -6,6 +6,7 @@
 # the instance decoder. Run by hand on an idle machine (needs `scripts/setup.sh --bench`):
 #
 #   scripts/bench/train_bench.sh [ITERATIONS] [BF16_ITERATIONS]   # defaults 20 and 4
+#   CASES="false:fp32 true:fp32" scripts/bench/train_bench.sh      # some cases (decoder:precision)
 #
 # (measured iterations per case, after 3 warm-up ones; bf16 gets fewer: on CPUs without native
 # bf16 arithmetic each iteration takes over 10 s on both sides). The images are 8-bit: micro_sam's
@@ -66,8 +67,10 @@ inference: {mode: $([ "$2" = true ] && echo ais || echo amg)}
 EOF
 }
 
-for decoder in false true; do
-    for precision in fp32 bf16; do
+# CASES="false:fp32 true:fp32" picks cases (decoder:precision); default all four.
+for case in ${CASES:-false:fp32 false:bf16 true:fp32 true:bf16}; do
+    decoder=${case%%:*} precision=${case##*:}
+    {
         name=bench_train_${decoder}_$precision
         iters=$([ "$precision" = bf16 ] && echo "$BF16_ITERS" || echo "$FP32_ITERS")
         config "$name" "$decoder" "$precision" "$iters" > "$WORK/$name.yaml"
@@ -100,5 +103,5 @@ PY
             exit 1
         fi
         grep '^micro_sam' "$WORK/$name.py.log"
-    done
+    }
 done

@@ -326,6 +326,8 @@ fn synth(args: SynthArgs) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
+    // Large tensors and images: keep freed memory for reuse (see sam_data::memory).
+    sam_data::memory::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run(a),

@@ -128,6 +128,8 @@ fn eval_failure(e: EvalError) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // Large tensors and images: keep freed memory for reuse (see sam_data::memory).
+    sam_data::memory::retain_freed_memory();
     let cli = Cli::parse(); // clap exits with 2 on usage errors
     let result = match cli.command {
         Command::Labels(args) => run_labels(args).map_err(eval_failure),

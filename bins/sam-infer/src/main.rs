@@ -451,6 +451,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
+    // Large tensors and images: keep freed memory for reuse (see sam_data::memory).
+    sam_data::memory::retain_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,8 @@ struct SchemaArgs {
 }
 
 fn main() -> ExitCode {
+    // Large tensors and images: keep freed memory for reuse (see sam_data::memory).
+    sam_data::memory::retain_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Train(args) => train_cmd::run_train(args),

@@ -7,6 +7,8 @@
 //!   shared by training, evaluation and inference.
 //! - [`synthesize`] draws synthetic brightfield images with exact instance labels.
 //! - [`augment_pair`] and [`augment_folder`] run the offline augmentation.
+//! - [`memory::retain_freed_memory`] tunes the C allocator for large buffers (every executable
+//!   calls it first).
 //! - [`PatchSampler`], [`ais_targets`], [`PromptSampler`], [`split_by_image`] and
 //!   [`Prefetcher`] make training samples.
 //!
@@ -32,6 +34,7 @@ mod folder;
 mod image;
 mod io;
 mod labels;
+pub mod memory;
 mod overlay;
 mod pipeline;
 mod preprocess;

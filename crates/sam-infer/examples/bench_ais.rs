@@ -12,6 +12,8 @@ use std::time::Instant;
 use sam_infer::{ais_segment, load_image, AisParams, DecoderMaps, InferenceModel, Plane, TileSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Large tensors and images: keep freed memory for reuse (see sam_data::memory).
+    sam_data::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 5 {
         return Err("usage: bench_ais DIR TILE HALO BATCH".into());

@@ -111,6 +111,8 @@ fn median(v: &serde_json::Value) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Large tensors and images: keep freed memory for reuse (see sam_data::memory).
+    sam_data::memory::retain_freed_memory();
     let args = Args::parse();
     if let Some(mode) = &args.worker {
         return worker(&args, mode);

@@ -192,36 +192,42 @@ impl MaskDecoder {
             1,
         );
 
-        // Expand per-image data in batch direction to be per-mask
-        let src = match image_embeddings.size().first() {
-            Some(1) => image_embeddings.repeat_interleave_self_int(n, 0, None),
-            Some(&b) if b == n => image_embeddings.shallow_clone(),
-            _ => {
-                return Err(shape_error(
-                    "image_embeddings",
-                    &format!("[1 or {n} (one per prompt), c, h, w]"),
-                    image_embeddings,
-                ))
-            }
-        };
-        if dense_prompt_embeddings.size() != src.size() {
+        // Per-image data expanded in batch direction to be per-mask. Python repeats the image
+        // embedding n times; when the dense embedding is the same for every prompt too (no mask
+        // input: `no_mask_embed` broadcast), the image tokens are identical until they attend
+        // to the prompts, so they stay one batch entry and the transformer broadcasts them.
+        let (b_img, c, h, w) = image_embeddings.size4()?;
+        if b_img != 1 && b_img != n {
+            return Err(shape_error(
+                "image_embeddings",
+                &format!("[1 or {n} (one per prompt), c, h, w]"),
+                image_embeddings,
+            ));
+        }
+        if dense_prompt_embeddings.size() != [n, c, h, w] {
             return Err(shape_error(
                 "dense_prompt_embeddings",
-                &format!("{:?}", src.size()),
+                &format!("[{n}, {c}, {h}, {w}]"),
                 dense_prompt_embeddings,
             ));
         }
-        let src = src + dense_prompt_embeddings;
-        let pos_src = image_pe.repeat_interleave_self_int(n, 0, None);
-        let (b, c, h, w) = src.size4()?;
+        let shared_dense = n == 1 || dense_prompt_embeddings.stride()[0] == 0;
+        let src = if b_img == 1 && shared_dense {
+            image_embeddings + dense_prompt_embeddings.narrow(0, 0, 1)
+        } else {
+            image_embeddings + dense_prompt_embeddings
+        };
 
         // Run the transformer
-        let (hs, src) = self.transformer.forward(&src, &pos_src, &tokens);
+        let (hs, src) = self.transformer.forward(&src, image_pe, &tokens);
         let iou_token_out = hs.select(1, 0);
         let mask_tokens_out = hs.narrow(1, 1, self.num_mask_tokens);
 
         // Upscale mask embeddings and predict masks using the mask tokens
-        let src = src.transpose(1, 2).reshape([b, c, h, w]);
+        let src = src
+            .expand([n, -1, -1], false)
+            .transpose(1, 2)
+            .reshape([n, c, h, w]);
         let (u0, n1, u3) = &self.output_upscaling;
         let upscaled = gelu(&u3.forward(&gelu(&n1.forward(&u0.forward(&src)))));
         let hyper_in: Vec<Tensor> = self
@@ -239,5 +245,69 @@ impl MaskDecoder {
         // Generate mask quality predictions
         let iou_pred = self.iou_prediction_head.forward(&iou_token_out);
         Ok((masks, iou_pred))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// Outputs and weight gradients of one `predict_masks` call.
+    fn run(
+        vs: &nn::VarStore,
+        dec: &MaskDecoder,
+        image: &Tensor,
+        pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+    ) -> (Tensor, Tensor, Vec<Tensor>) {
+        let mut vars = vs.trainable_variables();
+        for v in &mut vars {
+            v.zero_grad();
+        }
+        let (masks, iou) = dec.predict_masks(image, pe, sparse, dense).unwrap();
+        (masks.square().sum(Kind::Float) + iou.sum(Kind::Float)).backward();
+        let grads = vars.iter().map(|v| v.grad().copy()).collect();
+        (masks.detach(), iou.detach(), grads)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    /// With one image and no mask input, the image tokens are shared by all prompts in the first
+    /// layer instead of being repeated per prompt as segment_anything does; outputs and
+    /// gradients must equal the repeated computation.
+    #[test]
+    fn shared_image_tokens_equal_repeated_ones_forward_and_backward() {
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let dec = MaskDecoder::new(&vs.root(), &MaskDecoderConfig::tiny()).unwrap();
+        let opts = (Kind::Float, Device::Cpu);
+        let (n, c, s) = (3, 32, 8);
+        let image = Tensor::randn([1, c, s, s], opts);
+        let pe = Tensor::randn([1, c, s, s], opts);
+        let sparse = Tensor::randn([n, 4, c], opts);
+        // what the prompt encoder returns without mask input: one embedding, broadcast
+        let dense = Tensor::randn([1, c, 1, 1], opts).expand([n, c, s, s], false);
+        assert_eq!(dense.stride()[0], 0);
+
+        let (m1, i1, g1) = run(&vs, &dec, &image, &pe, &sparse, &dense);
+        let repeated = image.repeat([n, 1, 1, 1]);
+        let (m2, i2, g2) = run(&vs, &dec, &repeated, &pe, &sparse, &dense.contiguous());
+        assert_eq!(m1.size(), vec![n, 4, 4 * s, 4 * s]);
+        assert!(max_diff(&m1, &m2) < 1e-5, "masks {}", max_diff(&m1, &m2));
+        assert!(max_diff(&i1, &i2) < 1e-5, "iou {}", max_diff(&i1, &i2));
+        for (a, b) in g1.iter().zip(&g2) {
+            let scale = b.abs().max().double_value(&[]).max(1.0);
+            assert!(max_diff(a, b) / scale < 1e-4, "gradient {}", max_diff(a, b));
+        }
+        // a mask input differs per prompt: no sharing, same result as repeating
+        let dense_per_prompt = Tensor::randn([n, c, s, s], opts);
+        let (m3, _, _) = run(&vs, &dec, &image, &pe, &sparse, &dense_per_prompt);
+        let (m4, _, _) = run(&vs, &dec, &repeated, &pe, &sparse, &dense_per_prompt);
+        assert!(max_diff(&m3, &m4) < 1e-5);
     }
 }

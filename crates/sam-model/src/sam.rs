@@ -334,15 +334,38 @@ impl Sam {
 }
 
 /// Bilinear to `img_size`², crop to `input_size`, bilinear to `original_size`.
+///
+/// A resize to the size the masks already have is skipped: bilinear resampling to the same size
+/// (`align_corners=False`) is the identity, and skipping it saves a full-size copy and its
+/// backward pass in training.
 pub(crate) fn postprocess_masks(
     masks: &Tensor,
     img_size: i64,
     input_size: (i64, i64),
     original_size: (i64, i64),
 ) -> Tensor {
-    let masks = masks.upsample_bilinear2d([img_size, img_size], false, None, None);
+    let masks = resize_planes(masks, (img_size, img_size));
     let masks = masks.narrow(2, 0, input_size.0).narrow(3, 0, input_size.1);
-    masks.upsample_bilinear2d([original_size.0, original_size.1], false, None, None)
+    resize_planes(&masks, original_size)
+}
+
+/// `F.interpolate(x, size, mode="bilinear", align_corners=False)` of a `[b, c, h, w]` tensor.
+///
+/// Every plane is resized on its own, so the planes are laid out as the channels of one image
+/// (same result):
+/// with a single channel (one mask per prompt), libtorch takes `[b, 1, h, w]` for a
+/// channels-last tensor and runs its channels-last kernels, whose backward pass is several
+/// times slower on such tensors.
+fn resize_planes(x: &Tensor, size: (i64, i64)) -> Tensor {
+    match x.size()[..] {
+        // bilinear resampling to the same size is the identity
+        [_, _, h, w] if (h, w) == size => x.shallow_clone(),
+        [b, c, h, w] if b > 1 => x
+            .reshape([1, b * c, h, w])
+            .upsample_bilinear2d([size.0, size.1], false, None, None)
+            .view([b, c, size.0, size.1]),
+        _ => x.upsample_bilinear2d([size.0, size.1], false, None, None),
+    }
 }
 
 #[cfg(test)]
@@ -362,6 +385,45 @@ mod tests {
             Some(SamConfig::vit_t())
         );
         assert_eq!(SamConfig::from_model_type("vit_x"), None);
+    }
+
+    /// segment_anything's two `F.interpolate` calls, done literally.
+    fn postprocess_reference(m: &Tensor, img: i64, input: (i64, i64), orig: (i64, i64)) -> Tensor {
+        m.upsample_bilinear2d([img, img], false, None, None)
+            .narrow(2, 0, input.0)
+            .narrow(3, 0, input.1)
+            .upsample_bilinear2d([orig.0, orig.1], false, None, None)
+    }
+
+    #[test]
+    fn postprocess_masks_equals_both_interpolations_in_every_layout() {
+        tch::manual_seed(3);
+        let cases = [
+            // one mask per prompt, crop and resize
+            ([5, 1, 16, 16], 64, (64, 48), (80, 60)),
+            // several masks, nothing to crop: the second resize is the identity
+            ([3, 4, 16, 16], 64, (64, 64), (64, 64)),
+            // one prompt, already at the input size (UNETR output)
+            ([1, 3, 64, 64], 64, (64, 64), (64, 64)),
+            // two prompts, one mask each, no crop
+            ([2, 1, 16, 16], 64, (64, 64), (64, 64)),
+        ];
+        for (shape, img, input, orig) in cases {
+            let m = Tensor::randn(shape, (tch::Kind::Float, Device::Cpu));
+            let got = postprocess_masks(&m, img, input, orig);
+            let want = postprocess_reference(&m, img, input, orig);
+            assert_eq!(got.size(), want.size());
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 1e-6, "{shape:?}: max error {err}");
+        }
+        // a sliced (non-contiguous) multimask output too
+        let m = Tensor::randn([3, 4, 16, 16], (tch::Kind::Float, Device::Cpu)).narrow(1, 1, 3);
+        let err = (postprocess_masks(&m, 64, (64, 40), (90, 56))
+            - postprocess_reference(&m, 64, (64, 40), (90, 56)))
+        .abs()
+        .max()
+        .double_value(&[]);
+        assert!(err < 1e-6, "sliced: max error {err}");
     }
 
     #[test]

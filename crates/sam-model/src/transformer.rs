@@ -92,11 +92,21 @@ impl Attention {
     }
 
     /// # Shapes
-    /// `q`: `[b, n_q, c]`, `k`, `v`: `[b, n_k, c]` → `[b, n_q, c]`.
+    /// `q`: `[b, n_q, c]`, `k`, `v`: `[b, n_k, c]` → `[b, n_q, c]`. An input with batch 1 is
+    /// shared by the whole batch: it is projected once and broadcast (no copy).
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let q = self.separate_heads(&self.q_proj.forward(q));
         let k = self.separate_heads(&self.k_proj.forward(k));
         let v = self.separate_heads(&self.v_proj.forward(v));
+        let b = q.size()[0].max(k.size()[0]).max(v.size()[0]);
+        let batch = |x: Tensor| {
+            if x.size()[0] == b {
+                x
+            } else {
+                x.expand([b, -1, -1, -1], false)
+            }
+        };
+        let (q, k, v) = (batch(q), batch(k), batch(v));
         let c_per_head = q.size()[3];
         let scale = 1.0 / (c_per_head as f64).sqrt();
         let out = attention(&q, &k, &v, None, scale, self.mode);
@@ -203,6 +213,10 @@ impl TwoWayTransformer {
     /// # Shapes
     /// `image_embedding`, `image_pe`: `[b, c, h, w]`; `point_embedding`: `[b, n, c]` →
     /// (queries `[b, n, c]`, keys `[b, h * w, c]`).
+    ///
+    /// `image_embedding` and `image_pe` may have batch 1 when every prompt sees the same image
+    /// tokens: the first layer then projects them once for the whole batch (the image tokens
+    /// only start to differ per prompt when they attend to the prompt tokens).
     pub fn forward(
         &self,
         image_embedding: &Tensor,

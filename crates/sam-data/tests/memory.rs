@@ -1,0 +1,83 @@
+//! The allocator tuning is process-wide, so it has its own test binary without the test harness:
+//! one process, and the checks run on the main thread, where the tensors of our executables are
+//! allocated (glibc gives other threads arenas of their own).
+#![allow(clippy::unwrap_used)]
+
+use sam_data::memory::{retain_freed_memory, AllocatorTuning, DISABLE_ENV};
+
+/// Resident memory of this process in MiB (`VmRSS`).
+#[cfg(target_os = "linux")]
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib / 1024.0
+}
+
+/// A buffer whose every page is written, so it is resident.
+fn touched(mib: usize) -> Vec<u8> {
+    let mut v = vec![0u8; mib << 20];
+    for b in v.iter_mut().step_by(4096) {
+        *b = 1;
+    }
+    v
+}
+
+fn main() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    freed_large_buffers_stay_for_reuse_and_threads_still_get_large_blocks();
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    assert_eq!(retain_freed_memory(), AllocatorTuning::Unsupported);
+    println!("memory: ok");
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn freed_large_buffers_stay_for_reuse_and_threads_still_get_large_blocks() {
+    let owned = [
+        "MALLOC_MMAP_MAX_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_TOP_PAD_",
+    ];
+    if owned.iter().any(|k| std::env::var_os(k).is_some())
+        || std::env::var_os("GLIBC_TUNABLES").is_some()
+    {
+        // glibc read the user's settings at start-up; the tuning must leave them alone.
+        assert_eq!(retain_freed_memory(), AllocatorTuning::SkippedByEnvironment);
+        return;
+    }
+    // Without tuning (glibc's default), a freed 256 MiB block goes back to the system.
+    let before = rss_mib();
+    drop(touched(256));
+    assert!(
+        rss_mib() < before + 64.0,
+        "glibc's default should unmap a freed 256 MiB block"
+    );
+
+    std::env::set_var(DISABLE_ENV, "0");
+    assert_eq!(retain_freed_memory(), AllocatorTuning::SkippedByEnvironment);
+    std::env::remove_var(DISABLE_ENV);
+    assert_eq!(retain_freed_memory(), AllocatorTuning::Applied);
+
+    // With it, the freed block stays resident ...
+    let before = rss_mib();
+    drop(touched(256));
+    let kept = rss_mib();
+    assert!(
+        kept > before + 200.0,
+        "freed memory was returned: {before:.0} -> {kept:.0} MiB"
+    );
+    // ... and the next buffer of that size reuses it instead of growing the process.
+    let again = touched(256);
+    assert!(
+        rss_mib() < kept + 64.0,
+        "a second 256 MiB buffer grew the process: {kept:.0} -> {:.0} MiB",
+        rss_mib()
+    );
+    drop(again);
+    // Blocks larger than a thread arena's heap (64 MiB) still work from other threads.
+    let sums: Vec<usize> = (0..2)
+        .map(|_| std::thread::spawn(|| touched(200).iter().map(|&b| b as usize).sum::<usize>()))
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(sums, vec![200 * 256; 2]);
+}
