@@ -5,6 +5,8 @@
 //! When `DIR/micro_sam_maps.f32` exists (written by the Python peer), also times our
 //! post-processing on micro_sam's own decoder maps and reports the pixel agreement with
 //! micro_sam's untiled post-processing of the same maps.
+//!
+//! `bench_ais DIR post N`: only the post-processing of micro_sam's maps, N times (profiling).
 
 use std::path::Path;
 use std::time::Instant;
@@ -15,6 +17,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Large tensors and images: keep freed memory for reuse (see sam_data::memory).
     sam_data::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
+    if args.len() == 4 && args[2] == "post" {
+        let maps = read_micro_sam_maps(Path::new(&args[1]))?;
+        for _ in 0..args[3].parse::<usize>()? {
+            let start = Instant::now();
+            let seg = ais_segment(&maps, &AisParams::default())?;
+            let objects = seg.as_slice().iter().copied().max().unwrap_or(0);
+            println!(
+                "post-processing: {:.3} s, {objects} objects",
+                start.elapsed().as_secs_f64()
+            );
+        }
+        return Ok(());
+    }
     if args.len() != 5 {
         return Err("usage: bench_ais DIR TILE HALO BATCH".into());
     }
@@ -52,15 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if ref_maps.is_file() {
         let (h, w) = image.shape();
         let n = h * w;
-        let raw: Vec<f32> = std::fs::read(&ref_maps)?
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let m = DecoderMaps {
-            foreground: Plane::from_vec(h, w, raw[..n].to_vec())?,
-            center_distances: Plane::from_vec(h, w, raw[n..2 * n].to_vec())?,
-            boundary_distances: Plane::from_vec(h, w, raw[2 * n..].to_vec())?,
-        };
+        let m = read_micro_sam_maps(dir)?;
         let start = Instant::now();
         let seg = ais_segment(&m, &AisParams::default())?;
         let s = start.elapsed().as_secs_f64();
@@ -88,4 +95,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         embed_s + decode_s + post_s
     );
     Ok(())
+}
+
+/// micro_sam's decoder maps of the 2048² image, as the Python peer wrote them.
+fn read_micro_sam_maps(dir: &Path) -> Result<DecoderMaps, Box<dyn std::error::Error>> {
+    let (h, w) = (2048, 2048);
+    let n = h * w;
+    let raw: Vec<f32> = std::fs::read(dir.join("micro_sam_maps.f32"))?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if raw.len() != 3 * n {
+        return Err(format!("micro_sam_maps.f32 holds {} values, not 3×2048²", raw.len()).into());
+    }
+    Ok(DecoderMaps {
+        foreground: Plane::from_vec(h, w, raw[..n].to_vec())?,
+        center_distances: Plane::from_vec(h, w, raw[n..2 * n].to_vec())?,
+        boundary_distances: Plane::from_vec(h, w, raw[2 * n..].to_vec())?,
+    })
 }

@@ -50,14 +50,20 @@ pub fn gaussian_smoothing(image: &Plane<f32>, sigma: f32) -> Plane<f32> {
 
     // Along x: pad each row by mirroring, then a straight dot product per pixel.
     let mut tmp = vec![0f32; h * w];
-    tmp.par_chunks_mut(w).enumerate().for_each(|(y, out)| {
-        let row = &src[y * w..(y + 1) * w];
-        let padded: Vec<f32> = (-r..w as isize + r).map(|i| row[mirror(i, w)]).collect();
-        for (x, o) in out.iter_mut().enumerate() {
-            let window = &padded[x..x + kernel.len()];
-            *o = window.iter().zip(&kernel).map(|(a, k)| a * k).sum();
-        }
-    });
+    tmp.par_chunks_mut(w).zip(src.par_chunks(w)).for_each_init(
+        || Vec::with_capacity(w + 2 * r as usize),
+        |padded: &mut Vec<f32>, (out, row)| {
+            padded.clear();
+            padded.extend((-r..w as isize + r).map(|i| row[mirror(i, w)]));
+            // tap by tap over the whole row: the inner loop vectorises
+            out.fill(0.0);
+            for (j, k) in kernel.iter().enumerate() {
+                for (o, p) in out.iter_mut().zip(&padded[j..j + w]) {
+                    *o += k * p;
+                }
+            }
+        },
+    );
 
     // Along y: accumulate whole rows, which vectorises over x.
     let mut out = vec![0f32; h * w];
