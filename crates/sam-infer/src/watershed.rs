@@ -194,12 +194,17 @@ impl BucketQueue {
         }
     }
 
-    /// The pixel [`BucketQueue::pop`] returns next, if it is known without moving on to the
-    /// next bucket.
-    fn peek(&self) -> Option<u32> {
-        self.below
-            .peek()
-            .or_else(|| self.active.peek())
+    /// Pixels that [`BucketQueue::pop`] returns soon: the next one and the candidates for the
+    /// one after (the heap's top and its children), where known without changing buckets.
+    fn upcoming(&self) -> impl Iterator<Item = u32> + '_ {
+        let heap = if self.below.is_empty() {
+            &self.active
+        } else {
+            &self.below
+        };
+        heap.as_slice()
+            .iter()
+            .take(3)
             .map(|Reverse((_, pixel, _))| *pixel)
     }
 
@@ -328,8 +333,8 @@ pub fn seeded_watershed(
     }
     while let Some((i, label)) = queue.pop() {
         let i = i as usize;
-        // start loading the neighbourhood of the next pixel while this one is processed
-        if let Some(next) = queue.peek() {
+        // start loading the neighbourhoods of the next pixels while this one is processed
+        for next in queue.upcoming() {
             let k = next as usize;
             for k in [k - pw, k, k + pw] {
                 prefetch(&px[k]);

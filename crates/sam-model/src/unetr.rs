@@ -146,10 +146,15 @@ impl Module for Upsampler {
     fn forward(&self, x: &Tensor) -> Tensor {
         match self {
             Self::Interpolate(conv) => {
-                let s = x.size();
-                // F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-                let up = x.upsample_bilinear2d([s[2] * 2, s[3] * 2], false, 2.0, 2.0);
-                conv.forward(&up)
+                // torch_em: conv1x1(F.interpolate(x, scale_factor=2, mode="bilinear",
+                // align_corners=False)). Both are linear, the convolution over channels and the
+                // interpolation over space, and the interpolation weights of every output pixel
+                // sum to 1 (so the bias passes through unchanged): the convolution is applied
+                // first, at a quarter of the pixels, and the full-size tensor with the input's
+                // channels is never made. Same result up to float rounding.
+                let y = conv.forward(x);
+                let s = y.size();
+                y.upsample_bilinear2d([s[2] * 2, s[3] * 2], false, 2.0, 2.0)
             }
             Self::Transpose(deconv) => deconv.forward(x),
         }
