@@ -514,15 +514,21 @@ impl ExperimentConfig {
                 ),
                 ("window_size", o.window_size.is_some()),
                 ("patch_size", o.patch_size.is_some()),
+                ("image_size", o.image_size.is_some()),
+                ("prompt_embed_dim", o.prompt_embed_dim.is_some()),
             ];
             for (field, set) in vit_only {
                 if set {
                     c.err(
                         &format!("{k}.{field}"),
-                        "applies to ViT encoders only; vit_t (TinyViT) takes image_size and \
-                         prompt_embed_dim",
+                        "applies to ViT encoders only; vit_t (TinyViT, MobileSAM) has a fixed \
+                         1024 px input and 256-wide prompt encoder, and takes only \
+                         decoder_features",
                     );
                 }
+            }
+            if let Some(v) = o.decoder_features {
+                c.at_least(&format!("{k}.decoder_features"), v, 1);
             }
             return;
         }

@@ -427,3 +427,31 @@ fn cpu_runs_fp32_and_bf16_but_not_fp16_or_tf32() {
         assert!(p.problem.message.contains("needs a GPU"), "{p}");
     }
 }
+
+#[test]
+fn vit_t_rejects_vit_sizes_and_takes_only_decoder_features() {
+    // TinyViT's input size and prompt width are fixed: overriding them used to be accepted and
+    // silently ignored.
+    let text = format!(
+        "{HEAD}model:\n  backbone: vit_t\n  architecture:\n    image_size: 512\n    \
+         prompt_embed_dim: 64\n    encoder_depth: 2\n    decoder_features: 0\n"
+    );
+    let errors = errors_of(&text);
+    for key in ["image_size", "prompt_embed_dim", "encoder_depth"] {
+        let d = find(&errors, &format!("model.architecture.{key}"));
+        assert!(d.problem.message.contains("decoder_features"), "{d}");
+    }
+    find(&errors, "model.architecture.decoder_features");
+    // a valid decoder width alone is no error of the architecture section
+    let text = format!(
+        "{HEAD}model:\n  backbone: vit_t\n  architecture:\n    decoder_features: 16\n\
+         training:\n  lr: -1\n"
+    );
+    let errors = errors_of(&text);
+    assert!(
+        errors
+            .iter()
+            .all(|d| !d.problem.key.starts_with("model.architecture")),
+        "{errors:#?}"
+    );
+}

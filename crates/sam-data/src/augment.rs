@@ -577,19 +577,25 @@ pub fn apply_ops(
 /// (one per grey value for 8-bit images), interpolated linearly between entries; small enough
 /// to stay in the L1 cache.
 struct Lut {
-    table: Vec<f32>,
+    /// Entries `0..=n + 1` are used (the last repeats the end point); fixed size, so lookups
+    /// need no bounds test.
+    table: Box<[f32; LUT_LEN]>,
     max: f32,
     /// Table index per intensity unit.
     scale: f32,
 }
 
+const LUT_SEGMENTS: usize = 4096;
+const LUT_LEN: usize = LUT_SEGMENTS + 2;
+
 impl Lut {
     /// `f` maps normalised intensity [0, 1] to normalised intensity.
     fn new(max: f32, f: impl Fn(f64) -> f64) -> Self {
-        let n = (max as usize).min(4096);
-        let table = (0..=n + 1)
-            .map(|i| (f(i.min(n) as f64 / n as f64) * f64::from(max)) as f32)
-            .collect();
+        let n = (max as usize).clamp(1, LUT_SEGMENTS);
+        let mut table = Box::new([0f32; LUT_LEN]);
+        for (i, t) in table.iter_mut().enumerate() {
+            *t = (f(i.min(n) as f64 / n as f64) * f64::from(max)) as f32;
+        }
         Lut {
             table,
             max,
@@ -597,10 +603,11 @@ impl Lut {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(&self, v: f32) -> f32 {
         let x = v.clamp(0.0, self.max) * self.scale;
-        let i = x as usize;
+        // x is in 0..=n (n <= LUT_SEGMENTS): truncation is floor, `min` only proves the bound
+        let i = (x as u32 as usize).min(LUT_SEGMENTS);
         let t = x - i as f32;
         let (a, b) = (self.table[i], self.table[i + 1]);
         a + (b - a) * t
@@ -646,6 +653,60 @@ fn permute(
     let base = (m[5] as isize) * w + m[2] as isize;
     let mut oi = vec![0f32; ow * oh];
     let mut ol = vec![0u32; ow * oh];
+    if step_x.abs() == 1 {
+        // identity and flips: every output row is a source row, forwards or backwards
+        oi.par_chunks_mut(ow)
+            .zip(ol.par_chunks_mut(ow))
+            .enumerate()
+            .for_each(|(y, (ri, rl))| {
+                let s = base + y as isize * step_y;
+                let start = if step_x == 1 {
+                    s
+                } else {
+                    s - (ow as isize - 1)
+                };
+                let range = start as usize..start as usize + ow;
+                let (si, sl) = (&img.data[range.clone()], &labels.data[range]);
+                match (step_x == 1, lut) {
+                    (true, None) => ri.copy_from_slice(si),
+                    (true, Some(l)) => {
+                        for (o, &v) in ri.iter_mut().zip(si) {
+                            *o = l.apply(v);
+                        }
+                    }
+                    (false, None) => {
+                        for (o, &v) in ri.iter_mut().zip(si.iter().rev()) {
+                            *o = v;
+                        }
+                    }
+                    (false, Some(l)) => {
+                        for (o, &v) in ri.iter_mut().zip(si.iter().rev()) {
+                            *o = l.apply(v);
+                        }
+                    }
+                }
+                if step_x == 1 {
+                    rl.copy_from_slice(sl);
+                } else {
+                    for (o, &v) in rl.iter_mut().zip(sl.iter().rev()) {
+                        *o = v;
+                    }
+                }
+            });
+        return (
+            GreyImage {
+                width: ow,
+                height: oh,
+                depth: img.depth,
+                data: oi,
+            },
+            LabelImage {
+                width: ow,
+                height: oh,
+                data: ol,
+            },
+        );
+    }
     oi.par_chunks_mut(ow * BAND)
         .zip(ol.par_chunks_mut(ow * BAND))
         .enumerate()
@@ -869,7 +930,20 @@ fn resample(
             }
             let yf = y as f32;
             let (bx, by) = (m[1] * yf + m[2], m[4] * yf + m[5]);
-            for x in 0..ow {
+            // Without a displacement field the source position is linear along the row: the
+            // stretch where every bilinear sample lies inside the source runs through the
+            // fixed-point loop, the rest through the general per-pixel code below.
+            let interior = match field {
+                None => affine_interior(&map.0, y, ow, img.width, img.height),
+                Some(_) => None,
+            };
+            let mut x = 0;
+            while x < ow {
+                if let Some(run) = interior.as_ref().filter(|r| r.x_start == x) {
+                    // sampled below, tile by tile
+                    x = run.x_end;
+                    continue;
+                }
                 let px = x as f32 + dx[x];
                 let py = dy[x];
                 let sx = m[0] * px + m[1] * py + bx;
@@ -914,8 +988,38 @@ fn resample(
                     Some(l) => l.apply(v),
                     None => v,
                 };
+                x += 1;
             }
         });
+    if field.is_none() {
+        // The interior runs, in tiles of BAND rows × TILE columns: a rotated map reads the
+        // source along slanted lines, and a tile keeps that footprint in cache.
+        const TILE: usize = 128;
+        oi.par_chunks_mut(ow * BAND)
+            .zip(ol.par_chunks_mut(ow * BAND))
+            .enumerate()
+            .for_each(|(band, (bi, bl))| {
+                let y0 = band * BAND;
+                let rows = bi.len() / ow;
+                let runs: Vec<Option<AffineRun>> = (0..rows)
+                    .map(|r| affine_interior(&map.0, y0 + r, ow, img.width, img.height))
+                    .collect();
+                for t0 in (0..ow).step_by(TILE) {
+                    let t1 = (t0 + TILE).min(ow);
+                    for (r, run) in runs.iter().enumerate() {
+                        let Some(run) = run.as_ref().and_then(|run| run.clip(t0, t1)) else {
+                            continue;
+                        };
+                        let (ri, rl) =
+                            (&mut bi[r * ow..(r + 1) * ow], &mut bl[r * ow..(r + 1) * ow]);
+                        match lut {
+                            Some(l) => run.sample(src, lab, wu, ri, rl, |v| l.apply(v)),
+                            None => run.sample(src, lab, wu, ri, rl, |v| v),
+                        }
+                    }
+                }
+            });
+    }
     (
         GreyImage {
             width: ow,
@@ -929,6 +1033,125 @@ fn resample(
             data: ol,
         },
     )
+}
+
+/// The part of one output row of an affine map whose bilinear samples all lie inside the
+/// source, with the source position in 32.32 fixed point: exact integer steps along the row, no
+/// per-pixel bounds tests or float-to-integer conversions.
+struct AffineRun {
+    x_start: usize,
+    x_end: usize,
+    /// Source position of `x_start` and its step per output pixel, in units of 2^-32 px.
+    sx: i64,
+    sy: i64,
+    step_x: i64,
+    step_y: i64,
+}
+
+const FIXED_ONE: f64 = 4_294_967_296.0; // 2^32
+
+/// The [`AffineRun`] of output row `y` for `map` (output → source), if any pixel is inside.
+fn affine_interior(map: &[f64; 6], y: usize, ow: usize, w: usize, h: usize) -> Option<AffineRun> {
+    if w < 2 || h < 2 || ow == 0 {
+        return None;
+    }
+    let fixed = |v: f64| (v * FIXED_ONE).round() as i64;
+    let (sx0, sy0) = (
+        fixed(map[1] * y as f64 + map[2]),
+        fixed(map[4] * y as f64 + map[5]),
+    );
+    let (step_x, step_y) = (fixed(map[0]), fixed(map[3]));
+    // inside: 0 <= s < (n - 1) on both axes, evaluated exactly in fixed point
+    let (max_x, max_y) = (((w - 1) as i64) << 32, ((h - 1) as i64) << 32);
+    let inside = |k: i64| {
+        let (sx, sy) = (sx0 + k * step_x, sy0 + k * step_y);
+        (0..max_x).contains(&sx) && (0..max_y).contains(&sy)
+    };
+    // the inside set of a linear map along the row is one interval: estimate its ends in
+    // floating point, then settle them on the exact test
+    let bound = |s0: i64, step: i64, max: i64| -> (f64, f64) {
+        if step == 0 {
+            return if (0..max).contains(&s0) {
+                (f64::NEG_INFINITY, f64::INFINITY)
+            } else {
+                (f64::INFINITY, f64::NEG_INFINITY)
+            };
+        }
+        let (a, b) = (-(s0 as f64) / step as f64, (max - s0) as f64 / step as f64);
+        (a.min(b), a.max(b))
+    };
+    let (ax, bx) = bound(sx0, step_x, max_x);
+    let (ay, by) = bound(sy0, step_y, max_y);
+    let lo = ax.max(ay).max(0.0).ceil();
+    let hi = bx.min(by).min(ow as f64 - 1.0).floor();
+    if lo.is_nan() || hi.is_nan() || lo > hi {
+        return None;
+    }
+    let (mut a, mut b) = (lo as i64, hi as i64);
+    while a <= b && !inside(a) {
+        a += 1;
+    }
+    while b >= a && !inside(b) {
+        b -= 1;
+    }
+    (a <= b).then(|| AffineRun {
+        x_start: a as usize,
+        x_end: b as usize + 1,
+        sx: sx0 + a * step_x,
+        sy: sy0 + a * step_y,
+        step_x,
+        step_y,
+    })
+}
+
+impl AffineRun {
+    /// The part of the run inside columns `x0..x1`, if any.
+    fn clip(&self, x0: usize, x1: usize) -> Option<AffineRun> {
+        let (a, b) = (self.x_start.max(x0), self.x_end.min(x1));
+        let skip = a.saturating_sub(self.x_start) as i64;
+        (a < b).then(|| AffineRun {
+            x_start: a,
+            x_end: b,
+            sx: self.sx + skip * self.step_x,
+            sy: self.sy + skip * self.step_y,
+            step_x: self.step_x,
+            step_y: self.step_y,
+        })
+    }
+
+    /// Bilinear image samples (through `tone`) and nearest labels for `x_start..x_end`.
+    #[inline(always)]
+    fn sample(
+        &self,
+        src: &[f32],
+        lab: &[u32],
+        w: usize,
+        ri: &mut [f32],
+        rl: &mut [u32],
+        tone: impl Fn(f32) -> f32,
+    ) {
+        const HALF: i64 = 1 << 31;
+        const INV: f32 = 1.0 / 4_294_967_296.0;
+        let (mut sx, mut sy) = (self.sx, self.sy);
+        let out = ri[self.x_start..self.x_end]
+            .iter_mut()
+            .zip(&mut rl[self.x_start..self.x_end]);
+        for (v, l) in out {
+            let (x0, y0) = ((sx >> 32) as usize, (sy >> 32) as usize);
+            let (tx, ty) = ((sx as u32) as f32 * INV, (sy as u32) as f32 * INV);
+            let i = y0 * w + x0;
+            let (a, b) = (src[i], src[i + 1]);
+            let (c, d) = (src[i + w], src[i + w + 1]);
+            let top = a + (b - a) * tx;
+            let bot = c + (d - c) * tx;
+            *v = tone(top + (bot - top) * ty);
+            // nearest neighbour: floor(s + 0.5)
+            let (nx, ny) = (((sx + HALF) >> 32) as usize, ((sy + HALF) >> 32) as usize);
+            *l = lab[ny * w + nx];
+            sx += self.step_x;
+            sy += self.step_y;
+        }
+    }
 }
 
 fn gaussian_kernel(sigma: f64) -> Vec<f32> {
@@ -1058,6 +1281,64 @@ mod tests {
 
     /// A 64x48 test pair: background 200, three dark rectangles of distinct grey levels with
     /// ids 1..3, so every label pixel can be checked against its image pixel.
+    /// The fixed-point interior loop of `resample` against a direct f64 evaluation of the same
+    /// output → source map: bilinear values and nearest labels at every pixel.
+    #[test]
+    fn affine_resampling_matches_a_direct_evaluation() {
+        let (w, h) = (67, 45);
+        let mut img = GreyImage::filled(w, h, BitDepth::U16, 0.0);
+        let mut lab = LabelImage::zeros(w, h);
+        for y in 0..h {
+            for x in 0..w {
+                img.data[y * w + x] = ((x * 7919 + y * 104_729) % 65_536) as f32;
+                lab.data[y * w + x] = (x * 31 + y * 17) as u32 % 11;
+            }
+        }
+        let fill = 1234.0;
+        let maps = [
+            Mat::rotation(33.0).inverse_about_centre(w, h),
+            Mat::affine(1.17, -8.0, 3.3, -2.1).inverse_about_centre(w, h),
+            Mat::affine(0.83, 4.0, -5.0, 7.5)
+                .compose(&Mat::rotation(-71.0))
+                .inverse_about_centre(w, h),
+            Mat::identity(),
+        ];
+        for map in maps {
+            let (oi, ol) = resample(&img, &lab, w, h, &map, None, fill, None);
+            let mut checked = 0;
+            for y in 0..h {
+                for x in 0..w {
+                    let m = map.0;
+                    let sx = m[0] * x as f64 + m[1] * y as f64 + m[2];
+                    let sy = m[3] * x as f64 + m[4] * y as f64 + m[5];
+                    // away from the border and from rounding ties only
+                    let tie = |v: f64| ((v + 0.5).fract() - 0.5).abs() > 0.5 - 1e-3;
+                    if sx < 0.01
+                        || sy < 0.01
+                        || sx > (w - 1) as f64 - 0.01
+                        || sy > (h - 1) as f64 - 0.01
+                    {
+                        continue;
+                    }
+                    let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+                    let (tx, ty) = (sx - x0 as f64, sy - y0 as f64);
+                    let p = |xx: usize, yy: usize| f64::from(img.data[yy * w + xx]);
+                    let top = p(x0, y0) + (p(x0 + 1, y0) - p(x0, y0)) * tx;
+                    let bot = p(x0, y0 + 1) + (p(x0 + 1, y0 + 1) - p(x0, y0 + 1)) * tx;
+                    let want = top + (bot - top) * ty;
+                    let got = f64::from(oi.data[y * w + x]);
+                    assert!((got - want).abs() < 0.05, "({x}, {y}): {got} vs {want}");
+                    if !tie(sx) && !tie(sy) {
+                        let (nx, ny) = ((sx + 0.5).floor() as usize, (sy + 0.5).floor() as usize);
+                        assert_eq!(ol.data[y * w + x], lab.data[ny * w + nx], "({x}, {y})");
+                    }
+                    checked += 1;
+                }
+            }
+            assert!(checked > w * h / 3, "{checked}");
+        }
+    }
+
     fn pair() -> (GreyImage, LabelImage) {
         let (w, h) = (64, 48);
         let mut img = GreyImage::filled(w, h, BitDepth::U8, 200.0);
