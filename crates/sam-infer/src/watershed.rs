@@ -269,6 +269,8 @@ impl BucketQueue {
 /// queue pops the lowest height, and among equal heights the earliest pushed, with seeds pushed
 /// first in row-major order and neighbours visited up, left, right, down. On ties skimage leaves
 /// the order among seeds unspecified; here it is row-major, so the result is deterministic.
+///
+/// Fails when the shapes differ or a marker id is `u32::MAX` (reserved internally).
 pub fn seeded_watershed(
     height: &Plane<f32>,
     markers: &Plane<u32>,
