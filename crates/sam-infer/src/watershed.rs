@@ -445,6 +445,16 @@ mod tests {
     }
 
     #[test]
+    fn watershed_rejects_the_reserved_marker_id() {
+        let height = Plane::from_vec(1, 3, vec![0.0f32; 3]).unwrap();
+        let markers = Plane::from_vec(1, 3, vec![1, 0, u32::MAX]).unwrap();
+        let e = seeded_watershed(&height, &markers, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("markers"), "{e}");
+    }
+
+    #[test]
     fn bucket_queue_floods_exactly_like_one_heap() {
         // xorshift: reproducible pseudo-random maps without a dependency
         let mut state = 0x2545_f491_4f6c_dd1du64;
