@@ -8,7 +8,7 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
-use crate::image::{GreyImage, LabelImage};
+use crate::image::{BitDepth, GreyImage, LabelImage};
 use crate::labels::split_fragments;
 use crate::preprocess::percentiles;
 use crate::rng::{derive_seed, rng_for};
@@ -660,88 +660,72 @@ fn permute(
             .enumerate()
             .for_each(|(y, (ri, rl))| {
                 let s = base + y as isize * step_y;
-                let start = if step_x == 1 {
+                let first = if step_x == 1 {
                     s
                 } else {
                     s - (ow as isize - 1)
-                };
-                let range = start as usize..start as usize + ow;
-                let (si, sl) = (&img.data[range.clone()], &labels.data[range]);
-                match (step_x == 1, lut) {
-                    (true, None) => ri.copy_from_slice(si),
-                    (true, Some(l)) => {
-                        for (o, &v) in ri.iter_mut().zip(si) {
-                            *o = l.apply(v);
-                        }
-                    }
-                    (false, None) => {
-                        for (o, &v) in ri.iter_mut().zip(si.iter().rev()) {
-                            *o = v;
-                        }
-                    }
-                    (false, Some(l)) => {
-                        for (o, &v) in ri.iter_mut().zip(si.iter().rev()) {
-                            *o = l.apply(v);
-                        }
-                    }
+                } as usize;
+                ri.copy_from_slice(&img.data[first..first + ow]);
+                rl.copy_from_slice(&labels.data[first..first + ow]);
+                if step_x == -1 {
+                    ri.reverse();
+                    rl.reverse();
                 }
-                if step_x == 1 {
-                    rl.copy_from_slice(sl);
-                } else {
-                    for (o, &v) in rl.iter_mut().zip(sl.iter().rev()) {
-                        *o = v;
+                if let Some(l) = lut {
+                    for v in ri.iter_mut() {
+                        *v = l.apply(*v);
                     }
                 }
             });
-        return (
-            GreyImage {
-                width: ow,
-                height: oh,
-                depth: img.depth,
-                data: oi,
-            },
-            LabelImage {
-                width: ow,
-                height: oh,
-                data: ol,
-            },
-        );
-    }
-    oi.par_chunks_mut(ow * BAND)
-        .zip(ol.par_chunks_mut(ow * BAND))
-        .enumerate()
-        .for_each(|(band, (bi, bl))| {
-            let y0 = band * BAND;
-            let rows = bi.len() / ow;
-            for x0 in (0..ow).step_by(BAND) {
-                let x1 = (x0 + BAND).min(ow);
-                for r in 0..rows {
-                    let mut s = base + (y0 + r) as isize * step_y + x0 as isize * step_x;
-                    let (ri, rl) = (&mut bi[r * ow..(r + 1) * ow], &mut bl[r * ow..(r + 1) * ow]);
-                    for x in x0..x1 {
-                        let su = s as usize;
-                        let v = img.data[su];
-                        ri[x] = match lut {
-                            Some(l) => l.apply(v),
-                            None => v,
-                        };
-                        rl[x] = labels.data[su];
-                        s += step_x;
+    } else {
+        oi.par_chunks_mut(ow * BAND)
+            .zip(ol.par_chunks_mut(ow * BAND))
+            .enumerate()
+            .for_each(|(band, (bi, bl))| {
+                let y0 = band * BAND;
+                let rows = bi.len() / ow;
+                for x0 in (0..ow).step_by(BAND) {
+                    let x1 = (x0 + BAND).min(ow);
+                    for r in 0..rows {
+                        let mut s = base + (y0 + r) as isize * step_y + x0 as isize * step_x;
+                        let (ri, rl) =
+                            (&mut bi[r * ow..(r + 1) * ow], &mut bl[r * ow..(r + 1) * ow]);
+                        for x in x0..x1 {
+                            let su = s as usize;
+                            let v = img.data[su];
+                            ri[x] = match lut {
+                                Some(l) => l.apply(v),
+                                None => v,
+                            };
+                            rl[x] = labels.data[su];
+                            s += step_x;
+                        }
                     }
                 }
-            }
-        });
+            });
+    }
+    output_pair(img.depth, ow, oh, oi, ol)
+}
+
+/// The image and labels of a geometric pass.
+fn output_pair(
+    depth: BitDepth,
+    width: usize,
+    height: usize,
+    image: Vec<f32>,
+    labels: Vec<u32>,
+) -> (GreyImage, LabelImage) {
     (
         GreyImage {
-            width: ow,
-            height: oh,
-            depth: img.depth,
-            data: oi,
+            width,
+            height,
+            depth,
+            data: image,
         },
         LabelImage {
-            width: ow,
-            height: oh,
-            data: ol,
+            width,
+            height,
+            data: labels,
         },
     )
 }
@@ -918,6 +902,15 @@ fn resample(
     let m: [f32; 6] = map.0.map(|v| v as f32);
     let (src, lab) = (&img.data, &labels.data);
     let wu = img.width;
+    // Without a displacement field the source position is linear along each row: the stretch
+    // where every bilinear sample lies inside the source runs through the fixed-point loop
+    // (second pass, in tiles), the rest through the general per-pixel code (first pass).
+    let runs: Vec<Option<AffineRun>> = match field {
+        None => (0..oh)
+            .map(|y| affine_interior(&map.0, y, ow, img.width, img.height))
+            .collect(),
+        Some(_) => Vec::new(),
+    };
     oi.par_chunks_mut(ow)
         .zip(ol.par_chunks_mut(ow))
         .enumerate()
@@ -930,16 +923,10 @@ fn resample(
             }
             let yf = y as f32;
             let (bx, by) = (m[1] * yf + m[2], m[4] * yf + m[5]);
-            // Without a displacement field the source position is linear along the row: the
-            // stretch where every bilinear sample lies inside the source runs through the
-            // fixed-point loop, the rest through the general per-pixel code below.
-            let interior = match field {
-                None => affine_interior(&map.0, y, ow, img.width, img.height),
-                Some(_) => None,
-            };
+            let interior = runs.get(y).and_then(Option::as_ref);
             let mut x = 0;
             while x < ow {
-                if let Some(run) = interior.as_ref().filter(|r| r.x_start == x) {
+                if let Some(run) = interior.filter(|r| r.x_start == x) {
                     // sampled below, tile by tile
                     x = run.x_end;
                     continue;
@@ -991,22 +978,17 @@ fn resample(
                 x += 1;
             }
         });
-    if field.is_none() {
+    if !runs.is_empty() {
         // The interior runs, in tiles of BAND rows × TILE columns: a rotated map reads the
         // source along slanted lines, and a tile keeps that footprint in cache.
         const TILE: usize = 128;
         oi.par_chunks_mut(ow * BAND)
             .zip(ol.par_chunks_mut(ow * BAND))
-            .enumerate()
-            .for_each(|(band, (bi, bl))| {
-                let y0 = band * BAND;
-                let rows = bi.len() / ow;
-                let runs: Vec<Option<AffineRun>> = (0..rows)
-                    .map(|r| affine_interior(&map.0, y0 + r, ow, img.width, img.height))
-                    .collect();
+            .zip(runs.par_chunks(BAND))
+            .for_each(|((bi, bl), band_runs)| {
                 for t0 in (0..ow).step_by(TILE) {
                     let t1 = (t0 + TILE).min(ow);
-                    for (r, run) in runs.iter().enumerate() {
+                    for (r, run) in band_runs.iter().enumerate() {
                         let Some(run) = run.as_ref().and_then(|run| run.clip(t0, t1)) else {
                             continue;
                         };
@@ -1020,19 +1002,7 @@ fn resample(
                 }
             });
     }
-    (
-        GreyImage {
-            width: ow,
-            height: oh,
-            depth: img.depth,
-            data: oi,
-        },
-        LabelImage {
-            width: ow,
-            height: oh,
-            data: ol,
-        },
-    )
+    output_pair(img.depth, ow, oh, oi, ol)
 }
 
 /// The part of one output row of an affine map whose bilinear samples all lie inside the
