@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
+use crate::blur::gaussian_blur;
 use crate::error::{DataError, Result};
 use crate::image::{BitDepth, GreyImage, LabelImage};
 use crate::labels::split_fragments;
@@ -553,7 +554,7 @@ pub fn apply_ops(
     for op in ops {
         if let AppliedOp::Blur { sigma } = *op {
             let (w, h) = (img.width, img.height);
-            blur_buffer(&mut img.data, w, h, sigma);
+            gaussian_blur(&mut img.data, w, h, sigma);
         }
     }
     let illum = ops.iter().find_map(|op| match *op {
@@ -832,7 +833,7 @@ impl Field {
             let mut g: Vec<f32> = (0..gw * gh)
                 .map(|_| rng.sample::<f32, _>(StandardNormal))
                 .collect();
-            blur_buffer(&mut g, gw, gh, s);
+            gaussian_blur(&mut g, gw, gh, s);
             let n = g.len() as f64;
             let mean = g.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
             let var = g
@@ -1122,64 +1123,6 @@ impl AffineRun {
             sy += self.step_y;
         }
     }
-}
-
-fn gaussian_kernel(sigma: f64) -> Vec<f32> {
-    let r = (3.0 * sigma).ceil().max(1.0) as i64;
-    let k: Vec<f64> = (-r..=r)
-        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp())
-        .collect();
-    let s: f64 = k.iter().sum();
-    k.iter().map(|v| (v / s) as f32).collect()
-}
-
-/// Reflect-101 index (`dcb|abcd|cba`), as OpenCV's default border.
-#[inline]
-fn reflect(i: i64, n: i64) -> usize {
-    if n == 1 {
-        return 0;
-    }
-    let period = 2 * (n - 1);
-    let mut j = i.rem_euclid(period);
-    if j >= n {
-        j = period - j;
-    }
-    j as usize
-}
-
-/// Separable Gaussian blur of a `w`x`h` buffer with reflect-101 borders.
-fn blur_buffer(data: &mut [f32], w: usize, h: usize, sigma: f64) {
-    if sigma <= 0.0 || data.is_empty() {
-        return;
-    }
-    let k = gaussian_kernel(sigma);
-    let r = k.len() / 2;
-    let mut tmp = vec![0f32; w * h];
-    // horizontal, into tmp: each row padded once, then a plain dot product per pixel
-    tmp.par_chunks_mut(w)
-        .zip(data.par_chunks(w))
-        .for_each(|(out, row)| {
-            let pad: Vec<f32> = (0..w + 2 * r)
-                .map(|i| row[reflect(i as i64 - r as i64, w as i64)])
-                .collect();
-            out.fill(0.0);
-            // tap by tap over the whole row, so the inner loop vectorises
-            for (j, &kv) in k.iter().enumerate() {
-                for (o, p) in out.iter_mut().zip(&pad[j..j + w]) {
-                    *o += kv * p;
-                }
-            }
-        });
-    // vertical, back into data: each output row is a weighted sum of input rows
-    data.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
-        row.fill(0.0);
-        for (j, &kv) in k.iter().enumerate() {
-            let sy = reflect(y as i64 + j as i64 - r as i64, h as i64);
-            for (o, s) in row.iter_mut().zip(&tmp[sy * w..(sy + 1) * w]) {
-                *o += kv * s;
-            }
-        }
-    });
 }
 
 /// SplitMix64 as a random stream for per-row camera noise: tiny state, fast, and enough

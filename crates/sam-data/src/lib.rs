@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 mod augment;
+mod blur;
 mod error;
 mod folder;
 mod image;
@@ -48,6 +49,7 @@ pub use crate::augment::{
     apply_ops, augment_pair, plan_ops, AffineOp, AppliedOp, AugmentConfig, Augmented, ElasticOp,
     RangeOp,
 };
+pub use crate::blur::{gaussian_blur, gaussian_kernel};
 pub use crate::error::{DataError, Result};
 pub use crate::folder::{
     augment_folder, AugmentJob, AugmentSummary, Manifest, ManifestEntry, Progress,
