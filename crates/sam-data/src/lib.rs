@@ -7,6 +7,7 @@
 //!   shared by training, evaluation and inference.
 //! - [`synthesize`] draws synthetic brightfield images with exact instance labels.
 //! - [`augment_pair`] and [`augment_folder`] run the offline augmentation.
+//! - [`gaussian_blur`] is the Gaussian filter of the augmentation and of AIS post-processing.
 //! - [`memory::retain_freed_memory`] tunes the C allocator for large buffers (every executable
 //!   calls it first).
 //! - [`PatchSampler`], [`ais_targets`], [`PromptSampler`], [`split_by_image`] and
