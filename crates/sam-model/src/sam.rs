@@ -352,10 +352,9 @@ pub(crate) fn postprocess_masks(
 /// `F.interpolate(x, size, mode="bilinear", align_corners=False)` of a `[b, c, h, w]` tensor.
 ///
 /// Every plane is resized on its own, so the planes are laid out as the channels of one image
-/// (same result):
-/// with a single channel (one mask per prompt), libtorch takes `[b, 1, h, w]` for a
-/// channels-last tensor and runs its channels-last kernels, whose backward pass is several
-/// times slower on such tensors.
+/// (same result). With a single channel (one mask per prompt) libtorch would take
+/// `[b, 1, h, w]` for a channels-last tensor and run its channels-last kernels, whose backward
+/// pass is several times slower on such tensors.
 fn resize_planes(x: &Tensor, size: (i64, i64)) -> Tensor {
     match x.size()[..] {
         // bilinear resampling to the same size is the identity
