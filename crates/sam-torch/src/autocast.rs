@@ -1,8 +1,9 @@
 //! Automatic mixed precision (autocast), as Python's `torch.autocast(device_type, dtype)`.
 //!
 //! libtorch keeps the autocast state per thread; the guard is therefore neither `Send` nor
-//! `Sync` and must be dropped on the thread that made it. Backward passes need no guard (autograd
-//! replays the casts recorded in the forward pass).
+//! `Sync` and must be dropped on the thread that made it. Backward passes belong outside the
+//! region (autograd replays the casts recorded in the forward pass); [`AutocastPause`] lifts
+//! autocast for one inside it without ending the region and its cast cache.
 use std::ffi::c_int;
 use std::marker::PhantomData;
 
@@ -140,6 +141,69 @@ impl Drop for AutocastGuard {
     }
 }
 
+/// Turns autocast off for `device`'s type on the calling thread until dropped, keeping the cast
+/// cache and the nesting of the enclosing [`AutocastGuard`]: what a backward pass started inside
+/// an autocast region needs. (The autograd engine runs a CPU backward on the calling thread with
+/// that thread's autocast state, so without the pause every matmul of the backward pass would be
+/// cast again; Python's advice is to call `backward()` outside `torch.autocast`.)
+///
+/// ```no_run
+/// # fn main() -> Result<(), sam_torch::Error> {
+/// use tch::{Device, Kind, Tensor};
+/// let a = Tensor::ones([4, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+/// let _amp = sam_torch::AutocastGuard::new(Device::Cpu, Kind::BFloat16)?;
+/// let loss = a.matmul(&a).sum(Kind::Float);
+/// {
+///     let _pause = sam_torch::AutocastPause::new(Device::Cpu)?;
+///     loss.backward();
+/// }
+/// # Ok(()) }
+/// ```
+#[must_use = "autocast resumes when the pause is dropped"]
+pub struct AutocastPause {
+    device: c_int,
+    prev_enabled: c_int,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for AutocastPause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AutocastPause")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AutocastPause {
+    /// Turns autocast off for `device`'s type (`Cpu` or any `Cuda(_)`) on the calling thread.
+    pub fn new(device: Device) -> Result<Self, Error> {
+        let device = device_code(device)?;
+        let mut prev_enabled = 0;
+        // SAFETY: `prev_enabled` is a valid local; the code was validated above.
+        take("autocast_is_enabled", unsafe {
+            ffi::sam_torch_autocast_is_enabled(device, &mut prev_enabled)
+        })?;
+        // SAFETY: as above.
+        take("autocast_set_enabled", unsafe {
+            ffi::sam_torch_autocast_set_enabled(device, 0)
+        })?;
+        Ok(Self {
+            device,
+            prev_enabled,
+            _not_send: PhantomData,
+        })
+    }
+}
+
+impl Drop for AutocastPause {
+    fn drop(&mut self) {
+        // SAFETY: the code was validated in `new`.
+        let _ = take("autocast_set_enabled", unsafe {
+            ffi::sam_torch_autocast_set_enabled(self.device, self.prev_enabled)
+        });
+    }
+}
+
 /// Runs `f` with autocast to `kind` enabled for `device`'s type on the calling thread.
 ///
 /// ```no_run
@@ -190,6 +254,40 @@ mod tests {
         drop(outer);
         assert!(!is_autocast_enabled(Device::Cpu).unwrap());
         assert_eq!(a.matmul(&a).kind(), Kind::Float);
+    }
+
+    #[test]
+    fn pause_lifts_autocast_and_keeps_the_region() {
+        let a = Tensor::ones([4, 4], (Kind::Float, Device::Cpu));
+        let _amp = AutocastGuard::new(Device::Cpu, Kind::BFloat16).unwrap();
+        {
+            let _pause = AutocastPause::new(Device::Cpu).unwrap();
+            assert!(!is_autocast_enabled(Device::Cpu).unwrap());
+            assert_eq!(a.matmul(&a).kind(), Kind::Float);
+        }
+        assert!(is_autocast_enabled(Device::Cpu).unwrap());
+        assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
+    }
+
+    #[test]
+    fn backward_in_a_pause_runs_in_the_forward_kinds() {
+        // y = x·W in fp32 outside autocast; its backward inside a bare autocast region would cast
+        // the gradient matmuls to bf16 (the autograd engine runs them on this thread with its
+        // autocast state), inside a pause it stays fp32: the gradient is exact.
+        let x = Tensor::from_slice(&[1.0f32 + 1.0 / 1024.0; 16]).view([4, 4]);
+        let mut w = Tensor::ones([4, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut grad_with = |pause: bool| {
+            w.zero_grad();
+            let loss = x.matmul(&w).sum(Kind::Float);
+            let _amp = AutocastGuard::new(Device::Cpu, Kind::BFloat16).unwrap();
+            let _pause = pause.then(|| AutocastPause::new(Device::Cpu).unwrap());
+            loss.backward();
+            w.grad().double_value(&[0, 0])
+        };
+        // d(sum xW)/dW[0,0] = sum of column 0 of x = 4·(1 + 2⁻¹⁰), not representable in bf16.
+        let exact = 4.0 * (1.0 + 1.0 / 1024.0);
+        assert_eq!(grad_with(true), exact);
+        assert_ne!(grad_with(false), exact);
     }
 
     #[test]

@@ -44,7 +44,7 @@ mod error;
 mod ffi;
 mod launch;
 
-pub use autocast::{autocast, is_autocast_enabled, AutocastGuard};
+pub use autocast::{autocast, is_autocast_enabled, AutocastGuard, AutocastPause};
 pub use cuda::{
     cuda_device_count, cuda_is_available, cuda_memory_stats, cuda_synchronize, current_cuda_device,
     empty_cuda_cache, reset_peak_memory_stats, set_cuda_device, set_tf32, tf32, CudaMemoryStats,

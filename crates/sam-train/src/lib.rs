@@ -54,7 +54,7 @@ pub use schedule::{
 };
 pub use setup::{device_for, sam_config, unetr_config, Model, DECODER_PREFIX};
 pub use signals::StopFlag;
-pub use step::{model_input, step_loss, RecipeConfig, StepLoss};
+pub use step::{model_input, step_backward, step_loss, RecipeConfig, StepLoss, StepPrecision};
 pub use trainer::{
     prepare_run, train, NoProgress, StepTiming, TrainOptions, TrainOutcome, TrainProgress,
     TrainSummary, REQUEUE_EXIT_CODE,

@@ -128,8 +128,10 @@ fn object_masks(sample: &TrainingSample, ids: &[u32], device: Device) -> Tensor 
         .to_device(device)
 }
 
-/// Computes the loss of one step. `iteration` picks the start prompt (even: point, odd: box) and,
-/// with `seed`, every random draw, so that a step is a pure function of its inputs.
+/// Computes the loss of one step as one autograd graph. `iteration` picks the start prompt
+/// (even: point, odd: box) and, with `seed`, every random draw, so that a step is a pure function
+/// of its inputs. Training uses [`step_backward`], which computes the same loss and gradients
+/// while keeping only one prompting round's graph alive.
 #[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
 pub fn step_loss(
     sam: &Sam,
@@ -141,13 +143,216 @@ pub fn step_loss(
     global_index: &[u64],
     device: Device,
 ) -> Result<StepLoss, TrainError> {
+    let mut sink = Sink::Graph {
+        total: Tensor::zeros([], (Kind::Float, device)),
+    };
+    let parts = run_step(
+        sam,
+        decoder,
+        samples,
+        recipe,
+        seed,
+        iteration,
+        global_index,
+        device,
+        &mut sink,
+    )?;
+    let Sink::Graph { total } = sink else {
+        unreachable!("the sink keeps its variant")
+    };
+    Ok(StepLoss {
+        total,
+        dice: parts.dice,
+        iou_mse: parts.iou_mse,
+        decoder: parts.decoder,
+    })
+}
+
+/// How a step's forward passes run and its gradients are scaled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepPrecision {
+    /// Autocast to this kind (`BFloat16`, `Half`) for the forward passes; `None`: as the
+    /// weights are.
+    pub autocast: Option<Kind>,
+    /// The factor the loss is multiplied by before back-propagation (fp16 loss scaling; 1
+    /// otherwise).
+    pub loss_scale: f64,
+}
+
+impl Default for StepPrecision {
+    fn default() -> Self {
+        Self {
+            autocast: None,
+            loss_scale: 1.0,
+        }
+    }
+}
+
+/// Runs one step and back-propagates it: the gradient of `loss_scale ×` the step's loss is
+/// added to every trainable parameter's `.grad`. The loss, its parts and the random draws are
+/// those of [`step_loss`] with the same arguments; the returned `total` is a number without a
+/// graph.
+///
+/// Each prompting round is back-propagated through the mask decoder as soon as its loss is
+/// known, into the gradient of a detached copy of the image embeddings; the image encoder is
+/// back-propagated once at the end with the sum of those gradients. Only one round's graph is
+/// alive at a time (micro_sam keeps all `n_sub_iteration` of them until the end), which lowers
+/// peak memory; the gradients equal `step_loss(..).total.backward()` up to the order of the
+/// floating-point sums. Backward passes run outside autocast, as Python's advice has it.
+#[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
+pub fn step_backward(
+    sam: &Sam,
+    decoder: Option<&UnetrDecoder>,
+    samples: &[&TrainingSample],
+    recipe: &RecipeConfig,
+    seed: u64,
+    iteration: u64,
+    global_index: &[u64],
+    device: Device,
+    precision: StepPrecision,
+) -> Result<StepLoss, TrainError> {
+    let amp = |e: sam_torch::Error| TrainError::Model(e.to_string());
+    let _autocast = match precision.autocast {
+        Some(kind) => Some(sam_torch::AutocastGuard::new(device, kind).map_err(amp)?),
+        None => None,
+    };
+    let mut sink = Sink::Eager {
+        scale: precision.loss_scale,
+        device,
+        autocast: precision.autocast.is_some(),
+        total: 0.0,
+    };
+    let parts = run_step(
+        sam,
+        decoder,
+        samples,
+        recipe,
+        seed,
+        iteration,
+        global_index,
+        device,
+        &mut sink,
+    )?;
+    let Sink::Eager { total, .. } = sink else {
+        unreachable!("the sink keeps its variant")
+    };
+    Ok(StepLoss {
+        total: Tensor::from(total),
+        dice: parts.dice,
+        iou_mse: parts.iou_mse,
+        decoder: parts.decoder,
+    })
+}
+
+/// Where the weighted loss terms of a step go.
+enum Sink {
+    /// Into one graph ([`step_loss`]).
+    Graph { total: Tensor },
+    /// Back-propagated one by one ([`step_backward`]); `total` sums their values.
+    Eager {
+        scale: f64,
+        device: Device,
+        autocast: bool,
+        total: f64,
+    },
+}
+
+impl Sink {
+    /// The embeddings the heads (mask decoder, UNETR) read: the encoder's output itself for
+    /// one graph, a detached copy collecting the heads' gradients otherwise.
+    fn heads_input(&self, embeddings: &Tensor) -> Tensor {
+        match self {
+            Sink::Graph { .. } => embeddings.shallow_clone(),
+            Sink::Eager { .. } => embeddings
+                .detach()
+                .set_requires_grad(embeddings.requires_grad()),
+        }
+    }
+
+    /// Adds `weight × term` to the step's loss.
+    fn add(&mut self, term: &Tensor, weight: f64) -> Result<(), TrainError> {
+        match self {
+            Sink::Graph { total } => {
+                *total = &*total + term * weight;
+                Ok(())
+            }
+            Sink::Eager {
+                scale,
+                device,
+                autocast,
+                total,
+            } => {
+                *total += weight * term.double_value(&[]);
+                if term.requires_grad() {
+                    let _pause = pause_autocast(*device, *autocast)?;
+                    (term * (weight * *scale)).backward();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Back-propagates the heads' gradient, collected on `heads_input`, through the encoder.
+    fn finish(&mut self, embeddings: &Tensor, heads_input: &Tensor) -> Result<(), TrainError> {
+        let Sink::Eager {
+            device, autocast, ..
+        } = self
+        else {
+            return Ok(());
+        };
+        if !embeddings.requires_grad() {
+            return Ok(());
+        }
+        let grad = heads_input.grad();
+        if !grad.defined() {
+            return Ok(());
+        }
+        let _pause = pause_autocast(*device, *autocast)?;
+        // d/dE Σ(E ⊙ G) = G exactly: the encoder receives the summed gradient of the heads.
+        (embeddings * grad).sum(Kind::Float).backward();
+        Ok(())
+    }
+}
+
+fn pause_autocast(
+    device: Device,
+    autocast: bool,
+) -> Result<Option<sam_torch::AutocastPause>, TrainError> {
+    if !autocast {
+        return Ok(None);
+    }
+    sam_torch::AutocastPause::new(device)
+        .map(Some)
+        .map_err(|e| TrainError::Model(e.to_string()))
+}
+
+/// The loss of a step in numbers, beside the total the sink holds.
+struct LossParts {
+    dice: f64,
+    iou_mse: f64,
+    decoder: f64,
+}
+
+/// The recipe of one step; the weighted loss terms go to `sink`.
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    sam: &Sam,
+    decoder: Option<&UnetrDecoder>,
+    samples: &[&TrainingSample],
+    recipe: &RecipeConfig,
+    seed: u64,
+    iteration: u64,
+    global_index: &[u64],
+    device: Device,
+    sink: &mut Sink,
+) -> Result<LossParts, TrainError> {
     let (x, input_size) = model_input(sam, samples, device)?;
     let embeddings = sam.image_encoder.forward(&x);
+    let heads = sink.heads_input(&embeddings);
     let (ph, pw) = (
         samples[0].labels.height as i64,
         samples[0].labels.width as i64,
     );
-    let mut total = Tensor::zeros([], (Kind::Float, device));
     let (mut dice_sum, mut iou_sum) = (0.0, 0.0);
     let mut decoder_value = 0.0;
     let point_start = iteration % 2 == 0;
@@ -158,6 +363,7 @@ pub fn step_loss(
         target_length: sam.img_size(),
     };
     let rounds = recipe.n_sub_iteration.max(1);
+    let nb = samples.len() as f64;
     for (b, sample) in samples.iter().enumerate() {
         let mut rng =
             ChaCha8Rng::seed_from_u64(derive_seed(seed, &[1, iteration, global_index[b]]));
@@ -170,7 +376,7 @@ pub fn step_loss(
         }
         let n = ids.len() as i64;
         let target = object_masks(sample, &ids, device);
-        let emb = embeddings.narrow(0, b as i64, 1);
+        let emb = heads.narrow(0, b as i64, 1);
         let mut coords: Vec<f32> = Vec::new(); // per object, per point (x, y), patch pixels
         let mut labels: Vec<i64> = Vec::new();
         let mut n_points = 0usize;
@@ -196,7 +402,6 @@ pub fn step_loss(
             boxes = Some(transform.apply_boxes(&t, (ph, pw)));
         }
         let mut mask_input: Option<Tensor> = None;
-        let mut image_loss = Tensor::zeros([], (Kind::Float, device));
         for round in 0..rounds {
             let points = (n_points > 0).then(|| {
                 let c = Tensor::from_slice(&coords)
@@ -226,7 +431,8 @@ pub fn step_loss(
             );
             dice_sum += rl.dice;
             iou_sum += rl.iou_mse;
-            image_loss = image_loss + &rl.total;
+            // The step's loss is the mean over images of the mean over rounds.
+            sink.add(&rl.total, 1.0 / (rounds as f64 * nb))?;
             if round + 1 == rounds {
                 break;
             }
@@ -292,10 +498,7 @@ pub fn step_loss(
                     .detach()
             });
         }
-        total = total + image_loss / rounds as f64;
     }
-    let nb = samples.len() as f64;
-    let mut total = total / nb;
     if let Some(dec) = decoder {
         let mut targets = Vec::with_capacity(samples.len());
         for s in samples {
@@ -306,7 +509,7 @@ pub fn step_loss(
         }
         let target = Tensor::cat(&targets, 0).to_device(device);
         let out = dec
-            .forward_t(&embeddings, true)
+            .forward_t(&heads, true)
             .map_err(|e| TrainError::Model(e.to_string()))?;
         let out = dec
             .postprocess_masks(&out, input_size, (ph, pw))
@@ -318,11 +521,11 @@ pub fn step_loss(
         }
         let dl = dl / nb;
         decoder_value = dl.double_value(&[]);
-        total = total + dl;
+        sink.add(&dl, 1.0)?;
     }
+    sink.finish(&embeddings, &heads)?;
     let denom = nb * rounds as f64;
-    Ok(StepLoss {
-        total,
+    Ok(LossParts {
         dice: dice_sum / denom,
         iou_mse: iou_sum / denom,
         decoder: decoder_value,

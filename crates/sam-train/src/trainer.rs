@@ -19,7 +19,7 @@ use crate::report::{EpochRecord, MetricsLog};
 use crate::schedule::{checkpoint_decision, EarlyStopping, LrScheduler, ScheduleKind};
 use crate::setup::{device_for, Model};
 use crate::signals::StopFlag;
-use crate::step::{step_loss, RecipeConfig};
+use crate::step::{step_backward, RecipeConfig, StepPrecision};
 use crate::validation::{validate, ValidationScores};
 use crate::{export_model, TrainError};
 
@@ -504,23 +504,26 @@ pub fn train(
         let data_wait = step_started.elapsed().as_secs_f64();
         let refs: Vec<&TrainingSample> = batch.iter().collect();
         optim.zero_grad();
-        let forward = || {
-            step_loss(
-                &model.sam,
-                model.decoder.as_ref().map(|(_, d)| d),
-                &refs,
-                &recipe,
-                seed,
-                state.iteration,
-                &index,
-                device,
-            )
+        let scale = if t.precision == Precision::Fp16 {
+            state.scaler.scale
+        } else {
+            1.0
         };
-        let loss = match autocast_kind {
-            Some(kind) => sam_torch::autocast(device, kind, forward)
-                .map_err(|e| TrainError::Model(e.to_string()))??,
-            None => forward()?,
-        };
+        // Forward and backward: each prompting round is back-propagated as it ends.
+        let loss = step_backward(
+            &model.sam,
+            model.decoder.as_ref().map(|(_, d)| d),
+            &refs,
+            &recipe,
+            seed,
+            state.iteration,
+            &index,
+            device,
+            StepPrecision {
+                autocast: autocast_kind,
+                loss_scale: scale,
+            },
+        )?;
         let value = loss.total.double_value(&[]);
         if !value.is_finite() {
             return Err(TrainError::NonFinite {
@@ -529,12 +532,6 @@ pub fn train(
                 checkpoint: store.slot_dir(Slot::Latest),
             });
         }
-        let scale = if t.precision == Precision::Fp16 {
-            state.scaler.scale
-        } else {
-            1.0
-        };
-        (loss.total * scale).backward();
         if let Some(c) = opts.collective {
             c.average_gradients(&optim)?;
         }

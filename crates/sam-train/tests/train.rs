@@ -352,6 +352,114 @@ fn loss_goes_down_on_a_fixed_batch() {
     );
 }
 
+/// A fixed batch of two 64 px patches with AIS targets and a fresh model with the decoder.
+fn fixed_batch(dir: &Path) -> (Vec<sam_data::TrainingSample>, sam_train::Model) {
+    let cfg = config("  epochs: 1", true);
+    let root = dir.join("data/train");
+    let pairs = sam_data::pair_by_stem(root.join("images"), root.join("labels")).unwrap();
+    let data = sam_data::Dataset::load(&pairs).unwrap();
+    let sample_cfg = sam_data::SampleConfig {
+        patch: sam_data::PatchConfig {
+            height: 64,
+            width: 64,
+            min_object_size: 10,
+            ..sam_data::PatchConfig::default()
+        },
+        min_object_size: 10,
+        with_targets: true,
+        ..sam_data::SampleConfig::default()
+    };
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+    let batch: Vec<_> = (0..2)
+        .map(|_| data.sample(&sample_cfg, &mut rng).unwrap())
+        .collect();
+    tch::manual_seed(11);
+    let model = sam_train::Model::new(&cfg.model, tch::Device::Cpu).unwrap();
+    (batch, model)
+}
+
+fn grads(model: &sam_train::Model) -> Vec<(String, Tensor)> {
+    model
+        .named_variables()
+        .into_iter()
+        .filter(|(_, v)| v.grad().defined())
+        .map(|(k, v)| (k, v.grad().copy()))
+        .collect()
+}
+
+#[test]
+fn round_by_round_backward_equals_one_graph() {
+    let dir = setup!(2);
+    let (batch, mut model) = fixed_batch(dir.path());
+    let refs: Vec<_> = batch.iter().collect();
+    // Mask input on (p = 1) so that later rounds read earlier rounds' logits, 3 rounds, both
+    // start prompts (iterations 4 and 5).
+    let recipe = sam_train::RecipeConfig {
+        n_objects_per_batch: 3,
+        n_sub_iteration: 3,
+        mask_prob: 1.0,
+        box_distortion: 0.1,
+        focal_weight: 0.5,
+    };
+    let cpu = tch::Device::Cpu;
+    for iteration in [4, 5] {
+        let zero = |m: &mut sam_train::Model| {
+            for (_, mut v) in m.named_variables() {
+                v.zero_grad();
+            }
+        };
+        zero(&mut model);
+        let sam = &model.sam;
+        let dec = model.decoder.as_ref().map(|(_, d)| d);
+        let graph =
+            sam_train::step_loss(sam, dec, &refs, &recipe, 3, iteration, &[0, 1], cpu).unwrap();
+        graph.total.backward();
+        let reference = grads(&model);
+        zero(&mut model);
+        let sam = &model.sam;
+        let dec = model.decoder.as_ref().map(|(_, d)| d);
+        let precision = sam_train::StepPrecision {
+            autocast: None,
+            loss_scale: 4.0,
+        };
+        let eager = sam_train::step_backward(
+            sam,
+            dec,
+            &refs,
+            &recipe,
+            3,
+            iteration,
+            &[0, 1],
+            cpu,
+            precision,
+        )
+        .unwrap();
+        let ours = grads(&model);
+        let rel = (eager.total.double_value(&[]) - graph.total.double_value(&[])).abs()
+            / graph.total.double_value(&[]);
+        assert!(rel < 1e-6, "loss {} vs {}", eager.total, graph.total);
+        assert_eq!((eager.dice, eager.decoder), (graph.dice, graph.decoder));
+        // The same tensors got gradients, the encoder's among them.
+        let names = |g: &[(String, Tensor)]| g.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&ours), names(&reference));
+        assert!(ours.iter().any(|(k, _)| k.starts_with("image_encoder.")));
+        assert!(
+            ours.iter().any(|(k, _)| k.starts_with("decoder.")),
+            "{:?}",
+            names(&ours)
+        );
+        for ((name, r), (_, o)) in reference.iter().zip(&ours) {
+            // The loss was scaled by 4: so are the gradients.
+            let diff = (o / 4.0 - r).abs().max().double_value(&[]);
+            let size = r.abs().max().double_value(&[]).max(1e-12);
+            assert!(
+                diff <= 1e-5 * size + 1e-9,
+                "{name}: max |Δ| {diff:e} vs max |g| {size:e} (iteration {iteration})"
+            );
+        }
+    }
+}
+
 #[test]
 fn slurm_output_files_alone_do_not_make_a_run_and_survive_overwrite() {
     let cfg = config("  epochs: 1", false);
