@@ -1,21 +1,35 @@
-//! Process-wide tuning of the C allocator for programs that churn through large buffers.
+//! The allocator of the process, and its tuning for programs that churn through large buffers.
 //!
 //! Image tensors here are tens to hundreds of MiB (a 2048² f32 plane is 16 MiB, a 64-channel
-//! 1024² feature map 256 MiB, a vit_b global-attention bias 800 MiB). glibc serves every block
-//! above 32 MiB with a fresh `mmap` and unmaps it on `free`, so each new tensor pays a page fault
-//! and a zeroing of every 4 KiB page, again and again for buffers of the same size. libtorch,
-//! which allocates through `posix_memalign`, and our own `Vec`s are both affected: on the 2-core
-//! development VM a vit_b encoder forward at 1024² spent about a third of its time in these
-//! faults (13–15 s with glibc's defaults, 9 s with [`retain_freed_memory`]).
+//! 1024² feature map 256 MiB, a vit_b global-attention bias 800 MiB), and a training step makes
+//! thousands of small ones besides (autocast casts, oneDNN descriptors). Two things matter:
 //!
-//! [`retain_freed_memory`] makes glibc serve large blocks from the heap and keep freed memory
-//! for reuse instead of returning it to the system. Peak memory stays what the program needs at
-//! its peak (plus fragmentation, a few per cent in our measurements); memory is not handed back
-//! to the system before exit. Every executable of the workspace calls it first thing in `main`.
+//! - **Large blocks.** glibc serves every block above 32 MiB with a fresh `mmap` and unmaps it
+//!   on `free`, so each new tensor pays a page fault and a zeroing of every 4 KiB page, again
+//!   and again for buffers of the same size. On a 2-core VM a vit_b encoder forward at 1024²
+//!   spent about a third of its time in these faults.
+//! - **Small blocks.** glibc consolidates its fast bins whenever a block of 1 KiB or more is
+//!   requested after small frees; in a bf16 training step of a small model that alone took
+//!   about 14 % of the time.
 //!
-//! It helps the main thread, where our executables allocate their tensors: glibc gives other
-//! threads arenas of their own, whose heaps cannot hold blocks above 64 MiB, so such blocks
-//! requested by other threads are still mapped and unmapped each time.
+//! With the `jemalloc` feature (which the four executables turn on), jemalloc is linked in and
+//! serves every allocation of the process: Rust's, and C and C++ code's too (libtorch,
+//! oneDNN), because the executable's `malloc`, `free`, `posix_memalign`, ... take precedence
+//! over the C library's. [`allocator`] tells which one is in charge. Without the feature the
+//! process keeps the C library's allocator.
+//!
+//! [`retain_freed_memory`] then makes the allocator keep freed memory for reuse instead of
+//! returning it to the system: with jemalloc, no decay of unused pages
+//! (`dirty_decay_ms`/`muzzy_decay_ms` = -1 for every arena); with glibc, large blocks from the
+//! heap and no trimming (`M_MMAP_MAX = 0`, `M_TRIM_THRESHOLD` and `M_TOP_PAD` raised). Peak
+//! memory stays what the program needs at its peak plus fragmentation; memory is not handed
+//! back to the system before exit. Every executable of the workspace calls it first thing in
+//! `main`. (With glibc it helps the main thread only: other threads get arenas of their own,
+//! whose heaps cannot hold blocks above 64 MiB.)
+
+// Linking jemalloc is what replaces the allocator; nothing else of the crate needs naming.
+#[cfg(feature = "jemalloc")]
+use tikv_jemalloc_sys as _;
 
 /// Environment variable that turns the tuning off (`SAM_MALLOC_TUNING=0`), e.g. to compare.
 pub const DISABLE_ENV: &str = "SAM_MALLOC_TUNING";
@@ -23,36 +37,193 @@ pub const DISABLE_ENV: &str = "SAM_MALLOC_TUNING";
 /// What [`retain_freed_memory`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AllocatorTuning {
-    /// glibc now keeps freed memory and serves large blocks from the heap.
+    /// The allocator now keeps freed memory for reuse.
     Applied,
-    /// Left alone: turned off with `SAM_MALLOC_TUNING=0`, or the user set one of glibc's own
-    /// settings that this tuning would override (`MALLOC_MMAP_MAX_`, `MALLOC_MMAP_THRESHOLD_`,
-    /// `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`, or the same names in `GLIBC_TUNABLES`),
-    /// which then take precedence.
+    /// Left alone: turned off with `SAM_MALLOC_TUNING=0`, or the user configured the allocator
+    /// (jemalloc: `MALLOC_CONF`; glibc: `MALLOC_MMAP_MAX_`, `MALLOC_MMAP_THRESHOLD_`,
+    /// `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_` or the same names in `GLIBC_TUNABLES`), whose
+    /// settings then take precedence.
     SkippedByEnvironment,
-    /// Not a glibc target: nothing to do.
+    /// Neither jemalloc nor glibc: nothing to do.
     Unsupported,
-    /// glibc refused a setting (should not happen on a supported glibc).
+    /// The allocator refused a setting (should not happen).
     Failed,
 }
 
-/// Keeps freed memory in the process for reuse and serves large blocks from the heap (glibc's
-/// `M_MMAP_MAX = 0`, `M_TRIM_THRESHOLD` and `M_TOP_PAD` raised). Call it once at the start of
-/// `main`, before threads are spawned. See the [module documentation](self) for why.
+/// The allocator that serves the process's `malloc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocator {
+    /// jemalloc, linked in by the `jemalloc` feature.
+    Jemalloc,
+    /// The C library's.
+    System,
+}
+
+impl std::fmt::Display for Allocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Allocator::Jemalloc => "jemalloc",
+            Allocator::System => "the C library's malloc",
+        })
+    }
+}
+
+/// Which allocator serves `malloc` for the whole process: the one the dynamic linker hands to
+/// every shared library (libtorch included), not just the one Rust code calls.
+pub fn allocator() -> Allocator {
+    #[cfg(all(feature = "jemalloc", target_os = "linux"))]
+    {
+        extern "C" {
+            fn dlsym(
+                handle: *mut std::ffi::c_void,
+                symbol: *const std::ffi::c_char,
+            ) -> *mut std::ffi::c_void;
+        }
+        // SAFETY: RTLD_DEFAULT (null) with a NUL-terminated name is dlsym's documented lookup
+        // in the global scope; the result is only compared, never called.
+        let global = unsafe { dlsym(std::ptr::null_mut(), c"malloc".as_ptr()) };
+        let ours = tikv_jemalloc_sys::malloc as *const () as *mut std::ffi::c_void;
+        if global == ours {
+            return Allocator::Jemalloc;
+        }
+    }
+    Allocator::System
+}
+
+/// Keeps freed memory in the process for reuse (jemalloc: no decay of unused pages; glibc:
+/// large blocks from the heap, no trimming). Call it once at the start of `main`, before
+/// threads are spawned. See the [module documentation](self) for why.
 pub fn retain_freed_memory() -> AllocatorTuning {
-    const OWN: [&str; 4] = ["MMAP_MAX", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "TOP_PAD"];
-    let user_set = OWN
-        .iter()
-        .any(|name| std::env::var_os(format!("MALLOC_{name}_")).is_some())
-        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| {
-            OWN.iter()
-                .any(|name| t.contains(&format!("malloc.{}", name.to_ascii_lowercase())))
-        });
-    let disabled = std::env::var(DISABLE_ENV).is_ok_and(|v| v.trim() == "0");
-    if user_set || disabled {
+    if std::env::var(DISABLE_ENV).is_ok_and(|v| v.trim() == "0") {
         return AllocatorTuning::SkippedByEnvironment;
     }
-    apply()
+    match allocator() {
+        Allocator::Jemalloc => {
+            if std::env::var_os("MALLOC_CONF").is_some() {
+                return AllocatorTuning::SkippedByEnvironment;
+            }
+            apply_jemalloc()
+        }
+        Allocator::System => {
+            const OWN: [&str; 4] = ["MMAP_MAX", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "TOP_PAD"];
+            let user_set = OWN
+                .iter()
+                .any(|name| std::env::var_os(format!("MALLOC_{name}_")).is_some())
+                || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| {
+                    OWN.iter()
+                        .any(|name| t.contains(&format!("malloc.{}", name.to_ascii_lowercase())))
+                });
+            if user_set {
+                return AllocatorTuning::SkippedByEnvironment;
+            }
+            apply()
+        }
+    }
+}
+
+#[cfg(feature = "jemalloc")]
+fn apply_jemalloc() -> AllocatorTuning {
+    use std::ffi::{c_void, CString};
+    /// `mallctl(name, NULL, NULL, &value, sizeof value)`: 0 on success, an errno otherwise.
+    fn set(name: &str, mut value: isize) -> i32 {
+        let Ok(name) = CString::new(name) else {
+            return -1;
+        };
+        // SAFETY: a NUL-terminated name, no old value requested, and a pointer to an ssize_t
+        // with its size, as mallctl's decay settings take.
+        unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                (&mut value as *mut isize).cast::<c_void>(),
+                std::mem::size_of::<isize>(),
+            )
+        }
+    }
+    // The default of arenas created later ...
+    for name in ["arenas.dirty_decay_ms", "arenas.muzzy_decay_ms"] {
+        if set(name, -1) != 0 {
+            return AllocatorTuning::Failed;
+        }
+    }
+    // ... and every arena that exists now (an index not yet in use answers EFAULT: it will
+    // start from the default above).
+    let mut narenas: u32 = 0;
+    let mut len = std::mem::size_of::<u32>();
+    // SAFETY: reads an unsigned int into `narenas`, whose size `len` holds.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arenas.narenas".as_ptr(),
+            (&mut narenas as *mut u32).cast::<c_void>(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return AllocatorTuning::Failed;
+    }
+    const EFAULT: i32 = 14;
+    for i in 0..narenas {
+        for kind in ["dirty", "muzzy"] {
+            let rc = set(&format!("arena.{i}.{kind}_decay_ms"), -1);
+            if rc != 0 && rc != EFAULT {
+                return AllocatorTuning::Failed;
+            }
+        }
+    }
+    AllocatorTuning::Applied
+}
+
+/// Whether jemalloc keeps freed memory: its default for new arenas and arena 0 both have
+/// decay turned off. `None` when jemalloc does not serve the process (glibc's settings cannot
+/// be read back).
+pub fn keeps_freed_memory() -> Option<bool> {
+    if allocator() != Allocator::Jemalloc {
+        return None;
+    }
+    jemalloc_decay_off()
+}
+
+#[cfg(feature = "jemalloc")]
+fn jemalloc_decay_off() -> Option<bool> {
+    let get = |name: &std::ffi::CStr| -> Option<isize> {
+        let mut value: isize = 0;
+        let mut len = std::mem::size_of::<isize>();
+        // SAFETY: reads an ssize_t into `value`, whose size `len` holds.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                (&mut value as *mut isize).cast::<std::ffi::c_void>(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        (rc == 0).then_some(value)
+    };
+    let names = [
+        c"arenas.dirty_decay_ms",
+        c"arenas.muzzy_decay_ms",
+        c"arena.0.dirty_decay_ms",
+        c"arena.0.muzzy_decay_ms",
+    ];
+    let mut off = true;
+    for name in names {
+        off &= get(name)? == -1;
+    }
+    Some(off)
+}
+
+#[cfg(not(feature = "jemalloc"))]
+fn jemalloc_decay_off() -> Option<bool> {
+    None
+}
+
+#[cfg(not(feature = "jemalloc"))]
+fn apply_jemalloc() -> AllocatorTuning {
+    AllocatorTuning::Unsupported
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! and exports the best model to `export_path` with [`export_model`]. The pieces are small and
-//! testable on their own: [`step_loss`] (one step of the iterative-prompting recipe), [`AdamW`]
+//! testable on their own: [`step_backward`] (one step of the iterative-prompting recipe,
+//! back-propagated round by round; [`step_loss`] builds the same loss as one graph), [`AdamW`]
 //! (an optimiser whose state we own), [`LrScheduler`], [`EarlyStopping`],
 //! [`checkpoint_decision`], the losses in [`losses`], atomic checkpoints in [`CheckpointStore`],
 //! data-parallel training over c10d in [`Collective`].
