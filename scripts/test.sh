@@ -10,7 +10,3 @@ echo "[test] cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "[test] cargo test"
 cargo test --workspace 2>&1
-# The workspace build links jemalloc (the executables' feature); this checks the glibc path of
-# sam_data::memory that a library user of sam-data gets.
-echo "[test] cargo test -p sam-data --test memory (without jemalloc)"
-cargo test -p sam-data --test memory 2>&1

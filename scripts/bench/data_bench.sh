@@ -9,7 +9,7 @@ N_EL=${2:-16}
 N_PLAIN=${3:-48}
 echo "date: $(date -u +%FT%TZ)"
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores), load: $(cut -d' ' -f1-3 /proc/loadavg)"
-cargo build --release -p sam-data --features jemalloc --example bench_data
+cargo build --release -p sam-data --example bench_data
 target/release/examples/bench_data "$OUT" "$N_EL" "$N_PLAIN"
 .venv/bin/python scripts/bench/albumentations_augment.py "$OUT/source" "$N_EL" "$N_PLAIN"
 .venv/bin/python scripts/bench/torch_em_ais.py "$OUT/ais_patch_labels.tif" 30

@@ -451,7 +451,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    // Large tensors and images: keep freed memory for reuse (see sam_data::memory).
+    // jemalloc (linked in) serves every allocation, libtorch's included; keep freed memory
+    // for reuse (see sam_data::memory).
+    sam_data::memory::use_jemalloc(sam_data::memory::Jemalloc {
+        mallctl: tikv_jemalloc_sys::mallctl,
+        malloc: tikv_jemalloc_sys::malloc,
+    });
     sam_data::memory::retain_freed_memory();
     let cli = Cli::parse();
     match run(cli) {

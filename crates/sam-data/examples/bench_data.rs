@@ -2,7 +2,7 @@
 //! scripts/bench/data_bench.sh, which runs the Python peers on the same data):
 //!
 //! ```text
-//! cargo run --release -p sam-data --features jemalloc --example bench_data -- OUT_DIR [N_AUG] [N_AUG_NO_ELASTIC]
+//! cargo run --release -p sam-data --example bench_data -- OUT_DIR [N_AUG] [N_AUG_NO_ELASTIC]
 //! ```
 //!
 //! 1. augmentation of 2048x2048 16-bit images, in memory, all operations at p = 0.5

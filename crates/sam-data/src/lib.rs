@@ -8,9 +8,9 @@
 //! - [`synthesize`] draws synthetic brightfield images with exact instance labels.
 //! - [`augment_pair`] and [`augment_folder`] run the offline augmentation.
 //! - [`gaussian_blur`] is the Gaussian filter of the augmentation and of AIS post-processing.
-//! - [`memory`]: the `jemalloc` feature links jemalloc as the allocator of the whole process;
-//!   [`memory::retain_freed_memory`] keeps freed memory for reuse (every executable calls it
-//!   first).
+//! - [`memory`]: which allocator serves the process (glibc, or a jemalloc the executable links
+//!   and registers); [`memory::retain_freed_memory`] keeps freed memory for reuse (every
+//!   executable calls it first).
 //! - [`PatchSampler`], [`ais_targets`], [`PromptSampler`], [`split_by_image`] and
 //!   [`Prefetcher`] make training samples.
 //!

@@ -12,11 +12,13 @@
 //!   requested after small frees; in a bf16 training step of a small model that alone took
 //!   about 14 % of the time.
 //!
-//! With the `jemalloc` feature (which the four executables turn on), jemalloc is linked in and
-//! serves every allocation of the process: Rust's, and C and C++ code's too (libtorch,
-//! oneDNN), because the executable's `malloc`, `free`, `posix_memalign`, ... take precedence
-//! over the C library's. [`allocator`] tells which one is in charge. Without the feature the
-//! process keeps the C library's allocator.
+//! The executables that run libtorch (sam-train, sam-eval, sam-infer) link jemalloc
+//! (`tikv-jemalloc-sys`, registered with [`use_jemalloc`]), which then serves every allocation of the
+//! process: Rust's, and C and C++ code's too (libtorch, oneDNN), because the executable's
+//! `malloc`, `free`, `posix_memalign`, ... take precedence over the C library's. sam-augment,
+//! pure Rust, keeps glibc, which is faster for its 16 MiB image planes. [`allocator`] checks
+//! which allocator is in charge and [`retain_freed_memory`] tunes that one; a library that
+//! uses sam-data keeps whatever allocator its program chose.
 //!
 //! [`retain_freed_memory`] then makes the allocator keep freed memory for reuse instead of
 //! returning it to the system: with jemalloc, no decay of unused pages
@@ -26,10 +28,6 @@
 //! back to the system before exit. Every executable of the workspace calls it first thing in
 //! `main`. (With glibc it helps the main thread only: other threads get arenas of their own,
 //! whose heaps cannot hold blocks above 64 MiB.)
-
-// Linking jemalloc is what replaces the allocator; nothing else of the crate needs naming.
-#[cfg(feature = "jemalloc")]
-use tikv_jemalloc_sys as _;
 
 /// Environment variable that turns the tuning off (`SAM_MALLOC_TUNING=0`), e.g. to compare.
 pub const DISABLE_ENV: &str = "SAM_MALLOC_TUNING";
@@ -53,7 +51,7 @@ pub enum AllocatorTuning {
 /// The allocator that serves the process's `malloc`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allocator {
-    /// jemalloc, linked in by the `jemalloc` feature.
+    /// jemalloc, linked into the executable (`tikv-jemalloc-sys`).
     Jemalloc,
     /// The C library's.
     System,
@@ -71,23 +69,61 @@ impl std::fmt::Display for Allocator {
 /// Which allocator serves `malloc` for the whole process: the one the dynamic linker hands to
 /// every shared library (libtorch included), not just the one Rust code calls.
 pub fn allocator() -> Allocator {
-    #[cfg(all(feature = "jemalloc", target_os = "linux"))]
+    if jemalloc_mallctl().is_some() {
+        Allocator::Jemalloc
+    } else {
+        Allocator::System
+    }
+}
+
+/// jemalloc's `mallctl(name, oldp, oldlenp, newp, newlen)`.
+pub type Mallctl = unsafe extern "C" fn(
+    *const std::ffi::c_char,
+    *mut std::ffi::c_void,
+    *mut usize,
+    *mut std::ffi::c_void,
+    usize,
+) -> std::ffi::c_int;
+
+/// The entry points of a jemalloc linked into the executable, handed to [`use_jemalloc`]:
+/// `tikv_jemalloc_sys::mallctl` and `tikv_jemalloc_sys::malloc`.
+#[derive(Debug, Clone, Copy)]
+pub struct Jemalloc {
+    /// `mallctl`, to read and change its settings.
+    pub mallctl: Mallctl,
+    /// Its `malloc`, to check that it is the process's.
+    pub malloc: unsafe extern "C" fn(usize) -> *mut std::ffi::c_void,
+}
+
+static JEMALLOC: std::sync::OnceLock<Jemalloc> = std::sync::OnceLock::new();
+
+/// Tells this module that the executable links jemalloc (the torch executables do, with
+/// `tikv-jemalloc-sys`'s `override_allocator_on_supported_platforms`), so that [`allocator`]
+/// and [`retain_freed_memory`] address it. Call it first in `main`; later calls are ignored.
+pub fn use_jemalloc(jemalloc: Jemalloc) {
+    let _ = JEMALLOC.set(jemalloc);
+}
+
+/// The registered jemalloc's `mallctl` when that jemalloc serves the process's `malloc`: the
+/// `malloc` the dynamic linker hands to every library (libtorch included) is its own.
+fn jemalloc_mallctl() -> Option<Mallctl> {
+    let jemalloc = JEMALLOC.get()?;
+    #[cfg(target_os = "linux")]
     {
+        use std::ffi::c_void;
         extern "C" {
-            fn dlsym(
-                handle: *mut std::ffi::c_void,
-                symbol: *const std::ffi::c_char,
-            ) -> *mut std::ffi::c_void;
+            fn dlsym(handle: *mut c_void, symbol: *const std::ffi::c_char) -> *mut c_void;
         }
         // SAFETY: RTLD_DEFAULT (null) with a NUL-terminated name is dlsym's documented lookup
-        // in the global scope; the result is only compared, never called.
+        // in the global scope; the result is only compared.
         let global = unsafe { dlsym(std::ptr::null_mut(), c"malloc".as_ptr()) };
-        let ours = tikv_jemalloc_sys::malloc as *const () as *mut std::ffi::c_void;
-        if global == ours {
-            return Allocator::Jemalloc;
-        }
+        (global == jemalloc.malloc as *mut c_void).then_some(jemalloc.mallctl)
     }
-    Allocator::System
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = jemalloc;
+        None
+    }
 }
 
 /// Keeps freed memory in the process for reuse (jemalloc: no decay of unused pages; glibc:
@@ -121,18 +157,20 @@ pub fn retain_freed_memory() -> AllocatorTuning {
     }
 }
 
-#[cfg(feature = "jemalloc")]
 fn apply_jemalloc() -> AllocatorTuning {
     use std::ffi::{c_void, CString};
-    /// `mallctl(name, NULL, NULL, &value, sizeof value)`: 0 on success, an errno otherwise.
-    fn set(name: &str, mut value: isize) -> i32 {
+    let Some(mallctl) = jemalloc_mallctl() else {
+        return AllocatorTuning::Unsupported;
+    };
+    // `mallctl(name, NULL, NULL, &value, sizeof value)`: 0 on success, an errno otherwise.
+    let set = |name: &str, mut value: isize| -> i32 {
         let Ok(name) = CString::new(name) else {
             return -1;
         };
         // SAFETY: a NUL-terminated name, no old value requested, and a pointer to an ssize_t
         // with its size, as mallctl's decay settings take.
         unsafe {
-            tikv_jemalloc_sys::mallctl(
+            mallctl(
                 name.as_ptr(),
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
@@ -140,7 +178,7 @@ fn apply_jemalloc() -> AllocatorTuning {
                 std::mem::size_of::<isize>(),
             )
         }
-    }
+    };
     // The default of arenas created later ...
     for name in ["arenas.dirty_decay_ms", "arenas.muzzy_decay_ms"] {
         if set(name, -1) != 0 {
@@ -153,7 +191,7 @@ fn apply_jemalloc() -> AllocatorTuning {
     let mut len = std::mem::size_of::<u32>();
     // SAFETY: reads an unsigned int into `narenas`, whose size `len` holds.
     let rc = unsafe {
-        tikv_jemalloc_sys::mallctl(
+        mallctl(
             c"arenas.narenas".as_ptr(),
             (&mut narenas as *mut u32).cast::<c_void>(),
             &mut len,
@@ -186,14 +224,14 @@ pub fn keeps_freed_memory() -> Option<bool> {
     jemalloc_decay_off()
 }
 
-#[cfg(feature = "jemalloc")]
 fn jemalloc_decay_off() -> Option<bool> {
+    let mallctl = jemalloc_mallctl()?;
     let get = |name: &std::ffi::CStr| -> Option<isize> {
         let mut value: isize = 0;
         let mut len = std::mem::size_of::<isize>();
         // SAFETY: reads an ssize_t into `value`, whose size `len` holds.
         let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
+            mallctl(
                 name.as_ptr(),
                 (&mut value as *mut isize).cast::<std::ffi::c_void>(),
                 &mut len,
@@ -214,16 +252,6 @@ fn jemalloc_decay_off() -> Option<bool> {
         off &= get(name)? == -1;
     }
     Some(off)
-}
-
-#[cfg(not(feature = "jemalloc"))]
-fn jemalloc_decay_off() -> Option<bool> {
-    None
-}
-
-#[cfg(not(feature = "jemalloc"))]
-fn apply_jemalloc() -> AllocatorTuning {
-    AllocatorTuning::Unsupported
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -1,86 +1,24 @@
 //! The allocator and its tuning are process-wide, so they have their own test binary without the
 //! test harness: one process, and the checks run on the main thread, where the tensors of our
 //! executables are allocated (glibc gives other threads arenas of their own).
-//!
-//! `cargo test --workspace` builds sam-data with the `jemalloc` feature (the executables turn it
-//! on); `cargo test -p sam-data --test memory` without it checks the glibc path.
+//! This one runs with the C library's allocator; `memory_jemalloc.rs` links jemalloc, as the
+//! torch executables do.
 #![allow(clippy::unwrap_used)]
 
 use sam_data::memory::{
     allocator, keeps_freed_memory, retain_freed_memory, Allocator, AllocatorTuning, DISABLE_ENV,
 };
 
-/// Resident memory of this process in MiB (`VmRSS`).
-#[cfg(target_os = "linux")]
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kib: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib / 1024.0
-}
-
-/// A buffer whose every page is written, so it is resident.
-fn touched(mib: usize) -> Vec<u8> {
-    let mut v = vec![0u8; mib << 20];
-    for b in v.iter_mut().step_by(4096) {
-        *b = 1;
-    }
-    v
-}
+mod common;
+use common::{rss_mib, touched};
 
 fn main() {
-    // With the feature, jemalloc must be what every library of the process gets for `malloc`.
-    #[cfg(all(feature = "jemalloc", target_os = "linux"))]
-    assert_eq!(allocator(), Allocator::Jemalloc);
-    #[cfg(not(feature = "jemalloc"))]
     assert_eq!(allocator(), Allocator::System);
-    match allocator() {
-        Allocator::Jemalloc => jemalloc_keeps_freed_memory_once_tuned(),
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        Allocator::System => {
-            freed_large_buffers_stay_for_reuse_and_threads_still_get_large_blocks()
-        }
-        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-        Allocator::System => assert_eq!(retain_freed_memory(), AllocatorTuning::Unsupported),
-    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    freed_large_buffers_stay_for_reuse_and_threads_still_get_large_blocks();
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    assert_eq!(retain_freed_memory(), AllocatorTuning::Unsupported);
     println!("memory: ok ({})", allocator());
-}
-
-fn jemalloc_keeps_freed_memory_once_tuned() {
-    if std::env::var_os("MALLOC_CONF").is_some() {
-        // jemalloc read the user's settings at start-up; the tuning must leave them alone.
-        assert_eq!(retain_freed_memory(), AllocatorTuning::SkippedByEnvironment);
-        return;
-    }
-    // jemalloc's default: unused pages decay back to the system (after 10 s).
-    assert_eq!(keeps_freed_memory(), Some(false));
-    std::env::set_var(DISABLE_ENV, "0");
-    assert_eq!(retain_freed_memory(), AllocatorTuning::SkippedByEnvironment);
-    assert_eq!(keeps_freed_memory(), Some(false));
-    std::env::remove_var(DISABLE_ENV);
-    assert_eq!(retain_freed_memory(), AllocatorTuning::Applied);
-    assert_eq!(keeps_freed_memory(), Some(true));
-    // A freed block stays resident and the next one of its size reuses it.
-    let before = rss_mib();
-    drop(touched(256));
-    let kept = rss_mib();
-    assert!(
-        kept > before + 200.0,
-        "freed memory was returned: {before:.0} -> {kept:.0} MiB"
-    );
-    let again = touched(256);
-    assert!(
-        rss_mib() < kept + 64.0,
-        "a second 256 MiB buffer grew the process: {kept:.0} -> {:.0} MiB",
-        rss_mib()
-    );
-    drop(again);
-    // Other threads (other arenas, created after the tuning) allocate and free large blocks.
-    let sums: Vec<usize> = (0..2)
-        .map(|_| std::thread::spawn(|| touched(200).iter().map(|&b| b as usize).sum::<usize>()))
-        .map(|h| h.join().unwrap())
-        .collect();
-    assert_eq!(sums, vec![200 * 256; 2]);
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -14,7 +14,12 @@ use std::time::Instant;
 use sam_infer::{ais_segment, load_image, AisParams, DecoderMaps, InferenceModel, Plane, TileSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Large tensors and images: keep freed memory for reuse (see sam_data::memory).
+    // jemalloc (linked in) serves every allocation, libtorch's included; keep freed memory
+    // for reuse (see sam_data::memory).
+    sam_data::memory::use_jemalloc(sam_data::memory::Jemalloc {
+        mallctl: tikv_jemalloc_sys::mallctl,
+        malloc: tikv_jemalloc_sys::malloc,
+    });
     sam_data::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 4 && args[2] == "post" {
