@@ -100,7 +100,12 @@ static JEMALLOC: std::sync::OnceLock<Jemalloc> = std::sync::OnceLock::new();
 /// Tells this module that the executable links jemalloc (the torch executables do, with
 /// `tikv-jemalloc-sys`'s `override_allocator_on_supported_platforms`), so that [`allocator`]
 /// and [`retain_freed_memory`] address it. Call it first in `main`; later calls are ignored.
-pub fn use_jemalloc(jemalloc: Jemalloc) {
+///
+/// # Safety
+/// `jemalloc.mallctl` must be the `mallctl` of the jemalloc whose `malloc` is
+/// `jemalloc.malloc` (as `tikv_jemalloc_sys::{mallctl, malloc}` are): this module calls it
+/// with jemalloc's documented arguments.
+pub unsafe fn use_jemalloc(jemalloc: Jemalloc) {
     let _ = JEMALLOC.set(jemalloc);
 }
 
