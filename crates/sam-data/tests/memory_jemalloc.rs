@@ -7,7 +7,7 @@ use sam_data::memory::{
 };
 
 mod common;
-use common::{rss_mib, touched};
+use common::freed_block_is_kept_and_reused;
 
 fn main() {
     // Not yet registered: this module cannot address it.
@@ -41,25 +41,5 @@ fn jemalloc_keeps_freed_memory_once_tuned() {
     std::env::remove_var(DISABLE_ENV);
     assert_eq!(retain_freed_memory(), AllocatorTuning::Applied);
     assert_eq!(keeps_freed_memory(), Some(true));
-    // A freed block stays resident and the next one of its size reuses it.
-    let before = rss_mib();
-    drop(touched(256));
-    let kept = rss_mib();
-    assert!(
-        kept > before + 200.0,
-        "freed memory was returned: {before:.0} -> {kept:.0} MiB"
-    );
-    let again = touched(256);
-    assert!(
-        rss_mib() < kept + 64.0,
-        "a second 256 MiB buffer grew the process: {kept:.0} -> {:.0} MiB",
-        rss_mib()
-    );
-    drop(again);
-    // Other threads (other arenas, created after the tuning) allocate and free large blocks.
-    let sums: Vec<usize> = (0..2)
-        .map(|_| std::thread::spawn(|| touched(200).iter().map(|&b| b as usize).sum::<usize>()))
-        .map(|h| h.join().unwrap())
-        .collect();
-    assert_eq!(sums, vec![200 * 256; 2]);
+    freed_block_is_kept_and_reused();
 }

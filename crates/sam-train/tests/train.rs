@@ -287,29 +287,9 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn loss_goes_down_on_a_fixed_batch() {
-    let cfg = config("  epochs: 1", true);
     let dir = setup!(2);
-    let root = dir.path().join("data/train");
-    let pairs = sam_data::pair_by_stem(root.join("images"), root.join("labels")).unwrap();
-    let data = sam_data::Dataset::load(&pairs).unwrap();
-    let sample_cfg = sam_data::SampleConfig {
-        patch: sam_data::PatchConfig {
-            height: 64,
-            width: 64,
-            min_object_size: 10,
-            ..sam_data::PatchConfig::default()
-        },
-        min_object_size: 10,
-        with_targets: true,
-        ..sam_data::SampleConfig::default()
-    };
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
-    let batch: Vec<_> = (0..2)
-        .map(|_| data.sample(&sample_cfg, &mut rng).unwrap())
-        .collect();
+    let (batch, model) = fixed_batch(dir.path());
     let refs: Vec<_> = batch.iter().collect();
-    tch::manual_seed(11);
-    let model = sam_train::Model::new(&cfg.model, tch::Device::Cpu).unwrap();
     let mut optim = sam_train::AdamW::new(
         model.named_variables(),
         sam_train::AdamWConfig {

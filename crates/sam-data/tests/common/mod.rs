@@ -18,3 +18,27 @@ pub fn touched(mib: usize) -> Vec<u8> {
     }
     v
 }
+
+/// After the tuning: a freed 256 MiB block stays resident, the next one of its size reuses it,
+/// and other threads still allocate and free 200 MiB blocks.
+pub fn freed_block_is_kept_and_reused() {
+    let before = rss_mib();
+    drop(touched(256));
+    let kept = rss_mib();
+    assert!(
+        kept > before + 200.0,
+        "freed memory was returned: {before:.0} -> {kept:.0} MiB"
+    );
+    let again = touched(256);
+    assert!(
+        rss_mib() < kept + 64.0,
+        "a second 256 MiB buffer grew the process: {kept:.0} -> {:.0} MiB",
+        rss_mib()
+    );
+    drop(again);
+    let sums: Vec<usize> = (0..2)
+        .map(|_| std::thread::spawn(|| touched(200).iter().map(|&b| b as usize).sum::<usize>()))
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(sums, vec![200 * 256; 2]);
+}
