@@ -143,10 +143,10 @@ pub fn step_loss(
     global_index: &[u64],
     device: Device,
 ) -> Result<StepLoss, TrainError> {
-    let mut sink = Sink::Graph {
+    let sink = Sink::Graph {
         total: Tensor::zeros([], (Kind::Float, device)),
     };
-    let parts = run_step(
+    run_step(
         sam,
         decoder,
         samples,
@@ -155,17 +155,8 @@ pub fn step_loss(
         iteration,
         global_index,
         device,
-        &mut sink,
-    )?;
-    let Sink::Graph { total } = sink else {
-        unreachable!("the sink keeps its variant")
-    };
-    Ok(StepLoss {
-        total,
-        dice: parts.dice,
-        iou_mse: parts.iou_mse,
-        decoder: parts.decoder,
-    })
+        sink,
+    )
 }
 
 /// How a step's forward passes run and its gradients are scaled.
@@ -216,13 +207,12 @@ pub fn step_backward(
         Some(kind) => Some(sam_torch::AutocastGuard::new(device, kind).map_err(amp)?),
         None => None,
     };
-    let mut sink = Sink::Eager {
+    let sink = Sink::Eager {
         scale: precision.loss_scale,
-        device,
-        autocast: precision.autocast.is_some(),
+        autocast_device: precision.autocast.map(|_| device),
         total: 0.0,
     };
-    let parts = run_step(
+    run_step(
         sam,
         decoder,
         samples,
@@ -231,28 +221,19 @@ pub fn step_backward(
         iteration,
         global_index,
         device,
-        &mut sink,
-    )?;
-    let Sink::Eager { total, .. } = sink else {
-        unreachable!("the sink keeps its variant")
-    };
-    Ok(StepLoss {
-        total: Tensor::from(total),
-        dice: parts.dice,
-        iou_mse: parts.iou_mse,
-        decoder: parts.decoder,
-    })
+        sink,
+    )
 }
 
 /// Where the weighted loss terms of a step go.
 enum Sink {
     /// Into one graph ([`step_loss`]).
     Graph { total: Tensor },
-    /// Back-propagated one by one ([`step_backward`]); `total` sums their values.
+    /// Back-propagated one by one ([`step_backward`]), outside autocast when
+    /// `autocast_device` is set; `total` sums their values.
     Eager {
         scale: f64,
-        device: Device,
-        autocast: bool,
+        autocast_device: Option<Device>,
         total: f64,
     },
 }
@@ -278,13 +259,12 @@ impl Sink {
             }
             Sink::Eager {
                 scale,
-                device,
-                autocast,
+                autocast_device,
                 total,
             } => {
                 *total += weight * term.double_value(&[]);
                 if term.requires_grad() {
-                    let _pause = pause_autocast(*device, *autocast)?;
+                    let _pause = pause_autocast(*autocast_device)?;
                     (term * (weight * *scale)).backward();
                 }
                 Ok(())
@@ -293,9 +273,9 @@ impl Sink {
     }
 
     /// Back-propagates the heads' gradient, collected on `heads_input`, through the encoder.
-    fn finish(&mut self, embeddings: &Tensor, heads_input: &Tensor) -> Result<(), TrainError> {
+    fn finish(&self, embeddings: &Tensor, heads_input: &Tensor) -> Result<(), TrainError> {
         let Sink::Eager {
-            device, autocast, ..
+            autocast_device, ..
         } = self
         else {
             return Ok(());
@@ -307,30 +287,27 @@ impl Sink {
         if !grad.defined() {
             return Ok(());
         }
-        let _pause = pause_autocast(*device, *autocast)?;
+        let _pause = pause_autocast(*autocast_device)?;
         // d/dE Σ(E ⊙ G) = G exactly: the encoder receives the summed gradient of the heads.
         (embeddings * grad).sum(Kind::Float).backward();
         Ok(())
     }
-}
 
-fn pause_autocast(
-    device: Device,
-    autocast: bool,
-) -> Result<Option<sam_torch::AutocastPause>, TrainError> {
-    if !autocast {
-        return Ok(None);
+    /// The step's loss: the graph's root, or the sum of the values back-propagated.
+    fn into_total(self) -> Tensor {
+        match self {
+            Sink::Graph { total } => total,
+            Sink::Eager { total, .. } => Tensor::from(total),
+        }
     }
-    sam_torch::AutocastPause::new(device)
-        .map(Some)
-        .map_err(|e| TrainError::Model(e.to_string()))
 }
 
-/// The loss of a step in numbers, beside the total the sink holds.
-struct LossParts {
-    dice: f64,
-    iou_mse: f64,
-    decoder: f64,
+/// Autocast lifted for `device` while the guard lives; nothing without a device.
+fn pause_autocast(device: Option<Device>) -> Result<Option<sam_torch::AutocastPause>, TrainError> {
+    device
+        .map(sam_torch::AutocastPause::new)
+        .transpose()
+        .map_err(|e| TrainError::Model(e.to_string()))
 }
 
 /// The recipe of one step; the weighted loss terms go to `sink`.
@@ -344,8 +321,8 @@ fn run_step(
     iteration: u64,
     global_index: &[u64],
     device: Device,
-    sink: &mut Sink,
-) -> Result<LossParts, TrainError> {
+    mut sink: Sink,
+) -> Result<StepLoss, TrainError> {
     let (x, input_size) = model_input(sam, samples, device)?;
     let embeddings = sam.image_encoder.forward(&x);
     let heads = sink.heads_input(&embeddings);
@@ -525,7 +502,8 @@ fn run_step(
     }
     sink.finish(&embeddings, &heads)?;
     let denom = nb * rounds as f64;
-    Ok(LossParts {
+    Ok(StepLoss {
+        total: sink.into_total(),
         dice: dice_sum / denom,
         iou_mse: iou_sum / denom,
         decoder: decoder_value,
