@@ -130,13 +130,7 @@ fn eval_failure(e: EvalError) -> Failure {
 fn main() -> ExitCode {
     // jemalloc (linked in) serves every allocation, libtorch's included; keep freed memory
     // for reuse (see sam_data::memory).
-    // SAFETY: both entry points are those of the jemalloc linked in by tikv-jemalloc-sys.
-    unsafe {
-        sam_data::memory::use_jemalloc(sam_data::memory::Jemalloc {
-            mallctl: tikv_jemalloc_sys::mallctl,
-            malloc: tikv_jemalloc_sys::malloc,
-        });
-    }
+    sam_data::use_linked_jemalloc!();
     sam_data::memory::retain_freed_memory();
     let cli = Cli::parse(); // clap exits with 2 on usage errors
     let result = match cli.command {

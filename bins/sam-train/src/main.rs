@@ -70,13 +70,7 @@ struct SchemaArgs {
 fn main() -> ExitCode {
     // jemalloc (linked in) serves every allocation, libtorch's included; keep freed memory
     // for reuse (see sam_data::memory).
-    // SAFETY: both entry points are those of the jemalloc linked in by tikv-jemalloc-sys.
-    unsafe {
-        sam_data::memory::use_jemalloc(sam_data::memory::Jemalloc {
-            mallctl: tikv_jemalloc_sys::mallctl,
-            malloc: tikv_jemalloc_sys::malloc,
-        });
-    }
+    sam_data::use_linked_jemalloc!();
     sam_data::memory::retain_freed_memory();
     let cli = Cli::parse();
     match cli.command {

@@ -13,7 +13,7 @@
 //!   about 14 % of the time.
 //!
 //! The executables that run libtorch (sam-train, sam-eval, sam-infer) link jemalloc
-//! (`tikv-jemalloc-sys`, registered with [`use_jemalloc`]), which then serves every allocation of the
+//! (`tikv-jemalloc-sys`, registered with [`use_linked_jemalloc!`](crate::use_linked_jemalloc)), which then serves every allocation of the
 //! process: Rust's, and C and C++ code's too (libtorch, oneDNN), because the executable's
 //! `malloc`, `free`, `posix_memalign`, ... take precedence over the C library's. sam-augment,
 //! pure Rust, keeps glibc, which is faster for its 16 MiB image planes. [`allocator`] checks
@@ -109,6 +109,23 @@ pub unsafe fn use_jemalloc(jemalloc: Jemalloc) {
     let _ = JEMALLOC.set(jemalloc);
 }
 
+/// Registers with [`use_jemalloc`] the jemalloc that `tikv-jemalloc-sys` links into the calling
+/// executable: `sam_data::use_linked_jemalloc!();` first in `main`. The calling crate depends on
+/// `tikv-jemalloc-sys` with `override_allocator_on_supported_platforms`, as the torch
+/// executables do.
+#[macro_export]
+macro_rules! use_linked_jemalloc {
+    () => {
+        // SAFETY: `mallctl` and `malloc` both come from the one jemalloc tikv-jemalloc-sys links.
+        unsafe {
+            $crate::memory::use_jemalloc($crate::memory::Jemalloc {
+                mallctl: ::tikv_jemalloc_sys::mallctl,
+                malloc: ::tikv_jemalloc_sys::malloc,
+            })
+        }
+    };
+}
+
 /// The registered jemalloc's `mallctl` when that jemalloc serves the process's `malloc`: the
 /// `malloc` the dynamic linker hands to every library (libtorch included) is its own.
 fn jemalloc_mallctl() -> Option<Mallctl> {
@@ -138,14 +155,14 @@ pub fn retain_freed_memory() -> AllocatorTuning {
     if std::env::var(DISABLE_ENV).is_ok_and(|v| v.trim() == "0") {
         return AllocatorTuning::SkippedByEnvironment;
     }
-    match allocator() {
-        Allocator::Jemalloc => {
+    match jemalloc_mallctl() {
+        Some(mallctl) => {
             if std::env::var_os("MALLOC_CONF").is_some() {
                 return AllocatorTuning::SkippedByEnvironment;
             }
-            apply_jemalloc()
+            apply_jemalloc(mallctl)
         }
-        Allocator::System => {
+        None => {
             const OWN: [&str; 4] = ["MMAP_MAX", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "TOP_PAD"];
             let user_set = OWN
                 .iter()
@@ -162,11 +179,8 @@ pub fn retain_freed_memory() -> AllocatorTuning {
     }
 }
 
-fn apply_jemalloc() -> AllocatorTuning {
+fn apply_jemalloc(mallctl: Mallctl) -> AllocatorTuning {
     use std::ffi::{c_void, CString};
-    let Some(mallctl) = jemalloc_mallctl() else {
-        return AllocatorTuning::Unsupported;
-    };
     // `mallctl(name, NULL, NULL, &value, sizeof value)`: 0 on success, an errno otherwise.
     let set = |name: &str, mut value: isize| -> i32 {
         let Ok(name) = CString::new(name) else {
@@ -192,21 +206,9 @@ fn apply_jemalloc() -> AllocatorTuning {
     }
     // ... and every arena that exists now (an index not yet in use answers EFAULT: it will
     // start from the default above).
-    let mut narenas: u32 = 0;
-    let mut len = std::mem::size_of::<u32>();
-    // SAFETY: reads an unsigned int into `narenas`, whose size `len` holds.
-    let rc = unsafe {
-        mallctl(
-            c"arenas.narenas".as_ptr(),
-            (&mut narenas as *mut u32).cast::<c_void>(),
-            &mut len,
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    if rc != 0 {
+    let Some(narenas) = mallctl_read::<u32>(mallctl, c"arenas.narenas") else {
         return AllocatorTuning::Failed;
-    }
+    };
     const EFAULT: i32 = 14;
     for i in 0..narenas {
         for kind in ["dirty", "muzzy"] {
@@ -223,29 +225,7 @@ fn apply_jemalloc() -> AllocatorTuning {
 /// decay turned off. `None` when jemalloc does not serve the process (glibc's settings cannot
 /// be read back).
 pub fn keeps_freed_memory() -> Option<bool> {
-    if allocator() != Allocator::Jemalloc {
-        return None;
-    }
-    jemalloc_decay_off()
-}
-
-fn jemalloc_decay_off() -> Option<bool> {
     let mallctl = jemalloc_mallctl()?;
-    let get = |name: &std::ffi::CStr| -> Option<isize> {
-        let mut value: isize = 0;
-        let mut len = std::mem::size_of::<isize>();
-        // SAFETY: reads an ssize_t into `value`, whose size `len` holds.
-        let rc = unsafe {
-            mallctl(
-                name.as_ptr(),
-                (&mut value as *mut isize).cast::<std::ffi::c_void>(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        (rc == 0).then_some(value)
-    };
     let names = [
         c"arenas.dirty_decay_ms",
         c"arenas.muzzy_decay_ms",
@@ -254,9 +234,27 @@ fn jemalloc_decay_off() -> Option<bool> {
     ];
     let mut off = true;
     for name in names {
-        off &= get(name)? == -1;
+        off &= mallctl_read::<isize>(mallctl, name)? == -1;
     }
     Some(off)
+}
+
+/// Reads jemalloc setting `name`, of C type `T` (`unsigned`, `ssize_t`, ...); `None` on an error.
+fn mallctl_read<T: Copy + Default>(mallctl: Mallctl, name: &std::ffi::CStr) -> Option<T> {
+    let mut value = T::default();
+    let mut len = std::mem::size_of::<T>();
+    // SAFETY: `mallctl` is jemalloc's (the contract of `use_jemalloc`); it writes at most `len`
+    // bytes, the size of `value`, and reads nothing.
+    let rc = unsafe {
+        mallctl(
+            name.as_ptr(),
+            (&mut value as *mut T).cast::<std::ffi::c_void>(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    (rc == 0).then_some(value)
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

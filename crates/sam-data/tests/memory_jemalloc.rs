@@ -14,13 +14,7 @@ fn main() {
     assert_eq!(allocator(), Allocator::System);
     assert_eq!(keeps_freed_memory(), None);
     // What the executables do.
-    // SAFETY: both entry points are those of the jemalloc linked in by tikv-jemalloc-sys.
-    unsafe {
-        sam_data::memory::use_jemalloc(sam_data::memory::Jemalloc {
-            mallctl: tikv_jemalloc_sys::mallctl,
-            malloc: tikv_jemalloc_sys::malloc,
-        });
-    }
+    sam_data::use_linked_jemalloc!();
     // Its `malloc` is the one the global symbol table gives every library of the process.
     assert_eq!(allocator(), Allocator::Jemalloc);
     jemalloc_keeps_freed_memory_once_tuned();

@@ -16,13 +16,7 @@ use sam_infer::{ais_segment, load_image, AisParams, DecoderMaps, InferenceModel,
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // jemalloc (linked in) serves every allocation, libtorch's included; keep freed memory
     // for reuse (see sam_data::memory).
-    // SAFETY: both entry points are those of the jemalloc linked in by tikv-jemalloc-sys.
-    unsafe {
-        sam_data::memory::use_jemalloc(sam_data::memory::Jemalloc {
-            mallctl: tikv_jemalloc_sys::mallctl,
-            malloc: tikv_jemalloc_sys::malloc,
-        });
-    }
+    sam_data::use_linked_jemalloc!();
     sam_data::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 4 && args[2] == "post" {
