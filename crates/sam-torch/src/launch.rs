@@ -207,6 +207,220 @@ impl LaunchEnv {
     }
 }
 
+/// How many CPU cores one process (rank) of the job may use, and where the number came from.
+///
+/// libtorch's intra-op pool, the loader workers and rayon's pool of a rank are sized from it, so
+/// that ranks sharing a node do not oversubscribe its cores. Computed by
+/// [`LaunchEnv::cpu_budget`]; [`fmt::Display`] prints it for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuBudget {
+    /// Cores this process may use, at least 1.
+    pub cores: usize,
+    /// Cores the operating system lets this process run on (affinity mask, cgroup quota).
+    pub available: usize,
+    /// What decided `cores`.
+    pub source: CpuBudgetSource,
+}
+
+/// What decided a [`CpuBudget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CpuBudgetSource {
+    /// An `srun` task: `SLURM_CPUS_PER_TASK` (what `--cpus-per-task` granted).
+    SlurmCpusPerTask(usize),
+    /// An `srun` task without `SLURM_CPUS_PER_TASK`: the available cores shared by the job's
+    /// tasks on this node (`SLURM_STEP_TASKS_PER_NODE`, `SLURM_NTASKS_PER_NODE`, or all of
+    /// `SLURM_NTASKS` when neither says).
+    SlurmTasksOnNode(usize),
+    /// A torchrun-style launch: the available cores shared by the processes on this node
+    /// (`LOCAL_WORLD_SIZE`, else `WORLD_SIZE / GROUP_WORLD_SIZE`, else all of `WORLD_SIZE`).
+    LocalWorldSize(usize),
+    /// One process inside a SLURM allocation: `SLURM_CPUS_ON_NODE`.
+    SlurmCpusOnNode(usize),
+    /// One process: every available core.
+    AllAvailable,
+}
+
+impl CpuBudget {
+    /// Threads of libtorch's intra-op pool (`tch::set_num_threads`): every core of the budget.
+    pub fn intra_op_threads(&self) -> usize {
+        self.cores
+    }
+
+    /// Loader worker threads for a configured `data.num_workers`: at most `cores - 1` (one core
+    /// stays with the training thread), at least 1 (the loader needs one), never more than asked.
+    pub fn loader_workers(&self, configured: usize) -> usize {
+        configured.min(self.cores.saturating_sub(1)).max(1)
+    }
+}
+
+impl fmt::Display for CpuBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let available = self.available;
+        let s = |n: usize, one: &'static str, many: &'static str| if n == 1 { one } else { many };
+        write!(
+            f,
+            "{} {} for this process (",
+            self.cores,
+            s(self.cores, "core", "cores")
+        )?;
+        match self.source {
+            CpuBudgetSource::SlurmCpusPerTask(n) => write!(f, "SLURM_CPUS_PER_TASK={n}")?,
+            CpuBudgetSource::SlurmCpusOnNode(n) => write!(f, "SLURM_CPUS_ON_NODE={n}")?,
+            CpuBudgetSource::SlurmTasksOnNode(n) => write!(
+                f,
+                "{available} available / {n} SLURM {} on this node",
+                s(n, "task", "tasks")
+            )?,
+            CpuBudgetSource::LocalWorldSize(n) => write!(
+                f,
+                "{available} available / {n} {} on this node",
+                s(n, "process", "processes")
+            )?,
+            CpuBudgetSource::AllAvailable => write!(f, "all {available} available")?,
+        }
+        if let CpuBudgetSource::SlurmCpusPerTask(n) | CpuBudgetSource::SlurmCpusOnNode(n) =
+            self.source
+        {
+            if n > self.cores {
+                write!(f, ", capped at the {available} available")?;
+            }
+        }
+        f.write_str(")")
+    }
+}
+
+/// Cores this process may run on: `sched_getaffinity` and cgroup CPU quotas, as
+/// [`std::thread::available_parallelism`] reports them (1 when it cannot tell).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+impl LaunchEnv {
+    /// The cores this process may use, from the process environment and
+    /// [`available_cores`]; see [`LaunchEnv::cpu_budget`].
+    pub fn cpu_budget_from_env(&self) -> Result<CpuBudget, LaunchError> {
+        self.budget_from_lookup(|k| std::env::var(k).ok(), available_cores())
+    }
+
+    /// The cores this process may use, given the launch variables and the number of cores the
+    /// operating system lets it run on (`available`). Never more than `available`, never 0:
+    ///
+    /// - `srun` task ([`LaunchSource::Slurm`]): `SLURM_CPUS_PER_TASK`; without it, `available`
+    ///   divided by the tasks of this step on this node (`SLURM_STEP_TASKS_PER_NODE` at
+    ///   `SLURM_NODEID`, else `SLURM_NTASKS_PER_NODE`, else `SLURM_NTASKS`: every task counted
+    ///   when nothing says how they are spread).
+    /// - torchrun-style ([`LaunchSource::Torchrun`]): `available` divided by the processes on
+    ///   this node (`LOCAL_WORLD_SIZE`, else `WORLD_SIZE / GROUP_WORLD_SIZE` rounded up, else
+    ///   `WORLD_SIZE`).
+    /// - one process ([`LaunchSource::Single`]): `SLURM_CPUS_ON_NODE` inside a SLURM job (the
+    ///   batch shell's share of the node), else every available core.
+    pub fn cpu_budget(
+        &self,
+        vars: &HashMap<String, String>,
+        available: usize,
+    ) -> Result<CpuBudget, LaunchError> {
+        self.budget_from_lookup(|k| vars.get(k).cloned(), available)
+    }
+
+    fn budget_from_lookup(
+        &self,
+        get: impl Fn(&str) -> Option<String>,
+        available: usize,
+    ) -> Result<CpuBudget, LaunchError> {
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let available = available.max(1);
+        let positive = |var: &'static str| -> Result<Option<usize>, LaunchError> {
+            match optional_usize(&get, var)? {
+                Some(0) => Err(LaunchError::Invalid {
+                    var,
+                    value: "0".to_owned(),
+                    expected: "a positive integer",
+                }),
+                n => Ok(n),
+            }
+        };
+        let share = |n: usize| (available / n.max(1)).max(1);
+        let (cores, source) = match &self.source {
+            LaunchSource::Slurm { .. } => match positive("SLURM_CPUS_PER_TASK")? {
+                Some(n) => (n.min(available), CpuBudgetSource::SlurmCpusPerTask(n)),
+                None => {
+                    let tasks = self.slurm_tasks_on_node(&get, &positive)?;
+                    (share(tasks), CpuBudgetSource::SlurmTasksOnNode(tasks))
+                }
+            },
+            LaunchSource::Torchrun => {
+                let local = match positive("LOCAL_WORLD_SIZE")? {
+                    Some(n) => n,
+                    None => match positive("GROUP_WORLD_SIZE")? {
+                        Some(groups) => self.world_size.div_ceil(groups),
+                        None => self.world_size,
+                    },
+                };
+                let local = local.max(1);
+                (share(local), CpuBudgetSource::LocalWorldSize(local))
+            }
+            LaunchSource::Single => match positive("SLURM_CPUS_ON_NODE")? {
+                Some(n) if get("SLURM_JOB_ID").is_some() || get("SLURM_JOBID").is_some() => {
+                    (n.min(available), CpuBudgetSource::SlurmCpusOnNode(n))
+                }
+                _ => (available, CpuBudgetSource::AllAvailable),
+            },
+        };
+        Ok(CpuBudget {
+            cores,
+            available,
+            source,
+        })
+    }
+
+    /// Tasks of this job step on this node, as SLURM tells an `srun` task.
+    fn slurm_tasks_on_node(
+        &self,
+        get: &impl Fn(&str) -> Option<String>,
+        positive: &impl Fn(&'static str) -> Result<Option<usize>, LaunchError>,
+    ) -> Result<usize, LaunchError> {
+        for var in ["SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"] {
+            if let Some(list) = get(var) {
+                let node = optional_usize(get, "SLURM_NODEID")?.unwrap_or(0);
+                return tasks_per_node_at(&list, node).filter(|&n| n > 0).ok_or(
+                    LaunchError::Invalid {
+                        var,
+                        value: list,
+                        expected:
+                            "task counts per node such as 4(x2),3 (with SLURM_NODEID in range)",
+                    },
+                );
+            }
+        }
+        if let Some(n) = positive("SLURM_NTASKS_PER_NODE")? {
+            return Ok(n);
+        }
+        Ok(self.world_size.max(1))
+    }
+}
+
+/// The entry for node `node` (0-based) of a SLURM per-node count list such as `4(x2),3`.
+fn tasks_per_node_at(list: &str, node: usize) -> Option<usize> {
+    let mut seen = 0usize;
+    for item in list.split(',') {
+        let (count, repeat) = match item.split_once("(x") {
+            Some((c, r)) => (c, r.strip_suffix(')')?.parse::<usize>().ok()?),
+            None => (item, 1),
+        };
+        let count = count.parse::<usize>().ok()?;
+        seen += repeat;
+        if node < seen {
+            return Some(count);
+        }
+    }
+    None
+}
+
 impl fmt::Display for LaunchEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.source {
@@ -559,6 +773,189 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    fn budget(pairs: &[(&str, &str)], available: usize) -> Result<CpuBudget, LaunchError> {
+        let vars = vars(pairs);
+        LaunchEnv::from_vars(&vars)?.cpu_budget(&vars, available)
+    }
+
+    const SRUN_TASK: [(&str, &str); 5] = [
+        ("SLURM_PROCID", "1"),
+        ("SLURM_NTASKS", "8"),
+        ("SLURM_LOCALID", "1"),
+        ("SLURM_STEP_ID", "0"),
+        ("SLURM_JOB_NODELIST", "gpu[1-2]"),
+    ];
+
+    #[test]
+    fn slurm_task_gets_its_cpus_per_task_never_more_than_available() {
+        let with = |cpus: &str, available| {
+            let mut v = SRUN_TASK.to_vec();
+            v.push(("SLURM_CPUS_PER_TASK", cpus));
+            budget(&v, available).unwrap()
+        };
+        let b = with("9", 64);
+        assert_eq!(
+            (b.cores, b.source),
+            (9, CpuBudgetSource::SlurmCpusPerTask(9))
+        );
+        assert_eq!((b.intra_op_threads(), b.loader_workers(8)), (9, 8));
+        assert_eq!(
+            b.to_string(),
+            "9 cores for this process (SLURM_CPUS_PER_TASK=9)"
+        );
+        // The harness advertises 8 CPUs on 2 real cores: the affinity mask wins.
+        let b = with("8", 2);
+        assert_eq!(b.cores, 2);
+        assert_eq!(
+            b.to_string(),
+            "2 cores for this process (SLURM_CPUS_PER_TASK=8, capped at the 2 available)"
+        );
+        let b = with("1", 2);
+        assert_eq!((b.intra_op_threads(), b.loader_workers(2)), (1, 1));
+        let err = budget(
+            &[SRUN_TASK.as_slice(), &[("SLURM_CPUS_PER_TASK", "0")]].concat(),
+            4,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LaunchError::Invalid {
+                    var: "SLURM_CPUS_PER_TASK",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn slurm_task_without_cpus_per_task_shares_the_node_with_its_step() {
+        // 2 tasks on the first node, 1 on the second; this task is on the first.
+        let mut v = SRUN_TASK.to_vec();
+        v.extend([("SLURM_STEP_TASKS_PER_NODE", "2,1"), ("SLURM_NODEID", "0")]);
+        let b = budget(&v, 16).unwrap();
+        assert_eq!(
+            (b.cores, b.source),
+            (8, CpuBudgetSource::SlurmTasksOnNode(2))
+        );
+        assert_eq!(
+            b.to_string(),
+            "8 cores for this process (16 available / 2 SLURM tasks on this node)"
+        );
+        v.retain(|(k, _)| *k != "SLURM_NODEID");
+        v.push(("SLURM_NODEID", "1"));
+        assert_eq!(budget(&v, 16).unwrap().cores, 16);
+        // 4(x2): 4 tasks on each of two nodes.
+        let mut v = SRUN_TASK.to_vec();
+        v.extend([
+            ("SLURM_STEP_TASKS_PER_NODE", "4(x2)"),
+            ("SLURM_NODEID", "1"),
+        ]);
+        assert_eq!(budget(&v, 16).unwrap().cores, 4);
+        v.retain(|(k, _)| *k != "SLURM_NODEID");
+        v.push(("SLURM_NODEID", "2"));
+        assert!(matches!(
+            budget(&v, 16).unwrap_err(),
+            LaunchError::Invalid {
+                var: "SLURM_STEP_TASKS_PER_NODE",
+                ..
+            }
+        ));
+        let mut v = SRUN_TASK.to_vec();
+        v.push(("SLURM_NTASKS_PER_NODE", "4"));
+        assert_eq!(budget(&v, 16).unwrap().cores, 4);
+        // Nothing says how the 8 tasks are spread: count them all on this node.
+        let b = budget(&SRUN_TASK, 16).unwrap();
+        assert_eq!(
+            (b.cores, b.source),
+            (2, CpuBudgetSource::SlurmTasksOnNode(8))
+        );
+        // More tasks than cores: still one core each, never zero.
+        assert_eq!(budget(&SRUN_TASK, 2).unwrap().cores, 1);
+    }
+
+    #[test]
+    fn torchrun_ranks_share_the_available_cores() {
+        let base = [
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "127.0.0.1"),
+        ];
+        // The case: 2 ranks on a 2-core machine get one core each.
+        let b = budget(&base, 2).unwrap();
+        assert_eq!((b.cores, b.source), (1, CpuBudgetSource::LocalWorldSize(2)));
+        assert_eq!((b.intra_op_threads(), b.loader_workers(2)), (1, 1));
+        assert_eq!(
+            b.to_string(),
+            "1 core for this process (2 available / 2 processes on this node)"
+        );
+        let b = budget(&[&base[..], &[("LOCAL_WORLD_SIZE", "1")]].concat(), 2).unwrap();
+        assert_eq!(b.cores, 2);
+        // 8 ranks on 2 nodes (torchrun --nnodes 2): 4 per node.
+        let v = [
+            ("RANK", "5"),
+            ("WORLD_SIZE", "8"),
+            ("GROUP_WORLD_SIZE", "2"),
+        ];
+        assert_eq!(budget(&v, 32).unwrap().cores, 8);
+        let v = [
+            ("RANK", "5"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_WORLD_SIZE", "4"),
+        ];
+        assert_eq!(budget(&v, 32).unwrap().cores, 8);
+        let v = [
+            ("RANK", "0"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_WORLD_SIZE", "x"),
+        ];
+        assert!(matches!(
+            budget(&v, 32).unwrap_err(),
+            LaunchError::Invalid {
+                var: "LOCAL_WORLD_SIZE",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn single_process_takes_every_available_core() {
+        let b = budget(&[], 6).unwrap();
+        assert_eq!((b.cores, b.source), (6, CpuBudgetSource::AllAvailable));
+        assert_eq!(b.to_string(), "6 cores for this process (all 6 available)");
+        assert_eq!(b.loader_workers(2), 2);
+        assert_eq!(
+            b.loader_workers(8),
+            5,
+            "one core stays with the training thread"
+        );
+        assert_eq!(b.loader_workers(0), 1, "the loader needs a worker");
+        // A batch shell (no srun) gets the allocation's share of the node.
+        let v = [
+            ("SLURM_JOB_ID", "7"),
+            ("SLURM_PROCID", "0"),
+            ("SLURM_CPUS_ON_NODE", "3"),
+        ];
+        let b = budget(&v, 64).unwrap();
+        assert_eq!(
+            (b.cores, b.source),
+            (3, CpuBudgetSource::SlurmCpusOnNode(3))
+        );
+        // An unknown available count (0) still gives one core.
+        assert_eq!(budget(&[], 0).unwrap().cores, 1);
+    }
+
+    #[test]
+    fn per_node_counts_parse_like_slurm() {
+        assert_eq!(tasks_per_node_at("4", 0), Some(4));
+        assert_eq!(tasks_per_node_at("4(x2),3", 1), Some(4));
+        assert_eq!(tasks_per_node_at("4(x2),3", 2), Some(3));
+        assert_eq!(tasks_per_node_at("4(x2),3", 3), None);
+        assert_eq!(tasks_per_node_at("4(x2", 0), None);
+        assert_eq!(tasks_per_node_at("a", 0), None);
     }
 
     #[test]

@@ -53,6 +53,6 @@ pub use cuda::{
 pub use dist::{Backend, ProcessGroup, ReduceOp, TcpStore, HAS_GLOO, HAS_NCCL};
 pub use error::Error;
 pub use launch::{
-    expand_nodelist, LaunchEnv, LaunchError, LaunchSource, DEFAULT_MASTER_PORT, SLURM_PORT_BASE,
-    SLURM_PORT_SPAN,
+    available_cores, expand_nodelist, CpuBudget, CpuBudgetSource, LaunchEnv, LaunchError,
+    LaunchSource, DEFAULT_MASTER_PORT, SLURM_PORT_BASE, SLURM_PORT_SPAN,
 };
