@@ -7,12 +7,19 @@
 //! - Gloo (`sam_torch_gloo`): Debian's `libgloo-dev` headers (`/usr/include/gloo`), or
 //!   `SAM_TORCH_GLOO_INCLUDE`. libtorch_cpu already contains the Gloo code; only headers are needed.
 //! - NCCL (`sam_torch_nccl`): the CUDA and NCCL headers of the wheel's `nvidia/*` packages in the
-//!   same site-packages (`nvidia/cu13/include`, its `cccl` and `crt`, `nvidia/nccl/include`), or
-//!   `SAM_TORCH_CUDA_INCLUDE` / `SAM_TORCH_NCCL_INCLUDE`.
+//!   same site-packages, in the CUDA 13 or the CUDA 12 layout (see `build/cuda_headers.rs`),
+//!   after the directories in `SAM_TORCH_CUDA_INCLUDE` / `SAM_TORCH_NCCL_INCLUDE`
+//!   (':'-separated). A CUDA libtorch without them fails the build: a binary without NCCL
+//!   cannot train on more than one GPU, and would only say so on the cluster.
 //!
 //! `SAM_TORCH_NO_GLOO=1` / `SAM_TORCH_NO_NCCL=1` force a part off.
 use std::env;
 use std::path::{Path, PathBuf};
+
+#[path = "build/cuda_headers.rs"]
+mod cuda_headers;
+
+use cuda_headers::{plan_nccl, torch_build, NcclPlan};
 
 fn env_rerun(name: &str) -> Option<String> {
     println!("cargo:rerun-if-env-changed={name}");
@@ -75,34 +82,53 @@ fn main() {
         );
     }
 
-    // NCCL: CUDA runtime + crt + cccl + nccl headers from the wheel's nvidia packages.
-    let site = root.parent().map(Path::to_path_buf).unwrap_or_default();
-    let cuda_inc = env_rerun("SAM_TORCH_CUDA_INCLUDE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| site.join("nvidia/cu13/include"));
-    let nccl_inc = env_rerun("SAM_TORCH_NCCL_INCLUDE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| site.join("nvidia/nccl/include"));
-    let nccl_ok = cuda_inc.join("cuda_runtime_api.h").exists()
-        && cuda_inc.join("crt/host_config.h").exists()
-        && cuda_inc.join("cccl").is_dir()
-        && nccl_inc.join("nccl.h").exists();
-    if !flag_set("SAM_TORCH_NO_NCCL") && nccl_ok {
-        build
-            .include(&cuda_inc)
-            .include(cuda_inc.join("cccl"))
-            .include(&nccl_inc)
-            .define("USE_C10D_NCCL", None)
-            .define("SAM_TORCH_HAVE_NCCL", None);
-        println!("cargo:rustc-cfg=sam_torch_nccl");
-    } else if !flag_set("SAM_TORCH_NO_NCCL") {
-        println!(
-            "cargo:warning=sam-torch: CUDA/NCCL headers not found under {} and {} \
-             (pip install \"nvidia-cuda-crt==13.0.*\" \"nvidia-cuda-cccl==13.0.*\"); \
-             building without NCCL, ProcessGroup::new_nccl will return an error",
-            cuda_inc.display(),
-            nccl_inc.display()
-        );
+    // NCCL: the CUDA and NCCL headers of the wheel's nvidia packages (or explicit dirs).
+    let site = root.parent().map(Path::to_path_buf);
+    let mut extra: Vec<PathBuf> = Vec::new();
+    for name in ["SAM_TORCH_CUDA_INCLUDE", "SAM_TORCH_NCCL_INCLUDE"] {
+        if let Some(v) = env_rerun(name) {
+            extra.extend(env::split_paths(&v));
+        }
+    }
+    // Installing the header packages (or another torch) must rebuild the bridge.
+    for watched in [root.join("version.py"), lib.join("libtorch_cuda.so")] {
+        if watched.exists() {
+            println!("cargo:rerun-if-changed={}", watched.display());
+        }
+    }
+    if let Some(nvidia) = site
+        .as_ref()
+        .map(|s| s.join("nvidia"))
+        .filter(|d| d.is_dir())
+    {
+        println!("cargo:rerun-if-changed={}", nvidia.display());
+    }
+    match plan_nccl(
+        torch_build(&root, &lib),
+        site.as_deref(),
+        &extra,
+        flag_set("SAM_TORCH_NO_NCCL"),
+    ) {
+        NcclPlan::Use(dirs) => {
+            for d in &dirs {
+                build.include(d);
+            }
+            build
+                .define("USE_C10D_NCCL", None)
+                .define("SAM_TORCH_HAVE_NCCL", None);
+            println!("cargo:rustc-cfg=sam_torch_nccl");
+        }
+        NcclPlan::Skip(warning) => {
+            if let Some(w) = warning {
+                println!("cargo:warning=sam-torch: {w}");
+            }
+        }
+        NcclPlan::Fail(message) => {
+            // Cargo prints a failed build script's stderr; a panic would bury the message in
+            // a backtrace.
+            eprintln!("{message}");
+            std::process::exit(1);
+        }
     }
 
     build.compile("sam_torch_bridge");

@@ -2,8 +2,10 @@
 //!
 //! - **Mixed precision**: [`AutocastGuard`] / [`autocast`] enable bf16 (or f16) autocast on CPU
 //!   or CUDA for the calling thread, like Python's `torch.autocast`.
-//! - **CUDA**: [`set_cuda_device`], [`cuda_memory_stats`] / [`reset_peak_memory_stats`], and
-//!   the TF32 switches [`set_tf32`].
+//! - **CUDA**: [`select_device`] (a config's or flag's `auto` / `cpu` / `cuda` / `cuda:N` for
+//!   a local rank: GPU `local_rank % device_count`, or a [`DeviceError`] naming the libtorch
+//!   build, the NVIDIA driver and `CUDA_VISIBLE_DEVICES`), [`set_cuda_device`],
+//!   [`cuda_memory_stats`] / [`reset_peak_memory_stats`], and the TF32 switches [`set_tf32`].
 //! - **Distributed** (c10d, the engine of `torch.distributed`): [`TcpStore`] rendezvous and
 //!   [`ProcessGroup`] over Gloo (CPU) or NCCL (CUDA) with `all_reduce_`, `broadcast_`,
 //!   `all_gather`, `barrier`; [`LaunchEnv`] reads rank, world size, local rank and the master
@@ -44,11 +46,17 @@ mod error;
 mod ffi;
 mod launch;
 
+// The build script's header search, unit-tested on fake directory trees.
+#[cfg(test)]
+#[path = "../build/cuda_headers.rs"]
+mod build_cuda_headers;
+
 pub use autocast::{autocast, is_autocast_enabled, AutocastGuard, AutocastPause};
 pub use cuda::{
     cuda_device_count, cuda_is_available, cuda_memory_stats, cuda_synchronize, current_cuda_device,
-    empty_cuda_cache, reset_peak_memory_stats, set_cuda_device, set_tf32, tf32, CudaMemoryStats,
-    Tf32,
+    empty_cuda_cache, reset_peak_memory_stats, resolve_device, select_device, set_cuda_device,
+    set_tf32, tf32, CudaMemoryStats, CudaStatus, CudaVersion, DeviceChoice, DeviceError,
+    DeviceRequest, Tf32,
 };
 pub use dist::{Backend, ProcessGroup, ReduceOp, TcpStore, HAS_GLOO, HAS_NCCL};
 pub use error::Error;
