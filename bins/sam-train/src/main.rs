@@ -1,7 +1,8 @@
 //! The `sam-train` executable: a thin shell over the sam_trainer crates.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage or config error, 42 stopped by SIGTERM/SIGUSR1
-//! after checkpointing (resume with `--resume`).
+//! after checkpointing (resume with `--resume`; `train --stop-exit-code` changes it).
+mod job_cmd;
 mod train_cmd;
 
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ enum Command {
     Validate(ValidateArgs),
     /// Print the JSON Schema of the config (what `configs/schema.json` holds).
     Schema(SchemaArgs),
+    /// Validate a config and print its SLURM job's resources as shell assignments.
+    JobResources(job_cmd::JobResourcesArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::DownloadModel(args) => train_cmd::run_download(args),
         Command::Validate(args) => validate(&args),
         Command::Schema(args) => schema(&args),
+        Command::JobResources(args) => job_cmd::run_job_resources(&args),
     }
 }
 
@@ -197,6 +201,66 @@ mod tests {
             panic!("not validate")
         };
         assert!(v.quiet);
+    }
+
+    #[test]
+    fn train_stop_exit_code_defaults_to_the_requeue_status() {
+        let Command::Train(t) = parse(&["train", "c.yaml"]).expect("parses").command else {
+            panic!("not train")
+        };
+        assert_eq!(i32::from(t.stop_exit_code), sam_train::REQUEUE_EXIT_CODE);
+        let Command::Train(t) = parse(&["train", "c.yaml", "--stop-exit-code", "0"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not train")
+        };
+        assert_eq!(t.stop_exit_code, 0);
+        assert!(parse(&["train", "c.yaml", "--stop-exit-code", "256"]).is_err());
+    }
+
+    #[test]
+    fn job_resources_takes_a_config_root_and_overrides() {
+        let Command::JobResources(j) = parse(&[
+            "job-resources",
+            "c.yaml",
+            "--root",
+            "/r",
+            "--no-path-checks",
+            "--nodes",
+            "1",
+            "--gpus-per-node",
+            "2",
+            "--time",
+            "01:00:00",
+            "--mem",
+            "8G",
+            "--cpus-per-task",
+            "3",
+            "--signal-lead",
+            "90",
+            "--partition",
+            "a40",
+            "--no-requeue",
+        ])
+        .expect("parses")
+        .command
+        else {
+            panic!("not job-resources")
+        };
+        assert_eq!(j.config, PathBuf::from("c.yaml"));
+        assert_eq!(j.root, Some(PathBuf::from("/r")));
+        assert!(j.no_path_checks && j.no_requeue && !j.requeue);
+        assert_eq!(
+            (j.nodes, j.gpus_per_node, j.cpus_per_task),
+            (Some(1), Some(2), Some(3))
+        );
+        assert_eq!(j.time.as_deref(), Some("01:00:00"));
+        assert_eq!(j.mem.as_deref(), Some("8G"));
+        assert_eq!(j.signal_lead, Some(90));
+        assert_eq!(j.partition.as_deref(), Some("a40"));
+        assert!(parse(&["job-resources"]).is_err());
+        assert!(parse(&["job-resources", "c.yaml", "--nodes", "two"]).is_err());
     }
 
     #[test]

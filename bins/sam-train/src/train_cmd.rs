@@ -2,7 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sam_config::{find_root, load_config_with, ValidateOptions};
-use sam_torch::LaunchEnv;
+use sam_torch::{CpuBudget, LaunchEnv};
 use sam_train::{
     export_model, prepare_run, train, Collective, StopFlag, TrainOptions, TrainOutcome,
     TrainProgress, REQUEUE_EXIT_CODE,
@@ -21,10 +21,16 @@ use tracing_subscriber::fmt::MakeWriter;
 ///
 /// Writes runs/<experiment>/{config.yaml, checkpoints/<checkpoint_name>/{latest,best}/, logs/}
 /// and exports the best model to `export_path`. SIGTERM or SIGUSR1 (SLURM's warning before
-/// the time limit) finish the current step, checkpoint, and exit with status 42 so that the
-/// job can be requeued and resumed with --resume. Distributed runs take rank, world size and
+/// the time limit) finish the current step, checkpoint, leave the file
+/// runs/<experiment>/stopped_for_requeue (rank 0) and exit with --stop-exit-code (42) so that
+/// the job can be requeued and resumed with --resume. Distributed runs take rank, world size and
 /// master address from SLURM (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST)
 /// or torchrun-style variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+///
+/// Each process uses the cores it was given, never more: SLURM_CPUS_PER_TASK in a SLURM task,
+/// the available cores divided by LOCAL_WORLD_SIZE under torchrun-style variables, all
+/// available cores alone. libtorch's intra-op threads take all of them; data.num_workers is
+/// lowered to at most one less.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// The experiment config (YAML).
@@ -45,6 +51,56 @@ pub struct TrainArgs {
     /// No progress bar (log lines only), e.g. in batch jobs.
     #[arg(long)]
     pub no_progress: bool,
+    /// Exit status after a stop by SIGTERM/SIGUSR1 with its checkpoint written. The SLURM
+    /// batch script passes 0, so that `srun --kill-on-bad-exit` cannot take the clean stop
+    /// for a failure, and requeues the job itself when it finds the stop marker.
+    #[arg(long, value_name = "N", default_value_t = REQUEUE_EXIT_CODE as u8)]
+    pub stop_exit_code: u8,
+}
+
+/// The file rank 0 leaves in the run folder after a stop by SIGTERM/SIGUSR1 with its
+/// checkpoint written (not after a failure): the SLURM batch script requeues the job when it
+/// finds it, and removes it.
+pub const STOP_MARKER: &str = "stopped_for_requeue";
+
+/// Where [`STOP_MARKER`] goes for a run folder.
+pub fn stop_marker_path(run_dir: &Path) -> PathBuf {
+    run_dir.join(STOP_MARKER)
+}
+
+/// Writes the stop marker atomically (temporary file, then rename): what stopped, where.
+fn write_stop_marker(run_dir: &Path, iteration: u64) -> std::io::Result<PathBuf> {
+    let path = stop_marker_path(run_dir);
+    let tmp = run_dir.join(format!(".{STOP_MARKER}.tmp"));
+    let job = std::env::var("SLURM_JOB_ID").unwrap_or_else(|_| "-".to_owned());
+    std::fs::write(
+        &tmp,
+        format!(
+            "stopped by signal after iteration {iteration}; checkpoint written\nslurm_job {job}\n"
+        ),
+    )?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// Removes a marker left by an earlier stop: this run has not been stopped.
+fn remove_stale_stop_marker(run_dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(stop_marker_path(run_dir)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Sizes this process's thread pools to its CPU budget: libtorch's intra-op pool and rayon's
+/// global pool (patch sampling, targets) take `budget.cores`. Returns rayon's complaint when
+/// its pool was already built.
+fn apply_thread_budget(budget: &CpuBudget) -> Result<(), String> {
+    let threads = budget.intra_op_threads();
+    tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| format!("rayon's thread pool keeps its size: {e}"))
 }
 
 /// Export a checkpoint in the formats segment_anything and micro_sam read.
@@ -166,10 +222,17 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
         Ok(env) => env,
         Err(e) => return fail_plain(2, format!("launch environment: {e}")),
     };
+    let budget = match env.cpu_budget_from_env() {
+        Ok(b) => b,
+        Err(e) => return fail_plain(2, format!("launch environment: {e}")),
+    };
     if args.dry_run {
         println!("{env}");
+        println!("threads: {budget}");
         return ExitCode::SUCCESS;
     }
+    // Before any tensor work or rayon use: pools sized once, for the whole run.
+    let pool_note = apply_thread_budget(&budget).err();
     let root = match find_root(args.root.as_deref()) {
         Ok(r) => r,
         Err(e) => return fail_plain(2, e),
@@ -185,7 +248,13 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
     for w in &loaded.warnings {
         eprintln!("{w}");
     }
-    let cfg = loaded.config;
+    let mut cfg = loaded.config;
+    let configured_workers = cfg.data.num_workers;
+    let workers = budget.loader_workers(configured_workers as usize);
+    cfg.data.num_workers = u32::try_from(workers).unwrap_or(configured_workers);
+    if let Err(e) = sam_train::device_for(cfg.training.device, env.local_rank) {
+        return fail_plain(2, e); // no usable GPU for `cuda`: before anything is written
+    }
     // Only rank 0 touches the run folder before training; the others wait for it in the
     // rendezvous below and then read the same checkpoint.
     let paths = if env.rank == 0 {
@@ -209,6 +278,29 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
         None
     };
     init_logging(log_file);
+    if env.rank == 0 {
+        if let Err(e) = remove_stale_stop_marker(&paths.run_dir) {
+            return fail(
+                1,
+                format!("{}: {e}", stop_marker_path(&paths.run_dir).display()),
+            );
+        }
+    }
+    tracing::info!(
+        "threads (rank {}): {budget}: {} intra-op, {} loader worker{}{}",
+        env.rank,
+        budget.intra_op_threads(),
+        workers,
+        if workers == 1 { "" } else { "s" },
+        if workers as u64 == u64::from(configured_workers) {
+            String::new()
+        } else {
+            format!(" (data.num_workers {configured_workers} lowered to fit)")
+        }
+    );
+    if let Some(note) = pool_note {
+        tracing::warn!("{note}");
+    }
     let bar = (!args.no_progress && env.rank == 0).then(|| {
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -276,12 +368,30 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(TrainOutcome::Interrupted(s)) => {
+            // The trainer returns Interrupted here only for a stop by signal (this shell sets
+            // no iteration limit), after every rank passed the checkpoint barrier.
+            if env.rank == 0 {
+                match write_stop_marker(&paths.run_dir, s.iterations) {
+                    Ok(path) => tracing::info!("stop marker: {}", path.display()),
+                    Err(e) => {
+                        return fail(
+                            1,
+                            format!(
+                                "checkpointed at iteration {}, but cannot write the stop marker in {}: {e} (the job will not requeue itself: resubmit with --resume)",
+                                s.iterations,
+                                paths.run_dir.display()
+                            ),
+                        )
+                    }
+                }
+            }
             tracing::info!(
-                "interrupted at iteration {}: resume with `sam-train train {} --resume` (exit status {REQUEUE_EXIT_CODE} requeues SLURM jobs)",
+                "interrupted at iteration {}: resume with `sam-train train {} --resume` (exit status {})",
                 s.iterations,
-                args.config.display()
+                args.config.display(),
+                args.stop_exit_code
             );
-            ExitCode::from(REQUEUE_EXIT_CODE as u8)
+            ExitCode::from(args.stop_exit_code)
         }
         Err(e) => fail(1, e),
     }
