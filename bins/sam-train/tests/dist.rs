@@ -110,7 +110,18 @@ fn free_port() -> u16 {
 
 /// Starts `sam-train train` as `rank` of `world` (torchrun-style variables), or alone.
 fn spawn(root: &Path, config: &Path, rank_world_port: Option<(usize, usize, u16)>) -> Child {
+    spawn_with(root, config, rank_world_port, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+fn spawn_with(
+    root: &Path,
+    config: &Path,
+    rank_world_port: Option<(usize, usize, u16)>,
+    env: &[(&str, &str)],
+) -> Child {
     let mut cmd = Command::new(BIN);
+    cmd.envs(env.iter().copied());
     cmd.args(["train", "--no-progress", "--root"])
         .arg(root)
         .arg(config)
@@ -239,4 +250,134 @@ fn a_dead_rank_makes_its_peer_exit_with_an_error_in_bounded_time() {
         "rank 0 took {waited:?} to notice"
     );
     assert!(stderr.contains("distributed"), "{stderr}");
+}
+
+/// Runs both ranks of a 2-process job with `faults` (see `SAM_TRAIN_INJECT_FAULTS`) and
+/// returns each rank's exit success and stderr.
+fn run_pair_with_faults(root: &Path, config: &Path, faults: &str) -> [(bool, String); 2] {
+    let port = free_port();
+    let env = [("SAM_TRAIN_INJECT_FAULTS", faults)];
+    let children = [
+        spawn_with(root, config, Some((0, 2, port)), &env),
+        spawn_with(root, config, Some((1, 2, port)), &env),
+    ];
+    children.map(|c| {
+        let out = c.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+}
+
+/// The end-of-run line in which a rank states its decisions, without the rank.
+fn decisions(stderr: &str, rank: usize) -> String {
+    let marker = format!("rank {rank} of 2 finished: ");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(&marker))
+        .unwrap_or_else(|| panic!("no `{marker}` line in:\n{stderr}"));
+    line[line.find(&marker).unwrap() + marker.len()..].to_string()
+}
+
+/// Issue 15: validation is scored once for the job and every rank decides (learning rate,
+/// best checkpoint, early stop) from the same numbers: a rank whose own validation scores are
+/// forced far off (and whose BatchNorm statistics differ anyway, decoder on) ends with the
+/// same decisions as its peer.
+#[test]
+fn a_rank_whose_validation_differs_does_not_split_the_decisions() {
+    let (dir, cfg) = setup(1, 4, true);
+    let [(ok0, err0), (ok1, err1)] =
+        run_pair_with_faults(dir.path(), &cfg, "rank=1;validation_offset=0.4");
+    assert!(ok0 && ok1, "rank 0:\n{err0}\nrank 1:\n{err1}");
+    assert_eq!(decisions(&err0, 0), decisions(&err1, 1));
+    assert!(decisions(&err0, 0).contains("4 epochs"), "{err0}");
+}
+
+/// Issue 15: a non-finite loss on one rank skips that step on every rank (no rank exits
+/// alone, no rank applies it), and too many in a row stop every rank together with the last
+/// good checkpoint kept.
+#[test]
+fn a_non_finite_step_on_one_rank_is_skipped_or_stops_on_both() {
+    let (dir, cfg) = setup(1, 3, true);
+    let [(ok0, err0), (ok1, err1)] =
+        run_pair_with_faults(dir.path(), &cfg, "rank=1;nonfinite_at=1");
+    assert!(ok0 && ok1, "rank 0:\n{err0}\nrank 1:\n{err1}");
+    assert!(
+        err0.contains("iteration 2: non-finite loss or gradients (on another rank), step skipped"),
+        "{err0}"
+    );
+    assert!(
+        err1.contains("iteration 2: non-finite loss or gradients (on this rank), step skipped"),
+        "{err1}"
+    );
+    assert_eq!(decisions(&err0, 0), decisions(&err1, 1));
+
+    // Five in a row (the default training.max_nonfinite_steps) from the third step on: both
+    // ranks stop with the same error, and `latest` is the state after the second step.
+    let (dir, cfg) = setup(1, 5, true);
+    let started = Instant::now();
+    let [(ok0, err0), (ok1, err1)] =
+        run_pair_with_faults(dir.path(), &cfg, "rank=1;nonfinite_at=2,3,4,5,6");
+    assert!(started.elapsed() < Duration::from_secs(240));
+    assert!(!ok0 && !ok1, "rank 0:\n{err0}\nrank 1:\n{err1}");
+    for err in [&err0, &err1] {
+        assert!(
+            err.contains("not finite for 5 consecutive steps (from iteration 3"),
+            "{err}"
+        );
+    }
+    let state = CheckpointStore::new(dir.path().join("runs/d/checkpoints/ck"))
+        .load(Slot::Latest)
+        .unwrap()
+        .state;
+    assert_eq!(state.iteration, 2);
+}
+
+/// Issue 15: `training.device: cuda` on a machine where libtorch sees no GPU is a usage error
+/// (exit 2) before anything is written, that names the NVIDIA driver, CUDA_VISIBLE_DEVICES,
+/// `nvidia-smi` and the libtorch build. `CUDA_VISIBLE_DEVICES=-1` hides every GPU, so this
+/// holds on GPU machines too.
+#[test]
+fn cuda_without_a_usable_gpu_exits_2_before_writing_anything() {
+    let (dir, config) = setup(2, 1, false);
+    let yaml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("device: cpu", "device: cuda")
+        .replace("accelerator: cpu", "accelerator: a100");
+    std::fs::write(&config, yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["train", "--no-progress", "--root"])
+        .arg(dir.path())
+        .arg(&config)
+        .env_remove("SLURM_PROCID")
+        .env_remove("SLURM_NTASKS")
+        .env_remove("SLURM_JOB_NODELIST")
+        .env_remove("SLURM_STEP_ID")
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env("CUDA_VISIBLE_DEVICES", "-1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for part in [
+        "training.device: `cuda` needs a GPU, but libtorch sees none",
+        "NVIDIA driver",
+        "CUDA_VISIBLE_DEVICES=\"-1\"",
+        "`nvidia-smi`",
+        "libtorch: ",
+    ] {
+        assert!(stderr.contains(part), "missing `{part}` in:\n{stderr}");
+    }
+    assert!(
+        stderr.contains("libtorch: built for CUDA") || stderr.contains("libtorch: CPU-only"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !dir.path().join("runs").exists(),
+        "the run folder was created"
+    );
+    assert!(!dir.path().join("final_models").exists());
 }

@@ -129,6 +129,11 @@ pub struct TrainingConfig {
     pub precision: Precision,
     /// Clip the global gradient norm to this value; `null` disables clipping.
     pub grad_clip_norm: Option<f64>,
+    /// A step whose loss or gradients are not finite on any rank is skipped on every rank;
+    /// after this many consecutive such steps (fp32/bf16) every rank stops together and the
+    /// last good checkpoint is kept. fp16 instead lowers the loss scale, as PyTorch's
+    /// GradScaler, and never stops.
+    pub max_nonfinite_steps: u32,
     /// Weight of an extra focal-loss term on the masks (0 = Dice + IoU-MSE only).
     pub focal_loss_weight: f64,
     /// Write a log line (and metrics row) every this many iterations.
@@ -163,6 +168,7 @@ impl Default for TrainingConfig {
             early_stopping_patience: Some(10),
             precision: Precision::Fp32,
             grad_clip_norm: None,
+            max_nonfinite_steps: 5,
             focal_loss_weight: 0.0,
             log_every_iterations: 50,
             checkpoint_every_iterations: 500,

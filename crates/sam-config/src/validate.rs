@@ -686,6 +686,7 @@ impl ExperimentConfig {
         if let Some(g) = t.grad_clip_norm {
             c.positive("training.grad_clip_norm", g);
         }
+        c.at_least("training.max_nonfinite_steps", t.max_nonfinite_steps, 1);
         c.non_negative("training.focal_loss_weight", t.focal_loss_weight);
         c.at_least("training.log_every_iterations", t.log_every_iterations, 1);
         c.at_least(

@@ -293,6 +293,158 @@ pub fn read_pair(pair: &ImagePair) -> Result<(GreyImage, LabelImage)> {
     Ok((image, labels))
 }
 
+/// Width and height of an image or label file, from its header (no pixels are decoded).
+pub fn image_dimensions(path: impl AsRef<Path>) -> Result<(usize, usize)> {
+    let path = path.as_ref();
+    match format_of(path) {
+        Some(Format::Tiff) => {
+            let err = |e: tiff::TiffError| DataError::Decode {
+                path: path.to_path_buf(),
+                format: "TIFF",
+                reason: e.to_string(),
+            };
+            let (w, h) = Decoder::new(open(path)?)
+                .map_err(err)?
+                .dimensions()
+                .map_err(err)?;
+            Ok((w as usize, h as usize))
+        }
+        Some(Format::Png) => {
+            let mut reader = image::ImageReader::new(open(path)?);
+            reader.set_format(image::ImageFormat::Png);
+            let (w, h) = reader.into_dimensions().map_err(|e| DataError::Decode {
+                path: path.to_path_buf(),
+                format: "PNG",
+                reason: e.to_string(),
+            })?;
+            Ok((w as usize, h as usize))
+        }
+        None => Err(DataError::UnsupportedExtension {
+            path: path.to_path_buf(),
+            expected: "*.tif, *.tiff, *.png",
+        }),
+    }
+}
+
+/// Reads the `w`×`h` rectangle of a brightfield image whose top-left corner is column `x`,
+/// row `y`, with the same pixel conversion as [`read_image`] (so the result equals
+/// `read_image(path)?.crop(x, y, w, h)`).
+///
+/// A strip-organised TIFF (what microscopes and our writers produce, compressed or not) is
+/// read strip by strip and only the strips that cross the rectangle are read and decoded;
+/// tiled or planar TIFFs and PNGs are decoded whole and cropped.
+pub fn read_image_region(
+    path: impl AsRef<Path>,
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+) -> Result<GreyImage> {
+    let path = path.as_ref();
+    if format_of(path) == Some(Format::Tiff) {
+        if let Some(region) = read_tiff_strips(path, x, y, w, h)? {
+            return Ok(region);
+        }
+    }
+    let image = read_image(path)?;
+    check_region(path, image.width, image.height, x, y, w, h)?;
+    Ok(image.crop(x, y, w, h))
+}
+
+fn check_region(
+    path: &Path,
+    width: usize,
+    height: usize,
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+) -> Result<()> {
+    if x + w > width || y + h > height {
+        return Err(DataError::InvalidParameter {
+            name: "region".into(),
+            reason: format!(
+                "{}: a {w}x{h} region at ({x}, {y}) does not fit into the {width}x{height} image",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The strip path of [`read_image_region`]; `None` when the file is not a chunky strip TIFF.
+fn read_tiff_strips(
+    path: &Path,
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+) -> Result<Option<GreyImage>> {
+    let err = |e: tiff::TiffError| DataError::Decode {
+        path: path.to_path_buf(),
+        format: "TIFF",
+        reason: e.to_string(),
+    };
+    let mut dec = Decoder::new(open(path)?)
+        .map_err(err)?
+        .with_limits(Limits::unlimited());
+    let (width, height) = dec.dimensions().map_err(err)?;
+    let (width, height) = (width as usize, height as usize);
+    check_region(path, width, height, x, y, w, h)?;
+    let planar = dec
+        .find_tag_unsigned::<u16>(tiff::tags::Tag::PlanarConfiguration)
+        .map_err(err)?
+        .unwrap_or(1);
+    if dec.get_chunk_type() != tiff::decoder::ChunkType::Strip || planar != 1 {
+        return Ok(None);
+    }
+    let channels = match dec.colortype().map_err(err)? {
+        ColorType::Gray(_) => 1,
+        ColorType::GrayA(_) => 2,
+        ColorType::RGB(_) => 3,
+        ColorType::RGBA(_) => 4,
+        _ => return Ok(None), // read_image names the unsupported type
+    };
+    let rows_per_strip = dec.chunk_dimensions().1.max(1) as usize;
+    let strips = height.div_ceil(rows_per_strip);
+    let mut data = Vec::with_capacity(w * h);
+    let mut depth = None;
+    if h > 0 && w > 0 {
+        for strip in y / rows_per_strip..=((y + h - 1) / rows_per_strip).min(strips - 1) {
+            let first_row = strip * rows_per_strip;
+            let decoded = dec.read_chunk(strip as u32).map_err(err)?;
+            let (strip_depth, grey) = match &decoded {
+                DecodingResult::U8(v) => (BitDepth::U8, strip_rows(v, channels, width)),
+                DecodingResult::U16(v) => (BitDepth::U16, strip_rows(v, channels, width)),
+                _ => return Ok(None),
+            };
+            depth = Some(strip_depth);
+            let rows_here = grey.len() / width.max(1);
+            let from = y.max(first_row) - first_row;
+            let to = (y + h).min(first_row + rows_here) - first_row;
+            for r in from..to {
+                data.extend_from_slice(&grey[r * width + x..r * width + x + w]);
+            }
+        }
+    }
+    let Some(depth) = depth else {
+        return Ok(None);
+    };
+    GreyImage::new(w, h, depth, data)
+        .map(Some)
+        .map_err(|_| DataError::Decode {
+            path: path.to_path_buf(),
+            format: "TIFF",
+            reason: format!("strips hold fewer rows than the {width}x{height} header says"),
+        })
+}
+
+/// The grey values of a decoded strip (whole rows of `width` pixels).
+fn strip_rows<T: Copy + Into<f32>>(samples: &[T], channels: usize, width: usize) -> Vec<f32> {
+    let whole = samples.len() / (channels * width.max(1)) * channels * width;
+    to_grey(&samples[..whole], channels)
+}
+
 /// Writes `path` atomically: the bytes go to a hidden temporary file in the same folder which is
 /// renamed over `path` only once complete, so a crash never leaves a half-written file.
 pub fn write_atomic(
@@ -317,6 +469,18 @@ pub fn write_atomic(
         let _ = std::fs::remove_file(&tmp);
         DataError::io(path, "rename", e)
     })
+}
+
+/// Rows per TIFF strip for images we write: strips of about 256 KiB, so that a training
+/// patch reads little more than its own rows ([`read_image_region`]); 64 rows of a 2048-wide
+/// 16-bit image.
+fn rows_per_strip(width: usize, depth: BitDepth) -> u32 {
+    let row_bytes = width.max(1)
+        * match depth {
+            BitDepth::U8 => 1,
+            BitDepth::U16 => 2,
+        };
+    (256 * 1024 / row_bytes).clamp(1, u32::MAX as usize) as u32
 }
 
 fn quantise_u8(data: &[f32]) -> Vec<u8> {
@@ -344,19 +508,26 @@ pub fn write_image(path: impl AsRef<Path>, image: &GreyImage) -> Result<()> {
                 reason: e.to_string(),
             };
             let mut enc = TiffEncoder::new(out).map_err(enc_err)?;
+            let rows = rows_per_strip(image.width, image.depth);
             match image.depth {
-                BitDepth::U8 => enc.write_image_with_compression::<colortype::Gray8, _>(
-                    w,
-                    h,
-                    Deflate::default(),
-                    &quantise_u8(&image.data),
-                ),
-                BitDepth::U16 => enc.write_image_with_compression::<colortype::Gray16, _>(
-                    w,
-                    h,
-                    Deflate::default(),
-                    &quantise_u16(&image.data),
-                ),
+                BitDepth::U8 => {
+                    let mut img = enc
+                        .new_image_with_compression::<colortype::Gray8, _>(w, h, Deflate::default())
+                        .map_err(enc_err)?;
+                    img.rows_per_strip(rows).map_err(enc_err)?;
+                    img.write_data(&quantise_u8(&image.data))
+                }
+                BitDepth::U16 => {
+                    let mut img = enc
+                        .new_image_with_compression::<colortype::Gray16, _>(
+                            w,
+                            h,
+                            Deflate::default(),
+                        )
+                        .map_err(enc_err)?;
+                    img.rows_per_strip(rows).map_err(enc_err)?;
+                    img.write_data(&quantise_u16(&image.data))
+                }
             }
             .map_err(enc_err)
         }),
@@ -571,6 +742,112 @@ mod tests {
         assert_eq!(g.depth, BitDepth::U16);
         let want = 0.299 * 1000.0 + 0.587 * 2000.0 + 0.114 * 3000.0;
         assert!((g.data[0] - want).abs() < 1e-2);
+    }
+
+    /// A 16-bit TIFF in strips of `rows` rows, uncompressed or deflate.
+    fn strip_tiff(path: &Path, w: u32, h: u32, rows: u32, deflate: bool, data: &[u16]) {
+        let mut enc = TiffEncoder::new(File::create(path).unwrap()).unwrap();
+        if deflate {
+            let mut img = enc
+                .new_image_with_compression::<colortype::Gray16, _>(w, h, Deflate::default())
+                .unwrap();
+            img.rows_per_strip(rows).unwrap();
+            img.write_data(data).unwrap();
+        } else {
+            let mut img = enc.new_image::<colortype::Gray16>(w, h).unwrap();
+            img.rows_per_strip(rows).unwrap();
+            img.write_data(data).unwrap();
+        }
+    }
+
+    #[test]
+    fn regions_equal_crops_of_the_whole_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, h) = (37usize, 29usize);
+        let values: Vec<u16> = (0..w * h).map(|i| (i * 97 % 65521) as u16).collect();
+        let mut files = Vec::new();
+        for (name, rows, deflate) in [("raw3.tif", 3, false), ("zip4.tif", 4, true)] {
+            let p = dir.path().join(name);
+            strip_tiff(&p, w as u32, h as u32, rows, deflate, &values);
+            files.push(p);
+        }
+        for (name, depth) in [("g8.tif", BitDepth::U8), ("g16.png", BitDepth::U16)] {
+            let p = dir.path().join(name);
+            let mut g = grey(depth);
+            g.data
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = (i % 200) as f32);
+            write_image(&p, &g).unwrap();
+            files.push(p);
+        }
+        let rgb = dir.path().join("rgb16.tif");
+        let rgb_values: Vec<u16> = (0..w * h * 3).map(|i| (i * 31 % 60000) as u16).collect();
+        TiffEncoder::new(File::create(&rgb).unwrap())
+            .unwrap()
+            .write_image::<colortype::RGB16>(w as u32, h as u32, &rgb_values)
+            .unwrap();
+        files.push(rgb);
+        for p in &files {
+            let whole = read_image(p).unwrap();
+            assert_eq!(image_dimensions(p).unwrap(), (whole.width, whole.height));
+            let (ww, wh) = (whole.width, whole.height);
+            let regions = [
+                (0, 0, ww, wh),
+                (ww / 3, wh / 4, ww / 2, wh / 2),
+                (ww - 4, wh - 3, 4, 3),
+                (1, 3, 1, 1),
+            ];
+            for (x, y, rw, rh) in regions {
+                let region = read_image_region(p, x, y, rw, rh).unwrap();
+                assert_eq!(
+                    region,
+                    whole.crop(x, y, rw, rh),
+                    "{} at {x},{y}",
+                    p.display()
+                );
+            }
+            let err = read_image_region(p, ww - 2, 0, 3, 1)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("does not fit") && err.contains(&*p.to_string_lossy()),
+                "{err}"
+            );
+        }
+    }
+
+    /// A region of a strip TIFF reads only the strips it crosses: a damaged strip elsewhere in
+    /// the file does not matter (reading the whole image fails on it).
+    #[test]
+    fn regions_read_only_the_strips_they_cross() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("zip.tif");
+        let (w, h) = (64u32, 64u32);
+        let values: Vec<u16> = (0..w * h).map(|i| (i % 4000) as u16).collect();
+        strip_tiff(&p, w, h, 8, true, &values);
+        let mut dec = Decoder::new(File::open(&p).unwrap()).unwrap();
+        let offsets = dec.get_tag_u64_vec(tiff::tags::Tag::StripOffsets).unwrap();
+        let counts = dec
+            .get_tag_u64_vec(tiff::tags::Tag::StripByteCounts)
+            .unwrap();
+        assert_eq!(offsets.len(), 8);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let (last, n) = (offsets[7] as usize, counts[7] as usize);
+        bytes[last..last + n].iter_mut().for_each(|b| *b = 0xA5);
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(
+            read_image(&p).is_err(),
+            "the damaged strip must break a whole read"
+        );
+        let region = read_image_region(&p, 3, 10, 20, 30).unwrap();
+        let values = &values;
+        let want: Vec<f32> = (10..40)
+            .flat_map(|y| (3..23).map(move |x| f32::from(values[y * 64 + x])))
+            .collect();
+        assert_eq!(region.data, want);
+        let err = read_image_region(&p, 0, 60, 4, 4).unwrap_err().to_string();
+        assert!(err.contains("zip.tif"), "{err}");
     }
 
     #[test]

@@ -58,8 +58,8 @@ pub use crate::folder::{
 };
 pub use crate::image::{BitDepth, GreyImage, LabelImage};
 pub use crate::io::{
-    pair_by_stem, read_image, read_labels, read_pair, write_atomic, write_image, write_labels,
-    ImagePair,
+    image_dimensions, pair_by_stem, read_image, read_image_region, read_labels, read_pair,
+    write_atomic, write_image, write_labels, ImagePair,
 };
 pub use crate::labels::{
     connected_components, inner_boundaries, object_stats, prepare_instances, relabel_consecutive,
@@ -73,8 +73,7 @@ pub use crate::preprocess::{
 pub use crate::prompts::{BoxPrompt, Point, PromptSampler};
 pub use crate::rng::derive_seed;
 pub use crate::samples::{
-    split_by_image, Dataset, DatasetItem, Patch, PatchConfig, PatchSampler, SampleConfig,
-    TrainingSample,
+    split_by_image, Dataset, Patch, PatchConfig, PatchSampler, SampleConfig, TrainingSample,
 };
 pub use crate::synth::{synthesize, SynthConfig, SynthSample};
 pub use crate::targets::{ais_targets, AisTargets};

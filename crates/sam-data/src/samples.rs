@@ -8,7 +8,9 @@ use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
 use crate::image::{GreyImage, LabelImage};
-use crate::io::{read_pair, ImagePair};
+use crate::io::{
+    image_dimensions, read_image, read_image_region, read_labels, read_pair, ImagePair,
+};
 use crate::labels::prepare_instances;
 use crate::preprocess::{normalization_bounds, normalize_with_bounds, Normalization};
 use crate::rng::rng_for;
@@ -77,28 +79,43 @@ impl PatchSampler {
         labels: &LabelImage,
         rng: &mut impl Rng,
     ) -> Result<Patch> {
+        let (x, y) = self.position(name, image.width, image.height, labels, rng)?;
         let c = &self.config;
-        if image.width < c.width || image.height < c.height || c.width == 0 || c.height == 0 {
+        Ok(Patch {
+            x,
+            y,
+            image: image.crop(x, y, c.width, c.height),
+            labels: labels.crop(x, y, c.width, c.height),
+        })
+    }
+
+    /// The top-left corner (column, row) [`PatchSampler::sample`] would choose, from the labels
+    /// alone: the image itself is not needed to choose, only its size.
+    pub fn position(
+        &self,
+        name: &str,
+        width: usize,
+        height: usize,
+        labels: &LabelImage,
+        rng: &mut impl Rng,
+    ) -> Result<(usize, usize)> {
+        let c = &self.config;
+        if width < c.width || height < c.height || c.width == 0 || c.height == 0 {
             return Err(DataError::InvalidParameter {
                 name: "patch_shape".into(),
                 reason: format!(
                     "{name}: patch {}x{} (h x w) does not fit into the {}x{} image",
-                    c.height, c.width, image.height, image.width
+                    c.height, c.width, height, width
                 ),
             });
         }
         let max_id = labels.max_id() as usize;
         let mut counts = vec![0u32; if max_id <= 1 << 22 { max_id + 1 } else { 0 }];
         for _ in 0..c.max_attempts.max(1) {
-            let x = rng.gen_range(0..=image.width - c.width);
-            let y = rng.gen_range(0..=image.height - c.height);
+            let x = rng.gen_range(0..=width - c.width);
+            let y = rng.gen_range(0..=height - c.height);
             if count_objects(labels, x, y, c, &mut counts) >= c.min_objects {
-                return Ok(Patch {
-                    x,
-                    y,
-                    image: image.crop(x, y, c.width, c.height),
-                    labels: labels.crop(x, y, c.width, c.height),
-                });
+                return Ok((x, y));
             }
         }
         Err(DataError::NoValidPatch {
@@ -184,17 +201,6 @@ pub fn split_by_image(n: usize, val_fraction: f64, seed: u64) -> Result<(Vec<usi
     Ok((train, val))
 }
 
-/// One image of a [`Dataset`].
-#[derive(Debug, Clone)]
-pub struct DatasetItem {
-    /// A name for messages (the file stem).
-    pub name: String,
-    /// The image.
-    pub image: GreyImage,
-    /// Its labels.
-    pub labels: LabelImage,
-}
-
 /// What one training sample holds.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SampleConfig {
@@ -235,108 +241,178 @@ pub struct TrainingSample {
     pub targets: Option<AisTargets>,
 }
 
-/// Images and labels held in memory, ready for sampling.
+/// Image/label pairs on disk, sampled on demand: the dataset of a training run.
 ///
-/// Each image's normalisation bounds are computed once (whole image, as inference does) and
-/// reused for every patch cut from it.
+/// Nothing of an image is kept in memory between samples except its normalisation bounds
+/// (two numbers). [`Dataset::sample`] reads the label image to choose a patch, then only the
+/// patch of the image (only the strips it crosses, for a strip TIFF), at its stored bit depth.
+/// A rank therefore holds what its loader workers are building, never the dataset. Each
+/// image's normalisation bounds (percentiles of the whole image, as inference uses) are
+/// computed once, when first needed or by [`Dataset::compute_bounds`], and reused.
 #[derive(Debug, Default)]
 pub struct Dataset {
-    items: Vec<DatasetItem>,
-    /// Per item: the normalisation used and its bounds.
+    pairs: Vec<ImagePair>,
+    /// Per pair: (width, height) from the file headers.
+    sizes: Vec<(usize, usize)>,
+    /// Per pair: the normalisation used and its bounds.
     bounds: Vec<OnceLock<(Normalization, (f32, f32))>>,
 }
 
 impl Clone for Dataset {
     fn clone(&self) -> Self {
-        Dataset::new(self.items.clone())
+        self.subset(&(0..self.len()).collect::<Vec<_>>())
     }
 }
 
 impl Dataset {
-    /// A dataset over these images.
-    pub fn new(items: Vec<DatasetItem>) -> Self {
-        let bounds = items.iter().map(|_| OnceLock::new()).collect();
-        Dataset { items, bounds }
+    /// A dataset over these pairs. Reads only the file headers: every image must have the size
+    /// of its label image (checked here, so that a mismatch is found before training starts).
+    pub fn open(pairs: &[ImagePair]) -> Result<Dataset> {
+        let sizes = pairs
+            .par_iter()
+            .map(|p| {
+                let image = image_dimensions(&p.image)?;
+                let labels = image_dimensions(&p.labels)?;
+                if image != labels {
+                    return Err(DataError::SizeMismatch {
+                        image: p.image.clone(),
+                        labels: p.labels.clone(),
+                        image_width: image.0,
+                        image_height: image.1,
+                        label_width: labels.0,
+                        label_height: labels.1,
+                    });
+                }
+                Ok(image)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Dataset {
+            pairs: pairs.to_vec(),
+            bounds: pairs.iter().map(|_| OnceLock::new()).collect(),
+            sizes,
+        })
     }
 
-    /// The images.
-    pub fn items(&self) -> &[DatasetItem] {
-        &self.items
+    /// The pairs, in the order given to [`Dataset::open`].
+    pub fn pairs(&self) -> &[ImagePair] {
+        &self.pairs
     }
 
     /// Number of images.
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.pairs.len()
     }
 
     /// Whether there are no images.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.pairs.is_empty()
     }
 
-    fn bounds(&self, i: usize, norm: &Normalization) -> Result<(f32, f32)> {
-        if let Some((n, b)) = self.bounds[i].get() {
-            if n == norm {
-                return Ok(*b);
-            }
-            return normalization_bounds(&self.items[i].image, norm);
-        }
-        let b = normalization_bounds(&self.items[i].image, norm)?;
-        let _ = self.bounds[i].set((*norm, b));
-        Ok(b)
-    }
-
-    /// Reads every pair (in parallel), checking sizes.
-    pub fn load(pairs: &[ImagePair]) -> Result<Dataset> {
-        let items = pairs
-            .par_iter()
-            .map(|p| {
-                read_pair(p).map(|(image, labels)| DatasetItem {
-                    name: p.stem.clone(),
-                    image,
-                    labels,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Dataset::new(items))
-    }
-
-    /// The images with these indices (e.g. one side of [`split_by_image`]).
+    /// The pairs with these indices (e.g. one side of [`split_by_image`]); bounds already
+    /// computed come along.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
-        Dataset::new(
-            indices
+        let keep: Vec<usize> = indices
+            .iter()
+            .copied()
+            .filter(|&i| i < self.len())
+            .collect();
+        Dataset {
+            pairs: keep.iter().map(|&i| self.pairs[i].clone()).collect(),
+            sizes: keep.iter().map(|&i| self.sizes[i]).collect(),
+            bounds: keep
                 .iter()
-                .filter_map(|&i| self.items.get(i).cloned())
+                .map(|&i| {
+                    let cell = OnceLock::new();
+                    if let Some(b) = self.bounds[i].get() {
+                        let _ = cell.set(*b);
+                    }
+                    cell
+                })
                 .collect(),
-        )
+        }
     }
 
-    /// Draws a sample: a uniformly chosen image, a valid patch of it, normalised, with labels
-    /// prepared and targets computed.
+    /// The cached bounds of image `i` under `norm`, if computed.
+    pub fn cached_bounds(&self, i: usize, norm: &Normalization) -> Option<(f32, f32)> {
+        self.bounds
+            .get(i)?
+            .get()
+            .and_then(|(n, b)| (n == norm).then_some(*b))
+    }
+
+    /// Records bounds computed elsewhere (another rank) for image `i`. The first value stays.
+    pub fn set_bounds(&self, i: usize, norm: &Normalization, bounds: (f32, f32)) {
+        if let Some(cell) = self.bounds.get(i) {
+            let _ = cell.set((*norm, bounds));
+        }
+    }
+
+    /// Reads the images `select` picks (in parallel, one whole image per thread at a time),
+    /// checks that image and labels decode and agree in size, and caches the normalisation
+    /// bounds of each. Run once before training, this finds every unreadable file up front.
+    pub fn compute_bounds(
+        &self,
+        norm: &Normalization,
+        select: impl Fn(usize) -> bool + Sync,
+    ) -> Result<()> {
+        norm.validate()?;
+        (0..self.len())
+            .into_par_iter()
+            .filter(|&i| select(i))
+            .try_for_each(|i| {
+                let (image, _labels) = read_pair(&self.pairs[i])?;
+                let b = normalization_bounds(&image, norm)?;
+                self.set_bounds(i, norm, b);
+                Ok(())
+            })
+    }
+
+    /// Draws a sample: a uniformly chosen image, a valid patch of it, normalised with the whole
+    /// image's bounds, with labels prepared and targets computed. Reads the chosen label image
+    /// whole (to find a patch with enough objects) and only the patch of the image once its
+    /// bounds are known.
     pub fn sample(&self, cfg: &SampleConfig, rng: &mut impl Rng) -> Result<TrainingSample> {
-        if self.items.is_empty() {
+        if self.pairs.is_empty() {
             return Err(DataError::InvalidParameter {
                 name: "dataset".into(),
                 reason: "no images to sample from".into(),
             });
         }
-        let index = rng.gen_range(0..self.items.len());
-        let item = &self.items[index];
-        let patch = PatchSampler::new(cfg.patch.clone()).sample(
-            &item.name,
-            &item.image,
-            &item.labels,
-            rng,
-        )?;
-        let (lo, hi) = self.bounds(index, &cfg.normalization)?;
-        let image = normalize_with_bounds(&patch.image.data, lo, hi);
-        let labels = prepare_instances(&patch.labels, cfg.min_object_size);
+        let index = rng.gen_range(0..self.pairs.len());
+        let pair = &self.pairs[index];
+        let labels = read_labels(&pair.labels)?;
+        let (width, height) = self.sizes[index];
+        if (labels.width, labels.height) != (width, height) {
+            return Err(DataError::SizeMismatch {
+                image: pair.image.clone(),
+                labels: pair.labels.clone(),
+                image_width: width,
+                image_height: height,
+                label_width: labels.width,
+                label_height: labels.height,
+            });
+        }
+        let sampler = PatchSampler::new(cfg.patch.clone());
+        let (x, y) = sampler.position(&pair.stem, width, height, &labels, rng)?;
+        let (w, h) = (cfg.patch.width, cfg.patch.height);
+        let norm = &cfg.normalization;
+        let (patch, (lo, hi)) = match self.cached_bounds(index, norm) {
+            Some(b) => (read_image_region(&pair.image, x, y, w, h)?, b),
+            None => {
+                let image = read_image(&pair.image)?;
+                let b = normalization_bounds(&image, norm)?;
+                self.set_bounds(index, norm, b);
+                (image.crop(x, y, w, h), b)
+            }
+        };
+        let image = normalize_with_bounds(&patch.data, lo, hi);
+        let labels = prepare_instances(&labels.crop(x, y, w, h), cfg.min_object_size);
         let targets = cfg
             .with_targets
             .then(|| ais_targets(&labels, cfg.min_object_size));
         Ok(TrainingSample {
-            image_name: item.name.clone(),
-            origin: (patch.x, patch.y),
+            image_name: pair.stem.clone(),
+            origin: (x, y),
             image,
             labels,
             targets,
@@ -436,30 +512,45 @@ mod tests {
         assert!(split_by_image(5, 1.0, 0).is_err());
     }
 
-    #[test]
-    fn dataset_sample_prepares_labels_and_targets() {
-        let s = crate::synth::synthesize(
-            &crate::synth::SynthConfig {
-                size: 128,
-                ..Default::default()
-            },
-            5,
-        );
-        let whole = crate::preprocess::preprocess(&s.image, &Normalization::default()).unwrap();
-        let ds = Dataset::new(vec![DatasetItem {
-            name: "s".into(),
-            image: s.image,
-            labels: s.labels,
-        }]);
-        let cfg = SampleConfig {
+    /// A dataset of `n` synthetic images written to `dir` as deflate TIFFs.
+    fn dataset_on_disk(dir: &std::path::Path, n: usize, size: usize) -> Vec<ImagePair> {
+        let (images, labels) = (dir.join("images"), dir.join("labels"));
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::create_dir_all(&labels).unwrap();
+        for i in 0..n {
+            let s = crate::synth::synthesize(
+                &crate::synth::SynthConfig {
+                    size,
+                    ..Default::default()
+                },
+                5 + i as u64,
+            );
+            crate::io::write_image(images.join(format!("s{i}.tif")), &s.image).unwrap();
+            crate::io::write_labels(labels.join(format!("s{i}.tif")), &s.labels).unwrap();
+        }
+        crate::io::pair_by_stem(&images, &labels).unwrap()
+    }
+
+    fn sample_config(size: usize) -> SampleConfig {
+        SampleConfig {
             patch: PatchConfig {
-                height: 64,
-                width: 64,
+                height: size,
+                width: size,
                 min_objects: 2,
                 ..PatchConfig::default()
             },
             ..SampleConfig::default()
-        };
+        }
+    }
+
+    #[test]
+    fn dataset_sample_prepares_labels_and_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs = dataset_on_disk(dir.path(), 1, 128);
+        let (image, _) = read_pair(&pairs[0]).unwrap();
+        let whole = crate::preprocess::preprocess(&image, &Normalization::default()).unwrap();
+        let ds = Dataset::open(&pairs).unwrap();
+        let cfg = sample_config(64);
         let t = ds.sample(&cfg, &mut rng_for(2)).unwrap();
         assert_eq!(t.image.len(), 64 * 64);
         // normalised with the whole image's bounds, as inference does
@@ -477,5 +568,82 @@ mod tests {
         for (f, l) in tg.data[..64 * 64].iter().zip(&t.labels.data) {
             assert_eq!(*f, if *l != 0 { 1.0 } else { 0.0 });
         }
+    }
+
+    /// The samples of the streaming dataset are those of the images held in memory (the
+    /// previous design): same patch positions, same values, whether or not bounds were
+    /// computed ahead.
+    #[test]
+    fn streamed_samples_equal_samples_of_images_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs = dataset_on_disk(dir.path(), 3, 128);
+        let cfg = sample_config(48);
+        let lazy = Dataset::open(&pairs).unwrap();
+        let ahead = Dataset::open(&pairs).unwrap();
+        ahead.compute_bounds(&cfg.normalization, |_| true).unwrap();
+        let loaded: Vec<_> = pairs.iter().map(|p| read_pair(p).unwrap()).collect();
+        for seed in 0..12 {
+            // The in-memory reference: the same draws on the decoded images.
+            let mut rng = rng_for(seed);
+            let index = rng.gen_range(0..loaded.len());
+            let (image, labels) = &loaded[index];
+            let patch = PatchSampler::new(cfg.patch.clone())
+                .sample("ref", image, labels, &mut rng)
+                .unwrap();
+            let (lo, hi) = normalization_bounds(image, &cfg.normalization).unwrap();
+            let want = normalize_with_bounds(&patch.image.data, lo, hi);
+            for ds in [&lazy, &ahead] {
+                let got = ds.sample(&cfg, &mut rng_for(seed)).unwrap();
+                assert_eq!(got.image_name, pairs[index].stem);
+                assert_eq!(got.origin, (patch.x, patch.y));
+                assert_eq!(got.image, want, "seed {seed}");
+                assert_eq!(
+                    got.labels,
+                    prepare_instances(&patch.labels, cfg.min_object_size)
+                );
+            }
+        }
+        for (i, (image, _)) in loaded.iter().enumerate() {
+            let want = normalization_bounds(image, &cfg.normalization).unwrap();
+            assert_eq!(ahead.cached_bounds(i, &cfg.normalization), Some(want));
+            // Sampling cached the bounds of every image it drew (12 draws over 3 images).
+            assert_eq!(lazy.cached_bounds(i, &cfg.normalization), Some(want));
+        }
+    }
+
+    #[test]
+    fn open_reads_headers_and_refuses_mismatched_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs = dataset_on_disk(dir.path(), 2, 64);
+        let small = crate::image::LabelImage::zeros(32, 64);
+        crate::io::write_labels(&pairs[1].labels, &small).unwrap();
+        let err = Dataset::open(&pairs).unwrap_err();
+        assert!(matches!(err, DataError::SizeMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("s1.tif"), "{err}");
+        // A subset keeps names, sizes and computed bounds.
+        let ok = Dataset::open(&pairs[..1]).unwrap();
+        let norm = Normalization::default();
+        ok.compute_bounds(&norm, |_| true).unwrap();
+        let sub = ok.subset(&[0]);
+        assert_eq!(sub.pairs(), &pairs[..1]);
+        assert_eq!(sub.cached_bounds(0, &norm), ok.cached_bounds(0, &norm));
+        assert!(sub.cached_bounds(0, &norm).is_some());
+    }
+
+    #[test]
+    fn compute_bounds_names_an_unreadable_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs = dataset_on_disk(dir.path(), 2, 64);
+        // Keep the header and the directory (at the end), spoil the pixels: opening works,
+        // decoding does not.
+        let mut bytes = std::fs::read(&pairs[1].image).unwrap();
+        let n = bytes.len();
+        bytes[8..n / 2].iter_mut().for_each(|b| *b = 0xA5);
+        std::fs::write(&pairs[1].image, &bytes).unwrap();
+        let ds = Dataset::open(&pairs).unwrap();
+        let norm = Normalization::default();
+        ds.compute_bounds(&norm, |i| i == 0).unwrap();
+        let err = ds.compute_bounds(&norm, |_| true).unwrap_err();
+        assert!(err.to_string().contains("s1.tif"), "{err}");
     }
 }

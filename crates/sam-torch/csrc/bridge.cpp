@@ -394,3 +394,12 @@ char* sam_torch_pg_barrier(SamGroup* group) {
 }
 
 }  // extern "C"
+
+// ---- autograd --------------------------------------------------------------------------------
+
+// Drops the gradient of `tensor` (Python's `param.grad = None`, what
+// `optimizer.zero_grad(set_to_none=True)` does): the next backward allocates a fresh one,
+// and a parameter that no backward reaches keeps none.
+extern "C" char* sam_torch_clear_grad(at::Tensor* tensor) {
+  return guarded([&] { tensor->mutable_grad().reset(); });
+}

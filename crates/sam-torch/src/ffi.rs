@@ -40,6 +40,8 @@ extern "C" {
     pub fn sam_torch_cuda_reset_peak_memory_stats(index: c_int) -> *mut c_char;
     pub fn sam_torch_cuda_empty_cache() -> *mut c_char;
 
+    pub fn sam_torch_clear_grad(tensor: *mut C_tensor) -> *mut c_char;
+
     pub fn sam_torch_set_allow_tf32(cublas: c_int, cudnn: c_int) -> *mut c_char;
     pub fn sam_torch_get_allow_tf32(cublas: *mut c_int, cudnn: *mut c_int) -> *mut c_char;
 

@@ -44,6 +44,7 @@ mod cuda;
 mod dist;
 mod error;
 mod ffi;
+mod grad;
 mod launch;
 
 // The build script's header search, unit-tested on fake directory trees.
@@ -60,6 +61,7 @@ pub use cuda::{
 };
 pub use dist::{Backend, ProcessGroup, ReduceOp, TcpStore, HAS_GLOO, HAS_NCCL};
 pub use error::Error;
+pub use grad::clear_grad;
 pub use launch::{
     available_cores, expand_nodelist, CpuBudget, CpuBudgetSource, LaunchEnv, LaunchError,
     LaunchSource, DEFAULT_MASTER_PORT, SLURM_PORT_BASE, SLURM_PORT_SPAN,

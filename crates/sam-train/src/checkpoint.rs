@@ -80,6 +80,9 @@ pub struct TrainState {
     /// Running sums of the current epoch: loss, Dice loss, decoder loss, iterations.
     #[serde(default)]
     pub epoch_sums: [f64; 4],
+    /// Consecutive steps skipped for a non-finite loss or gradients (fp32/bf16).
+    #[serde(default)]
+    pub nonfinite_streak: u32,
 }
 
 /// Tensors and state of one checkpoint.
@@ -255,6 +258,7 @@ mod tests {
             metric: None,
             finished: false,
             epoch_sums: [0.0; 4],
+            nonfinite_streak: 0,
         }
     }
 

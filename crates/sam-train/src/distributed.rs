@@ -173,6 +173,25 @@ impl Collective {
         Ok(t.double_value(&[0]) > 0.0)
     }
 
+    /// Element-wise sum of `values` over ranks; every rank gets the same result.
+    pub fn sum_f64(&self, values: &[f64]) -> Result<Vec<f64>, TrainError> {
+        let mut t = Tensor::from_slice(values).to_device(self.device);
+        self.group
+            .all_reduce_(&mut t, ReduceOp::Sum)
+            .map_err(|e| dist_err("sum", e))?;
+        Vec::<f64>::try_from(t.to_device(Device::Cpu)).map_err(|e| dist_err("sum", e))
+    }
+
+    /// Rank 0's `values` on every rank: the numbers every rank then decides from are the same
+    /// bits, whatever the reduction order of the backend.
+    pub fn broadcast_f64(&self, values: &[f64]) -> Result<Vec<f64>, TrainError> {
+        let mut t = Tensor::from_slice(values).to_device(self.device);
+        self.group
+            .broadcast_(&mut t, 0)
+            .map_err(|e| dist_err("broadcast", e))?;
+        Vec::<f64>::try_from(t.to_device(Device::Cpu)).map_err(|e| dist_err("broadcast", e))
+    }
+
     /// Waits for every rank.
     pub fn barrier(&self) -> Result<(), TrainError> {
         self.group.barrier().map_err(|e| dist_err("barrier", e))

@@ -60,7 +60,7 @@ pub use trainer::{
     prepare_run, train, NoProgress, StepTiming, TrainOptions, TrainOutcome, TrainProgress,
     TrainSummary, REQUEUE_EXIT_CODE,
 };
-pub use validation::{validate, ValidationScores};
+pub use validation::{validate, validation_totals, ValidationScores, ValidationTotals};
 
 use std::path::PathBuf;
 
@@ -88,16 +88,21 @@ pub enum TrainError {
     /// Reading or sampling the data failed.
     #[error("data: {0}")]
     Data(String),
-    /// The loss stopped being a number.
+    /// The loss or the gradients stopped being numbers for too many steps in a row.
     #[error(
-        "the loss became {value} at iteration {iteration}; the run stopped and the last good \
-         checkpoint is kept in {} (lower training.lr, enable training.grad_clip_norm, or use fp32)",
+        "the loss or gradients were not finite for {steps} consecutive steps (from iteration \
+         {}, on at least one rank; this rank's last loss {value}); every rank stopped and the \
+         last good checkpoint is kept in {} (lower training.lr, enable \
+         training.grad_clip_norm, or use fp32)",
+        first_iteration + 1,
         checkpoint.display()
     )]
     NonFinite {
-        /// The iteration.
-        iteration: u64,
-        /// The loss value.
+        /// Completed steps before the first skipped one (0-based index of that step).
+        first_iteration: u64,
+        /// Consecutive skipped steps.
+        steps: u32,
+        /// This rank's last loss value.
         value: f64,
         /// The last good checkpoint.
         checkpoint: PathBuf,

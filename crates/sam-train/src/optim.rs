@@ -100,14 +100,17 @@ impl AdamW {
         self.params.iter().map(|p| (p.name.as_str(), &p.var))
     }
 
-    /// Clears every gradient.
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut grad = p.var.grad();
-            if grad.defined() {
-                let _ = grad.detach_().zero_();
-            }
+    /// Drops every gradient (PyTorch's `zero_grad()`, whose default is `set_to_none=True`):
+    /// a parameter the next backward does not reach has no gradient and [`AdamW::step`]
+    /// leaves it, its moments and its step count alone, where a zeroed gradient would still
+    /// decay its weight and move it by its momentum.
+    pub fn zero_grad(&mut self) -> Result<(), TrainError> {
+        for p in &self.params {
+            sam_torch::clear_grad(&p.var).map_err(|e| {
+                TrainError::Model(format!("clearing the gradient of {}: {e}", p.name))
+            })?;
         }
+        Ok(())
     }
 
     /// Multiplies every defined gradient by `factor` (loss-scale removal, gradient averaging).
@@ -122,13 +125,17 @@ impl AdamW {
         });
     }
 
-    /// Whether every defined gradient is finite.
+    /// Whether every defined gradient is finite (one host read for all of them).
     pub fn grads_finite(&self) -> bool {
         tch::no_grad(|| {
-            self.params.iter().all(|p| {
-                let grad = p.var.grad();
-                !grad.defined() || grad.isfinite().all().int64_value(&[]) == 1
-            })
+            let flags: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|p| p.var.grad())
+                .filter(|g| g.defined())
+                .map(|g| g.isfinite().all())
+                .collect();
+            flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) == 1
         })
     }
 
@@ -262,7 +269,7 @@ mod tests {
         let mut expect = [1.0f64, -2.0];
         let (mut m, mut v) = ([0.0f64; 2], [0.0f64; 2]);
         for t in 1..=2 {
-            opt.zero_grad();
+            opt.zero_grad().unwrap();
             let loss = p.square().sum(Kind::Double);
             loss.backward();
             opt.step();
@@ -290,7 +297,7 @@ mod tests {
         let make = || Tensor::from_slice(&[0.5f32, 1.5, -1.0]).set_requires_grad(true);
         let run = |opt: &mut AdamW, p: &Tensor, steps: usize| {
             for _ in 0..steps {
-                opt.zero_grad();
+                opt.zero_grad().unwrap();
                 (p * p * p).sum(Kind::Float).backward();
                 opt.step();
             }

@@ -188,16 +188,77 @@ impl Model {
     }
 }
 
-/// The device named by the config (`auto`: CUDA when available).
-pub fn device_for(name: sam_config::Device, local_rank: usize) -> Device {
+/// The device of the process of `local_rank` for `training.device`: `cuda` and `auto` take GPU
+/// `local_rank % device_count` (SLURM binding one GPU per task shows every task its GPU as
+/// device 0), `auto` falls back to the CPU. Logs the choice.
+///
+/// # Errors
+/// [`TrainError::Usage`] when `cuda` is asked for and libtorch sees no GPU; the message names
+/// the libtorch build, the NVIDIA driver, `CUDA_VISIBLE_DEVICES` and `nvidia-smi`.
+pub fn device_for(name: sam_config::Device, local_rank: usize) -> Result<Device, TrainError> {
+    let choice = sam_torch::select_device(device_request(name), local_rank)
+        .map_err(|e| TrainError::Usage(format!("training.device: {e}")))?;
+    tracing::info!("device: {choice}");
+    Ok(choice.device)
+}
+
+/// The config's device name as sam-torch's request.
+fn device_request(name: sam_config::Device) -> sam_torch::DeviceRequest {
     match name {
-        sam_config::Device::Cpu => Device::Cpu,
-        sam_config::Device::Cuda => Device::Cuda(local_rank),
-        sam_config::Device::Auto => {
-            if tch::Cuda::is_available() {
-                Device::Cuda(local_rank)
-            } else {
-                Device::Cpu
+        sam_config::Device::Auto => sam_torch::DeviceRequest::Auto,
+        sam_config::Device::Cpu => sam_torch::DeviceRequest::Cpu,
+        sam_config::Device::Cuda => sam_torch::DeviceRequest::Cuda,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_device_names_map_onto_requests() {
+        use sam_torch::DeviceRequest;
+        assert_eq!(
+            device_request(sam_config::Device::Auto),
+            DeviceRequest::Auto
+        );
+        assert_eq!(device_request(sam_config::Device::Cpu), DeviceRequest::Cpu);
+        assert_eq!(
+            device_request(sam_config::Device::Cuda),
+            DeviceRequest::Cuda
+        );
+    }
+
+    #[test]
+    fn device_for_follows_the_gpus_this_process_sees() {
+        assert_eq!(device_for(sam_config::Device::Cpu, 3).unwrap(), Device::Cpu);
+        match sam_torch::cuda_device_count() {
+            0 => {
+                assert_eq!(
+                    device_for(sam_config::Device::Auto, 1).unwrap(),
+                    Device::Cpu
+                );
+                let err = device_for(sam_config::Device::Cuda, 0).unwrap_err();
+                assert!(matches!(err, TrainError::Usage(_)), "{err:?}");
+                let msg = err.to_string();
+                assert!(
+                    msg.starts_with("training.device: `cuda` needs a GPU"),
+                    "{msg}"
+                );
+                for part in ["NVIDIA driver", "CUDA_VISIBLE_DEVICES", "nvidia-smi"] {
+                    assert!(msg.contains(part), "missing `{part}` in: {msg}");
+                }
+            }
+            n => {
+                assert_eq!(
+                    device_for(sam_config::Device::Cuda, n + 1).unwrap(),
+                    Device::Cuda(1 % n)
+                );
+                assert_eq!(
+                    device_for(sam_config::Device::Auto, 0).unwrap(),
+                    Device::Cuda(0)
+                );
             }
         }
     }

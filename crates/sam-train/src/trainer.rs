@@ -20,7 +20,7 @@ use crate::schedule::{checkpoint_decision, EarlyStopping, LrScheduler, ScheduleK
 use crate::setup::{device_for, Model};
 use crate::signals::StopFlag;
 use crate::step::{step_backward, RecipeConfig, StepPrecision};
-use crate::validation::{validate, ValidationScores};
+use crate::validation::{validation_totals, ValidationScores, ValidationTotals};
 use crate::{export_model, TrainError};
 
 /// Exit status of a run stopped by SIGTERM/SIGUSR1 after checkpointing: the SLURM script
@@ -235,7 +235,9 @@ fn sample_config(cfg: &ExperimentConfig) -> SampleConfig {
     }
 }
 
-fn load_data(cfg: &ExperimentConfig, root: &Path) -> Result<(Dataset, Dataset), TrainError> {
+/// Opens the training and validation images (headers only: nothing is loaded). Without a
+/// validation folder the split is by file, from the sorted file list and the seed.
+fn open_data(cfg: &ExperimentConfig, root: &Path) -> Result<(Dataset, Dataset), TrainError> {
     let resolve = |p: &Path| {
         if p.is_absolute() {
             p.to_path_buf()
@@ -243,24 +245,66 @@ fn load_data(cfg: &ExperimentConfig, root: &Path) -> Result<(Dataset, Dataset), 
             root.join(p)
         }
     };
+    let data_err = |e: sam_data::DataError| TrainError::Data(e.to_string());
     let d = &cfg.data;
     let pairs = pair_by_stem(resolve(&d.train_images_dir), resolve(&d.train_labels_dir))
-        .map_err(|e| TrainError::Data(e.to_string()))?;
-    let all = Dataset::load(&pairs).map_err(|e| TrainError::Data(e.to_string()))?;
+        .map_err(data_err)?;
     match (&d.validation.images_dir, &d.validation.labels_dir) {
         (Some(vi), Some(vl)) => {
-            let vpairs = pair_by_stem(resolve(vi), resolve(vl))
-                .map_err(|e| TrainError::Data(e.to_string()))?;
-            let val = Dataset::load(&vpairs).map_err(|e| TrainError::Data(e.to_string()))?;
-            Ok((all, val))
+            let vpairs = pair_by_stem(resolve(vi), resolve(vl)).map_err(data_err)?;
+            Ok((
+                Dataset::open(&pairs).map_err(data_err)?,
+                Dataset::open(&vpairs).map_err(data_err)?,
+            ))
         }
         _ => {
             let fraction = d.validation.fraction.unwrap_or(0.1);
-            let (train, val) = split_by_image(all.len(), fraction, cfg.seed)
-                .map_err(|e| TrainError::Data(e.to_string()))?;
-            Ok((all.subset(&train), all.subset(&val)))
+            let (train, val) = split_by_image(pairs.len(), fraction, cfg.seed).map_err(data_err)?;
+            let pick = |idx: &[usize]| idx.iter().map(|&i| pairs[i].clone()).collect::<Vec<_>>();
+            Ok((
+                Dataset::open(&pick(&train)).map_err(data_err)?,
+                Dataset::open(&pick(&val)).map_err(data_err)?,
+            ))
         }
     }
+}
+
+/// Reads every image once, before training, to check that it decodes and to cache its
+/// normalisation bounds. Each rank reads its share (image `i` on rank `i % world`) and the
+/// bounds are then shared, so a job of 8 ranks reads the dataset once, not 8 times.
+fn prepare_bounds(
+    data: &Dataset,
+    norm: &Normalization,
+    collective: Option<&Collective>,
+) -> Result<(), TrainError> {
+    let (rank, world) = collective.map_or((0, 1), |c| (c.rank(), c.world_size()));
+    let mine = data.compute_bounds(norm, |i| i % world == rank);
+    let Some(c) = collective else {
+        return mine.map_err(|e| TrainError::Data(e.to_string()));
+    };
+    // Every rank takes part in the exchange even when its share failed, so that the others
+    // get the failure instead of waiting; the error is then reported by every rank.
+    let failed = mine.as_ref().err().map(|e| e.to_string());
+    if c.any(failed.is_some())? {
+        return Err(TrainError::Data(failed.unwrap_or_else(|| {
+            "another rank could not read its share of the images (see its log)".into()
+        })));
+    }
+    // f32 bounds are exact in f64, and adding zeros changes nothing: the sum is rank i%world's
+    // value, bit for bit.
+    let mut mine = vec![0f64; 2 * data.len()];
+    for i in (0..data.len()).filter(|i| i % world == rank) {
+        let (lo, hi) = data
+            .cached_bounds(i, norm)
+            .ok_or_else(|| TrainError::Data(format!("no bounds for image {i}")))?;
+        mine[2 * i] = f64::from(lo);
+        mine[2 * i + 1] = f64::from(hi);
+    }
+    let all = c.sum_f64(&mine)?;
+    for i in 0..data.len() {
+        data.set_bounds(i, norm, (all[2 * i] as f32, all[2 * i + 1] as f32));
+    }
+    Ok(())
 }
 
 fn schedule_kind(cfg: &ExperimentConfig, epochs: u64) -> ScheduleKind {
@@ -283,6 +327,104 @@ fn n_validation_patches(n_images: usize) -> usize {
     (2 * n_images).clamp(4, 32)
 }
 
+/// Validation scores that every rank holds identically: each rank scores its share of the
+/// patches, the totals are summed over ranks, and rank 0's resulting scores are broadcast, so
+/// the scheduler, early stopping and the best-checkpoint choice see the same bits everywhere.
+/// `offset` is added to this rank's mSA and Dice totals (fault injection in tests).
+fn shared_validation(
+    sam: &sam_model::Sam,
+    patches: &[TrainingSample],
+    device: tch::Device,
+    collective: Option<&Collective>,
+    offset: f64,
+) -> Result<ValidationScores, TrainError> {
+    let mut mine = validation_totals(sam, patches, device)?;
+    mine.msa_sum += offset * mine.patches;
+    mine.dice_sum += offset * mine.objects;
+    let Some(c) = collective else {
+        return Ok(mine.scores());
+    };
+    let total = ValidationTotals::from_array(
+        c.sum_f64(&mine.to_array())?
+            .try_into()
+            .map_err(|_| TrainError::Distributed("validation totals: wrong length".into()))?,
+    );
+    let s = total.scores();
+    let shared = c.broadcast_f64(&[s.dice, s.box_iou, s.msa, s.sa50])?;
+    Ok(ValidationScores {
+        dice: shared[0],
+        box_iou: shared[1],
+        msa: shared[2],
+        sa50: shared[3],
+    })
+}
+
+/// Faults a test can inject into one rank through `SAM_TRAIN_INJECT_FAULTS`, to prove that
+/// ranks still decide together: `rank=R;validation_offset=X;nonfinite_at=I,J` makes rank R
+/// add X to its validation mSA and Dice, and see a NaN loss and gradients at (0-based)
+/// iterations I, J. Unset in real runs.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct FaultInjection {
+    rank: Option<usize>,
+    validation_offset: f64,
+    nonfinite_at: Vec<u64>,
+}
+
+/// The variable [`FaultInjection`] is read from.
+const FAULTS_VAR: &str = "SAM_TRAIN_INJECT_FAULTS";
+
+impl FaultInjection {
+    fn from_env() -> Result<Self, TrainError> {
+        match std::env::var(FAULTS_VAR) {
+            Ok(v) => Self::parse(&v),
+            Err(_) => Ok(Self::default()),
+        }
+    }
+
+    fn parse(spec: &str) -> Result<Self, TrainError> {
+        let bad = |part: &str| {
+            TrainError::Usage(format!(
+                "{FAULTS_VAR}: cannot read `{part}` (expected \
+                 rank=R;validation_offset=X;nonfinite_at=I,J)"
+            ))
+        };
+        let mut f = Self::default();
+        for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').ok_or_else(|| bad(part))?;
+            match key.trim() {
+                "rank" => f.rank = Some(value.trim().parse().map_err(|_| bad(part))?),
+                "validation_offset" => {
+                    f.validation_offset = value.trim().parse().map_err(|_| bad(part))?
+                }
+                "nonfinite_at" => {
+                    f.nonfinite_at = value
+                        .split(',')
+                        .map(|i| i.trim().parse().map_err(|_| bad(part)))
+                        .collect::<Result<_, _>>()?
+                }
+                _ => return Err(bad(part)),
+            }
+        }
+        Ok(f)
+    }
+
+    fn applies_to(&self, rank: usize) -> bool {
+        self.rank.is_none_or(|r| r == rank)
+    }
+
+    fn validation_offset(&self, rank: usize) -> f64 {
+        if self.applies_to(rank) {
+            self.validation_offset
+        } else {
+            0.0
+        }
+    }
+
+    fn nonfinite_at(&self, rank: usize, iteration: u64) -> bool {
+        self.applies_to(rank) && self.nonfinite_at.contains(&iteration)
+    }
+}
+
 /// Trains as the config says. See the crate documentation for the run folder layout.
 pub fn train(
     cfg: &ExperimentConfig,
@@ -299,8 +441,9 @@ pub fn train(
         opts.progress.message(&line);
     };
     let t = &cfg.training;
+    let faults = FaultInjection::from_env()?;
     let local_rank = opts.collective.map_or(0, |c| c.local_rank());
-    let device = device_for(t.device, local_rank);
+    let device = device_for(t.device, local_rank)?;
     if t.precision == Precision::Tf32 && device.is_cuda() {
         sam_torch::set_tf32(sam_torch::Tf32 {
             cublas: true,
@@ -314,8 +457,9 @@ pub fn train(
             .map_err(|e| TrainError::Io(format!("{}: {e}", paths.config.display())))?;
     }
 
-    // Data.
-    let (train_set, val_set) = load_data(cfg, &paths.root)?;
+    // Data: opened, not loaded. Each image is read once up front (by one rank) to check it
+    // and cache its normalisation bounds; samples are then read on demand by the loader.
+    let (train_set, val_set) = open_data(cfg, &paths.root)?;
     if train_set.is_empty() {
         return Err(TrainError::Data(
             "no training images after the validation split".into(),
@@ -328,7 +472,12 @@ pub fn train(
         ));
     }
     let sample_cfg = sample_config(cfg);
+    prepare_bounds(&train_set, &sample_cfg.normalization, opts.collective)?;
+    prepare_bounds(&val_set, &sample_cfg.normalization, opts.collective)?;
+    // This rank's share of the validation patches: patch j is scored on rank j % world, and
+    // the ranks' totals are combined into one set of scores (see `shared_validation`).
     let val_patches: Vec<TrainingSample> = (0..n_validation_patches(val_set.len()))
+        .filter(|j| j % world == rank)
         .map(|j| {
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(
                 derive_seed(cfg.seed, &[3, j as u64]),
@@ -404,6 +553,7 @@ pub fn train(
         metric: None,
         finished: false,
         epoch_sums: [0.0; 4],
+        nonfinite_streak: 0,
     };
     if opts.resume {
         let ck = store.load(Slot::Latest)?;
@@ -503,7 +653,7 @@ pub fn train(
         }
         let data_wait = step_started.elapsed().as_secs_f64();
         let refs: Vec<&TrainingSample> = batch.iter().collect();
-        optim.zero_grad();
+        optim.zero_grad()?;
         let scale = if t.precision == Precision::Fp16 {
             state.scaler.scale
         } else {
@@ -524,48 +674,86 @@ pub fn train(
                 loss_scale: scale,
             },
         )?;
-        let value = loss.total.double_value(&[]);
-        if !value.is_finite() {
-            return Err(TrainError::NonFinite {
-                iteration: state.iteration,
-                value,
-                checkpoint: store.slot_dir(Slot::Latest),
-            });
+        let mut value = loss.total.double_value(&[]);
+        if faults.nonfinite_at(rank, state.iteration) {
+            value = f64::NAN;
+            optim.scale_grads(f64::NAN);
         }
-        if let Some(c) = opts.collective {
-            c.average_gradients(&optim)?;
-        }
-        let mut apply = true;
-        if t.precision == Precision::Fp16 {
-            optim.scale_grads(1.0 / scale);
-            // torch.amp.GradScaler: skip the step and halve the scale on overflow; double it
-            // after 2000 clean steps.
-            if optim.grads_finite() {
+        // Whether this step is usable is decided from every rank's loss and gradients
+        // together: a non-finite value anywhere skips the step everywhere.
+        let local_ok = value.is_finite() && optim.grads_finite();
+        let step_ok = match opts.collective {
+            Some(c) => !c.any(!local_ok)?,
+            None => local_ok,
+        };
+        if step_ok {
+            if let Some(c) = opts.collective {
+                c.average_gradients(&optim)?;
+            }
+            if t.precision == Precision::Fp16 {
+                optim.scale_grads(1.0 / scale);
+                // torch.amp.GradScaler: double the scale after 2000 clean steps.
                 state.scaler.growth_tracker += 1;
                 if state.scaler.growth_tracker >= 2000 {
                     state.scaler.scale *= 2.0;
                     state.scaler.growth_tracker = 0;
                 }
-            } else {
-                state.scaler.scale *= 0.5;
-                state.scaler.growth_tracker = 0;
-                apply = false;
             }
-        }
-        if apply {
             if let Some(max) = t.grad_clip_norm {
                 optim.clip_grad_norm(max);
             }
             optim.step();
+            state.nonfinite_streak = 0;
+        } else if t.precision == Precision::Fp16 {
+            // GradScaler on overflow: skip the step, halve the scale; never stop.
+            state.scaler.scale *= 0.5;
+            state.scaler.growth_tracker = 0;
+            say(format!(
+                "iteration {}: non-finite loss or gradients (on {}), step skipped, loss scale \
+                 lowered to {}",
+                state.iteration + 1,
+                if local_ok {
+                    "another rank"
+                } else {
+                    "this rank"
+                },
+                state.scaler.scale
+            ));
+        } else {
+            state.nonfinite_streak += 1;
+            say(format!(
+                "warning: iteration {}: non-finite loss or gradients (on {}), step skipped \
+                 ({} of {} in a row allowed)",
+                state.iteration + 1,
+                if local_ok {
+                    "another rank"
+                } else {
+                    "this rank"
+                },
+                state.nonfinite_streak,
+                t.max_nonfinite_steps
+            ));
+            if state.nonfinite_streak >= t.max_nonfinite_steps {
+                // Every rank is here at the same iteration; `latest` is left as it was
+                // after the last good step.
+                return Err(TrainError::NonFinite {
+                    first_iteration: state.iteration + 1 - u64::from(state.nonfinite_streak),
+                    steps: state.nonfinite_streak,
+                    value,
+                    checkpoint: store.slot_dir(Slot::Latest),
+                });
+            }
         }
         timing.iterations += 1;
         timing.step_seconds += step_started.elapsed().as_secs_f64();
         timing.data_wait_seconds += data_wait;
         state.iteration += 1;
-        state.epoch_sums[0] += value;
-        state.epoch_sums[1] += loss.dice;
-        state.epoch_sums[2] += loss.decoder;
-        state.epoch_sums[3] += 1.0;
+        if step_ok {
+            state.epoch_sums[0] += value;
+            state.epoch_sums[1] += loss.dice;
+            state.epoch_sums[2] += loss.decoder;
+            state.epoch_sums[3] += 1.0;
+        }
         opts.progress.step(state.iteration, value, optim.lr());
         if t.log_every_iterations > 0
             && state.iteration % u64::from(t.log_every_iterations) == 0
@@ -591,7 +779,13 @@ pub fn train(
                 || state.epoch % u64::from(t.validate_every_epochs) == 0
                 || state.iteration == total_iterations;
             let scores = if validate_now {
-                Some(validate(&model.sam, &val_patches, device)?)
+                Some(shared_validation(
+                    &model.sam,
+                    &val_patches,
+                    device,
+                    opts.collective,
+                    faults.validation_offset(rank),
+                )?)
             } else {
                 None
             };
@@ -639,7 +833,10 @@ pub fn train(
             if early_stopped {
                 state.finished = true;
             }
-            snapshot(&model, &optim, &state, Slot::Latest)?;
+            // During a run of skipped steps `latest` stays the last good state.
+            if state.nonfinite_streak == 0 {
+                snapshot(&model, &optim, &state, Slot::Latest)?;
+            }
             if early_stopped {
                 say(format!(
                     "early stopping after epoch {}: no improvement for {} epochs",
@@ -650,6 +847,7 @@ pub fn train(
             }
         } else if t.checkpoint_every_iterations > 0
             && state.iteration % u64::from(t.checkpoint_every_iterations) == 0
+            && state.nonfinite_streak == 0
         {
             snapshot(&model, &optim, &state, Slot::Latest)?;
         }
@@ -716,6 +914,17 @@ pub fn train(
     if let Some(c) = opts.collective {
         c.barrier()?;
     }
+    // Every rank states the decisions it took; they must be the same on all of them.
+    tracing::info!(
+        "rank {rank} of {world} finished: {} epochs, {} iterations, lr {:e}, best validation \
+         mSA {}, early stopped {early_stopped}",
+        state.epoch,
+        state.iteration,
+        optim.lr(),
+        state
+            .best_metric
+            .map_or("none".into(), |m| format!("{m:.6}"))
+    );
     Ok(TrainOutcome::Finished(TrainSummary {
         epochs: state.epoch,
         iterations: state.iteration,
@@ -730,8 +939,24 @@ pub fn train(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::StepTiming;
+    use super::{FaultInjection, StepTiming};
+
+    #[test]
+    fn fault_injection_spec() {
+        let f = FaultInjection::parse("rank=1; validation_offset=0.25;nonfinite_at=2,5").unwrap();
+        assert_eq!(f.validation_offset(1), 0.25);
+        assert_eq!(f.validation_offset(0), 0.0);
+        assert!(f.nonfinite_at(1, 5) && !f.nonfinite_at(1, 3) && !f.nonfinite_at(0, 5));
+        assert_eq!(
+            FaultInjection::parse("").unwrap(),
+            FaultInjection::default()
+        );
+        let err = FaultInjection::parse("rank=one").unwrap_err().to_string();
+        assert!(err.contains("rank=one"), "{err}");
+        assert!(FaultInjection::parse("colour=red").is_err());
+    }
 
     #[test]
     fn step_timing_means_and_shares() {

@@ -26,12 +26,84 @@ pub struct ValidationScores {
 /// Objects prompted together in one decoder call.
 const OBJECT_CHUNK: usize = 32;
 
+/// Sums over validation patches from which [`ValidationScores`] are made. Sums of disjoint
+/// sets of patches add up ([`ValidationTotals::add`]), so ranks can each score a share of the
+/// patches and combine their totals into the scores of the whole set.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ValidationTotals {
+    /// Sum of the box-prompted Dice over objects.
+    pub dice_sum: f64,
+    /// Sum of the box-prompted IoU over objects.
+    pub iou_sum: f64,
+    /// Objects scored.
+    pub objects: f64,
+    /// Sum of mSA over patches.
+    pub msa_sum: f64,
+    /// Sum of SA50 over patches.
+    pub sa50_sum: f64,
+    /// Patches scored.
+    pub patches: f64,
+}
+
+impl ValidationTotals {
+    /// The totals as a flat array (for collectives), in field order.
+    pub fn to_array(&self) -> [f64; 6] {
+        [
+            self.dice_sum,
+            self.iou_sum,
+            self.objects,
+            self.msa_sum,
+            self.sa50_sum,
+            self.patches,
+        ]
+    }
+
+    /// The inverse of [`ValidationTotals::to_array`].
+    pub fn from_array(a: [f64; 6]) -> Self {
+        Self {
+            dice_sum: a[0],
+            iou_sum: a[1],
+            objects: a[2],
+            msa_sum: a[3],
+            sa50_sum: a[4],
+            patches: a[5],
+        }
+    }
+
+    /// The totals of both sets of patches.
+    pub fn add(&self, other: &Self) -> Self {
+        let (a, b) = (self.to_array(), other.to_array());
+        Self::from_array(std::array::from_fn(|i| a[i] + b[i]))
+    }
+
+    /// Means over objects (Dice, IoU) and over patches (mSA, SA50).
+    pub fn scores(&self) -> ValidationScores {
+        let no = self.objects.max(1.0);
+        let np = self.patches.max(1.0);
+        ValidationScores {
+            dice: self.dice_sum / no,
+            box_iou: self.iou_sum / no,
+            msa: self.msa_sum / np,
+            sa50: self.sa50_sum / np,
+        }
+    }
+}
+
 /// Scores the model on validation patches (no gradients).
 pub fn validate(
     sam: &Sam,
     patches: &[TrainingSample],
     device: Device,
 ) -> Result<ValidationScores, TrainError> {
+    validation_totals(sam, patches, device).map(|t| t.scores())
+}
+
+/// The sums behind [`validate`] for these patches.
+pub fn validation_totals(
+    sam: &Sam,
+    patches: &[TrainingSample],
+    device: Device,
+) -> Result<ValidationTotals, TrainError> {
     let _guard = tch::no_grad_guard();
     let sampler = PromptSampler {
         box_distortion: 0.0,
@@ -117,12 +189,12 @@ pub fn validate(
         msa_sum += scores.msa;
         sa50_sum += scores.sa50;
     }
-    let no = n_objects.max(1) as f64;
-    let np = patches.len().max(1) as f64;
-    Ok(ValidationScores {
-        dice: dice_sum / no,
-        box_iou: iou_sum / no,
-        msa: msa_sum / np,
-        sa50: sa50_sum / np,
+    Ok(ValidationTotals {
+        dice_sum,
+        iou_sum,
+        objects: n_objects as f64,
+        msa_sum,
+        sa50_sum,
+        patches: patches.len() as f64,
     })
 }

@@ -260,25 +260,34 @@ fn freezing_keeps_frozen_weights_bit_identical() {
 #[test]
 fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let mut cfg = config(
-        "  epochs: 3\n  checkpoint_every_iterations: 1\n  weight_decay: 0.0",
+        "  epochs: 6\n  checkpoint_every_iterations: 1\n  weight_decay: 0.0",
         false,
     );
     // Far outside what validation accepts: the first steps blow the weights up.
     cfg.training.lr = 1.0e30;
     let dir = setup!(2);
     let err = run(&cfg, dir.path(), false, None).unwrap_err();
-    let TrainError::NonFinite { iteration, .. } = err else {
+    let TrainError::NonFinite {
+        first_iteration,
+        steps,
+        ..
+    } = err
+    else {
         panic!("expected NonFinite, got {err}")
     };
+    // The bad steps were skipped, not applied: the weights stayed as they were and every
+    // later step failed too, until the configured number in a row.
+    assert_eq!(steps, cfg.training.max_nonfinite_steps);
     assert!(err.to_string().contains("last good checkpoint"), "{err}");
     let state = CheckpointStore::new(RunPaths::new(dir.path(), &cfg).checkpoint_dir)
         .load(Slot::Latest)
         .unwrap()
         .state;
     assert_eq!(
-        state.iteration, iteration,
-        "latest holds the state before the bad step"
+        state.iteration, first_iteration,
+        "latest holds the state before the first bad step"
     );
+    assert_eq!(state.nonfinite_streak, 0);
     let finite = latest_model(dir.path(), &cfg)
         .iter()
         .all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1);
@@ -308,7 +317,7 @@ fn loss_goes_down_on_a_fixed_batch() {
     };
     let mut losses = Vec::new();
     for _ in 0..25 {
-        optim.zero_grad();
+        optim.zero_grad().unwrap();
         // The same iteration number every time: the same objects and prompts.
         let loss = sam_train::step_loss(
             &model.sam,
@@ -337,7 +346,7 @@ fn fixed_batch(dir: &Path) -> (Vec<sam_data::TrainingSample>, sam_train::Model) 
     let cfg = config("  epochs: 1", true);
     let root = dir.join("data/train");
     let pairs = sam_data::pair_by_stem(root.join("images"), root.join("labels")).unwrap();
-    let data = sam_data::Dataset::load(&pairs).unwrap();
+    let data = sam_data::Dataset::open(&pairs).unwrap();
     let sample_cfg = sam_data::SampleConfig {
         patch: sam_data::PatchConfig {
             height: 64,
@@ -463,4 +472,74 @@ fn slurm_output_files_alone_do_not_make_a_run_and_survive_overwrite() {
         std::fs::read_to_string(logs.join("slurm-17.out")).unwrap(),
         "job 17"
     );
+}
+
+/// Issue 15: gradients are cleared (set to none), not zeroed, so a parameter that a step does
+/// not reach gets no AdamW update — no weight decay, no momentum — exactly as
+/// `torch.optim.AdamW` after `zero_grad()` (whose default is `set_to_none=True`).
+#[test]
+fn unreached_parameter_gets_no_adamw_update_as_in_torch() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    assert!(python.is_file(), "run scripts/setup.sh first");
+    // Step 1 reaches a and b, step 2 only a, step 3 both again.
+    let script = r#"
+import json, torch
+a = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+b = torch.tensor([0.3, -0.7], dtype=torch.float64, requires_grad=True)
+opt = torch.optim.AdamW([a, b], lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+for step in range(3):
+    opt.zero_grad()
+    loss = (a ** 2).sum()
+    if step != 1:
+        loss = loss + (b ** 3).sum()
+    loss.backward()
+    opt.step()
+print(json.dumps([a.tolist(), b.tolist()]))
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: Vec<Vec<f64>> = serde_json::from_slice(&out.stdout).unwrap();
+
+    let a = Tensor::from_slice(&[1.0f64, -2.0, 0.5]).set_requires_grad(true);
+    let b = Tensor::from_slice(&[0.3f64, -0.7]).set_requires_grad(true);
+    let mut opt = sam_train::AdamW::new(
+        vec![
+            ("a".into(), a.shallow_clone()),
+            ("b".into(), b.shallow_clone()),
+        ],
+        sam_train::AdamWConfig {
+            lr: 0.1,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.1,
+        },
+    );
+    for step in 0..3 {
+        opt.zero_grad().unwrap();
+        let mut loss = a.square().sum(tch::Kind::Double);
+        if step != 1 {
+            loss = loss + b.pow_tensor_scalar(3).sum(tch::Kind::Double);
+        }
+        loss.backward();
+        if step == 1 {
+            assert!(!b.grad().defined(), "b must have no gradient in step 2");
+        }
+        opt.step();
+    }
+    for (name, got, want) in [("a", &a, &want[0]), ("b", &b, &want[1])] {
+        let got: Vec<f64> = Vec::try_from(&got.detach()).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() < 1e-12,
+                "{name}: expected {want:?}\n   got {got:?}"
+            );
+        }
+    }
 }
