@@ -11,6 +11,7 @@
 # Settings (environment, read by start):
 #   SAM_SLURM_STATE         state folder (config, spool, logs)    default /tmp/sam_trainer-slurm
 #   SAM_SLURM_REQUEUE_EXIT  exit status that requeues a job        default 42
+#                           (`none`: no RequeueExit, as on most real clusters)
 #   SAM_SLURM_NODES         slurmd "nodes" on this machine (1|2)   default 1
 #   SAM_SLURM_CPUS          CPUs each node advertises              default 8
 #   SAM_SLURM_GPUS          fake GPUs per node (/dev/null links)   default 4
@@ -47,8 +48,9 @@ install_packages() {
 }
 
 write_config() {
-    local i name ctl_host
+    local i name ctl_host requeue_exit="RequeueExit=$REQUEUE_EXIT"
     ctl_host=$(hostname -s)
+    [ "$REQUEUE_EXIT" = none ] && requeue_exit="# no RequeueExit: jobs requeue themselves (scontrol requeue)"
     mkdir -p "$STATE"/{ctld,log,dev}
     for ((i = 1; i <= NODES; i++)); do mkdir -p "$STATE/spool/$(node_name "$i")"; done
     # Fake GPU device files: symlinks to /dev/null make slurmd set CUDA_VISIBLE_DEVICES.
@@ -79,9 +81,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
 SchedulerParameters=sched_interval=2,bf_interval=2
-# A batch script exiting with the trainer's checkpoint-and-exit status is requeued.
+# A batch script exiting with RequeueExit's status is requeued (if set).
 JobRequeue=1
-RequeueExit=$REQUEUE_EXIT
+$requeue_exit
 ReturnToService=2
 KillWait=5
 MinJobAge=600
