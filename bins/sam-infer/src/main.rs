@@ -15,6 +15,7 @@ use sam_infer::{
     file_sha256, list_inputs, read_prompts, resolve_model_path, run_auto, run_prompts, AisParams,
     AmgParams, AutoMode, AutoOptions, ImageReport, InferenceModel, Outcome, Progress, TileSpec,
 };
+use sam_torch::DeviceRequest;
 
 /// Segment brightfield images with a SAM checkpoint: automatic instance segmentation (AIS,
 /// AMG) or prompted segmentation.
@@ -49,7 +50,10 @@ struct ModelArgs {
     /// ($MICROSAM_CACHEDIR or ~/.cache/micro_sam/models).
     #[arg(long, value_name = "CHECKPOINT")]
     checkpoint: String,
-    /// Device: auto (CUDA if available), cpu, or cuda[:N].
+    /// Device: auto (a GPU when libtorch sees one, else the CPU), cpu, cuda or cuda:N.
+    ///
+    /// cuda (or cuda:N) without a usable GPU stops with exit status 2 before any work, saying
+    /// why (libtorch build, NVIDIA driver, CUDA_VISIBLE_DEVICES). The device used is printed.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: String,
     /// Folder of named models.
@@ -190,22 +194,21 @@ fn failure(e: impl Into<anyhow::Error>) -> Failure {
     }
 }
 
-fn parse_device(s: &str) -> Result<tch::Device, Failure> {
-    match s {
-        "auto" => Ok(tch::Device::cuda_if_available()),
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => Ok(tch::Device::Cuda(0)),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Ok(tch::Device::Cuda(n)),
-            None => Err(usage(anyhow::anyhow!(
-                "--device: expected auto, cpu, cuda or cuda:N, found `{other}`"
-            ))),
-        },
-    }
+fn parse_device(s: &str) -> Result<DeviceRequest, Failure> {
+    s.parse()
+        .map_err(|e| usage(anyhow::anyhow!("--device: {e}")))
 }
 
-fn load_model(args: &ModelArgs) -> Result<(InferenceModel, PathBuf), Failure> {
-    let device = parse_device(&args.device)?;
+/// The device of `--device`, logged; a GPU that cannot be had is a usage error, before any
+/// input is read.
+fn select_device(name: &str) -> Result<tch::Device, Failure> {
+    let choice = sam_torch::select_device(parse_device(name)?, 0)
+        .map_err(|e| usage(anyhow::anyhow!("--device: {e}")))?;
+    eprintln!("device: {choice}");
+    Ok(choice.device)
+}
+
+fn load_model(args: &ModelArgs, device: tch::Device) -> Result<(InferenceModel, PathBuf), Failure> {
     let path = resolve_model_path(&args.checkpoint, &args.final_models).map_err(usage)?;
     let model = InferenceModel::load(&path, device).map_err(failure)?;
     eprintln!("model: {}", model.description());
@@ -400,9 +403,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let started = Instant::now();
     match cli.command {
         Command::Auto(a) => {
+            let device = select_device(&a.model.device)?;
             let mut opts = auto_options(&a)?;
             let inputs = list_inputs(&a.input, &a.pattern).map_err(usage)?;
-            let (model, path) = load_model(&a.model)?;
+            let (model, path) = load_model(&a.model, device)?;
             if let Some(dir) = &a.embedding_cache {
                 let key = file_sha256(&path).map_err(failure)?;
                 opts.embedding_cache = Some((dir.clone(), key));
@@ -419,11 +423,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Prompts(a) => {
+            let device = select_device(&a.model.device)?;
             let inputs = list_inputs(&a.input, &a.pattern).map_err(usage)?;
             let prompts = read_prompts(&a.prompts).map_err(usage)?;
             prompts.check_images(&inputs).map_err(usage)?;
             let norm = normalization(&a.model, sam_data::Normalization::default())?;
-            let (model, _) = load_model(&a.model)?;
+            let (model, _) = load_model(&a.model, device)?;
             std::fs::create_dir_all(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))
                 .map_err(failure)?;
@@ -570,8 +575,22 @@ mod tests {
 
     #[test]
     fn device_names() {
-        assert!(matches!(parse_device("cpu"), Ok(tch::Device::Cpu)));
-        assert!(matches!(parse_device("cuda:1"), Ok(tch::Device::Cuda(1))));
-        assert!(parse_device("gpu").is_err());
+        assert!(matches!(parse_device("cpu"), Ok(DeviceRequest::Cpu)));
+        assert!(matches!(parse_device("auto"), Ok(DeviceRequest::Auto)));
+        assert!(matches!(parse_device("cuda"), Ok(DeviceRequest::Cuda)));
+        assert!(matches!(
+            parse_device("cuda:1"),
+            Ok(DeviceRequest::CudaIndex(1))
+        ));
+        let err = parse_device("gpu").err().unwrap();
+        assert_eq!(err.code, 2);
+        assert!(
+            err.error
+                .to_string()
+                .contains("--device: unknown device `gpu`"),
+            "{}",
+            err.error
+        );
+        assert!(matches!(select_device("cpu"), Ok(tch::Device::Cpu)));
     }
 }

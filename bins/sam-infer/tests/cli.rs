@@ -251,3 +251,55 @@ fn missing_checkpoint_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("model.pt"), "{}", stderr(&o));
 }
+
+/// Issue 15: `--device cuda` where libtorch sees no GPU is a usage error before any work:
+/// exit 2 with the reason (libtorch build, NVIDIA driver, CUDA_VISIBLE_DEVICES, nvidia-smi),
+/// no panic, nothing written. `CUDA_VISIBLE_DEVICES=-1` hides every GPU, so this holds on GPU
+/// machines too; the prompts file does not exist, so it is not read before the device check.
+#[test]
+fn cuda_without_a_usable_gpu_is_a_usage_error_before_any_work() {
+    let t = setup!();
+    let ckpt = tiny_checkpoint(t.path(), false);
+    let input = images(t.path(), &[("a.tif", 64)]);
+    let out = t.path().join("out");
+    let (ckpt, input, out_s) = (
+        ckpt.to_str().unwrap(),
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let no_prompts = t.path().join("no_such_prompts.csv");
+    let runs: [Vec<&str>; 3] = [
+        vec!["auto", "--device", "cuda"],
+        vec!["auto", "--device", "cuda:1"],
+        vec![
+            "prompts",
+            "--device",
+            "cuda",
+            "--prompts",
+            no_prompts.to_str().unwrap(),
+        ],
+    ];
+    for run in runs {
+        let mut args = run.clone();
+        args.extend(["--checkpoint", ckpt, "--input", input, "--output", out_s]);
+        let o = Command::new(env!("CARGO_BIN_EXE_sam-infer"))
+            .args(&args)
+            .env("CUDA_VISIBLE_DEVICES", "-1")
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        for part in [
+            "--device: `",
+            "needs a GPU, but libtorch sees none",
+            "NVIDIA driver",
+            "CUDA_VISIBLE_DEVICES=\"-1\"",
+            "`nvidia-smi`",
+            "libtorch: ",
+        ] {
+            assert!(e.contains(part), "{args:?}: missing `{part}` in:\n{e}");
+        }
+        assert!(!e.contains("panicked") && !e.contains("model:"), "{e}");
+        assert!(!out.exists(), "{args:?} created {}", out.display());
+    }
+}
