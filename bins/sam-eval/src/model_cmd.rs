@@ -12,6 +12,7 @@ use sam_eval::{
 use sam_infer::{
     resolve_model_path, AisParams, AmgParams, AutoMode, AutoOptions, InferenceModel, TileSpec,
 };
+use sam_torch::DeviceRequest;
 
 use crate::{eval_failure, new_bar, Failure};
 
@@ -55,7 +56,10 @@ pub struct ModelArgs {
     #[arg(long)]
     pub overwrite: bool,
 
-    /// Device: auto (CUDA if available), cpu, cuda or cuda:N.
+    /// Device: auto (a GPU when libtorch sees one, else the CPU), cpu, cuda or cuda:N.
+    ///
+    /// cuda (or cuda:N) without a usable GPU stops with exit status 2 before any work, saying
+    /// why (libtorch build, NVIDIA driver, CUDA_VISIBLE_DEVICES). The device used is printed.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: String,
 
@@ -78,18 +82,17 @@ fn usage(e: impl std::fmt::Display) -> Failure {
     Failure::usage(e.to_string())
 }
 
-fn parse_device(s: &str) -> Result<tch::Device, Failure> {
-    match s {
-        "auto" => Ok(tch::Device::cuda_if_available()),
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => Ok(tch::Device::Cuda(0)),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Ok(tch::Device::Cuda(n)),
-            None => Err(usage(format!(
-                "--device: expected auto, cpu, cuda or cuda:N, found `{other}`"
-            ))),
-        },
-    }
+fn parse_device(s: &str) -> Result<DeviceRequest, Failure> {
+    s.parse().map_err(|e| usage(format!("--device: {e}")))
+}
+
+/// The device of `--device`, printed; a GPU that cannot be had is a usage error, before the
+/// config's folders or the checkpoint are looked at.
+fn select_device(name: &str) -> Result<tch::Device, Failure> {
+    let choice = sam_torch::select_device(parse_device(name)?, 0)
+        .map_err(|e| usage(format!("--device: {e}")))?;
+    eprintln!("device: {choice}");
+    Ok(choice.device)
 }
 
 fn find_root(args: &ModelArgs) -> Result<PathBuf, Failure> {
@@ -319,13 +322,13 @@ fn print_report(r: &ModelReport, out_dir: &Path) {
 
 /// Runs `sam-eval model`.
 pub fn run_model(args: ModelArgs) -> Result<(), Failure> {
+    let device = select_device(&args.device)?;
     let loaded =
         sam_config::load_config_with(&args.config, &ValidateOptions::without_path_checks())
             .map_err(usage)?;
     let cfg = loaded.config;
     let root = find_root(&args)?;
     let paths = RunPaths::new(root, &cfg);
-    let device = parse_device(&args.device)?;
     let checkpoint = resolve_checkpoint(&args, &paths)?;
     // Absolute in the report, whatever the working directory was.
     let checkpoint = std::fs::canonicalize(&checkpoint).unwrap_or(checkpoint);
@@ -407,6 +410,27 @@ mod tests {
         assert_eq!(w.args.device, "auto");
         assert!(w.args.checkpoint.is_none() && !w.args.grid_search);
         assert!(Wrap::try_parse_from(["x"]).is_err());
+    }
+
+    #[test]
+    fn device_names_parse() {
+        assert!(matches!(parse_device("auto"), Ok(DeviceRequest::Auto)));
+        assert!(matches!(parse_device("cpu"), Ok(DeviceRequest::Cpu)));
+        assert!(matches!(parse_device("cuda"), Ok(DeviceRequest::Cuda)));
+        assert!(matches!(
+            parse_device("cuda:2"),
+            Ok(DeviceRequest::CudaIndex(2))
+        ));
+        let err = parse_device("gpu:0").err().unwrap();
+        assert_eq!(err.code, 2);
+        assert!(
+            err.error
+                .to_string()
+                .contains("--device: unknown device `gpu:0`"),
+            "{}",
+            err.error
+        );
+        assert!(matches!(select_device("cpu"), Ok(tch::Device::Cpu)));
     }
 
     #[test]

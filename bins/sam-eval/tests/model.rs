@@ -378,3 +378,38 @@ fn missing_checkpoint_or_test_folder_is_a_usage_error() {
     );
     assert!(!eval_dir(root).exists());
 }
+
+/// Issue 15: `--device cuda` where libtorch sees no GPU is a usage error before any work: exit
+/// 2 with the reason (libtorch build, NVIDIA driver, CUDA_VISIBLE_DEVICES, nvidia-smi), no
+/// panic, no model loaded, nothing written. `CUDA_VISIBLE_DEVICES=-1` hides every GPU, so this
+/// holds on GPU machines too.
+#[test]
+fn cuda_without_a_usable_gpu_is_a_usage_error_before_any_work() {
+    let t = setup!(true);
+    let root = t.path();
+    for device in ["cuda", "cuda:0"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_sam-eval"))
+            .current_dir(root)
+            .env_remove("SAM_TRAINER_ROOT")
+            .env("MICROSAM_CACHEDIR", root.join("cache"))
+            .env("CUDA_VISIBLE_DEVICES", "-1")
+            .args(["model", "--config", "configs/t.yaml", "--quiet"])
+            .args(["--device", device])
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{device}: {e}");
+        for part in [
+            &format!("--device: `{device}` needs a GPU, but libtorch sees none"),
+            "NVIDIA driver",
+            "CUDA_VISIBLE_DEVICES=\"-1\"",
+            "`nvidia-smi`",
+            "libtorch: ",
+        ] {
+            assert!(e.contains(part), "{device}: missing `{part}` in:\n{e}");
+        }
+        assert!(!e.contains("panicked") && !e.contains("model:"), "{e}");
+        assert!(!root.join("runs").exists(), "{device}: runs/ was created");
+        assert!(!eval_dir(root).exists());
+    }
+}
