@@ -3,8 +3,19 @@
 # pinned PyTorch wheel (libtorch for tch) and the Python packages the tests use for reference
 # fixtures. Fast when everything is already there.
 #
-#   scripts/setup.sh            # setup for build, demo and tests
-#   scripts/setup.sh --bench    # also the Python peers the benchmarks compare against
+#   scripts/setup.sh                 # setup for build, demo and tests
+#   scripts/setup.sh --cuda 12.6     # the torch build for CUDA 12.6 (for older NVIDIA drivers)
+#   scripts/setup.sh --bench         # also the Python peers the benchmarks compare against
+#   scripts/setup.sh --print-plan    # print what would be installed, change nothing
+#
+# --cuda 12.6|12.8|13.0 picks the CUDA build of torch 2.11.0 (README, "GPUs"):
+#   13.0  PyPI's torch==2.11.0 (2.11.0+cu130)           NVIDIA driver >= 580
+#   12.8  torch==2.11.0+cu128, download.pytorch.org     >= 570.26 (>= 525.60.13 with CUDA
+#   12.6  torch==2.11.0+cu126, download.pytorch.org     >= 560.28.03   minor-version compatibility)
+# Without --cuda the build of the last setup is kept (the first setup takes 13.0), so that
+# test.sh and demo.sh keep a CUDA 12 build. A different choice uninstalls torch and its nvidia
+# packages and installs the other build, with the CUDA headers crates/sam-torch needs for NCCL.
+# Every CUDA build also runs on CPU. After a change, rebuild: cargo build (sam-torch relinks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,9 +23,76 @@ TORCH_VERSION=2.11.0          # bump together with tch in Cargo.toml
 TORCHVISION_VERSION=0.26.0
 PYTHON=${PYTHON:-python3}
 BENCH=0
-[ "${1:-}" = "--bench" ] && BENCH=1
+PRINT_PLAN=0
+CUDA=""
 
 log() { printf '[setup] %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bench) BENCH=1 ;;
+        --print-plan) PRINT_PLAN=1 ;;
+        --cuda) [ $# -ge 2 ] || die "--cuda needs a version: 12.6, 12.8 or 13.0"; CUDA=$2; shift ;;
+        --cuda=*) CUDA=${1#--cuda=} ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option '$1' (scripts/setup.sh --help)" ;;
+    esac
+    shift
+done
+
+# --- Which CUDA build -------------------------------------------------------------------------
+stamp=.venv/.sam_trainer_setup
+if [ -n "$CUDA" ]; then
+    cuda_from="--cuda"
+else
+    # The stamp records torch=2.11.0+cu126: keep that build.
+    [ -f "$stamp" ] && CUDA=$(sed -n 's/^torch=[^ ]*+cu\([0-9]*\)\([0-9]\) .*/\1.\2/p' "$stamp" | head -n 1)
+    cuda_from="kept from the last setup; --cuda changes it"
+    [ -n "$CUDA" ] || { CUDA=13.0; cuda_from="default: PyPI's wheel"; }
+fi
+case "$CUDA" in
+    13.0) tag=cu130; index=""
+          headers=("nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*")
+          driver=">= 580" ;;
+    12.8) tag=cu128; index=https://download.pytorch.org/whl/cu128
+          headers=("nvidia-cuda-nvcc-cu12==12.8.*" "nvidia-cuda-cccl-cu12==12.8.*")
+          driver=">= 570.26 (>= 525.60.13 with CUDA minor-version compatibility)" ;;
+    12.6) tag=cu126; index=https://download.pytorch.org/whl/cu126
+          headers=("nvidia-cuda-nvcc-cu12==12.6.*" "nvidia-cuda-cccl-cu12==12.6.*")
+          driver=">= 560.28.03 (>= 525.60.13 with CUDA minor-version compatibility)" ;;
+    *) die "--cuda '$CUDA': expected 12.6, 12.8 or 13.0 (the CUDA builds of torch $TORCH_VERSION)" ;;
+esac
+want_torch="$TORCH_VERSION+$tag"      # torch.__version__ of that build
+if [ -z "$index" ]; then
+    # PyPI's torch carries no local version in its metadata (2.11.0), only in torch.__version__.
+    pins=("torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION")
+    torch_index=()
+    extra_index=()
+else
+    pins=("torch==$TORCH_VERSION+$tag" "torchvision==$TORCHVISION_VERSION+$tag")
+    torch_index=(--index-url "$index")
+    extra_index=(--extra-index-url "$index")
+fi
+
+PY=.venv/bin/python
+PIP=("$PY" -m pip)
+want="torch=$want_torch tv=$TORCHVISION_VERSION $(sha256sum scripts/requirements-test.txt | cut -c1-16)"
+[ $BENCH = 1 ] && want="$want bench=$(sha256sum scripts/requirements-bench.txt | cut -c1-16)"
+
+if [ $PRINT_PLAN = 1 ]; then
+    # Shell-quoted, so each line can be pasted.
+    q() { printf '%q ' "$@" | sed 's/ $//'; }
+    echo "cuda: $CUDA ($cuda_from)"
+    echo "torch: $want_torch"
+    echo "nvidia driver: $driver"
+    echo "install torch: $(q "${PIP[@]}" install ${torch_index[@]+"${torch_index[@]}"} "${pins[@]}")"
+    echo "install headers: $(q "${PIP[@]}" install "${headers[@]}")"
+    echo "install test packages: $(q "${PIP[@]}" install ${extra_index[@]+"${extra_index[@]}"} -r scripts/requirements-test.txt "${pins[@]}")"
+    [ $BENCH = 1 ] && echo "install bench packages: $(q "${PIP[@]}" install ${extra_index[@]+"${extra_index[@]}"} -r scripts/requirements-bench.txt "${pins[@]}")"
+    echo "stamp: $want"
+    exit 0
+fi
 
 # --- Debian packages --------------------------------------------------------------------------
 need_apt=()
@@ -36,31 +114,37 @@ if [ ! -x .venv/bin/python ]; then
     log "creating .venv"
     "$PYTHON" -m venv .venv
 fi
-PY=.venv/bin/python
 pyver=$($PY -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 if [ "$pyver" != "3.11" ]; then
     # .cargo/config.toml points LIBTORCH at .venv/lib/python3.11/site-packages/torch.
     log "warning: .venv uses Python $pyver; .cargo/config.toml expects python3.11 (set LIBTORCH)"
 fi
 
-stamp=.venv/.sam_trainer_setup
-want="torch=$TORCH_VERSION tv=$TORCHVISION_VERSION $(sha256sum scripts/requirements-test.txt | cut -c1-16)"
-[ $BENCH = 1 ] && want="$want bench=$(sha256sum scripts/requirements-bench.txt | cut -c1-16)"
 if [ -f "$stamp" ] && grep -qxF "$want" "$stamp" 2>/dev/null; then
     log "python environment up to date"
 else
-    have=$($PY -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
-    if [ "$have" != "$TORCH_VERSION" ]; then
-        log "installing torch==$TORCH_VERSION (about 3 GB, a minute or two)"
-        $PY -m pip install -q --upgrade pip
-        $PY -m pip install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+    have=$($PY -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+    if [ "$have" != "$want_torch" ]; then
+        if [ -n "$have" ]; then
+            # Another CUDA build: its nvidia packages would stay behind and shadow the new
+            # ones' headers and libraries (both families install into site-packages/nvidia).
+            log "replacing torch $have by $want_torch"
+            mapfile -t old < <("${PIP[@]}" list --format=freeze 2>/dev/null |
+                sed -n 's/^\(torch\|torchvision\|triton\|cuda-toolkit\|nvidia-[A-Za-z0-9_.-]*\)==.*/\1/p')
+            [ ${#old[@]} -gt 0 ] && "${PIP[@]}" uninstall -q -y "${old[@]}"
+        fi
+        log "installing torch $want_torch (about 3 GB, a minute or two; NVIDIA driver $driver)"
+        "${PIP[@]}" install -q --upgrade pip
+        "${PIP[@]}" install -q ${torch_index[@]+"${torch_index[@]}"} "${pins[@]}"
     fi
+    log "installing the CUDA headers sam-torch compiles NCCL against: ${headers[*]}"
+    "${PIP[@]}" install -q "${headers[@]}"
     log "installing test fixture packages"
-    $PY -m pip install -q -r scripts/requirements-test.txt "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+    "${PIP[@]}" install -q ${extra_index[@]+"${extra_index[@]}"} -r scripts/requirements-test.txt "${pins[@]}"
     if [ $BENCH = 1 ]; then
         log "installing benchmark peers"
-        $PY -m pip install -q -r scripts/requirements-bench.txt "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+        "${PIP[@]}" install -q ${extra_index[@]+"${extra_index[@]}"} -r scripts/requirements-bench.txt "${pins[@]}"
     fi
     echo "$want" > "$stamp"
 fi
-log "ok: $(cat "$stamp")"
+log "ok: $(cat "$stamp") (CUDA $CUDA: NVIDIA driver $driver)"

@@ -480,6 +480,137 @@ mod tests {
         ));
     }
 
+    /// `scripts/setup.sh --print-plan` of a repository copy whose stamp is `stamp`.
+    fn setup_plan(stamp: Option<&str>, args: &[&str]) -> (i32, String) {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("scripts")).unwrap();
+        for f in [
+            "setup.sh",
+            "requirements-test.txt",
+            "requirements-bench.txt",
+        ] {
+            std::fs::copy(
+                repo.join("scripts").join(f),
+                t.path().join("scripts").join(f),
+            )
+            .unwrap();
+        }
+        if let Some(stamp) = stamp {
+            std::fs::create_dir_all(t.path().join(".venv")).unwrap();
+            std::fs::write(t.path().join(".venv/.sam_trainer_setup"), stamp).unwrap();
+        }
+        let out = std::process::Command::new("bash")
+            .arg(t.path().join("scripts/setup.sh"))
+            .arg("--print-plan")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        // --print-plan changes nothing: no virtual environment appears.
+        assert_eq!(t.path().join(".venv").exists(), stamp.is_some());
+        (out.status.code().unwrap_or(-1), text.replace('\\', ""))
+    }
+
+    /// The line of `plan` that starts with `key: `.
+    fn plan_line<'a>(plan: &'a str, key: &str) -> &'a str {
+        plan.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no `{key}:` line in:\n{plan}"))
+    }
+
+    #[test]
+    fn setup_sh_installs_the_torch_build_and_the_headers_this_build_searches() {
+        for (cuda, tag, index) in [
+            ("13.0", "cu130", None),
+            (
+                "12.8",
+                "cu128",
+                Some("https://download.pytorch.org/whl/cu128"),
+            ),
+            (
+                "12.6",
+                "cu126",
+                Some("https://download.pytorch.org/whl/cu126"),
+            ),
+        ] {
+            let (code, plan) = setup_plan(None, &["--cuda", cuda]);
+            assert_eq!(code, 0, "{plan}");
+            let version = parse_version(cuda).unwrap();
+            assert_eq!(plan_line(&plan, "cuda"), format!("{cuda} (--cuda)"));
+            assert_eq!(plan_line(&plan, "torch"), format!("2.11.0+{tag}"));
+            let torch = plan_line(&plan, "install torch");
+            match index {
+                // PyPI's wheel is the CUDA 13.0 build; its metadata has no local version.
+                None => assert!(
+                    torch.ends_with("pip install torch==2.11.0 torchvision==0.26.0"),
+                    "{torch}"
+                ),
+                Some(url) => assert!(
+                    torch.ends_with(&format!(
+                        "pip install --index-url {url} torch==2.11.0+{tag} \
+                         torchvision==0.26.0+{tag}"
+                    )),
+                    "{torch}"
+                ),
+            }
+            // The header packages are the ones build.rs names when they are missing.
+            let headers = plan_line(&plan, "install headers");
+            assert!(
+                headers.ends_with(&header_packages(version).replace('"', "")),
+                "{headers} vs {}",
+                header_packages(version)
+            );
+            let tests = plan_line(&plan, "install test packages");
+            assert!(
+                tests.contains(&format!(
+                    "torch==2.11.0{}",
+                    index.map_or(String::new(), |_| format!("+{tag}"))
+                )),
+                "{tests}"
+            );
+            assert_eq!(
+                tests.contains("--extra-index-url"),
+                index.is_some(),
+                "{tests}"
+            );
+            assert!(plan_line(&plan, "stamp").starts_with(&format!("torch=2.11.0+{tag} ")));
+            assert!(
+                plan_line(&plan, "nvidia driver").starts_with(">= 5"),
+                "{plan}"
+            );
+        }
+    }
+
+    #[test]
+    fn setup_sh_keeps_the_installed_build_unless_told_otherwise() {
+        // The first setup (or a stamp from before --cuda existed) takes PyPI's CUDA 13.0.
+        for stamp in [None, Some("torch=2.11.0 tv=0.26.0 0123456789abcdef\n")] {
+            let (code, plan) = setup_plan(stamp, &[]);
+            assert_eq!(code, 0, "{plan}");
+            assert_eq!(plan_line(&plan, "cuda"), "13.0 (default: PyPI's wheel)");
+        }
+        // A CUDA 12.6 setup stays one when test.sh or demo.sh run setup.sh without flags...
+        let cu126 = Some("torch=2.11.0+cu126 tv=0.26.0 0123456789abcdef\n");
+        let (_, plan) = setup_plan(cu126, &[]);
+        assert_eq!(
+            plan_line(&plan, "cuda"),
+            "12.6 (kept from the last setup; --cuda changes it)"
+        );
+        // ...and a different choice plans the other build, under another stamp, so that the
+        // real run reinstalls.
+        let (_, plan) = setup_plan(cu126, &["--cuda", "13.0"]);
+        assert_eq!(plan_line(&plan, "torch"), "2.11.0+cu130");
+        assert!(plan_line(&plan, "stamp").starts_with("torch=2.11.0+cu130 "));
+        // Anything else is a usage error.
+        for bad in [&["--cuda", "11.8"][..], &["--cuda"], &["--gpu"]] {
+            let (code, text) = setup_plan(None, bad);
+            assert_eq!(code, 2, "{bad:?}: {text}");
+            assert!(text.starts_with("error: "), "{text}");
+        }
+    }
+
     #[test]
     fn versions_are_read_from_version_py_and_build_version() {
         assert_eq!(
