@@ -309,9 +309,9 @@ char* sam_torch_pg_nccl_new(SamStore* store, const char* prefix, int rank, int s
     *out = new SamGroup{pg, rank, size, true, timeout};
 #else
     TORCH_CHECK(false,
-                "sam-torch was built without NCCL: the CUDA/NCCL headers were missing at build "
-                "time (pip install \"nvidia-cuda-crt==13.0.*\" \"nvidia-cuda-cccl==13.0.*\" "
-                "into .venv, then rebuild)");
+                "sam-torch was built without NCCL: against a CPU-only libtorch, or with "
+                "SAM_TORCH_NO_NCCL=1 (install a CUDA build of torch with scripts/setup.sh "
+                "[--cuda 12.6|12.8|13.0], unset SAM_TORCH_NO_NCCL and rebuild)");
 #endif
   });
 }

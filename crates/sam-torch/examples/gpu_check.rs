@@ -1,7 +1,8 @@
 //! GPU paths of the bridge, for a GPU machine (see ../shared DEVICE.md): CUDA device selection,
-//! bf16 autocast on CUDA, TF32 switches, caching-allocator statistics, and an NCCL process
-//! group at world size 1 (init + all-reduce + broadcast + barrier). Prints one `name: result`
-//! line per check; exit status 1 if any fails.
+//! the device of a local rank (`select_device`, the driver probe, the message when
+//! `CUDA_VISIBLE_DEVICES` hides the GPUs), bf16 autocast on CUDA, TF32 switches,
+//! caching-allocator statistics, and an NCCL process group at world size 1 (init + all-reduce +
+//! broadcast + barrier). Prints one `name: result` line per check; exit status 1 if any fails.
 //!
 //! ```text
 //! target/debug/examples/gpu_check [--port P (29650)]
@@ -9,7 +10,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use sam_torch::{ProcessGroup, ReduceOp, TcpStore, Tf32};
+use sam_torch::{CudaStatus, DeviceRequest, ProcessGroup, ReduceOp, TcpStore, Tf32};
 use tch::{Device, Kind, Tensor};
 
 type Check = Result<String, String>;
@@ -17,6 +18,19 @@ type Check = Result<String, String>;
 fn main() -> ExitCode {
     let port = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
         [] => 29650,
+        // The child of `device_select`: what `cuda` says when no GPU is visible.
+        [flag] if flag == "--no-gpu-message" => {
+            return match sam_torch::select_device(DeviceRequest::Cuda, 0) {
+                Ok(c) => {
+                    println!("unexpectedly got {c}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    println!("{e}");
+                    ExitCode::SUCCESS
+                }
+            };
+        }
         [flag, p] if flag == "--port" => match p.parse() {
             Ok(p) => p,
             Err(_) => {
@@ -44,6 +58,7 @@ fn main() -> ExitCode {
         // Every other check allocates on the GPU.
         return ExitCode::FAILURE;
     }
+    report("device_select", device_select());
     report("autocast_bf16_cuda", autocast_cuda());
     report("tf32", tf32());
     report("memory_stats", memory());
@@ -74,6 +89,45 @@ fn cuda() -> Check {
         "{n} device(s), nccl built: {}",
         sam_torch::HAS_NCCL
     ))
+}
+
+/// `cuda` for local ranks 0..4 is GPU `rank % count`; the driver probe answers on a GPU
+/// machine; with `CUDA_VISIBLE_DEVICES=-1` a child process gets the no-GPU message, which
+/// blames CUDA_VISIBLE_DEVICES (the driver is there).
+fn device_select() -> Check {
+    let n = sam_torch::cuda_device_count();
+    for rank in 0..4 {
+        let c = sam_torch::select_device(DeviceRequest::Cuda, rank).map_err(s)?;
+        if c.device != Device::Cuda(rank % n) {
+            return Err(format!("local rank {rank} of {n} GPUs got {c}"));
+        }
+    }
+    let auto = sam_torch::select_device(DeviceRequest::Auto, 0).map_err(s)?;
+    if auto.device != Device::Cuda(0) {
+        return Err(format!("auto chose {auto}"));
+    }
+    let status = CudaStatus::current().probe_driver();
+    if status.torch_cuda.is_none()
+        || status.driver_cuda.is_none()
+        || status.driver_version.is_none()
+    {
+        return Err(format!("incomplete status: {status}"));
+    }
+    let exe = std::env::current_exe().map_err(s)?;
+    let out = std::process::Command::new(exe)
+        .arg("--no-gpu-message")
+        .env("CUDA_VISIBLE_DEVICES", "-1")
+        .output()
+        .map_err(s)?;
+    let msg = String::from_utf8_lossy(&out.stdout);
+    let driver = status.driver_version.as_deref().unwrap_or_default();
+    if !out.status.success()
+        || !msg.contains("CUDA_VISIBLE_DEVICES=\"-1\" hides every GPU")
+        || !msg.contains(driver)
+    {
+        return Err(format!("no-GPU message: {msg}"));
+    }
+    Ok(format!("ranks 0..3 -> cuda:r%{n}; {status}"))
 }
 
 fn autocast_cuda() -> Check {
