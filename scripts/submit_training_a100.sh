@@ -120,7 +120,7 @@ if [ $RESUME = 1 ] || [ "\$restart" -gt 0 ] || grep -qs "^job \$SLURM_JOB_ID " "
     RESUME=(--resume)
 fi
 rm -f "\$MARKER"  # left by an earlier run: only this run's stop counts
-echo "job \$SLURM_JOB_ID (restart \$restart): \${SLURM_NTASKS:-?} tasks on \$SLURM_JOB_NODELIST \${RESUME[*]}"
+echo "job \$SLURM_JOB_ID (restart \$restart): \${SLURM_NTASKS:-?} tasks on \$SLURM_JOB_NODELIST\${RESUME[*]:+, resuming}"
 srun --kill-on-bad-exit=1 "\$BIN" train "\$CONFIG" --no-progress --stop-exit-code 0 "\${RESUME[@]}"
 status=\$?
 echo "sam-train exited with \$status"
