@@ -7,6 +7,7 @@
 #
 #   scripts/bench/train_bench.sh [ITERATIONS] [BF16_ITERATIONS]   # defaults 20 and 4
 #   CASES="false:fp32 true:fp32" scripts/bench/train_bench.sh      # some cases (decoder:precision)
+#   SKIP_PEER=1 scripts/bench/train_bench.sh                         # our side only (no micro_sam)
 #
 # (measured iterations per case, after 3 warm-up ones; bf16 gets fewer: on CPUs without native
 # bf16 arithmetic each iteration takes over 10 s on both sides). The images are 8-bit: micro_sam's
@@ -96,6 +97,7 @@ PY
 )
         wait=$(grep -o '[0-9.]* % of it waiting for data' "$WORK/$name.log" | cut -d' ' -f1)
         echo "sam-train decoder=$decoder $precision: $per_iter, data wait $wait %, peak RSS $(( $(cat "$WORK/rss") / 1024 )) MiB"
+        [ "${SKIP_PEER:-0}" = 1 ] && continue
         mode=$([ "$decoder" = true ] && echo joint || echo sam)
         if ! .venv/bin/python scripts/bench/micro_sam_train.py "$WORK/data" "$mode" "$precision" \
             "$iters" > "$WORK/$name.py.log" 2>&1; then

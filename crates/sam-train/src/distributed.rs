@@ -48,12 +48,19 @@ impl Collective {
         .map_err(|e| dist_err("rendezvous", e))?;
         let (group, device) = match backend {
             Backend::Nccl => {
-                sam_torch::set_cuda_device(env.local_rank)
-                    .map_err(|e| dist_err("CUDA device", e))?;
+                // The same GPU the trainer computes on: local_rank % visible GPUs (SLURM's
+                // one-GPU-per-task binding shows every task its GPU as device 0).
+                let gpu = sam_torch::select_device(sam_torch::DeviceRequest::Cuda, env.local_rank)
+                    .map_err(|e| dist_err("CUDA device", e))?
+                    .device;
+                let Device::Cuda(index) = gpu else {
+                    return Err(dist_err("CUDA device", "NCCL needs a GPU"));
+                };
+                sam_torch::set_cuda_device(index).map_err(|e| dist_err("CUDA device", e))?;
                 (
                     ProcessGroup::new_nccl(&store, env.rank, env.world_size, timeout)
                         .map_err(|e| dist_err("NCCL", e))?,
-                    Device::Cuda(env.local_rank),
+                    gpu,
                 )
             }
             _ => (

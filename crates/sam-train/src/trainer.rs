@@ -472,8 +472,17 @@ pub fn train(
         ));
     }
     let sample_cfg = sample_config(cfg);
+    let read_started = Instant::now();
     prepare_bounds(&train_set, &sample_cfg.normalization, opts.collective)?;
     prepare_bounds(&val_set, &sample_cfg.normalization, opts.collective)?;
+    if is_main {
+        say(format!(
+            "checked {} images and cached their normalisation bounds in {:.1} s ({} process(es))",
+            train_set.len() + val_set.len(),
+            read_started.elapsed().as_secs_f64(),
+            world
+        ));
+    }
     // This rank's share of the validation patches: patch j is scored on rank j % world, and
     // the ranks' totals are combined into one set of scores (see `shared_validation`).
     let val_patches: Vec<TrainingSample> = (0..n_validation_patches(val_set.len()))

@@ -525,7 +525,7 @@ print(json.dumps([a.tolist(), b.tolist()]))
         opt.zero_grad().unwrap();
         let mut loss = a.square().sum(tch::Kind::Double);
         if step != 1 {
-            loss = loss + b.pow_tensor_scalar(3).sum(tch::Kind::Double);
+            loss += b.pow_tensor_scalar(3).sum(tch::Kind::Double);
         }
         loss.backward();
         if step == 1 {
