@@ -7,6 +7,11 @@
 # Run by hand on an idle machine (load average < 0.5):
 #
 #   scripts/bench/ranks_bench.sh [ITERATIONS]      # default 30 measured, after 3 warm-up ones
+#   NO_BUILD=1 scripts/bench/ranks_bench.sh         # use target/release as it is
+#   CASES="1:1 2:2" scripts/bench/ranks_bench.sh     # some cases (WORLD_SIZE:LOCAL_WORLD_SIZE)
+#
+# The case 2:1 reproduces the oversubscription of before: each of the 2 ranks is told it is alone
+# on the node and takes every core.
 #
 # Data: synthetic demo images (as scripts/demo.sh makes them) in a temp folder. Runs go to
 # runs/bench_ranks_*/ and are removed at the end. Results go to standard output;
@@ -16,7 +21,7 @@ cd "$(dirname "$0")/../.."
 ITERS=${1:-30}
 WARMUP=3
 BIN=target/release
-cargo build --release -q -p sam-train-cli -p sam-augment-cli
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release -q -p sam-train-cli -p sam-augment-cli
 load=$(cut -d' ' -f1 /proc/loadavg)
 awk -v l="$load" 'BEGIN { exit !(l >= 0.5) }' &&
     echo "warning: load average $load >= 0.5: the numbers will be skewed" >&2
@@ -60,8 +65,11 @@ clean_env() { env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u LOCAL_WORLD_SIZE -u MAS
     -u MASTER_PORT -u SLURM_PROCID -u SLURM_STEP_ID -u SLURM_CPUS_PER_TASK "$@"; }
 
 echo "cores available: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-for world in 1 2; do
-    name=bench_ranks_$world
+# Cases: WORLD_SIZE:LOCAL_WORLD_SIZE. "2:1" tells each of the 2 ranks that it is alone on the
+# node, so each takes every core: the oversubscription of the code before the thread budget.
+for case in ${CASES:-1:1 2:2 2:1}; do
+    world=${case%%:*} local_world=${case##*:}
+    name=bench_ranks_${world}_$local_world
     config "$name" "$world" > "$WORK/$name.yaml"
     rm -rf "runs/$name"
     port=$((20000 + RANDOM % 10000))
@@ -70,7 +78,7 @@ for world in 1 2; do
         if [ "$world" = 1 ]; then
             clean_env $BIN/sam-train train "$WORK/$name.yaml" --no-progress > "$WORK/$name.$rank.log" 2>&1 &
         else
-            clean_env RANK=$rank WORLD_SIZE=$world LOCAL_RANK=$rank LOCAL_WORLD_SIZE=$world \
+            clean_env RANK=$rank WORLD_SIZE=$world LOCAL_RANK=$rank LOCAL_WORLD_SIZE=$local_world \
                 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
                 $BIN/sam-train train "$WORK/$name.yaml" --no-progress > "$WORK/$name.$rank.log" 2>&1 &
         fi
@@ -81,6 +89,8 @@ for world in 1 2; do
             echo "rank $rank of $world failed:" >&2; cat "$WORK/$name.$rank.log" >&2; exit 1
         fi
     done
-    threads=$(grep -ho 'threads (rank 0): .*' "$WORK/$name.0.log" | head -1)
-    echo "$world rank(s), batch 2 each: $(per_iteration "$WORK/$name.0.log"); $threads"
+    threads=$(grep -ho 'threads (rank 0): .*' "$WORK/$name.0.log" | head -1 | sed 's/^threads (rank 0): //')
+    label="$world rank(s)"
+    [ "$world" != "$local_world" ] && label="$world ranks, each told LOCAL_WORLD_SIZE=$local_world"
+    echo "$label, batch 2 each: $(per_iteration "$WORK/$name.0.log"); threads: $threads"
 done

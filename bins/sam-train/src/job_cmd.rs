@@ -13,7 +13,7 @@ use sam_config::{
 
 use crate::train_cmd::stop_marker_path;
 
-/// Validate a config and print the SLURM resources of its job as shell assignments.
+/// Validate a config and print the SLURM resources of its job as shell assignments
 ///
 /// Prints one `SAM_JOB_<KEY>=<value>` line per resource, quoted for the shell, for
 /// `eval "$(sam-train job-resources CONFIG)"` (what `scripts/submit_training_a100.sh` does):

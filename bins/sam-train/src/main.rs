@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Fine-tune SAM as an experiment config describes (the main job).
+    // The help text is `TrainArgs`'s doc comment.
     Train(train_cmd::TrainArgs),
     /// Export a checkpoint for segment_anything / micro_sam.
     Export(train_cmd::ExportArgs),
@@ -41,7 +41,7 @@ enum Command {
     Validate(ValidateArgs),
     /// Print the JSON Schema of the config (what `configs/schema.json` holds).
     Schema(SchemaArgs),
-    /// Validate a config and print its SLURM job's resources as shell assignments.
+    // The help text is `JobResourcesArgs`'s doc comment.
     JobResources(job_cmd::JobResourcesArgs),
 }
 

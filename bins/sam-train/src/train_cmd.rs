@@ -42,7 +42,8 @@ pub struct TrainArgs {
     /// Delete an existing run folder and start over.
     #[arg(long)]
     pub overwrite: bool,
-    /// Print the resolved distributed layout (rank, world size, master) and exit.
+    /// Print the resolved distributed layout (rank, world size, master) and the cores this
+    /// process would use, and exit.
     #[arg(long)]
     pub dry_run: bool,
     /// Repository root (default: $SAM_TRAINER_ROOT, else found from the working directory).
