@@ -264,6 +264,37 @@ mod tests {
     }
 
     #[test]
+    fn export_replaces_an_existing_file_only_with_force() {
+        let Command::Export(e) = parse(&["export", "--checkpoint", "a", "--output", "b.pt"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not export")
+        };
+        assert!(!e.force && !e.with_decoder);
+        assert_eq!(
+            (e.checkpoint, e.output),
+            (PathBuf::from("a"), PathBuf::from("b.pt"))
+        );
+        let Command::Export(e) = parse(&[
+            "export",
+            "--checkpoint",
+            "a",
+            "--output",
+            "b.pt",
+            "--force",
+            "--with-decoder",
+        ])
+        .expect("parses")
+        .command
+        else {
+            panic!("not export")
+        };
+        assert!(e.force && e.with_decoder);
+        assert!(parse(&["export", "--checkpoint", "a"]).is_err());
+    }
+
+    #[test]
     fn schema_writes_to_a_file_or_stdout() {
         let Command::Schema(s) = parse(&["schema", "-o", "out.json"])
             .expect("parses")

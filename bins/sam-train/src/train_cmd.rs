@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sam_config::{find_root, load_config_with, ValidateOptions};
 use sam_torch::{CpuBudget, LaunchEnv};
 use sam_train::{
-    export_model, prepare_run, train, Collective, StopFlag, TrainOptions, TrainOutcome,
-    TrainProgress, REQUEUE_EXIT_CODE,
+    export_model, prepare_run, train, Collective, ExportOptions, StopFlag, TrainOptions,
+    TrainOutcome, TrainProgress, REQUEUE_EXIT_CODE,
 };
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -37,9 +37,16 @@ pub struct TrainArgs {
     #[arg(value_name = "CONFIG")]
     pub config: PathBuf,
     /// Continue the run from its `latest` checkpoint.
+    ///
+    /// A run stopped before its first checkpoint starts again from the beginning, in the same
+    /// folder.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
     /// Delete an existing run folder and start over.
+    ///
+    /// Only a folder this tool created as a run (it holds the file .sam-train-run) is
+    /// cleared, never through a symbolic link; SLURM output files in logs/ are kept. Any
+    /// other folder is refused.
     #[arg(long)]
     pub overwrite: bool,
     /// Print the resolved distributed layout (rank, world size, master) and the cores this
@@ -110,6 +117,11 @@ fn apply_thread_budget(budget: &CpuBudget) -> Result<(), String> {
 /// safetensors file, a micro_sam checkpoint or an original SAM .pth. Without --with-decoder
 /// the output is a plain SAM state_dict (`sam_model_registry[...]().load_state_dict(...)`);
 /// with it, micro_sam's {"model_state", "decoder_state"}.
+///
+/// The export never destroys its input: an output that is the checkpoint (by name or through
+/// a link) or lies inside the checkpoint folder is refused, and so is an existing file unless
+/// --force is given (exit status 2, nothing written). The file is written under a temporary
+/// name and renamed into place.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// The checkpoint to export.
@@ -121,6 +133,10 @@ pub struct ExportArgs {
     /// Include the instance-segmentation decoder (micro_sam's format).
     #[arg(long)]
     pub with_decoder: bool,
+    /// Replace FILE when it exists (without it, an existing file is refused). FILE may never
+    /// be the checkpoint itself, a link to it, or lie inside the checkpoint folder.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Download a micro_sam model (vit_b, vit_l, vit_h, vit_t, vit_b_lm, ...) into the model cache.
@@ -258,16 +274,14 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
     }
     // Only rank 0 touches the run folder before training; the others wait for it in the
     // rendezvous below and then read the same checkpoint.
-    let paths = if env.rank == 0 {
+    let (paths, notes) = if env.rank == 0 {
         match prepare_run(&cfg, &root, args.resume, args.overwrite) {
-            Ok(p) => p,
-            Err(e @ (sam_train::TrainError::RunExists(_) | sam_train::TrainError::Usage(_))) => {
-                return fail_plain(2, e)
-            }
+            Ok(p) => (p.paths, p.notes),
+            Err(e) if e.is_usage() => return fail_plain(2, e),
             Err(e) => return fail_plain(1, e),
         }
     } else {
-        sam_config::RunPaths::new(&root, &cfg)
+        (sam_config::RunPaths::new(&root, &cfg), Vec::new())
     };
     let log_file = if env.rank == 0 {
         let path = paths.logs_dir.join("train.log");
@@ -279,6 +293,9 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
         None
     };
     init_logging(log_file);
+    for note in &notes {
+        tracing::info!("{note}");
+    }
     if env.rank == 0 {
         if let Err(e) = remove_stale_stop_marker(&paths.run_dir) {
             return fail(
@@ -405,11 +422,16 @@ fn fail_plain(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 
 /// `sam-train export`.
 pub fn run_export(args: ExportArgs) -> ExitCode {
-    match export_model(&args.checkpoint, &args.output, args.with_decoder) {
+    let options = ExportOptions {
+        with_decoder: args.with_decoder,
+        replace: args.force,
+    };
+    match export_model(&args.checkpoint, &args.output, options) {
         Ok(()) => {
             println!("wrote {}", args.output.display());
             ExitCode::SUCCESS
         }
+        Err(e) if e.is_usage() => fail_plain(2, e),
         Err(e) => fail_plain(1, e),
     }
 }

@@ -4,6 +4,7 @@
 //! `runs/<experiment>/`:
 //!
 //! ```text
+//! runs/<experiment>/.sam-train-run                       marks the folder as a run (RUN_MARKER)
 //! runs/<experiment>/config.yaml                          the resolved config used
 //! runs/<experiment>/checkpoints/<checkpoint_name>/latest/  model, optimiser, state (resume)
 //! runs/<experiment>/checkpoints/<checkpoint_name>/best/    best validation mSA
@@ -22,7 +23,7 @@
 //! use sam_train::{prepare_run, train, NoProgress, StopFlag, TrainOptions};
 //! let root = std::path::PathBuf::from(".");
 //! let cfg = sam_config::load_config("configs/demo_cpu.yaml")?.config;
-//! let paths = prepare_run(&cfg, &root, false, false)?;
+//! let paths = prepare_run(&cfg, &root, false, false)?.paths;
 //! let opts = TrainOptions {
 //!     root, resume: false, overwrite: false, stop: StopFlag::new(), progress: &NoProgress,
 //!     collective: None, max_iterations_this_run: None,
@@ -45,9 +46,9 @@ mod step;
 mod trainer;
 mod validation;
 
-pub use checkpoint::{Checkpoint, CheckpointStore, ScalerState, Slot, TrainState};
+pub use checkpoint::{Checkpoint, CheckpointStore, EpochSums, ScalerState, Slot, TrainState};
 pub use distributed::Collective;
-pub use export::export_model;
+pub use export::{export_model, ExportOptions};
 pub use optim::{AdamW, AdamWConfig};
 pub use report::{draw_curves, EpochRecord, MetricsLog};
 pub use schedule::{
@@ -57,8 +58,8 @@ pub use setup::{device_for, sam_config, unetr_config, Model, DECODER_PREFIX};
 pub use signals::StopFlag;
 pub use step::{model_input, step_backward, step_loss, RecipeConfig, StepLoss, StepPrecision};
 pub use trainer::{
-    prepare_run, train, NoProgress, StepTiming, TrainOptions, TrainOutcome, TrainProgress,
-    TrainSummary, REQUEUE_EXIT_CODE,
+    prepare_run, train, NoProgress, PreparedRun, StepTiming, TrainOptions, TrainOutcome,
+    TrainProgress, TrainSummary, REQUEUE_EXIT_CODE, RUN_MARKER,
 };
 pub use validation::{validate, validation_totals, ValidationScores, ValidationTotals};
 
@@ -79,6 +80,18 @@ pub enum TrainError {
     /// The run folder exists and neither resume nor overwrite was asked for.
     #[error("run folder {0} already exists: pass --resume to continue it or --overwrite to start over (nothing was changed)")]
     RunExists(PathBuf),
+    /// The run folder exists without a checkpoint (stopped before its first one) and neither
+    /// resume nor overwrite was asked for.
+    #[error("run folder {0} already exists but holds no checkpoint yet (its run stopped before the first one): pass --resume to start it again from the beginning in this folder, or --overwrite to clear it first (nothing was changed)")]
+    RunWithoutCheckpoint(PathBuf),
+    /// The run folder path holds something that this tool did not create as a run.
+    #[error("{} is not a run folder of sam-train ({reason}): sam-train neither writes into it nor deletes it, --overwrite included. Set another output_base_dir or experiment_name in the config, or move the folder away (nothing was changed)", dir.display())]
+    NotARunFolder {
+        /// The folder.
+        dir: PathBuf,
+        /// Why it is not a run.
+        reason: String,
+    },
     /// Contradictory options.
     #[error("{0}")]
     Usage(String),
@@ -110,4 +123,19 @@ pub enum TrainError {
     /// A collective operation failed (a peer died or timed out).
     #[error("distributed: {0}")]
     Distributed(String),
+}
+
+impl TrainError {
+    /// Whether the error is the user's request or config, not a failure of the run (the
+    /// executable exits 2 for these): contradictory flags, a run folder that exists or is not a
+    /// run, an export that would overwrite its input or an existing file.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            TrainError::Usage(_)
+                | TrainError::RunExists(_)
+                | TrainError::RunWithoutCheckpoint(_)
+                | TrainError::NotARunFolder { .. }
+        )
+    }
 }

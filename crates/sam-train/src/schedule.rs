@@ -11,6 +11,7 @@ pub enum ScheduleKind {
     /// epochs (`torch.optim.lr_scheduler.ReduceLROnPlateau`, mode "max", relative threshold 1e-4).
     ReduceOnPlateau {
         /// Multiplicative decay.
+        #[serde(with = "crate::checkpoint::exact_f64")]
         factor: f64,
         /// Epochs without improvement before decaying.
         patience: u32,
@@ -20,6 +21,7 @@ pub enum ScheduleKind {
         /// Number of epochs of the cosine half-period.
         total_epochs: u32,
         /// Final learning rate.
+        #[serde(with = "crate::checkpoint::exact_f64")]
         min_lr: f64,
     },
     /// The base rate throughout.
@@ -30,8 +32,11 @@ pub enum ScheduleKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LrScheduler {
     kind: ScheduleKind,
+    #[serde(with = "crate::checkpoint::exact_f64")]
     base_lr: f64,
+    #[serde(with = "crate::checkpoint::exact_f64")]
     lr: f64,
+    #[serde(with = "crate::checkpoint::exact_f64::option")]
     best: Option<f64>,
     bad_epochs: u32,
     epochs: u32,
@@ -94,6 +99,7 @@ impl LrScheduler {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EarlyStopping {
     patience: Option<u32>,
+    #[serde(with = "crate::checkpoint::exact_f64::option")]
     best: Option<f64>,
     bad_epochs: u32,
 }

@@ -1,14 +1,17 @@
 //! Maps the experiment config onto the model crate's own config structs, builds the model and
 //! loads its initial weights.
 
+use std::path::Path;
+
 use sam_config::{Backbone, ModelConfig};
 use sam_model::{
-    apply_state_dict, read_checkpoint, resolve_checkpoint, ImageEncoderConfig,
-    ImageEncoderViTConfig, LoadMode, MaskDecoderConfig, PromptEncoderConfig, Sam, SamConfig,
-    TwoWayTransformerConfig, UnetrConfig, UnetrDecoder,
+    apply_state_dict, infer_architecture, read_checkpoint, resolve_checkpoint,
+    ImageEncoderArchitecture, ImageEncoderConfig, ImageEncoderViTConfig, LoadError, LoadMode,
+    LoadReport, MaskDecoderConfig, PromptEncoderConfig, Sam, SamConfig, TwoWayTransformerConfig,
+    UnetrConfig, UnetrDecoder,
 };
 use tch::nn::VarStore;
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::TrainError;
 
@@ -87,6 +90,8 @@ pub struct Model {
     pub sam: Sam,
     /// The decoder's variables and the decoder, when configured.
     pub decoder: Option<(VarStore, UnetrDecoder)>,
+    /// The model section it was built from (named in load errors).
+    config: ModelConfig,
 }
 
 impl std::fmt::Debug for Model {
@@ -119,6 +124,7 @@ impl Model {
             sam_vs,
             sam,
             decoder,
+            config: model.clone(),
         })
     }
 
@@ -128,12 +134,14 @@ impl Model {
         let path = resolve_checkpoint(spec).map_err(|e| TrainError::Model(e.to_string()))?;
         let ck = read_checkpoint(&path).map_err(|e| TrainError::Model(e.to_string()))?;
         let mut warnings = ck.warnings.clone();
-        apply_state_dict(&self.sam_vs, &ck.model_state, LoadMode::Strict)
-            .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
+        let source = Weights::Initial(&path);
+        apply_state_dict(&self.sam_vs, &ck.model_state, LoadMode::Strict).map_err(|e| {
+            TrainError::Model(self.load_error(e, source, Part::Sam, &ck.model_state))
+        })?;
         match (&self.decoder, &ck.decoder_state) {
             (Some((vs, _)), Some(state)) => {
                 apply_state_dict(vs, state, LoadMode::Strict).map_err(|e| {
-                    TrainError::Model(format!("{} (decoder_state): {e}", path.display()))
+                    TrainError::Model(self.load_error(e, source, Part::Decoder, state))
                 })?;
             }
             (Some(_), None) => warnings.push(format!(
@@ -159,32 +167,214 @@ impl Model {
         out
     }
 
-    /// Copies weights saved by [`Model::named_variables`] back (strict).
-    pub fn load_named(&self, tensors: &[(String, tch::Tensor)]) -> Result<(), TrainError> {
+    /// Copies weights saved by [`Model::named_variables`] back (strict); `source` is the
+    /// checkpoint folder they come from (named in errors).
+    pub fn load_named(
+        &self,
+        tensors: &[(String, tch::Tensor)],
+        source: &Path,
+    ) -> Result<(), TrainError> {
         let (dec, sam): (Vec<_>, Vec<_>) = tensors
             .iter()
             .map(|(k, t)| (k.clone(), t.shallow_clone()))
             .partition(|(k, _)| k.starts_with(DECODER_PREFIX));
+        let weights = Weights::Resumed(source);
         apply_state_dict(&self.sam_vs, &sam, LoadMode::Strict)
-            .map_err(|e| TrainError::State(e.to_string()))?;
+            .map_err(|e| TrainError::State(self.load_error(e, weights, Part::Sam, &sam)))?;
         match &self.decoder {
             Some((vs, _)) => {
                 let dec: Vec<(String, tch::Tensor)> = dec
                     .into_iter()
                     .map(|(k, t)| (k[DECODER_PREFIX.len()..].to_string(), t))
                     .collect();
-                apply_state_dict(vs, &dec, LoadMode::Strict)
-                    .map_err(|e| TrainError::State(e.to_string()))?;
+                apply_state_dict(vs, &dec, LoadMode::Strict).map_err(|e| {
+                    TrainError::State(self.load_error(e, weights, Part::Decoder, &dec))
+                })?;
             }
             None if !dec.is_empty() => {
-                return Err(TrainError::State(
-                    "the checkpoint has decoder weights but the config has no segmentation decoder"
-                        .into(),
-                ))
+                return Err(TrainError::State(format!(
+                    "{}: the checkpoint has instance-decoder weights but the config has \
+                     model.with_segmentation_decoder: false. {}",
+                    source.display(),
+                    RESUME_FIX
+                )))
             }
             None => {}
         }
         Ok(())
+    }
+
+    /// The message for weights that [`apply_state_dict`] refused: for a key mismatch a short
+    /// summary (counts, a few example keys, what the weights are and what the config builds)
+    /// and the fix, instead of every key.
+    fn load_error(
+        &self,
+        e: LoadError,
+        weights: Weights<'_>,
+        part: Part,
+        tensors: &[(String, Tensor)],
+    ) -> String {
+        let path = match weights {
+            Weights::Initial(p) | Weights::Resumed(p) => p,
+        };
+        match e {
+            LoadError::Mismatch(report) => {
+                mismatch_summary(&report, weights, part, tensors, &self.config)
+            }
+            other => format!("{}: {other}", path.display()),
+        }
+    }
+}
+
+/// Where weights being loaded come from.
+#[derive(Debug, Clone, Copy)]
+enum Weights<'a> {
+    /// `model.checkpoint`.
+    Initial(&'a Path),
+    /// The run's own checkpoint folder (`--resume`).
+    Resumed(&'a Path),
+}
+
+/// Which variables are being loaded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Part {
+    /// SAM (segment_anything's state_dict).
+    Sam,
+    /// The UNETR instance decoder (micro_sam's `decoder_state`).
+    Decoder,
+}
+
+/// The fix when a run's own checkpoint does not fit the config given to resume it.
+const RESUME_FIX: &str = "The run was started with another model config: resume with the \
+     config it was started with (runs/<experiment>/config.yaml holds it), or start a new run \
+     (--overwrite, or another experiment_name)";
+
+/// Examples of each kind of mismatch in the summary.
+const EXAMPLES: usize = 2;
+
+/// A few lines on weights that do not fit the configured model: how many keys differ and how,
+/// two examples of each kind, what the weights are (inferred from their shapes) against what
+/// the config builds, and what to set.
+fn mismatch_summary(
+    report: &LoadReport,
+    weights: Weights<'_>,
+    part: Part,
+    tensors: &[(String, Tensor)],
+    config: &ModelConfig,
+) -> String {
+    let (path, what) = match (weights, part) {
+        (Weights::Initial(p), Part::Sam) => (p, "model.checkpoint"),
+        (Weights::Initial(p), Part::Decoder) => (p, "model.checkpoint (decoder_state)"),
+        (Weights::Resumed(p), Part::Sam) => (p, "the run's checkpoint"),
+        (Weights::Resumed(p), Part::Decoder) => (p, "the run's checkpoint (decoder weights)"),
+    };
+    let (shape, missing, unexpected) = (
+        report.shape_mismatches.len(),
+        report.missing.len(),
+        report.unexpected.len(),
+    );
+    let mut out = format!(
+        "{}: {what} does not fit the model the config describes: {} of {} keys differ ({shape} \
+         with another shape, {missing} missing from the file, {unexpected} not in the model); \
+         for example:",
+        path.display(),
+        shape + missing + unexpected,
+        tensors.len() + missing,
+    );
+    for s in report.shape_mismatches.iter().take(EXAMPLES) {
+        out += &format!(
+            "\n  {}: the model has {:?}, the file {:?}",
+            s.key, s.expected, s.found
+        );
+    }
+    for m in report.missing.iter().take(EXAMPLES) {
+        out += &format!("\n  missing from the file: {m}");
+    }
+    for u in report.unexpected.iter().take(EXAMPLES) {
+        out += &format!("\n  not in the model: {u}");
+    }
+    let a = config.resolved_architecture();
+    let overrides = if config.architecture.is_some() {
+        " with model.architecture's sizes"
+    } else {
+        ""
+    };
+    let builds = format!(
+        "{}{overrides} (embed_dim {}, depth {}, {} heads, {} px input, prompt dim {}{})",
+        config.backbone.as_str(),
+        a.encoder_embed_dim,
+        a.encoder_depth,
+        a.encoder_num_heads,
+        a.image_size,
+        a.prompt_embed_dim,
+        if config.with_segmentation_decoder {
+            format!(", decoder_features {}", a.decoder_features)
+        } else {
+            String::new()
+        }
+    );
+    out += &format!("\nThe config builds {builds}.");
+    if part == Part::Decoder {
+        out += "\nThe instance decoder's size follows the encoder's prompt dim and \
+                model.architecture.decoder_features: set them to those of the file's model.";
+    } else {
+        match infer_architecture(tensors) {
+            Ok(found) => {
+                out += &format!("\nThe file holds {}.", found.describe());
+                out += &format!("\nFix: {}.", architecture_fix(&found, config));
+            }
+            Err(_) => {
+                out += "\nFix: set model.backbone (vit_t, vit_b, vit_l, vit_h) and, for other \
+                        sizes, model.architecture to the model this file was trained as.";
+            }
+        }
+    }
+    if matches!(weights, Weights::Resumed(_)) {
+        out += &format!("\n{RESUME_FIX}.");
+    }
+    out
+}
+
+/// What to set in the config to build the model of `found`.
+fn architecture_fix(found: &sam_model::InferredArchitecture, config: &ModelConfig) -> String {
+    let drop_overrides = if config.architecture.is_some() {
+        " and remove model.architecture (it overrides the backbone's sizes)"
+    } else {
+        ""
+    };
+    match &found.image_encoder {
+        ImageEncoderArchitecture::TinyVit(_) => {
+            format!("set model.backbone: vit_t{drop_overrides}")
+        }
+        ImageEncoderArchitecture::Vit(v) => {
+            let standard = Backbone::ALL
+                .into_iter()
+                .filter(|b| *b != Backbone::VitT)
+                .find(|b| {
+                    let s = b.architecture();
+                    i64::from(s.encoder_embed_dim) == v.embed_dim
+                        && i64::from(s.encoder_depth) == v.depth
+                        && i64::from(s.image_size) == v.img_size
+                        && i64::from(s.patch_size) == v.patch_size
+                        && i64::from(s.prompt_embed_dim) == found.prompt_embed_dim
+                });
+            match standard {
+                Some(b) => format!("set model.backbone: {}{drop_overrides}", b.as_str()),
+                None => format!(
+                    "set model.architecture to the file's sizes: image_size: {}, patch_size: \
+                     {}, encoder_embed_dim: {}, encoder_depth: {}, encoder_num_heads: {}, \
+                     encoder_global_attn_indexes: {:?}, window_size: {}, prompt_embed_dim: {}",
+                    v.img_size,
+                    v.patch_size,
+                    v.embed_dim,
+                    v.depth,
+                    v.num_heads,
+                    v.global_attn_indexes,
+                    v.window_size,
+                    found.prompt_embed_dim
+                ),
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use sam_data::{
 };
 use tch::Kind;
 
-use crate::checkpoint::{CheckpointStore, ScalerState, Slot, TrainState};
+use crate::checkpoint::{CheckpointStore, EpochSums, ScalerState, Slot, TrainState};
 use crate::distributed::Collective;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::report::{EpochRecord, MetricsLog};
@@ -21,7 +21,7 @@ use crate::setup::{device_for, Model};
 use crate::signals::StopFlag;
 use crate::step::{step_backward, RecipeConfig, StepPrecision};
 use crate::validation::{validation_totals, ValidationScores, ValidationTotals};
-use crate::{export_model, TrainError};
+use crate::{export_model, ExportOptions, TrainError};
 
 /// Exit status of a run stopped by SIGTERM/SIGUSR1 after checkpointing: the SLURM script
 /// requeues the job on it (`RequeueExit`).
@@ -134,38 +134,132 @@ impl StepTiming {
     }
 }
 
-/// Checks the run folder against `resume`/`overwrite` and creates it. Nothing is touched when
-/// the run is refused. A folder holding only SLURM output files (`logs/slurm-*`, written by the
-/// submission script before the job starts) counts as unused; `overwrite` keeps those files.
+/// The file that marks a folder as a run of this tool, written into the run folder when the
+/// run is created. `--overwrite` deletes only folders that hold it (or, for runs made before
+/// it existed, that have exactly a run's layout, see [`prepare_run`]).
+pub const RUN_MARKER: &str = ".sam-train-run";
+
+/// Files the trainer and the SLURM batch script leave at the top of a run folder besides
+/// `config.yaml`, `checkpoints/` and `logs/`: the stop marker (bins/sam-train) and its
+/// temporary file.
+const RUN_TOP_LEVEL_FILES: [&str; 3] = [
+    RUN_MARKER,
+    "stopped_for_requeue",
+    ".stopped_for_requeue.tmp",
+];
+
+/// A run folder made ready by [`prepare_run`].
+#[derive(Debug, Clone)]
+pub struct PreparedRun {
+    /// Its paths.
+    pub paths: RunPaths,
+    /// What was done to it besides creating it, for the log (a symbolic link removed, an
+    /// earlier version's run recognised).
+    pub notes: Vec<String>,
+}
+
+/// What a run folder path holds.
+#[derive(Debug, Clone, PartialEq)]
+enum RunDir {
+    /// Nothing, or a folder that holds only SLURM output files in `logs/`.
+    Unused,
+    /// A run of this tool: with the marker, or with the exact layout of a run made before the
+    /// marker existed (`marked: false`).
+    Ours { marked: bool },
+    /// Something else; the reason it is not a run.
+    Foreign(String),
+}
+
+/// Checks the run folder against `resume`/`overwrite` and creates it, with the [`RUN_MARKER`]
+/// file. Nothing is touched when the run is refused.
+///
+/// - A folder that does not exist, or holds only SLURM output files (`logs/slurm-*`, written by
+///   the submission script before the job starts), is unused: every mode starts there.
+/// - A run folder of this tool is one holding [`RUN_MARKER`], or, made by a version before the
+///   marker, one holding exactly `config.yaml` (naming this experiment), `checkpoints/`,
+///   `logs/` and possibly the stop marker, none of them a symbolic link; such a folder gets
+///   the marker when it is resumed or overwritten. Without a flag it is refused; `resume`
+///   continues it (from the beginning, in the same folder, when it has no checkpoint yet);
+///   `overwrite` deletes its contents except SLURM output files being written.
+/// - Any other folder or file is refused in every mode, named, with the fix.
+/// - Deleting never follows a symbolic link: a link inside the run folder is removed as a
+///   link, and a run folder that is itself a link is, with `overwrite`, replaced by a new
+///   folder, its target untouched (a link to an unused folder is simply used).
 pub fn prepare_run(
     cfg: &ExperimentConfig,
     root: &Path,
     resume: bool,
     overwrite: bool,
-) -> Result<RunPaths, TrainError> {
+) -> Result<PreparedRun, TrainError> {
     let paths = RunPaths::new(root, cfg);
     if resume && overwrite {
         return Err(TrainError::Usage(
             "--resume and --overwrite exclude each other".into(),
         ));
     }
-    let exists = !is_unused_run_dir(&paths.run_dir);
-    if exists && !resume && !overwrite {
-        return Err(TrainError::RunExists(paths.run_dir.clone()));
-    }
-    if resume && !CheckpointStore::new(&paths.checkpoint_dir).exists(Slot::Latest) {
-        return Err(TrainError::MissingCheckpoint(format!(
-            "cannot resume: no checkpoint in {} (start without --resume)",
-            paths.checkpoint_dir.join("latest").display()
-        )));
-    }
-    if exists && overwrite {
-        clear_run_dir(&paths.run_dir)?;
+    let dir = &paths.run_dir;
+    let io = |p: &Path, e: std::io::Error| TrainError::Io(format!("{}: {e}", p.display()));
+    let link_target = match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => Some(fs::read_link(dir).map_err(|e| io(dir, e))?),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(dir, e)),
+    };
+    let kind = classify_run_dir(dir, cfg);
+    let mut notes = Vec::new();
+    let has_checkpoint = || CheckpointStore::new(&paths.checkpoint_dir).exists(Slot::Latest);
+    match (&kind, &link_target) {
+        (RunDir::Unused, _) => {}
+        // Never through a link: the link goes, whatever it points to stays.
+        (_, Some(target)) if overwrite => {
+            fs::remove_file(dir).map_err(|e| io(dir, e))?;
+            notes.push(format!(
+                "--overwrite: {} was a symbolic link to {}: removed the link (nothing in {}                  was touched) and started a new run folder in its place",
+                dir.display(),
+                target.display(),
+                target.display()
+            ));
+        }
+        (RunDir::Foreign(reason), _) => {
+            return Err(TrainError::NotARunFolder {
+                dir: dir.clone(),
+                reason: reason.clone(),
+            })
+        }
+        (RunDir::Ours { .. }, _) if !resume && !overwrite => {
+            return Err(if has_checkpoint() {
+                TrainError::RunExists(dir.clone())
+            } else {
+                TrainError::RunWithoutCheckpoint(dir.clone())
+            });
+        }
+        (RunDir::Ours { marked }, _) => {
+            if !marked {
+                notes.push(format!(
+                    "{} is a run folder of an earlier sam-train (config.yaml, checkpoints/,                      logs/, no {RUN_MARKER}): recognised as a run and marked",
+                    dir.display()
+                ));
+            }
+            if overwrite {
+                clear_run_dir(dir)?;
+            }
+        }
     }
     for d in [&paths.run_dir, &paths.checkpoint_dir, &paths.logs_dir] {
-        fs::create_dir_all(d).map_err(|e| TrainError::Io(format!("{}: {e}", d.display())))?;
+        fs::create_dir_all(d).map_err(|e| io(d, e))?;
     }
-    Ok(paths)
+    let marker = paths.run_dir.join(RUN_MARKER);
+    if !marker.is_file() {
+        let text = format!(
+            "sam-train run folder of experiment `{}` (sam-train {}).\n\
+             `sam-train train --overwrite` deletes only folders that hold this file: do not \
+             copy it into other folders.\n",
+            cfg.experiment_name,
+            env!("CARGO_PKG_VERSION")
+        );
+        fs::write(&marker, text).map_err(|e| io(&marker, e))?;
+    }
+    Ok(PreparedRun { paths, notes })
 }
 
 /// SLURM's own output files (`logs/slurm-<job>.out`): the submission script creates them before
@@ -176,41 +270,108 @@ fn is_slurm_log(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with("slurm-"))
 }
 
-/// True when `run_dir` does not exist or holds nothing but SLURM output files in `logs/`.
-fn is_unused_run_dir(run_dir: &Path) -> bool {
-    let Ok(entries) = fs::read_dir(run_dir) else {
-        return !run_dir.exists();
+/// The entries of a folder with their types (links not followed); empty when unreadable.
+fn entries(dir: &Path) -> Vec<(String, fs::FileType)> {
+    let Ok(read) = fs::read_dir(dir) else {
+        return Vec::new();
     };
-    entries.flatten().all(|e| {
-        let p = e.path();
-        p.file_name().is_some_and(|n| n == "logs")
-            && p.is_dir()
-            && fs::read_dir(&p).is_ok_and(|logs| logs.flatten().all(|l| is_slurm_log(&l.path())))
-    })
+    read.flatten()
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                e.file_type().ok()?,
+            ))
+        })
+        .collect()
 }
 
-/// Deletes everything of a run (`--overwrite`) except SLURM output files being written.
+/// What `dir` holds (a link to a folder is judged by the folder).
+fn classify_run_dir(dir: &Path, cfg: &ExperimentConfig) -> RunDir {
+    let meta = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return if fs::symlink_metadata(dir).is_ok() {
+                RunDir::Foreign("it is a symbolic link to nothing".into())
+            } else {
+                RunDir::Unused
+            };
+        }
+        Err(e) => return RunDir::Foreign(format!("it cannot be read: {e}")),
+    };
+    if !meta.is_dir() {
+        return RunDir::Foreign("it is a file, not a folder".into());
+    }
+    let top = entries(dir);
+    let is = |name: &str, dir_wanted: bool| {
+        top.iter()
+            .any(|(n, t)| n == name && if dir_wanted { t.is_dir() } else { t.is_file() })
+    };
+    let logs_only_slurm = || {
+        entries(&dir.join("logs"))
+            .iter()
+            .all(|(n, t)| t.is_file() && is_slurm_log(Path::new(n)))
+    };
+    if top.is_empty() || (top.len() == 1 && is("logs", true) && logs_only_slurm()) {
+        return RunDir::Unused;
+    }
+    if is(RUN_MARKER, false) {
+        return RunDir::Ours { marked: true };
+    }
+    // A run of a version before the marker: exactly what prepare_run and train wrote.
+    let layout = is("config.yaml", false)
+        && is("checkpoints", true)
+        && is("logs", true)
+        && top.iter().all(|(n, t)| {
+            matches!(n.as_str(), "config.yaml" | "checkpoints" | "logs")
+                || (t.is_file() && RUN_TOP_LEVEL_FILES.contains(&n.as_str()))
+        });
+    let names_experiment = || {
+        fs::read_to_string(dir.join("config.yaml")).is_ok_and(|text| {
+            text.lines().any(|l| {
+                l.strip_prefix("experiment_name:")
+                    .map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"'))
+                    == Some(cfg.experiment_name.as_str())
+            })
+        })
+    };
+    if layout && names_experiment() {
+        return RunDir::Ours { marked: false };
+    }
+    RunDir::Foreign(format!(
+        "it holds other files and no {RUN_MARKER} file, which sam-train writes into every run \
+         folder it creates"
+    ))
+}
+
+/// Deletes everything of a run (`--overwrite`) except SLURM output files being written. Links
+/// are removed as links: nothing outside the run folder is ever deleted.
 fn clear_run_dir(run_dir: &Path) -> Result<(), TrainError> {
     let io = |p: &Path, e: std::io::Error| TrainError::Io(format!("{}: {e}", p.display()));
+    let remove = |p: &Path, t: fs::FileType| {
+        // remove_dir_all does not follow links inside the folder; a link is a file to remove.
+        if t.is_dir() {
+            fs::remove_dir_all(p)
+        } else {
+            fs::remove_file(p)
+        }
+        .map_err(|e| io(p, e))
+    };
     for entry in fs::read_dir(run_dir).map_err(|e| io(run_dir, e))? {
-        let p = entry.map_err(|e| io(run_dir, e))?.path();
-        if p.file_name().is_some_and(|n| n == "logs") && p.is_dir() {
+        let entry = entry.map_err(|e| io(run_dir, e))?;
+        let p = entry.path();
+        let t = entry.file_type().map_err(|e| io(&p, e))?;
+        if p.file_name().is_some_and(|n| n == "logs") && t.is_dir() {
             for log in fs::read_dir(&p).map_err(|e| io(&p, e))? {
-                let l = log.map_err(|e| io(&p, e))?.path();
-                if is_slurm_log(&l) {
+                let log = log.map_err(|e| io(&p, e))?;
+                let l = log.path();
+                let lt = log.file_type().map_err(|e| io(&l, e))?;
+                if lt.is_file() && is_slurm_log(&l) {
                     continue;
                 }
-                let removed = if l.is_dir() {
-                    fs::remove_dir_all(&l)
-                } else {
-                    fs::remove_file(&l)
-                };
-                removed.map_err(|e| io(&l, e))?;
+                remove(&l, lt)?;
             }
-        } else if p.is_dir() {
-            fs::remove_dir_all(&p).map_err(|e| io(&p, e))?;
         } else {
-            fs::remove_file(&p).map_err(|e| io(&p, e))?;
+            remove(&p, t)?;
         }
     }
     Ok(())
@@ -362,13 +523,19 @@ fn shared_validation(
 /// Faults a test can inject into one rank through `SAM_TRAIN_INJECT_FAULTS`, to prove that
 /// ranks still decide together: `rank=R;validation_offset=X;nonfinite_at=I,J` makes rank R
 /// add X to its validation mSA and Dice, and see a NaN loss and gradients at (0-based)
-/// iterations I, J. Unset in real runs.
+/// iterations I, J; and that a kill during a checkpoint write loses nothing:
+/// `pause_checkpoint_write_at=N` makes the write of `latest` after iteration N stop half-way
+/// for a minute (the test kills the process there). Unset in real runs.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct FaultInjection {
     rank: Option<usize>,
     validation_offset: f64,
     nonfinite_at: Vec<u64>,
+    pause_checkpoint_write_at: Option<u64>,
 }
+
+/// How long a checkpoint write injected with `pause_checkpoint_write_at` stops.
+const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The variable [`FaultInjection`] is read from.
 const FAULTS_VAR: &str = "SAM_TRAIN_INJECT_FAULTS";
@@ -385,7 +552,7 @@ impl FaultInjection {
         let bad = |part: &str| {
             TrainError::Usage(format!(
                 "{FAULTS_VAR}: cannot read `{part}` (expected \
-                 rank=R;validation_offset=X;nonfinite_at=I,J)"
+                 rank=R;validation_offset=X;nonfinite_at=I,J;pause_checkpoint_write_at=N)"
             ))
         };
         let mut f = Self::default();
@@ -401,6 +568,9 @@ impl FaultInjection {
                         .split(',')
                         .map(|i| i.trim().parse().map_err(|_| bad(part)))
                         .collect::<Result<_, _>>()?
+                }
+                "pause_checkpoint_write_at" => {
+                    f.pause_checkpoint_write_at = Some(value.trim().parse().map_err(|_| bad(part))?)
                 }
                 _ => return Err(bad(part)),
             }
@@ -422,6 +592,19 @@ impl FaultInjection {
 
     fn nonfinite_at(&self, rank: usize, iteration: u64) -> bool {
         self.applies_to(rank) && self.nonfinite_at.contains(&iteration)
+    }
+
+    /// The pause of the write of `slot` after `iteration` completed steps.
+    fn checkpoint_pause(
+        &self,
+        rank: usize,
+        slot: Slot,
+        iteration: u64,
+    ) -> Option<std::time::Duration> {
+        (self.applies_to(rank)
+            && slot == Slot::Latest
+            && self.pause_checkpoint_write_at == Some(iteration))
+        .then_some(CHECKPOINT_PAUSE)
     }
 }
 
@@ -451,10 +634,45 @@ pub fn train(
         })
         .map_err(|e| TrainError::Model(e.to_string()))?;
     }
-    if is_main && !opts.resume {
-        let yaml = cfg.to_yaml().map_err(|e| TrainError::Io(e.to_string()))?;
-        fs::write(&paths.config, yaml)
-            .map_err(|e| TrainError::Io(format!("{}: {e}", paths.config.display())))?;
+    let store = CheckpointStore::new(&paths.checkpoint_dir);
+    // `--resume` of a run stopped before its first checkpoint starts it from the beginning in
+    // the same folder. Every rank looks at the same (shared) folder; they must agree.
+    let resuming = opts.resume && store.exists(Slot::Latest);
+    if let Some(c) = opts.collective {
+        if c.any(resuming)? == c.any(!resuming)? {
+            return Err(TrainError::Distributed(format!(
+                "the ranks disagree whether {} holds a checkpoint to resume from: the run \
+                 folder must be on a file system that every rank sees",
+                store.slot_dir(Slot::Latest).display()
+            )));
+        }
+    }
+    if is_main {
+        if opts.resume && !resuming {
+            say(format!(
+                "--resume: no checkpoint in {} yet (the run stopped before its first one): \
+                 starting from the beginning in the same folder",
+                store.slot_dir(Slot::Latest).display()
+            ));
+        }
+        for stale in store.remove_stale_temporaries()? {
+            say(format!(
+                "removed {}: a checkpoint write that was killed half-way (the checkpoint it \
+                 was to replace is intact)",
+                stale.display()
+            ));
+        }
+        if !resuming {
+            let yaml = cfg.to_yaml().map_err(|e| TrainError::Io(e.to_string()))?;
+            fs::write(&paths.config, yaml)
+                .map_err(|e| TrainError::Io(format!("{}: {e}", paths.config.display())))?;
+        }
+        if paths.export_path.exists() {
+            say(format!(
+                "note: {} exists; this run replaces it with its best model when it finishes",
+                paths.export_path.display()
+            ));
+        }
     }
 
     // Data: opened, not loaded. Each image is read once up front (by one rank) to check it
@@ -549,7 +767,6 @@ pub fn train(
         (None, None) => 1,
     };
     let total_iterations = t.iterations.unwrap_or(epochs * iters_per_epoch);
-    let store = CheckpointStore::new(&paths.checkpoint_dir);
     let mut state = TrainState {
         epoch: 0,
         iteration: 0,
@@ -561,24 +778,38 @@ pub fn train(
         seed: cfg.seed,
         metric: None,
         finished: false,
-        epoch_sums: [0.0; 4],
+        epoch_sums: EpochSums::default(),
         nonfinite_streak: 0,
+        intra_op_threads: None,
     };
-    if opts.resume {
+    let threads = u32::try_from(tch::get_num_threads()).ok();
+    if resuming {
         let ck = store.load(Slot::Latest)?;
-        model.load_named(&ck.model)?;
+        let source = store.slot_dir(Slot::Latest);
+        model.load_named(&ck.model, &source)?;
         optim.load_state_tensors(ck.optimizer)?;
         state = ck.state;
         say(format!(
             "resumed from {} at epoch {}, iteration {}",
-            store.slot_dir(Slot::Latest).display(),
+            source.display(),
             state.epoch,
             state.iteration
         ));
+        if let (Some(was), Some(now)) = (state.intra_op_threads, threads) {
+            if was != now && device == tch::Device::Cpu && is_main {
+                say(format!(
+                    "warning: the checkpoint was written by a process with {was} intra-op \
+                     threads, this one has {now}: on the CPU the sums then run in another \
+                     order, and the run ends within rounding of an uninterrupted one, not bit \
+                     for bit"
+                ));
+            }
+        }
     } else if let Some(c) = opts.collective {
         // Every rank starts from rank 0's weights.
         c.broadcast_variables(&model.named_variables())?;
     }
+    state.intra_op_threads = threads;
     optim.set_lr(state.scheduler.lr());
     if is_main {
         say(format!(
@@ -637,11 +868,12 @@ pub fn train(
     let snapshot =
         |model: &Model, optim: &AdamW, state: &TrainState, slot: Slot| -> Result<(), TrainError> {
             if is_main {
-                store.save(
+                store.save_pausing(
                     slot,
                     &model.named_variables(),
                     &optim.state_tensors(),
                     state,
+                    faults.checkpoint_pause(rank, slot, state.iteration),
                 )?;
             }
             Ok(())
@@ -663,6 +895,10 @@ pub fn train(
         let data_wait = step_started.elapsed().as_secs_f64();
         let refs: Vec<&TrainingSample> = batch.iter().collect();
         optim.zero_grad()?;
+        // torch's own generator (dropout and any other random op of a model) restarts every
+        // step from (seed, iteration, rank), so that a resumed run draws what the
+        // uninterrupted one drew without saving the generator. No module draws from it today.
+        tch::manual_seed(derive_seed(seed, &[5, state.iteration, rank as u64]) as i64 & i64::MAX);
         let scale = if t.precision == Precision::Fp16 {
             state.scaler.scale
         } else {
@@ -758,10 +994,11 @@ pub fn train(
         timing.data_wait_seconds += data_wait;
         state.iteration += 1;
         if step_ok {
-            state.epoch_sums[0] += value;
-            state.epoch_sums[1] += loss.dice;
-            state.epoch_sums[2] += loss.decoder;
-            state.epoch_sums[3] += 1.0;
+            let sums = &mut state.epoch_sums;
+            sums.loss += value;
+            sums.dice_loss += loss.dice;
+            sums.decoder_loss += loss.decoder;
+            sums.steps += 1.0;
         }
         opts.progress.step(state.iteration, value, optim.lr());
         if t.log_every_iterations > 0
@@ -798,21 +1035,22 @@ pub fn train(
             } else {
                 None
             };
-            let n = state.epoch_sums[3].max(1.0);
+            let sums = state.epoch_sums;
+            let n = sums.steps.max(1.0);
             let record = EpochRecord {
                 epoch: state.epoch,
                 iteration: state.iteration,
                 lr: optim.lr(),
-                train_loss: state.epoch_sums[0] / n,
-                train_dice_loss: state.epoch_sums[1] / n,
-                train_decoder_loss: state.epoch_sums[2] / n,
+                train_loss: sums.loss / n,
+                train_dice_loss: sums.dice_loss / n,
+                train_decoder_loss: sums.decoder_loss / n,
                 val_dice: scores.map_or(f64::NAN, |s| s.dice),
                 val_box_iou: scores.map_or(f64::NAN, |s| s.box_iou),
                 val_msa: scores.map_or(f64::NAN, |s| s.msa),
                 val_sa50: scores.map_or(f64::NAN, |s| s.sa50),
                 seconds: epoch_started.elapsed().as_secs_f64(),
             };
-            state.epoch_sums = [0.0; 4];
+            state.epoch_sums = EpochSums::default();
             epoch_started = Instant::now();
             if let Some(s) = scores {
                 last_validation = Some(s);
@@ -910,7 +1148,21 @@ pub fn train(
             Slot::Latest
         };
         let source = store.slot_dir(slot);
-        export_model(&source, &paths.export_path, model.decoder.is_some())?;
+        if paths.export_path.exists() {
+            say(format!(
+                "replacing {} (an earlier export) with this run's {} model",
+                paths.export_path.display(),
+                slot.name()
+            ));
+        }
+        export_model(
+            &source,
+            &paths.export_path,
+            ExportOptions {
+                with_decoder: model.decoder.is_some(),
+                replace: true,
+            },
+        )?;
         say(format!(
             "exported {} to {}",
             source.display(),
@@ -950,12 +1202,22 @@ pub fn train(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{FaultInjection, StepTiming};
+    use super::{FaultInjection, Slot, StepTiming, CHECKPOINT_PAUSE};
 
     #[test]
     fn fault_injection_spec() {
-        let f = FaultInjection::parse("rank=1; validation_offset=0.25;nonfinite_at=2,5").unwrap();
+        let f = FaultInjection::parse(
+            "rank=1; validation_offset=0.25;nonfinite_at=2,5;pause_checkpoint_write_at=4",
+        )
+        .unwrap();
         assert_eq!(f.validation_offset(1), 0.25);
+        assert_eq!(
+            f.checkpoint_pause(1, Slot::Latest, 4),
+            Some(CHECKPOINT_PAUSE)
+        );
+        assert_eq!(f.checkpoint_pause(1, Slot::Best, 4), None);
+        assert_eq!(f.checkpoint_pause(1, Slot::Latest, 3), None);
+        assert_eq!(f.checkpoint_pause(0, Slot::Latest, 4), None);
         assert_eq!(f.validation_offset(0), 0.0);
         assert!(f.nonfinite_at(1, 5) && !f.nonfinite_at(1, 3) && !f.nonfinite_at(0, 5));
         assert_eq!(

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use sam_config::{parse_config, ExperimentConfig, RunPaths, ValidateOptions};
 use sam_data::{synthesize, write_image, write_labels, SynthConfig};
 use sam_train::{
-    prepare_run, train, CheckpointStore, NoProgress, Slot, StopFlag, TrainError, TrainOptions,
-    TrainOutcome,
+    export_model, prepare_run, train, CheckpointStore, ExportOptions, NoProgress, Slot, StopFlag,
+    TrainError, TrainOptions, TrainOutcome, TrainProgress, RUN_MARKER,
 };
 use tch::Tensor;
 
@@ -114,7 +114,7 @@ fn run(
     resume: bool,
     limit: Option<u64>,
 ) -> Result<TrainOutcome, TrainError> {
-    let paths = prepare_run(cfg, root, resume, false)?;
+    let paths = prepare_run(cfg, root, resume, false)?.paths;
     train(cfg, &paths, &opts(root, resume, limit))
 }
 
@@ -189,6 +189,7 @@ fn run_folder_has_the_documented_layout_and_export() {
         .map(|p| p.strip_prefix(&run_dir).unwrap().display().to_string())
         .collect();
     let expected = [
+        RUN_MARKER,
         "checkpoints/ck/best/model.safetensors",
         "checkpoints/ck/best/optimizer.safetensors",
         "checkpoints/ck/best/state.json",
@@ -207,29 +208,377 @@ fn run_folder_has_the_documented_layout_and_export() {
         .iter()
         .any(|(k, _)| k.starts_with("image_encoder.")));
     assert!(ck.decoder_state.is_some_and(|d| !d.is_empty()));
+    export_refusals(dir.path());
+}
+
+/// Issue 16, harm 2: `sam-train export --checkpoint X --output X` overwrote its input (and
+/// dropped the decoder). An export never writes its input, through any name, nor replaces a
+/// file unasked. `root` holds a finished run of `config(.., true)`.
+fn export_refusals(root: &Path) {
+    let best = root.join("runs/t/checkpoints/ck/best");
+    let exported = root.join("final_models/t.pt");
+    let snapshot = || {
+        let mut all = files_under(&best);
+        all.push(exported.clone());
+        all.iter()
+            .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let before = snapshot();
+    let both = ExportOptions {
+        with_decoder: true,
+        replace: true,
+    };
+    let refused = |source: &Path, output: &Path, options: ExportOptions, part: &str| {
+        let err = export_model(source, output, options).unwrap_err();
+        assert!(err.is_usage(), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(part) && msg.contains(&output.display().to_string()),
+            "missing `{part}` in: {msg}"
+        );
+    };
+    let itself = "is the checkpoint being exported";
+    refused(&exported, &exported, both, itself);
+    refused(
+        &exported,
+        &root.join("final_models/../final_models/t.pt"),
+        both,
+        itself,
+    );
+    refused(
+        &best,
+        &best.join("model.safetensors"),
+        both,
+        "lies inside the checkpoint folder",
+    );
+    refused(
+        &best,
+        &best.join("new/model.pt"),
+        both,
+        "lies inside the checkpoint folder",
+    );
+    #[cfg(unix)]
+    {
+        let link = root.join("final_models/link.pt");
+        std::os::unix::fs::symlink(&exported, &link).unwrap();
+        refused(&exported, &link, both, itself);
+        let linked_dir = root.join("linked_best");
+        std::os::unix::fs::symlink(&best, &linked_dir).unwrap();
+        refused(
+            &best,
+            &linked_dir.join("x.pt"),
+            both,
+            "lies inside the checkpoint folder",
+        );
+        let hard = root.join("final_models/hard.pt");
+        std::fs::hard_link(&exported, &hard).unwrap();
+        refused(&exported, &hard, both, itself);
+    }
+    // An existing file is replaced only when asked to.
+    let keep = ExportOptions {
+        with_decoder: true,
+        replace: false,
+    };
+    refused(&best, &exported, keep, "exists: pass --force to replace it");
+    refused(&best, &root.join("final_models"), both, "is a folder");
+    assert!(snapshot() == before, "a refused export changed a file");
+    let copy = root.join("final_models/copy.pt");
+    export_model(&best, &copy, keep).unwrap();
+    refused(&best, &copy, keep, "exists");
+    export_model(&best, &copy, both).unwrap();
+    assert!(sam_model::read_checkpoint(&copy)
+        .unwrap()
+        .decoder_state
+        .is_some());
+}
+
+/// Issue 16: a checkpoint that does not fit the config printed every key (305 lines for a
+/// vit_b file) and no hint. Now a few lines: counts, examples, what the file holds against
+/// what the config builds, and what to set.
+#[test]
+fn a_checkpoint_that_does_not_fit_the_config_is_summarised_with_the_fix() {
+    let small = config("  epochs: 1", false);
+    let mut wide = small.clone();
+    if let Some(a) = wide.model.architecture.as_mut() {
+        a.encoder_embed_dim = Some(48);
+    }
+    let dir = setup!(2);
+    tch::manual_seed(1);
+    let other = sam_train::Model::new(&wide.model, tch::Device::Cpu).unwrap();
+    let file = dir.path().join("wide.pt");
+    sam_model::write_sam_state_dict(&file, &other.named_variables()).unwrap();
+    let mut model = sam_train::Model::new(&small.model, tch::Device::Cpu).unwrap();
+    let err = model
+        .load_initial(file.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    let check = |msg: &str| {
+        assert!(msg.lines().count() <= 12, "too long:\n{msg}");
+        for part in [
+            "does not fit the model the config describes",
+            "keys differ (",
+            "with another shape",
+            "for example:",
+            "the model has [32",
+            "The config builds vit_b with model.architecture's sizes (embed_dim 32",
+            "The file holds custom_vit (embed_dim 48",
+            "Fix: set model.architecture to the file's sizes",
+            "encoder_embed_dim: 48",
+        ] {
+            assert!(msg.contains(part), "missing `{part}` in:\n{msg}");
+        }
+    };
+    check(&err);
+    assert!(err.contains(&file.display().to_string()), "{err}");
+
+    // The run's own checkpoint against a changed config: the same summary, and the fix for
+    // a resume.
+    let paths = prepare_run(&wide, dir.path(), false, false).unwrap().paths;
+    let state = sam_train::TrainState {
+        epoch: 0,
+        iteration: 1,
+        best_metric: None,
+        best_dice: None,
+        scheduler: sam_train::LrScheduler::new(sam_train::ScheduleKind::Constant, 1e-3),
+        early_stopping: sam_train::EarlyStopping::new(None),
+        scaler: sam_train::ScalerState::default(),
+        seed: 3,
+        metric: None,
+        finished: false,
+        epoch_sums: sam_train::EpochSums::default(),
+        nonfinite_streak: 0,
+        intra_op_threads: None,
+    };
+    CheckpointStore::new(&paths.checkpoint_dir)
+        .save(Slot::Latest, &other.named_variables(), &[], &state)
+        .unwrap();
+    let err = run(&small, dir.path(), true, None).unwrap_err().to_string();
+    check(&err);
+    assert!(
+        err.contains("resume with the config it was started with")
+            && err.contains("runs/<experiment>/config.yaml"),
+        "{err}"
+    );
 }
 
 #[test]
 fn existing_run_folder_is_refused_and_untouched() {
     let cfg = config("  epochs: 1", false);
     let dir = setup!(2);
-    let run_dir = dir.path().join("runs/t");
-    std::fs::create_dir_all(&run_dir).unwrap();
-    std::fs::write(run_dir.join("notes.txt"), "keep me").unwrap();
+    let paths = prepare_run(&cfg, dir.path(), false, false).unwrap().paths;
+    std::fs::write(&paths.config, "x").unwrap();
+    std::fs::write(paths.run_dir.join("notes.txt"), "keep me").unwrap();
+    let before = files_under(&paths.run_dir);
     let err = prepare_run(&cfg, dir.path(), false, false).unwrap_err();
-    assert!(matches!(err, TrainError::RunExists(_)), "{err}");
-    assert!(
-        err.to_string().contains("--resume") && err.to_string().contains("--overwrite"),
-        "{err}"
-    );
-    assert_eq!(files_under(&run_dir), vec![run_dir.join("notes.txt")]);
-    // --resume without a checkpoint is refused too.
-    let err = prepare_run(&cfg, dir.path(), true, false).unwrap_err();
-    assert!(err.to_string().contains("cannot resume"), "{err}");
+    // No checkpoint yet: both ways out are named, neither leads back here.
+    assert!(matches!(err, TrainError::RunWithoutCheckpoint(_)), "{err}");
+    for part in [
+        "--resume",
+        "from the beginning",
+        "--overwrite",
+        "nothing was changed",
+    ] {
+        assert!(err.to_string().contains(part), "missing `{part}` in: {err}");
+    }
+    assert_eq!(files_under(&paths.run_dir), before);
     assert_eq!(
-        std::fs::read_to_string(run_dir.join("notes.txt")).unwrap(),
+        std::fs::read_to_string(paths.run_dir.join("notes.txt")).unwrap(),
         "keep me"
     );
+}
+
+/// A sink that keeps the trainer's messages.
+#[derive(Default)]
+struct Lines(std::sync::Mutex<Vec<String>>);
+
+impl TrainProgress for Lines {
+    fn message(&self, line: &str) {
+        self.0.lock().unwrap().push(line.to_string());
+    }
+}
+
+impl Lines {
+    fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+/// Issue 16: after a kill before the first checkpoint, a plain rerun said "pass --resume" and
+/// `--resume` said "start without --resume". Now `--resume` starts the run from the beginning
+/// in the same folder and says so.
+#[test]
+fn resume_before_the_first_checkpoint_starts_over_in_the_same_folder() {
+    let cfg = config("  epochs: 1", false);
+    let dir = setup!(2);
+    // What a run killed during its first steps leaves: the folder, config.yaml, a log.
+    let paths = prepare_run(&cfg, dir.path(), false, false).unwrap().paths;
+    std::fs::write(&paths.config, "experiment_name: t\n").unwrap();
+    std::fs::write(paths.logs_dir.join("train.log"), "iteration 1/2\n").unwrap();
+    let err = prepare_run(&cfg, dir.path(), false, false).unwrap_err();
+    assert!(
+        err.to_string().contains("pass --resume to start it again"),
+        "{err}"
+    );
+    let paths = prepare_run(&cfg, dir.path(), true, false).unwrap().paths;
+    let lines = Lines::default();
+    let opts = TrainOptions {
+        progress: &lines,
+        ..opts(dir.path(), true, None)
+    };
+    let outcome = train(&cfg, &paths, &opts).unwrap();
+    assert!(matches!(outcome, TrainOutcome::Finished(_)), "{outcome:?}");
+    let text = lines.text();
+    assert!(
+        text.contains("--resume: no checkpoint in")
+            && text.contains("starting from the beginning in the same folder"),
+        "{text}"
+    );
+    // The run is complete and its config is the real one again.
+    assert!(std::fs::read_to_string(&paths.config)
+        .unwrap()
+        .contains("checkpoint_name: ck"));
+    assert!(CheckpointStore::new(&paths.checkpoint_dir).exists(Slot::Latest));
+    // A resume of a run that never started starts it too.
+    let other = setup!(2);
+    let paths = prepare_run(&cfg, other.path(), true, false).unwrap().paths;
+    assert!(paths.run_dir.join(RUN_MARKER).is_file());
+}
+
+/// A folder with files that are not a run's: `image.tif`, `sub/label.tif`.
+fn fill_foreign(dir: &Path) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("image.tif"), "data").unwrap();
+    std::fs::write(dir.join("sub/label.tif"), "labels").unwrap();
+    files_under(dir)
+}
+
+/// Issue 16, harm 1: with `output_base_dir: data` and `experiment_name: train`, the run
+/// folder is the training data, and `--overwrite` deleted it. A folder without the run
+/// marker is refused in every mode, named, with the fix, and left as it was.
+#[test]
+fn overwrite_never_deletes_a_folder_it_did_not_create() {
+    let mut cfg = config("  epochs: 1", false);
+    cfg.output_base_dir = "data".into();
+    cfg.experiment_name = "train".into();
+    let dir = setup!(2);
+    let data = dir.path().join("data/train");
+    let before = files_under(&data);
+    for (resume, overwrite) in [(false, true), (false, false), (true, false)] {
+        let err = prepare_run(&cfg, dir.path(), resume, overwrite).unwrap_err();
+        assert!(
+            matches!(err, TrainError::NotARunFolder { .. }) && err.is_usage(),
+            "{err}"
+        );
+        let msg = err.to_string();
+        for part in [
+            data.display().to_string().as_str(),
+            "is not a run folder of sam-train",
+            RUN_MARKER,
+            "--overwrite included",
+            "output_base_dir or experiment_name",
+            "nothing was changed",
+        ] {
+            assert!(msg.contains(part), "missing `{part}` in: {msg}");
+        }
+        assert_eq!(
+            files_under(&data),
+            before,
+            "resume {resume}, overwrite {overwrite}"
+        );
+    }
+    // A file where the run folder would be is refused as well.
+    let cfg = config("  epochs: 1", false);
+    std::fs::create_dir_all(dir.path().join("runs")).unwrap();
+    std::fs::write(dir.path().join("runs/t"), "a file").unwrap();
+    let err = prepare_run(&cfg, dir.path(), false, true).unwrap_err();
+    assert!(err.to_string().contains("it is a file"), "{err}");
+    assert!(dir.path().join("runs/t").is_file());
+}
+
+/// Issue 16, harm 1: with `runs/<exp>` a symbolic link to another folder, `--overwrite`
+/// deleted that folder's files. Links are removed as links; their targets stay whole.
+#[cfg(unix)]
+#[test]
+fn overwrite_removes_links_never_their_targets() {
+    use std::os::unix::fs::symlink;
+    let cfg = config("  epochs: 1", false);
+    let dir = setup!(2);
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("elsewhere");
+    let kept = fill_foreign(&target);
+    // The run folder itself is a link.
+    std::fs::create_dir_all(dir.path().join("runs")).unwrap();
+    let run_dir = dir.path().join("runs/t");
+    symlink(&target, &run_dir).unwrap();
+    // Without --overwrite the target is not a run: refused.
+    assert!(matches!(
+        prepare_run(&cfg, dir.path(), false, false),
+        Err(TrainError::NotARunFolder { .. })
+    ));
+    let prepared = prepare_run(&cfg, dir.path(), false, true).unwrap();
+    assert_eq!(files_under(&target), kept, "the link's target lost files");
+    let meta = std::fs::symlink_metadata(&run_dir).unwrap();
+    assert!(meta.is_dir() && !meta.file_type().is_symlink());
+    assert!(run_dir.join(RUN_MARKER).is_file());
+    let note = prepared.notes.join("\n");
+    assert!(
+        note.contains("was a symbolic link to") && note.contains("removed the link"),
+        "{note}"
+    );
+
+    // Links inside a run folder: to a folder, to a file, and a logs/ entry.
+    let paths = prepared.paths;
+    std::fs::write(&paths.config, "x").unwrap();
+    symlink(&target, paths.checkpoint_dir.join("latest")).unwrap();
+    symlink(target.join("image.tif"), run_dir.join("linked.tif")).unwrap();
+    symlink(target.join("sub"), paths.logs_dir.join("more")).unwrap();
+    prepare_run(&cfg, dir.path(), false, true).unwrap();
+    assert_eq!(files_under(&target), kept, "a link's target lost files");
+    assert_eq!(
+        files_under(&run_dir),
+        vec![run_dir.join(RUN_MARKER)],
+        "the links were not removed"
+    );
+}
+
+/// Runs made before the marker existed are recognised by their exact layout, so that
+/// `--overwrite` and `--resume` keep working for them; anything more is not a run.
+#[test]
+fn runs_of_earlier_versions_are_recognised_by_their_layout() {
+    let cfg = config("  epochs: 1", false);
+    let dir = setup!(2);
+    let run_dir = dir.path().join("runs/t");
+    let make_old_run = || {
+        std::fs::create_dir_all(run_dir.join("checkpoints/ck/latest")).unwrap();
+        std::fs::create_dir_all(run_dir.join("logs")).unwrap();
+        std::fs::write(run_dir.join("config.yaml"), "experiment_name: t\nseed: 3\n").unwrap();
+        std::fs::write(run_dir.join("checkpoints/ck/latest/model.safetensors"), "x").unwrap();
+        std::fs::write(run_dir.join("logs/train.log"), "old").unwrap();
+        std::fs::write(run_dir.join("logs/slurm-3.out"), "job 3").unwrap();
+    };
+    make_old_run();
+    let prepared = prepare_run(&cfg, dir.path(), false, true).unwrap();
+    assert!(prepared.notes.join(" ").contains("earlier sam-train"));
+    assert_eq!(
+        files_under(&run_dir),
+        vec![run_dir.join(RUN_MARKER), run_dir.join("logs/slurm-3.out")]
+    );
+    // One file more, or a config of another experiment: not recognised, refused.
+    std::fs::remove_dir_all(&run_dir).unwrap();
+    make_old_run();
+    std::fs::write(run_dir.join("notes.txt"), "mine").unwrap();
+    assert!(matches!(
+        prepare_run(&cfg, dir.path(), false, true),
+        Err(TrainError::NotARunFolder { .. })
+    ));
+    std::fs::remove_file(run_dir.join("notes.txt")).unwrap();
+    std::fs::write(run_dir.join("config.yaml"), "experiment_name: other\n").unwrap();
+    assert!(matches!(
+        prepare_run(&cfg, dir.path(), false, true),
+        Err(TrainError::NotARunFolder { .. })
+    ));
+    assert!(run_dir.join("logs/train.log").is_file());
 }
 
 #[test]
@@ -457,17 +806,18 @@ fn slurm_output_files_alone_do_not_make_a_run_and_survive_overwrite() {
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::write(logs.join("slurm-17.out"), "job 17").unwrap();
     // Not a run yet: a fresh start is allowed.
-    let paths = prepare_run(&cfg, dir.path(), false, false).unwrap();
+    let paths = prepare_run(&cfg, dir.path(), false, false).unwrap().paths;
     std::fs::write(&paths.config, "x").unwrap();
     std::fs::write(logs.join("train.log"), "old").unwrap();
     // Now it is a run: refused without flags; --overwrite clears it but keeps the SLURM file.
     assert!(matches!(
         prepare_run(&cfg, dir.path(), false, false),
-        Err(TrainError::RunExists(_))
+        Err(TrainError::RunWithoutCheckpoint(_))
     ));
     prepare_run(&cfg, dir.path(), false, true).unwrap();
     assert!(!paths.config.exists());
     assert!(!logs.join("train.log").exists());
+    assert!(paths.run_dir.join(RUN_MARKER).is_file());
     assert_eq!(
         std::fs::read_to_string(logs.join("slurm-17.out")).unwrap(),
         "job 17"
