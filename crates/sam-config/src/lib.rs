@@ -82,7 +82,7 @@ pub use crate::{
     },
     load::{load_config, load_config_with, parse_config, Loaded},
     model::{Architecture, ArchitectureOverride, Backbone, CheckpointSource, ModelConfig},
-    paths::{find_root, find_root_from, is_repository_root, RunPaths, ROOT_ENV_VAR},
+    paths::{find_root, find_root_for, find_root_from, is_repository_root, RunPaths, ROOT_ENV_VAR},
     schema::json_schema,
     training::{Device, Precision, SchedulerConfig, SchedulerKind, TrainingConfig},
     validate::{Report, ValidateOptions, FREEZE_ROOTS},

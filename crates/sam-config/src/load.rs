@@ -9,7 +9,7 @@ use serde_yaml::Value as Yaml;
 use crate::diagnostics::{ConfigError, Diagnostic, Problem, Severity};
 use crate::estimate::WallTimeEstimate;
 use crate::experiment::ExperimentConfig;
-use crate::paths::{find_root, find_root_from};
+use crate::paths::find_root_for;
 use crate::positions::{dotted, parse_dotted, Pos, PositionIndex, Seg};
 use crate::schema::{check_structure, json_schema, Issue};
 use crate::validate::ValidateOptions;
@@ -23,6 +23,9 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
     /// The run's wall-time estimate.
     pub wall_time: Option<WallTimeEstimate>,
+    /// The repository root the config's relative paths resolve against, when one was given
+    /// or found ([`find_root_for`](crate::find_root_for)); `None` for config text.
+    pub root: Option<PathBuf>,
 }
 
 /// Load, check and validate a config file with the default options (file-system checks on;
@@ -33,6 +36,13 @@ pub fn load_config(path: impl AsRef<Path>) -> Result<Loaded, ConfigError> {
 
 /// Load, check and validate a config file. All problems are collected before returning; the
 /// error lists each as `file:line:column: dotted.key: message (did you mean ...)`.
+///
+/// The repository root is `options.root`, else found by
+/// [`find_root_for`](crate::find_root_for) (working directory, then the config's folder).
+/// When a root is known, a relative file path in `model.checkpoint` comes back resolved
+/// against it (micro_sam model names stay as they are), so that every command loads the same
+/// file from whatever folder it is started; the data folders are resolved by
+/// [`RunPaths::resolve`](crate::RunPaths::resolve).
 pub fn load_config_with(
     path: impl AsRef<Path>,
     options: &ValidateOptions,
@@ -43,13 +53,20 @@ pub fn load_config_with(
         source,
     })?;
     let mut options = options.clone();
+    let root = match &options.root {
+        Some(r) => Some(r.clone()),
+        None => find_root_for(None, Some(path)).ok(),
+    };
     if options.check_paths && options.root.is_none() {
-        options.root = find_root(None).ok().or_else(|| {
-            let abs = std::fs::canonicalize(path).ok()?;
-            find_root_from(abs.parent()?)
-        });
+        options.root = root.clone();
     }
-    parse_config(&text, Some(path), &options)
+    let mut loaded = parse_config_in(&text, Some(path), &options, path.parent())?;
+    if let Some(root) = &root {
+        let paths = crate::paths::RunPaths::new(root, &loaded.config);
+        loaded.config.model.checkpoint = paths.model_checkpoint(&loaded.config.model);
+    }
+    loaded.root = root;
+    Ok(loaded)
 }
 
 /// Check and validate config text. `file` only names the source in diagnostics.
@@ -58,6 +75,26 @@ pub fn parse_config(
     file: Option<&Path>,
     options: &ValidateOptions,
 ) -> Result<Loaded, ConfigError> {
+    parse_config_in(text, file, options, None)
+}
+
+/// [`parse_config`] for text read from a file in `config_dir`.
+fn parse_config_in(
+    text: &str,
+    file: Option<&Path>,
+    options: &ValidateOptions,
+    config_dir: Option<&Path>,
+) -> Result<Loaded, ConfigError> {
+    // A bare file name has the working directory as its folder.
+    let config_dir = config_dir.map(|d| {
+        if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        }
+    });
+    let config_dir = config_dir.and_then(|d| std::fs::canonicalize(d).ok());
+    let config_dir = config_dir.as_deref();
     let file: Option<PathBuf> = file.map(Path::to_path_buf);
     let place = |pos: Pos, severity: Severity, problem: Problem| Diagnostic {
         file: file.clone(),
@@ -81,6 +118,7 @@ pub fn parse_config(
         Ok(v) => v,
         Err(e) => {
             let mut d = serde_diagnostic(&e, &place);
+            explain_syntax(&mut d, text);
             // serde_yaml gives no position for a duplicate key; the index knows the second one.
             let dup = d
                 .problem
@@ -108,8 +146,15 @@ pub fn parse_config(
             Vec::new(),
         ));
     }
+    // A value JSON cannot hold (NaN, inf) was reported above and replaced by null: the
+    // schema's complaint about that null would name the same value twice, wrongly.
+    let unrepresentable: Vec<Vec<Seg>> = issues.iter().map(|i| i.path.clone()).collect();
     match check_structure(&json_schema(), &json) {
-        Ok(found) => issues.extend(found),
+        Ok(found) => issues.extend(
+            found
+                .into_iter()
+                .filter(|i| !unrepresentable.contains(&i.path)),
+        ),
         Err(e) => {
             let problem = Problem::new("", format!("internal error: invalid schema: {e}"));
             errors.push(place(Pos::START, Severity::Error, problem));
@@ -138,7 +183,7 @@ pub fn parse_config(
                 remove_path(&mut repaired, p);
             }
             if let Ok(config) = serde_json::from_value::<ExperimentConfig>(repaired) {
-                let report = config.validate(options);
+                let report = config.validate_in(options, config_dir);
                 let related = |key: &str| {
                     let path = parse_dotted(key);
                     bad_paths
@@ -161,7 +206,7 @@ pub fn parse_config(
     };
 
     // 4. Semantics.
-    let report = config.validate(options);
+    let report = config.validate_in(options, config_dir);
     let locate = |p: &Problem| {
         let path = parse_dotted(&p.key);
         index.key(&path)
@@ -183,7 +228,40 @@ pub fn parse_config(
         config,
         warnings,
         wall_time: report.wall_time,
+        root: None,
     })
+}
+
+/// Say in plain words what the YAML scanner's terse messages mean for the two mistakes it
+/// names worst: a tab in the indentation and an integer too large for any config value.
+fn explain_syntax(d: &mut Diagnostic, text: &str) {
+    let line = text
+        .lines()
+        .nth(d.line.saturating_sub(1))
+        .unwrap_or_default();
+    let indent: String = line.chars().take_while(|c| c.is_whitespace()).collect();
+    if let Some(i) = indent.find('\t') {
+        d.column = indent[..i].chars().count() + 1;
+        d.problem.message = format!(
+            "line {} is indented with a tab character; YAML indents with spaces only: replace \
+             the tab with spaces",
+            d.line
+        );
+        return;
+    }
+    // serde_yaml: "invalid type: integer `N` as u128, expected any YAML value".
+    let m = &d.problem.message;
+    if m.contains(" as u128") || m.contains(" as i128") {
+        let number = m
+            .split('`')
+            .nth(1)
+            .map_or_else(String::new, |n| format!("{n} "));
+        d.problem.message = format!(
+            "the number {number}is too large for this key (no config value can exceed {}; \
+             docs/config.md gives each key's range)",
+            u64::MAX
+        );
+    }
 }
 
 /// Remove the value at `path` (a mapping entry or a sequence item) from `v`.

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::diagnostics::ConfigError;
 use crate::experiment::ExperimentConfig;
+use crate::model::{CheckpointSource, ModelConfig};
 
 /// Environment variable naming the repository root explicitly.
 pub const ROOT_ENV_VAR: &str = "SAM_TRAINER_ROOT";
@@ -64,6 +65,16 @@ impl RunPaths {
     pub fn resolve(&self, path: &Path) -> PathBuf {
         join(&self.root, path)
     }
+
+    /// `model.checkpoint` as the model loaders take it: a micro_sam model name as it is, a
+    /// file path resolved against the root, `None` for random weights.
+    pub fn model_checkpoint(&self, model: &ModelConfig) -> Option<String> {
+        match model.checkpoint_source() {
+            CheckpointSource::Random => None,
+            CheckpointSource::ModelName(name) => Some(name),
+            CheckpointSource::Path(p) => Some(self.resolve(&p).to_string_lossy().into_owned()),
+        }
+    }
 }
 
 fn join(root: &Path, p: &Path) -> PathBuf {
@@ -93,6 +104,24 @@ pub fn find_root(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
         source,
     })?;
     find_root_from(&cwd).ok_or(ConfigError::NoRoot { start: cwd })
+}
+
+/// Find the repository root for a command that reads the config file `config`: as
+/// [`find_root`], then the nearest ancestor of the config file's folder that holds `configs/`
+/// and `dat/` (so that `sam-train validate /repo/configs/x.yaml` works from any folder, and
+/// every command finds the same root for the same config).
+pub fn find_root_for(
+    explicit: Option<&Path>,
+    config: Option<&Path>,
+) -> Result<PathBuf, ConfigError> {
+    let first = find_root(explicit);
+    if first.is_ok() {
+        return first;
+    }
+    config
+        .and_then(|c| std::fs::canonicalize(c).ok())
+        .and_then(|c| find_root_from(c.parent()?))
+        .map_or(first, Ok)
 }
 
 /// The nearest ancestor of `start` (itself included) that holds `configs/` and `dat/`.

@@ -145,6 +145,15 @@ pub(crate) fn show(v: &Value) -> String {
     }
 }
 
+/// "found ..." text: the type and the value, each once (`null`, `a list of 2 items`,
+/// `an integer 5`, `a string "x"`).
+fn found_text(v: &Value) -> String {
+    match v {
+        Value::Null | Value::Array(_) | Value::Object(_) => show(v),
+        _ => format!("{} {}", type_name(v), show(v)),
+    }
+}
+
 fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -260,10 +269,9 @@ fn map_error(err: &ValidationError<'_>, schema: &Value, instance: &Value, out: &
                 Problem::new(
                     key,
                     format!(
-                        "expected {}, found {} {}",
+                        "expected {}, found {}",
                         expected_types(kind),
-                        type_name(found),
-                        show(found)
+                        found_text(found)
                     ),
                 ),
             ));
@@ -328,11 +336,7 @@ fn map_error(err: &ValidationError<'_>, schema: &Value, instance: &Value, out: &
                         false,
                         Problem::new(
                             key,
-                            format!(
-                                "expected {expected}, found {} {}",
-                                type_name(found),
-                                show(found)
-                            ),
+                            format!("expected {expected}, found {}", found_text(found)),
                         ),
                     ));
                 }

@@ -9,14 +9,17 @@ use crate::cluster::{
 };
 use crate::diagnostics::{did_you_mean, Problem};
 use crate::estimate::WallTimeEstimate;
-use crate::evaluation::{GridRange, InferenceMode};
-use crate::experiment::{ExperimentConfig, RangeOp};
+use crate::evaluation::{GridRange, InferenceConfig, InferenceMode};
+use crate::experiment::{AugmentationConfig, ExperimentConfig, NormalizationConfig, RangeOp};
 use crate::model::{Backbone, CheckpointSource};
 use crate::paths::find_root;
 use crate::training::{Device, Precision, SchedulerKind};
 
 /// The top-level state-dict prefixes that `model.freeze` may start with.
 pub const FREEZE_ROOTS: [&str; 4] = ["image_encoder", "prompt_encoder", "mask_decoder", "decoder"];
+
+/// How [`ExperimentConfig::protected_folders`] names the config file's own folder.
+const CONFIG_FILE_FOLDER: &str = "the folder of this config file";
 
 /// Image file extensions counted in data folders.
 const IMAGE_EXTENSIONS: [&str; 5] = ["tif", "tiff", "png", "jpg", "jpeg"];
@@ -183,6 +186,41 @@ fn count_images(dir: &Path) -> Option<u64> {
     Some(n as u64)
 }
 
+/// `p` with `.` dropped and `..` applied to the component before it (no file-system access).
+fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `p` with symlinks resolved in its longest existing ancestor (the rest kept as written).
+fn through_links(p: &Path) -> PathBuf {
+    let mut tail = Vec::new();
+    let mut head = p;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(head) {
+            return tail.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                head = parent;
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
 fn normalise(p: &Path) -> PathBuf {
     p.components()
         .filter(|c| !matches!(c, Component::CurDir))
@@ -193,10 +231,21 @@ impl ExperimentConfig {
     /// Check every value and every relation between values; collect every problem with its
     /// dotted key. Never fails early, never prints.
     pub fn validate(&self, options: &ValidateOptions) -> Report {
+        self.validate_in(options, None)
+    }
+
+    /// [`Self::validate`] for a config read from a file in `config_dir` (a folder the run's
+    /// output must stay clear of).
+    pub(crate) fn validate_in(
+        &self,
+        options: &ValidateOptions,
+        config_dir: Option<&Path>,
+    ) -> Report {
         let mut c = Checker {
             report: Report::default(),
         };
         self.check_top(&mut c);
+        self.check_output_dir(&mut c, options, config_dir);
         self.check_data(&mut c);
         self.check_augmentation(&mut c);
         self.check_model(&mut c);
@@ -251,6 +300,139 @@ impl ExperimentConfig {
                 key,
                 format!("must end in `.pt` or `.pth`, found `{}`", e.display()),
             );
+        }
+    }
+
+    /// The folders a run folder must never overlap: `--overwrite` deletes run folders, so
+    /// `output_base_dir` may not be, contain or lie inside a data, model or config folder.
+    /// Compared lexically (`..` resolved) against the root, and through symlinks when the
+    /// file system is checked.
+    fn protected_folders(&self, config_dir: Option<&Path>) -> Vec<(String, PathBuf)> {
+        let d = &self.data;
+        let a = &self.augmentation;
+        let e = &self.evaluation;
+        let mut out: Vec<(String, PathBuf)> = vec![
+            ("data.train_images_dir".into(), d.train_images_dir.clone()),
+            ("data.train_labels_dir".into(), d.train_labels_dir.clone()),
+            (
+                "augmentation.source_images_dir".into(),
+                a.source_images_dir.clone(),
+            ),
+            (
+                "augmentation.source_labels_dir".into(),
+                a.source_labels_dir.clone(),
+            ),
+            (
+                "augmentation.output_images_dir".into(),
+                a.output_images_dir.clone(),
+            ),
+            (
+                "augmentation.output_labels_dir".into(),
+                a.output_labels_dir.clone(),
+            ),
+            (
+                "evaluation.test_images_dir".into(),
+                e.test_images_dir.clone(),
+            ),
+            (
+                "evaluation.test_labels_dir".into(),
+                e.test_labels_dir.clone(),
+            ),
+        ];
+        for (k, p) in [
+            ("data.validation.images_dir", &d.validation.images_dir),
+            ("data.validation.labels_dir", &d.validation.labels_dir),
+        ] {
+            if let Some(p) = p {
+                out.push((k.into(), p.clone()));
+            }
+        }
+        if let CheckpointSource::Path(p) = self.model.checkpoint_source() {
+            if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
+                out.push((
+                    "the folder of model.checkpoint".into(),
+                    parent.to_path_buf(),
+                ));
+            }
+        }
+        if let Some(parent) = self.export_path.parent() {
+            out.push(("the folder of export_path".into(), parent.to_path_buf()));
+        }
+        out.push(("the repository's data folder".into(), PathBuf::from("dat")));
+        out.push((
+            "the repository's config folder".into(),
+            PathBuf::from("configs"),
+        ));
+        out.retain(|(_, p)| !p.as_os_str().is_empty());
+        if let Some(dir) = config_dir {
+            out.push((CONFIG_FILE_FOLDER.into(), dir.to_path_buf()));
+        }
+        out
+    }
+
+    fn check_output_dir(
+        &self,
+        c: &mut Checker,
+        options: &ValidateOptions,
+        config_dir: Option<&Path>,
+    ) {
+        if self.output_base_dir.as_os_str().is_empty() {
+            return; // reported by check_top
+        }
+        // Without a known root, relative paths are compared among themselves.
+        let known_root = options
+            .root
+            .clone()
+            .or_else(|| options.check_paths.then(|| find_root(None).ok()).flatten());
+        let root = known_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/<repository root>"));
+        let resolve = |p: &Path| -> PathBuf {
+            let joined = lexical(&root.join(p));
+            if options.check_paths {
+                through_links(&joined)
+            } else {
+                joined
+            }
+        };
+        let out = resolve(&self.output_base_dir);
+        let run_dir = out.join(&self.experiment_name);
+        let shown = self.output_base_dir.display();
+        for (what, folder) in self.protected_folders(config_dir) {
+            let full = resolve(&folder);
+            let config_file = what == CONFIG_FILE_FOLDER;
+            // A config beside the repository's folders, or the copy a run saved of itself
+            // (`runs/<experiment>/config.yaml`, read again by sam-eval), is not at risk.
+            if config_file && (full == resolve(Path::new("")) || full == run_dir) {
+                continue;
+            }
+            let relation = if out == full {
+                "is"
+            } else if full.starts_with(&out) {
+                "contains"
+            } else if out.starts_with(&full) && !config_file {
+                "lies inside"
+            } else {
+                continue;
+            };
+            let what = if what.contains(' ') {
+                format!("{what} `{}`", folder.display())
+            } else {
+                format!("`{}` ({what})", folder.display())
+            };
+            let resolved = if known_root.is_some() || self.output_base_dir.is_absolute() {
+                format!(" ({})", out.display())
+            } else {
+                String::new()
+            };
+            c.err(
+                "output_base_dir",
+                format!(
+                    "`{shown}`{resolved} {relation} {what}: run folders are written and, with \
+                     --overwrite, deleted there; use a folder of its own such as `runs`"
+                ),
+            );
+            return;
         }
     }
 
@@ -329,20 +511,20 @@ impl ExperimentConfig {
                 );
             }
         }
-        c.at_least("data.min_objects_per_patch", d.min_objects_per_patch, 1);
+        if d.min_objects_per_patch == 0 {
+            // The training step prompts objects of every patch: a background patch gives it
+            // nothing to prompt (micro_sam's MinInstanceSampler also requires one).
+            c.err(
+                "data.min_objects_per_patch",
+                "must be at least 1, found 0: every training patch is prompted with its objects, \
+                 so a patch without objects cannot be trained on (images without objects are \
+                 skipped with a warning)",
+            );
+        }
         if let Some(n) = d.samples_per_epoch {
             c.at_least("data.samples_per_epoch", n, 1);
         }
-        let n = &d.normalization;
-        let (lo, hi) = (n.lower_percentile, n.upper_percentile);
-        c.within("data.normalization.lower_percentile", lo, 0.0, 100.0);
-        c.within("data.normalization.upper_percentile", hi, 0.0, 100.0);
-        if lo >= hi {
-            c.err(
-                "data.normalization.upper_percentile",
-                format!("must be greater than lower_percentile ({lo}), found {hi}"),
-            );
-        }
+        d.normalization.check(c);
         c.at_least("data.prefetch_batches", d.prefetch_batches, 1);
         let preset = self.hardware.accelerator.preset();
         if d.num_workers > preset.max_num_workers {
@@ -357,58 +539,7 @@ impl ExperimentConfig {
     }
 
     fn check_augmentation(&self, c: &mut Checker) {
-        let a = &self.augmentation;
-        if a.copies_per_image == 0 && !a.include_original {
-            c.err(
-                "augmentation.copies_per_image",
-                "is 0 and include_original is false: augmentation would write nothing",
-            );
-        }
-        for (out_key, out, src) in [
-            (
-                "augmentation.output_images_dir",
-                &a.output_images_dir,
-                &a.source_images_dir,
-            ),
-            (
-                "augmentation.output_labels_dir",
-                &a.output_labels_dir,
-                &a.source_labels_dir,
-            ),
-        ] {
-            if normalise(out) == normalise(src) {
-                c.err(
-                    out_key,
-                    "must differ from the source folder: raw data is never written to",
-                );
-            }
-        }
-        let ops = &a.operations;
-        let k = "augmentation.operations";
-        for (name, op) in [
-            ("flip_horizontal", &ops.flip_horizontal),
-            ("flip_vertical", &ops.flip_vertical),
-            ("rotate90", &ops.rotate90),
-        ] {
-            c.within(&format!("{k}.{name}.probability"), op.probability, 0.0, 1.0);
-        }
-        let inf = f64::INFINITY;
-        c.range_op(&format!("{k}.rotation"), &ops.rotation, -180.0, 180.0);
-        c.range_op(&format!("{k}.scale"), &ops.scale, 0.1, 10.0);
-        c.range_op(&format!("{k}.brightness"), &ops.brightness, -1.0, 1.0);
-        c.range_op(&format!("{k}.contrast"), &ops.contrast, 0.01, 100.0);
-        c.range_op(&format!("{k}.gamma"), &ops.gamma, 0.01, 100.0);
-        c.range_op(
-            &format!("{k}.gaussian_noise"),
-            &ops.gaussian_noise,
-            0.0,
-            1.0,
-        );
-        c.range_op(&format!("{k}.gaussian_blur"), &ops.gaussian_blur, 0.0, inf);
-        let e = &ops.elastic;
-        c.within(&format!("{k}.elastic.probability"), e.probability, 0.0, 1.0);
-        c.non_negative(&format!("{k}.elastic.alpha"), e.alpha);
-        c.positive(&format!("{k}.elastic.sigma"), e.sigma);
+        self.augmentation.check(c);
     }
 
     fn check_model(&self, c: &mut Checker) {
@@ -895,9 +1026,8 @@ impl ExperimentConfig {
         if let Some(tile) = i.tile_shape {
             let input = self.model.resolved_architecture().image_size;
             for (ax, &side) in tile.iter().enumerate() {
-                c.at_least(&format!("inference.tile_shape[{ax}]"), side, 1);
                 let full = u64::from(side) + 2 * u64::from(i.halo[ax]);
-                if full > u64::from(input) {
+                if side > 0 && full > u64::from(input) {
                     c.warn(
                         &format!("inference.tile_shape[{ax}]"),
                         format!(
@@ -909,47 +1039,7 @@ impl ExperimentConfig {
                 }
             }
         }
-        c.at_least("inference.batch_size", i.batch_size, 1);
-        let a = &i.ais;
-        let k = "inference.ais";
-        c.within(
-            &format!("{k}.center_distance_threshold"),
-            a.center_distance_threshold,
-            0.0,
-            1.0,
-        );
-        c.within(
-            &format!("{k}.boundary_distance_threshold"),
-            a.boundary_distance_threshold,
-            0.0,
-            1.0,
-        );
-        c.within(
-            &format!("{k}.foreground_threshold"),
-            a.foreground_threshold,
-            0.0,
-            1.0,
-        );
-        c.non_negative(&format!("{k}.foreground_smoothing"), a.foreground_smoothing);
-        c.non_negative(&format!("{k}.distance_smoothing"), a.distance_smoothing);
-        let m = &i.amg;
-        let k = "inference.amg";
-        c.at_least(&format!("{k}.points_per_side"), m.points_per_side, 1);
-        c.at_least(&format!("{k}.points_per_batch"), m.points_per_batch, 1);
-        c.within(&format!("{k}.pred_iou_thresh"), m.pred_iou_thresh, 0.0, 1.0);
-        c.within(
-            &format!("{k}.stability_score_thresh"),
-            m.stability_score_thresh,
-            0.0,
-            1.0,
-        );
-        c.non_negative(
-            &format!("{k}.stability_score_offset"),
-            m.stability_score_offset,
-        );
-        c.within(&format!("{k}.box_nms_thresh"), m.box_nms_thresh, 0.0, 1.0);
-        c.within(&format!("{k}.crop_nms_thresh"), m.crop_nms_thresh, 0.0, 1.0);
-        c.at_most(&format!("{k}.crop_n_layers"), m.crop_n_layers, 3, "");
+        i.check(c);
     }
 
     /// File-system checks; returns the number of training images when counted.
@@ -1062,5 +1152,160 @@ impl ExperimentConfig {
             }
         }
         c.report.wall_time = Some(est);
+    }
+}
+
+/// The checks of one section, for tools whose flags override that section of a config (or
+/// stand in for it): the flags' values go through the same rules as the config's. Keys are
+/// dotted as in a full config (`inference.ais.foreground_threshold`).
+macro_rules! section_validate {
+    ($ty:ty, $what:literal) => {
+        impl $ty {
+            #[doc = concat!("Check the ", $what, " section alone, with the rules ")]
+            #[doc = "[`ExperimentConfig::validate`] applies to it."]
+            pub fn validate(&self) -> Report {
+                let mut c = Checker {
+                    report: Report::default(),
+                };
+                self.check(&mut c);
+                c.report
+            }
+        }
+    };
+}
+
+section_validate!(InferenceConfig, "`inference`");
+section_validate!(AugmentationConfig, "`augmentation`");
+section_validate!(NormalizationConfig, "`data.normalization`");
+
+impl NormalizationConfig {
+    fn check(&self, c: &mut Checker) {
+        let (lo, hi) = (self.lower_percentile, self.upper_percentile);
+        c.within("data.normalization.lower_percentile", lo, 0.0, 100.0);
+        c.within("data.normalization.upper_percentile", hi, 0.0, 100.0);
+        if lo >= hi {
+            c.err(
+                "data.normalization.upper_percentile",
+                format!("must be greater than lower_percentile ({lo}), found {hi}"),
+            );
+        }
+    }
+}
+
+impl AugmentationConfig {
+    fn check(&self, c: &mut Checker) {
+        let a = self;
+        if a.copies_per_image == 0 && !a.include_original {
+            c.err(
+                "augmentation.copies_per_image",
+                "is 0 and include_original is false: augmentation would write nothing",
+            );
+        }
+        for (out_key, out, src) in [
+            (
+                "augmentation.output_images_dir",
+                &a.output_images_dir,
+                &a.source_images_dir,
+            ),
+            (
+                "augmentation.output_labels_dir",
+                &a.output_labels_dir,
+                &a.source_labels_dir,
+            ),
+        ] {
+            if normalise(out) == normalise(src) {
+                c.err(
+                    out_key,
+                    "must differ from the source folder: raw data is never written to",
+                );
+            }
+        }
+        let ops = &a.operations;
+        let k = "augmentation.operations";
+        for (name, op) in [
+            ("flip_horizontal", &ops.flip_horizontal),
+            ("flip_vertical", &ops.flip_vertical),
+            ("rotate90", &ops.rotate90),
+        ] {
+            c.within(&format!("{k}.{name}.probability"), op.probability, 0.0, 1.0);
+        }
+        let inf = f64::INFINITY;
+        c.range_op(&format!("{k}.rotation"), &ops.rotation, -180.0, 180.0);
+        c.range_op(&format!("{k}.scale"), &ops.scale, 0.1, 10.0);
+        c.range_op(&format!("{k}.brightness"), &ops.brightness, -1.0, 1.0);
+        c.range_op(&format!("{k}.contrast"), &ops.contrast, 0.01, 100.0);
+        c.range_op(&format!("{k}.gamma"), &ops.gamma, 0.01, 100.0);
+        c.range_op(
+            &format!("{k}.gaussian_noise"),
+            &ops.gaussian_noise,
+            0.0,
+            1.0,
+        );
+        c.range_op(&format!("{k}.gaussian_blur"), &ops.gaussian_blur, 0.0, inf);
+        let e = &ops.elastic;
+        c.within(&format!("{k}.elastic.probability"), e.probability, 0.0, 1.0);
+        c.non_negative(&format!("{k}.elastic.alpha"), e.alpha);
+        c.positive(&format!("{k}.elastic.sigma"), e.sigma);
+    }
+}
+
+impl InferenceConfig {
+    fn check(&self, c: &mut Checker) {
+        let i = self;
+        if let Some(tile) = i.tile_shape {
+            for (ax, &side) in tile.iter().enumerate() {
+                c.at_least(&format!("inference.tile_shape[{ax}]"), side, 1);
+            }
+        }
+        c.at_least("inference.batch_size", i.batch_size, 1);
+        let a = &i.ais;
+        let k = "inference.ais";
+        c.within(
+            &format!("{k}.center_distance_threshold"),
+            a.center_distance_threshold,
+            0.0,
+            1.0,
+        );
+        c.within(
+            &format!("{k}.boundary_distance_threshold"),
+            a.boundary_distance_threshold,
+            0.0,
+            1.0,
+        );
+        c.within(
+            &format!("{k}.foreground_threshold"),
+            a.foreground_threshold,
+            0.0,
+            1.0,
+        );
+        c.non_negative(&format!("{k}.foreground_smoothing"), a.foreground_smoothing);
+        c.non_negative(&format!("{k}.distance_smoothing"), a.distance_smoothing);
+        let m = &i.amg;
+        let k = "inference.amg";
+        c.at_least(&format!("{k}.points_per_side"), m.points_per_side, 1);
+        c.at_least(&format!("{k}.points_per_batch"), m.points_per_batch, 1);
+        c.within(&format!("{k}.pred_iou_thresh"), m.pred_iou_thresh, 0.0, 1.0);
+        c.within(
+            &format!("{k}.stability_score_thresh"),
+            m.stability_score_thresh,
+            0.0,
+            1.0,
+        );
+        c.non_negative(
+            &format!("{k}.stability_score_offset"),
+            m.stability_score_offset,
+        );
+        c.within(&format!("{k}.box_nms_thresh"), m.box_nms_thresh, 0.0, 1.0);
+        c.within(&format!("{k}.crop_nms_thresh"), m.crop_nms_thresh, 0.0, 1.0);
+        if m.crop_n_layers != 0 {
+            c.err(
+                &format!("{k}.crop_n_layers"),
+                format!(
+                    "must be 0 (image crops are not implemented: large images are tiled, see \
+                     inference.tile_shape), found {}",
+                    m.crop_n_layers
+                ),
+            );
+        }
     }
 }

@@ -455,3 +455,285 @@ fn vit_t_rejects_vit_sizes_and_takes_only_decoder_features() {
         "{errors:#?}"
     );
 }
+
+/// Every error of `text` with key `output_base_dir`, rendered.
+fn output_dir_errors(text: &str, options: &ValidateOptions) -> Vec<String> {
+    match parse_config(text, Some(Path::new("cfg.yaml")), options) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .diagnostics()
+            .iter()
+            .filter(|d| d.problem.key == "output_base_dir")
+            .map(ToString::to_string)
+            .collect(),
+    }
+}
+
+#[test]
+fn issue_16_output_folder_may_not_be_contain_or_lie_inside_data_model_or_config_folders() {
+    let with_base = |base: &str| {
+        format!(
+            "experiment_name: exp\noutput_base_dir: {base}\ncheckpoint_name: ckpt\n\
+             export_path: final_models/exp.pt\nmodel:\n  checkpoint: weights/sam.pth\n"
+        )
+    };
+    for (base, relation, other) in [
+        (
+            ".",
+            "contains",
+            "`dat/augmented_training_data/images` (data.train_images_dir)",
+        ),
+        (
+            "/",
+            "contains",
+            "`dat/augmented_training_data/images` (data.train_images_dir)",
+        ),
+        (
+            "dat",
+            "contains",
+            "`dat/augmented_training_data/images` (data.train_images_dir)",
+        ),
+        ("runs/../dat", "contains", "(data.train_images_dir)"),
+        (
+            "dat/training_data/images",
+            "is",
+            "(augmentation.source_images_dir)",
+        ),
+        (
+            "dat/training_data/images/runs",
+            "lies inside",
+            "(augmentation.source_images_dir)",
+        ),
+        (
+            "dat/other",
+            "lies inside",
+            "the repository's data folder `dat`",
+        ),
+        ("weights", "is", "the folder of model.checkpoint `weights`"),
+        (
+            "final_models",
+            "is",
+            "the folder of export_path `final_models`",
+        ),
+        (
+            "configs/runs",
+            "lies inside",
+            "the repository's config folder `configs`",
+        ),
+    ] {
+        let errors = output_dir_errors(&with_base(base), &no_paths());
+        assert_eq!(errors.len(), 1, "{base}: {errors:?}");
+        let e = &errors[0];
+        assert!(
+            e.starts_with(&format!("cfg.yaml:2:1: output_base_dir: `{base}`"))
+                && e.contains(&format!(" {relation} "))
+                && e.contains(other)
+                && e.contains(
+                    "with --overwrite, deleted there; use a folder of its own such as `runs`"
+                ),
+            "{base}: {e}"
+        );
+    }
+    for base in ["runs", "/scratch/runs", "results/runs"] {
+        assert_eq!(
+            output_dir_errors(&with_base(base), &no_paths()),
+            Vec::<String>::new()
+        );
+    }
+
+    // Through a symlink, when the file system is checked: `runs` -> `dat`.
+    let root = temp_root!();
+    std::os::unix::fs::symlink(root.path().join("dat"), root.path().join("runs")).expect("link");
+    let opts = ValidateOptions {
+        check_paths: true,
+        root: Some(root.path().to_path_buf()),
+    };
+    let errors = output_dir_errors(&with_base("runs"), &opts);
+    assert!(
+        errors.len() == 1 && errors[0].contains("contains `dat/augmented_training_data/images`"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        output_dir_errors(&with_base("runs"), &no_paths()),
+        Vec::<String>::new()
+    );
+
+    // The config file's own folder; not the copy a run keeps of its config.
+    let exp_dir = root.path().join("experiments");
+    std::fs::create_dir_all(&exp_dir).expect("mkdir");
+    std::fs::write(exp_dir.join("exp.yaml"), with_base("experiments")).expect("write");
+    let opts = ValidateOptions {
+        check_paths: false,
+        root: Some(root.path().to_path_buf()),
+    };
+    let err = load_config_with(exp_dir.join("exp.yaml"), &opts).expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("is the folder of this config file"),
+        "{err}"
+    );
+    let saved = root.path().join("results/exp");
+    std::fs::create_dir_all(&saved).expect("mkdir");
+    std::fs::write(saved.join("config.yaml"), with_base("results")).expect("write");
+    load_config_with(saved.join("config.yaml"), &opts).expect("a run's own config.yaml loads");
+}
+
+#[test]
+fn issue_16_type_errors_name_the_type_and_the_value_once() {
+    for (body, key, want) in [
+        (
+            "training:\n  betas: null\n",
+            "training.betas",
+            "expected a list, found null",
+        ),
+        (
+            "training:\n  batch_size: null\n",
+            "training.batch_size",
+            "expected an integer, found null",
+        ),
+        (
+            "model:\n  freeze: [[a]]\n",
+            "model.freeze[0]",
+            "expected a string, found a list of 1 item",
+        ),
+        (
+            "data:\n  image_shape: 5\n",
+            "data.image_shape",
+            "expected a list, found an integer 5",
+        ),
+    ] {
+        let errors = errors_of(&format!("{HEAD}{body}"));
+        let d = find(&errors, key);
+        assert!(d.problem.message.ends_with(want), "{d}");
+        for doubled in ["null null", "a list a list", "an integer an integer"] {
+            assert!(!d.to_string().contains(doubled), "{d}");
+        }
+    }
+}
+
+#[test]
+fn issue_16_nan_and_inf_are_reported_once() {
+    for (value, shown) in [(".nan", "NaN"), (".inf", "inf"), ("-.inf", "-inf")] {
+        let errors = errors_of(&format!("{HEAD}training:\n  lr: {value}\n"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            errors[0].to_string(),
+            format!("cfg.yaml:6:7: training.lr: expected a finite number, found {shown}")
+        );
+    }
+}
+
+#[test]
+fn issue_16_tabs_and_huge_numbers_are_named_plainly() {
+    let errors = errors_of(&format!("{HEAD}training:\n\tlr: 1.0e-5\n"));
+    assert_eq!(
+        errors[0].to_string(),
+        "cfg.yaml:6:1: line 6 is indented with a tab character; YAML indents with spaces only: \
+         replace the tab with spaces"
+    );
+    let errors = errors_of(&format!(
+        "{HEAD}training:\n  batch_size: 99999999999999999999999\n"
+    ));
+    let text = errors[0].to_string();
+    assert!(
+        text.starts_with(
+            "cfg.yaml:6:15: training.batch_size: the number 99999999999999999999999 is too large"
+        ) && text.contains("no config value can exceed 18446744073709551615")
+            && !text.contains("u128"),
+        "{text}"
+    );
+}
+
+#[test]
+fn issue_16_a_relative_checkpoint_resolves_against_the_root() {
+    let root = temp_root!();
+    std::fs::create_dir_all(root.path().join("final_models")).expect("mkdir");
+    std::fs::write(root.path().join("final_models/base.pt"), b"x").expect("write");
+    let cfg = root.path().join("configs/exp.yaml");
+    std::fs::write(
+        &cfg,
+        format!("{HEAD}model:\n  checkpoint: final_models/base.pt\n"),
+    )
+    .expect("write");
+    let opts = ValidateOptions {
+        check_paths: false,
+        root: Some(root.path().to_path_buf()),
+    };
+    let loaded = load_config_with(&cfg, &opts).expect("valid");
+    assert_eq!(loaded.root.as_deref(), Some(root.path()));
+    assert_eq!(
+        loaded.config.model.checkpoint,
+        Some(
+            root.path()
+                .join("final_models/base.pt")
+                .display()
+                .to_string()
+        )
+    );
+    // A micro_sam model name stays a name.
+    std::fs::write(&cfg, format!("{HEAD}model:\n  checkpoint: vit_b\n")).expect("write");
+    let loaded = load_config_with(&cfg, &opts).expect("valid");
+    assert_eq!(loaded.config.model.checkpoint.as_deref(), Some("vit_b"));
+    let paths = RunPaths::new(root.path(), &loaded.config);
+    assert_eq!(
+        paths.model_checkpoint(&loaded.config.model).as_deref(),
+        Some("vit_b")
+    );
+}
+
+#[test]
+fn issue_16_command_line_values_go_through_the_config_rules() {
+    let mut inference = sam_config::InferenceConfig::default();
+    assert!(inference.validate().is_ok());
+    inference.ais.foreground_threshold = 5.0;
+    inference.amg.points_per_side = 0;
+    let report = inference.validate();
+    let rendered: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        rendered,
+        vec![
+            "inference.ais.foreground_threshold: must be between 0 and 1, found 5",
+            "inference.amg.points_per_side: must be at least 1, found 0",
+        ]
+    );
+    let mut augmentation = sam_config::AugmentationConfig {
+        copies_per_image: 0,
+        include_original: false,
+        ..Default::default()
+    };
+    let report = augmentation.validate();
+    assert_eq!(report.errors[0].key, "augmentation.copies_per_image");
+    assert!(report.errors[0].message.contains("would write nothing"));
+    augmentation.include_original = true;
+    assert!(augmentation.validate().is_ok());
+    let norm = sam_config::NormalizationConfig {
+        lower_percentile: 99.0,
+        upper_percentile: 1.0,
+        clip: true,
+    };
+    assert_eq!(
+        norm.validate().errors[0].to_string(),
+        "data.normalization.upper_percentile: must be greater than lower_percentile (99), found 1"
+    );
+    // The config's own check is the same one.
+    let errors = errors_of(&format!(
+        "{HEAD}inference:\n  ais:\n    foreground_threshold: 5\n"
+    ));
+    find(&errors, "inference.ais.foreground_threshold");
+    let errors = errors_of(&format!("{HEAD}inference:\n  amg:\n    crop_n_layers: 1\n"));
+    assert!(
+        find(&errors, "inference.amg.crop_n_layers")
+            .problem
+            .message
+            .starts_with("must be 0 (image crops are not implemented"),
+        "{errors:?}"
+    );
+    let errors = errors_of(&format!("{HEAD}data:\n  min_objects_per_patch: 0\n"));
+    assert!(
+        find(&errors, "data.min_objects_per_patch")
+            .problem
+            .message
+            .contains("images without objects are skipped with a warning"),
+        "{errors:?}"
+    );
+}
