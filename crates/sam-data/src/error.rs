@@ -29,6 +29,27 @@ pub enum DataError {
         /// The decoder's message.
         reason: String,
     },
+    /// The file's content is of another format than its extension says (a PNG renamed to
+    /// `.tif`, a JPEG saved as `.png`, ...).
+    #[error("{path}: the file is {found}, but its name ends in .{extension}: {fix}")]
+    FormatMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The extension of the name (lower case, without the dot).
+        extension: String,
+        /// What the first bytes say it is (`a PNG image`, `a JPEG image`, ...).
+        found: &'static str,
+        /// How to fix it.
+        fix: &'static str,
+    },
+    /// A multi-page TIFF (a 3-D stack, a time series): only 2-D images are read.
+    #[error("{path}: a multi-page TIFF with {pages} pages (a 3-D stack or time series), but only single 2-D images are read; save each page as its own file (Fiji: Image > Stacks > Stack to Images) or a projection")]
+    Stack {
+        /// The file.
+        path: PathBuf,
+        /// Full-resolution pages in the file (reduced-resolution thumbnails not counted).
+        pages: usize,
+    },
     /// A file could not be encoded.
     #[error("{path}: cannot encode {format} file: {reason}")]
     Encode {

@@ -38,6 +38,110 @@ fn format_of(path: &Path) -> Option<Format> {
     }
 }
 
+/// What the first bytes of a file say it is, when that is not what its extension says; the
+/// decoders' own messages for such files ("corrupt or truncated") mislead.
+fn sniff_mismatch(path: &Path) -> Option<DataError> {
+    let mut head = [0u8; 8];
+    let n = {
+        use std::io::Read;
+        let mut f = File::open(path).ok()?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        n
+    };
+    let head = &head[..n];
+    let (found, real, fix) = if head.starts_with(b"\x89PNG") {
+        ("a PNG image", Some(Format::Png), "rename it to .png")
+    } else if head.starts_with(b"II*\0")
+        || head.starts_with(b"MM\0*")
+        || head.starts_with(b"II+\0")
+        || head.starts_with(b"MM\0+")
+    {
+        ("a TIFF image", Some(Format::Tiff), "rename it to .tif")
+    } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        (
+            "a JPEG image",
+            None,
+            "save it as TIFF or PNG (JPEG is not read: its lossy compression alters intensities)",
+        )
+    } else if head.starts_with(b"BM") {
+        ("a BMP image", None, "save it as TIFF or PNG")
+    } else if head.starts_with(b"GIF8") {
+        ("a GIF image", None, "save it as TIFF or PNG")
+    } else if n == 0 {
+        (
+            "empty (0 bytes)",
+            None,
+            "write it again; an interrupted copy leaves such files",
+        )
+    } else {
+        return None;
+    };
+    let ext = format_of(path);
+    if real.is_some() && real == ext {
+        return None;
+    }
+    Some(DataError::FormatMismatch {
+        path: path.to_path_buf(),
+        extension: path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default(),
+        found,
+        fix,
+    })
+}
+
+/// The error for a file its decoder refused: a format mismatch when the content shows one,
+/// else the decoder's message.
+fn decode_error(path: &Path, format: &'static str, reason: String) -> DataError {
+    sniff_mismatch(path).unwrap_or_else(|| DataError::Decode {
+        path: path.to_path_buf(),
+        format,
+        reason,
+    })
+}
+
+/// Refuses a TIFF with more than one full-resolution page (a 3-D stack or a time series),
+/// which would otherwise be read as its first page. Reduced-resolution pages (thumbnails,
+/// `NewSubfileType` bit 0) do not count. Leaves the decoder on the first page.
+fn check_single_page<R: std::io::Read + std::io::Seek>(
+    path: &Path,
+    dec: &mut Decoder<R>,
+) -> Result<()> {
+    /// Enough to name the stack; a longer (or cyclic) chain of pages is not walked further.
+    const MAX_PAGES_COUNTED: usize = 100_000;
+    if !dec.more_images() {
+        return Ok(());
+    }
+    let err = |e: tiff::TiffError| decode_error(path, "TIFF", e.to_string());
+    let mut pages = 1;
+    let mut ifds = 1;
+    while dec.more_images() && ifds < MAX_PAGES_COUNTED {
+        dec.next_image().map_err(err)?;
+        ifds += 1;
+        let subfile = dec
+            .find_tag_unsigned::<u32>(tiff::tags::Tag::NewSubfileType)
+            .map_err(err)?
+            .unwrap_or(0);
+        if subfile & 1 == 0 {
+            pages += 1;
+        }
+    }
+    if pages > 1 {
+        return Err(DataError::Stack {
+            path: path.to_path_buf(),
+            pages,
+        });
+    }
+    dec.seek_to_image(0).map_err(err)
+}
+
 fn open(path: &Path) -> Result<BufReader<File>> {
     File::open(path)
         .map(BufReader::new)
@@ -64,14 +168,11 @@ struct Decoded {
 }
 
 fn decode_tiff(path: &Path) -> Result<Decoded> {
-    let err = |e: tiff::TiffError| DataError::Decode {
-        path: path.to_path_buf(),
-        format: "TIFF",
-        reason: e.to_string(),
-    };
+    let err = |e: tiff::TiffError| decode_error(path, "TIFF", e.to_string());
     let mut dec = Decoder::new(open(path)?)
         .map_err(err)?
         .with_limits(Limits::unlimited());
+    check_single_page(path, &mut dec)?;
     let (w, h) = dec.dimensions().map_err(err)?;
     let color = dec.colortype().map_err(err)?;
     let channels = match color {
@@ -138,11 +239,7 @@ fn check_decoded_len(path: &Path, d: &Decoded) -> Result<()> {
 
 fn decode_png(path: &Path) -> Result<Decoded> {
     use image::DynamicImage as D;
-    let err = |e: image::ImageError| DataError::Decode {
-        path: path.to_path_buf(),
-        format: "PNG",
-        reason: e.to_string(),
-    };
+    let err = |e: image::ImageError| decode_error(path, "PNG", e.to_string());
     let mut reader = image::ImageReader::new(open(path)?);
     reader.set_format(image::ImageFormat::Png);
     reader.no_limits();
@@ -298,25 +395,18 @@ pub fn image_dimensions(path: impl AsRef<Path>) -> Result<(usize, usize)> {
     let path = path.as_ref();
     match format_of(path) {
         Some(Format::Tiff) => {
-            let err = |e: tiff::TiffError| DataError::Decode {
-                path: path.to_path_buf(),
-                format: "TIFF",
-                reason: e.to_string(),
-            };
-            let (w, h) = Decoder::new(open(path)?)
-                .map_err(err)?
-                .dimensions()
-                .map_err(err)?;
+            let err = |e: tiff::TiffError| decode_error(path, "TIFF", e.to_string());
+            let mut dec = Decoder::new(open(path)?).map_err(err)?;
+            check_single_page(path, &mut dec)?;
+            let (w, h) = dec.dimensions().map_err(err)?;
             Ok((w as usize, h as usize))
         }
         Some(Format::Png) => {
             let mut reader = image::ImageReader::new(open(path)?);
             reader.set_format(image::ImageFormat::Png);
-            let (w, h) = reader.into_dimensions().map_err(|e| DataError::Decode {
-                path: path.to_path_buf(),
-                format: "PNG",
-                reason: e.to_string(),
-            })?;
+            let (w, h) = reader
+                .into_dimensions()
+                .map_err(|e| decode_error(path, "PNG", e.to_string()))?;
             Ok((w as usize, h as usize))
         }
         None => Err(DataError::UnsupportedExtension {
@@ -380,14 +470,11 @@ fn read_tiff_strips(
     w: usize,
     h: usize,
 ) -> Result<Option<GreyImage>> {
-    let err = |e: tiff::TiffError| DataError::Decode {
-        path: path.to_path_buf(),
-        format: "TIFF",
-        reason: e.to_string(),
-    };
+    let err = |e: tiff::TiffError| decode_error(path, "TIFF", e.to_string());
     let mut dec = Decoder::new(open(path)?)
         .map_err(err)?
         .with_limits(Limits::unlimited());
+    check_single_page(path, &mut dec)?;
     let (width, height) = dec.dimensions().map_err(err)?;
     let (width, height) = (width as usize, height as usize);
     check_region(path, width, height, x, y, w, h)?;

@@ -1,6 +1,7 @@
 //! Training samples: patch sampling, the validation split, and loaded datasets.
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -256,6 +257,10 @@ pub struct Dataset {
     sizes: Vec<(usize, usize)>,
     /// Per pair: the normalisation used and its bounds.
     bounds: Vec<OnceLock<(Normalization, (f32, f32))>>,
+    /// Images [`Dataset::sample`] passed over because no patch of them held enough objects,
+    /// by stem, with the reason. For the record only: sampling never reads it, so that the
+    /// samples stay a function of the random stream alone.
+    skipped: Mutex<BTreeMap<String, String>>,
 }
 
 impl Clone for Dataset {
@@ -290,6 +295,7 @@ impl Dataset {
             pairs: pairs.to_vec(),
             bounds: pairs.iter().map(|_| OnceLock::new()).collect(),
             sizes,
+            skipped: Mutex::default(),
         })
     }
 
@@ -329,7 +335,36 @@ impl Dataset {
                     cell
                 })
                 .collect(),
+            skipped: Mutex::default(),
         }
+    }
+
+    /// The images sampling passed over so far because none of their patches held enough
+    /// objects (`stem: reason`), sorted by stem.
+    pub fn skipped_images(&self) -> Vec<String> {
+        self.skipped
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}: {v}")).collect())
+            .unwrap_or_default()
+    }
+
+    /// Records a skipped image and warns the first time it is skipped, with the running count.
+    fn note_skipped(&self, index: usize, reason: &DataError) {
+        let Ok(mut map) = self.skipped.lock() else {
+            return;
+        };
+        let stem = &self.pairs[index].stem;
+        if map.contains_key(stem) {
+            return;
+        }
+        let reason = reason.to_string();
+        map.insert(stem.clone(), reason.clone());
+        tracing::warn!(
+            "skipping training image {} ({} of {} images skipped so far): {reason}",
+            self.pairs[index].image.display(),
+            map.len(),
+            self.len()
+        );
     }
 
     /// The cached bounds of image `i` under `norm`, if computed.
@@ -378,7 +413,56 @@ impl Dataset {
                 reason: "no images to sample from".into(),
             });
         }
-        let index = rng.gen_range(0..self.pairs.len());
+        // An image without a usable patch (no objects at all, or too few or too small) is
+        // passed over: the next image comes from a random order of the others, so each usable
+        // image stays equally likely, and which image is chosen depends on `rng` alone.
+        let first = rng.gen_range(0..self.pairs.len());
+        let mut error = match self.sample_image(first, cfg, rng) {
+            Err(e @ DataError::NoValidPatch { .. }) => e,
+            other => return other,
+        };
+        if self.len() == 1 {
+            return Err(error);
+        }
+        self.note_skipped(first, &error);
+        let mut others: Vec<usize> = (0..self.len()).filter(|&i| i != first).collect();
+        others.shuffle(rng);
+        for index in others {
+            match self.sample_image(index, cfg, rng) {
+                Err(e @ DataError::NoValidPatch { .. }) => {
+                    self.note_skipped(index, &e);
+                    error = e;
+                }
+                other => return other,
+            }
+        }
+        match error {
+            DataError::NoValidPatch {
+                patch_height,
+                patch_width,
+                min_objects,
+                min_size,
+                attempts,
+                ..
+            } => Err(DataError::NoValidPatch {
+                image: format!("all {} images", self.len()),
+                patch_height,
+                patch_width,
+                min_objects,
+                min_size,
+                attempts,
+            }),
+            other => Err(other),
+        }
+    }
+
+    /// [`Dataset::sample`] from image `index`.
+    fn sample_image(
+        &self,
+        index: usize,
+        cfg: &SampleConfig,
+        rng: &mut impl Rng,
+    ) -> Result<TrainingSample> {
         let pair = &self.pairs[index];
         let labels = read_labels(&pair.labels)?;
         let (width, height) = self.sizes[index];
@@ -645,5 +729,41 @@ mod tests {
         ds.compute_bounds(&norm, |i| i == 0).unwrap();
         let err = ds.compute_bounds(&norm, |_| true).unwrap_err();
         assert!(err.to_string().contains("s1.tif"), "{err}");
+    }
+    #[test]
+    fn issue_16_an_image_without_objects_is_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs = dataset_on_disk(dir.path(), 3, 64);
+        // s1 has no objects at all.
+        crate::io::write_labels(&pairs[1].labels, &LabelImage::zeros(64, 64)).unwrap();
+        let ds = Dataset::open(&pairs).unwrap();
+        let cfg = sample_config(32);
+        let draw = |seed: u64| -> Vec<String> {
+            let mut rng = rng_for(seed);
+            (0..24)
+                .map(|_| ds.sample(&cfg, &mut rng).unwrap().image_name)
+                .collect()
+        };
+        let names = draw(7);
+        assert!(!names.iter().any(|n| n == "s1"), "{names:?}");
+        assert!(names.iter().any(|n| n == "s0") && names.iter().any(|n| n == "s2"));
+        // Which image comes is a function of the random stream alone.
+        assert_eq!(draw(7), names);
+        let skipped = ds.skipped_images();
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!(
+            skipped[0].starts_with("s1: s1: no 32x32 patch with at least 2 objects"),
+            "{skipped:?}"
+        );
+        // With no usable image at all, the error says so.
+        for p in &pairs {
+            crate::io::write_labels(&p.labels, &LabelImage::zeros(64, 64)).unwrap();
+        }
+        let err = ds.sample(&cfg, &mut rng_for(1)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("all 3 images: no 32x32 patch with at least 2 objects")
+                && err.contains("lower data.min_objects_per_patch"),
+            "{err}"
+        );
     }
 }

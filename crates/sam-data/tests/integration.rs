@@ -212,3 +212,98 @@ fn destination_rules() {
         .to_string()
         .contains("same folder"));
 }
+
+/// Writes a `pages`-page u16 TIFF (a 3-D stack as tifffile or Fiji write it); with
+/// `thumbnail`, one more page marked reduced-resolution (`NewSubfileType` 1).
+fn write_stack(path: &Path, pages: usize, thumbnail: bool) {
+    use tiff::encoder::{colortype::Gray16, TiffEncoder};
+    let file = std::fs::File::create(path).unwrap();
+    let mut enc = TiffEncoder::new(std::io::BufWriter::new(file)).unwrap();
+    for p in 0..pages {
+        let data: Vec<u16> = (0..64 * 48)
+            .map(|i| ((i * 7 + p * 1000) % 65000) as u16)
+            .collect();
+        enc.write_image::<Gray16>(64, 48, &data).unwrap();
+    }
+    if thumbnail {
+        let mut img = enc.new_image::<Gray16>(16, 12).unwrap();
+        img.encoder()
+            .write_tag(tiff::tags::Tag::NewSubfileType, 1u32)
+            .unwrap();
+        img.write_data(&[7u16; 16 * 12]).unwrap();
+    }
+}
+
+#[test]
+fn issue_16_multi_page_tiffs_are_refused_with_name_and_page_count() {
+    let dir = tmpdir!();
+    let stack = dir.path().join("embryo_z.tif");
+    write_stack(&stack, 3, false);
+    let check = |e: DataError, what: &str| {
+        let msg = e.to_string();
+        assert!(
+            matches!(e, DataError::Stack { pages: 3, .. })
+                && msg.contains("embryo_z.tif")
+                && msg.contains("multi-page TIFF with 3 pages")
+                && msg.contains("only single 2-D images are read"),
+            "{what}: {msg}"
+        );
+    };
+    check(read_image(&stack).unwrap_err(), "read_image");
+    check(read_labels(&stack).unwrap_err(), "read_labels");
+    check(
+        sam_data::image_dimensions(&stack).unwrap_err(),
+        "image_dimensions",
+    );
+    check(
+        sam_data::read_image_region(&stack, 0, 0, 8, 8).unwrap_err(),
+        "read_image_region",
+    );
+    // A thumbnail page is not a stack: the image is read.
+    let with_thumb = dir.path().join("plate.tif");
+    write_stack(&with_thumb, 1, true);
+    let img = read_image(&with_thumb).unwrap();
+    assert_eq!((img.width, img.height), (64, 48));
+    assert_eq!(sam_data::image_dimensions(&with_thumb).unwrap(), (64, 48));
+    let region = sam_data::read_image_region(&with_thumb, 3, 2, 8, 8).unwrap();
+    assert_eq!(region.data, img.crop(3, 2, 8, 8).data);
+}
+
+#[test]
+fn issue_16_a_file_whose_content_is_another_format_says_which() {
+    let dir = tmpdir!();
+    let png = dir.path().join("cells.png");
+    write_image(
+        &png,
+        &sam_data::GreyImage::filled(8, 8, sam_data::BitDepth::U8, 9.0),
+    )
+    .unwrap();
+    let renamed = dir.path().join("cells.tif");
+    std::fs::rename(&png, &renamed).unwrap();
+    for e in [
+        read_image(&renamed).unwrap_err(),
+        read_labels(&renamed).unwrap_err(),
+        sam_data::image_dimensions(&renamed).unwrap_err(),
+    ] {
+        let msg = e.to_string();
+        assert!(
+            msg.contains(
+                "cells.tif: the file is a PNG image, but its name ends in .tif: rename it to .png"
+            ),
+            "{msg}"
+        );
+        assert!(!msg.contains("corrupt"), "{msg}");
+    }
+    let jpeg = dir.path().join("photo.png");
+    std::fs::write(
+        &jpeg,
+        [0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10, b'J', b'F', b'I', b'F'],
+    )
+    .unwrap();
+    let msg = read_image(&jpeg).unwrap_err().to_string();
+    assert!(
+        msg.contains("photo.png: the file is a JPEG image")
+            && msg.contains("save it as TIFF or PNG"),
+        "{msg}"
+    );
+}
