@@ -98,6 +98,25 @@ pub enum CacheError {
         /// All known names, comma-separated.
         known: String,
     },
+    /// A download of a name micro_sam's registry does not know, without the URL or the hash
+    /// that the registry would give.
+    #[error(
+        "`{name}` is not a model micro_sam knows{}, so there is no official URL and hash for \
+         it: to download it anyway, give {missing} (`--url URL --hash sha256:<64 hex digits>` \
+         or `xxh128:<32 hex digits>`; the hash is what the download is verified against); \
+         known models: {known}",
+        did_you_mean.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+    )]
+    NotInRegistry {
+        /// The name asked for.
+        name: String,
+        /// What is missing: `its URL and its expected hash`, `its URL` or `its expected hash`.
+        missing: &'static str,
+        /// The closest known model name.
+        did_you_mean: Option<String>,
+        /// All known names, comma-separated.
+        known: String,
+    },
     /// A known model has not been downloaded yet.
     #[error(
         "model `{name}` is not in the cache: {path} does not exist. Download it once on a \
@@ -235,22 +254,29 @@ pub fn resolve_decoder_checkpoint_in(
     resolve_checkpoint_in(&decoder, cache_dir).map(Some)
 }
 
-fn unknown_model(name: &str, cache_dir: &Path) -> CacheError {
+/// The registry name closest to `name` (a likely typo) and every registry name.
+fn closest_known(name: &str) -> (Option<String>, String) {
     let did_you_mean = REGISTRY
         .iter()
         .map(|m| (strsim::levenshtein(name, m.name), m.name))
         .filter(|(d, _)| *d <= (name.len() / 3).max(2))
         .min()
         .map(|(_, n)| n.to_string());
+    let known = REGISTRY
+        .iter()
+        .map(|m| m.name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    (did_you_mean, known)
+}
+
+fn unknown_model(name: &str, cache_dir: &Path) -> CacheError {
+    let (did_you_mean, known) = closest_known(name);
     CacheError::UnknownModel {
         name: name.to_string(),
         cache_dir: cache_dir.to_path_buf(),
         did_you_mean,
-        known: REGISTRY
-            .iter()
-            .map(|m| m.name)
-            .collect::<Vec<_>>()
-            .join(", "),
+        known,
     }
 }
 
@@ -409,16 +435,26 @@ pub fn download_model(name: &str, options: DownloadOptions<'_>) -> Result<PathBu
         Some(d) => d,
         None => model_cache_dir()?,
     };
+    let not_in_registry = |missing: &'static str| {
+        let (did_you_mean, known) = closest_known(name);
+        CacheError::NotInRegistry {
+            name: name.to_string(),
+            missing,
+            did_you_mean,
+            known,
+        }
+    };
     let (url, hash) = match (url, hash, info) {
         (url, Some(hash), _) => match url.or_else(|| info.map(|i| i.url.to_string())) {
             Some(url) => (url, hash),
-            None => return Err(unknown_model(name, &cache_dir)),
+            None => return Err(not_in_registry("its URL")),
         },
         (url, None, Some(info)) => (
             url.unwrap_or_else(|| info.url.to_string()),
             info.hash.to_string(),
         ),
-        (_, None, None) => return Err(unknown_model(name, &cache_dir)),
+        (Some(_), None, None) => return Err(not_in_registry("its expected hash")),
+        (None, None, None) => return Err(not_in_registry("its URL and its expected hash")),
     };
     let expected = parse_hash(&hash)?;
     let target = cache_dir.join(name);

@@ -642,3 +642,46 @@ fn key_order_survives_more_than_one_pickle_batch() {
     let back = read_checkpoint(&path).unwrap().decoder_state.unwrap();
     assert_same("2500 keys", &back, &tensors);
 }
+
+#[test]
+fn issue_16_non_finite_weights_are_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Tensor::from_slice(&[0.5f32, -1.0, 2.0]);
+    let nan = Tensor::from_slice(&[0.5f32, f32::NAN, f32::NAN, 1.0]);
+    let inf = Tensor::from_slice(&[f32::INFINITY, 0.0]).to_kind(Kind::Half);
+    let state = vec![
+        ("mask_decoder.iou_token.weight".to_string(), good.copy()),
+        ("mask_decoder.mask_tokens.weight".to_string(), nan),
+        (
+            "prompt_encoder.index".to_string(),
+            Tensor::from_slice(&[3i64]),
+        ),
+    ];
+    let plain = dir.path().join("diverged.pth");
+    write_sam_state_dict(&plain, &state).unwrap();
+    let err = read_checkpoint(&plain).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, CheckpointError::NonFinite { count: 2, total: 4, .. })
+            && msg.contains("diverged.pth: entry `mask_decoder.mask_tokens.weight` holds 2 non-finite value(s) (NaN or infinity) among its 4")
+            && msg.contains("use an earlier checkpoint"),
+        "{msg}"
+    );
+    // In the decoder of a micro_sam checkpoint, in fp16, and in our safetensors files.
+    let micro = dir.path().join("micro.pt");
+    let model = vec![("mask_decoder.iou_token.weight".to_string(), good.copy())];
+    let decoder = vec![("out_conv.bias".to_string(), inf)];
+    write_micro_sam_checkpoint(&micro, &model, &decoder).unwrap();
+    let msg = read_checkpoint(&micro).unwrap_err().to_string();
+    assert!(
+        msg.contains("entry `decoder_state/out_conv.bias` holds 1 non-finite"),
+        "{msg}"
+    );
+    let st = dir.path().join("latest.safetensors");
+    write_safetensors_checkpoint(&st, &state, None).unwrap();
+    let msg = read_checkpoint(&st).unwrap_err().to_string();
+    assert!(msg.contains("`mask_decoder.mask_tokens.weight`"), "{msg}");
+    // Finite weights load.
+    write_sam_state_dict(&plain, &state[..1]).unwrap();
+    assert_eq!(read_checkpoint(&plain).unwrap().model_state.len(), 1);
+}

@@ -211,7 +211,42 @@ fn a_wrong_hash_or_a_failed_transfer_leaves_nothing_behind() {
         },
     )
     .unwrap_err();
-    assert!(matches!(err, CacheError::UnknownModel { .. }), "{err}");
+    assert!(matches!(err, CacheError::NotInRegistry { .. }), "{err}");
+}
+
+#[test]
+fn issue_16_a_name_outside_the_registry_says_a_hash_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = |url: Option<&str>, hash: Option<&str>| DownloadOptions {
+        cache_dir: Some(dir.path().to_path_buf()),
+        url: url.map(str::to_string),
+        hash: hash.map(str::to_string),
+        ..Default::default()
+    };
+    let msg = download_model("my_lab_model", opts(None, None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("`my_lab_model` is not a model micro_sam knows")
+            && msg.contains(
+                "give its URL and its expected hash (`--url URL --hash sha256:<64 hex digits>`"
+            )
+            && msg.contains("known models: vit_l, vit_h, vit_b"),
+        "{msg}"
+    );
+    let msg = download_model("vit_b_lmm", opts(Some("http://127.0.0.1:9/m"), None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("(did you mean `vit_b_lm`?)") && msg.contains("give its expected hash"),
+        "{msg}"
+    );
+    let hash = format!("sha256:{}", "0".repeat(64));
+    let msg = download_model("my_lab_model", opts(None, Some(&hash)))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("give its URL (`--url URL"), "{msg}");
+    assert!(files_in(dir.path()).is_empty());
 }
 
 #[test]

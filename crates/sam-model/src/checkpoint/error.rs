@@ -71,6 +71,23 @@ pub enum CheckpointError {
         /// What was expected and what was found.
         message: String,
     },
+    /// A weight holds NaN or infinite values (a diverged training run, a broken export). Such
+    /// a model runs and finds nothing; it is refused on load instead.
+    #[error(
+        "{path}: entry `{key}` holds {count} non-finite value(s) (NaN or infinity) among its \
+         {total}: the weights are broken (a training run that diverged?); use an earlier \
+         checkpoint, e.g. `best` instead of `latest`"
+    )]
+    NonFinite {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The state_dict key (`decoder_state/...` for the instance decoder).
+        key: String,
+        /// Non-finite values in the tensor.
+        count: i64,
+        /// Values in the tensor.
+        total: i64,
+    },
     /// libtorch failed on a tensor operation.
     #[error("{path}: entry `{key}`: {source}")]
     Torch {

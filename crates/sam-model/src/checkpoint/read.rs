@@ -81,7 +81,48 @@ const SAM_PARTS: &[&str] = &["image_encoder.", "prompt_encoder.", "mask_decoder.
 ///
 /// Tensors come back on the CPU in the file's dtype (fp32, fp16, bf16, int64, ...), contiguous.
 pub fn read_checkpoint(path: impl AsRef<Path>) -> Result<TorchCheckpoint, CheckpointError> {
-    let path = path.as_ref();
+    let ckpt = read_any(path.as_ref())?;
+    check_finite(&ckpt)?;
+    Ok(ckpt)
+}
+
+/// Refuses floating-point weights with NaN or infinite values, naming the first such tensor.
+fn check_finite(ckpt: &TorchCheckpoint) -> Result<(), CheckpointError> {
+    let model = ckpt.model_state.iter().map(|(k, t)| (k.clone(), t));
+    let decoder = ckpt
+        .decoder_state
+        .iter()
+        .flatten()
+        .map(|(k, t)| (format!("decoder_state/{k}"), t));
+    for (key, t) in model.chain(decoder) {
+        if !t.is_floating_point() || t.numel() == 0 {
+            continue;
+        }
+        let torch = |source| CheckpointError::Torch {
+            path: ckpt.path.clone(),
+            key: key.clone(),
+            source,
+        };
+        let finite = t.f_isfinite().map_err(torch)?;
+        let all = finite.f_all().map_err(torch)?;
+        if !bool::try_from(&all).map_err(torch)? {
+            let count = finite
+                .f_logical_not()
+                .and_then(|n| n.f_sum(tch::Kind::Int64))
+                .and_then(|n| i64::try_from(&n))
+                .map_err(torch)?;
+            return Err(CheckpointError::NonFinite {
+                path: ckpt.path.clone(),
+                key,
+                count,
+                total: t.numel() as i64,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn read_any(path: &Path) -> Result<TorchCheckpoint, CheckpointError> {
     let mut head = [0u8; 16];
     let n = {
         let mut file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
