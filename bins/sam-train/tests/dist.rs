@@ -1,6 +1,8 @@
-//! Distributed training through the `sam-train` executable on CPU over Gloo: two processes over
-//! a global batch end where one process over the same batch ends, and a rank that dies makes
-//! its peer fail instead of hanging.
+//! The `sam-train` executable end to end, as separate processes: distributed training on CPU
+//! over Gloo (two processes over a global batch end where one process over the same batch ends,
+//! and a rank that dies makes its peer fail instead of hanging), a run killed with SIGKILL at
+//! any moment resuming to the uninterrupted run's weights, and the refusals of `train` and
+//! `export` with their exit status.
 #![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
@@ -380,4 +382,295 @@ fn cuda_without_a_usable_gpu_exits_2_before_writing_anything() {
         "the run folder was created"
     );
     assert!(!dir.path().join("final_models").exists());
+}
+
+/// A repository-like folder for the resume test: the demo's recipe (decoder on, one global
+/// batch of 2, ReduceLROnPlateau) on a tiny model and 64 px images, 8 epochs of 4 iterations,
+/// `latest` every 3 iterations. Three prompting rounds with mask input make the run sensitive
+/// to the smallest difference; patience 0 and lr 2e-3 decay the learning rate to values that
+/// JSON round-trips only when parsed exactly.
+fn setup_resume() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    write_synth(dir.path(), "train", 3, 1);
+    write_synth(dir.path(), "val", 2, 100);
+    let yaml = "experiment_name: k
+output_base_dir: runs
+checkpoint_name: ck
+export_path: final_models/k.pt
+seed: 9
+data:
+  train_images_dir: data/train/images
+  train_labels_dir: data/train/labels
+  validation:
+    images_dir: data/val/images
+    labels_dir: data/val/labels
+    fraction: null
+  image_shape: [96, 96]
+  patch_shape: [64, 64]
+  min_object_size: 10
+  min_objects_per_patch: 1
+  samples_per_epoch: 8
+  num_workers: 2
+  prefetch_batches: 2
+model:
+  backbone: vit_b
+  checkpoint: null
+  with_segmentation_decoder: true
+  architecture:
+    image_size: 64
+    patch_size: 8
+    encoder_embed_dim: 32
+    encoder_depth: 2
+    encoder_num_heads: 2
+    encoder_global_attn_indexes: [1]
+    window_size: 4
+    prompt_embed_dim: 32
+    decoder_features: 8
+training:
+  batch_size: 2
+  n_objects_per_batch: 8
+  n_sub_iteration: 3
+  mask_prob: 0.5
+  epochs: 8
+  lr: 2.0e-3
+  scheduler:
+    kind: reduce_on_plateau
+    factor: 0.9
+    patience: 0
+  early_stopping_patience: null
+  precision: fp32
+  device: cpu
+  log_every_iterations: 1
+  checkpoint_every_iterations: 3
+hardware:
+  accelerator: cpu
+distributed:
+  backend: gloo
+slurm:
+  time_limit: \"01:00:00\"
+";
+    let config = dir.path().join("k.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    (dir, config)
+}
+
+/// Starts `sam-train train CONFIG ARGS` alone, with extra environment variables.
+fn spawn_train(root: &Path, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new(BIN)
+        .args(["train", "--no-progress", "--root"])
+        .arg(root)
+        .arg(config)
+        .args(args)
+        .env_remove("SLURM_PROCID")
+        .env_remove("SLURM_NTASKS")
+        .env_remove("SLURM_JOB_NODELIST")
+        .env_remove("SLURM_STEP_ID")
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env_remove("SAM_TRAIN_INJECT_FAULTS")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `log` holds `text` more often than `seen` times, then kills `child` with
+/// SIGKILL, wherever it is.
+fn kill_when_logged(mut child: Child, log: &Path, text: &str, seen: usize) {
+    let started = Instant::now();
+    while std::fs::read_to_string(log).map_or(0, |s| s.matches(text).count()) <= seen {
+        if let Some(status) = child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("the run ended ({status}) before logging `{text}`:\n{log}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "`{text}` never logged"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+fn count(log: &Path, text: &str) -> usize {
+    std::fs::read_to_string(log).map_or(0, |s| s.matches(text).count())
+}
+
+/// `metrics.csv` without its `seconds` column.
+fn metrics_without_time(root: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(root.join("runs/k/logs/metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let seconds = header.iter().position(|c| *c == "seconds").unwrap();
+    lines
+        .map(|l| {
+            let mut cells: Vec<&str> = l.split(',').collect();
+            cells.remove(seconds);
+            cells.join(",")
+        })
+        .collect()
+}
+
+/// Issue 16, harm 3: a run killed with SIGKILL three times — during its steps, half-way
+/// through writing a checkpoint, and just after an epoch's validation — and resumed each
+/// time ends with the uninterrupted run's weights (decoder included), best checkpoint,
+/// learning rate, scheduler state and metrics.
+#[test]
+fn a_run_killed_three_times_resumes_to_the_uninterrupted_weights() {
+    let (whole, whole_cfg) = setup_resume();
+    finish(
+        spawn_train(whole.path(), &whole_cfg, &[], &[]),
+        "uninterrupted run",
+    );
+
+    let (dir, cfg) = setup_resume();
+    let root = dir.path();
+    let log = root.join("runs/k/logs/train.log");
+    let ck = root.join("runs/k/checkpoints/ck");
+    // 1. During the steps of epoch 2 (latest was written after iteration 6, or is being).
+    kill_when_logged(spawn_train(root, &cfg, &[], &[]), &log, "iteration 7/32", 0);
+    // 2. Half-way through writing `latest` after iteration 15: the model file written, the
+    //    rest not. The resume must start from the epoch-3 checkpoint (iteration 12).
+    let resumed = count(&log, "resumed from");
+    let child = spawn_train(
+        root,
+        &cfg,
+        &["--resume"],
+        &[("SAM_TRAIN_INJECT_FAULTS", "pause_checkpoint_write_at=15")],
+    );
+    let pid = child.id();
+    kill_when_logged(
+        child,
+        &log,
+        "fault injection: pausing the write of latest",
+        0,
+    );
+    let stale = ck.join(format!(".latest.tmp-{pid}"));
+    assert!(
+        stale.join("model.safetensors").is_file() && !stale.join("state.json").exists(),
+        "no half-written checkpoint in {}",
+        stale.display()
+    );
+    assert_eq!(count(&log, "resumed from"), resumed + 1);
+    // 3. Just after the validation of epoch 6 (best and latest being written).
+    kill_when_logged(
+        spawn_train(root, &cfg, &["--resume"], &[]),
+        &log,
+        "epoch 6/8:",
+        0,
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("at epoch 3, iteration 12"),
+        "the second resume did not start from the last complete checkpoint:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("removed {}", stale.display())),
+        "the half-written checkpoint was not cleaned up:\n{text}"
+    );
+    assert!(!stale.exists());
+    finish(spawn_train(root, &cfg, &["--resume"], &[]), "last resume");
+
+    let slot = |r: &Path, s: Slot| {
+        let c = CheckpointStore::new(r.join("runs/k/checkpoints/ck"))
+            .load(s)
+            .unwrap();
+        let mut m = c.model;
+        m.sort_by(|a, b| a.0.cmp(&b.0));
+        (m, c.state)
+    };
+    for s in [Slot::Latest, Slot::Best] {
+        let (want, want_state) = slot(whole.path(), s);
+        let (got, got_state) = slot(root, s);
+        assert!(want.iter().any(|(k, _)| k.starts_with("decoder.")));
+        let worst = max_difference(&want, &got);
+        eprintln!(
+            "{s:?}: largest difference to the uninterrupted run {:e}",
+            worst.0
+        );
+        assert!(
+            worst.0 <= 1e-6,
+            "{s:?}: the resumed run differs from the uninterrupted one by {} (in {})",
+            worst.0,
+            worst.1
+        );
+        let strip = |st: &sam_train::TrainState| format!("{st:?}");
+        assert_eq!(
+            strip(&got_state),
+            strip(&want_state),
+            "{s:?}: training state differs"
+        );
+    }
+    assert_eq!(
+        metrics_without_time(root),
+        metrics_without_time(whole.path())
+    );
+    // Every .tmp folder is gone; the exported model exists.
+    let names: Vec<String> = std::fs::read_dir(&ck)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+    assert!(root.join("final_models/k.pt").is_file());
+}
+
+/// Issue 16: the refusals of `train --overwrite` and `export` exit 2, name the path and the
+/// fix, and change nothing.
+#[test]
+fn refusals_exit_2_and_change_nothing() {
+    let (dir, cfg) = setup(2, 1, false);
+    let root = dir.path();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("RANK")
+            .env_remove("WORLD_SIZE")
+            .env_remove("SLURM_PROCID")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A folder that is not a run where the run folder would be.
+    let run_dir = root.join("runs/d");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::write(run_dir.join("precious.tif"), "data").unwrap();
+    let root_s = root.to_str().unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    for flag in ["--overwrite", "--resume"] {
+        let (code, err) = run(&["train", "--no-progress", "--root", root_s, cfg_s, flag]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("is not a run folder of sam-train") && err.contains("runs/d"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("precious.tif")).unwrap(),
+        "data"
+    );
+    // Export onto its own input, also with --force, and onto an existing file.
+    let models = root.join("final_models");
+    std::fs::create_dir_all(&models).unwrap();
+    let input = models.join("m.pt");
+    let other = models.join("other.pt");
+    std::fs::write(&input, "input").unwrap();
+    std::fs::write(&other, "other").unwrap();
+    let (i, o) = (input.to_str().unwrap(), other.to_str().unwrap());
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec!["export", "--checkpoint", i, "--output", i];
+        args.extend_from_slice(extra);
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("is the checkpoint being exported"), "{err}");
+    }
+    let (code, err) = run(&["export", "--checkpoint", i, "--output", o]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("exists: pass --force to replace it"), "{err}");
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), "input");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "other");
 }
