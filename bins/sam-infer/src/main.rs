@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use sam_infer::{
-    file_sha256, list_inputs, read_prompts, resolve_model_path, run_auto, run_prompts, AisParams,
-    AmgParams, AutoMode, AutoOptions, ImageReport, InferenceModel, Outcome, Progress, TileSpec,
+    file_sha256, read_prompts, resolve_model_path_in, run_auto, run_prompts, scan_inputs,
+    AisParams, AmgParams, AutoMode, AutoOptions, ImageReport, InferenceModel, Outcome, Progress,
+    TileSpec,
 };
 use sam_torch::DeviceRequest;
 
@@ -46,8 +46,9 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ModelArgs {
-    /// Checkpoint: a file, a name under final_models/, or a micro_sam model name in the cache
-    /// ($MICROSAM_CACHEDIR or ~/.cache/micro_sam/models).
+    /// Checkpoint: a file (relative to the working directory, else to the repository root), a
+    /// name under the repository's final_models/ (with or without .pt/.pth/.safetensors), or a
+    /// micro_sam model name in the cache ($MICROSAM_CACHEDIR or ~/.cache/micro_sam/models).
     #[arg(long, value_name = "CHECKPOINT")]
     checkpoint: String,
     /// Device: auto (a GPU when libtorch sees one, else the CPU), cpu, cuda or cuda:N.
@@ -56,13 +57,19 @@ struct ModelArgs {
     /// why (libtorch build, NVIDIA driver, CUDA_VISIBLE_DEVICES). The device used is printed.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: String,
-    /// Folder of named models.
-    #[arg(long, default_value = "final_models", value_name = "DIR")]
-    final_models: PathBuf,
-    /// Lower normalisation percentile (the training preprocessing).
+    /// Folder of named models [default: final_models/ of the repository root].
+    #[arg(long, value_name = "DIR")]
+    final_models: Option<PathBuf>,
+    /// Repository root [default: $SAM_TRAINER_ROOT, else the nearest folder above the working
+    /// directory, or above --config, that holds configs/ and dat/].
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Lower normalisation percentile, 0–100 (the training preprocessing) [default: config,
+    /// else 1].
     #[arg(long, value_name = "P")]
     lower_percentile: Option<f64>,
-    /// Upper normalisation percentile.
+    /// Upper normalisation percentile, 0–100, above the lower one [default: config, else
+    /// 99.8].
     #[arg(long, value_name = "P")]
     upper_percentile: Option<f64>,
 }
@@ -84,7 +91,8 @@ struct AutoArgs {
     /// An image file or a folder of images.
     #[arg(long, value_name = "FILE|DIR")]
     input: PathBuf,
-    /// Output folder (created; never the input folder).
+    /// Output folder (created; never the input folder). OUTPUT/model.json records the
+    /// checkpoint that wrote it; another checkpoint needs --overwrite.
     #[arg(long, value_name = "DIR")]
     output: PathBuf,
     /// Experiment config (YAML); its `inference` section and `data.normalization` give the
@@ -97,60 +105,61 @@ struct AutoArgs {
     /// Glob for images inside a folder input.
     #[arg(long, default_value = "*", value_name = "GLOB")]
     pattern: String,
-    /// Recompute images whose outputs exist (otherwise they are skipped).
+    /// Recompute images whose outputs exist (otherwise they are skipped); needed to reuse an
+    /// output folder written with another checkpoint.
     #[arg(long)]
     overwrite: bool,
     /// Inner tile size H W for images larger than the model input [default: config, else 768 768].
     #[arg(long, num_args = 2, value_names = ["H", "W"], help_heading = "Tiling")]
-    tile_shape: Option<Vec<usize>>,
+    tile_shape: Option<Vec<u32>>,
     /// Halo H W added around each tile [default: config, else 128 128].
     #[arg(long, num_args = 2, value_names = ["H", "W"], help_heading = "Tiling")]
-    halo: Option<Vec<usize>>,
+    halo: Option<Vec<u32>>,
     /// Process the whole image at once (resized to the model input) even when it is larger.
     #[arg(long, help_heading = "Tiling", conflicts_with = "tile_shape")]
     no_tiling: bool,
     /// Tiles per encoder/decoder pass [default: config, else 1].
     #[arg(long, value_name = "N", help_heading = "Tiling")]
-    batch_size: Option<usize>,
+    batch_size: Option<u32>,
     /// Cache image embeddings in DIR, keyed by image and model hashes.
     #[arg(long, value_name = "DIR")]
     embedding_cache: Option<PathBuf>,
-    /// AIS: seeds where the centre distance is below this [default 0.5].
+    /// AIS: seeds where the centre distance is below this, 0–1 [default 0.5].
     #[arg(long, value_name = "T", help_heading = "AIS")]
-    center_distance_threshold: Option<f32>,
-    /// AIS: seeds where the boundary distance is below this [default 0.5].
+    center_distance_threshold: Option<f64>,
+    /// AIS: seeds where the boundary distance is below this, 0–1 [default 0.5].
     #[arg(long, value_name = "T", help_heading = "AIS")]
-    boundary_distance_threshold: Option<f32>,
-    /// AIS: foreground where the probability is above this [default 0.5].
+    boundary_distance_threshold: Option<f64>,
+    /// AIS: foreground where the probability is above this, 0–1 [default 0.5].
     #[arg(long, value_name = "T", help_heading = "AIS")]
-    foreground_threshold: Option<f32>,
-    /// AIS: Gaussian sigma for the foreground map [default 1.0].
+    foreground_threshold: Option<f64>,
+    /// AIS: Gaussian sigma for the foreground map, ≥ 0 [default 1.0].
     #[arg(long, value_name = "SIGMA", help_heading = "AIS")]
-    foreground_smoothing: Option<f32>,
-    /// AIS: Gaussian sigma for the distance maps [default 1.6].
+    foreground_smoothing: Option<f64>,
+    /// AIS: Gaussian sigma for the distance maps, ≥ 0 [default 1.6].
     #[arg(long, value_name = "SIGMA", help_heading = "AIS")]
-    distance_smoothing: Option<f32>,
+    distance_smoothing: Option<f64>,
     /// AIS: remove objects smaller than this many pixels [default 0].
     #[arg(long, value_name = "PX", help_heading = "AIS")]
-    min_size: Option<u64>,
-    /// AMG: points per side of the grid [default 32].
+    min_size: Option<u32>,
+    /// AMG: points per side of the grid, ≥ 1 [default 32].
     #[arg(long, value_name = "N", help_heading = "AMG")]
-    points_per_side: Option<usize>,
-    /// AMG: prompts per mask-decoder pass [default 64].
+    points_per_side: Option<u32>,
+    /// AMG: prompts per mask-decoder pass, ≥ 1 [default 64].
     #[arg(long, value_name = "N", help_heading = "AMG")]
-    points_per_batch: Option<usize>,
-    /// AMG: keep masks with predicted IoU above this [default 0.88].
+    points_per_batch: Option<u32>,
+    /// AMG: keep masks with predicted IoU above this, 0–1 [default 0.88].
     #[arg(long, value_name = "T", help_heading = "AMG")]
-    pred_iou_thresh: Option<f32>,
-    /// AMG: keep masks with stability score at least this [default 0.95].
+    pred_iou_thresh: Option<f64>,
+    /// AMG: keep masks with stability score at least this, 0–1 [default 0.95].
     #[arg(long, value_name = "T", help_heading = "AMG")]
-    stability_score_thresh: Option<f32>,
-    /// AMG: box IoU for non-maximum suppression [default 0.7].
+    stability_score_thresh: Option<f64>,
+    /// AMG: box IoU for non-maximum suppression, 0–1 [default 0.7].
     #[arg(long, value_name = "T", help_heading = "AMG")]
-    box_nms_thresh: Option<f32>,
+    box_nms_thresh: Option<f64>,
     /// AMG: remove holes and islands smaller than this [default 0].
     #[arg(long, value_name = "PX", help_heading = "AMG")]
-    min_mask_region_area: Option<u64>,
+    min_mask_region_area: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -163,13 +172,15 @@ struct PromptArgs {
     /// Prompt file (.csv or .json).
     #[arg(long, value_name = "FILE")]
     prompts: PathBuf,
-    /// Output folder.
+    /// Output folder (created; never the input folder). OUTPUT/model.json records the
+    /// checkpoint that wrote it; another checkpoint needs --overwrite.
     #[arg(long, value_name = "DIR")]
     output: PathBuf,
     /// Glob for images inside a folder input.
     #[arg(long, default_value = "*", value_name = "GLOB")]
     pattern: String,
-    /// Recompute images whose outputs exist.
+    /// Recompute images whose outputs exist; needed to reuse an output folder written with
+    /// another checkpoint.
     #[arg(long)]
     overwrite: bool,
 }
@@ -208,38 +219,94 @@ fn select_device(name: &str) -> Result<tch::Device, Failure> {
     Ok(choice.device)
 }
 
-fn load_model(args: &ModelArgs, device: tch::Device) -> Result<(InferenceModel, PathBuf), Failure> {
-    let path = resolve_model_path(&args.checkpoint, &args.final_models).map_err(usage)?;
+/// The repository root: `--root`, else found from the working directory or the config.
+fn root(args: &ModelArgs, config: Option<&std::path::Path>) -> Option<PathBuf> {
+    sam_config::find_root_for(args.root.as_deref(), config).ok()
+}
+
+fn load_model(
+    args: &ModelArgs,
+    root: Option<&std::path::Path>,
+    device: tch::Device,
+) -> Result<(InferenceModel, PathBuf), Failure> {
+    let final_models = match (&args.final_models, root) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(root)) => root.join("final_models"),
+        (None, None) => PathBuf::from("final_models"),
+    };
+    let path = resolve_model_path_in(&args.checkpoint, root, &final_models).map_err(usage)?;
     let model = InferenceModel::load(&path, device).map_err(failure)?;
     eprintln!("model: {}", model.description());
     Ok((model, path))
 }
 
-fn normalization(
-    args: &ModelArgs,
-    base: sam_data::Normalization,
-) -> Result<sam_data::Normalization, Failure> {
-    let n = sam_data::Normalization {
-        lower_percentile: args.lower_percentile.unwrap_or(base.lower_percentile),
-        upper_percentile: args.upper_percentile.unwrap_or(base.upper_percentile),
-    };
-    n.validate().map_err(usage)?;
-    Ok(n)
+/// The flag that sets the value of config key `key` (`inference.ais.foreground_threshold` →
+/// `--foreground-threshold`).
+fn flag_of(key: &str) -> String {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let last = last.split('[').next().unwrap_or(last);
+    format!("--{}", last.replace('_', "-"))
 }
 
-fn pair(v: &Option<Vec<usize>>, flag: &str) -> Result<Option<(usize, usize)>, Failure> {
+/// The flags' values, checked by the config's own rules (`sam_config`): every problem, each
+/// naming its flag and the config key with the same rule.
+fn check_flags(report: sam_config::Report) -> Result<(), Failure> {
+    if report.errors.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = report
+        .errors
+        .iter()
+        .map(|p| {
+            let s = p
+                .suggestion
+                .as_ref()
+                .map(|s| format!(" (did you mean `{s}`?)"));
+            format!(
+                "{}: {} (the rule of {} in a config){}",
+                flag_of(&p.key),
+                p.message,
+                p.key,
+                s.unwrap_or_default()
+            )
+        })
+        .collect();
+    Err(usage(anyhow::anyhow!("{}", lines.join("\n"))))
+}
+
+/// Flags over the config's `data.normalization` (or the default), with its rules.
+fn normalization(
+    args: &ModelArgs,
+    mut base: sam_config::NormalizationConfig,
+) -> Result<sam_data::Normalization, Failure> {
+    if let Some(v) = args.lower_percentile {
+        base.lower_percentile = v;
+    }
+    if let Some(v) = args.upper_percentile {
+        base.upper_percentile = v;
+    }
+    check_flags(base.validate())?;
+    Ok(sam_data::Normalization {
+        lower_percentile: base.lower_percentile,
+        upper_percentile: base.upper_percentile,
+    })
+}
+
+fn pair(v: &Option<Vec<u32>>, flag: &str) -> Result<Option<[u32; 2]>, Failure> {
     match v.as_deref() {
         None => Ok(None),
-        Some([h, w]) => Ok(Some((*h, *w))),
+        Some([h, w]) => Ok(Some([*h, *w])),
         Some(other) => Err(usage(anyhow::anyhow!(
             "{flag}: expected two numbers H W, found {other:?}"
         ))),
     }
 }
 
-/// Flags over config over defaults.
-fn auto_options(a: &AutoArgs) -> Result<AutoOptions, Failure> {
-    let (inf, norm) = match &a.config {
+/// The config's `inference` and `data.normalization` sections (defaults without `--config`).
+fn config_sections(
+    config: Option<&std::path::Path>,
+) -> Result<(sam_config::InferenceConfig, sam_config::NormalizationConfig), Failure> {
+    match config {
         Some(path) => {
             let loaded = sam_config::load_config_with(
                 path,
@@ -247,79 +314,90 @@ fn auto_options(a: &AutoArgs) -> Result<AutoOptions, Failure> {
             )
             .map_err(|e| usage(anyhow::anyhow!("{e}")))?;
             let c = loaded.config;
-            let n = sam_data::Normalization {
-                lower_percentile: c.data.normalization.lower_percentile,
-                upper_percentile: c.data.normalization.upper_percentile,
-            };
-            (c.inference, n)
+            Ok((c.inference, c.data.normalization))
         }
-        None => (
-            sam_config::InferenceConfig::default(),
-            sam_data::Normalization::default(),
-        ),
-    };
-    if inf.amg.crop_n_layers != 0 {
-        return Err(usage(anyhow::anyhow!(
-            "inference.amg.crop_n_layers = {}: only 0 is supported (tiling replaces crops)",
-            inf.amg.crop_n_layers
-        )));
+        None => Ok(Default::default()),
     }
-    let mode = match a.mode {
-        Some(ModeArg::Auto) => AutoMode::Auto,
-        Some(ModeArg::Ais) => AutoMode::Ais,
-        Some(ModeArg::Amg) => AutoMode::Amg,
-        None => match inf.mode {
-            sam_config::InferenceMode::Auto => AutoMode::Auto,
-            sam_config::InferenceMode::Ais => AutoMode::Ais,
-            sam_config::InferenceMode::Amg => AutoMode::Amg,
-        },
+}
+
+/// Flags over config over defaults; the result goes through the config's rules.
+fn auto_options(a: &AutoArgs) -> Result<AutoOptions, Failure> {
+    let (mut inf, norm) = config_sections(a.config.as_deref())?;
+    if let Some(mode) = a.mode {
+        inf.mode = match mode {
+            ModeArg::Auto => sam_config::InferenceMode::Auto,
+            ModeArg::Ais => sam_config::InferenceMode::Ais,
+            ModeArg::Amg => sam_config::InferenceMode::Amg,
+        };
+    }
+    if a.no_tiling {
+        inf.tile_shape = None;
+    } else if let Some(t) = pair(&a.tile_shape, "--tile-shape")? {
+        inf.tile_shape = Some(t);
+    }
+    if let Some(h) = pair(&a.halo, "--halo")? {
+        inf.halo = h;
+    }
+    let set = |slot: &mut f64, flag: Option<f64>| {
+        if let Some(v) = flag {
+            *slot = v;
+        }
     };
-    let cfg_tile = inf.tile_shape.map(|[h, w]| (h as usize, w as usize));
-    let tile_shape = if a.no_tiling {
-        None
-    } else {
-        pair(&a.tile_shape, "--tile-shape")?.or(cfg_tile)
+    inf.batch_size = a.batch_size.unwrap_or(inf.batch_size);
+    let ca = &mut inf.ais;
+    set(
+        &mut ca.center_distance_threshold,
+        a.center_distance_threshold,
+    );
+    set(
+        &mut ca.boundary_distance_threshold,
+        a.boundary_distance_threshold,
+    );
+    set(&mut ca.foreground_threshold, a.foreground_threshold);
+    set(&mut ca.foreground_smoothing, a.foreground_smoothing);
+    set(&mut ca.distance_smoothing, a.distance_smoothing);
+    ca.min_size = a.min_size.unwrap_or(ca.min_size);
+    let cm = &mut inf.amg;
+    cm.points_per_side = a.points_per_side.unwrap_or(cm.points_per_side);
+    cm.points_per_batch = a.points_per_batch.unwrap_or(cm.points_per_batch);
+    set(&mut cm.pred_iou_thresh, a.pred_iou_thresh);
+    set(&mut cm.stability_score_thresh, a.stability_score_thresh);
+    set(&mut cm.box_nms_thresh, a.box_nms_thresh);
+    cm.min_mask_region_area = a.min_mask_region_area.unwrap_or(cm.min_mask_region_area);
+    check_flags(inf.validate())?;
+    let mode = match inf.mode {
+        sam_config::InferenceMode::Auto => AutoMode::Auto,
+        sam_config::InferenceMode::Ais => AutoMode::Ais,
+        sam_config::InferenceMode::Amg => AutoMode::Amg,
     };
-    let halo = pair(&a.halo, "--halo")?.unwrap_or((inf.halo[0] as usize, inf.halo[1] as usize));
     let ca = &inf.ais;
     let ais = AisParams {
-        center_distance_threshold: a
-            .center_distance_threshold
-            .unwrap_or(ca.center_distance_threshold as f32),
-        boundary_distance_threshold: a
-            .boundary_distance_threshold
-            .unwrap_or(ca.boundary_distance_threshold as f32),
-        foreground_threshold: a
-            .foreground_threshold
-            .unwrap_or(ca.foreground_threshold as f32),
-        foreground_smoothing: a
-            .foreground_smoothing
-            .unwrap_or(ca.foreground_smoothing as f32),
-        distance_smoothing: a.distance_smoothing.unwrap_or(ca.distance_smoothing as f32),
-        min_size: a.min_size.unwrap_or(u64::from(ca.min_size)),
+        center_distance_threshold: ca.center_distance_threshold as f32,
+        boundary_distance_threshold: ca.boundary_distance_threshold as f32,
+        foreground_threshold: ca.foreground_threshold as f32,
+        foreground_smoothing: ca.foreground_smoothing as f32,
+        distance_smoothing: ca.distance_smoothing as f32,
+        min_size: u64::from(ca.min_size),
     };
     let cm = &inf.amg;
     let amg = AmgParams {
-        points_per_side: a.points_per_side.unwrap_or(cm.points_per_side as usize),
-        points_per_batch: a.points_per_batch.unwrap_or(cm.points_per_batch as usize),
-        pred_iou_thresh: a.pred_iou_thresh.unwrap_or(cm.pred_iou_thresh as f32),
-        stability_score_thresh: a
-            .stability_score_thresh
-            .unwrap_or(cm.stability_score_thresh as f32),
+        points_per_side: cm.points_per_side as usize,
+        points_per_batch: cm.points_per_batch as usize,
+        pred_iou_thresh: cm.pred_iou_thresh as f32,
+        stability_score_thresh: cm.stability_score_thresh as f32,
         stability_score_offset: cm.stability_score_offset as f32,
-        box_nms_thresh: a.box_nms_thresh.unwrap_or(cm.box_nms_thresh as f32),
+        box_nms_thresh: cm.box_nms_thresh as f32,
         crop_nms_thresh: cm.crop_nms_thresh as f32,
-        min_mask_region_area: a
-            .min_mask_region_area
-            .unwrap_or(u64::from(cm.min_mask_region_area)),
+        min_mask_region_area: u64::from(cm.min_mask_region_area),
         with_background: true,
     };
-    ais.validate().map_err(usage)?;
-    amg.validate().map_err(usage)?;
     Ok(AutoOptions {
         mode,
-        tiles: TileSpec { tile_shape, halo },
-        batch_size: a.batch_size.unwrap_or(inf.batch_size as usize).max(1),
+        tiles: TileSpec {
+            tile_shape: inf.tile_shape.map(|[h, w]| (h as usize, w as usize)),
+            halo: (inf.halo[0] as usize, inf.halo[1] as usize),
+        },
+        batch_size: inf.batch_size as usize,
         ais,
         amg,
         normalization: normalization(&a.model, norm)?,
@@ -328,6 +406,42 @@ fn auto_options(a: &AutoArgs) -> Result<AutoOptions, Failure> {
         write_csv: inf.write_csv,
         embedding_cache: None,
     })
+}
+
+/// The images of `--input`, with a warning for image files in formats that are not read.
+fn inputs(input: &std::path::Path, pattern: &str) -> Result<Vec<PathBuf>, Failure> {
+    let found = scan_inputs(input, pattern).map_err(usage)?;
+    if let Some(first) = found.unread.first() {
+        eprintln!(
+            "warning: {} image file(s) in formats that are not read are left out (e.g. {}): \
+             save them as TIFF or PNG to segment them",
+            found.unread.len(),
+            first.display()
+        );
+    }
+    Ok(found.images)
+}
+
+/// Warns once per image size that the model would see shrunk, with the tiling that fits it.
+fn warn_downscale(inputs: &[PathBuf], tiles: &TileSpec, input_size: usize) {
+    let mut seen = std::collections::BTreeSet::new();
+    for path in inputs {
+        let Ok((w, h)) = sam_data::image_dimensions(path) else {
+            continue; // the run reports unreadable images
+        };
+        if !seen.insert((h, w)) {
+            continue;
+        }
+        if let Some(d) = tiles.downscale((h, w), input_size) {
+            eprintln!(
+                "warning: {} ({w}x{h}) is {d}: use --tile-shape {t} {t} --halo {h_} {h_} (or \
+                 inference.tile_shape / inference.halo in the config)",
+                path.display(),
+                t = d.tile,
+                h_ = d.halo
+            );
+        }
+    }
 }
 
 fn progress_bar(total: usize) -> ProgressBar {
@@ -405,15 +519,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Auto(a) => {
             let device = select_device(&a.model.device)?;
             let mut opts = auto_options(&a)?;
-            let inputs = list_inputs(&a.input, &a.pattern).map_err(usage)?;
-            let (model, path) = load_model(&a.model, device)?;
+            let inputs = inputs(&a.input, &a.pattern)?;
+            let root = root(&a.model, a.config.as_deref());
+            let (model, path) = load_model(&a.model, root.as_deref(), device)?;
+            warn_downscale(&inputs, &opts.tiles, model.input_size());
             if let Some(dir) = &a.embedding_cache {
                 let key = file_sha256(&path).map_err(failure)?;
                 opts.embedding_cache = Some((dir.clone(), key));
             }
-            std::fs::create_dir_all(&a.output)
-                .with_context(|| format!("creating {}", a.output.display()))
-                .map_err(failure)?;
             let bar = progress_bar(inputs.len());
             let reports = run_auto(&model, &inputs, &a.output, &opts, &mut on_progress(&bar))
                 .map_err(usage)?;
@@ -424,14 +537,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Prompts(a) => {
             let device = select_device(&a.model.device)?;
-            let inputs = list_inputs(&a.input, &a.pattern).map_err(usage)?;
+            let inputs = inputs(&a.input, &a.pattern)?;
             let prompts = read_prompts(&a.prompts).map_err(usage)?;
             prompts.check_images(&inputs).map_err(usage)?;
-            let norm = normalization(&a.model, sam_data::Normalization::default())?;
-            let (model, _) = load_model(&a.model, device)?;
-            std::fs::create_dir_all(&a.output)
-                .with_context(|| format!("creating {}", a.output.display()))
-                .map_err(failure)?;
+            let norm = normalization(&a.model, sam_config::NormalizationConfig::default())?;
+            let root = root(&a.model, None);
+            let (model, _) = load_model(&a.model, root.as_deref(), device)?;
             let bar = progress_bar(inputs.len());
             let reports = run_prompts(
                 &model,
@@ -443,7 +554,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 &mut on_progress(&bar),
             )
             .map_err(|e| match e {
-                sam_infer::InferError::Prompt { .. } => usage(e),
+                sam_infer::InferError::Prompt { .. }
+                | sam_infer::InferError::Param { .. }
+                | sam_infer::InferError::Output { .. } => usage(e),
                 other => failure(other),
             })?;
             bar.finish_and_clear();
@@ -571,6 +684,80 @@ mod tests {
         let err = auto_options(&a).err().unwrap();
         assert_eq!(err.code, 2);
         assert!(err.error.to_string().contains("pred_iou_thresh"));
+    }
+
+    fn auto_args(extra: &[&str]) -> AutoArgs {
+        let mut args = vec![
+            "sam-infer",
+            "auto",
+            "--checkpoint",
+            "m",
+            "--input",
+            "i",
+            "--output",
+            "o",
+        ];
+        args.extend_from_slice(extra);
+        let Command::Auto(a) = Cli::try_parse_from(args).unwrap().command else {
+            panic!("not auto")
+        };
+        a
+    }
+
+    #[test]
+    fn issue_16_flags_go_through_the_config_rules() {
+        let err = auto_options(&auto_args(&["--foreground-threshold", "5"]))
+            .err()
+            .unwrap();
+        assert_eq!(err.code, 2);
+        assert_eq!(
+            err.error.to_string(),
+            "--foreground-threshold: must be between 0 and 1, found 5 (the rule of \
+             inference.ais.foreground_threshold in a config)"
+        );
+        // Every bad flag at once, each with its flag.
+        let err = auto_options(&auto_args(&[
+            "--tile-shape",
+            "0",
+            "64",
+            "--points-per-side",
+            "0",
+            "--distance-smoothing=-1",
+            "--batch-size",
+            "0",
+        ]))
+        .err()
+        .unwrap()
+        .error
+        .to_string();
+        for part in [
+            "--tile-shape: must be at least 1, found 0 (the rule of inference.tile_shape[0]",
+            "--batch-size: must be at least 1, found 0",
+            "--distance-smoothing: must be 0 or more, found -1",
+            "--points-per-side: must be at least 1, found 0",
+        ] {
+            assert!(err.contains(part), "missing `{part}` in:\n{err}");
+        }
+        let err = auto_options(&auto_args(&[
+            "--lower-percentile",
+            "50",
+            "--upper-percentile",
+            "40",
+        ]))
+        .err()
+        .unwrap()
+        .error
+        .to_string();
+        assert!(
+            err.starts_with(
+                "--upper-percentile: must be greater than lower_percentile (50), found 40"
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            flag_of("inference.amg.min_mask_region_area"),
+            "--min-mask-region-area"
+        );
     }
 
     #[test]

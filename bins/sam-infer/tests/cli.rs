@@ -303,3 +303,251 @@ fn cuda_without_a_usable_gpu_is_a_usage_error_before_any_work() {
         assert!(!out.exists(), "{args:?} created {}", out.display());
     }
 }
+
+/// A stack of `pages` grey pages, as tifffile or Fiji write a z-stack.
+fn write_stack(path: &Path, pages: usize, size: u32) {
+    use tiff::encoder::{colortype::Gray8, TiffEncoder};
+    let mut enc = TiffEncoder::new(std::fs::File::create(path).unwrap()).unwrap();
+    for p in 0..pages {
+        let data: Vec<u8> = (0..size * size)
+            .map(|i| ((i + p as u32 * 9) % 251) as u8)
+            .collect();
+        enc.write_image::<Gray8>(size, size, &data).unwrap();
+    }
+}
+
+fn auto_args<'a>(ckpt: &'a str, input: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "auto",
+        "--checkpoint",
+        ckpt,
+        "--input",
+        input,
+        "--output",
+        out,
+        "--device",
+        "cpu",
+    ]
+}
+
+#[test]
+fn issue_16_same_stem_inputs_stacks_and_unread_formats_are_named() {
+    let t = setup!();
+    let ckpt = tiny_checkpoint(t.path(), true);
+    let ckpt = ckpt.to_str().unwrap();
+    let input = images(t.path(), &[("a.png", 64), ("a.tif", 64)]);
+    let out = t.path().join("out");
+    let (input_s, out_s) = (input.to_str().unwrap(), out.to_str().unwrap());
+    // Same stem: refused before any work, as sam-augment refuses it.
+    let o = sam_infer(&auto_args(ckpt, input_s, out_s));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("a.png and ")
+            && e.contains("a.tif share the stem \"a\"")
+            && e.contains("keep one file per stem"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    // A JPEG beside a TIFF is named, not skipped silently; a JPEG alone is refused.
+    std::fs::remove_file(input.join("a.png")).unwrap();
+    std::fs::write(input.join("b.jpg"), [0xFF, 0xD8, 0xFF, 0xE0]).unwrap();
+    let o = sam_infer(&auto_args(ckpt, input_s, out_s));
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("warning: 1 image file(s) in formats that are not read are left out (e.g. ")
+            && e.contains("b.jpg): save them as TIFF or PNG"),
+        "{e}"
+    );
+    let jpg = input.join("b.jpg");
+    let o = sam_infer(&auto_args(ckpt, jpg.to_str().unwrap(), out_s));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("b.jpg: `.jpg` images are not read: save it as TIFF or PNG"),
+        "{}",
+        stderr(&o)
+    );
+    // A 3-D stack is refused, not segmented as its first page.
+    let stack = t.path().join("z_stack.tif");
+    write_stack(&stack, 5, 64);
+    let out2 = t.path().join("out2");
+    let o = sam_infer(&auto_args(
+        ckpt,
+        stack.to_str().unwrap(),
+        out2.to_str().unwrap(),
+    ));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("z_stack.tif: FAILED:") && e.contains("a multi-page TIFF with 5 pages"),
+        "{e}"
+    );
+    assert!(!out2.join("labels/z_stack.tif").exists());
+}
+
+#[test]
+fn issue_16_outputs_of_another_checkpoint_are_not_kept_silently() {
+    let t = setup!();
+    let first = tiny_checkpoint(t.path(), true);
+    let second = t.path().join("second.pt");
+    {
+        tch::manual_seed(8);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _sam = Sam::new(&vs.root(), &SamConfig::tiny()).unwrap();
+        let dvs = nn::VarStore::new(Device::Cpu);
+        let _dec = UnetrDecoder::new(&dvs.root(), &UnetrConfig::tiny()).unwrap();
+        write_micro_sam_checkpoint(&second, &named_tensors(&vs), &named_tensors(&dvs)).unwrap();
+    }
+    let input = images(t.path(), &[("a.tif", 64)]);
+    let out = t.path().join("out");
+    let (input_s, out_s) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let o = sam_infer(&auto_args(first.to_str().unwrap(), input_s, out_s));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sam_infer(&auto_args(second.to_str().unwrap(), input_s, out_s));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    let record = std::fs::read_to_string(out.join("model.json")).unwrap();
+    assert!(
+        record.contains("tiny_ais.pt") && record.contains("\"sha256\""),
+        "{record}"
+    );
+    assert!(
+        e.contains("holds the outputs of ")
+            && e.contains("tiny_ais.pt (sha256 ")
+            && e.contains("not of ")
+            && e.contains("second.pt")
+            && e.contains("pass --overwrite to redo every image with this model"),
+        "{e}"
+    );
+    // The same bytes elsewhere are the same model.
+    let copy = t.path().join("copy_of_first.pt");
+    std::fs::copy(&first, &copy).unwrap();
+    let o = sam_infer(&auto_args(copy.to_str().unwrap(), input_s, out_s));
+    assert!(
+        o.status.success() && stderr(&o).contains("1 skipped"),
+        "{}",
+        stderr(&o)
+    );
+    let mut again = auto_args(second.to_str().unwrap(), input_s, out_s);
+    again.push("--overwrite");
+    let o = sam_infer(&again);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(out.join("model.json"))
+        .unwrap()
+        .contains("second.pt"));
+    // An output that is a file is named as such.
+    let file = t.path().join("out.txt");
+    std::fs::write(&file, "x").unwrap();
+    let o = sam_infer(&auto_args(
+        second.to_str().unwrap(),
+        input_s,
+        file.to_str().unwrap(),
+    ));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("out.txt: is a file, but the output is a folder") && !e.contains("os error"),
+        "{e}"
+    );
+}
+
+#[test]
+fn issue_16_checkpoint_names_resolve_against_the_repository_root() {
+    let t = setup!();
+    let root = t.path().join("repo");
+    for d in ["configs", "dat", "final_models", "scripts"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let ckpt = tiny_checkpoint(t.path(), true);
+    std::fs::copy(&ckpt, root.join("final_models/tiny.pt")).unwrap();
+    let input = images(t.path(), &[("a.tif", 64)]);
+    for (spec, out) in [("tiny", "o1"), ("final_models/tiny.pt", "o2")] {
+        let o = Command::new(env!("CARGO_BIN_EXE_sam-infer"))
+            .args([
+                "auto",
+                "--checkpoint",
+                spec,
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                t.path().join(out).to_str().unwrap(),
+                "--device",
+                "cpu",
+            ])
+            .current_dir(root.join("scripts"))
+            .env_remove("SAM_TRAINER_ROOT")
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert!(o.status.success(), "{spec}: {e}");
+        assert!(e.contains("final_models/tiny.pt"), "{spec}: {e}");
+    }
+}
+
+#[test]
+fn issue_16_a_model_shrinking_the_image_is_warned_about() {
+    let t = setup!();
+    let ckpt = tiny_checkpoint(t.path(), true);
+    let input = images(t.path(), &[("big.tif", 400)]);
+    let out = t.path().join("out");
+    let mut args = auto_args(
+        ckpt.to_str().unwrap(),
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    args.push("--no-tiling");
+    let o = sam_infer(&args);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains(
+            "big.tif (400x400) is shrunk 1.6× (400 px blocks into the model's 256 px input)"
+        ) && e.contains("use --tile-shape 192 192 --halo 32 32"),
+        "{e}"
+    );
+    // The default tiling (768 + 2 × 128) does not fit the 256 px model either.
+    let mut args = auto_args(
+        ckpt.to_str().unwrap(),
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    args.push("--overwrite");
+    let e = stderr(&sam_infer(&args));
+    assert!(e.contains("is shrunk 1.6×"), "{e}");
+    // A tiling that fits is not warned about.
+    args.extend(["--tile-shape", "192", "192", "--halo", "32", "32"]);
+    let e = stderr(&sam_infer(&args));
+    assert!(!e.contains("shrunk"), "{e}");
+}
+
+#[test]
+fn issue_16_a_checkpoint_with_nan_weights_is_refused() {
+    let t = setup!();
+    tch::manual_seed(7);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _sam = Sam::new(&vs.root(), &SamConfig::tiny()).unwrap();
+    let mut state = named_tensors(&vs);
+    let (key, tensor) = state
+        .iter_mut()
+        .find(|(k, _)| k.starts_with("mask_decoder.") && k.ends_with(".weight"))
+        .unwrap();
+    let key = key.clone();
+    *tensor = tensor.full_like(f64::NAN);
+    let path = t.path().join("diverged.pt");
+    write_sam_state_dict(&path, &state).unwrap();
+    let input = images(t.path(), &[("a.tif", 64)]);
+    let out = t.path().join("out");
+    let o = sam_infer(&auto_args(
+        path.to_str().unwrap(),
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!("diverged.pt: entry `{key}` holds ")) && e.contains("non-finite"),
+        "{e}"
+    );
+    assert!(!out.join("labels/a.tif").exists());
+}

@@ -45,6 +45,15 @@ pub enum InferError {
         #[source]
         source: std::io::Error,
     },
+    /// The output folder cannot be used as asked (a file, the input folder, outputs of
+    /// another model); the message says how to fix it.
+    #[error("{}: {message}", path.display())]
+    Output {
+        /// The output folder.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
     /// The model could not be loaded or run.
     #[error("model: {0}")]
     Model(String),

@@ -49,13 +49,14 @@ pub use crate::{
     },
     error::InferError,
     filters::{gaussian_kernel, gaussian_smoothing},
-    model::{resolve_model_path, InferenceModel},
+    model::{resolve_model_path, resolve_model_path_in, InferenceModel},
     objects::{mean_per_object, write_objects_csv, OBJECTS_CSV_HEADER},
     plane::Plane,
     prompts::{read_prompts, PromptFile, PromptSet},
     runner::{
-        file_sha256, list_inputs, load_image, output_paths, run_auto, run_prompts, segment_auto,
-        AutoMode, AutoOptions, AutoSegmentation, ImageReport, Outcome, Progress, TileSpec, Timings,
+        file_sha256, list_inputs, load_image, output_paths, run_auto, run_prompts, scan_inputs,
+        segment_auto, AutoMode, AutoOptions, AutoSegmentation, Downscale, ImageReport, Inputs,
+        Outcome, Progress, TileSpec, Timings, MODEL_RECORD,
     },
     tiling::{crop_outer, paste_inner, Rect, Tile, Tiling},
     watershed::{

@@ -27,9 +27,23 @@ fn model_err(e: impl std::fmt::Display) -> InferError {
 /// with `.pt`, `.pth`, `.safetensors`), or a micro_sam model name in the model cache
 /// (`$MICROSAM_CACHEDIR` or `~/.cache/micro_sam/models`).
 pub fn resolve_model_path(spec: &str, final_models: &Path) -> Result<PathBuf, InferError> {
+    resolve_model_path_in(spec, None, final_models)
+}
+
+/// [`resolve_model_path`] for a command run inside the repository `root`: a relative file path
+/// that is not a file in the working directory is looked up under `root` too, and names under
+/// `final_models` (normally `<root>/final_models`), whatever the working directory.
+pub fn resolve_model_path_in(
+    spec: &str,
+    root: Option<&Path>,
+    final_models: &Path,
+) -> Result<PathBuf, InferError> {
     let direct = Path::new(spec);
     if direct.is_file() {
         return Ok(direct.to_path_buf());
+    }
+    if let Some(in_root) = root.map(|r| r.join(direct)).filter(|p| p.is_file()) {
+        return Ok(in_root);
     }
     for ext in ["", ".pt", ".pth", ".safetensors"] {
         let p = final_models.join(format!("{spec}{ext}"));
@@ -52,6 +66,8 @@ pub struct InferenceModel {
     sam: Sam,
     decoder: Option<UnetrDecoder>,
     description: String,
+    /// The checkpoint file, for a model loaded from one.
+    path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for InferenceModel {
@@ -110,6 +126,7 @@ impl InferenceModel {
             sam,
             decoder,
             description,
+            path: Some(path.to_path_buf()),
         })
     }
 
@@ -129,7 +146,13 @@ impl InferenceModel {
             sam,
             decoder,
             description: "in-memory model".into(),
+            path: None,
         }
+    }
+
+    /// The checkpoint file the model was loaded from (`None` for a model built in code).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// What was loaded, for logs.

@@ -168,6 +168,31 @@ fn parse_csv(path: &Path, text: &str) -> Result<PromptFile, InferError> {
         .clone();
     let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     const KNOWN: [&str; 8] = ["image", "object", "kind", "x", "y", "x2", "y2", "label"];
+    if let Some(i) = headers.iter().position(str::is_empty) {
+        let named: Vec<&str> = headers.iter().filter(|h| !h.is_empty()).collect();
+        let missing: Vec<&str> = KNOWN
+            .iter()
+            .copied()
+            .filter(|k| !named.iter().any(|h| h.eq_ignore_ascii_case(k)))
+            .collect();
+        return Err(err(
+            path,
+            Some(1),
+            format!(
+                "header column {} of {} has no name (the header reads `{}`); every column \
+                 needs one of the names {}{}",
+                i + 1,
+                headers.len(),
+                headers.iter().collect::<Vec<_>>().join(","),
+                KNOWN.join(","),
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (not named yet: {})", missing.join(","))
+                }
+            ),
+        ));
+    }
     if let Some(unknown) = headers
         .iter()
         .find(|h| !KNOWN.iter().any(|k| k.eq_ignore_ascii_case(h)))
@@ -204,7 +229,20 @@ fn parse_csv(path: &Path, text: &str) -> Result<PromptFile, InferError> {
     let mut index: BTreeMap<(Option<String>, String), usize> = BTreeMap::new();
     for (row, record) in reader.records().enumerate() {
         let line = row + 2;
-        let record = record.map_err(|e| err(path, Some(line), e.to_string()))?;
+        let record = record.map_err(|e| match e.kind() {
+            csv::ErrorKind::UnequalLengths { len, .. } => err(
+                path,
+                Some(line),
+                format!(
+                    "{len} fields, but the header names {} columns (`{}`): name every column in \
+                     the header (expected columns {})",
+                    headers.len(),
+                    headers.iter().collect::<Vec<_>>().join(","),
+                    KNOWN.join(",")
+                ),
+            ),
+            _ => err(path, Some(line), e.to_string()),
+        })?;
         let field = |c: Option<usize>| c.and_then(|c| record.get(c)).unwrap_or("").to_string();
         let number = |c: Option<usize>, name: &str| -> Result<f32, InferError> {
             let v = field(c);
@@ -337,9 +375,52 @@ fn matches(name: &str, image: &Path) -> bool {
 }
 
 impl PromptFile {
-    /// Fail when the file names images that are not among `inputs` (by file name or stem), or
-    /// has prompts without an image name while there are several inputs.
+    fn is_json(&self) -> bool {
+        self.path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    }
+
+    /// The prompt sets that name `image` (or no image), each object once.
+    fn sets_of(&self, image: &Path) -> Result<Vec<PromptSet>, InferError> {
+        let mut out: Vec<PromptSet> = Vec::new();
+        for (name, sets) in &self.images {
+            if name.as_deref().is_none_or(|n| matches(n, image)) {
+                out.extend(sets.iter().cloned());
+            }
+        }
+        for (i, s) in out.iter().enumerate() {
+            if let Some(other) = out[..i].iter().find(|f| f.object == s.object) {
+                let (first, s) = if other.line <= s.line {
+                    (other, s)
+                } else {
+                    (s, other)
+                };
+                return Err(err(
+                    &self.path,
+                    Some(s.line),
+                    format!(
+                        "object `{}` of {} is given again (first at {} {}); each object \
+                         becomes one label, so give its points and box in one prompt set, or \
+                         use another object id",
+                        s.object,
+                        image.display(),
+                        if self.is_json() { "prompt set" } else { "line" },
+                        first.line
+                    ),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fail when the file names images that are not among `inputs` (by file name or stem), has
+    /// prompts without an image name while there are several inputs, or gives one object of an
+    /// image twice.
     pub fn check_images(&self, inputs: &[PathBuf]) -> Result<(), InferError> {
+        for input in inputs {
+            self.sets_of(input)?;
+        }
         let available = || {
             inputs
                 .iter()
@@ -367,20 +448,17 @@ impl PromptFile {
     }
 
     /// The prompt sets for `image` (of `shape = (h, w)`), with every coordinate checked to lie in
-    /// the image: points in `[0, w) × [0, h)`, boxes in `[0, w] × [0, h]`.
+    /// the image: points in `[0, w) × [0, h)`, boxes in `[0, w] × [0, h]`. One object given
+    /// twice (two JSON sets, or rows under two spellings of the image name) is an error: each
+    /// object becomes one label.
     pub fn for_image(
         &self,
         image: &Path,
         shape: (usize, usize),
     ) -> Result<Vec<PromptSet>, InferError> {
-        let mut out = Vec::new();
-        for (name, sets) in &self.images {
-            if name.as_deref().is_none_or(|n| matches(n, image)) {
-                out.extend(sets.iter().cloned());
-            }
-        }
-        let (h, w) = (shape.0 as f32, shape.1 as f32);
+        let out = self.sets_of(image)?;
         let img = image.display();
+        let (h, w) = (shape.0 as f32, shape.1 as f32);
         for s in &out {
             for p in &s.points {
                 if !(p[0] >= 0.0 && p[0] < w && p[1] >= 0.0 && p[1] < h) {
@@ -540,5 +618,74 @@ mod tests {
             .contains("2 points but 1 labels"));
         let p = write(d.path(), "m.json", r#"[{"pts": [[1, 2]]}]"#);
         assert!(read_prompts(&p).unwrap_err().to_string().contains("m.json"));
+    }
+    #[test]
+    fn issue_16_header_problems_name_the_columns() {
+        let d = tempfile::tempdir().unwrap();
+        // A trailing comma leaves the last header column without a name.
+        let p = write(
+            d.path(),
+            "h.csv",
+            "image,object,kind,x,y,\na.tif,1,point,1,1,\n",
+        );
+        let e = read_prompts(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("h.csv:1: header column 6 of 6 has no name")
+                && e.contains("not named yet: x2,y2,label")
+                && !e.contains("``"),
+            "{e}"
+        );
+        // Rows wider than the header.
+        let p = write(
+            d.path(),
+            "w.csv",
+            "image,object,kind,x,y\na.tif,2,box,1,2,30,40,\n",
+        );
+        let e = read_prompts(&p).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "w.csv:2: 8 fields, but the header names 5 columns (`image,object,kind,x,y`)"
+            ) && e.contains("expected columns image,object,kind,x,y,x2,y2,label"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn issue_16_an_object_given_twice_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "dup.json",
+            r#"[{"object": 3, "points": [[1, 2]]}, {"object": 4, "box": [0, 0, 4, 4]},
+                {"object": 3, "box": [0, 0, 5, 5]}]"#,
+        );
+        let f = read_prompts(&p).unwrap();
+        for e in [
+            f.check_images(&[PathBuf::from("a.tif")]).unwrap_err(),
+            f.for_image(Path::new("a.tif"), (10, 10)).unwrap_err(),
+        ] {
+            let e = e.to_string();
+            assert!(
+                e.contains(
+                    "dup.json:3: object `3` of a.tif is given again (first at prompt set 1)"
+                ),
+                "{e}"
+            );
+        }
+        // CSV rows of one object under the file name and under the stem.
+        let p = write(
+            d.path(),
+            "dup.csv",
+            "image,object,kind,x,y\na.tif,1,point,1,1\na,1,point,2,2\n",
+        );
+        let e = read_prompts(&p)
+            .unwrap()
+            .check_images(&[PathBuf::from("/d/a.tif")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("object `1` of /d/a.tif is given again (first at line 2)"),
+            "{e}"
+        );
     }
 }

@@ -76,6 +76,71 @@ impl TileSpec {
     }
 }
 
+/// How much an image is shrunk on its way into the model, and a tiling that would not shrink
+/// it ([`TileSpec::downscale`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Downscale {
+    /// Side of the block the model sees (a whole image or a tile with its halo), over the
+    /// model input.
+    pub factor: f64,
+    /// The block's side in pixels.
+    pub block: usize,
+    /// The model input side in pixels.
+    pub input_size: usize,
+    /// A tile side that fits the model input with [`Downscale::halo`]: `tile + 2 × halo = input`.
+    pub tile: usize,
+    /// The halo to go with [`Downscale::tile`].
+    pub halo: usize,
+}
+
+impl std::fmt::Display for Downscale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "shrunk {:.1}× ({} px blocks into the model's {} px input), so small objects lose \
+             detail; tiles of {t}×{t} with a halo of {h} (tile + 2 × halo = {}) match the model",
+            self.factor,
+            self.block,
+            self.input_size,
+            self.input_size,
+            t = self.tile,
+            h = self.halo
+        )
+    }
+}
+
+impl TileSpec {
+    /// The shrink an image of `shape` undergoes with this tiling on a model with
+    /// `input_size`, when it is large enough to lose detail (more than 1.5×): no tiling (or one
+    /// tile) on an image larger than the input, or tiles whose side plus halo exceeds it.
+    pub fn downscale(&self, shape: (usize, usize), input_size: usize) -> Option<Downscale> {
+        let tiling = self.tiling_for(shape, input_size).ok()?;
+        let block = tiling
+            .tiles()
+            .iter()
+            .map(|t| t.outer.height().max(t.outer.width()))
+            .max()?;
+        let factor = block as f64 / input_size.max(1) as f64;
+        if factor <= 1.5 {
+            return None;
+        }
+        // Keep the halo when it leaves room for a tile, else an eighth of the input.
+        let current = self.halo.0.max(self.halo.1);
+        let halo = if current > 0 && 4 * current <= input_size {
+            current
+        } else {
+            input_size / 8
+        };
+        Some(Downscale {
+            factor,
+            block,
+            input_size,
+            tile: input_size.saturating_sub(2 * halo).max(1),
+            halo,
+        })
+    }
+}
+
 /// Settings of [`run_auto`].
 #[derive(Debug, Clone)]
 pub struct AutoOptions {
@@ -174,11 +239,58 @@ pub fn output_paths(out_dir: &Path, image: &Path) -> (PathBuf, PathBuf, PathBuf)
     )
 }
 
+/// Extensions of image formats sam-infer does not read: reported, never skipped silently.
+const UNREAD_IMAGE_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "bmp", "gif", "webp", "czi", "nd2", "lif", "jp2",
+];
+
+fn extension_of(p: &Path) -> String {
+    p.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn is_read(p: &Path) -> bool {
+    matches!(extension_of(p).as_str(), "tif" | "tiff" | "png")
+}
+
+/// The inputs found by [`scan_inputs`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    /// The images to segment (`.tif`, `.tiff`, `.png`), sorted.
+    pub images: Vec<PathBuf>,
+    /// Image files matched by the pattern in a format that is not read (JPEG, BMP, ...),
+    /// sorted: for a warning.
+    pub unread: Vec<PathBuf>,
+}
+
 /// The images to process: `input` itself if it is a file, else the files in the folder `input`
-/// matching `pattern` (e.g. `*.tif`) with a `.tif`, `.tiff` or `.png` extension, sorted.
-pub fn list_inputs(input: &Path, pattern: &str) -> Result<Vec<PathBuf>, InferError> {
+/// matching `pattern` (e.g. `*.tif`) with a `.tif`, `.tiff` or `.png` extension, sorted; and
+/// the image files of other formats the pattern matched.
+///
+/// Errors: a missing input; an input file of a format not read; a folder with no image read;
+/// two images with one stem (`a.png` and `a.tif`), whose outputs (`labels/a.tif`, ...) would
+/// collide — as sam-augment refuses them.
+pub fn scan_inputs(input: &Path, pattern: &str) -> Result<Inputs, InferError> {
     if input.is_file() {
-        return Ok(vec![input.to_path_buf()]);
+        if !is_read(input) {
+            return Err(InferError::Image {
+                path: input.to_path_buf(),
+                message: format!(
+                    "`.{}` images are not read: save it as TIFF or PNG{}",
+                    extension_of(input),
+                    if matches!(extension_of(input).as_str(), "jpg" | "jpeg") {
+                        " (JPEG's lossy compression alters intensities)"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        return Ok(Inputs {
+            images: vec![input.to_path_buf()],
+            unread: Vec::new(),
+        });
     }
     if !input.is_dir() {
         return Err(InferError::io(
@@ -194,23 +306,61 @@ pub fn list_inputs(input: &Path, pattern: &str) -> Result<Vec<PathBuf>, InferErr
             format!("`{pattern}`: {e}"),
         )
     })?;
-    let mut out: Vec<PathBuf> = paths
-        .filter_map(Result::ok)
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            p.extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                .is_some_and(|e| e == "tif" || e == "tiff" || e == "png")
-        })
-        .collect();
-    out.sort();
-    if out.is_empty() {
+    let mut found = Inputs::default();
+    for p in paths.filter_map(Result::ok).filter(|p| p.is_file()) {
+        let hidden = p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if is_read(&p) {
+            found.images.push(p);
+        } else if UNREAD_IMAGE_EXTENSIONS.contains(&extension_of(&p).as_str()) {
+            found.unread.push(p);
+        }
+    }
+    found.images.sort();
+    found.unread.sort();
+    let mut by_stem: std::collections::BTreeMap<String, &PathBuf> = Default::default();
+    for p in &found.images {
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if let Some(first) = by_stem.insert(stem.clone(), p) {
+            return Err(InferError::Image {
+                path: input.to_path_buf(),
+                message: format!(
+                    "{} and {} share the stem {stem:?}: their outputs (labels/{stem}.tif, ...) \
+                     would be the same files; keep one file per stem, or narrow --pattern",
+                    first.display(),
+                    p.display()
+                ),
+            });
+        }
+    }
+    if found.images.is_empty() {
+        let unread = if found.unread.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} file(s) in formats that are not read, e.g. {}: save them as TIFF or PNG)",
+                found.unread.len(),
+                found.unread[0].display()
+            )
+        };
         return Err(InferError::Image {
             path: input.to_path_buf(),
-            message: format!("no .tif/.tiff/.png images match `{pattern}`"),
+            message: format!("no .tif/.tiff/.png images match `{pattern}`{unread}"),
         });
     }
-    Ok(out)
+    Ok(found)
+}
+
+/// The images of [`scan_inputs`] alone (files in formats that are not read are left out).
+pub fn list_inputs(input: &Path, pattern: &str) -> Result<Vec<PathBuf>, InferError> {
+    scan_inputs(input, pattern).map(|i| i.images)
 }
 
 /// Read and normalise an image: the original (for the overlay) and the [0, 1] plane.
@@ -429,7 +579,129 @@ fn write_outputs(
     Ok(n)
 }
 
+/// The file in an output folder that records which model wrote the outputs.
+pub const MODEL_RECORD: &str = "model.json";
+
+/// Which checkpoint wrote an output folder (`<out>/model.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ModelRecord {
+    /// The checkpoint file, absolute (or the description of a model built in code).
+    checkpoint: String,
+    /// Its size in bytes.
+    bytes: u64,
+    /// Its modification time, seconds since the Unix epoch.
+    modified: u64,
+    /// Its sha256 (hex); empty for a model built in code.
+    sha256: String,
+}
+
+impl ModelRecord {
+    fn of(model: &InferenceModel, hash: bool) -> Result<Self, InferError> {
+        let Some(path) = model.path() else {
+            return Ok(Self {
+                checkpoint: model.description().to_string(),
+                bytes: 0,
+                modified: 0,
+                sha256: String::new(),
+            });
+        };
+        let meta = std::fs::metadata(path).map_err(|e| InferError::io(path, e))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        Ok(Self {
+            checkpoint: std::fs::canonicalize(path)
+                .unwrap_or_else(|_| path.to_path_buf())
+                .display()
+                .to_string(),
+            bytes: meta.len(),
+            modified,
+            sha256: if hash {
+                file_sha256(path)?
+            } else {
+                String::new()
+            },
+        })
+    }
+
+    /// Same file, unchanged (no hashing needed).
+    fn same_file(&self, other: &Self) -> bool {
+        (&self.checkpoint, self.bytes, self.modified)
+            == (&other.checkpoint, other.bytes, other.modified)
+    }
+}
+
+/// Checks that the outputs already in `out_dir` were written by `model` (recorded in
+/// [`MODEL_RECORD`]), and records it for a new or overwritten folder: a re-run with another
+/// checkpoint would otherwise keep the old model's outputs beside the new ones.
+fn check_model_record(
+    out_dir: &Path,
+    model: &InferenceModel,
+    overwrite: bool,
+) -> Result<(), InferError> {
+    let record_path = out_dir.join(MODEL_RECORD);
+    let current = ModelRecord::of(model, false)?;
+    let has_outputs = std::fs::read_dir(out_dir.join("labels"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if !overwrite && has_outputs {
+        let refuse = |found: &str| InferError::Output {
+            path: out_dir.to_path_buf(),
+            message: format!(
+                "holds the outputs of {found}, not of {}: the folder would mix two models' \
+                 results; pass --overwrite to redo every image with this model, or choose \
+                 another output folder",
+                current.checkpoint
+            ),
+        };
+        let recorded: Option<ModelRecord> = std::fs::read_to_string(&record_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let Some(recorded) = recorded else {
+            return Err(refuse(&format!(
+                "an unrecorded model (no readable {MODEL_RECORD})"
+            )));
+        };
+        if recorded.same_file(&current) {
+            return Ok(());
+        }
+        // Moved, copied or touched: the same model if the bytes are the same.
+        let hashed = ModelRecord::of(model, true)?;
+        if recorded.sha256.is_empty() || recorded.sha256 != hashed.sha256 {
+            return Err(refuse(&format!(
+                "{} (sha256 {})",
+                recorded.checkpoint,
+                if recorded.sha256.is_empty() {
+                    "unknown"
+                } else {
+                    &recorded.sha256
+                }
+            )));
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| InferError::io(out_dir, e))?;
+    let record = ModelRecord::of(model, true)?;
+    let text = serde_json::to_string_pretty(&record).map_err(|e| InferError::Image {
+        path: record_path.clone(),
+        message: e.to_string(),
+    })?;
+    let tmp = out_dir.join(format!(".{MODEL_RECORD}.partial"));
+    std::fs::write(&tmp, text + "\n").map_err(|e| InferError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &record_path).map_err(|e| InferError::io(&record_path, e))
+}
+
 fn check_output_dir(out_dir: &Path, inputs: &[PathBuf]) -> Result<(), InferError> {
+    if out_dir.exists() && !out_dir.is_dir() {
+        return Err(InferError::Output {
+            path: out_dir.to_path_buf(),
+            message: "is a file, but the output is a folder (created when missing): choose a \
+                      folder name"
+                .into(),
+        });
+    }
     let canon = |p: &Path| std::fs::canonicalize(p).ok();
     let Some(out) = canon(out_dir) else {
         return Ok(());
@@ -438,11 +710,14 @@ fn check_output_dir(out_dir: &Path, inputs: &[PathBuf]) -> Result<(), InferError
         let dir = i.parent().and_then(canon);
         let parent = dir.as_ref().and_then(|d| d.parent().map(Path::to_path_buf));
         if dir.as_ref() == Some(&out) || parent.as_ref() == Some(&out) {
-            return Err(InferError::param(
-                "output",
-                "a folder other than the input folder and its parent (raw data is never written)",
-                out_dir.display(),
-            ));
+            return Err(InferError::Output {
+                path: out_dir.to_path_buf(),
+                message: format!(
+                    "is the folder of the input {} or its parent: outputs never go beside raw \
+                     data; choose another output folder",
+                    i.display()
+                ),
+            });
         }
     }
     Ok(())
@@ -461,6 +736,7 @@ pub fn run_auto(
     opts.amg.validate()?;
     opts.mode.resolve(model)?;
     check_output_dir(out_dir, inputs)?;
+    check_model_record(out_dir, model, opts.overwrite)?;
     let mut reports = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.iter().enumerate() {
         on_progress(Progress::Image {
@@ -516,6 +792,7 @@ pub fn run_prompts(
 ) -> Result<Vec<ImageReport>, InferError> {
     prompts.check_images(inputs)?;
     check_output_dir(out_dir, inputs)?;
+    check_model_record(out_dir, model, overwrite)?;
     let mut reports = Vec::new();
     for (index, input) in inputs.iter().enumerate() {
         on_progress(Progress::Image {
