@@ -148,6 +148,9 @@ const RUN_TOP_LEVEL_FILES: [&str; 3] = [
     ".stopped_for_requeue.tmp",
 ];
 
+/// The folder `sam-eval model` writes into a run folder (`RunPaths::evaluation_dir`).
+const EVALUATION_DIR: &str = "evaluation";
+
 /// A run folder made ready by [`prepare_run`].
 #[derive(Debug, Clone)]
 pub struct PreparedRun {
@@ -174,11 +177,12 @@ enum RunDir {
 /// file. Nothing is touched when the run is refused.
 ///
 /// - A folder that does not exist, or holds only SLURM output files (`logs/slurm-*`, written by
-///   the submission script before the job starts), is unused: every mode starts there.
+///   the submission script before the job starts) and an `evaluation/` folder (`sam-eval
+///   model` before any training), is unused: every mode starts there and keeps those.
 /// - A run folder of this tool is one holding [`RUN_MARKER`], or, made by a version before the
 ///   marker, one holding exactly `config.yaml` (naming this experiment), `checkpoints/`,
-///   `logs/` and possibly the stop marker, none of them a symbolic link; such a folder gets
-///   the marker when it is resumed or overwritten. Without a flag it is refused; `resume`
+///   `logs/` and possibly `evaluation/` and the stop marker, none of them a symbolic link;
+///   such a folder gets the marker when it is resumed or overwritten. Without a flag it is refused; `resume`
 ///   continues it (from the beginning, in the same folder, when it has no checkpoint yet);
 ///   `overwrite` deletes its contents except SLURM output files being written.
 /// - Any other folder or file is refused in every mode, named, with the fix.
@@ -214,7 +218,8 @@ pub fn prepare_run(
         (_, Some(target)) if overwrite => {
             fs::remove_file(dir).map_err(|e| io(dir, e))?;
             notes.push(format!(
-                "--overwrite: {} was a symbolic link to {}: removed the link (nothing in {}                  was touched) and started a new run folder in its place",
+                "--overwrite: {} was a symbolic link to {}: removed the link (nothing in {} was \
+                 touched) and started a new run folder in its place",
                 dir.display(),
                 target.display(),
                 target.display()
@@ -236,7 +241,8 @@ pub fn prepare_run(
         (RunDir::Ours { marked }, _) => {
             if !marked {
                 notes.push(format!(
-                    "{} is a run folder of an earlier sam-train (config.yaml, checkpoints/,                      logs/, no {RUN_MARKER}): recognised as a run and marked",
+                    "{} is a run folder of an earlier sam-train (config.yaml, checkpoints/, logs/, \
+                     no {RUN_MARKER}): recognised as a run and marked",
                     dir.display()
                 ));
             }
@@ -311,7 +317,11 @@ fn classify_run_dir(dir: &Path, cfg: &ExperimentConfig) -> RunDir {
             .iter()
             .all(|(n, t)| t.is_file() && is_slurm_log(Path::new(n)))
     };
-    if top.is_empty() || (top.len() == 1 && is("logs", true) && logs_only_slurm()) {
+    // SLURM output files, and an evaluation (sam-eval model) done before any training.
+    let before_training = top
+        .iter()
+        .all(|(n, t)| t.is_dir() && (n == EVALUATION_DIR || (n == "logs" && logs_only_slurm())));
+    if before_training {
         return RunDir::Unused;
     }
     if is(RUN_MARKER, false) {
@@ -323,6 +333,7 @@ fn classify_run_dir(dir: &Path, cfg: &ExperimentConfig) -> RunDir {
         && is("logs", true)
         && top.iter().all(|(n, t)| {
             matches!(n.as_str(), "config.yaml" | "checkpoints" | "logs")
+                || (t.is_dir() && n == EVALUATION_DIR)
                 || (t.is_file() && RUN_TOP_LEVEL_FILES.contains(&n.as_str()))
         });
     let names_experiment = || {

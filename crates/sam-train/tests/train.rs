@@ -523,7 +523,11 @@ fn overwrite_removes_links_never_their_targets() {
     assert!(run_dir.join(RUN_MARKER).is_file());
     let note = prepared.notes.join("\n");
     assert!(
-        note.contains("was a symbolic link to") && note.contains("removed the link"),
+        note.contains("was a symbolic link to")
+            && note.contains(&format!(
+                "removed the link (nothing in {} was touched)",
+                target.display()
+            )),
         "{note}"
     );
 
@@ -558,8 +562,16 @@ fn runs_of_earlier_versions_are_recognised_by_their_layout() {
         std::fs::write(run_dir.join("logs/slurm-3.out"), "job 3").unwrap();
     };
     make_old_run();
+    std::fs::create_dir_all(run_dir.join("evaluation")).unwrap();
+    std::fs::write(run_dir.join("evaluation/summary.csv"), "mSA").unwrap();
     let prepared = prepare_run(&cfg, dir.path(), false, true).unwrap();
-    assert!(prepared.notes.join(" ").contains("earlier sam-train"));
+    let note = prepared.notes.join(" ");
+    assert!(
+        note.contains(
+            "is a run folder of an earlier sam-train (config.yaml, checkpoints/, logs/, no"
+        ),
+        "{note}"
+    );
     assert_eq!(
         files_under(&run_dir),
         vec![run_dir.join(RUN_MARKER), run_dir.join("logs/slurm-3.out")]
@@ -805,8 +817,13 @@ fn slurm_output_files_alone_do_not_make_a_run_and_survive_overwrite() {
     let logs = dir.path().join("runs/t/logs");
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::write(logs.join("slurm-17.out"), "job 17").unwrap();
+    // An evaluation of a pretrained model done before training does not make a run either.
+    let evaluation = dir.path().join("runs/t/evaluation");
+    std::fs::create_dir_all(&evaluation).unwrap();
+    std::fs::write(evaluation.join("summary.csv"), "mSA").unwrap();
     // Not a run yet: a fresh start is allowed.
     let paths = prepare_run(&cfg, dir.path(), false, false).unwrap().paths;
+    assert!(evaluation.join("summary.csv").is_file());
     std::fs::write(&paths.config, "x").unwrap();
     std::fs::write(logs.join("train.log"), "old").unwrap();
     // Now it is a run: refused without flags; --overwrite clears it but keeps the SLURM file.
