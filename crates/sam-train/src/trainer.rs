@@ -734,8 +734,10 @@ pub fn train(
     // Model, optimiser, state.
     tch::manual_seed(derive_seed(cfg.seed, &[0]) as i64 & i64::MAX);
     let mut model = Model::new(&cfg.model, device)?;
-    if let Some(spec) = &cfg.model.checkpoint {
-        for w in model.load_initial(spec)? {
+    // A file path relative to the repository root, as every path of the config; a model name
+    // as it is.
+    if let Some(spec) = paths.model_checkpoint(&cfg.model) {
+        for w in model.load_initial(&spec)? {
             say(format!("warning: {w}"));
         }
     }

@@ -293,6 +293,32 @@ fn export_refusals(root: &Path) {
         .is_some());
 }
 
+/// Issue 16: a relative `model.checkpoint` is relative to the repository root, not to the
+/// working directory (this test's is the crate folder, where the file is not).
+#[test]
+fn a_relative_model_checkpoint_is_read_from_the_repository_root() {
+    let mut cfg = config("  iterations: 1", false);
+    cfg.model.checkpoint = Some("models/init.pt".into());
+    let dir = setup!(2);
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    tch::manual_seed(1);
+    let init = sam_train::Model::new(&cfg.model, tch::Device::Cpu).unwrap();
+    let mut weights = init.named_variables();
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    sam_model::write_sam_state_dict(dir.path().join("models/init.pt"), &weights).unwrap();
+    assert!(!Path::new("models/init.pt").exists());
+    run(&cfg, dir.path(), false, None).unwrap();
+    // Frozen or not, the prompt encoder's random matrix is a buffer: it comes from the file.
+    let key = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix";
+    let want = &weights.iter().find(|(k, _)| k == key).unwrap().1;
+    let got = &latest_model(dir.path(), &cfg)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .unwrap()
+        .1;
+    assert!(want.equal(got), "{key} does not come from the file");
+}
+
 /// Issue 16: a checkpoint that does not fit the config printed every key (305 lines for a
 /// vit_b file) and no hint. Now a few lines: counts, examples, what the file holds against
 /// what the config builds, and what to set.
