@@ -10,7 +10,7 @@ use sam_eval::{
     ModelProgress, ModelReport, PromptStart,
 };
 use sam_infer::{
-    resolve_model_path, AisParams, AmgParams, AutoMode, AutoOptions, InferenceModel, TileSpec,
+    resolve_model_path_in, AisParams, AmgParams, AutoMode, AutoOptions, InferenceModel, TileSpec,
 };
 use sam_torch::DeviceRequest;
 
@@ -96,36 +96,20 @@ fn select_device(name: &str) -> Result<tch::Device, Failure> {
 }
 
 fn find_root(args: &ModelArgs) -> Result<PathBuf, Failure> {
-    if let Some(r) = &args.root {
-        return Ok(r.clone());
-    }
-    sam_config::find_root(None)
-        .ok()
-        .or_else(|| {
-            let abs = std::fs::canonicalize(&args.config).ok()?;
-            sam_config::find_root_from(abs.parent()?)
-        })
-        .ok_or_else(|| {
-            usage(
-                "cannot find the repository root (a folder with configs/ and dat/) above the \
-                 working directory or the config; run from inside the repository, set \
-                 SAM_TRAINER_ROOT or pass --root",
-            )
-        })
+    sam_config::find_root_for(args.root.as_deref(), Some(&args.config)).map_err(|e| {
+        usage(format!(
+            "{e}; (also searched above the config {}) or pass --root",
+            args.config.display()
+        ))
+    })
 }
 
 /// The checkpoint file: `--checkpoint` (a file, relative to the working directory or the
-/// root; a final_models/ name; a micro_sam name) or the config's export path.
+/// root; a name under the root's final_models/; a micro_sam name) or the config's export path.
 fn resolve_checkpoint(args: &ModelArgs, paths: &RunPaths) -> Result<PathBuf, Failure> {
     let final_models = paths.root.join("final_models");
     match &args.checkpoint {
-        Some(spec) => {
-            let in_root = paths.root.join(spec);
-            if !Path::new(spec).is_file() && in_root.is_file() {
-                return Ok(in_root);
-            }
-            resolve_model_path(spec, &final_models).map_err(usage)
-        }
+        Some(spec) => resolve_model_path_in(spec, Some(&paths.root), &final_models).map_err(usage),
         None if paths.export_path.is_file() => Ok(paths.export_path.clone()),
         None => Err(usage(format!(
             "no checkpoint at {} (the config's export_path, written when training ends): \
@@ -137,13 +121,8 @@ fn resolve_checkpoint(args: &ModelArgs, paths: &RunPaths) -> Result<PathBuf, Fai
 
 /// The automatic-segmentation options of the config (`inference`, `data.normalization`).
 fn auto_options(cfg: &ExperimentConfig) -> Result<AutoOptions, Failure> {
+    // The values passed the config's rules when it was loaded.
     let inf = &cfg.inference;
-    if inf.amg.crop_n_layers != 0 {
-        return Err(usage(format!(
-            "inference.amg.crop_n_layers = {}: only 0 is supported (tiling replaces crops)",
-            inf.amg.crop_n_layers
-        )));
-    }
     let mode = match inf.mode {
         sam_config::InferenceMode::Auto => AutoMode::Auto,
         sam_config::InferenceMode::Ais => AutoMode::Ais,

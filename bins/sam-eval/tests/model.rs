@@ -413,3 +413,45 @@ fn cuda_without_a_usable_gpu_is_a_usage_error_before_any_work() {
         assert!(!eval_dir(root).exists());
     }
 }
+
+/// Issue 16: a label image of the wrong size used to be found only after the predictions of
+/// the images before it were written, and the rerun was then refused as "an evaluation
+/// exists". Every pair is checked first; the fixed folder then evaluates without --overwrite,
+/// from any folder of the repository, with `--checkpoint NAME` found in the root's
+/// final_models/.
+#[test]
+fn issue_16_every_pair_is_checked_before_any_prediction_is_written() {
+    let t = setup!(true);
+    let root = t.path();
+    let t2 = root.join("dat/test/labels/t2.tif");
+    let good = std::fs::read(&t2).unwrap();
+    sam_data::write_labels(&t2, &sam_data::LabelImage::zeros(50, 50)).unwrap();
+    let o = sam_eval(root, &[]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("size mismatch") && e.contains("t2.tif") && e.contains("(50, 50)"),
+        "{e}"
+    );
+    assert!(!eval_dir(root).join("predictions").exists(), "{e}");
+    std::fs::write(&t2, good).unwrap();
+    std::fs::create_dir_all(root.join("scripts")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sam-eval"))
+        .current_dir(root.join("scripts"))
+        .env_remove("SAM_TRAINER_ROOT")
+        .env("MICROSAM_CACHEDIR", root.join("cache"))
+        .args([
+            "model",
+            "--config",
+            "../configs/t.yaml",
+            "--checkpoint",
+            "t",
+            "--device",
+            "cpu",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(eval_dir(root).join("predictions/t2.tif").is_file());
+}

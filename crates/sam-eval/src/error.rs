@@ -111,6 +111,10 @@ pub enum EvalError {
         /// The evaluation files found there.
         files: Vec<String>,
     },
+    /// The folders given cannot be used together (predictions that are the ground truth,
+    /// reports inside the raw data, an output that is a file).
+    #[error("{0}")]
+    Folders(String),
     /// An evaluation setting is unusable (an empty grid, no prompt start, ...).
     #[error("invalid setting `{name}`: {message}")]
     Setting {
@@ -134,6 +138,7 @@ impl EvalError {
             EvalError::NotADir { .. }
                 | EvalError::NoLabels(_)
                 | EvalError::OutputExists { .. }
+                | EvalError::Folders(_)
                 | EvalError::Setting { .. }
         )
     }

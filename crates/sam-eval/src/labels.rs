@@ -109,6 +109,67 @@ pub struct LabelReport {
     pub images: Vec<ImageRecord>,
 }
 
+/// `p` with symlinks resolved in its longest existing ancestor (the rest kept as written).
+fn real_path(p: &Path) -> PathBuf {
+    let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut tail = Vec::new();
+    let mut head = absolute.as_path();
+    loop {
+        if let Ok(real) = fs::canonicalize(head) {
+            return tail.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                head = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// Refuses folders that cannot be meant: predictions that are the ground truth (every image
+/// would score 1.0), reports written into the ground truth or the brightfield images (raw
+/// data is never written to), an output that is a file.
+fn check_folders(opts: &LabelEvalOptions) -> Result<(), EvalError> {
+    let (gt, pred, out) = (
+        real_path(&opts.gt_dir),
+        real_path(&opts.pred_dir),
+        real_path(&opts.out_dir),
+    );
+    if gt == pred {
+        return Err(EvalError::Folders(format!(
+            "the ground truth ({}) and the predictions ({}) are the same folder: every image \
+             would be scored against itself (mSA 1.0); give the folder of the predicted labels",
+            opts.gt_dir.display(),
+            opts.pred_dir.display()
+        )));
+    }
+    if opts.out_dir.exists() && !opts.out_dir.is_dir() {
+        return Err(EvalError::Folders(format!(
+            "the output {} is a file; give a folder (created when missing)",
+            opts.out_dir.display()
+        )));
+    }
+    let raw = [
+        Some(("ground-truth", &opts.gt_dir)),
+        opts.image_dir.as_ref().map(|d| ("image", d)),
+    ];
+    for (what, dir) in raw.into_iter().flatten() {
+        let real = real_path(dir);
+        if out.starts_with(&real) {
+            let relation = if out == real { "is" } else { "lies inside" };
+            return Err(EvalError::Folders(format!(
+                "the output {} {relation} the {what} folder {}: reports are never written \
+                 into the data; choose a folder outside it",
+                opts.out_dir.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Scores every ground-truth label image in `opts.gt_dir` against the prediction with the same
 /// stem in `opts.pred_dir` and writes the reports into `opts.out_dir`:
 ///
@@ -135,6 +196,7 @@ pub fn evaluate_label_dirs(
     if let Some(dir) = &opts.image_dir {
         check_dir("image", dir)?;
     }
+    check_folders(opts)?;
     let gts = label_files_by_stem(&opts.gt_dir)?;
     if gts.is_empty() {
         return Err(EvalError::NoLabels(opts.gt_dir.clone()));

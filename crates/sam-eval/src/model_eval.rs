@@ -154,9 +154,9 @@ impl ModelEvalOptions {
                 files: existing,
             });
         }
-        self.test_pairs()?;
+        check_sizes(&self.test_pairs()?)?;
         if let Some(g) = &self.grid_search {
-            g.validation.pairs(VALIDATION_NAMES)?;
+            check_sizes(&g.validation.pairs(VALIDATION_NAMES)?)?;
             g.values.ais_grid()?;
             g.values.amg_grid()?;
         }
@@ -176,6 +176,25 @@ impl ModelEvalOptions {
             "test label (evaluation.test_labels_dir)",
         ))
     }
+}
+
+/// Every image has the size of its labels, from the file headers (and is a single 2-D
+/// image): checked before the model runs, so that a bad pair does not stop an evaluation
+/// half-way, leaving predictions behind.
+fn check_sizes(pairs: &[ImagePair]) -> Result<(), EvalError> {
+    for pair in pairs {
+        let image = sam_data::image_dimensions(&pair.image)?;
+        let labels = sam_data::image_dimensions(&pair.labels)?;
+        if image != labels {
+            return Err(EvalError::SizeMismatch {
+                a: pair.labels.clone(),
+                a_size: labels,
+                b: pair.image.clone(),
+                b_size: image,
+            });
+        }
+    }
+    Ok(())
 }
 
 const VALIDATION_NAMES: (&str, &str) = (

@@ -261,3 +261,73 @@ fn relabel_gt_splits_disconnected_pieces_like_micro_sam() {
     assert_eq!(r.images[0].scores.n_true, 2);
     assert_eq!(r.images[0].scores.msa, 1.0);
 }
+
+#[test]
+fn issue_16_folders_that_cannot_be_meant_are_refused() {
+    let (tmp, mut opts) = setup!();
+    write(opts.gt_dir.join("x.tif"), &square(1, 1));
+    write(opts.pred_dir.join("x.tif"), &square(2, 1));
+    // The ground truth as predictions: every image would score 1.0.
+    let mut same = opts.clone();
+    same.pred_dir = tmp.path().join("gt/../gt");
+    let err = evaluate_label_dirs(&same, &no_progress).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        err.is_usage()
+            && msg.contains("are the same folder: every image would be scored against itself"),
+        "{msg}"
+    );
+    // Reports inside the ground truth or the images.
+    opts.image_dir = Some(tmp.path().join("images"));
+    for (out, want) in [
+        ("gt/report", "lies inside the ground-truth folder"),
+        ("gt", "is the ground-truth folder"),
+        ("images/out", "lies inside the image folder"),
+    ] {
+        let mut o = opts.clone();
+        o.out_dir = tmp.path().join(out);
+        let err = evaluate_label_dirs(&o, &no_progress).unwrap_err();
+        assert!(
+            err.is_usage()
+                && err.to_string().contains(want)
+                && err
+                    .to_string()
+                    .contains("reports are never written into the data"),
+            "{out}: {err}"
+        );
+    }
+    assert!(!tmp.path().join("gt/report").exists());
+    // An output that is a file.
+    std::fs::write(tmp.path().join("out.txt"), "x").unwrap();
+    opts.out_dir = tmp.path().join("out.txt");
+    let err = evaluate_label_dirs(&opts, &no_progress).unwrap_err();
+    assert!(
+        err.is_usage() && err.to_string().contains("out.txt is a file; give a folder"),
+        "{err}"
+    );
+}
+
+#[test]
+fn issue_16_a_label_stack_is_refused_not_scored_as_its_first_page() {
+    let (_tmp, opts) = setup!();
+    // Ground truth and prediction: the same 3-page stack, whose first page is a perfect match.
+    for dir in [&opts.gt_dir, &opts.pred_dir] {
+        let mut enc =
+            tiff::encoder::TiffEncoder::new(File::create(dir.join("z.tif")).unwrap()).unwrap();
+        for id in 1..=3u32 {
+            enc.write_image::<tiff::encoder::colortype::Gray32>(
+                8,
+                6,
+                &square(id as usize, id).data,
+            )
+            .unwrap();
+        }
+    }
+    let msg = evaluate_label_dirs(&opts, &no_progress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("z.tif: a multi-page TIFF with 3 pages"),
+        "{msg}"
+    );
+}
