@@ -475,11 +475,20 @@ fn spawn_train(root: &Path, config: &Path, args: &[&str], env: &[(&str, &str)]) 
         .unwrap()
 }
 
-/// Waits until `log` holds `text` more often than `seen` times, then kills `child` with
-/// SIGKILL, wherever it is.
-fn kill_when_logged(mut child: Child, log: &Path, text: &str, seen: usize) {
+/// Starts a run with `start`, waits until its log holds `text` once more than before, then
+/// sends it `signal` (`KILL`: killed wherever it is; `TERM`: a stop request) and waits for it
+/// to end. Returns its exit status and process id.
+fn interrupt_when_logged(
+    log: &Path,
+    text: &str,
+    signal: &str,
+    start: impl FnOnce() -> Child,
+) -> (std::process::ExitStatus, u32) {
+    let seen = count(log, text);
+    let mut child = start();
+    let pid = child.id();
     let started = Instant::now();
-    while std::fs::read_to_string(log).map_or(0, |s| s.matches(text).count()) <= seen {
+    while count(log, text) <= seen {
         if let Some(status) = child.try_wait().unwrap() {
             let log = std::fs::read_to_string(log).unwrap_or_default();
             panic!("the run ended ({status}) before logging `{text}`:\n{log}");
@@ -490,8 +499,12 @@ fn kill_when_logged(mut child: Child, log: &Path, text: &str, seen: usize) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    child.kill().unwrap();
-    let _ = child.wait();
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid} failed");
+    (child.wait().unwrap(), pid)
 }
 
 fn count(log: &Path, text: &str) -> usize {
@@ -513,12 +526,12 @@ fn metrics_without_time(root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Issue 16, harm 3: a run killed with SIGKILL three times — during its steps, half-way
-/// through writing a checkpoint, and just after an epoch's validation — and resumed each
-/// time ends with the uninterrupted run's weights (decoder included), best checkpoint,
-/// learning rate, scheduler state and metrics.
+/// Issue 16, harm 3: a run stopped by SIGTERM once and killed with SIGKILL three times —
+/// during its steps, half-way through writing a checkpoint, and just after an epoch's
+/// validation — and resumed each time ends with the uninterrupted run's weights (decoder
+/// included), best checkpoint, learning rate, scheduler state and metrics.
 #[test]
-fn a_run_killed_three_times_resumes_to_the_uninterrupted_weights() {
+fn a_run_stopped_and_killed_resumes_to_the_uninterrupted_weights() {
     let (whole, whole_cfg) = setup_resume();
     finish(
         spawn_train(whole.path(), &whole_cfg, &[], &[]),
@@ -529,23 +542,34 @@ fn a_run_killed_three_times_resumes_to_the_uninterrupted_weights() {
     let root = dir.path();
     let log = root.join("runs/k/logs/train.log");
     let ck = root.join("runs/k/checkpoints/ck");
-    // 1. During the steps of epoch 2 (latest was written after iteration 6, or is being).
-    kill_when_logged(spawn_train(root, &cfg, &[], &[]), &log, "iteration 7/32", 0);
-    // 2. Half-way through writing `latest` after iteration 15: the model file written, the
-    //    rest not. The resume must start from the epoch-3 checkpoint (iteration 12).
-    let resumed = count(&log, "resumed from");
-    let child = spawn_train(
-        root,
-        &cfg,
-        &["--resume"],
-        &[("SAM_TRAIN_INJECT_FAULTS", "pause_checkpoint_write_at=15")],
+    let resume = || spawn_train(root, &cfg, &["--resume"], &[]);
+    // 0. SIGTERM during epoch 2: the step ends, `latest` is written, exit 42.
+    let (status, _) = interrupt_when_logged(&log, "iteration 5/32", "TERM", || {
+        spawn_train(root, &cfg, &[], &[])
+    });
+    assert_eq!(
+        status.code(),
+        Some(42),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
     );
-    let pid = child.id();
-    kill_when_logged(
-        child,
+    // 1. SIGKILL during the steps of epoch 3 (`latest` written after iteration 9, or being
+    //    written).
+    interrupt_when_logged(&log, "iteration 10/32", "KILL", resume);
+    // 2. SIGKILL half-way through writing `latest` after iteration 15: the model file written,
+    //    the rest not. The next resume must start from the epoch-3 checkpoint (iteration 12).
+    let (_, pid) = interrupt_when_logged(
         &log,
         "fault injection: pausing the write of latest",
-        0,
+        "KILL",
+        || {
+            spawn_train(
+                root,
+                &cfg,
+                &["--resume"],
+                &[("SAM_TRAIN_INJECT_FAULTS", "pause_checkpoint_write_at=15")],
+            )
+        },
     );
     let stale = ck.join(format!(".latest.tmp-{pid}"));
     assert!(
@@ -553,25 +577,21 @@ fn a_run_killed_three_times_resumes_to_the_uninterrupted_weights() {
         "no half-written checkpoint in {}",
         stale.display()
     );
-    assert_eq!(count(&log, "resumed from"), resumed + 1);
-    // 3. Just after the validation of epoch 6 (best and latest being written).
-    kill_when_logged(
-        spawn_train(root, &cfg, &["--resume"], &[]),
-        &log,
-        "epoch 6/8:",
-        0,
-    );
+    // 3. SIGKILL just after the validation of epoch 6 (best and latest being written).
+    interrupt_when_logged(&log, "epoch 6/8:", "KILL", resume);
     let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("resumed from").count(), 3, "{text}");
     assert!(
         text.contains("at epoch 3, iteration 12"),
-        "the second resume did not start from the last complete checkpoint:\n{text}"
+        "the resume after the kill during the write did not start from the last complete \
+         checkpoint:\n{text}"
     );
     assert!(
         text.contains(&format!("removed {}", stale.display())),
         "the half-written checkpoint was not cleaned up:\n{text}"
     );
     assert!(!stale.exists());
-    finish(spawn_train(root, &cfg, &["--resume"], &[]), "last resume");
+    finish(resume(), "last resume");
 
     let slot = |r: &Path, s: Slot| {
         let c = CheckpointStore::new(r.join("runs/k/checkpoints/ck"))
