@@ -49,9 +49,10 @@ struct RunArgs {
     /// Destination folder: `images/`, `labels/` and `manifest.json` are written there.
     #[arg(long, value_name = "DIR", requires = "input")]
     output: Option<PathBuf>,
-    /// Augmented copies per source image [default: 8, or the config's copies_per_image].
+    /// Augmented copies per source image [default: 8, or the config's copies_per_image]; 0
+    /// only copies the originals (refused with --no-originals: nothing would be written).
     #[arg(long, value_name = "N")]
-    copies: Option<usize>,
+    copies: Option<u32>,
     /// Base seed [default: 0, or the config's seed].
     #[arg(long, value_name = "S")]
     seed: Option<u64>,
@@ -183,6 +184,34 @@ fn ops_from_config(ops: &sam_config::AugmentationOps, min_object_size: usize) ->
     }
 }
 
+/// The flags' values, checked by the rules of the config's `augmentation` section (one rule
+/// set for both): every problem, named by its flag and the config key.
+fn check_section(section: &sam_config::AugmentationConfig) -> Result<(), Failure> {
+    let report = section.validate();
+    if report.errors.is_empty() {
+        return Ok(());
+    }
+    let flag = |key: &str| match key {
+        "augmentation.copies_per_image" => "--copies / --no-originals",
+        k if k.starts_with("augmentation.output_") => "--output",
+        k if k.starts_with("augmentation.source_") => "--input",
+        _ => "--config",
+    };
+    let lines: Vec<String> = report
+        .errors
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {} (the rule of {} in a config)",
+                flag(&p.key),
+                p.message,
+                p.key
+            )
+        })
+        .collect();
+    Err(Failure::Usage(anyhow::anyhow!("{}", lines.join("\n"))))
+}
+
 fn job_from_config(path: &Path, args: &RunArgs) -> Result<AugmentJob, Failure> {
     // No file-system checks: the training folders are what this command writes; its own source
     // folders are checked when they are read.
@@ -192,8 +221,19 @@ fn job_from_config(path: &Path, args: &RunArgs) -> Result<AugmentJob, Failure> {
                 Failure::Usage(anyhow::Error::new(e).context(format!("config {}", path.display())))
             })?;
     let cfg = loaded.config;
-    let root = sam_config::find_root(None).map_err(|e| Failure::Usage(e.into()))?;
-    let a = &cfg.augmentation;
+    let root = match loaded.root {
+        Some(r) => r,
+        None => {
+            sam_config::find_root_for(None, Some(path)).map_err(|e| Failure::Usage(e.into()))?
+        }
+    };
+    let mut section = cfg.augmentation.clone();
+    if let Some(n) = args.copies {
+        section.copies_per_image = n;
+    }
+    section.include_original &= !args.no_originals;
+    check_section(&section)?;
+    let a = &section;
     let abs = |p: &Path| {
         if p.is_absolute() {
             p.to_path_buf()
@@ -211,9 +251,9 @@ fn job_from_config(path: &Path, args: &RunArgs) -> Result<AugmentJob, Failure> {
         output_images: abs(&a.output_images_dir),
         output_labels: abs(&a.output_labels_dir),
         manifest,
-        copies: args.copies.unwrap_or(a.copies_per_image as usize),
+        copies: a.copies_per_image as usize,
         seed: args.seed.unwrap_or(cfg.seed),
-        keep_originals: a.include_original && !args.no_originals,
+        keep_originals: a.include_original,
         overwrite: args.overwrite,
         config: ops_from_config(&a.operations, cfg.data.min_object_size as usize),
     })
@@ -234,8 +274,17 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     let job = match (&args.config, &args.input, &args.output) {
         (Some(c), _, _) => job_from_config(c, &args)?,
         (None, Some(i), Some(o)) => {
-            let mut job =
-                AugmentJob::from_folders(i, o, args.copies.unwrap_or(8), args.seed.unwrap_or(0));
+            let copies = args.copies.unwrap_or(8);
+            check_section(&sam_config::AugmentationConfig {
+                source_images_dir: i.join("images"),
+                source_labels_dir: i.join("labels"),
+                output_images_dir: o.join("images"),
+                output_labels_dir: o.join("labels"),
+                copies_per_image: copies,
+                include_original: !args.no_originals,
+                ..Default::default()
+            })?;
+            let mut job = AugmentJob::from_folders(i, o, copies as usize, args.seed.unwrap_or(0));
             job.overwrite = args.overwrite;
             job.keep_originals = !args.no_originals;
             job

@@ -292,3 +292,70 @@ fn config_path_reads_the_augmentation_section() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("exp.yaml"), "{}", text(&o));
 }
+
+/// Issue 16: `--copies 0 --no-originals` used to succeed with nothing written, although the
+/// config validator forbids the same settings; the flags now go through that rule.
+#[test]
+fn issue_16_nothing_to_write_is_refused_as_the_config_refuses_it() {
+    let tmp = tmpdir!();
+    let data = tmp.path().join("raw");
+    assert!(
+        sam_augment(&["synth", "--out", p(&data), "--count", "1", "--size", "64"])
+            .status
+            .success()
+    );
+    let out = tmp.path().join("aug");
+    let o = sam_augment(&[
+        "run",
+        "--input",
+        p(&data),
+        "--output",
+        p(&out),
+        "--copies",
+        "0",
+        "--no-originals",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "--copies / --no-originals: is 0 and include_original is false: augmentation would \
+             write nothing (the rule of augmentation.copies_per_image in a config)"
+        ),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+    // The same through a config whose own values are fine.
+    let config = tmp.path().join("exp.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "experiment_name: demo\noutput_base_dir: runs\ncheckpoint_name: c\n\
+             export_path: final_models/demo.pt\naugmentation:\n  source_images_dir: {d}/images\n  \
+             source_labels_dir: {d}/labels\n  output_images_dir: {o}/images\n  \
+             output_labels_dir: {o}/labels\n",
+            d = p(&data),
+            o = p(&out)
+        ),
+    )
+    .unwrap();
+    let o = sam_augment(&[
+        "run",
+        "--config",
+        p(&config),
+        "--copies",
+        "0",
+        "--no-originals",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("augmentation would write nothing"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+    // Copies 0 with the originals is a plain copy, and allowed.
+    let o = sam_augment(&["run", "--config", p(&config), "--copies", "0"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(files(&out.join("images")).len(), 1);
+}
