@@ -64,7 +64,8 @@ pub struct AmgConfig {
     pub stability_score_offset: f64,
     /// IoU above which overlapping boxes are suppressed (0–1).
     pub box_nms_thresh: f64,
-    /// Extra layers of image crops (0 = whole image only).
+    /// Extra layers of image crops (0 = whole image only). Only 0 is accepted: large images
+    /// are tiled instead (`tile_shape`).
     pub crop_n_layers: u32,
     /// IoU above which masks from different crops are suppressed (0–1).
     pub crop_nms_thresh: f64,

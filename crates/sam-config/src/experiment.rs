@@ -20,6 +20,7 @@ pub struct ExperimentConfig {
     /// Letters, digits, `_`, `-` and `.` only.
     pub experiment_name: String,
     /// Folder that holds the run folders, relative to the repository root (normally `runs`).
+    /// It may not be, contain or lie inside a data, model or config folder.
     pub output_base_dir: PathBuf,
     /// Name of the checkpoint folder inside the run: `<run>/checkpoints/<checkpoint_name>/`.
     /// Letters, digits, `_`, `-` and `.` only.
@@ -82,7 +83,8 @@ pub struct DataConfig {
     /// Objects smaller than this many pixels are ignored when sampling patches and prompts.
     pub min_object_size: u32,
     /// A patch is only used when it holds at least this many objects of `min_object_size`
-    /// (micro_sam's `MinInstanceSampler` default: 2).
+    /// (micro_sam's `MinInstanceSampler` default: 2; at least 1). An image without such a
+    /// patch is skipped with a warning.
     pub min_objects_per_patch: u32,
     /// Training patches per epoch. `null`: max(number of training images, 100), as micro_sam.
     pub samples_per_epoch: Option<u64>,
