@@ -259,6 +259,20 @@ fn job_from_config(path: &Path, args: &RunArgs) -> Result<AugmentJob, Failure> {
     })
 }
 
+/// A destination folder (created when missing) whose first existing ancestor is a file
+/// cannot be created: say so instead of the operating system's "Not a directory".
+fn check_folder(dir: &Path, what: &str) -> Result<(), Failure> {
+    match dir.ancestors().find(|a| a.exists()) {
+        Some(existing) if !existing.is_dir() => Err(Failure::Usage(anyhow::anyhow!(
+            "{what} {}: {} is a file, but this must be a folder (created when missing); choose \
+             another path",
+            dir.display(),
+            existing.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn set_threads(threads: Option<usize>) -> Result<(), Failure> {
     if let Some(n) = threads {
         rayon::ThreadPoolBuilder::new()
@@ -295,6 +309,8 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             )))
         }
     };
+    check_folder(&job.output_images, "the output image folder")?;
+    check_folder(&job.output_labels, "the output label folder")?;
     let started = Instant::now();
     let pb = bar("augmenting");
     let summary = augment_folder(&job, &Bar(pb.clone())).map_err(classify)?;
@@ -317,6 +333,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
 
 fn synth(args: SynthArgs) -> Result<(), Failure> {
     let (images, labels) = (args.out.join("images"), args.out.join("labels"));
+    check_folder(&args.out, "--out")?;
     for d in [&images, &labels] {
         let non_empty = std::fs::read_dir(d)
             .map(|mut it| it.next().is_some())

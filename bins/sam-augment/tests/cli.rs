@@ -354,6 +354,22 @@ fn issue_16_nothing_to_write_is_refused_as_the_config_refuses_it() {
         text(&o)
     );
     assert!(!out.exists());
+    // An output that is a file is named as such, not as "Not a directory (os error 20)".
+    let file = tmp.path().join("out.txt");
+    std::fs::write(&file, "x").unwrap();
+    for args in [
+        vec!["run", "--input", p(&data), "--output", p(&file)],
+        vec!["synth", "--out", p(&file), "--count", "1", "--size", "64"],
+    ] {
+        let o = sam_augment(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains("out.txt is a file, but this must be a folder")
+                && !text(&o).contains("os error"),
+            "{}",
+            text(&o)
+        );
+    }
     // Copies 0 with the originals is a plain copy, and allowed.
     let o = sam_augment(&["run", "--config", p(&config), "--copies", "0"]);
     assert!(o.status.success(), "{}", text(&o));
