@@ -299,6 +299,33 @@ fn print_report(r: &ModelReport, out_dir: &Path) {
     println!("reports written to {}", out_dir.display());
 }
 
+/// Warns once per image size that the model would see shrunk, with the tiling that fits.
+fn warn_downscale(test_images: &Path, tiles: &TileSpec, input_size: usize) {
+    let Ok(entries) = std::fs::read_dir(test_images) else {
+        return;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let Ok((w, h)) = sam_data::image_dimensions(&path) else {
+            continue;
+        };
+        if !seen.insert((h, w)) {
+            continue;
+        }
+        if let Some(d) = tiles.downscale((h, w), input_size) {
+            eprintln!(
+                "warning: {} ({w}x{h}) is {d}: set inference.tile_shape: [{t}, {t}] and \
+                 inference.halo: [{hl}, {hl}] in the config",
+                path.display(),
+                t = d.tile,
+                hl = d.halo
+            );
+        }
+    }
+}
+
 /// Runs `sam-eval model`.
 pub fn run_model(args: ModelArgs) -> Result<(), Failure> {
     let device = select_device(&args.device)?;
@@ -316,6 +343,11 @@ pub fn run_model(args: ModelArgs) -> Result<(), Failure> {
     opts.check().map_err(eval_failure)?;
     let model = InferenceModel::load(&checkpoint, device).map_err(Failure::failed)?;
     eprintln!("model: {}", model.description());
+    warn_downscale(
+        &opts.test_images,
+        &opts.segmentation.tiles,
+        model.input_size(),
+    );
     opts.segmentation.mode.resolve(&model).map_err(|e| {
         usage(format!(
             "{e} (set inference.mode to amg or auto in {})",

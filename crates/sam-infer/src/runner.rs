@@ -833,3 +833,35 @@ pub fn run_prompts(
     }
     Ok(reports)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_16_downscale_names_the_shrink_and_a_tiling_that_fits() {
+        let whole = TileSpec {
+            tile_shape: None,
+            halo: (0, 0),
+        };
+        // A 2048² image into a 256 px model: 8×, tiles of 192 + 2 × 32 fit.
+        let d = whole.downscale((2048, 2048), 256).unwrap();
+        assert_eq!((d.factor, d.block, d.tile, d.halo), (8.0, 2048, 192, 32));
+        assert!(
+            d.to_string()
+                .starts_with("shrunk 8.0× (2048 px blocks into the model's 256 px input)"),
+            "{d}"
+        );
+        // SAM's 1024 px input and the default tiling (768 + 2 × 128): no shrink.
+        let default = TileSpec {
+            tile_shape: Some((768, 768)),
+            halo: (128, 128),
+        };
+        assert_eq!(default.downscale((2048, 2048), 1024), None);
+        // The default tiling on a 256 px model: blocks of 1024, the halo kept small.
+        let d = default.downscale((2048, 2048), 256).unwrap();
+        assert_eq!((d.block, d.tile, d.halo), (1024, 192, 32));
+        // A slight shrink (1.3×) is not worth a warning.
+        assert_eq!(whole.downscale((1300, 1300), 1024), None);
+    }
+}
