@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use sam_config::{find_root, load_config_with, ValidateOptions};
+use sam_config::{find_root_for, load_config_with, ValidateOptions};
 use sam_torch::{CpuBudget, LaunchEnv};
 use sam_train::{
     export_model, prepare_run, train, Collective, ExportOptions, StopFlag, TrainOptions,
@@ -250,7 +250,9 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
     }
     // Before any tensor work or rayon use: pools sized once, for the whole run.
     let pool_note = apply_thread_budget(&budget).err();
-    let root = match find_root(args.root.as_deref()) {
+    // As `validate`, sam-eval and sam-infer: the explicit root, else the working directory's,
+    // else the config's folder's.
+    let root = match find_root_for(args.root.as_deref(), Some(&args.config)) {
         Ok(r) => r,
         Err(e) => return fail_plain(2, e),
     };
@@ -463,6 +465,13 @@ pub fn run_download(args: DownloadArgs) -> ExitCode {
             println!("{}", path.display());
             ExitCode::SUCCESS
         }
+        // A name without a known hash, an unknown name or a malformed hash: the command line
+        // is wrong, not the download.
+        Err(
+            e @ (sam_model::CacheError::NotInRegistry { .. }
+            | sam_model::CacheError::UnknownModel { .. }
+            | sam_model::CacheError::BadHash(_)),
+        ) => fail_plain(2, e),
         Err(e) => fail_plain(1, e),
     }
 }

@@ -1154,6 +1154,15 @@ pub fn train(
     opts.progress.finish();
     state.finished = true;
     snapshot(&model, &optim, &state, Slot::Latest)?;
+    let skipped = train_arc.skipped_images();
+    if is_main && !skipped.is_empty() {
+        say(format!(
+            "{} training image(s) had no patch with enough objects and were passed over by this \
+             rank's loader: {}",
+            skipped.len(),
+            skipped.join("; ")
+        ));
+    }
     let export_path = if is_main {
         let slot = if store.exists(Slot::Best) {
             Slot::Best
