@@ -99,8 +99,8 @@ pub fn run_job_resources(args: &JobResourcesArgs) -> ExitCode {
 
 /// The assignments for `args`, or every problem found (a usage or config error).
 fn job_resources(args: &JobResourcesArgs) -> Result<String, String> {
-    let root =
-        find_root_for(args.root.as_deref(), Some(&args.config)).map_err(|e| format!("error: {e}"))?;
+    let root = find_root_for(args.root.as_deref(), Some(&args.config))
+        .map_err(|e| format!("error: {e}"))?;
     let options = ValidateOptions {
         check_paths: !args.no_path_checks,
         root: Some(root.clone()),
