@@ -636,21 +636,7 @@ mod tests {
 
     #[test]
     fn no_tiling_and_bad_values() {
-        let cli = Cli::try_parse_from([
-            "sam-infer",
-            "auto",
-            "--checkpoint",
-            "m",
-            "--input",
-            "i",
-            "--output",
-            "o",
-            "--no-tiling",
-        ])
-        .unwrap();
-        let Command::Auto(a) = cli.command else {
-            panic!("not auto")
-        };
+        let a = auto_args(&["--no-tiling"]);
         assert_eq!(auto_options(&a).ok().unwrap().tiles.tile_shape, None);
         assert!(Cli::try_parse_from([
             "sam-infer",
@@ -665,23 +651,9 @@ mod tests {
             "5"
         ])
         .is_err());
-        let cli = Cli::try_parse_from([
-            "sam-infer",
-            "auto",
-            "--checkpoint",
-            "m",
-            "--input",
-            "i",
-            "--output",
-            "o",
-            "--pred-iou-thresh",
-            "1.5",
-        ])
-        .unwrap();
-        let Command::Auto(a) = cli.command else {
-            panic!("not auto")
-        };
-        let err = auto_options(&a).err().unwrap();
+        let err = auto_options(&auto_args(&["--pred-iou-thresh", "1.5"]))
+            .err()
+            .unwrap();
         assert_eq!(err.code, 2);
         assert!(err.error.to_string().contains("pred_iou_thresh"));
     }

@@ -5,16 +5,13 @@
 //!
 //! The real SLURM run (two nodes, USR1, requeue without RequeueExit) is
 //! `scripts/slurm/test_submit_training.sh`: it needs root and apt.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use sam_data::{synthesize, write_image, write_labels, SynthConfig};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sam-train");
+use crate::{write_synth, BIN};
 
 /// The repository (for its configs and scripts).
 fn repo() -> PathBuf {
@@ -358,24 +355,6 @@ fn submit_refuses_invalid_overrides_before_sbatch() {
 }
 
 // --- The stop marker and the thread budget, through `sam-train train` ---------------------
-
-fn write_synth(root: &Path, split: &str, n: usize, seed: u64) {
-    let images = root.join("data").join(split).join("images");
-    let labels = root.join("data").join(split).join("labels");
-    std::fs::create_dir_all(&images).unwrap();
-    std::fs::create_dir_all(&labels).unwrap();
-    for i in 0..n {
-        let s = synthesize(
-            &SynthConfig {
-                size: 96,
-                ..SynthConfig::default()
-            },
-            seed + i as u64,
-        );
-        write_image(images.join(format!("img{i}.tif")), &s.image).unwrap();
-        write_labels(labels.join(format!("img{i}.tif")), &s.labels).unwrap();
-    }
-}
 
 /// A repository-like folder with data and a tiny CPU config of `epochs` epochs of 2 iterations
 /// that asks for 4 loader workers.

@@ -3,36 +3,15 @@
 //! and a rank that dies makes its peer fail instead of hanging), a run killed with SIGKILL at
 //! any moment resuming to the uninterrupted run's weights, and the refusals of `train` and
 //! `export` with their exit status.
-#![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sam_data::{synthesize, write_image, write_labels, SynthConfig};
+use crate::{write_synth, BIN};
 use sam_train::{CheckpointStore, Slot};
 use tch::Tensor;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sam-train");
-
-fn write_synth(root: &Path, split: &str, n: usize, seed: u64) {
-    let images = root.join("data").join(split).join("images");
-    let labels = root.join("data").join(split).join("labels");
-    std::fs::create_dir_all(&images).unwrap();
-    std::fs::create_dir_all(&labels).unwrap();
-    for i in 0..n {
-        let s = synthesize(
-            &SynthConfig {
-                size: 96,
-                ..SynthConfig::default()
-            },
-            seed + i as u64,
-        );
-        write_image(images.join(format!("img{i}.tif")), &s.image).unwrap();
-        write_labels(labels.join(format!("img{i}.tif")), &s.labels).unwrap();
-    }
-}
 
 /// A repository-like folder with data and a config whose per-process batch is `batch_size`.
 fn setup(batch_size: u32, epochs: u32, decoder: bool) -> (tempfile::TempDir, PathBuf) {
