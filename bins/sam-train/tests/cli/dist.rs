@@ -9,15 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{write_synth, BIN};
+use crate::{repo_with_config, BIN};
 use sam_train::{CheckpointStore, Slot};
 use tch::Tensor;
 
 /// A repository-like folder with data and a config whose per-process batch is `batch_size`.
 fn setup(batch_size: u32, epochs: u32, decoder: bool) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    write_synth(dir.path(), "train", 3, 1);
-    write_synth(dir.path(), "val", 2, 100);
     let yaml = format!(
         "experiment_name: d
 output_base_dir: runs
@@ -76,9 +73,7 @@ slurm:
   time_limit: \"01:00:00\"
 "
     );
-    let config = dir.path().join("d.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    (dir, config)
+    repo_with_config("d", &yaml)
 }
 
 fn free_port() -> u16 {
@@ -369,9 +364,6 @@ fn cuda_without_a_usable_gpu_exits_2_before_writing_anything() {
 /// to the smallest difference; patience 0 and lr 2e-3 decay the learning rate to values that
 /// JSON round-trips only when parsed exactly.
 fn setup_resume() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    write_synth(dir.path(), "train", 3, 1);
-    write_synth(dir.path(), "val", 2, 100);
     let yaml = "experiment_name: k
 output_base_dir: runs
 checkpoint_name: ck
@@ -428,9 +420,7 @@ distributed:
 slurm:
   time_limit: \"01:00:00\"
 ";
-    let config = dir.path().join("k.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    (dir, config)
+    repo_with_config("k", yaml)
 }
 
 /// Starts `sam-train train CONFIG ARGS` alone, with extra environment variables.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{write_synth, BIN};
+use crate::{repo_with_config, BIN};
 
 /// The repository (for its configs and scripts).
 fn repo() -> PathBuf {
@@ -359,9 +359,6 @@ fn submit_refuses_invalid_overrides_before_sbatch() {
 /// A repository-like folder with data and a tiny CPU config of `epochs` epochs of 2 iterations
 /// that asks for 4 loader workers.
 fn setup(epochs: u32) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    write_synth(dir.path(), "train", 3, 1);
-    write_synth(dir.path(), "val", 2, 100);
     let yaml = format!(
         "experiment_name: s
 output_base_dir: runs
@@ -414,9 +411,7 @@ slurm:
   cpus_per_task: 5
 "
     );
-    let config = dir.path().join("s.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    (dir, config)
+    repo_with_config("s", &yaml)
 }
 
 /// An srun task of a 1-task SLURM job with `cpus` CPUs per task: a deterministic CPU budget.
