@@ -373,20 +373,35 @@ pub fn read_labels(path: impl AsRef<Path>) -> Result<LabelImage> {
     LabelImage::new(d.width, d.height, data)
 }
 
+/// The size check of an image/label pair: `image` and `labels` are (width, height); a
+/// difference is a [`DataError::SizeMismatch`] naming both files.
+pub(crate) fn check_pair_size(
+    pair: &ImagePair,
+    image: (usize, usize),
+    labels: (usize, usize),
+) -> Result<()> {
+    if image == labels {
+        return Ok(());
+    }
+    Err(DataError::SizeMismatch {
+        image: pair.image.clone(),
+        labels: pair.labels.clone(),
+        image_width: image.0,
+        image_height: image.1,
+        label_width: labels.0,
+        label_height: labels.1,
+    })
+}
+
 /// Reads an image and its labels and checks that they have the same size.
 pub fn read_pair(pair: &ImagePair) -> Result<(GreyImage, LabelImage)> {
     let image = read_image(&pair.image)?;
     let labels = read_labels(&pair.labels)?;
-    if image.width != labels.width || image.height != labels.height {
-        return Err(DataError::SizeMismatch {
-            image: pair.image.clone(),
-            labels: pair.labels.clone(),
-            image_width: image.width,
-            image_height: image.height,
-            label_width: labels.width,
-            label_height: labels.height,
-        });
-    }
+    check_pair_size(
+        pair,
+        (image.width, image.height),
+        (labels.width, labels.height),
+    )?;
     Ok((image, labels))
 }
 

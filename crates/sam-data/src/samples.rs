@@ -10,7 +10,8 @@ use rayon::prelude::*;
 use crate::error::{DataError, Result};
 use crate::image::{GreyImage, LabelImage};
 use crate::io::{
-    image_dimensions, read_image, read_image_region, read_labels, read_pair, ImagePair,
+    check_pair_size, image_dimensions, read_image, read_image_region, read_labels, read_pair,
+    ImagePair,
 };
 use crate::labels::prepare_instances;
 use crate::preprocess::{normalization_bounds, normalize_with_bounds, Normalization};
@@ -277,17 +278,7 @@ impl Dataset {
             .par_iter()
             .map(|p| {
                 let image = image_dimensions(&p.image)?;
-                let labels = image_dimensions(&p.labels)?;
-                if image != labels {
-                    return Err(DataError::SizeMismatch {
-                        image: p.image.clone(),
-                        labels: p.labels.clone(),
-                        image_width: image.0,
-                        image_height: image.1,
-                        label_width: labels.0,
-                        label_height: labels.1,
-                    });
-                }
+                check_pair_size(p, image, image_dimensions(&p.labels)?)?;
                 Ok(image)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -466,16 +457,7 @@ impl Dataset {
         let pair = &self.pairs[index];
         let labels = read_labels(&pair.labels)?;
         let (width, height) = self.sizes[index];
-        if (labels.width, labels.height) != (width, height) {
-            return Err(DataError::SizeMismatch {
-                image: pair.image.clone(),
-                labels: pair.labels.clone(),
-                image_width: width,
-                image_height: height,
-                label_width: labels.width,
-                label_height: labels.height,
-            });
-        }
+        check_pair_size(pair, (width, height), (labels.width, labels.height))?;
         let sampler = PatchSampler::new(cfg.patch.clone());
         let (x, y) = sampler.position(&pair.stem, width, height, &labels, rng)?;
         let (w, h) = (cfg.patch.width, cfg.patch.height);
