@@ -1,4 +1,4 @@
-"""Reference checkpoints for crates/sam-model/tests/checkpoint.rs, made with segment_anything.
+"""Reference checkpoints for crates/sam-model/tests/integration/checkpoint.rs, made with segment_anything.
 
     python checkpoint_fixtures.py make <out_dir> <marker_file>
         Builds a tiny randomly initialised segment_anything Sam (seeded) and torch.save's it as

@@ -1,0 +1,4 @@
+//! The integration tests of sam-eval, one test binary (each links libtorch once): one module per topic.
+
+mod labels;
+mod metrics;

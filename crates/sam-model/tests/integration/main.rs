@@ -1,0 +1,5 @@
+//! The integration tests of sam-model, one test binary (each links libtorch once): one module per topic.
+
+mod checkpoint;
+mod checkpoint_cache;
+mod parity;
