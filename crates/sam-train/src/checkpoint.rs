@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::scaler::ScalerState;
 use crate::schedule::{EarlyStopping, LrScheduler};
 use crate::TrainError;
 
@@ -114,26 +115,6 @@ pub(crate) mod exact_f64 {
             #[derive(Deserialize)]
             struct Exact(#[serde(with = "super")] f64);
             Ok(Option::<Exact>::deserialize(d)?.map(|Exact(v)| v))
-        }
-    }
-}
-
-/// Loss-scaler state for fp16 training (`torch.amp.GradScaler` semantics).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScalerState {
-    /// Current loss scale.
-    #[serde(with = "exact_f64")]
-    pub scale: f64,
-    /// Consecutive steps without overflow.
-    pub growth_tracker: u32,
-}
-
-impl Default for ScalerState {
-    fn default() -> Self {
-        // torch.amp.GradScaler's init_scale.
-        Self {
-            scale: 65536.0,
-            growth_tracker: 0,
         }
     }
 }
@@ -251,8 +232,12 @@ fn process_may_be_running(pid: u32) -> bool {
     !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Io(format!("{}: {e}", path.display()))
+fn io_err(path: &Path, e: std::io::Error) -> TrainError {
+    TrainError::io(path, e)
+}
+
+fn format_err(path: &Path, e: impl Into<crate::BoxError>) -> TrainError {
+    TrainError::format(path, e)
 }
 
 impl CheckpointStore {
@@ -321,7 +306,7 @@ impl CheckpointStore {
             };
             let model_path = tmp.join(MODEL_FILE);
             Tensor::write_safetensors(&to_cpu(model), &model_path)
-                .map_err(|e| io_err(&model_path, e))?;
+                .map_err(|e| format_err(&model_path, e))?;
             if let Some(pause) = pause {
                 tracing::warn!(
                     "fault injection: pausing the write of {} for {} s (in {})",
@@ -333,9 +318,9 @@ impl CheckpointStore {
             }
             let optim_path = tmp.join(OPTIM_FILE);
             Tensor::write_safetensors(&to_cpu(optimizer), &optim_path)
-                .map_err(|e| io_err(&optim_path, e))?;
+                .map_err(|e| format_err(&optim_path, e))?;
             let state_path = tmp.join(STATE_FILE);
-            let json = serde_json::to_vec_pretty(state).map_err(|e| io_err(&state_path, e))?;
+            let json = serde_json::to_vec_pretty(state).map_err(|e| format_err(&state_path, e))?;
             fs::write(&state_path, json).map_err(|e| io_err(&state_path, e))?;
             for f in [MODEL_FILE, OPTIM_FILE, STATE_FILE] {
                 let p = tmp.join(f);
@@ -413,12 +398,14 @@ impl CheckpointStore {
     pub fn load_dir(dir: &Path) -> Result<Checkpoint, TrainError> {
         let state_path = dir.join(STATE_FILE);
         let text = fs::read_to_string(&state_path).map_err(|e| io_err(&state_path, e))?;
-        let state: TrainState = serde_json::from_str(&text).map_err(|e| io_err(&state_path, e))?;
+        let state: TrainState =
+            serde_json::from_str(&text).map_err(|e| format_err(&state_path, e))?;
         let model_path = dir.join(MODEL_FILE);
-        let model = Tensor::read_safetensors(&model_path).map_err(|e| io_err(&model_path, e))?;
+        let model =
+            Tensor::read_safetensors(&model_path).map_err(|e| format_err(&model_path, e))?;
         let optim_path = dir.join(OPTIM_FILE);
         let optimizer =
-            Tensor::read_safetensors(&optim_path).map_err(|e| io_err(&optim_path, e))?;
+            Tensor::read_safetensors(&optim_path).map_err(|e| format_err(&optim_path, e))?;
         Ok(Checkpoint {
             model,
             optimizer,
@@ -595,6 +582,76 @@ mod tests {
             }
         );
         assert_eq!((s.intra_op_threads, s.best_dice), (None, None));
+    }
+
+    /// `state.json` as this version and the one before it write it (fp16 run, epoch sums
+    /// named, NaN as a string), literally: checkpoints written before the trainer was split
+    /// into phases resume.
+    #[test]
+    fn state_json_of_the_current_format_reads() {
+        let json = r#"{
+  "epoch": 3,
+  "iteration": 12,
+  "best_metric": 0.25,
+  "best_dice": "NaN",
+  "scheduler": {
+    "kind": {
+      "kind": "reduce_on_plateau",
+      "factor": 0.9,
+      "patience": 2
+    },
+    "base_lr": 0.001,
+    "lr": 0.0009,
+    "best": 0.25,
+    "bad_epochs": 1,
+    "epochs": 3
+  },
+  "early_stopping": {
+    "patience": 3,
+    "best": 0.25,
+    "bad_epochs": 1
+  },
+  "scaler": {
+    "scale": 32768.0,
+    "growth_tracker": 11
+  },
+  "seed": 7,
+  "metric": 0.125,
+  "finished": false,
+  "epoch_sums": {
+    "loss": 1.5,
+    "dice_loss": 0.5,
+    "decoder_loss": 0.25,
+    "steps": 3.0
+  },
+  "nonfinite_streak": 0,
+  "intra_op_threads": 2
+}"#;
+        let s: TrainState = serde_json::from_str(json).unwrap();
+        assert_eq!((s.epoch, s.iteration, s.seed), (3, 12, 7));
+        assert_eq!(
+            s.epoch_sums,
+            EpochSums {
+                loss: 1.5,
+                dice_loss: 0.5,
+                decoder_loss: 0.25,
+                steps: 3.0
+            }
+        );
+        assert_eq!(
+            s.scaler,
+            ScalerState {
+                scale: 32768.0,
+                growth_tracker: 11
+            }
+        );
+        assert!(s.best_dice.is_some_and(f64::is_nan));
+        assert_eq!((s.best_metric, s.metric), (Some(0.25), Some(0.125)));
+        assert_eq!(s.intra_op_threads, Some(2));
+        assert_eq!(s.scheduler.lr(), 0.0009);
+        // And it is written back exactly as it was read.
+        let literal: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(serde_json::to_value(&s).unwrap(), literal);
     }
 
     #[test]

@@ -29,8 +29,8 @@ impl std::fmt::Debug for Collective {
     }
 }
 
-fn dist_err(what: &str, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Distributed(format!("{what}: {e}"))
+fn dist_err(what: &str, e: impl Into<crate::BoxError>) -> TrainError {
+    TrainError::collective(what, e)
 }
 
 impl Collective {

@@ -47,8 +47,7 @@ pub fn export_model(
                 source.display()
             )));
         }
-        let tensors = Tensor::read_safetensors(&file)
-            .map_err(|e| TrainError::Io(format!("{}: {e}", file.display())))?;
+        let tensors = Tensor::read_safetensors(&file).map_err(|e| TrainError::format(&file, e))?;
         let (dec, sam): (Vec<_>, Vec<_>) = tensors
             .into_iter()
             .partition(|(k, _)| k.starts_with(DECODER_PREFIX));
@@ -58,7 +57,7 @@ pub fn export_model(
             .collect();
         (sam, (!dec.is_empty()).then_some(dec))
     } else if source.is_file() {
-        let ck = read_checkpoint(source).map_err(|e| TrainError::Model(e.to_string()))?;
+        let ck = read_checkpoint(source)?;
         (ck.model_state, ck.decoder_state)
     } else {
         return Err(TrainError::MissingCheckpoint(format!(
@@ -67,8 +66,7 @@ pub fn export_model(
         )));
     };
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent)
-            .map_err(|e| TrainError::Io(format!("{}: {e}", parent.display())))?;
+        fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
     }
     // Both writers write a temporary file next to `output` and rename it into place: a kill
     // leaves the old file or the new one, and a link at `output` is replaced, not followed.
@@ -83,7 +81,7 @@ pub fn export_model(
     } else {
         write_sam_state_dict(output, &model)
     }
-    .map_err(|e| TrainError::Model(e.to_string()))
+    .map_err(TrainError::from)
 }
 
 /// Refuses an output that would destroy the source or replace a file unasked.

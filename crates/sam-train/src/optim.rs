@@ -106,8 +106,9 @@ impl AdamW {
     /// decay its weight and move it by its momentum.
     pub fn zero_grad(&mut self) -> Result<(), TrainError> {
         for p in &self.params {
-            sam_torch::clear_grad(&p.var).map_err(|e| {
-                TrainError::Model(format!("clearing the gradient of {}: {e}", p.name))
+            sam_torch::clear_grad(&p.var).map_err(|source| TrainError::ClearGradient {
+                parameter: p.name.clone(),
+                source,
             })?;
         }
         Ok(())

@@ -60,12 +60,12 @@ impl MetricsLog {
         if !self.csv.exists() {
             return Ok(Vec::new());
         }
-        let mut reader = csv::Reader::from_path(&self.csv)
-            .map_err(|e| TrainError::Io(format!("{}: {e}", self.csv.display())))?;
+        let mut reader =
+            csv::Reader::from_path(&self.csv).map_err(|e| TrainError::format(&self.csv, e))?;
         reader
             .deserialize()
             .collect::<Result<Vec<EpochRecord>, _>>()
-            .map_err(|e| TrainError::Io(format!("{}: {e}", self.csv.display())))
+            .map_err(|e| TrainError::format(&self.csv, e))
     }
 
     /// Appends a record, dropping rows of later epochs first (left by a run that was killed
@@ -75,16 +75,15 @@ impl MetricsLog {
         rows.retain(|r| r.epoch < record.epoch);
         rows.push(record.clone());
         let tmp = self.csv.with_extension("csv.tmp");
-        let err =
-            |e: &dyn std::fmt::Display| TrainError::Io(format!("{}: {e}", self.csv.display()));
+        let err = |e: csv::Error| TrainError::format(&self.csv, e);
         {
-            let mut writer = csv::Writer::from_path(&tmp).map_err(|e| err(&e))?;
+            let mut writer = csv::Writer::from_path(&tmp).map_err(err)?;
             for r in &rows {
-                writer.serialize(r).map_err(|e| err(&e))?;
+                writer.serialize(r).map_err(err)?;
             }
-            writer.flush().map_err(|e| err(&e))?;
+            writer.flush().map_err(|e| TrainError::io(&self.csv, e))?;
         }
-        fs::rename(&tmp, &self.csv).map_err(|e| err(&e))?;
+        fs::rename(&tmp, &self.csv).map_err(|e| TrainError::io(&self.csv, e))?;
         let png = self.csv.with_file_name("curves.png");
         draw_curves(&rows, &png)
     }
@@ -99,9 +98,8 @@ type Panel<'a, DB> = (
 
 /// Draws training loss and validation metrics against the epoch.
 pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> {
-    let err = |e: &dyn std::fmt::Display| TrainError::Io(format!("{}: {e}", path.display()));
     let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
+    root.fill(&WHITE).map_err(|e| TrainError::format(path, e))?;
     let (left, right) = root.split_horizontally(500);
     let max_epoch = rows.iter().map(|r| r.epoch).max().unwrap_or(1).max(1) as f64;
     let panels: [Panel<'_, _>; 2] = [
@@ -138,12 +136,12 @@ pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> 
             .x_label_area_size(30)
             .y_label_area_size(45)
             .build_cartesian_2d(0.0..max_epoch, 0.0..y_max)
-            .map_err(|e| err(&e))?;
+            .map_err(|e| TrainError::format(path, e))?;
         chart
             .configure_mesh()
             .x_desc("epoch")
             .draw()
-            .map_err(|e| err(&e))?;
+            .map_err(|e| TrainError::format(path, e))?;
         for (name, f, colour) in series {
             let points: Vec<(f64, f64)> = rows
                 .iter()
@@ -152,7 +150,7 @@ pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> 
                 .collect();
             chart
                 .draw_series(LineSeries::new(points, colour.stroke_width(2)))
-                .map_err(|e| err(&e))?
+                .map_err(|e| TrainError::format(path, e))?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
         }
@@ -161,9 +159,9 @@ pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> 
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
-            .map_err(|e| err(&e))?;
+            .map_err(|e| TrainError::format(path, e))?;
     }
-    root.present().map_err(|e| err(&e))?;
+    root.present().map_err(|e| TrainError::format(path, e))?;
     Ok(())
 }
 

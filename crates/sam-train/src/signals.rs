@@ -20,8 +20,11 @@ impl StopFlag {
     /// Raises the flag on SIGTERM and SIGUSR1 from now on.
     pub fn install_signal_handlers(&self) -> Result<(), TrainError> {
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
-            signal_hook::flag::register(sig, Arc::clone(&self.0)).map_err(|e| {
-                TrainError::Io(format!("cannot install handler for signal {sig}: {e}"))
+            signal_hook::flag::register(sig, Arc::clone(&self.0)).map_err(|source| {
+                TrainError::Signal {
+                    signal: sig,
+                    source,
+                }
             })?;
         }
         Ok(())

@@ -66,12 +66,12 @@ pub fn model_input(
 ) -> Result<(Tensor, (i64, i64)), TrainError> {
     let first = samples
         .first()
-        .ok_or_else(|| TrainError::Data("empty batch".into()))?;
+        .ok_or_else(|| TrainError::Samples("empty batch".into()))?;
     let (h, w) = (first.labels.height as i64, first.labels.width as i64);
     let mut images = Vec::with_capacity(samples.len());
     for s in samples {
         if s.labels.height as i64 != h || s.labels.width as i64 != w {
-            return Err(TrainError::Data(format!(
+            return Err(TrainError::Samples(format!(
                 "patches of one batch differ in size: {}×{} and {}×{}",
                 h, w, s.labels.height, s.labels.width
             )));
@@ -88,9 +88,7 @@ pub fn model_input(
     } else {
         x
     };
-    let x = sam
-        .preprocess(&x)
-        .map_err(|e| TrainError::Model(e.to_string()))?;
+    let x = sam.preprocess(&x)?;
     Ok((x, (rh, rw)))
 }
 
@@ -128,35 +126,52 @@ fn object_masks(sample: &TrainingSample, ids: &[u32], device: Device) -> Tensor 
         .to_device(device)
 }
 
-/// Computes the loss of one step as one autograd graph. `iteration` picks the start prompt
-/// (even: point, odd: box) and, with `seed`, every random draw, so that a step is a pure function
-/// of its inputs. Training uses [`step_backward`], which computes the same loss and gradients
-/// while keeping only one prompting round's graph alive.
-#[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
-pub fn step_loss(
-    sam: &Sam,
-    decoder: Option<&UnetrDecoder>,
-    samples: &[&TrainingSample],
-    recipe: &RecipeConfig,
-    seed: u64,
-    iteration: u64,
-    global_index: &[u64],
-    device: Device,
-) -> Result<StepLoss, TrainError> {
+/// Everything a step reads besides the weights: the model, the batch, the recipe, and the
+/// numbers that decide its random draws. `iteration` picks the start prompt (even: point, odd:
+/// box) and, with `seed` and each sample's `global_index`, every random draw, so that a step is
+/// a pure function of its inputs.
+#[derive(Clone, Copy)]
+pub struct StepInputs<'a> {
+    /// The model whose prompt and mask heads are trained (and its image encoder).
+    pub sam: &'a Sam,
+    /// The UNETR decoder trained jointly, if any.
+    pub decoder: Option<&'a UnetrDecoder>,
+    /// The batch: patches of one size.
+    pub samples: &'a [&'a TrainingSample],
+    /// The prompting recipe.
+    pub recipe: &'a RecipeConfig,
+    /// The run's seed.
+    pub seed: u64,
+    /// Completed iterations before this step (0-based index of the step).
+    pub iteration: u64,
+    /// Each sample's index `k` in the global batch of the iteration (its random draws derive
+    /// from `(seed, iteration, k)`, the same on whichever rank it is computed).
+    pub global_index: &'a [u64],
+    /// Where the step computes.
+    pub device: Device,
+}
+
+impl std::fmt::Debug for StepInputs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepInputs")
+            .field("decoder", &self.decoder.is_some())
+            .field("samples", &self.samples.len())
+            .field("recipe", self.recipe)
+            .field("seed", &self.seed)
+            .field("iteration", &self.iteration)
+            .field("global_index", &self.global_index)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+/// Computes the loss of one step as one autograd graph. Training uses [`step_backward`], which
+/// computes the same loss and gradients while keeping only one prompting round's graph alive.
+pub fn step_loss(inputs: &StepInputs<'_>) -> Result<StepLoss, TrainError> {
     let sink = Sink::Graph {
-        total: Tensor::zeros([], (Kind::Float, device)),
+        total: Tensor::zeros([], (Kind::Float, inputs.device)),
     };
-    run_step(
-        sam,
-        decoder,
-        samples,
-        recipe,
-        seed,
-        iteration,
-        global_index,
-        device,
-        sink,
-    )
+    run_step(inputs, sink)
 }
 
 /// How a step's forward passes run and its gradients are scaled.
@@ -181,7 +196,7 @@ impl Default for StepPrecision {
 
 /// Runs one step and back-propagates it: the gradient of `loss_scale ×` the step's loss is
 /// added to every trainable parameter's `.grad`. The loss, its parts and the random draws are
-/// those of [`step_loss`] with the same arguments; the returned `total` is a number without a
+/// those of [`step_loss`] with the same inputs; the returned `total` is a number without a
 /// graph.
 ///
 /// Each prompting round is back-propagated through the mask decoder as soon as its loss is
@@ -190,39 +205,20 @@ impl Default for StepPrecision {
 /// alive at a time (micro_sam keeps all `n_sub_iteration` of them until the end), which lowers
 /// peak memory; the gradients equal `step_loss(..).total.backward()` up to the order of the
 /// floating-point sums. Backward passes run outside autocast, as Python's advice has it.
-#[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
 pub fn step_backward(
-    sam: &Sam,
-    decoder: Option<&UnetrDecoder>,
-    samples: &[&TrainingSample],
-    recipe: &RecipeConfig,
-    seed: u64,
-    iteration: u64,
-    global_index: &[u64],
-    device: Device,
+    inputs: &StepInputs<'_>,
     precision: StepPrecision,
 ) -> Result<StepLoss, TrainError> {
-    let amp = |e: sam_torch::Error| TrainError::Model(e.to_string());
     let _autocast = match precision.autocast {
-        Some(kind) => Some(sam_torch::AutocastGuard::new(device, kind).map_err(amp)?),
+        Some(kind) => Some(sam_torch::AutocastGuard::new(inputs.device, kind)?),
         None => None,
     };
     let sink = Sink::Eager {
         scale: precision.loss_scale,
-        autocast_device: precision.autocast.map(|_| device),
+        autocast_device: precision.autocast.map(|_| inputs.device),
         total: 0.0,
     };
-    run_step(
-        sam,
-        decoder,
-        samples,
-        recipe,
-        seed,
-        iteration,
-        global_index,
-        device,
-        sink,
-    )
+    run_step(inputs, sink)
 }
 
 /// Where the weighted loss terms of a step go.
@@ -304,25 +300,21 @@ impl Sink {
 
 /// Autocast lifted for `device` while the guard lives; nothing without a device.
 fn pause_autocast(device: Option<Device>) -> Result<Option<sam_torch::AutocastPause>, TrainError> {
-    device
-        .map(sam_torch::AutocastPause::new)
-        .transpose()
-        .map_err(|e| TrainError::Model(e.to_string()))
+    Ok(device.map(sam_torch::AutocastPause::new).transpose()?)
 }
 
 /// The recipe of one step; the weighted loss terms go to `sink`.
-#[allow(clippy::too_many_arguments)]
-fn run_step(
-    sam: &Sam,
-    decoder: Option<&UnetrDecoder>,
-    samples: &[&TrainingSample],
-    recipe: &RecipeConfig,
-    seed: u64,
-    iteration: u64,
-    global_index: &[u64],
-    device: Device,
-    mut sink: Sink,
-) -> Result<StepLoss, TrainError> {
+fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainError> {
+    let StepInputs {
+        sam,
+        decoder,
+        samples,
+        recipe,
+        seed,
+        iteration,
+        global_index,
+        device,
+    } = *inputs;
     let (x, input_size) = model_input(sam, samples, device)?;
     let embeddings = sam.image_encoder.forward(&x);
     let heads = sink.heads_input(&embeddings);
@@ -346,7 +338,7 @@ fn run_step(
             ChaCha8Rng::seed_from_u64(derive_seed(seed, &[1, iteration, global_index[b]]));
         let ids = choose_objects(sample, recipe.n_objects_per_batch, &mut rng);
         if ids.is_empty() {
-            return Err(TrainError::Data(format!(
+            return Err(TrainError::Samples(format!(
                 "a patch of {} at {:?} has no objects (min_objects_per_patch must be ≥ 1)",
                 sample.image_name, sample.origin
             )));
@@ -362,7 +354,7 @@ fn run_step(
             for &id in &ids {
                 let (px, py) = sampler
                     .positive_point(&sample.labels, id, &mut rng)
-                    .ok_or_else(|| TrainError::Data(format!("object {id} vanished")))?;
+                    .ok_or_else(|| TrainError::Samples(format!("object {id} vanished")))?;
                 coords.extend([px as f32, py as f32]);
                 labels.push(1);
             }
@@ -372,7 +364,7 @@ fn run_step(
             for &id in &ids {
                 let bx = sampler
                     .jittered_box(&sample.labels, id, &mut rng)
-                    .ok_or_else(|| TrainError::Data(format!("object {id} vanished")))?;
+                    .ok_or_else(|| TrainError::Samples(format!("object {id} vanished")))?;
                 v.extend(bx.iter().map(|&c| c as f32));
             }
             let t = Tensor::from_slice(&v).view([n, 4]).to_device(device);
@@ -390,15 +382,13 @@ fn run_step(
                 (transform.apply_coords(&c, (ph, pw)), l)
             });
             let multimask = round == 0 && point_start;
-            let (low_res_masks, iou_predictions) = sam
-                .forward_prompts(
-                    &emb,
-                    points.as_ref().map(|(c, l)| (c, l)),
-                    boxes.as_ref(),
-                    mask_input.as_ref(),
-                    multimask,
-                )
-                .map_err(|e| TrainError::Model(e.to_string()))?;
+            let (low_res_masks, iou_predictions) = sam.forward_prompts(
+                &emb,
+                points.as_ref().map(|(c, l)| (c, l)),
+                boxes.as_ref(),
+                mask_input.as_ref(),
+                multimask,
+            )?;
             let masks = sam.postprocess_masks(&low_res_masks, input_size, (ph, pw));
             let rl = round_loss(
                 &masks.to_kind(Kind::Float),
@@ -425,11 +415,9 @@ fn run_step(
                     .gt(0.0)
                     .to_device(Device::Cpu)
             });
-            let pred_flat: Vec<bool> = Vec::<bool>::try_from(best_masks.flatten(0, -1))
-                .map_err(|e| TrainError::Model(e.to_string()))?;
+            let pred_flat: Vec<bool> = Vec::<bool>::try_from(best_masks.flatten(0, -1))?;
             let target_cpu: Vec<f32> =
-                Vec::<f32>::try_from(target.to_device(Device::Cpu).flatten(0, -1))
-                    .map_err(|e| TrainError::Model(e.to_string()))?;
+                Vec::<f32>::try_from(target.to_device(Device::Cpu).flatten(0, -1))?;
             let plane = (ph * pw) as usize;
             let mut new_coords = Vec::with_capacity(ids.len() * (n_points + 2) * 2);
             let mut new_labels = Vec::with_capacity(ids.len() * (n_points + 2));
@@ -480,14 +468,12 @@ fn run_step(
         let mut targets = Vec::with_capacity(samples.len());
         for s in samples {
             let t = s.targets.as_ref().ok_or_else(|| {
-                TrainError::Data("the decoder is on but samples carry no AIS targets".into())
+                TrainError::Samples("the decoder is on but samples carry no AIS targets".into())
             })?;
             targets.push(Tensor::from_slice(&t.data).view([1, 3, ph, pw]));
         }
         let target = Tensor::cat(&targets, 0).to_device(device);
-        let out = dec
-            .forward_t(&heads, true)
-            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let out = dec.forward_t(&heads, true)?;
         let out = dec
             .postprocess_masks(&out, input_size, (ph, pw))
             .to_kind(Kind::Float);

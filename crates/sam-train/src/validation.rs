@@ -7,6 +7,7 @@ use sam_data::{PromptSampler, TrainingSample};
 use sam_model::{ResizeLongestSide, Sam};
 use tch::{Device, Kind, Tensor};
 
+use crate::distributed::Collective;
 use crate::step::model_input;
 use crate::TrainError;
 
@@ -135,22 +136,20 @@ pub fn validation_totals(
                         id,
                         &mut rand::rngs::mock::StepRng::new(0, 0),
                     )
-                    .ok_or_else(|| TrainError::Data(format!("object {id} vanished")))?;
+                    .ok_or_else(|| TrainError::Samples(format!("object {id} vanished")))?;
                 boxes.extend(b.iter().map(|&c| c as f32));
             }
             let n = chunk.len() as i64;
             let boxes = Tensor::from_slice(&boxes).view([n, 4]).to_device(device);
             let boxes = transform.apply_boxes(&boxes, (h as i64, w as i64));
-            let (low_res_masks, _iou) = sam
-                .forward_prompts(&emb, None, Some(&boxes), None, false)
-                .map_err(|e| TrainError::Model(e.to_string()))?;
+            let (low_res_masks, _iou) =
+                sam.forward_prompts(&emb, None, Some(&boxes), None, false)?;
             let logits = sam
                 .postprocess_masks(&low_res_masks, input_size, (h as i64, w as i64))
                 .to_kind(Kind::Float)
                 .to_device(Device::Cpu)
                 .contiguous();
-            let logits: Vec<f32> = Vec::<f32>::try_from(logits.flatten(0, -1))
-                .map_err(|e| TrainError::Model(e.to_string()))?;
+            let logits: Vec<f32> = Vec::<f32>::try_from(logits.flatten(0, -1))?;
             for (k, &id) in chunk.iter().enumerate() {
                 let plane = &logits[k * h * w..(k + 1) * h * w];
                 let (mut inter, mut pred_n, mut true_n) = (0u64, 0u64, 0u64);
@@ -183,8 +182,11 @@ pub fn validation_totals(
                 n_objects += 1;
             }
         }
-        let scores = sam_eval::score_image(&sample.labels.data, &merged).map_err(|e| {
-            TrainError::Data(format!("validation scoring of {}: {e}", sample.image_name))
+        let scores = sam_eval::score_image(&sample.labels.data, &merged).map_err(|source| {
+            TrainError::Scoring {
+                image: sample.image_name.clone(),
+                source,
+            }
         })?;
         msa_sum += scores.msa;
         sa50_sum += scores.sa50;
@@ -196,5 +198,37 @@ pub fn validation_totals(
         msa_sum,
         sa50_sum,
         patches: patches.len() as f64,
+    })
+}
+
+/// Validation scores that every rank holds identically: each rank scores its share of the
+/// patches, the totals are summed over ranks, and rank 0's resulting scores are broadcast, so
+/// the scheduler, early stopping and the best-checkpoint choice see the same bits everywhere.
+/// `offset` is added to this rank's mSA and Dice totals (fault injection in tests).
+pub(crate) fn shared_validation(
+    sam: &sam_model::Sam,
+    patches: &[TrainingSample],
+    device: tch::Device,
+    collective: Option<&Collective>,
+    offset: f64,
+) -> Result<ValidationScores, TrainError> {
+    let mut mine = validation_totals(sam, patches, device)?;
+    mine.msa_sum += offset * mine.patches;
+    mine.dice_sum += offset * mine.objects;
+    let Some(c) = collective else {
+        return Ok(mine.scores());
+    };
+    let total = ValidationTotals::from_array(
+        c.sum_f64(&mine.to_array())?
+            .try_into()
+            .map_err(|_| TrainError::Distributed("validation totals: wrong length".into()))?,
+    );
+    let s = total.scores();
+    let shared = c.broadcast_f64(&[s.dice, s.box_iou, s.msa, s.sa50])?;
+    Ok(ValidationScores {
+        dice: shared[0],
+        box_iou: shared[1],
+        msa: shared[2],
+        sa50: shared[3],
     })
 }

@@ -706,16 +706,16 @@ fn loss_goes_down_on_a_fixed_batch() {
     for _ in 0..25 {
         optim.zero_grad().unwrap();
         // The same iteration number every time: the same objects and prompts.
-        let loss = sam_train::step_loss(
-            &model.sam,
-            model.decoder.as_ref().map(|(_, d)| d),
-            &refs,
-            &recipe,
-            1,
-            1,
-            &[0, 1],
-            tch::Device::Cpu,
-        )
+        let loss = sam_train::step_loss(&sam_train::StepInputs {
+            sam: &model.sam,
+            decoder: model.decoder.as_ref().map(|(_, d)| d),
+            samples: &refs,
+            recipe: &recipe,
+            seed: 1,
+            iteration: 1,
+            global_index: &[0, 1],
+            device: tch::Device::Cpu,
+        })
         .unwrap();
         losses.push(loss.total.double_value(&[]));
         loss.total.backward();
@@ -787,8 +787,17 @@ fn round_by_round_backward_equals_one_graph() {
         zero(&mut model);
         let sam = &model.sam;
         let dec = model.decoder.as_ref().map(|(_, d)| d);
-        let graph =
-            sam_train::step_loss(sam, dec, &refs, &recipe, 3, iteration, &[0, 1], cpu).unwrap();
+        let graph = sam_train::step_loss(&sam_train::StepInputs {
+            sam,
+            decoder: dec,
+            samples: &refs,
+            recipe: &recipe,
+            seed: 3,
+            iteration,
+            global_index: &[0, 1],
+            device: cpu,
+        })
+        .unwrap();
         graph.total.backward();
         let reference = grads(&model);
         zero(&mut model);
@@ -798,18 +807,17 @@ fn round_by_round_backward_equals_one_graph() {
             autocast: None,
             loss_scale: 4.0,
         };
-        let eager = sam_train::step_backward(
+        let inputs = sam_train::StepInputs {
             sam,
-            dec,
-            &refs,
-            &recipe,
-            3,
+            decoder: dec,
+            samples: &refs,
+            recipe: &recipe,
+            seed: 3,
             iteration,
-            &[0, 1],
-            cpu,
-            precision,
-        )
-        .unwrap();
+            global_index: &[0, 1],
+            device: cpu,
+        };
+        let eager = sam_train::step_backward(&inputs, precision).unwrap();
         let ours = grads(&model);
         let rel = (eager.total.double_value(&[]) - graph.total.double_value(&[])).abs()
             / graph.total.double_value(&[]);
