@@ -11,12 +11,15 @@
 //! runs/<experiment>/logs/{train.log,metrics.csv,curves.png}
 //! ```
 //!
-//! and exports the best model to `export_path` with [`export_model`]. The pieces are small and
-//! testable on their own: [`step_backward`] (one step of the iterative-prompting recipe,
-//! back-propagated round by round; [`step_loss`] builds the same loss as one graph), [`AdamW`]
-//! (an optimiser whose state we own), [`LrScheduler`], [`EarlyStopping`],
+//! and exports the best model to `export_path` with [`export_model`]. The run is a sequence of
+//! short phases (setup, step, end of epoch, stop, finish; see the crate README), built from
+//! pieces that are small and testable on their own: [`step_backward`] (one step of the
+//! iterative-prompting recipe on its [`StepInputs`], back-propagated round by round;
+//! [`step_loss`] builds the same loss as one graph), [`AdamW`] (an optimiser whose state we
+//! own), [`LossScaler`] (fp16 dynamic loss scaling), [`LrScheduler`], [`EarlyStopping`],
 //! [`checkpoint_decision`], the losses in [`losses`], atomic checkpoints in [`CheckpointStore`],
-//! data-parallel training over c10d in [`Collective`].
+//! data-parallel training over c10d in [`Collective`]. Errors are [`TrainError`]s whose
+//! `source()` is the underlying error.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
