@@ -432,6 +432,46 @@ fn fresh_state(cfg: &ExperimentConfig, plan: &Plan) -> TrainState {
     }
 }
 
+/// Restores weights, optimiser and state from `latest`.
+fn resume(
+    store: &CheckpointStore,
+    model: &Model,
+    optim: &mut AdamW,
+    device: Device,
+    progress: &dyn TrainProgress,
+    is_main: bool,
+) -> Result<TrainState, TrainError> {
+    let ck = store.load(Slot::Latest)?;
+    let source = store.slot_dir(Slot::Latest);
+    model.load_named(&ck.model, &source)?;
+    optim.load_state_tensors(ck.optimizer)?;
+    let state = ck.state;
+    say(
+        progress,
+        format!(
+            "resumed from {} at epoch {}, iteration {}",
+            source.display(),
+            state.epoch,
+            state.iteration
+        ),
+    );
+    let threads = u32::try_from(tch::get_num_threads()).ok();
+    if let (Some(was), Some(now)) = (state.intra_op_threads, threads) {
+        if was != now && device == Device::Cpu && is_main {
+            say(
+                progress,
+                format!(
+                    "warning: the checkpoint was written by a process with {was} intra-op \
+                     threads, this one has {now}: on the CPU the sums then run in another \
+                     order, and the run ends within rounding of an uninterrupted one, not bit \
+                     for bit"
+                ),
+            );
+        }
+    }
+    Ok(state)
+}
+
 /// Samples for iterations `first..` built ahead on worker threads. Sample k of the global
 /// batch of iteration i depends only on (seed, i, k); this rank takes its slice of k.
 fn start_prefetch(
@@ -527,39 +567,15 @@ impl<'a> Trainer<'a> {
         let (model, mut optim, n_params) = build_model(cfg, paths, device, opts.progress)?;
         let plan = Plan::new(cfg, data.train.len(), world);
         let threads = u32::try_from(tch::get_num_threads()).ok();
-        let mut state = fresh_state(cfg, &plan);
-        if resuming {
-            let ck = store.load(Slot::Latest)?;
-            let source = store.slot_dir(Slot::Latest);
-            model.load_named(&ck.model, &source)?;
-            optim.load_state_tensors(ck.optimizer)?;
-            state = ck.state;
-            say(
-                opts.progress,
-                format!(
-                    "resumed from {} at epoch {}, iteration {}",
-                    source.display(),
-                    state.epoch,
-                    state.iteration
-                ),
-            );
-            if let (Some(was), Some(now)) = (state.intra_op_threads, threads) {
-                if was != now && device == Device::Cpu && is_main {
-                    say(
-                        opts.progress,
-                        format!(
-                            "warning: the checkpoint was written by a process with {was} \
-                             intra-op threads, this one has {now}: on the CPU the sums then run \
-                             in another order, and the run ends within rounding of an \
-                             uninterrupted one, not bit for bit"
-                        ),
-                    );
-                }
+        let mut state = if resuming {
+            resume(&store, &model, &mut optim, device, opts.progress, is_main)?
+        } else {
+            if let Some(c) = opts.collective {
+                // Every rank starts from rank 0's weights.
+                c.broadcast_variables(&model.named_variables())?;
             }
-        } else if let Some(c) = opts.collective {
-            // Every rank starts from rank 0's weights.
-            c.broadcast_variables(&model.named_variables())?;
-        }
+            fresh_state(cfg, &plan)
+        };
         state.intra_op_threads = threads;
         optim.set_lr(state.scheduler.lr());
         if is_main {
