@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rayon::prelude::*;
+use sam_cli::Failure;
 use sam_data::{
-    augment_folder, synthesize, write_image, write_labels, AffineOp, AugmentConfig, AugmentJob,
-    BitDepth, DataError, ElasticOp, Progress, RangeOp, SynthConfig,
+    augment_folder, synthesize, write_image, write_labels, AugmentJob, BitDepth, DataError,
+    Progress, SynthConfig,
 };
 
 /// Offline augmentation and synthetic data for sam_trainer.
@@ -105,23 +106,15 @@ fn parse_bits(s: &str) -> Result<u8, String> {
     }
 }
 
-/// Failures of the tool, with the exit code each maps to.
-#[derive(Debug)]
-enum Failure {
-    /// Usage or configuration problem: exit 2.
-    Usage(anyhow::Error),
-    /// Anything else: exit 1.
-    Run(anyhow::Error),
-}
-
+/// sam-data's errors: those of the command line or the folders given are usage errors (2).
 fn classify(e: DataError) -> Failure {
     match e {
         DataError::Destination { .. }
         | DataError::InvalidParameter { .. }
         | DataError::EmptyFolder { .. }
         | DataError::Unpaired { .. }
-        | DataError::DuplicateStem { .. } => Failure::Usage(e.into()),
-        other => Failure::Run(other.into()),
+        | DataError::DuplicateStem { .. } => Failure::usage(e),
+        other => Failure::failed(other),
     }
 }
 
@@ -137,79 +130,24 @@ impl Progress for Bar {
 }
 
 fn bar(what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let pb = sam_cli::progress_bar(0, "{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})");
     pb.set_message(what.to_string());
     pb
-}
-
-/// The library's operations from the config's `augmentation.operations`.
-fn ops_from_config(ops: &sam_config::AugmentationOps, min_object_size: usize) -> AugmentConfig {
-    let r = |o: &sam_config::RangeOp| RangeOp {
-        p: o.probability,
-        min: o.range[0],
-        max: o.range[1],
-    };
-    AugmentConfig {
-        hflip: ops.flip_horizontal.probability,
-        vflip: ops.flip_vertical.probability,
-        rot90: ops.rotate90.probability,
-        rotate: r(&ops.rotation),
-        affine: AffineOp {
-            p: ops.scale.probability,
-            scale: ops.scale.range,
-            shear_degrees: 0.0,
-            translate: 0.0,
-        },
-        elastic: ElasticOp {
-            p: ops.elastic.probability,
-            magnitude: ops.elastic.alpha,
-            sigma: ops.elastic.sigma,
-        },
-        brightness: r(&ops.brightness),
-        contrast: r(&ops.contrast),
-        gamma: r(&ops.gamma),
-        noise: r(&ops.gaussian_noise),
-        blur: r(&ops.gaussian_blur),
-        illumination: RangeOp {
-            p: 0.0,
-            min: 0.0,
-            max: 0.0,
-        },
-        min_object_size,
-    }
 }
 
 /// The flags' values, checked by the rules of the config's `augmentation` section (one rule
 /// set for both): every problem, named by its flag and the config key.
 fn check_section(section: &sam_config::AugmentationConfig) -> Result<(), Failure> {
-    let report = section.validate();
-    if report.errors.is_empty() {
-        return Ok(());
-    }
-    let flag = |key: &str| match key {
-        "augmentation.copies_per_image" => "--copies / --no-originals",
-        k if k.starts_with("augmentation.output_") => "--output",
-        k if k.starts_with("augmentation.source_") => "--input",
-        _ => "--config",
+    let flag = |key: &str| {
+        match key {
+            "augmentation.copies_per_image" => "--copies / --no-originals",
+            k if k.starts_with("augmentation.output_") => "--output",
+            k if k.starts_with("augmentation.source_") => "--input",
+            _ => "--config",
+        }
+        .to_owned()
     };
-    let lines: Vec<String> = report
-        .errors
-        .iter()
-        .map(|p| {
-            format!(
-                "{}: {} (the rule of {} in a config)",
-                flag(&p.key),
-                p.message,
-                p.key
-            )
-        })
-        .collect();
-    Err(Failure::Usage(anyhow::anyhow!("{}", lines.join("\n"))))
+    Ok(sam_cli::check_rules(section.validate()).map_err(|e| e.name_flags(flag))?)
 }
 
 fn job_from_config(path: &Path, args: &RunArgs) -> Result<AugmentJob, Failure> {
@@ -218,14 +156,12 @@ fn job_from_config(path: &Path, args: &RunArgs) -> Result<AugmentJob, Failure> {
     let loaded =
         sam_config::load_config_with(path, &sam_config::ValidateOptions::without_path_checks())
             .map_err(|e| {
-                Failure::Usage(anyhow::Error::new(e).context(format!("config {}", path.display())))
+                Failure::usage(anyhow::Error::new(e).context(format!("config {}", path.display())))
             })?;
     let cfg = loaded.config;
     let root = match loaded.root {
         Some(r) => r,
-        None => {
-            sam_config::find_root_for(None, Some(path)).map_err(|e| Failure::Usage(e.into()))?
-        }
+        None => sam_config::find_root_for(None, Some(path)).map_err(Failure::usage)?,
     };
     let mut section = cfg.augmentation.clone();
     if let Some(n) = args.copies {
@@ -233,37 +169,17 @@ fn job_from_config(path: &Path, args: &RunArgs) -> Result<AugmentJob, Failure> {
     }
     section.include_original &= !args.no_originals;
     check_section(&section)?;
-    let a = &section;
-    let abs = |p: &Path| {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            root.join(p)
-        }
-    };
-    let manifest = abs(&a.output_images_dir)
-        .parent()
-        .map(|p| p.join("manifest.json"))
-        .unwrap_or_else(|| root.join("manifest.json"));
-    Ok(AugmentJob {
-        source_images: abs(&a.source_images_dir),
-        source_labels: abs(&a.source_labels_dir),
-        output_images: abs(&a.output_images_dir),
-        output_labels: abs(&a.output_labels_dir),
-        manifest,
-        copies: a.copies_per_image as usize,
-        seed: args.seed.unwrap_or(cfg.seed),
-        keep_originals: a.include_original,
-        overwrite: args.overwrite,
-        config: ops_from_config(&a.operations, cfg.data.min_object_size as usize),
-    })
+    let mut job = sam_cli::augment_job(&cfg, &section, &root);
+    job.seed = args.seed.unwrap_or(cfg.seed);
+    job.overwrite = args.overwrite;
+    Ok(job)
 }
 
 /// A destination folder (created when missing) whose first existing ancestor is a file
 /// cannot be created: say so instead of the operating system's "Not a directory".
 fn check_folder(dir: &Path, what: &str) -> Result<(), Failure> {
     match dir.ancestors().find(|a| a.exists()) {
-        Some(existing) if !existing.is_dir() => Err(Failure::Usage(anyhow::anyhow!(
+        Some(existing) if !existing.is_dir() => Err(Failure::usage_msg(format!(
             "{what} {}: {} is a file, but this must be a folder (created when missing); choose \
              another path",
             dir.display(),
@@ -278,7 +194,7 @@ fn set_threads(threads: Option<usize>) -> Result<(), Failure> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build_global()
-            .map_err(|e| Failure::Run(e.into()))?;
+            .map_err(Failure::failed)?;
     }
     Ok(())
 }
@@ -304,9 +220,9 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             job
         }
         _ => {
-            return Err(Failure::Usage(anyhow::anyhow!(
-                "give --config CONFIG or --input DIR --output DIR"
-            )))
+            return Err(Failure::usage_msg(
+                "give --config CONFIG or --input DIR --output DIR",
+            ))
         }
     };
     check_folder(&job.output_images, "the output image folder")?;
@@ -339,17 +255,17 @@ fn synth(args: SynthArgs) -> Result<(), Failure> {
             .map(|mut it| it.next().is_some())
             .unwrap_or(false);
         if non_empty && !args.overwrite {
-            return Err(Failure::Usage(anyhow::anyhow!(
+            return Err(Failure::usage_msg(format!(
                 "{}: destination is not empty; pass --overwrite or choose an empty folder",
                 d.display()
             )));
         }
         std::fs::create_dir_all(d).map_err(|e| {
-            Failure::Run(anyhow::Error::new(e).context(format!("create {}", d.display())))
+            Failure::failed(anyhow::Error::new(e).context(format!("create {}", d.display())))
         })?;
     }
     if args.size < 16 {
-        return Err(Failure::Usage(anyhow::anyhow!(
+        return Err(Failure::usage_msg(format!(
             "--size must be at least 16, found {}",
             args.size
         )));
@@ -392,27 +308,14 @@ fn synth(args: SynthArgs) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    // Large tensors and images: keep freed memory for reuse (see sam_data::memory).
-    sam_data::memory::retain_freed_memory();
+    // Large tensors and images: keep freed memory for reuse (see sam_cli::memory).
+    sam_cli::memory::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run(a),
         Command::Synth(a) => synth(a),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            let (code, e) = match f {
-                Failure::Usage(e) => (2, e),
-                Failure::Run(e) => (1, e),
-            };
-            eprintln!("sam-augment: error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::from(code)
-        }
-    }
+    sam_cli::exit_with_prefix("sam-augment: ", result)
 }
 
 #[cfg(test)]
@@ -467,24 +370,5 @@ mod tests {
         assert!(
             Cli::try_parse_from(["sam-augment", "synth", "--out", "d", "--bits", "12"]).is_err()
         );
-    }
-
-    #[test]
-    fn config_operations_map_onto_the_library() {
-        let ops = sam_config::AugmentationOps::default();
-        let c = ops_from_config(&ops, 25);
-        assert_eq!(c.hflip, ops.flip_horizontal.probability);
-        assert_eq!(
-            (c.rotate.p, c.rotate.min, c.rotate.max),
-            (
-                ops.rotation.probability,
-                ops.rotation.range[0],
-                ops.rotation.range[1]
-            )
-        );
-        assert_eq!(c.affine.scale, ops.scale.range);
-        assert_eq!(c.elastic.magnitude, ops.elastic.alpha);
-        assert_eq!(c.noise.max, ops.gaussian_noise.range[1]);
-        assert!(c.validate().is_ok());
     }
 }

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
+use sam_cli::Failure;
 use sam_eval::{evaluate_label_dirs, EvalError, LabelEvalOptions, Progress};
 
 #[cfg(feature = "model")]
@@ -86,42 +87,10 @@ struct LabelsArgs {
     quiet: bool,
 }
 
-/// A failure with its exit code.
-pub(crate) struct Failure {
-    code: u8,
-    error: anyhow::Error,
-}
-
-impl Failure {
-    /// A usage or config problem (exit code 2).
-    #[cfg_attr(not(feature = "model"), allow(dead_code))]
-    pub(crate) fn usage(message: String) -> Self {
-        Self {
-            code: 2,
-            error: anyhow::anyhow!(message),
-        }
-    }
-
-    /// A usage or config problem with its cause chain (exit code 2).
-    pub(crate) fn usage_error(e: impl Into<anyhow::Error>) -> Self {
-        Self {
-            code: 2,
-            error: e.into(),
-        }
-    }
-
-    /// A failure while running (exit code 1).
-    pub(crate) fn failed(e: impl Into<anyhow::Error>) -> Self {
-        Self {
-            code: 1,
-            error: e.into(),
-        }
-    }
-}
-
+/// Errors of the evaluation library: usage or config (2) or failures while running (1).
 fn eval_failure(e: EvalError) -> Failure {
     if e.is_usage() {
-        Failure::usage_error(e)
+        Failure::usage(e)
     } else {
         Failure::failed(e)
     }
@@ -129,25 +98,15 @@ fn eval_failure(e: EvalError) -> Failure {
 
 fn main() -> ExitCode {
     // jemalloc (linked in) serves every allocation, libtorch's included; keep freed memory
-    // for reuse (see sam_data::memory).
-    sam_data::use_linked_jemalloc!();
-    sam_data::memory::retain_freed_memory();
+    // for reuse (see sam_cli::memory).
+    sam_cli::use_linked_jemalloc!();
+    sam_cli::memory::retain_freed_memory();
     let cli = Cli::parse(); // clap exits with 2 on usage errors
-    let result = match cli.command {
+    sam_cli::exit(match cli.command {
         Command::Labels(args) => run_labels(args).map_err(eval_failure),
         #[cfg(feature = "model")]
         Command::Model(args) => model_cmd::run_model(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("error: {}", f.error);
-            for cause in f.error.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::from(f.code)
-        }
-    }
+    })
 }
 
 fn run_labels(args: LabelsArgs) -> Result<(), EvalError> {
@@ -212,12 +171,10 @@ fn run_labels(args: LabelsArgs) -> Result<(), EvalError> {
 }
 
 pub(crate) fn new_bar(total: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(total as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} images ({eta} left)")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
+    let bar = sam_cli::progress_bar(
+        total as u64,
+        "{msg:>9} [{bar:40}] {pos}/{len} images ({eta} left)",
+    );
     bar.set_message(what.to_string());
     bar
 }

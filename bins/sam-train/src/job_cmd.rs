@@ -3,9 +3,9 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use clap::Args;
+use sam_cli::Failure;
 use sam_config::{
     find_root_for, load_config_with, Accelerator, ConfigError, Device, ExperimentConfig, RunPaths,
     ValidateOptions,
@@ -84,15 +84,15 @@ pub struct JobResourcesArgs {
 }
 
 /// `sam-train job-resources`.
-pub fn run_job_resources(args: &JobResourcesArgs) -> ExitCode {
+pub fn run_job_resources(args: &JobResourcesArgs) -> Result<(), Failure> {
     match job_resources(args) {
         Ok(text) => {
             print!("{text}");
-            ExitCode::SUCCESS
+            Ok(())
         }
         Err(message) => {
             eprintln!("{message}");
-            ExitCode::from(2)
+            Err(Failure::reported(sam_cli::EXIT_USAGE))
         }
     }
 }

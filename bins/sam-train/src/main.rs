@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sam_cli::Failure;
 use sam_config::{load_config_with, ConfigError, ValidateOptions};
 
 /// Fine-tune Segment Anything on brightfield microscopy.
@@ -72,21 +73,26 @@ struct SchemaArgs {
 
 fn main() -> ExitCode {
     // jemalloc (linked in) serves every allocation, libtorch's included; keep freed memory
-    // for reuse (see sam_data::memory).
-    sam_data::use_linked_jemalloc!();
-    sam_data::memory::retain_freed_memory();
+    // for reuse (see sam_cli::memory).
+    sam_cli::use_linked_jemalloc!();
+    sam_cli::memory::retain_freed_memory();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Train(args) => train_cmd::run_train(args),
+    let result = match cli.command {
+        Command::Train(args) => match train_cmd::run_train(args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(f) => Err(f),
+        },
         Command::Export(args) => train_cmd::run_export(args),
         Command::DownloadModel(args) => train_cmd::run_download(args),
         Command::Validate(args) => validate(&args),
         Command::Schema(args) => schema(&args),
         Command::JobResources(args) => job_cmd::run_job_resources(&args),
-    }
+    };
+    sam_cli::exit(result)
 }
 
-fn validate(args: &ValidateArgs) -> ExitCode {
+/// Every problem of every config is printed; the exit status is 2 when one is invalid.
+fn validate(args: &ValidateArgs) -> Result<(), Failure> {
     let options = ValidateOptions {
         check_paths: !args.no_path_checks,
         root: args.root.clone(),
@@ -121,32 +127,23 @@ fn validate(args: &ValidateArgs) -> ExitCode {
         }
     }
     if all_ok {
-        ExitCode::SUCCESS
+        Ok(())
     } else {
-        ExitCode::from(2)
+        Err(Failure::reported(sam_cli::EXIT_USAGE))
     }
 }
 
-fn schema(args: &SchemaArgs) -> ExitCode {
-    let text = match serde_json::to_string_pretty(&sam_config::json_schema()) {
-        Ok(t) => t + "\n",
-        Err(e) => {
-            eprintln!("error: cannot render the schema: {e}");
-            return ExitCode::from(1);
-        }
-    };
+fn schema(args: &SchemaArgs) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(&sam_config::json_schema())
+        .map_err(|e| Failure::failed_msg(format!("cannot render the schema: {e}")))?
+        + "\n";
     match &args.output {
         None => {
             print!("{text}");
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Some(path) => match std::fs::write(path, text) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: cannot write {}: {e}", path.display());
-                ExitCode::from(1)
-            }
-        },
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| Failure::failed_msg(format!("cannot write {}: {e}", path.display()))),
     }
 }
 

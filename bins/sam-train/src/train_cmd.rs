@@ -3,12 +3,12 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
+use sam_cli::Failure;
 use sam_config::{find_root_for, load_config_with, ValidateOptions};
 use sam_torch::{CpuBudget, LaunchEnv};
 use sam_train::{
@@ -225,28 +225,31 @@ impl TrainProgress for Bar {
     }
 }
 
-fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+/// A failure once logging is set up: logged (console and train.log), else printed.
+fn logged(code: u8, msg: impl std::fmt::Display) -> Failure {
     tracing::error!("{msg}");
-    if !tracing::dispatcher::has_been_set() {
-        eprintln!("error: {msg}");
+    if tracing::dispatcher::has_been_set() {
+        Failure::reported(code)
+    } else {
+        Failure::message(code, msg)
     }
-    ExitCode::from(code)
 }
 
 /// `sam-train train`.
-pub fn run_train(args: TrainArgs) -> ExitCode {
+/// The exit status is 0 after a finished run, `--stop-exit-code` after a stop by signal.
+pub fn run_train(args: TrainArgs) -> Result<u8, Failure> {
     let env = match LaunchEnv::from_env() {
         Ok(env) => env,
-        Err(e) => return fail_plain(2, format!("launch environment: {e}")),
+        Err(e) => return Err(Failure::usage_msg(format!("launch environment: {e}"))),
     };
     let budget = match env.cpu_budget_from_env() {
         Ok(b) => b,
-        Err(e) => return fail_plain(2, format!("launch environment: {e}")),
+        Err(e) => return Err(Failure::usage_msg(format!("launch environment: {e}"))),
     };
     if args.dry_run {
         println!("{env}");
         println!("threads: {budget}");
-        return ExitCode::SUCCESS;
+        return Ok(0);
     }
     // Before any tensor work or rayon use: pools sized once, for the whole run.
     let pool_note = apply_thread_budget(&budget).err();
@@ -254,7 +257,7 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
     // else the config's folder's.
     let root = match find_root_for(args.root.as_deref(), Some(&args.config)) {
         Ok(r) => r,
-        Err(e) => return fail_plain(2, e),
+        Err(e) => return Err(Failure::usage_msg(e)),
     };
     let options = ValidateOptions {
         root: Some(root.clone()),
@@ -262,7 +265,7 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
     };
     let loaded = match load_config_with(&args.config, &options) {
         Ok(l) => l,
-        Err(e) => return fail_plain(2, e),
+        Err(e) => return Err(Failure::usage_msg(e)),
     };
     for w in &loaded.warnings {
         eprintln!("{w}");
@@ -272,15 +275,15 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
     let workers = budget.loader_workers(configured_workers as usize);
     cfg.data.num_workers = u32::try_from(workers).unwrap_or(configured_workers);
     if let Err(e) = sam_train::device_for(cfg.training.device, env.local_rank) {
-        return fail_plain(2, e); // no usable GPU for `cuda`: before anything is written
+        return Err(Failure::usage_msg(e)); // no usable GPU for `cuda`: before anything is written
     }
     // Only rank 0 touches the run folder before training; the others wait for it in the
     // rendezvous below and then read the same checkpoint.
     let (paths, notes) = if env.rank == 0 {
         match prepare_run(&cfg, &root, args.resume, args.overwrite) {
             Ok(p) => (p.paths, p.notes),
-            Err(e) if e.is_usage() => return fail_plain(2, e),
-            Err(e) => return fail_plain(1, e),
+            Err(e) if e.is_usage() => return Err(Failure::usage_msg(e)),
+            Err(e) => return Err(Failure::failed_msg(e)),
         }
     } else {
         (sam_config::RunPaths::new(&root, &cfg), Vec::new())
@@ -289,7 +292,7 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
         let path = paths.logs_dir.join("train.log");
         match OpenOptions::new().create(true).append(true).open(&path) {
             Ok(f) => Some(f),
-            Err(e) => return fail_plain(1, format!("{}: {e}", path.display())),
+            Err(e) => return Err(Failure::failed_msg(format!("{}: {e}", path.display()))),
         }
     } else {
         None
@@ -300,10 +303,10 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
     }
     if env.rank == 0 {
         if let Err(e) = remove_stale_stop_marker(&paths.run_dir) {
-            return fail(
+            return Err(logged(
                 1,
                 format!("{}: {e}", stop_marker_path(&paths.run_dir).display()),
-            );
+            ));
         }
     }
     tracing::info!(
@@ -322,20 +325,16 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
         tracing::warn!("{note}");
     }
     let bar = (!args.no_progress && env.rank == 0).then(|| {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        let bar = sam_cli::progress_bar(
+            0,
+            "{elapsed_precise} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}",
         );
         let _ = BAR.set(bar.clone());
         bar
     });
     let stop = StopFlag::new();
     if let Err(e) = stop.install_signal_handlers() {
-        return fail(1, e);
+        return Err(logged(1, e));
     }
     let collective = if env.is_distributed() {
         let gpu = sam_torch::cuda_is_available();
@@ -351,7 +350,7 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
         tracing::info!("joining {env} over {backend:?}");
         match Collective::init(&env, backend, timeout) {
             Ok(c) => Some(c),
-            Err(e) => return fail(1, e),
+            Err(e) => return Err(logged(1, e)),
         }
     } else {
         None
@@ -385,7 +384,7 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
                     100.0 * s.timing.data_wait_share()
                 );
             }
-            ExitCode::SUCCESS
+            Ok(0)
         }
         Ok(TrainOutcome::Interrupted(s)) => {
             // The trainer returns Interrupted here only for a stop by signal (this shell sets
@@ -394,14 +393,14 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
                 match write_stop_marker(&paths.run_dir, s.iterations) {
                     Ok(path) => tracing::info!("stop marker: {}", path.display()),
                     Err(e) => {
-                        return fail(
+                        return Err(logged(
                             1,
                             format!(
                                 "checkpointed at iteration {}, but cannot write the stop marker in {}: {e} (the job will not requeue itself: resubmit with --resume)",
                                 s.iterations,
                                 paths.run_dir.display()
                             ),
-                        )
+                        ))
                     }
                 }
             }
@@ -411,19 +410,14 @@ pub fn run_train(args: TrainArgs) -> ExitCode {
                 args.config.display(),
                 args.stop_exit_code
             );
-            ExitCode::from(args.stop_exit_code)
+            Ok(args.stop_exit_code)
         }
-        Err(e) => fail(1, e),
+        Err(e) => Err(logged(1, e)),
     }
 }
 
-fn fail_plain(code: u8, msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {msg}");
-    ExitCode::from(code)
-}
-
 /// `sam-train export`.
-pub fn run_export(args: ExportArgs) -> ExitCode {
+pub fn run_export(args: ExportArgs) -> Result<(), Failure> {
     let options = ExportOptions {
         with_decoder: args.with_decoder,
         replace: args.force,
@@ -431,19 +425,18 @@ pub fn run_export(args: ExportArgs) -> ExitCode {
     match export_model(&args.checkpoint, &args.output, options) {
         Ok(()) => {
             println!("wrote {}", args.output.display());
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Err(e) if e.is_usage() => fail_plain(2, e),
-        Err(e) => fail_plain(1, e),
+        Err(e) if e.is_usage() => Err(Failure::usage_msg(e)),
+        Err(e) => Err(Failure::failed_msg(e)),
     }
 }
 
 /// `sam-train download-model`.
-pub fn run_download(args: DownloadArgs) -> ExitCode {
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+pub fn run_download(args: DownloadArgs) -> Result<(), Failure> {
+    let bar = sam_cli::progress_bar(
+        0,
+        "{bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} ETA {eta}",
     );
     let mut progress = |p: sam_model::DownloadProgress| {
         if let Some(t) = p.total {
@@ -463,7 +456,7 @@ pub fn run_download(args: DownloadArgs) -> ExitCode {
     match result {
         Ok(path) => {
             println!("{}", path.display());
-            ExitCode::SUCCESS
+            Ok(())
         }
         // A name without a known hash, an unknown name or a malformed hash: the command line
         // is wrong, not the download.
@@ -471,7 +464,7 @@ pub fn run_download(args: DownloadArgs) -> ExitCode {
             e @ (sam_model::CacheError::NotInRegistry { .. }
             | sam_model::CacheError::UnknownModel { .. }
             | sam_model::CacheError::BadHash(_)),
-        ) => fail_plain(2, e),
-        Err(e) => fail_plain(1, e),
+        ) => Err(Failure::usage_msg(e)),
+        Err(e) => Err(Failure::failed_msg(e)),
     }
 }

@@ -28,8 +28,8 @@ fn cpu_seconds() -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Large tensors and images: keep freed memory for reuse (see sam_data::memory).
-    sam_data::memory::retain_freed_memory();
+    // Large tensors and images: keep freed memory for reuse (see sam_cli::memory).
+    sam_cli::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let out = std::path::PathBuf::from(
         args.get(1)

@@ -8,10 +8,7 @@
 //! - [`synthesize`] draws synthetic brightfield images with exact instance labels.
 //! - [`augment_pair`] and [`augment_folder`] run the offline augmentation.
 //! - [`gaussian_blur`] is the Gaussian filter of the augmentation and of AIS post-processing.
-//! - [`memory`]: which allocator serves the process (glibc, or a jemalloc the executable links
-//!   and registers); [`memory::retain_freed_memory`] keeps freed memory for reuse (every
-//!   executable calls it first).
-//! - [`PatchSampler`], [`ais_targets`], [`PromptSampler`], [`split_by_image`] and
+//! - [`PatchSampler`], [`ais_targets`], [`PromptSampler`], [`split_by_image`] / [`hold_out`] and
 //!   [`Prefetcher`] make training samples.
 //!
 //! The crate hands out plain buffers ([`GreyImage`], [`LabelImage`], `Vec<f32>`); it links no
@@ -37,7 +34,6 @@ mod folder;
 mod image;
 mod io;
 mod labels;
-pub mod memory;
 mod overlay;
 mod pipeline;
 mod preprocess;
@@ -73,7 +69,8 @@ pub use crate::preprocess::{
 pub use crate::prompts::{BoxPrompt, Point, PromptSampler};
 pub use crate::rng::derive_seed;
 pub use crate::samples::{
-    split_by_image, Dataset, Patch, PatchConfig, PatchSampler, SampleConfig, TrainingSample,
+    hold_out, split_by_image, Dataset, Patch, PatchConfig, PatchSampler, SampleConfig,
+    TrainingSample,
 };
 pub use crate::synth::{synthesize, SynthConfig, SynthSample};
 pub use crate::targets::{ais_targets, AisTargets};

@@ -203,6 +203,21 @@ pub fn split_by_image(n: usize, val_fraction: f64, seed: u64) -> Result<(Vec<usi
     Ok((train, val))
 }
 
+/// The training and the validation pairs of a run that holds out `val_fraction` of its
+/// training images (`pairs`, as [`pair_by_stem`](crate::pair_by_stem) lists them) with the
+/// experiment `seed`: [`split_by_image`] over the pairs. The one rule of sam-train (what it
+/// validates on) and of sam-eval (its grid search on the held-out images), so that both see
+/// the same images.
+pub fn hold_out(
+    pairs: &[ImagePair],
+    val_fraction: f64,
+    seed: u64,
+) -> Result<(Vec<ImagePair>, Vec<ImagePair>)> {
+    let (train, val) = split_by_image(pairs.len(), val_fraction, seed)?;
+    let pick = |idx: &[usize]| idx.iter().map(|&i| pairs[i].clone()).collect();
+    Ok((pick(&train), pick(&val)))
+}
+
 /// What one training sample holds.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SampleConfig {
@@ -558,6 +573,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("plate_07"));
+    }
+
+    #[test]
+    fn hold_out_picks_the_pairs_of_split_by_image() {
+        let pairs: Vec<ImagePair> = (0..10)
+            .map(|i| ImagePair {
+                stem: format!("s{i}"),
+                image: format!("i/s{i}.tif").into(),
+                labels: format!("l/s{i}.tif").into(),
+            })
+            .collect();
+        let (train, val) = hold_out(&pairs, 0.2, 3).unwrap();
+        let (ti, vi) = split_by_image(10, 0.2, 3).unwrap();
+        assert_eq!(
+            val,
+            vi.iter().map(|&i| pairs[i].clone()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            train,
+            ti.iter().map(|&i| pairs[i].clone()).collect::<Vec<_>>()
+        );
+        assert!(hold_out(&pairs[..1], 0.5, 0).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use sam_data::{pair_by_stem, read_labels, split_by_image, write_labels, ImagePair, LabelImage};
+use sam_data::{hold_out, pair_by_stem, read_labels, write_labels, ImagePair, LabelImage};
 use sam_infer::{
     load_image, segment_auto, AisParams, AmgParams, AutoMode, AutoOptions, InferenceModel,
 };
@@ -32,7 +32,7 @@ pub enum ImageSource {
         labels: PathBuf,
     },
     /// The images that training held out for validation: the pairs of `images`/`labels`
-    /// split by `sam_data::split_by_image(n, fraction, seed)`, as sam-train splits them.
+    /// split by `sam_data::hold_out(pairs, fraction, seed)`, the rule of sam-train.
     HeldOut {
         /// Training image folder.
         images: PathBuf,
@@ -63,8 +63,7 @@ impl ImageSource {
         match self {
             ImageSource::Dirs { .. } => Ok(pairs),
             ImageSource::HeldOut { fraction, seed, .. } => {
-                let (_, val) = split_by_image(pairs.len(), *fraction, *seed)?;
-                Ok(val.into_iter().map(|i| pairs[i].clone()).collect())
+                Ok(hold_out(&pairs, *fraction, *seed)?.1)
             }
         }
     }

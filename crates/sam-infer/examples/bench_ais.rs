@@ -15,9 +15,9 @@ use sam_infer::{ais_segment, load_image, AisParams, DecoderMaps, InferenceModel,
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // jemalloc (linked in) serves every allocation, libtorch's included; keep freed memory
-    // for reuse (see sam_data::memory).
-    sam_data::use_linked_jemalloc!();
-    sam_data::memory::retain_freed_memory();
+    // for reuse (see sam_cli::memory).
+    sam_cli::use_linked_jemalloc!();
+    sam_cli::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 4 && args[2] == "post" {
         let maps = read_micro_sam_maps(Path::new(&args[1]))?;

@@ -112,9 +112,9 @@ fn median(v: &serde_json::Value) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // jemalloc (linked in) serves every allocation, libtorch's included; keep freed memory
-    // for reuse (see sam_data::memory).
-    sam_data::use_linked_jemalloc!();
-    sam_data::memory::retain_freed_memory();
+    // for reuse (see sam_cli::memory).
+    sam_cli::use_linked_jemalloc!();
+    sam_cli::memory::retain_freed_memory();
     let args = Args::parse();
     if let Some(mode) = &args.worker {
         return worker(&args, mode);

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use sam_config::ExperimentConfig;
-use sam_data::{pair_by_stem, split_by_image, Dataset, Normalization, PatchConfig, SampleConfig};
+use sam_data::{hold_out, pair_by_stem, Dataset, Normalization, PatchConfig, SampleConfig};
 
 use crate::distributed::Collective;
 use crate::TrainError;
@@ -51,9 +51,9 @@ pub(crate) fn open_data(
         }
         _ => {
             let fraction = d.validation.fraction.unwrap_or(0.1);
-            let (train, val) = split_by_image(pairs.len(), fraction, cfg.seed)?;
-            let pick = |idx: &[usize]| idx.iter().map(|&i| pairs[i].clone()).collect::<Vec<_>>();
-            Ok((Dataset::open(&pick(&train))?, Dataset::open(&pick(&val))?))
+            // The rule sam-eval's grid search uses too.
+            let (train, val) = hold_out(&pairs, fraction, cfg.seed)?;
+            Ok((Dataset::open(&train)?, Dataset::open(&val)?))
         }
     }
 }
@@ -149,5 +149,56 @@ mod tests {
             .and_then(|s| s.downcast_ref::<std::io::Error>())
             .unwrap();
         assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod issue_17_validation_split {
+    use super::*;
+
+    /// Training validates on the images that `sam_data::hold_out` holds out, the function
+    /// sam-eval's grid search calls for the same config (see sam-cli-torch's
+    /// `validation_images`).
+    #[test]
+    fn training_holds_out_what_hold_out_holds_out() {
+        let t = tempfile::tempdir().unwrap();
+        for dir in ["dat/train/images", "dat/train/labels"] {
+            std::fs::create_dir_all(t.path().join(dir)).unwrap();
+        }
+        for i in 0..7u64 {
+            let s = sam_data::synthesize(
+                &sam_data::SynthConfig {
+                    size: 32,
+                    ..sam_data::SynthConfig::default()
+                },
+                i,
+            );
+            let name = format!("img{i}.tif");
+            sam_data::write_image(t.path().join("dat/train/images").join(&name), &s.image)
+                .unwrap();
+            sam_data::write_labels(t.path().join("dat/train/labels").join(&name), &s.labels)
+                .unwrap();
+        }
+        let cfg = sam_config::parse_config(
+            "experiment_name: e\noutput_base_dir: runs\ncheckpoint_name: c\n\
+             export_path: final_models/e.pt\nseed: 5\ndata:\n  \
+             train_images_dir: dat/train/images\n  train_labels_dir: dat/train/labels\n  \
+             validation:\n    fraction: 0.3\n",
+            None,
+            &sam_config::ValidateOptions::without_path_checks(),
+        )
+        .unwrap()
+        .config;
+        let (train, val) = open_data(&cfg, t.path()).unwrap();
+        let pairs = pair_by_stem(
+            t.path().join("dat/train/images"),
+            t.path().join("dat/train/labels"),
+        )
+        .unwrap();
+        let (want_train, want_val) = hold_out(&pairs, 0.3, 5).unwrap();
+        assert_eq!(val.pairs(), &want_val[..]);
+        assert_eq!(train.pairs(), &want_train[..]);
+        assert_eq!(val.len(), 2);
     }
 }

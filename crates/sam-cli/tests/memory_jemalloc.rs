@@ -2,7 +2,7 @@
 //! process, no test harness, the checks on the main thread.
 #![allow(clippy::unwrap_used)]
 
-use sam_data::memory::{
+use sam_cli::memory::{
     allocator, keeps_freed_memory, retain_freed_memory, Allocator, AllocatorTuning, DISABLE_ENV,
 };
 
@@ -14,7 +14,7 @@ fn main() {
     assert_eq!(allocator(), Allocator::System);
     assert_eq!(keeps_freed_memory(), None);
     // What the executables do.
-    sam_data::use_linked_jemalloc!();
+    sam_cli::use_linked_jemalloc!();
     // Its `malloc` is the one the global symbol table gives every library of the process.
     assert_eq!(allocator(), Allocator::Jemalloc);
     jemalloc_keeps_freed_memory_once_tuned();

@@ -17,8 +17,8 @@
 //! process: Rust's, and C and C++ code's too (libtorch, oneDNN), because the executable's
 //! `malloc`, `free`, `posix_memalign`, ... take precedence over the C library's. sam-augment,
 //! pure Rust, keeps glibc, which is faster for its 16 MiB image planes. [`allocator`] checks
-//! which allocator is in charge and [`retain_freed_memory`] tunes that one; a library that
-//! uses sam-data keeps whatever allocator its program chose.
+//! which allocator is in charge and [`retain_freed_memory`] tunes that one; linking this crate
+//! changes no allocator by itself.
 //!
 //! [`retain_freed_memory`] then makes the allocator keep freed memory for reuse instead of
 //! returning it to the system: with jemalloc, no decay of unused pages
@@ -110,7 +110,7 @@ pub unsafe fn use_jemalloc(jemalloc: Jemalloc) {
 }
 
 /// Registers with [`use_jemalloc`] the jemalloc that `tikv-jemalloc-sys` links into the calling
-/// executable: `sam_data::use_linked_jemalloc!();` first in `main`. The calling crate depends on
+/// executable: `sam_cli::use_linked_jemalloc!();` first in `main`. The calling crate depends on
 /// `tikv-jemalloc-sys` with `override_allocator_on_supported_platforms`, as the torch
 /// executables do.
 #[macro_export]

@@ -5,7 +5,7 @@
 //! torch executables do.
 #![allow(clippy::unwrap_used)]
 
-use sam_data::memory::{
+use sam_cli::memory::{
     allocator, keeps_freed_memory, retain_freed_memory, Allocator, AllocatorTuning, DISABLE_ENV,
 };
 

@@ -1,0 +1,40 @@
+//! `--device`: one parser for every executable that takes the flag.
+
+use crate::CliError;
+use sam_torch::{DeviceChoice, DeviceRequest};
+
+/// `--device` as sam-torch's request: `auto`, `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(name: &str) -> Result<DeviceRequest, CliError> {
+    name.parse().map_err(CliError::Device)
+}
+
+/// The device of `--device` for this process (local rank 0): a GPU that cannot be had is an
+/// error that says why (libtorch build, NVIDIA driver, `CUDA_VISIBLE_DEVICES`), before any
+/// work. Its `Display` is the line the executables print (`device: {choice}`).
+pub fn select_device(name: &str) -> Result<DeviceChoice, CliError> {
+    sam_torch::select_device(parse_device(name)?, 0).map_err(CliError::Device)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert!(matches!(parse_device("cpu"), Ok(DeviceRequest::Cpu)));
+        assert!(matches!(parse_device("auto"), Ok(DeviceRequest::Auto)));
+        assert!(matches!(parse_device("cuda"), Ok(DeviceRequest::Cuda)));
+        assert!(matches!(
+            parse_device("cuda:1"),
+            Ok(DeviceRequest::CudaIndex(1))
+        ));
+        let err = parse_device("gpu:0").unwrap_err();
+        assert!(
+            err.to_string().contains("--device: unknown device `gpu:0`"),
+            "{err}"
+        );
+        assert_eq!(crate::Failure::from(err).code(), crate::EXIT_USAGE);
+        assert_eq!(select_device("cpu").unwrap().device, tch::Device::Cpu);
+    }
+}
