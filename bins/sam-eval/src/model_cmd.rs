@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use indicatif::ProgressBar;
-use sam_cli::{eval_checkpoint, model_eval_options, Failure, ModelEvalFlags};
+use sam_cli::Failure;
+use sam_cli_torch::{eval_checkpoint, model_eval_options, ModelEvalFlags};
 use sam_config::{RunPaths, ValidateOptions};
 use sam_eval::{evaluate_model, ModelProgress, ModelReport};
 use sam_infer::{InferenceModel, TileSpec};
@@ -73,7 +74,7 @@ pub struct ModelArgs {
 /// The device of `--device`, printed; a GPU that cannot be had is a usage error, before the
 /// config's folders or the checkpoint are looked at.
 fn select_device(name: &str) -> Result<tch::Device, Failure> {
-    let choice = sam_cli::select_device(name)?;
+    let choice = sam_cli_torch::select_device(name)?;
     eprintln!("device: {choice}");
     Ok(choice.device)
 }
@@ -146,7 +147,7 @@ fn warn_downscale(test_images: &Path, tiles: &TileSpec, input_size: usize) {
     };
     let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     paths.sort();
-    for s in sam_cli::shrunk_images(paths.iter().map(PathBuf::as_path), tiles, input_size) {
+    for s in sam_cli_torch::shrunk_images(paths.iter().map(PathBuf::as_path), tiles, input_size) {
         eprintln!(
             "warning: {} ({}x{}) is {}: set inference.tile_shape: [{t}, {t}] and \
              inference.halo: [{h}, {h}] in the config",

@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::ProgressBar;
-use sam_cli::{flag_of, resolve_checkpoint, Failure};
+use sam_cli::{flag_of, Failure};
+use sam_cli_torch::resolve_checkpoint;
 use sam_infer::{
     file_sha256, read_prompts, run_auto, run_prompts, scan_inputs, AutoOptions, ImageReport,
     InferenceModel, Outcome, Progress, TileSpec,
@@ -187,7 +188,7 @@ struct PromptArgs {
 /// The device of `--device`, printed; a GPU that cannot be had is a usage error, before any
 /// input is read.
 fn select_device(name: &str) -> Result<tch::Device, Failure> {
-    let choice = sam_cli::select_device(name)?;
+    let choice = sam_cli_torch::select_device(name)?;
     eprintln!("device: {choice}");
     Ok(choice.device)
 }
@@ -215,7 +216,7 @@ fn normalization(
 ) -> Result<sam_data::Normalization, Failure> {
     base.lower_percentile = args.lower_percentile.unwrap_or(base.lower_percentile);
     base.upper_percentile = args.upper_percentile.unwrap_or(base.upper_percentile);
-    Ok(sam_cli::normalization(&base).map_err(|e| e.name_flags(flag_of))?)
+    Ok(sam_cli_torch::normalization(&base).map_err(|e| e.name_flags(flag_of))?)
 }
 
 fn pair(v: &Option<Vec<u32>>, flag: &str) -> Result<Option<[u32; 2]>, Failure> {
@@ -293,7 +294,7 @@ fn auto_options(a: &AutoArgs) -> Result<AutoOptions, Failure> {
     set(&mut amg.min_mask_region_area, a.min_mask_region_area);
     set(&mut norm.lower_percentile, a.model.lower_percentile);
     set(&mut norm.upper_percentile, a.model.upper_percentile);
-    let mut opts = sam_cli::auto_options(&inf, &norm).map_err(|e| e.name_flags(flag_of))?;
+    let mut opts = sam_cli_torch::auto_options(&inf, &norm).map_err(|e| e.name_flags(flag_of))?;
     opts.overwrite = a.overwrite;
     Ok(opts)
 }
@@ -314,7 +315,7 @@ fn inputs(input: &Path, pattern: &str) -> Result<Vec<PathBuf>, Failure> {
 
 /// Warns once per image size that the model would see shrunk, with the tiling that fits it.
 fn warn_downscale(inputs: &[PathBuf], tiles: &TileSpec, input_size: usize) {
-    for s in sam_cli::shrunk_images(inputs.iter().map(PathBuf::as_path), tiles, input_size) {
+    for s in sam_cli_torch::shrunk_images(inputs.iter().map(PathBuf::as_path), tiles, input_size) {
         eprintln!(
             "warning: {} ({}x{}) is {}: use --tile-shape {t} {t} --halo {h} {h} (or \
              inference.tile_shape / inference.halo in the config)",

@@ -2,6 +2,10 @@
 
 use sam_config::Problem;
 
+/// An error of a library that this crate does not link (sam-torch's, sam-model's): the
+/// torch-side helpers of `sam-cli-torch` report through [`CliError`] too.
+pub type BoxedError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What stops a command before it runs: a flag or config value that breaks a rule, a device or
 /// checkpoint that cannot be had.
 #[derive(Debug, thiserror::Error)]
@@ -14,12 +18,10 @@ pub enum CliError {
     /// [`CliError::name_flags`]).
     #[error("{0}")]
     Flags(String),
-    /// `--device` names no device, or one this process cannot have.
-    #[cfg(feature = "infer")]
+    /// `--device` names no device, or one this process cannot have (sam-torch's error).
     #[error("--device: {0}")]
-    Device(sam_torch::DeviceError),
+    Device(BoxedError),
     /// `--checkpoint` is neither a file, nor a named model, nor in the model cache.
-    #[cfg(feature = "infer")]
     #[error(
         "model: checkpoint `{spec}`: not a file, not in {}, and not in the model cache: {cache}",
         final_models.display()
@@ -29,11 +31,10 @@ pub enum CliError {
         spec: String,
         /// The folder of named models searched.
         final_models: std::path::PathBuf,
-        /// Why the model cache has no such model.
-        cache: sam_model::CacheError,
+        /// Why the model cache has no such model (sam-model's error).
+        cache: BoxedError,
     },
     /// No `--checkpoint`, and the config's export path holds no model yet.
-    #[cfg(feature = "eval")]
     #[error(
         "no checkpoint at {} (the config's export_path, written when training ends): train and \
          export the model first, or pass --checkpoint FILE|NAME",
@@ -41,7 +42,6 @@ pub enum CliError {
     )]
     NoExport(std::path::PathBuf),
     /// A grid search without validation images.
-    #[cfg(feature = "eval")]
     #[error("data.validation: give images_dir and labels_dir, or a fraction, for --grid-search")]
     NoValidationImages,
 }

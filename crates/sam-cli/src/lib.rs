@@ -11,10 +11,12 @@
 //!   glibc) and [`memory::retain_freed_memory`], which every executable calls first in `main`.
 //! - [`augment_job`] / [`augment_config`]: the config's `augmentation` section as sam-data's
 //!   job.
-//! - With the `infer` feature (links libtorch): [`select_device`] for `--device`,
-//!   [`resolve_checkpoint`] for `--checkpoint NAME` (one rule, against the repository root),
-//!   [`auto_options`] for the config's `inference` and `data.normalization` sections.
-//! - With the `eval` feature: [`model_eval_options`] for `sam-eval model`.
+//!
+//! The crate links no torch, so that sam-augment (and `sam-eval` built for labels only) stay
+//! free of libtorch: what needs it (`--device`, `--checkpoint NAME`, the options of sam-infer
+//! and sam-eval) is in `sam-cli-torch`, which reports through [`CliError`] and [`Failure`] too.
+//! (Cargo builds a crate once per build with the union of the features its users ask for, so a
+//! torch feature here would link libtorch into every executable of a workspace build.)
 //!
 //! Unlike the other libraries of the workspace this one prints: progress bars and
 //! [`Failure::report`] are what it is for. It never exits.
@@ -39,33 +41,14 @@
 #![deny(missing_docs)]
 
 mod augment;
-#[cfg(feature = "infer")]
-mod checkpoint;
-#[cfg(feature = "infer")]
-mod device;
 mod error;
-#[cfg(feature = "eval")]
-mod eval;
 mod failure;
-#[cfg(feature = "infer")]
-mod infer;
 pub mod memory;
 mod progress;
 
 pub use crate::augment::{augment_config, augment_job};
-#[cfg(feature = "infer")]
-pub use crate::checkpoint::resolve_checkpoint;
-#[cfg(feature = "infer")]
-pub use crate::device::{parse_device, select_device};
-pub use crate::error::{check_rules, flag_of, CliError};
-#[cfg(feature = "eval")]
-pub use crate::eval::{
-    eval_checkpoint, grid_values, iterative_options, model_eval_options, validation_images,
-    ModelEvalFlags, OBJECTS_PER_BATCH,
-};
+pub use crate::error::{check_rules, flag_of, BoxedError, CliError};
 pub use crate::failure::{exit, exit_with_prefix, Failure, EXIT_FAILURE, EXIT_USAGE};
-#[cfg(feature = "infer")]
-pub use crate::infer::{auto_mode, auto_options, normalization, shrunk_images, ShrunkImage};
 pub use crate::progress::{bar_style, progress_bar};
 
 #[cfg(test)]

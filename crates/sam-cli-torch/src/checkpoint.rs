@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::CliError;
+use sam_cli::CliError;
 
 /// The checkpoint file that `spec` names, tried in this order:
 ///
@@ -38,7 +38,7 @@ pub fn resolve_checkpoint(
     sam_model::resolve_checkpoint(spec).map_err(|cache| CliError::Checkpoint {
         spec: spec.to_owned(),
         final_models,
-        cache,
+        cache: Box::new(cache),
     })
 }
 

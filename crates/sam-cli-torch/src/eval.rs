@@ -7,7 +7,8 @@ use sam_eval::{
     GridSearchOptions, GridValues, ImageSource, IterativeOptions, ModelEvalOptions, PromptStart,
 };
 
-use crate::{auto_options, resolve_checkpoint, CliError};
+use crate::{auto_options, resolve_checkpoint};
+use sam_cli::CliError;
 
 /// Objects per mask-decoder call in iterative prompting.
 pub const OBJECTS_PER_BATCH: usize = 16;

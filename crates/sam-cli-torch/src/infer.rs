@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use sam_config::{InferenceConfig, InferenceMode, NormalizationConfig};
 use sam_infer::{AisParams, AmgParams, AutoMode, AutoOptions, Downscale, TileSpec};
 
-use crate::{check_rules, CliError};
+use sam_cli::{check_rules, CliError};
 
 /// The automatic-segmentation options of a config's `inference` section (mode, tiling, batch,
 /// AIS and AMG settings, which outputs to write) and its `data.normalization`, after the
@@ -120,10 +120,12 @@ mod tests {
 
     #[test]
     fn config_sections_map_onto_the_options() {
-        let mut inf = InferenceConfig::default();
-        inf.mode = InferenceMode::Ais;
-        inf.tile_shape = Some([512, 640]);
-        inf.halo = [64, 32];
+        let mut inf = InferenceConfig {
+            mode: InferenceMode::Ais,
+            tile_shape: Some([512, 640]),
+            halo: [64, 32],
+            ..InferenceConfig::default()
+        };
         inf.ais.min_size = 25;
         inf.ais.foreground_threshold = 0.6;
         inf.amg.points_per_batch = 16;

@@ -1,18 +1,18 @@
 //! `--device`: one parser for every executable that takes the flag.
 
-use crate::CliError;
+use sam_cli::CliError;
 use sam_torch::{DeviceChoice, DeviceRequest};
 
 /// `--device` as sam-torch's request: `auto`, `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(name: &str) -> Result<DeviceRequest, CliError> {
-    name.parse().map_err(CliError::Device)
+    name.parse().map_err(|e| CliError::Device(Box::new(e)))
 }
 
 /// The device of `--device` for this process (local rank 0): a GPU that cannot be had is an
 /// error that says why (libtorch build, NVIDIA driver, `CUDA_VISIBLE_DEVICES`), before any
 /// work. Its `Display` is the line the executables print (`device: {choice}`).
 pub fn select_device(name: &str) -> Result<DeviceChoice, CliError> {
-    sam_torch::select_device(parse_device(name)?, 0).map_err(CliError::Device)
+    sam_torch::select_device(parse_device(name)?, 0).map_err(|e| CliError::Device(Box::new(e)))
 }
 
 #[cfg(test)]
@@ -34,7 +34,7 @@ mod tests {
             err.to_string().contains("--device: unknown device `gpu:0`"),
             "{err}"
         );
-        assert_eq!(crate::Failure::from(err).code(), crate::EXIT_USAGE);
+        assert_eq!(sam_cli::Failure::from(err).code(), sam_cli::EXIT_USAGE);
         assert_eq!(select_device("cpu").unwrap().device, tch::Device::Cpu);
     }
 }

@@ -1,0 +1,60 @@
+//! sam-cli-torch: the part of the executables' plumbing that links libtorch, beside
+//! [`sam_cli`] (exit codes, config rules for flags, progress bars, allocator setup), whose
+//! [`CliError`](sam_cli::CliError) it returns.
+//!
+//! - [`select_device`] / [`parse_device`]: `--device` (`auto`, `cpu`, `cuda`, `cuda:N`), one
+//!   parser for every executable; a GPU that cannot be had is a usage error that says why.
+//! - [`resolve_checkpoint`]: `--checkpoint NAME`, one rule for every executable: a file, a file
+//!   under the repository root, a name under `final_models/`, a micro_sam model in the cache.
+//! - [`auto_options`], [`normalization`], [`shrunk_images`]: the config's `inference` and
+//!   `data.normalization` sections as sam-infer's options, after the config's own rules.
+//! - With the `eval` feature (default): [`model_eval_options`], [`eval_checkpoint`],
+//!   [`validation_images`] for `sam-eval model`.
+//!
+//! It is a crate of its own because cargo builds a crate once per build, with the union of the
+//! features its users ask for: were these helpers a feature of sam-cli, every executable of a
+//! workspace build would link libtorch, sam-augment included.
+//!
+//! # Example
+//! ```
+//! let options = sam_cli_torch::auto_options(
+//!     &sam_config::InferenceConfig::default(),
+//!     &sam_config::NormalizationConfig::default(),
+//! )?;
+//! assert_eq!(options.amg.points_per_side, 32);
+//! let device = sam_cli_torch::select_device("cpu")?;
+//! assert_eq!(device.device, tch::Device::Cpu);
+//! # Ok::<(), sam_cli::CliError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod checkpoint;
+mod device;
+#[cfg(feature = "eval")]
+mod eval;
+mod infer;
+
+pub use crate::checkpoint::resolve_checkpoint;
+pub use crate::device::{parse_device, select_device};
+#[cfg(feature = "eval")]
+pub use crate::eval::{
+    eval_checkpoint, grid_values, iterative_options, model_eval_options, validation_images,
+    ModelEvalFlags, OBJECTS_PER_BATCH,
+};
+pub use crate::infer::{auto_mode, auto_options, normalization, shrunk_images, ShrunkImage};
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// The smallest valid experiment config (`experiment_name: exp`, seed 42).
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn minimal_config() -> sam_config::ExperimentConfig {
+        sam_config::parse_config(
+            "experiment_name: exp\noutput_base_dir: runs\ncheckpoint_name: c\n\
+             export_path: final_models/exp.pt\n",
+            None,
+            &sam_config::ValidateOptions::without_path_checks(),
+        )
+        .unwrap()
+        .config
+    }
+}
