@@ -49,7 +49,7 @@ pub use crate::{
     },
     error::InferError,
     filters::{gaussian_kernel, gaussian_smoothing},
-    model::{resolve_model_path, resolve_model_path_in, InferenceModel},
+    model::InferenceModel,
     objects::{mean_per_object, write_objects_csv, OBJECTS_CSV_HEADER},
     plane::Plane,
     prompts::{read_prompts, PromptFile, PromptSet},

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use sam_model::{
-    apply_state_dict, infer_architecture, read_checkpoint, resolve_checkpoint, ImageEmbedding,
-    LoadMode, Prompts, Sam, SamPredictor, UnetrConfig, UnetrDecoder,
+    apply_state_dict, infer_architecture, read_checkpoint, ImageEmbedding, LoadMode, Prompts, Sam,
+    SamPredictor, UnetrConfig, UnetrDecoder,
 };
 use tch::{nn, Device, Kind, Tensor};
 
@@ -21,42 +21,6 @@ const MASK_THRESHOLD: f32 = 0.0;
 
 fn model_err(e: impl std::fmt::Display) -> InferError {
     InferError::Model(e.to_string())
-}
-
-/// Find the checkpoint file for `spec`: an existing file, a name under `final_models/` (as is or
-/// with `.pt`, `.pth`, `.safetensors`), or a micro_sam model name in the model cache
-/// (`$MICROSAM_CACHEDIR` or `~/.cache/micro_sam/models`).
-pub fn resolve_model_path(spec: &str, final_models: &Path) -> Result<PathBuf, InferError> {
-    resolve_model_path_in(spec, None, final_models)
-}
-
-/// [`resolve_model_path`] for a command run inside the repository `root`: a relative file path
-/// that is not a file in the working directory is looked up under `root` too, and names under
-/// `final_models` (normally `<root>/final_models`), whatever the working directory.
-pub fn resolve_model_path_in(
-    spec: &str,
-    root: Option<&Path>,
-    final_models: &Path,
-) -> Result<PathBuf, InferError> {
-    let direct = Path::new(spec);
-    if direct.is_file() {
-        return Ok(direct.to_path_buf());
-    }
-    if let Some(in_root) = root.map(|r| r.join(direct)).filter(|p| p.is_file()) {
-        return Ok(in_root);
-    }
-    for ext in ["", ".pt", ".pth", ".safetensors"] {
-        let p = final_models.join(format!("{spec}{ext}"));
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    resolve_checkpoint(spec).map_err(|e| {
-        InferError::Model(format!(
-            "checkpoint `{spec}`: not a file, not in {}, and not in the model cache: {e}",
-            final_models.display()
-        ))
-    })
 }
 
 /// A loaded SAM with its optional UNETR instance-segmentation decoder.
