@@ -175,8 +175,7 @@ mod issue_17_validation_split {
                 i,
             );
             let name = format!("img{i}.tif");
-            sam_data::write_image(t.path().join("dat/train/images").join(&name), &s.image)
-                .unwrap();
+            sam_data::write_image(t.path().join("dat/train/images").join(&name), &s.image).unwrap();
             sam_data::write_labels(t.path().join("dat/train/labels").join(&name), &s.labels)
                 .unwrap();
         }
