@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use sam_model::{
-    apply_state_dict, infer_architecture, read_checkpoint, ImageEmbedding, LoadMode, Prompts, Sam,
-    SamPredictor, UnetrConfig, UnetrDecoder,
+    ImageEmbedding, Prompts, Sam, SamModel, SamPredictor, UnetrDecoder,
 };
 use tch::{nn, Device, Kind, Tensor};
 
@@ -23,12 +22,10 @@ fn model_err(e: impl std::fmt::Display) -> InferError {
     InferError::Model(e.to_string())
 }
 
-/// A loaded SAM with its optional UNETR instance-segmentation decoder.
+/// A loaded SAM with its optional UNETR instance-segmentation decoder (a [`SamModel`]), and
+/// the inference built on it: tiled embeddings, decoder maps, AMG masks, prompted masks.
 pub struct InferenceModel {
-    _vs: nn::VarStore,
-    _decoder_vs: Option<nn::VarStore>,
-    sam: Sam,
-    decoder: Option<UnetrDecoder>,
+    model: SamModel,
     description: String,
     /// The checkpoint file, for a model loaded from one.
     path: Option<PathBuf>,
@@ -44,51 +41,13 @@ impl std::fmt::Debug for InferenceModel {
 
 impl InferenceModel {
     /// Load a checkpoint (plain SAM state_dict, micro_sam `{model_state, decoder_state}`, or our
-    /// safetensors) onto `device`. The architecture is inferred from the weights; loading is
-    /// strict.
+    /// safetensors) onto `device`. Both architectures are inferred from the weights; loading is
+    /// strict ([`SamModel::load`]).
     pub fn load(path: &Path, device: Device) -> Result<Self, InferError> {
-        let ckpt = read_checkpoint(path).map_err(model_err)?;
-        let arch = infer_architecture(&ckpt.model_state).map_err(model_err)?;
-        let cfg = arch.sam_config(&ckpt.model_state).map_err(model_err)?;
-        let vs = nn::VarStore::new(device);
-        let sam = Sam::new(&vs.root(), &cfg).map_err(model_err)?;
-        apply_state_dict(&vs, &ckpt.model_state, LoadMode::Strict).map_err(|e| {
-            InferError::Model(format!(
-                "{}: {} weights do not fit: {e}",
-                path.display(),
-                arch.describe()
-            ))
-        })?;
-        let (decoder, decoder_vs) = match &ckpt.decoder_state {
-            None => (None, None),
-            Some(state) => {
-                let ucfg = unetr_config_for(state, &sam)?;
-                let dvs = nn::VarStore::new(device);
-                let dec = UnetrDecoder::new(&dvs.root(), &ucfg).map_err(model_err)?;
-                apply_state_dict(&dvs, state, LoadMode::Strict).map_err(|e| {
-                    InferError::Model(format!(
-                        "{}: decoder_state does not fit: {e}",
-                        path.display()
-                    ))
-                })?;
-                (Some(dec), Some(dvs))
-            }
-        };
-        let description = format!(
-            "{} ({}{})",
-            path.display(),
-            arch.describe(),
-            if decoder.is_some() {
-                ", with instance-segmentation decoder"
-            } else {
-                ""
-            }
-        );
+        let model = SamModel::load(path, device).map_err(model_err)?;
+        let description = format!("{} ({})", path.display(), model.describe());
         Ok(Self {
-            _vs: vs,
-            _decoder_vs: decoder_vs,
-            sam,
-            decoder,
+            model,
             description,
             path: Some(path.to_path_buf()),
         })
@@ -100,18 +59,21 @@ impl InferenceModel {
         sam: Sam,
         decoder: Option<(nn::VarStore, UnetrDecoder)>,
     ) -> Self {
-        let (decoder_vs, decoder) = match decoder {
-            Some((v, d)) => (Some(v), Some(d)),
-            None => (None, None),
-        };
+        Self::from_model(SamModel::from_parts(vs, sam, decoder))
+    }
+
+    /// Wrap a model built or loaded elsewhere.
+    pub fn from_model(model: SamModel) -> Self {
         Self {
-            _vs: vs,
-            _decoder_vs: decoder_vs,
-            sam,
-            decoder,
+            model,
             description: "in-memory model".into(),
             path: None,
         }
+    }
+
+    /// The model: SAM, the optional decoder and their variables.
+    pub fn model(&self) -> &SamModel {
+        &self.model
     }
 
     /// The checkpoint file the model was loaded from (`None` for a model built in code).
@@ -126,18 +88,18 @@ impl InferenceModel {
 
     /// Whether the checkpoint had an instance-segmentation decoder (AIS possible).
     pub fn has_decoder(&self) -> bool {
-        self.decoder.is_some()
+        self.model.has_decoder()
     }
 
     /// The SAM model, for prompted work beyond [`InferenceModel::segment_prompts`] (e.g. the
     /// iterative-prompting evaluation, which needs per-object logits).
     pub fn sam(&self) -> &Sam {
-        &self.sam
+        self.model.sam()
     }
 
     /// Side of the model input (1024 for SAM).
     pub fn input_size(&self) -> usize {
-        self.sam.img_size() as usize
+        self.sam().img_size() as usize
     }
 
     /// Embed the outer blocks of `tiles` in batches of `batch_size`; `on_tile` is called once per
@@ -149,7 +111,7 @@ impl InferenceModel {
         batch_size: usize,
         on_tile: &mut dyn FnMut(),
     ) -> Result<Vec<ImageEmbedding>, InferError> {
-        let predictor = SamPredictor::new(&self.sam);
+        let predictor = SamPredictor::new(self.sam());
         let mut out = Vec::with_capacity(tiles.len());
         for chunk in tiles.chunks(batch_size.max(1)) {
             let crops: Vec<Plane<f32>> = chunk.iter().map(|t| crop_outer(image, t)).collect();
@@ -178,7 +140,7 @@ impl InferenceModel {
         batch_size: usize,
         on_tile: &mut dyn FnMut(),
     ) -> Result<DecoderMaps, InferError> {
-        let decoder = self.decoder.as_ref().ok_or_else(|| {
+        let decoder = self.model.decoder().ok_or_else(|| {
             InferError::Model(
                 "the checkpoint has no instance-segmentation decoder_state; use AMG".into(),
             )
@@ -247,7 +209,7 @@ impl InferenceModel {
         on_tile: &mut dyn FnMut(),
     ) -> Result<Vec<CropMasks>, InferError> {
         let grid = build_point_grid(params.points_per_side);
-        let mut predictor = SamPredictor::new(&self.sam);
+        let mut predictor = SamPredictor::new(self.sam());
         let mut crops = Vec::new();
         for (tile, emb) in tiling.tiles().into_iter().zip(embeddings) {
             predictor.set_embedding(emb);
@@ -320,7 +282,7 @@ impl InferenceModel {
         sets: &[PromptSet],
     ) -> Result<(Plane<u32>, Vec<f32>), InferError> {
         let (h, w) = image.shape();
-        let mut predictor = SamPredictor::new(&self.sam);
+        let mut predictor = SamPredictor::new(self.sam());
         predictor
             .set_image(sam_model::GreyImage {
                 pixels: image.as_slice(),
@@ -365,28 +327,6 @@ impl InferenceModel {
         }
         Ok((labels, masks.iter().map(|m| m.1).collect()))
     }
-}
-
-fn unetr_config_for(state: &[(String, Tensor)], sam: &Sam) -> Result<UnetrConfig, InferError> {
-    let find = |k: &str| state.iter().find(|(n, _)| n == k).map(|(_, t)| t.size());
-    let out = find("out_conv.weight").ok_or_else(|| {
-        InferError::Model(
-            "decoder_state has no `out_conv.weight`: not a micro_sam UNETR decoder".into(),
-        )
-    })?;
-    // micro_sam get_unetr: transposed convolutions when `.block.` appears in the sampler keys.
-    let use_conv_transpose = state
-        .iter()
-        .any(|(k, _)| k.starts_with("decoder.samplers") && k.contains(".block."));
-    let enc = &sam.config().image_encoder;
-    Ok(UnetrConfig {
-        embed_dim: enc.out_chans(),
-        out_channels: out[0],
-        initial_features: out[1],
-        use_conv_transpose,
-        img_size: enc.img_size(),
-        ..UnetrConfig::sam()
-    })
 }
 
 fn tensor_to_f32(t: &Tensor) -> Result<Vec<f32>, InferError> {

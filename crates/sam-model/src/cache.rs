@@ -2,14 +2,14 @@
 //! `$MICROSAM_CACHEDIR/models/<name>` or, by default, `~/.cache/micro_sam/models/<name>`,
 //! exactly where micro_sam puts them, so both tools share one download.
 //!
-//! [`resolve_checkpoint`] turns a file path or a model name into a file; [`download_model`]
-//! fetches a named model from its official URL with hash verification and an atomic write.
+//! [`resolve_checkpoint`] turns a file path or a model name into a file of the cache without
+//! any network access; fetching a model into the cache is `download_model`, in
+//! `crate::download` behind the `download` feature.
 
 use sha2::Digest;
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// A model micro_sam knows by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +169,7 @@ pub enum CacheError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     move |source| CacheError::Io {
         path: path.to_path_buf(),
         source,
@@ -255,7 +255,7 @@ pub fn resolve_decoder_checkpoint_in(
 }
 
 /// The registry name closest to `name` (a likely typo) and every registry name.
-fn closest_known(name: &str) -> (Option<String>, String) {
+pub(crate) fn closest_known(name: &str) -> (Option<String>, String) {
     let did_you_mean = REGISTRY
         .iter()
         .map(|m| (strsim::levenshtein(name, m.name), m.name))
@@ -270,7 +270,7 @@ fn closest_known(name: &str) -> (Option<String>, String) {
     (did_you_mean, known)
 }
 
-fn unknown_model(name: &str, cache_dir: &Path) -> CacheError {
+pub(crate) fn unknown_model(name: &str, cache_dir: &Path) -> CacheError {
     let (did_you_mean, known) = closest_known(name);
     CacheError::UnknownModel {
         name: name.to_string(),
@@ -281,16 +281,16 @@ fn unknown_model(name: &str, cache_dir: &Path) -> CacheError {
 }
 
 /// A streaming hash of one of the kinds the registry uses.
-enum Hasher {
+pub(crate) enum Hasher {
     Xxh128(Box<xxhash_rust::xxh3::Xxh3>),
     Sha256(sha2::Sha256),
 }
 
 /// A parsed `algorithm:hex` hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ExpectedHash {
-    algorithm: &'static str,
-    hex: String,
+pub(crate) struct ExpectedHash {
+    pub(crate) algorithm: &'static str,
+    pub(crate) hex: String,
 }
 
 impl fmt::Display for ExpectedHash {
@@ -299,7 +299,7 @@ impl fmt::Display for ExpectedHash {
     }
 }
 
-fn parse_hash(s: &str) -> Result<ExpectedHash, CacheError> {
+pub(crate) fn parse_hash(s: &str) -> Result<ExpectedHash, CacheError> {
     let (algorithm, hex) = match s.split_once(':') {
         Some(("xxh128", hex)) => ("xxh128", hex),
         Some(("sha256", hex)) => ("sha256", hex),
@@ -318,7 +318,7 @@ fn parse_hash(s: &str) -> Result<ExpectedHash, CacheError> {
 }
 
 impl Hasher {
-    fn new(algorithm: &str) -> Self {
+    pub(crate) fn new(algorithm: &str) -> Self {
         if algorithm == "xxh128" {
             Hasher::Xxh128(Box::default())
         } else {
@@ -326,7 +326,7 @@ impl Hasher {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Xxh128(h) => h.update(data),
             Hasher::Sha256(h) => h.update(data),
@@ -334,7 +334,7 @@ impl Hasher {
     }
 
     /// Lower-case hex, as `xxh128sum` / `sha256sum` print it.
-    fn hex(self) -> String {
+    pub(crate) fn hex(self) -> String {
         match self {
             Hasher::Xxh128(h) => format!("{:032x}", h.digest128()),
             Hasher::Sha256(h) => h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
@@ -357,7 +357,7 @@ pub fn verify_file_hash(path: &Path, expected: &str) -> Result<(), CacheError> {
     }
 }
 
-fn hash_file(path: &Path, algorithm: &str) -> Result<String, CacheError> {
+pub(crate) fn hash_file(path: &Path, algorithm: &str) -> Result<String, CacheError> {
     let mut file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut hasher = Hasher::new(algorithm);
     let mut buf = vec![0u8; 1 << 20];
@@ -369,186 +369,6 @@ fn hash_file(path: &Path, algorithm: &str) -> Result<String, CacheError> {
         hasher.update(&buf[..n]);
     }
     Ok(hasher.hex())
-}
-
-/// Progress of a download, passed to [`DownloadOptions::progress`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DownloadProgress {
-    /// Bytes received so far.
-    pub downloaded: u64,
-    /// The total size, if the server announced it.
-    pub total: Option<u64>,
-}
-
-/// Settings of [`download_model`]; `Default` downloads the registry's URL into the default cache.
-#[derive(Default)]
-pub struct DownloadOptions<'a> {
-    /// The cache folder; [`model_cache_dir`] when `None`.
-    pub cache_dir: Option<PathBuf>,
-    /// Download from this URL instead of the registry's (mirrors, tests).
-    pub url: Option<String>,
-    /// Expect this hash (`xxh128:<hex>` or `sha256:<hex>`) instead of the registry's; required
-    /// for names the registry does not know.
-    pub hash: Option<String>,
-    /// Called as bytes arrive.
-    pub progress: Option<&'a mut dyn FnMut(DownloadProgress)>,
-    /// Re-download even when a file with the right hash is already cached.
-    pub force: bool,
-}
-
-impl fmt::Debug for DownloadOptions<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DownloadOptions")
-            .field("cache_dir", &self.cache_dir)
-            .field("url", &self.url)
-            .field("hash", &self.hash)
-            .field("progress", &self.progress.is_some())
-            .field("force", &self.force)
-            .finish()
-    }
-}
-
-/// Downloads a named model into the cache (`<cache>/<name>`) and returns its path.
-///
-/// The URL and hash come from micro_sam's registry ([`known_models`]) unless the options
-/// override them. The bytes go to a temporary file in the cache folder, are hashed on the
-/// way, and are renamed onto `<cache>/<name>` only if the hash matches: an interrupted or
-/// corrupt download leaves nothing behind. A cached file with the right hash is kept and not
-/// downloaded again (unless `force`). HTTP(S) proxies are taken from the usual environment
-/// variables (`HTTPS_PROXY`, `ALL_PROXY`, ...).
-///
-/// Instance-segmentation models have their decoder under a second name, `<name>_decoder`
-/// (see [`model_info`]); download both.
-pub fn download_model(name: &str, options: DownloadOptions<'_>) -> Result<PathBuf, CacheError> {
-    let DownloadOptions {
-        cache_dir,
-        url,
-        hash,
-        mut progress,
-        force,
-    } = options;
-    let info = model_info(name);
-    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(unknown_model(name, &cache_dir.clone().unwrap_or_default()));
-    }
-    let cache_dir = match cache_dir {
-        Some(d) => d,
-        None => model_cache_dir()?,
-    };
-    let not_in_registry = |missing: &'static str| {
-        let (did_you_mean, known) = closest_known(name);
-        CacheError::NotInRegistry {
-            name: name.to_string(),
-            missing,
-            did_you_mean,
-            known,
-        }
-    };
-    let (url, hash) = match (url, hash, info) {
-        (url, Some(hash), _) => match url.or_else(|| info.map(|i| i.url.to_string())) {
-            Some(url) => (url, hash),
-            None => return Err(not_in_registry("its URL")),
-        },
-        (url, None, Some(info)) => (
-            url.unwrap_or_else(|| info.url.to_string()),
-            info.hash.to_string(),
-        ),
-        (Some(_), None, None) => return Err(not_in_registry("its expected hash")),
-        (None, None, None) => return Err(not_in_registry("its URL and its expected hash")),
-    };
-    let expected = parse_hash(&hash)?;
-    let target = cache_dir.join(name);
-    if !force && target.is_file() && hash_file(&target, expected.algorithm)? == expected.hex {
-        return Ok(target);
-    }
-    std::fs::create_dir_all(&cache_dir).map_err(io_err(&cache_dir))?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".download")
-        .tempfile_in(&cache_dir)
-        .map_err(io_err(&cache_dir))?;
-    let download_err = |message: String| CacheError::Download {
-        url: url.clone(),
-        message,
-    };
-    let response = agent_for(&url).get(&url).call().map_err(|e| match e {
-        ureq::Error::Status(code, r) => download_err(format!("HTTP {code} {}", r.status_text())),
-        ureq::Error::Transport(t) => download_err(t.to_string()),
-    })?;
-    let total = response
-        .header("Content-Length")
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut reader = response.into_reader();
-    let mut hasher = Hasher::new(expected.algorithm);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut downloaded = 0u64;
-    if let Some(p) = progress.as_mut() {
-        p(DownloadProgress { downloaded, total });
-    }
-    {
-        let mut out = std::io::BufWriter::new(temp.as_file_mut());
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(download_err(format!("after {downloaded} bytes: {e}"))),
-            };
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io_err(&cache_dir))?;
-            downloaded += n as u64;
-            if let Some(p) = progress.as_mut() {
-                p(DownloadProgress { downloaded, total });
-            }
-        }
-        out.flush().map_err(io_err(&cache_dir))?;
-    }
-    if let Some(total) = total {
-        if downloaded != total {
-            return Err(download_err(format!(
-                "received {downloaded} of {total} bytes"
-            )));
-        }
-    }
-    let found = hasher.hex();
-    if found != expected.hex {
-        // `temp` is deleted on drop.
-        return Err(CacheError::HashMismatch {
-            what: url.clone(),
-            expected: expected.to_string(),
-            found: format!("{}:{found}", expected.algorithm),
-        });
-    }
-    temp.as_file().sync_all().map_err(io_err(&cache_dir))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // tempfile creates 0600; a shared cache should be readable like micro_sam's.
-        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o644))
-            .map_err(io_err(&target))?;
-    }
-    temp.persist(&target).map_err(|e| CacheError::Io {
-        path: target.clone(),
-        source: e.error,
-    })?;
-    Ok(target)
-}
-
-/// An HTTP agent with generous timeouts; proxies from the environment except for loopback.
-fn agent_for(url: &str) -> ureq::Agent {
-    let host = url
-        .split("://")
-        .nth(1)
-        .unwrap_or("")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("");
-    let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]");
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(30))
-        .timeout_read(Duration::from_secs(120))
-        .try_proxy_from_env(!loopback)
-        .build()
 }
 
 #[cfg(test)]

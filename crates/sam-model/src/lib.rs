@@ -8,7 +8,15 @@
 //! - [`Sam`] (built from a [`SamConfig`] preset: [`SamConfig::vit_b`], `vit_l`, `vit_h`, `vit_t`)
 //!   with its [`ImageEncoder`], [`PromptEncoder`] and [`MaskDecoder`];
 //! - [`SamPredictor`]: grey image → embedding → masks for batched prompts;
-//! - [`UnetrDecoder`]: foreground / centre-distance / boundary-distance maps from embeddings.
+//! - [`UnetrDecoder`]: foreground / centre-distance / boundary-distance maps from embeddings;
+//! - [`SamModel`]: a checkpointed model, SAM plus the optional UNETR decoder, each in its own
+//!   `VarStore`; [`SamModel::load`] infers both architectures from a checkpoint file and loads
+//!   it strictly.
+//!
+//! Checkpoints: [`read_checkpoint`] reads `torch.save` files (never running code from them) and
+//! our safetensors files; the `write_*` functions write what segment_anything and micro_sam
+//! read. Named micro_sam models resolve to files of the shared model cache
+//! ([`resolve_checkpoint`]); downloading them (`download_model`) needs the `download` feature.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,9 +40,12 @@
 mod cache;
 mod checkpoint;
 mod common;
+#[cfg(feature = "download")]
+mod download;
 mod error;
 mod image_encoder;
 mod mask_decoder;
+mod model;
 mod predictor;
 mod prompt_encoder;
 mod sam;
@@ -44,20 +55,22 @@ mod transformer;
 mod unetr;
 
 pub use cache::{
-    download_model, known_models, model_cache_dir, model_info, resolve_checkpoint,
-    resolve_checkpoint_in, resolve_decoder_checkpoint_in, verify_file_hash, CacheError,
-    DownloadOptions, DownloadProgress, ModelInfo,
+    known_models, model_cache_dir, model_info, resolve_checkpoint, resolve_checkpoint_in,
+    resolve_decoder_checkpoint_in, verify_file_hash, CacheError, ModelInfo,
 };
 pub use checkpoint::{
-    infer_architecture, mask_decoder_heads, read_checkpoint, write_micro_sam_checkpoint,
-    write_safetensors_checkpoint, write_sam_state_dict, Backbone, CheckpointError, CheckpointKind,
-    ImageEncoderArchitecture, InferredArchitecture, TinyVitArchitecture, TorchCheckpoint,
-    VitArchitecture,
+    infer_architecture, infer_unetr_config, mask_decoder_heads, read_checkpoint,
+    write_micro_sam_checkpoint, write_safetensors_checkpoint, write_sam_state_dict, Backbone,
+    CheckpointError, CheckpointKind, ImageEncoderArchitecture, InferredArchitecture,
+    TinyVitArchitecture, TorchCheckpoint, VitArchitecture,
 };
 pub use common::{AttentionMode, BatchNorm2d, LayerNorm2d, MLPBlock};
+#[cfg(feature = "download")]
+pub use download::{download_model, DownloadOptions, DownloadProgress};
 pub use error::ModelError;
 pub use image_encoder::{ImageEncoderViT, ImageEncoderViTConfig};
 pub use mask_decoder::{MaskDecoder, MaskDecoderConfig};
+pub use model::{ModelPart, SamModel, SamModelError, StateDict, StateLoadReport, DECODER_PREFIX};
 pub use predictor::{
     GreyImage, ImageEmbedding, Prediction, Prompts, ResizeLongestSide, SamPredictor,
 };

@@ -9,10 +9,9 @@
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use sam_model::{read_checkpoint, write_micro_sam_checkpoint, write_sam_state_dict};
+use sam_model::{read_checkpoint, write_micro_sam_checkpoint, write_sam_state_dict, SamModel};
 use tch::Tensor;
 
-use crate::setup::DECODER_PREFIX;
 use crate::TrainError;
 
 /// How [`export_model`] writes.
@@ -48,13 +47,7 @@ pub fn export_model(
             )));
         }
         let tensors = Tensor::read_safetensors(&file).map_err(|e| TrainError::format(&file, e))?;
-        let (dec, sam): (Vec<_>, Vec<_>) = tensors
-            .into_iter()
-            .partition(|(k, _)| k.starts_with(DECODER_PREFIX));
-        let dec: Vec<(String, Tensor)> = dec
-            .into_iter()
-            .map(|(k, t)| (k[DECODER_PREFIX.len()..].to_string(), t))
-            .collect();
+        let (sam, dec) = SamModel::split_named(&tensors);
         (sam, (!dec.is_empty()).then_some(dec))
     } else if source.is_file() {
         let ck = read_checkpoint(source)?;

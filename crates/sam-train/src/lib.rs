@@ -65,7 +65,7 @@ pub use scaler::{LossScaler, ScalerState, ScalerUpdate, GROWTH_INTERVAL};
 pub use schedule::{
     checkpoint_decision, CheckpointDecision, EarlyStopping, LrScheduler, ScheduleKind,
 };
-pub use setup::{device_for, sam_config, unetr_config, Model, DECODER_PREFIX};
+pub use setup::{device_for, load_initial, load_resumed, new_model, sam_config, unetr_config};
 pub use signals::StopFlag;
 pub use step::{
     model_input, step_backward, step_loss, RecipeConfig, StepInputs, StepLoss, StepPrecision,

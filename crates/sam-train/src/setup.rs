@@ -1,16 +1,16 @@
-//! Maps the experiment config onto the model crate's own config structs, builds the model and
-//! loads its initial weights.
+//! Maps the experiment config onto the model crate's own config structs, builds the model
+//! ([`sam_model::SamModel`]) and loads its initial or resumed weights, explaining a mismatch
+//! in the config's terms.
 
 use std::path::Path;
 
 use sam_config::{Backbone, ModelConfig};
 use sam_model::{
-    apply_state_dict, infer_architecture, read_checkpoint, resolve_checkpoint,
-    ImageEncoderArchitecture, ImageEncoderConfig, ImageEncoderViTConfig, LoadError, LoadMode,
-    LoadReport, MaskDecoderConfig, PromptEncoderConfig, Sam, SamConfig, TwoWayTransformerConfig,
-    UnetrConfig, UnetrDecoder,
+    infer_architecture, read_checkpoint, resolve_checkpoint, ImageEncoderArchitecture,
+    ImageEncoderConfig, ImageEncoderViTConfig, LoadError, LoadMode, LoadReport, MaskDecoderConfig,
+    ModelPart, PromptEncoderConfig, SamConfig, SamModel, SamModelError, TwoWayTransformerConfig,
+    UnetrConfig,
 };
-use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::TrainError;
@@ -81,148 +81,100 @@ pub fn unetr_config(model: &ModelConfig) -> UnetrConfig {
     }
 }
 
-/// A model with its variables: SAM in one VarStore (keys as segment_anything's state_dict), the
-/// optional UNETR decoder in another (keys as micro_sam's `decoder_state`).
-pub struct Model {
-    /// SAM's variables.
-    pub sam_vs: VarStore,
-    /// SAM.
-    pub sam: Sam,
-    /// The decoder's variables and the decoder, when configured.
-    pub decoder: Option<(VarStore, UnetrDecoder)>,
-    /// The model section it was built from (named in load errors).
-    config: ModelConfig,
+/// Builds the model a model section describes, with random weights (seeded by the caller
+/// through `tch::manual_seed`): SAM, and the UNETR decoder when
+/// `model.with_segmentation_decoder` is set.
+pub fn new_model(model: &ModelConfig, device: Device) -> Result<SamModel, TrainError> {
+    let decoder = model.with_segmentation_decoder.then(|| unetr_config(model));
+    Ok(SamModel::new(&sam_config(model), decoder.as_ref(), device)?)
 }
 
-impl std::fmt::Debug for Model {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model")
-            .field("decoder", &self.decoder.is_some())
-            .finish()
-    }
-}
-
-/// Prefix of decoder variables in checkpoints and optimiser state.
-pub const DECODER_PREFIX: &str = "decoder.";
-
-impl Model {
-    /// Builds the configured architecture with random weights (seeded by the caller through
-    /// `tch::manual_seed`).
-    pub fn new(model: &ModelConfig, device: Device) -> Result<Self, TrainError> {
-        let cfg = sam_config(model);
-        let sam_vs = VarStore::new(device);
-        let sam = Sam::new(&sam_vs.root(), &cfg).map_err(|e| TrainError::Model(e.to_string()))?;
-        let decoder = if model.with_segmentation_decoder {
-            let vs = VarStore::new(device);
-            let dec = UnetrDecoder::new(&vs.root(), &unetr_config(model))
-                .map_err(|e| TrainError::Model(e.to_string()))?;
-            Some((vs, dec))
-        } else {
-            None
-        };
-        Ok(Self {
-            sam_vs,
-            sam,
-            decoder,
-            config: model.clone(),
-        })
-    }
-
-    /// Loads the initial weights named by `model.checkpoint` (a file or a micro_sam model name
-    /// in the cache); the decoder loads too when the file has one. Returns warnings.
-    pub fn load_initial(&mut self, spec: &str) -> Result<Vec<String>, TrainError> {
-        let path = resolve_checkpoint(spec).map_err(|e| TrainError::Model(e.to_string()))?;
-        let ck = read_checkpoint(&path).map_err(|e| TrainError::Model(e.to_string()))?;
-        let mut warnings = ck.warnings.clone();
-        let source = Weights::Initial(&path);
-        apply_state_dict(&self.sam_vs, &ck.model_state, LoadMode::Strict).map_err(|e| {
-            TrainError::Model(self.load_error(e, source, Part::Sam, &ck.model_state))
+/// Loads the initial weights named by `spec` (`model.checkpoint`: a file or a micro_sam model
+/// name in the cache) into `model`, built from `config`; the decoder loads too when both the
+/// model and the file have one. Returns warnings.
+pub fn load_initial(
+    model: &SamModel,
+    config: &ModelConfig,
+    spec: &str,
+) -> Result<Vec<String>, TrainError> {
+    let path = resolve_checkpoint(spec).map_err(|e| TrainError::Model(e.to_string()))?;
+    let ck = read_checkpoint(&path)?;
+    let mut warnings = ck.warnings.clone();
+    let source = Weights::Initial(&path);
+    model
+        .load_state(
+            &ck.model_state,
+            ck.decoder_state.as_deref(),
+            LoadMode::Strict,
+        )
+        .map_err(|e| {
+            let part_tensors = |part| match part {
+                ModelPart::Sam => ck.model_state.as_slice(),
+                ModelPart::Decoder => ck.decoder_state.as_deref().unwrap_or_default(),
+            };
+            TrainError::Model(load_error(e, source, config, part_tensors))
         })?;
-        match (&self.decoder, &ck.decoder_state) {
-            (Some((vs, _)), Some(state)) => {
-                apply_state_dict(vs, state, LoadMode::Strict).map_err(|e| {
-                    TrainError::Model(self.load_error(e, source, Part::Decoder, state))
-                })?;
-            }
-            (Some(_), None) => warnings.push(format!(
-                "{} has no decoder_state: the instance decoder starts from random weights",
-                path.display()
-            )),
-            _ => {}
-        }
-        Ok(warnings)
+    if model.has_decoder() && ck.decoder_state.is_none() {
+        warnings.push(format!(
+            "{} has no decoder_state: the instance decoder starts from random weights",
+            path.display()
+        ));
     }
+    Ok(warnings)
+}
 
-    /// Every variable, decoder ones prefixed with [`DECODER_PREFIX`].
-    pub fn named_variables(&self) -> Vec<(String, tch::Tensor)> {
-        let mut out: Vec<(String, tch::Tensor)> = self.sam_vs.variables().into_iter().collect();
-        if let Some((vs, _)) = &self.decoder {
-            out.extend(
-                vs.variables()
-                    .into_iter()
-                    .map(|(k, t)| (format!("{DECODER_PREFIX}{k}"), t)),
-            );
+/// Copies weights saved from [`SamModel::named_variables`] back (strict) into `model`, built
+/// from `config`; `source` is the checkpoint folder they come from (named in errors).
+pub fn load_resumed(
+    model: &SamModel,
+    config: &ModelConfig,
+    tensors: &[(String, Tensor)],
+    source: &Path,
+) -> Result<(), TrainError> {
+    match model.load_named(tensors, LoadMode::Strict) {
+        Ok(_) => Ok(()),
+        Err(SamModelError::UnexpectedDecoder { .. }) => Err(TrainError::State(format!(
+            "{}: the checkpoint has instance-decoder weights but the config has \
+             model.with_segmentation_decoder: false. {}",
+            source.display(),
+            RESUME_FIX
+        ))),
+        Err(e) => {
+            let (sam, decoder) = SamModel::split_named(tensors);
+            let part_tensors = |part| match part {
+                ModelPart::Sam => sam.as_slice(),
+                ModelPart::Decoder => decoder.as_slice(),
+            };
+            Err(TrainError::State(load_error(
+                e,
+                Weights::Resumed(source),
+                config,
+                part_tensors,
+            )))
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
     }
+}
 
-    /// Copies weights saved by [`Model::named_variables`] back (strict); `source` is the
-    /// checkpoint folder they come from (named in errors).
-    pub fn load_named(
-        &self,
-        tensors: &[(String, tch::Tensor)],
-        source: &Path,
-    ) -> Result<(), TrainError> {
-        let (dec, sam): (Vec<_>, Vec<_>) = tensors
-            .iter()
-            .map(|(k, t)| (k.clone(), t.shallow_clone()))
-            .partition(|(k, _)| k.starts_with(DECODER_PREFIX));
-        let weights = Weights::Resumed(source);
-        apply_state_dict(&self.sam_vs, &sam, LoadMode::Strict)
-            .map_err(|e| TrainError::State(self.load_error(e, weights, Part::Sam, &sam)))?;
-        match &self.decoder {
-            Some((vs, _)) => {
-                let dec: Vec<(String, tch::Tensor)> = dec
-                    .into_iter()
-                    .map(|(k, t)| (k[DECODER_PREFIX.len()..].to_string(), t))
-                    .collect();
-                apply_state_dict(vs, &dec, LoadMode::Strict).map_err(|e| {
-                    TrainError::State(self.load_error(e, weights, Part::Decoder, &dec))
-                })?;
-            }
-            None if !dec.is_empty() => {
-                return Err(TrainError::State(format!(
-                    "{}: the checkpoint has instance-decoder weights but the config has \
-                     model.with_segmentation_decoder: false. {}",
-                    source.display(),
-                    RESUME_FIX
-                )))
-            }
-            None => {}
-        }
-        Ok(())
-    }
-
-    /// The message for weights that [`apply_state_dict`] refused: for a key mismatch a short
-    /// summary (counts, a few example keys, what the weights are and what the config builds)
-    /// and the fix, instead of every key.
-    fn load_error(
-        &self,
-        e: LoadError,
-        weights: Weights<'_>,
-        part: Part,
-        tensors: &[(String, Tensor)],
-    ) -> String {
-        let path = match weights {
-            Weights::Initial(p) | Weights::Resumed(p) => p,
-        };
-        match e {
-            LoadError::Mismatch(report) => {
-                mismatch_summary(&report, weights, part, tensors, &self.config)
-            }
-            other => format!("{}: {other}", path.display()),
-        }
+/// The message for weights that [`SamModel`] refused: for a key mismatch a short summary
+/// (counts, a few example keys, what the weights are and what the config builds) and the fix,
+/// instead of every key. `part_tensors` gives the weights of the part that was loaded.
+fn load_error<'t>(
+    e: SamModelError,
+    weights: Weights<'_>,
+    config: &ModelConfig,
+    part_tensors: impl Fn(ModelPart) -> &'t [(String, Tensor)],
+) -> String {
+    let path = match weights {
+        Weights::Initial(p) | Weights::Resumed(p) => p,
+    };
+    match e {
+        SamModelError::Weights {
+            part,
+            source: LoadError::Mismatch(report),
+            ..
+        } => mismatch_summary(&report, weights, part, part_tensors(part), config),
+        SamModelError::Weights { source, .. } => format!("{}: {source}", path.display()),
+        other => format!("{}: {other}", path.display()),
     }
 }
 
@@ -233,15 +185,6 @@ enum Weights<'a> {
     Initial(&'a Path),
     /// The run's own checkpoint folder (`--resume`).
     Resumed(&'a Path),
-}
-
-/// Which variables are being loaded.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Part {
-    /// SAM (segment_anything's state_dict).
-    Sam,
-    /// The UNETR instance decoder (micro_sam's `decoder_state`).
-    Decoder,
 }
 
 /// The fix when a run's own checkpoint does not fit the config given to resume it.
@@ -258,15 +201,15 @@ const EXAMPLES: usize = 2;
 fn mismatch_summary(
     report: &LoadReport,
     weights: Weights<'_>,
-    part: Part,
+    part: ModelPart,
     tensors: &[(String, Tensor)],
     config: &ModelConfig,
 ) -> String {
     let (path, what) = match (weights, part) {
-        (Weights::Initial(p), Part::Sam) => (p, "model.checkpoint"),
-        (Weights::Initial(p), Part::Decoder) => (p, "model.checkpoint (decoder_state)"),
-        (Weights::Resumed(p), Part::Sam) => (p, "the run's checkpoint"),
-        (Weights::Resumed(p), Part::Decoder) => (p, "the run's checkpoint (decoder weights)"),
+        (Weights::Initial(p), ModelPart::Sam) => (p, "model.checkpoint"),
+        (Weights::Initial(p), ModelPart::Decoder) => (p, "model.checkpoint (decoder_state)"),
+        (Weights::Resumed(p), ModelPart::Sam) => (p, "the run's checkpoint"),
+        (Weights::Resumed(p), ModelPart::Decoder) => (p, "the run's checkpoint (decoder weights)"),
     };
     let (shape, missing, unexpected) = (
         report.shape_mismatches.len(),
@@ -314,7 +257,7 @@ fn mismatch_summary(
         }
     );
     out += &format!("\nThe config builds {builds}.");
-    if part == Part::Decoder {
+    if part == ModelPart::Decoder {
         out += "\nThe instance decoder's size follows the encoder's prompt dim and \
                 model.architecture.decoder_features: set them to those of the file's model.";
     } else {

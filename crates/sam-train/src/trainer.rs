@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sam_config::{ExperimentConfig, Precision, RunPaths, SchedulerKind};
+use sam_config::{ExperimentConfig, ModelConfig, Precision, RunPaths, SchedulerKind};
 use sam_data::{derive_seed, Dataset, Prefetcher, SampleConfig, TrainingSample};
 use tch::{Device, Kind};
 
@@ -22,11 +22,12 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::report::{EpochRecord, MetricsLog};
 use crate::scaler::{LossScaler, ScalerState, ScalerUpdate};
 use crate::schedule::{checkpoint_decision, EarlyStopping, LrScheduler, ScheduleKind};
-use crate::setup::{device_for, Model};
+use crate::setup::{device_for, load_initial, load_resumed, new_model};
 use crate::signals::StopFlag;
 use crate::step::{step_backward, RecipeConfig, StepInputs, StepLoss, StepPrecision};
 use crate::validation::{shared_validation, ValidationScores};
 use crate::{export_model, ExportOptions, TrainError};
+use sam_model::SamModel;
 
 /// Exit status of a run stopped by SIGTERM/SIGUSR1 after checkpointing: the SLURM script
 /// requeues the job on it (`RequeueExit`).
@@ -371,13 +372,13 @@ fn build_model(
     paths: &RunPaths,
     device: Device,
     progress: &dyn TrainProgress,
-) -> Result<(Model, AdamW, i64), TrainError> {
+) -> Result<(SamModel, AdamW, i64), TrainError> {
     tch::manual_seed(derive_seed(cfg.seed, &[0]) as i64 & i64::MAX);
-    let mut model = Model::new(&cfg.model, device)?;
+    let model = new_model(&cfg.model, device)?;
     // A file path relative to the repository root, as every path of the config; a model name
     // as it is.
     if let Some(spec) = paths.model_checkpoint(&cfg.model) {
-        for w in model.load_initial(&spec)? {
+        for w in load_initial(&model, &cfg.model, &spec)? {
             say(progress, format!("warning: {w}"));
         }
     }
@@ -432,10 +433,11 @@ fn fresh_state(cfg: &ExperimentConfig, plan: &Plan) -> TrainState {
     }
 }
 
-/// Restores weights, optimiser and state from `latest`.
+/// Restores weights, optimiser and state from `latest`; `model` was built from `config`.
 fn resume(
     store: &CheckpointStore,
-    model: &Model,
+    model: &SamModel,
+    config: &ModelConfig,
     optim: &mut AdamW,
     device: Device,
     progress: &dyn TrainProgress,
@@ -443,7 +445,7 @@ fn resume(
 ) -> Result<TrainState, TrainError> {
     let ck = store.load(Slot::Latest)?;
     let source = store.slot_dir(Slot::Latest);
-    model.load_named(&ck.model, &source)?;
+    load_resumed(model, config, &ck.model, &source)?;
     optim.load_state_tensors(ck.optimizer)?;
     let state = ck.state;
     say(
@@ -520,7 +522,7 @@ struct Trainer<'a> {
     recipe: RecipeConfig,
     /// The kind the forward passes autocast to (bf16, fp16), if any.
     autocast: Option<Kind>,
-    model: Model,
+    model: SamModel,
     optim: AdamW,
     /// Everything saved besides tensors; its `scaler` is copied from `scaler` when saved.
     state: TrainState,
@@ -568,7 +570,15 @@ impl<'a> Trainer<'a> {
         let plan = Plan::new(cfg, data.train.len(), world);
         let threads = u32::try_from(tch::get_num_threads()).ok();
         let mut state = if resuming {
-            resume(&store, &model, &mut optim, device, opts.progress, is_main)?
+            resume(
+                &store,
+                &model,
+                &cfg.model,
+                &mut optim,
+                device,
+                opts.progress,
+                is_main,
+            )?
         } else {
             if let Some(c) = opts.collective {
                 // Every rank starts from rank 0's weights.
@@ -721,8 +731,8 @@ impl<'a> Trainer<'a> {
         tch::manual_seed(derive_seed(seed, &[5, iteration, self.rank as u64]) as i64 & i64::MAX);
         // Forward and backward: each prompting round is back-propagated as it ends.
         let inputs = StepInputs {
-            sam: &self.model.sam,
-            decoder: self.model.decoder.as_ref().map(|(_, d)| d),
+            sam: self.model.sam(),
+            decoder: self.model.decoder(),
             samples: &refs,
             recipe: &self.recipe,
             seed,
@@ -867,7 +877,7 @@ impl<'a> Trainer<'a> {
             || self.state.iteration == self.plan.total_iterations;
         let scores = if validate_now {
             Some(shared_validation(
-                &self.model.sam,
+                self.model.sam(),
                 &self.val_patches,
                 self.device,
                 self.opts.collective,
@@ -1053,7 +1063,7 @@ impl<'a> Trainer<'a> {
             &source,
             target,
             ExportOptions {
-                with_decoder: self.model.decoder.is_some(),
+                with_decoder: self.model.has_decoder(),
                 replace: true,
             },
         )?;

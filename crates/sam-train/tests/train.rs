@@ -302,7 +302,7 @@ fn a_relative_model_checkpoint_is_read_from_the_repository_root() {
     let dir = setup!(2);
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
     tch::manual_seed(1);
-    let init = sam_train::Model::new(&cfg.model, tch::Device::Cpu).unwrap();
+    let init = sam_train::new_model(&cfg.model, tch::Device::Cpu).unwrap();
     let mut weights = init.named_variables();
     weights.sort_by(|a, b| a.0.cmp(&b.0));
     sam_model::write_sam_state_dict(dir.path().join("models/init.pt"), &weights).unwrap();
@@ -331,12 +331,11 @@ fn a_checkpoint_that_does_not_fit_the_config_is_summarised_with_the_fix() {
     }
     let dir = setup!(2);
     tch::manual_seed(1);
-    let other = sam_train::Model::new(&wide.model, tch::Device::Cpu).unwrap();
+    let other = sam_train::new_model(&wide.model, tch::Device::Cpu).unwrap();
     let file = dir.path().join("wide.pt");
     sam_model::write_sam_state_dict(&file, &other.named_variables()).unwrap();
-    let mut model = sam_train::Model::new(&small.model, tch::Device::Cpu).unwrap();
-    let err = model
-        .load_initial(file.to_str().unwrap())
+    let model = sam_train::new_model(&small.model, tch::Device::Cpu).unwrap();
+    let err = sam_train::load_initial(&model, &small.model, file.to_str().unwrap())
         .unwrap_err()
         .to_string();
     let check = |msg: &str| {
@@ -626,7 +625,7 @@ fn freezing_keeps_frozen_weights_bit_identical() {
     let dir = setup!(2);
     // Rank-0 initial weights: the same seed builds the same random model.
     tch::manual_seed(sam_data::derive_seed(cfg.seed, &[0]) as i64 & i64::MAX);
-    let mut initial = sam_train::Model::new(&cfg.model, tch::Device::Cpu)
+    let mut initial = sam_train::new_model(&cfg.model, tch::Device::Cpu)
         .unwrap()
         .named_variables();
     initial.sort_by(|a, b| a.0.cmp(&b.0));
@@ -707,8 +706,8 @@ fn loss_goes_down_on_a_fixed_batch() {
         optim.zero_grad().unwrap();
         // The same iteration number every time: the same objects and prompts.
         let loss = sam_train::step_loss(&sam_train::StepInputs {
-            sam: &model.sam,
-            decoder: model.decoder.as_ref().map(|(_, d)| d),
+            sam: model.sam(),
+            decoder: model.decoder(),
             samples: &refs,
             recipe: &recipe,
             seed: 1,
@@ -729,7 +728,7 @@ fn loss_goes_down_on_a_fixed_batch() {
 }
 
 /// A fixed batch of two 64 px patches with AIS targets and a fresh model with the decoder.
-fn fixed_batch(dir: &Path) -> (Vec<sam_data::TrainingSample>, sam_train::Model) {
+fn fixed_batch(dir: &Path) -> (Vec<sam_data::TrainingSample>, sam_model::SamModel) {
     let cfg = config("  epochs: 1", true);
     let root = dir.join("data/train");
     let pairs = sam_data::pair_by_stem(root.join("images"), root.join("labels")).unwrap();
@@ -750,11 +749,11 @@ fn fixed_batch(dir: &Path) -> (Vec<sam_data::TrainingSample>, sam_train::Model) 
         .map(|_| data.sample(&sample_cfg, &mut rng).unwrap())
         .collect();
     tch::manual_seed(11);
-    let model = sam_train::Model::new(&cfg.model, tch::Device::Cpu).unwrap();
+    let model = sam_train::new_model(&cfg.model, tch::Device::Cpu).unwrap();
     (batch, model)
 }
 
-fn grads(model: &sam_train::Model) -> Vec<(String, Tensor)> {
+fn grads(model: &sam_model::SamModel) -> Vec<(String, Tensor)> {
     model
         .named_variables()
         .into_iter()
@@ -779,14 +778,14 @@ fn round_by_round_backward_equals_one_graph() {
     };
     let cpu = tch::Device::Cpu;
     for iteration in [4, 5] {
-        let zero = |m: &mut sam_train::Model| {
+        let zero = |m: &mut sam_model::SamModel| {
             for (_, mut v) in m.named_variables() {
                 v.zero_grad();
             }
         };
         zero(&mut model);
-        let sam = &model.sam;
-        let dec = model.decoder.as_ref().map(|(_, d)| d);
+        let sam = model.sam();
+        let dec = model.decoder();
         let graph = sam_train::step_loss(&sam_train::StepInputs {
             sam,
             decoder: dec,
@@ -801,8 +800,8 @@ fn round_by_round_backward_equals_one_graph() {
         graph.total.backward();
         let reference = grads(&model);
         zero(&mut model);
-        let sam = &model.sam;
-        let dec = model.decoder.as_ref().map(|(_, d)| d);
+        let sam = model.sam();
+        let dec = model.decoder();
         let precision = sam_train::StepPrecision {
             autocast: None,
             loss_scale: 4.0,

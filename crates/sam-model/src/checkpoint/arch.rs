@@ -4,7 +4,7 @@
 use super::error::CheckpointError;
 use crate::{
     ImageEncoderConfig, ImageEncoderViTConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig,
-    TwoWayTransformerConfig,
+    TwoWayTransformerConfig, UnetrConfig,
 };
 use std::collections::BTreeMap;
 use tch::Tensor;
@@ -321,6 +321,46 @@ pub fn infer_architecture(
         prompt_embed_dim,
         num_multimask_outputs,
         decoder_depth,
+    })
+}
+
+/// Infers micro_sam's UNETR decoder from its weights (a `decoder_state`, as in
+/// [`TorchCheckpoint::decoder_state`](crate::TorchCheckpoint)) on top of the SAM built from `sam`.
+///
+/// The output maps and the finest level's features come from `out_conv.weight`
+/// (`[out_channels, initial_features, 1, 1]`); transposed-convolution upsampling from `.block.`
+/// in the `decoder.samplers` keys, as micro_sam's `get_unetr` decides it; the embedding width
+/// and input size from the SAM encoder.
+pub fn infer_unetr_config(
+    decoder_state: &[(String, Tensor)],
+    sam: &SamConfig,
+) -> Result<UnetrConfig, CheckpointError> {
+    let out = decoder_state
+        .iter()
+        .find(|(k, _)| k == "out_conv.weight")
+        .map(|(_, t)| t.size())
+        .ok_or_else(|| CheckpointError::Architecture {
+            reason: "decoder_state has no `out_conv.weight`: not a micro_sam UNETR decoder".into(),
+        })?;
+    if out.len() != 4 {
+        return Err(CheckpointError::Architecture {
+            reason: format!(
+                "decoder_state `out_conv.weight` has shape {out:?}, expected \
+                 [out_channels, initial_features, 1, 1]"
+            ),
+        });
+    }
+    let use_conv_transpose = decoder_state
+        .iter()
+        .any(|(k, _)| k.starts_with("decoder.samplers") && k.contains(".block."));
+    let enc = &sam.image_encoder;
+    Ok(UnetrConfig {
+        embed_dim: enc.out_chans(),
+        out_channels: out[0],
+        initial_features: out[1],
+        use_conv_transpose,
+        img_size: enc.img_size(),
+        ..UnetrConfig::sam()
     })
 }
 

@@ -2,4 +2,5 @@
 
 mod checkpoint;
 mod checkpoint_cache;
+mod model;
 mod parity;

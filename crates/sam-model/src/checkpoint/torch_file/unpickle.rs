@@ -1,340 +1,50 @@
-//! Reading checkpoints: `torch.save` archives (plain SAM / MobileSAM state_dicts, micro_sam and
-//! torch_em training checkpoints, decoder-only files) and our safetensors checkpoints.
+//! Turning the unpickled object tree of a `torch.save` archive into tensors: dicts of tensors
+//! (state_dicts) rebuilt from `_rebuild_tensor_v2` / `_rebuild_parameter` and the archive's
+//! storages, with every global checked against what a state_dict needs.
+//!
+//! Nothing here knows what the keys mean; which entries hold which network is decided in
+//! `checkpoint::layout`.
 
 use super::archive::TorchArchive;
-use super::error::CheckpointError;
 use super::pickle_read;
 use super::storage::{storage_kind, swap_bytes};
+use crate::checkpoint::error::CheckpointError;
 use candle_core::pickle::Object;
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// What kind of checkpoint a file held.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CheckpointKind {
-    /// A plain segment_anything state_dict with a ViT image encoder (the original
-    /// `sam_vit_{b,l,h}_*.pth` files, and what [`write_sam_state_dict`](crate::write_sam_state_dict) writes).
-    SamStateDict,
-    /// A plain MobileSAM state_dict (TinyViT image encoder, keys `image_encoder.layers.*`).
-    MobileSam,
-    /// A micro_sam / torch_em checkpoint: a dict with `model_state` (and optionally
-    /// `decoder_state` and training state).
-    MicroSam {
-        /// The prefix stripped from the `model_state` keys: `sam.`, `module.sam.`, `module.`
-        /// or empty.
-        prefix: String,
-    },
-    /// A state_dict of the instance-segmentation decoder alone (micro_sam's `*_decoder` files).
-    DecoderOnly,
-    /// A safetensors checkpoint written by [`write_safetensors_checkpoint`](crate::write_safetensors_checkpoint).
-    Safetensors,
-}
-
-/// The weights read from a checkpoint file.
-#[derive(Debug)]
-pub struct TorchCheckpoint {
-    /// The file read.
-    pub path: PathBuf,
-    /// What kind of file it was.
-    pub kind: CheckpointKind,
-    /// SAM weights with segment_anything's keys (`image_encoder.*`, `prompt_encoder.*`,
-    /// `mask_decoder.*`), prefixes such as `sam.` or `module.sam.` stripped, in file order.
-    /// Empty for a decoder-only file.
-    pub model_state: Vec<(String, Tensor)>,
-    /// The instance-segmentation (UNETR) decoder weights with micro_sam's keys, if present.
-    pub decoder_state: Option<Vec<(String, Tensor)>>,
-    /// Things skipped while reading (e.g. the optimiser state of a training checkpoint).
-    pub warnings: Vec<String>,
-}
-
-/// Entries of micro_sam / torch_em training checkpoints that hold training state, not weights
-/// (torch_em `DefaultTrainer.save_checkpoint`). They are skipped with a warning.
-const TRAINING_STATE_ENTRIES: &[&str] = &[
-    "optimizer_state",
-    "scheduler_state",
-    "scaler_state",
-    "iteration",
-    "epoch",
-    "best_epoch",
-    "best_metric",
-    "current_metric",
-    "init",
-    "train_time",
-    "timestamp",
-    "config",
-];
-
-/// Key prefixes of the SAM model's three parts.
-const SAM_PARTS: &[&str] = &["image_encoder.", "prompt_encoder.", "mask_decoder."];
-
-/// Reads a checkpoint file: a `torch.save` archive or a safetensors file.
-///
-/// Accepted `torch.save` contents: a plain SAM or MobileSAM state_dict; a micro_sam / torch_em
-/// dict with `model_state` (keys prefixed `sam.`, `module.sam.` or `module.`, stripped here),
-/// optional `decoder_state` and training state (skipped with a warning); a decoder-only
-/// state_dict. The pickle is interpreted without running any code, and only the globals a
-/// state_dict needs are accepted in the weights (tensor rebuild functions, storage types,
-/// `OrderedDict`): anything else is a [`CheckpointError::ForbiddenGlobal`].
-///
-/// Tensors come back on the CPU in the file's dtype (fp32, fp16, bf16, int64, ...), contiguous.
-pub fn read_checkpoint(path: impl AsRef<Path>) -> Result<TorchCheckpoint, CheckpointError> {
-    let ckpt = read_any(path.as_ref())?;
-    check_finite(&ckpt)?;
-    Ok(ckpt)
-}
-
-/// Refuses floating-point weights with NaN or infinite values, naming the first such tensor.
-fn check_finite(ckpt: &TorchCheckpoint) -> Result<(), CheckpointError> {
-    let model = ckpt.model_state.iter().map(|(k, t)| (k.clone(), t));
-    let decoder = ckpt
-        .decoder_state
-        .iter()
-        .flatten()
-        .map(|(k, t)| (format!("decoder_state/{k}"), t));
-    for (key, t) in model.chain(decoder) {
-        if !t.is_floating_point() || t.numel() == 0 {
-            continue;
-        }
-        let torch = |source| CheckpointError::Torch {
-            path: ckpt.path.clone(),
-            key: key.clone(),
-            source,
-        };
-        let finite = t.f_isfinite().map_err(torch)?;
-        let all = finite.f_all().map_err(torch)?;
-        if !bool::try_from(&all).map_err(torch)? {
-            let count = finite
-                .f_logical_not()
-                .and_then(|n| n.f_sum(tch::Kind::Int64))
-                .and_then(|n| i64::try_from(&n))
-                .map_err(torch)?;
-            return Err(CheckpointError::NonFinite {
-                path: ckpt.path.clone(),
-                key,
-                count,
-                total: t.numel() as i64,
-            });
-        }
-    }
-    Ok(())
-}
-
-fn read_any(path: &Path) -> Result<TorchCheckpoint, CheckpointError> {
-    let mut head = [0u8; 16];
-    let n = {
-        let mut file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
-        read_up_to(&mut file, &mut head).map_err(|e| CheckpointError::io(path, e))?
-    };
-    let head = &head[..n];
-    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-        read_torch_zip(path)
-    } else if is_safetensors(head) {
-        read_safetensors(path)
-    } else if head.first() == Some(&0x80) {
-        Err(CheckpointError::format(
-            path,
-            "it is in the legacy (torch < 1.6) torch.save format; re-save it in Python with \
-             `torch.save(torch.load(p, weights_only=True), new_path)`",
-        ))
-    } else if n == 0 {
-        Err(CheckpointError::format(path, "the file is empty"))
-    } else {
-        Err(CheckpointError::format(
-            path,
-            "neither a torch.save zip archive nor a safetensors file",
-        ))
-    }
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
-fn is_safetensors(head: &[u8]) -> bool {
-    // An 8-byte little-endian header length, then the JSON header.
-    head.len() >= 9 && head[8] == b'{' && {
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&head[..8]);
-        u64::from_le_bytes(len) < 100_000_000
-    }
-}
-
-fn read_safetensors(path: &Path) -> Result<TorchCheckpoint, CheckpointError> {
-    let tensors = Tensor::read_safetensors(path)
-        .map_err(|e| CheckpointError::format(path, format!("bad safetensors file: {e}")))?;
-    let mut model_state = Vec::new();
-    let mut decoder_state = Vec::new();
-    for (name, tensor) in tensors {
-        match name.strip_prefix(super::write::SAFETENSORS_DECODER_PREFIX) {
-            Some(key) => decoder_state.push((key.to_string(), tensor)),
-            None => model_state.push((name, tensor)),
-        }
-    }
-    crate::state_dict::sort_state_dict(&mut model_state);
-    crate::state_dict::sort_state_dict(&mut decoder_state);
-    Ok(TorchCheckpoint {
-        path: path.to_path_buf(),
-        kind: CheckpointKind::Safetensors,
-        model_state,
-        decoder_state: (!decoder_state.is_empty()).then_some(decoder_state),
-        warnings: Vec::new(),
-    })
-}
-
-fn read_torch_zip(path: &Path) -> Result<TorchCheckpoint, CheckpointError> {
-    let mut archive = TorchArchive::open(path)?;
-    let pickle = archive.record("data.pkl")?;
-    let root = pickle_read::parse(&pickle).map_err(|e| CheckpointError::Pickle {
-        path: path.to_path_buf(),
-        entry: archive.entry_name("data.pkl"),
-        offset: e.offset,
-        message: e.message,
-    })?;
-    let mut loader = Loader {
-        path,
-        archive,
-        storages: HashMap::new(),
-    };
-    loader.interpret(root)
-}
-
-/// Turns the unpickled object tree into tensors, reading storages from the archive.
-struct Loader<'a> {
+/// An opened `torch.save` archive whose pickle has been parsed: reads the tensors of the
+/// object tree, storage by storage.
+pub(crate) struct TorchFile<'a> {
     path: &'a Path,
     archive: TorchArchive,
     /// Storages already read, by key: tensors that are views of one storage share it.
     storages: HashMap<String, Tensor>,
 }
 
-impl Loader<'_> {
-    fn interpret(&mut self, root: Object) -> Result<TorchCheckpoint, CheckpointError> {
-        let path = self.path;
-        let items = match root {
-            Object::Dict(items) => items,
-            other => {
-                check_globals(path, &other, "<file>")?;
-                return Err(CheckpointError::format(
-                    path,
-                    format!(
-                        "it holds {} instead of a state_dict (a dict of tensors)",
-                        describe(&other)
-                    ),
-                ));
-            }
-        };
-        let is_training = items.iter().any(|(k, _)| is_str(k, "model_state"));
-        if is_training {
-            self.interpret_training(items)
-        } else {
-            self.interpret_plain(items)
-        }
-    }
-
-    /// A micro_sam / torch_em dict with `model_state`.
-    fn interpret_training(
-        &mut self,
-        items: Vec<(Object, Object)>,
-    ) -> Result<TorchCheckpoint, CheckpointError> {
-        let path = self.path;
-        let mut warnings = Vec::new();
-        let mut model_state = None;
-        let mut decoder_state = None;
-        for (key, value) in items {
-            let key = match key {
-                Object::Unicode(key) => key,
-                other => {
-                    return Err(CheckpointError::format(
-                        path,
-                        format!("a top-level key is {}, expected a string", describe(&other)),
-                    ))
-                }
-            };
-            match key.as_str() {
-                "model_state" => {
-                    check_globals(path, &value, "model_state")?;
-                    model_state = Some(self.state_dict(value, "model_state")?);
-                }
-                "decoder_state" => {
-                    check_globals(path, &value, "decoder_state")?;
-                    decoder_state = Some(self.state_dict(value, "decoder_state")?);
-                }
-                known if TRAINING_STATE_ENTRIES.contains(&known) => {
-                    warnings.push(format!("skipped `{known}` (training state, not weights)"));
-                }
-                other => {
-                    // Unknown entries are skipped too, but only if harmless.
-                    check_globals(path, &value, other)?;
-                    warnings.push(format!(
-                        "skipped unknown entry `{other}` ({}); only model_state and \
-                         decoder_state are read",
-                        describe(&value)
-                    ));
-                }
-            }
-        }
-        let model_state = model_state.unwrap_or_default();
-        let (model_state, prefix) = strip_model_prefix(model_state);
-        Ok(TorchCheckpoint {
+impl<'a> TorchFile<'a> {
+    /// Opens the archive at `path` and parses its pickle (without running anything). Returns
+    /// the file and the root of the object tree.
+    pub(crate) fn open(path: &'a Path) -> Result<(Self, Object), CheckpointError> {
+        let mut archive = TorchArchive::open(path)?;
+        let pickle = archive.record("data.pkl")?;
+        let root = pickle_read::parse(&pickle).map_err(|e| CheckpointError::Pickle {
             path: path.to_path_buf(),
-            kind: CheckpointKind::MicroSam { prefix },
-            model_state,
-            decoder_state,
-            warnings,
-        })
-    }
-
-    /// A plain state_dict: SAM, MobileSAM, or a decoder alone.
-    fn interpret_plain(
-        &mut self,
-        items: Vec<(Object, Object)>,
-    ) -> Result<TorchCheckpoint, CheckpointError> {
-        let path = self.path;
-        let dict = Object::Dict(items);
-        check_globals(path, &dict, "")?;
-        let mut tensors = self.state_dict(dict, "")?;
-        let mut warnings = Vec::new();
-        if !tensors.is_empty() && tensors.iter().all(|(k, _)| k.starts_with("module.")) {
-            for (k, _) in tensors.iter_mut() {
-                k.drain(.."module.".len());
-            }
-            warnings.push(
-                "stripped the `module.` prefix (a DistributedDataParallel state_dict)".into(),
-            );
-        }
-        let is_sam = tensors
-            .iter()
-            .any(|(k, _)| SAM_PARTS.iter().any(|p| k.starts_with(p)));
-        let (kind, model_state, decoder_state) = if !is_sam {
-            (CheckpointKind::DecoderOnly, Vec::new(), Some(tensors))
-        } else if tensors
-            .iter()
-            .any(|(k, _)| k.starts_with("image_encoder.layers."))
-        {
-            (CheckpointKind::MobileSam, tensors, None)
-        } else {
-            (CheckpointKind::SamStateDict, tensors, None)
+            entry: archive.entry_name("data.pkl"),
+            offset: e.offset,
+            message: e.message,
+        })?;
+        let file = Self {
+            path,
+            archive,
+            storages: HashMap::new(),
         };
-        Ok(TorchCheckpoint {
-            path: path.to_path_buf(),
-            kind,
-            model_state,
-            decoder_state,
-            warnings,
-        })
+        Ok((file, root))
     }
 
     /// Reads a dict of tensors. `where_` names the dict for errors (empty for the file itself).
-    fn state_dict(
+    pub(crate) fn state_dict(
         &mut self,
         obj: Object,
         where_: &str,
@@ -620,24 +330,6 @@ fn check_bounds(offset: i64, size: &[i64], stride: &[i64], numel: i64) -> Result
     Ok(())
 }
 
-/// Strips `module.sam.`, `sam.` or `module.` from each key, as micro_sam does with `sam.`.
-/// Returns the prefix of the first key that had one (empty if none had).
-fn strip_model_prefix(tensors: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>, String) {
-    const PREFIXES: &[&str] = &["module.sam.", "sam.", "module."];
-    let mut seen: Option<&str> = None;
-    let tensors = tensors
-        .into_iter()
-        .map(|(k, t)| match PREFIXES.iter().find(|p| k.starts_with(*p)) {
-            Some(p) => {
-                seen.get_or_insert(p);
-                (k[p.len()..].to_string(), t)
-            }
-            None => (k, t),
-        })
-        .collect();
-    (tensors, seen.unwrap_or("").to_string())
-}
-
 fn is_allowed_global(module: &str, name: &str) -> bool {
     match module {
         "torch._utils" => {
@@ -653,7 +345,11 @@ fn is_allowed_global(module: &str, name: &str) -> bool {
 }
 
 /// Fails on the first global outside the state_dict allowlist, naming it and where it is.
-fn check_globals(path: &Path, obj: &Object, location: &str) -> Result<(), CheckpointError> {
+pub(crate) fn check_globals(
+    path: &Path,
+    obj: &Object,
+    location: &str,
+) -> Result<(), CheckpointError> {
     let forbid = |module: &str, name: &str, location: &str| CheckpointError::ForbiddenGlobal {
         path: path.to_path_buf(),
         global: format!("{module}.{name}"),
@@ -700,7 +396,7 @@ fn check_globals(path: &Path, obj: &Object, location: &str) -> Result<(), Checkp
     }
 }
 
-fn is_str(obj: &Object, s: &str) -> bool {
+pub(crate) fn is_str(obj: &Object, s: &str) -> bool {
     matches!(obj, Object::Unicode(u) if u == s)
 }
 
@@ -720,7 +416,7 @@ fn int_tuple(obj: &Object) -> Option<Vec<i64>> {
 }
 
 /// A short description of a pickled value for error messages.
-fn describe(obj: &Object) -> String {
+pub(crate) fn describe(obj: &Object) -> String {
     match obj {
         Object::Class {
             module_name,
@@ -765,26 +461,6 @@ mod tests {
         assert!(check_bounds(0, &[0, 7], &[100, 100], 0).is_ok());
         assert!(check_bounds(0, &[2], &[-1], 6).is_err());
         assert!(check_bounds(0, &[i64::MAX], &[i64::MAX], 6).is_err());
-    }
-
-    #[test]
-    fn prefixes_are_stripped_per_key() {
-        let t = || Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));
-        let (out, prefix) = strip_model_prefix(vec![
-            ("module.sam.image_encoder.pos_embed".into(), t()),
-            ("sam.mask_decoder.iou_token.weight".into(), t()),
-            ("prompt_encoder.no_mask_embed.weight".into(), t()),
-        ]);
-        let keys: Vec<_> = out.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "image_encoder.pos_embed",
-                "mask_decoder.iou_token.weight",
-                "prompt_encoder.no_mask_embed.weight"
-            ]
-        );
-        assert_eq!(prefix, "module.sam.");
     }
 
     #[test]

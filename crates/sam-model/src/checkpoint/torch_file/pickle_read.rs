@@ -12,7 +12,7 @@
 //!   pickle can exhaust the stack or the memory;
 //! - errors carry the byte offset of the opcode that failed.
 //!
-//! Which globals are acceptable is decided later, on the finished tree (see `super::read`).
+//! Which globals are acceptable is decided later, on the finished tree (see `super::unpickle`).
 
 use candle_core::pickle::{Object, Stack};
 use std::collections::HashMap;

@@ -5,7 +5,7 @@
 //! `byteorder` (`little` or `big`), `data/<key>` (one raw storage per key), `version`, and a few
 //! bookkeeping records. Records are stored uncompressed and aligned to 64 bytes.
 
-use super::error::CheckpointError;
+use crate::checkpoint::error::CheckpointError;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
