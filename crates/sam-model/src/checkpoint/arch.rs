@@ -555,4 +555,31 @@ mod tests {
             .forward(&tch::Tensor::zeros([1, 3, 128, 128], tch::kind::FLOAT_CPU));
         assert_eq!(emb.size(), [1, 48, 16, 16]);
     }
+
+    #[test]
+    fn unetr_config_is_read_from_out_conv_and_a_bad_out_conv_is_an_error() {
+        let t = |shape: &[i64]| tch::Tensor::zeros(shape, tch::kind::FLOAT_CPU);
+        let sam = SamConfig::tiny();
+        let state = vec![
+            ("out_conv.weight".to_string(), t(&[3, 4, 1, 1])),
+            ("decoder.samplers.0.block.weight".to_string(), t(&[1])),
+        ];
+        let cfg = infer_unetr_config(&state, &sam).unwrap();
+        assert_eq!(
+            (
+                cfg.out_channels,
+                cfg.initial_features,
+                cfg.use_conv_transpose
+            ),
+            (3, 4, true)
+        );
+        assert_eq!((cfg.embed_dim, cfg.img_size), (32, 256));
+        // A one-dimensional `out_conv.weight` is refused, not indexed out of bounds.
+        let bad = vec![("out_conv.weight".to_string(), t(&[3]))];
+        let msg = infer_unetr_config(&bad, &sam).unwrap_err().to_string();
+        assert!(
+            msg.contains("out_conv.weight") && msg.contains("[3]"),
+            "{msg}"
+        );
+    }
 }
