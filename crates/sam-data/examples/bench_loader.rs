@@ -67,12 +67,12 @@ fn make(out: &Path, n: usize) -> Result<(), Box<dyn std::error::Error>> {
         );
         let pixels: Vec<u16> = s
             .image
-            .data
+            .as_slice()
             .iter()
             .map(|&v| v.round().clamp(0.0, 65535.0) as u16)
             .collect();
         write_raw_u16(&out.join("raw/images").join(&name), &pixels)?;
-        write_raw_u32(&out.join("raw/labels").join(&name), &s.labels.data)?;
+        write_raw_u32(&out.join("raw/labels").join(&name), s.labels.as_slice())?;
         write_image(out.join("zip/images").join(&name), &s.image)?;
         write_labels(out.join("zip/labels").join(&name), &s.labels)?;
     }
@@ -151,8 +151,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut r = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
             let patch = rate(samples, prepare, || {
                 let p = &pairs[r.gen_range(0..n)];
-                let (x, y) = (r.gen_range(0..=SIZE - PATCH), r.gen_range(0..=SIZE - PATCH));
-                read_image_region(&p.image, x, y, PATCH, PATCH).expect("region");
+                let (top, left) = (r.gen_range(0..=SIZE - PATCH), r.gen_range(0..=SIZE - PATCH));
+                read_image_region(&p.image, top, left, PATCH, PATCH).expect("region");
             });
             let whole = rate(samples, prepare, || {
                 read_image(&pairs[r.gen_range(0..n)].image).expect("image");

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use crate::blur::gaussian_blur;
 use crate::error::{DataError, Result};
 use crate::image::{BitDepth, GreyImage, LabelImage};
+use crate::plane::Plane;
 use crate::labels::split_fragments;
 use crate::preprocess::percentiles;
 use crate::rng::{derive_seed, rng_for};
@@ -428,12 +429,12 @@ pub fn augment_pair(
     seed: u64,
 ) -> Result<Augmented> {
     cfg.validate()?;
-    if image.width != labels.width || image.height != labels.height {
+    if image.cols() != labels.cols() || image.rows() != labels.rows() {
         return Err(DataError::InvalidParameter {
             name: "labels".into(),
             reason: format!(
                 "image is {}x{} but labels are {}x{}",
-                image.width, image.height, labels.width, labels.height
+                image.cols(), image.rows(), labels.cols(), labels.rows()
             ),
         });
     }
@@ -447,8 +448,8 @@ pub fn augment_pair(
             ..
         } = op
         {
-            *translate_x *= image.width as f64;
-            *translate_y *= image.height as f64;
+            *translate_x *= image.cols() as f64;
+            *translate_y *= image.rows() as f64;
         }
     }
     apply_ops(image, labels, &ops, cfg.min_object_size).map(|(image, labels)| Augmented {
@@ -520,11 +521,11 @@ pub fn apply_ops(
         }
     }
     let (out_w, out_h) = if k90 % 2 == 1 {
-        (image.height, image.width)
+        (image.rows(), image.cols())
     } else {
-        (image.width, image.height)
+        (image.cols(), image.rows())
     };
-    let src = discrete_inverse(image.width, image.height, flips, k90);
+    let src = discrete_inverse(image.cols(), image.rows(), flips, k90);
     let (mut img, lab) = if affine.is_none() && elastic.is_none() {
         permute(image, labels, &src, out_w, out_h, lut.as_ref())
     } else {
@@ -553,8 +554,7 @@ pub fn apply_ops(
     // blur, illumination and noise on the output
     for op in ops {
         if let AppliedOp::Blur { sigma } = *op {
-            let (w, h) = (img.width, img.height);
-            gaussian_blur(&mut img.data, w, h, sigma);
+            gaussian_blur(&mut img.pixels, sigma);
         }
     }
     let illum = ops.iter().find_map(|op| match *op {
@@ -618,7 +618,7 @@ impl Lut {
 /// Mean intensity as a fraction of full range (from every 7th pixel).
 fn mean_level(img: &GreyImage) -> f64 {
     let (mut sum, mut n) = (0f64, 0usize);
-    for &v in img.data.iter().step_by(7) {
+    for &v in img.as_slice().iter().step_by(7) {
         sum += f64::from(v);
         n += 1;
     }
@@ -628,7 +628,7 @@ fn mean_level(img: &GreyImage) -> f64 {
 /// The fill value for areas that a geometric operation brings in from outside the image:
 /// the median intensity, i.e. the (bright) background, so no dark fake object appears.
 fn background_level(img: &GreyImage) -> f32 {
-    let mut sample: Vec<f32> = img.data.iter().step_by(61).copied().collect();
+    let mut sample: Vec<f32> = img.as_slice().iter().step_by(61).copied().collect();
     percentiles(&mut sample, &[50.0])[0]
 }
 
@@ -646,7 +646,7 @@ fn permute(
     oh: usize,
     lut: Option<&Lut>,
 ) -> (GreyImage, LabelImage) {
-    let w = img.width as isize;
+    let w = img.cols() as isize;
     let m = map.0;
     // source index = base + x * step_x + y * step_y
     let step_x = (m[3] as isize) * w + m[0] as isize;
@@ -666,8 +666,8 @@ fn permute(
                 } else {
                     s - (ow as isize - 1)
                 } as usize;
-                ri.copy_from_slice(&img.data[first..first + ow]);
-                rl.copy_from_slice(&labels.data[first..first + ow]);
+                ri.copy_from_slice(&img.as_slice()[first..first + ow]);
+                rl.copy_from_slice(&labels.as_slice()[first..first + ow]);
                 if step_x == -1 {
                     ri.reverse();
                     rl.reverse();
@@ -693,12 +693,12 @@ fn permute(
                             (&mut bi[r * ow..(r + 1) * ow], &mut bl[r * ow..(r + 1) * ow]);
                         for x in x0..x1 {
                             let su = s as usize;
-                            let v = img.data[su];
+                            let v = img.as_slice()[su];
                             ri[x] = match lut {
                                 Some(l) => l.apply(v),
                                 None => v,
                             };
-                            rl[x] = labels.data[su];
+                            rl[x] = labels.as_slice()[su];
                             s += step_x;
                         }
                     }
@@ -718,16 +718,10 @@ fn output_pair(
 ) -> (GreyImage, LabelImage) {
     (
         GreyImage {
-            width,
-            height,
+            pixels: Plane::from_parts(height, width, image),
             depth,
-            data: image,
         },
-        LabelImage {
-            width,
-            height,
-            data: labels,
-        },
+        Plane::from_parts(height, width, labels),
     )
 }
 
@@ -830,10 +824,12 @@ impl Field {
         let s = sigma / step;
         let mut rng = rng_for(derive_seed(seed, &[0xE1]));
         let make = |rng: &mut ChaCha8Rng| {
-            let mut g: Vec<f32> = (0..gw * gh)
+            let noise: Vec<f32> = (0..gw * gh)
                 .map(|_| rng.sample::<f32, _>(StandardNormal))
                 .collect();
-            gaussian_blur(&mut g, gw, gh, s);
+            let mut g = Plane::from_parts(gh, gw, noise);
+            gaussian_blur(&mut g, s);
+            let mut g = g.into_vec();
             let n = g.len() as f64;
             let mean = g.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
             let var = g
@@ -896,19 +892,19 @@ fn resample(
     fill: f32,
     lut: Option<&Lut>,
 ) -> (GreyImage, LabelImage) {
-    let (w, h) = (img.width as i32, img.height as i32);
+    let (w, h) = (img.cols() as i32, img.rows() as i32);
     let (wf, hf) = ((w - 1) as f32, (h - 1) as f32);
     let mut oi = vec![0f32; ow * oh];
     let mut ol = vec![0u32; ow * oh];
     let m: [f32; 6] = map.0.map(|v| v as f32);
-    let (src, lab) = (&img.data, &labels.data);
-    let wu = img.width;
+    let (src, lab) = (&img.as_slice(), &labels.as_slice());
+    let wu = img.cols();
     // Without a displacement field the source position is linear along each row: the stretch
     // where every bilinear sample lies inside the source runs through the fixed-point loop
     // (second pass, in tiles), the rest through the general per-pixel code (first pass).
     let runs: Vec<Option<AffineRun>> = match field {
         None => (0..oh)
-            .map(|y| affine_interior(&map.0, y, ow, img.width, img.height))
+            .map(|y| affine_interior(&map.0, y, ow, img.cols(), img.rows()))
             .collect(),
         Some(_) => Vec::new(),
     };
@@ -1153,7 +1149,7 @@ impl rand::RngCore for SplitMix {
 /// range, in one pass. Noise rows have their own seeds, so the result does not depend on the
 /// thread count.
 fn illuminate_and_noise(img: &mut GreyImage, illum: Option<(f64, f64)>, noise: Option<(f64, u64)>) {
-    let (w, h) = (img.width, img.height);
+    let (w, h) = (img.cols(), img.rows());
     let max = img.depth.max_value();
     let (gx, gy) = match illum {
         Some((s, deg)) => {
@@ -1165,7 +1161,7 @@ fn illuminate_and_noise(img: &mut GreyImage, illum: Option<(f64, f64)>, noise: O
         None => (0.0, 0.0),
     };
     let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
-    img.data.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
+    img.as_mut_slice().par_chunks_mut(w).enumerate().for_each(|(y, row)| {
         let base = 1.0 + gy * (y as f32 - cy);
         match noise {
             Some((std, seed)) => {
@@ -1199,12 +1195,12 @@ mod tests {
     #[test]
     fn affine_resampling_matches_a_direct_evaluation() {
         let (w, h) = (67, 45);
-        let mut img = GreyImage::filled(w, h, BitDepth::U16, 0.0);
-        let mut lab = LabelImage::zeros(w, h);
+        let mut img = GreyImage::filled(h, w, BitDepth::U16, 0.0);
+        let mut lab = LabelImage::zeros(h, w);
         for y in 0..h {
             for x in 0..w {
-                img.data[y * w + x] = ((x * 7919 + y * 104_729) % 65_536) as f32;
-                lab.data[y * w + x] = (x * 31 + y * 17) as u32 % 11;
+                img.as_mut_slice()[y * w + x] = ((x * 7919 + y * 104_729) % 65_536) as f32;
+                lab.as_mut_slice()[y * w + x] = (x * 31 + y * 17) as u32 % 11;
             }
         }
         let fill = 1234.0;
@@ -1235,15 +1231,15 @@ mod tests {
                     }
                     let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
                     let (tx, ty) = (sx - x0 as f64, sy - y0 as f64);
-                    let p = |xx: usize, yy: usize| f64::from(img.data[yy * w + xx]);
+                    let p = |xx: usize, yy: usize| f64::from(img.as_slice()[yy * w + xx]);
                     let top = p(x0, y0) + (p(x0 + 1, y0) - p(x0, y0)) * tx;
                     let bot = p(x0, y0 + 1) + (p(x0 + 1, y0 + 1) - p(x0, y0 + 1)) * tx;
                     let want = top + (bot - top) * ty;
-                    let got = f64::from(oi.data[y * w + x]);
+                    let got = f64::from(oi.as_slice()[y * w + x]);
                     assert!((got - want).abs() < 0.05, "({x}, {y}): {got} vs {want}");
                     if !tie(sx) && !tie(sy) {
                         let (nx, ny) = ((sx + 0.5).floor() as usize, (sy + 0.5).floor() as usize);
-                        assert_eq!(ol.data[y * w + x], lab.data[ny * w + nx], "({x}, {y})");
+                        assert_eq!(ol.as_slice()[y * w + x], lab.as_slice()[ny * w + nx], "({x}, {y})");
                     }
                     checked += 1;
                 }
@@ -1254,8 +1250,8 @@ mod tests {
 
     fn pair() -> (GreyImage, LabelImage) {
         let (w, h) = (64, 48);
-        let mut img = GreyImage::filled(w, h, BitDepth::U8, 200.0);
-        let mut lab = LabelImage::zeros(w, h);
+        let mut img = GreyImage::filled(h, w, BitDepth::U8, 200.0);
+        let mut lab = LabelImage::zeros(h, w);
         for (id, (x0, y0, x1, y1), v) in [
             (1, (5, 4, 20, 14), 40.0),
             (2, (30, 10, 40, 40), 80.0),
@@ -1263,8 +1259,8 @@ mod tests {
         ] {
             for y in y0..y1 {
                 for x in x0..x1 {
-                    img.data[y * w + x] = v;
-                    lab.data[y * w + x] = id;
+                    img.as_mut_slice()[y * w + x] = v;
+                    lab.as_mut_slice()[y * w + x] = id;
                 }
             }
         }
@@ -1277,7 +1273,7 @@ mod tests {
 
     /// Object pixels of the output carry their object's grey level (exact ops) ...
     fn assert_aligned_exact(img: &GreyImage, lab: &LabelImage) {
-        for (v, l) in img.data.iter().zip(&lab.data) {
+        for (v, l) in img.as_slice().iter().zip(lab.as_slice()) {
             let want = match l {
                 0 => 200.0,
                 1 => 40.0,
@@ -1290,12 +1286,12 @@ mod tests {
 
     /// ... or, for interpolating ops, object pixels away from the outline do.
     fn assert_aligned_interior(img: &GreyImage, lab: &LabelImage) {
-        let w = lab.width;
+        let w = lab.cols();
         let mut checked = 0;
-        for y in 1..lab.height - 1 {
+        for y in 1..lab.rows() - 1 {
             for x in 1..w - 1 {
                 let i = y * w + x;
-                let l = lab.data[i];
+                let l = lab.as_slice()[i];
                 let nb = [
                     i - 1,
                     i + 1,
@@ -1306,14 +1302,14 @@ mod tests {
                     i + w - 1,
                     i + w + 1,
                 ];
-                if l == 0 || nb.iter().any(|&j| lab.data[j] != l) {
+                if l == 0 || nb.iter().any(|&j| lab.as_slice()[j] != l) {
                     continue;
                 }
                 let want = [0.0, 40.0, 80.0, 120.0][l as usize];
                 assert!(
-                    (img.data[i] - want).abs() < 1.0,
+                    (img.as_slice()[i] - want).abs() < 1.0,
                     "({x},{y}) label {l} grey {}",
-                    img.data[i]
+                    img.as_slice()[i]
                 );
                 checked += 1;
             }
@@ -1324,33 +1320,33 @@ mod tests {
     #[test]
     fn hflip_vflip_rot90_are_exact_permutations() {
         let (img, lab) = pair();
-        let (w, h) = (img.width, img.height);
+        let (w, h) = (img.cols(), img.rows());
         let (i, l) = apply_ops(&img, &lab, &only(AppliedOp::Hflip), 1).unwrap();
         assert_aligned_exact(&i, &l);
-        assert_eq!(l.get(w - 1 - 5, 4), 1);
-        assert_eq!(l.get(w - 1 - 4, 4), 0);
+        assert_eq!(l.get(4, w - 1 - 5), 1);
+        assert_eq!(l.get(4, w - 1 - 4), 0);
         let (i, l) = apply_ops(&img, &lab, &only(AppliedOp::Vflip), 1).unwrap();
         assert_aligned_exact(&i, &l);
-        assert_eq!(l.get(5, h - 1 - 4), 1);
+        assert_eq!(l.get(h - 1 - 4, 5), 1);
         // np.rot90(a, 1): out[y][x] = a[x][w-1-y]
         let (i, l) = apply_ops(&img, &lab, &only(AppliedOp::Rot90 { k: 1 }), 1).unwrap();
-        assert_eq!((l.width, l.height), (h, w));
+        assert_eq!((l.cols(), l.rows()), (h, w));
         assert_aligned_exact(&i, &l);
-        for y in 0..l.height {
-            for x in 0..l.width {
-                assert_eq!(l.get(x, y), lab.get(w - 1 - y, x));
+        for y in 0..l.rows() {
+            for x in 0..l.cols() {
+                assert_eq!(l.get(y, x), lab.get(x, w - 1 - y));
             }
         }
         let (_, l2) = apply_ops(&img, &lab, &only(AppliedOp::Rot90 { k: 2 }), 1).unwrap();
         for y in 0..h {
             for x in 0..w {
-                assert_eq!(l2.get(x, y), lab.get(w - 1 - x, h - 1 - y));
+                assert_eq!(l2.get(y, x), lab.get(h - 1 - y, w - 1 - x));
             }
         }
         let (_, l3) = apply_ops(&img, &lab, &only(AppliedOp::Rot90 { k: 3 }), 1).unwrap();
-        for y in 0..l3.height {
-            for x in 0..l3.width {
-                assert_eq!(l3.get(x, y), lab.get(y, h - 1 - x));
+        for y in 0..l3.rows() {
+            for x in 0..l3.cols() {
+                assert_eq!(l3.get(y, x), lab.get(h - 1 - x, y));
             }
         }
     }
@@ -1374,20 +1370,15 @@ mod tests {
             s1.centroid
         );
         // 90 degrees by interpolation equals rot90 (k=1) exactly on a square image
-        let sq = GreyImage::new(
-            32,
-            32,
-            BitDepth::U8,
-            (0..1024).map(|v| (v % 251) as f32).collect(),
-        )
+        let sq = GreyImage::from_vec(32, 32, BitDepth::U8, (0..1024).map(|v| (v % 251) as f32).collect())
         .unwrap();
-        let sl = LabelImage::new(32, 32, (0..1024).map(|v| v / 100).collect()).unwrap();
+        let sl = LabelImage::from_vec(32, 32, (0..1024).map(|v| v / 100).collect()).unwrap();
         let (a, al) = apply_ops(&sq, &sl, &only(AppliedOp::Rotate { degrees: 90.0 }), 0).unwrap();
         let (b, bl) = apply_ops(&sq, &sl, &only(AppliedOp::Rot90 { k: 1 }), 0).unwrap();
         assert!(a
-            .data
+            .as_slice()
             .iter()
-            .zip(&b.data)
+            .zip(b.as_slice())
             .all(|(p, q)| (p - q).abs() < 1e-3));
         assert_eq!(al, bl);
     }
@@ -1457,21 +1448,21 @@ mod tests {
         };
         let (i, l) = apply_ops(&img, &lab, &only(op.clone()), 31).unwrap();
         assert!(
-            !l.data.contains(&1),
+            !l.as_slice().contains(&1),
             "a 30-pixel fragment survived min size 31"
         );
         // uncovered area on the right is filled with the background level, not dark
-        assert!(i.data[10 * 64 + 63] > 190.0);
-        assert_eq!(l.get(63, 10), 0);
+        assert!(i.as_slice()[10 * 64 + 63] > 190.0);
+        assert_eq!(l.get(10, 63), 0);
         let (_, l) = apply_ops(&img, &lab, &only(op), 30).unwrap();
-        assert_eq!(l.data.iter().filter(|&&v| v == 1).count(), 30);
+        assert_eq!(l.as_slice().iter().filter(|&&v| v == 1).count(), 30);
     }
 
     #[test]
     fn intensity_ops_follow_their_formulas_and_keep_objects_dark() {
         let (img, lab) = pair();
         let m = 255.0f64;
-        let sub: Vec<f64> = img.data.iter().step_by(7).map(|&v| f64::from(v)).collect();
+        let sub: Vec<f64> = img.as_slice().iter().step_by(7).map(|&v| f64::from(v)).collect();
         let mean = sub.iter().sum::<f64>() / sub.len() as f64;
         type Formula = Box<dyn Fn(f64) -> f64>;
         let cases: Vec<(AppliedOp, Formula)> = vec![
@@ -1491,7 +1482,7 @@ mod tests {
         for (op, f) in cases {
             let (i, l) = apply_ops(&img, &lab, &only(op.clone()), 1).unwrap();
             assert_eq!(l, lab);
-            for (a, b) in i.data.iter().zip(&img.data) {
+            for (a, b) in i.as_slice().iter().zip(img.as_slice()) {
                 assert!(
                     (f64::from(*a) - f(f64::from(*b))).abs() < 1e-3,
                     "{op:?}: {b} -> {a}"
@@ -1506,8 +1497,8 @@ mod tests {
         // blur: mass preserved in the interior, edges softened, labels untouched
         let (i, l) = apply_ops(&img, &lab, &only(AppliedOp::Blur { sigma: 1.0 }), 1).unwrap();
         assert_eq!(l, lab);
-        assert!((i.get(12, 9) - 40.0).abs() < 1e-3);
-        let edge = i.get(5, 9);
+        assert!((i.get(9, 12) - 40.0).abs() < 1e-3);
+        let edge = i.get(9, 5);
         assert!(edge > 45.0 && edge < 195.0, "{edge}");
         // noise: mean ~0, std as asked, different rows different noise
         let flat = GreyImage::filled(256, 256, BitDepth::U16, 30000.0);
@@ -1522,10 +1513,10 @@ mod tests {
             1,
         )
         .unwrap();
-        let n = i.data.len() as f64;
-        let mean = i.data.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let n = i.as_slice().len() as f64;
+        let mean = i.as_slice().iter().map(|&v| f64::from(v)).sum::<f64>() / n;
         let sd = (i
-            .data
+            .as_slice()
             .iter()
             .map(|&v| (f64::from(v) - mean).powi(2))
             .sum::<f64>()
@@ -1544,8 +1535,8 @@ mod tests {
             1,
         )
         .unwrap();
-        assert!((i.get(0, 100) - 27000.0).abs() < 1.0, "{}", i.get(0, 100));
-        assert!((i.get(255, 100) - 33000.0).abs() < 1.0);
+        assert!((i.get(100, 0) - 27000.0).abs() < 1.0, "{}", i.get(100, 0));
+        assert!((i.get(100, 255) - 33000.0).abs() < 1.0);
         // 90 degrees: brighter towards the top (y down)
         let (i, _) = apply_ops(
             &flat,
@@ -1557,7 +1548,7 @@ mod tests {
             1,
         )
         .unwrap();
-        assert!(i.get(10, 0) > i.get(10, 255));
+        assert!(i.get(0, 10) > i.get(255, 10));
     }
 
     #[test]
@@ -1599,7 +1590,7 @@ mod tests {
         for seed in 0..12 {
             let a = augment_pair(&s.image, &s.labels, &cfg, seed).unwrap();
             let (mut f, mut nf, mut b, mut nb) = (0f64, 0, 0f64, 0);
-            for (v, l) in a.image.data.iter().zip(&a.labels.data) {
+            for (v, l) in a.image.as_slice().iter().zip(a.labels.as_slice()) {
                 if *l != 0 {
                     f += f64::from(*v);
                     nf += 1;

@@ -11,6 +11,8 @@
 
 use rayon::prelude::*;
 
+use crate::plane::Plane;
+
 /// The normalised 1-D kernel of [`gaussian_blur`]: `2r + 1` taps, `r = ceil(3σ)`, `r ≥ 1`.
 pub fn gaussian_kernel(sigma: f64) -> Vec<f32> {
     let r = (3.0 * sigma).ceil().max(1.0) as i64;
@@ -35,14 +37,15 @@ fn mirror(i: isize, n: usize) -> usize {
     j as usize
 }
 
-/// Gaussian blur, in place, of a row-major `width`×`height` buffer with standard deviation
-/// `sigma` (pixels) along both axes. `sigma <= 0` leaves it unchanged. Rows are processed in
-/// parallel; the result does not depend on the thread count.
-pub fn gaussian_blur(data: &mut [f32], width: usize, height: usize, sigma: f64) {
-    if sigma <= 0.0 || data.is_empty() {
+/// Gaussian blur, in place, of `image` with standard deviation `sigma` (pixels) along both
+/// axes. `sigma <= 0` leaves it unchanged. Rows are processed in parallel; the result does not
+/// depend on the thread count.
+pub fn gaussian_blur(image: &mut Plane<f32>, sigma: f64) {
+    if sigma <= 0.0 || image.is_empty() {
         return;
     }
-    let (w, h) = (width, height);
+    let (h, w) = image.shape();
+    let data = image.as_mut_slice();
     let kernel = gaussian_kernel(sigma);
     let r = (kernel.len() / 2) as isize;
     // along x, into tmp: each row padded by mirroring, then tap by tap over the whole row so

@@ -151,15 +151,15 @@ pub enum DataError {
         second: PathBuf,
     },
     /// A buffer does not match the shape it claims.
-    #[error("{what}: expected {expected} values for shape {width}x{height}, found {found}")]
+    #[error("{what}: expected {expected} values for {rows} rows x {cols} cols, found {found}")]
     Shape {
         /// What was being built.
         what: &'static str,
-        /// Width.
-        width: usize,
-        /// Height.
-        height: usize,
-        /// width*height.
+        /// Rows (height).
+        rows: usize,
+        /// Columns (width).
+        cols: usize,
+        /// rows*cols.
         expected: usize,
         /// Actual length.
         found: usize,

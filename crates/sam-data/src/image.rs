@@ -1,6 +1,7 @@
-//! Plain image buffers: a grey brightfield image and an instance label image.
+//! Plain image buffers: a grey brightfield image and an instance label image, both planes.
 
-use crate::error::{DataError, Result};
+use crate::error::Result;
+use crate::plane::Plane;
 
 /// How the intensities of a [`GreyImage`] were (and will be) stored on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -22,144 +23,79 @@ impl BitDepth {
     }
 }
 
-/// A grey brightfield image, row-major, in its on-disk intensity scale (0..=255 or 0..=65535).
+/// A grey brightfield image in its on-disk intensity scale (0..=255 or 0..=65535): a
+/// [`Plane<f32>`] of `rows × cols` intensities, indexed `(row, col)`, and its storage depth.
 ///
 /// Values are `f32` so that augmentation can interpolate; writers round and clip to the depth.
+/// The plane's accessors (`rows()`, `cols()`, `get(row, col)`, `as_slice()`, …) are available
+/// on the image itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GreyImage {
-    /// Columns.
-    pub width: usize,
-    /// Rows.
-    pub height: usize,
+    /// The intensities.
+    pub pixels: Plane<f32>,
     /// Storage depth.
     pub depth: BitDepth,
-    /// `width * height` intensities, row-major.
-    pub data: Vec<f32>,
 }
 
 impl GreyImage {
-    /// Wraps a buffer, checking its length.
-    pub fn new(width: usize, height: usize, depth: BitDepth, data: Vec<f32>) -> Result<Self> {
-        check_len("GreyImage", width, height, data.len())?;
+    /// Wraps a row-major buffer of `rows * cols` intensities, checking its length.
+    pub fn from_vec(rows: usize, cols: usize, depth: BitDepth, data: Vec<f32>) -> Result<Self> {
         Ok(GreyImage {
-            width,
-            height,
+            pixels: Plane::from_vec(rows, cols, data)?,
             depth,
-            data,
         })
     }
 
-    /// A constant image.
-    pub fn filled(width: usize, height: usize, depth: BitDepth, value: f32) -> Self {
+    /// A constant image of `rows × cols` pixels.
+    pub fn filled(rows: usize, cols: usize, depth: BitDepth, value: f32) -> Self {
         GreyImage {
-            width,
-            height,
+            pixels: Plane::filled(rows, cols, value),
             depth,
-            data: vec![value; width * height],
         }
     }
 
-    /// The value at column `x`, row `y` (panics when out of bounds, like slice indexing).
-    pub fn get(&self, x: usize, y: usize) -> f32 {
-        self.data[y * self.width + x]
-    }
-
-    /// A copy of the rectangle starting at (`x`, `y`) of size `w`x`h` (must lie inside).
-    pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> GreyImage {
+    /// A copy of the window of `height` rows and `width` columns whose top-left corner is at
+    /// (`top`, `left`), with the same depth (must lie inside; see [`Plane::crop`]).
+    pub fn crop(&self, top: usize, left: usize, height: usize, width: usize) -> GreyImage {
         GreyImage {
-            width: w,
-            height: h,
+            pixels: self.pixels.crop(top, left, height, width),
             depth: self.depth,
-            data: crop_rows(&self.data, self.width, x, y, w, h),
         }
     }
 }
 
-/// An instance label image, row-major: 0 is background, 1..N are objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelImage {
-    /// Columns.
-    pub width: usize,
-    /// Rows.
-    pub height: usize,
-    /// `width * height` ids, row-major.
-    pub data: Vec<u32>,
+/// A grey image reads as its plane of intensities.
+impl std::ops::Deref for GreyImage {
+    type Target = Plane<f32>;
+
+    fn deref(&self) -> &Plane<f32> {
+        &self.pixels
+    }
 }
 
-impl LabelImage {
-    /// Wraps a buffer, checking its length.
-    pub fn new(width: usize, height: usize, data: Vec<u32>) -> Result<Self> {
-        check_len("LabelImage", width, height, data.len())?;
-        Ok(LabelImage {
-            width,
-            height,
-            data,
-        })
+impl std::ops::DerefMut for GreyImage {
+    fn deref_mut(&mut self) -> &mut Plane<f32> {
+        &mut self.pixels
     }
+}
 
-    /// An all-background image.
-    pub fn zeros(width: usize, height: usize) -> Self {
-        LabelImage {
-            width,
-            height,
-            data: vec![0; width * height],
-        }
-    }
+/// An instance label image, `rows × cols` ids indexed `(row, col)`: 0 is background, 1..N are
+/// objects. The label toolkit (connected components, relabelling, sizes, boundaries) works on it.
+pub type LabelImage = Plane<u32>;
 
-    /// The id at column `x`, row `y` (panics when out of bounds, like slice indexing).
-    pub fn get(&self, x: usize, y: usize) -> u32 {
-        self.data[y * self.width + x]
-    }
-
+impl Plane<u32> {
     /// The largest id (0 for an empty image).
     pub fn max_id(&self) -> u32 {
-        self.data.iter().copied().max().unwrap_or(0)
-    }
-
-    /// A copy of the rectangle starting at (`x`, `y`) of size `w`x`h` (must lie inside).
-    pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> LabelImage {
-        LabelImage {
-            width: w,
-            height: h,
-            data: crop_rows(&self.data, self.width, x, y, w, h),
-        }
+        self.as_slice().iter().copied().max().unwrap_or(0)
     }
 
     /// The sorted distinct non-zero ids.
     pub fn ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self.data.iter().copied().filter(|&v| v != 0).collect();
+        let mut ids: Vec<u32> = self.as_slice().iter().copied().filter(|&v| v != 0).collect();
         ids.sort_unstable();
         ids.dedup();
         ids
     }
-}
-
-fn check_len(what: &'static str, width: usize, height: usize, found: usize) -> Result<()> {
-    if width.checked_mul(height) != Some(found) {
-        return Err(DataError::Shape {
-            what,
-            width,
-            height,
-            expected: width.saturating_mul(height),
-            found,
-        });
-    }
-    Ok(())
-}
-
-pub(crate) fn crop_rows<T: Copy>(
-    data: &[T],
-    stride: usize,
-    x: usize,
-    y: usize,
-    w: usize,
-    h: usize,
-) -> Vec<T> {
-    let mut out = Vec::with_capacity(w * h);
-    for r in y..y + h {
-        out.extend_from_slice(&data[r * stride + x..r * stride + x + w]);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -169,16 +105,18 @@ mod tests {
 
     #[test]
     fn new_checks_length() {
-        assert!(GreyImage::new(3, 2, BitDepth::U8, vec![0.0; 6]).is_ok());
-        let err = LabelImage::new(3, 2, vec![0; 5]).unwrap_err();
+        // 2 rows of 3 columns
+        assert!(GreyImage::from_vec(2, 3, BitDepth::U8, vec![0.0; 6]).is_ok());
+        let err = LabelImage::from_vec(2, 3, vec![0; 5]).unwrap_err();
         assert!(err.to_string().contains("expected 6 values"), "{err}");
     }
 
     #[test]
     fn crop_takes_the_right_pixels() {
-        let l = LabelImage::new(4, 3, (0..12).collect()).unwrap();
+        // 3 rows of 4 columns; rows 1..3, columns 1..3
+        let l = LabelImage::from_vec(3, 4, (0..12).collect()).unwrap();
         let c = l.crop(1, 1, 2, 2);
-        assert_eq!(c.data, vec![5, 6, 9, 10]);
+        assert_eq!(c.as_slice(), &[5, 6, 9, 10]);
         assert_eq!(l.ids(), (1..12).collect::<Vec<_>>());
         assert_eq!(l.max_id(), 11);
     }

@@ -314,7 +314,7 @@ pub fn read_image(path: impl AsRef<Path>) -> Result<GreyImage> {
             })
         }
     };
-    GreyImage::new(d.width, d.height, depth, data)
+    GreyImage::from_vec(d.height, d.width, depth, data)
 }
 
 /// Reads an instance label image: u8/u16/u32 grey TIFF or PNG (signed or 64-bit integer TIFFs
@@ -370,10 +370,10 @@ pub fn read_labels(path: impl AsRef<Path>) -> Result<LabelImage> {
         }
         Raw::Float(_) => Vec::new(),
     };
-    LabelImage::new(d.width, d.height, data)
+    LabelImage::from_vec(d.height, d.width, data)
 }
 
-/// The size check of an image/label pair: `image` and `labels` are (width, height); a
+/// The size check of an image/label pair: `image` and `labels` are shapes (rows, cols); a
 /// difference is a [`DataError::SizeMismatch`] naming both files.
 pub(crate) fn check_pair_size(
     pair: &ImagePair,
@@ -386,10 +386,10 @@ pub(crate) fn check_pair_size(
     Err(DataError::SizeMismatch {
         image: pair.image.clone(),
         labels: pair.labels.clone(),
-        image_width: image.0,
-        image_height: image.1,
-        label_width: labels.0,
-        label_height: labels.1,
+        image_width: image.1,
+        image_height: image.0,
+        label_width: labels.1,
+        label_height: labels.0,
     })
 }
 
@@ -397,15 +397,12 @@ pub(crate) fn check_pair_size(
 pub fn read_pair(pair: &ImagePair) -> Result<(GreyImage, LabelImage)> {
     let image = read_image(&pair.image)?;
     let labels = read_labels(&pair.labels)?;
-    check_pair_size(
-        pair,
-        (image.width, image.height),
-        (labels.width, labels.height),
-    )?;
+    check_pair_size(pair, image.shape(), labels.shape())?;
     Ok((image, labels))
 }
 
-/// Width and height of an image or label file, from its header (no pixels are decoded).
+/// The shape `(rows, cols)` (height, width) of an image or label file, from its header (no
+/// pixels are decoded).
 pub fn image_dimensions(path: impl AsRef<Path>) -> Result<(usize, usize)> {
     let path = path.as_ref();
     match format_of(path) {
@@ -414,7 +411,7 @@ pub fn image_dimensions(path: impl AsRef<Path>) -> Result<(usize, usize)> {
             let mut dec = Decoder::new(open(path)?).map_err(err)?;
             check_single_page(path, &mut dec)?;
             let (w, h) = dec.dimensions().map_err(err)?;
-            Ok((w as usize, h as usize))
+            Ok((h as usize, w as usize))
         }
         Some(Format::Png) => {
             let mut reader = image::ImageReader::new(open(path)?);
@@ -422,7 +419,7 @@ pub fn image_dimensions(path: impl AsRef<Path>) -> Result<(usize, usize)> {
             let (w, h) = reader
                 .into_dimensions()
                 .map_err(|e| decode_error(path, "PNG", e.to_string()))?;
-            Ok((w as usize, h as usize))
+            Ok((h as usize, w as usize))
         }
         None => Err(DataError::UnsupportedExtension {
             path: path.to_path_buf(),
@@ -431,29 +428,31 @@ pub fn image_dimensions(path: impl AsRef<Path>) -> Result<(usize, usize)> {
     }
 }
 
-/// Reads the `w`×`h` rectangle of a brightfield image whose top-left corner is column `x`,
-/// row `y`, with the same pixel conversion as [`read_image`] (so the result equals
-/// `read_image(path)?.crop(x, y, w, h)`).
+/// Reads the window of `height` rows and `width` columns of a brightfield image whose top-left
+/// corner is at (`top`, `left`), with the same pixel conversion as [`read_image`] (so the
+/// result equals `read_image(path)?.crop(top, left, height, width)`).
 ///
 /// A strip-organised TIFF (what microscopes and our writers produce, compressed or not) is
 /// read strip by strip and only the strips that cross the rectangle are read and decoded;
 /// tiled or planar TIFFs and PNGs are decoded whole and cropped.
 pub fn read_image_region(
     path: impl AsRef<Path>,
-    x: usize,
-    y: usize,
-    w: usize,
-    h: usize,
+    top: usize,
+    left: usize,
+    height: usize,
+    width: usize,
 ) -> Result<GreyImage> {
     let path = path.as_ref();
+    // the strip reader below works in image coordinates: x = column, y = row
+    let (x, y, w, h) = (left, top, width, height);
     if format_of(path) == Some(Format::Tiff) {
         if let Some(region) = read_tiff_strips(path, x, y, w, h)? {
             return Ok(region);
         }
     }
     let image = read_image(path)?;
-    check_region(path, image.width, image.height, x, y, w, h)?;
-    Ok(image.crop(x, y, w, h))
+    check_region(path, image.cols(), image.rows(), x, y, w, h)?;
+    Ok(image.crop(top, left, height, width))
 }
 
 fn check_region(
@@ -532,7 +531,7 @@ fn read_tiff_strips(
     let Some(depth) = depth else {
         return Ok(None);
     };
-    GreyImage::new(w, h, depth, data)
+    GreyImage::from_vec(h, w, depth, data)
         .map(Some)
         .map_err(|_| DataError::Decode {
             path: path.to_path_buf(),
@@ -601,7 +600,7 @@ fn quantise_u16(data: &[f32]) -> Vec<u16> {
 /// TIFF (`.tif`/`.tiff`) or PNG (`.png`), atomically.
 pub fn write_image(path: impl AsRef<Path>, image: &GreyImage) -> Result<()> {
     let path = path.as_ref();
-    let (w, h) = (image.width as u32, image.height as u32);
+    let (w, h) = (image.cols() as u32, image.rows() as u32);
     match format_of(path) {
         Some(Format::Tiff) => write_atomic(path, |out| {
             let enc_err = |e: tiff::TiffError| DataError::Encode {
@@ -610,14 +609,14 @@ pub fn write_image(path: impl AsRef<Path>, image: &GreyImage) -> Result<()> {
                 reason: e.to_string(),
             };
             let mut enc = TiffEncoder::new(out).map_err(enc_err)?;
-            let rows = rows_per_strip(image.width, image.depth);
+            let rows = rows_per_strip(image.cols(), image.depth);
             match image.depth {
                 BitDepth::U8 => {
                     let mut img = enc
                         .new_image_with_compression::<colortype::Gray8, _>(w, h, Deflate::default())
                         .map_err(enc_err)?;
                     img.rows_per_strip(rows).map_err(enc_err)?;
-                    img.write_data(&quantise_u8(&image.data))
+                    img.write_data(&quantise_u8(&image.as_slice()))
                 }
                 BitDepth::U16 => {
                     let mut img = enc
@@ -628,7 +627,7 @@ pub fn write_image(path: impl AsRef<Path>, image: &GreyImage) -> Result<()> {
                         )
                         .map_err(enc_err)?;
                     img.rows_per_strip(rows).map_err(enc_err)?;
-                    img.write_data(&quantise_u16(&image.data))
+                    img.write_data(&quantise_u16(&image.as_slice()))
                 }
             }
             .map_err(enc_err)
@@ -641,23 +640,23 @@ pub fn write_image(path: impl AsRef<Path>, image: &GreyImage) -> Result<()> {
             };
             let shape_err = || DataError::Shape {
                 what: "PNG buffer",
-                width: image.width,
-                height: image.height,
-                expected: image.width * image.height,
-                found: image.data.len(),
+                rows: image.rows(),
+                cols: image.cols(),
+                expected: image.cols() * image.rows(),
+                found: image.as_slice().len(),
             };
             match image.depth {
                 BitDepth::U8 => image::ImageBuffer::<image::Luma<u8>, _>::from_raw(
                     w,
                     h,
-                    quantise_u8(&image.data),
+                    quantise_u8(&image.as_slice()),
                 )
                 .ok_or_else(shape_err)?
                 .write_to(out, image::ImageFormat::Png),
                 BitDepth::U16 => image::ImageBuffer::<image::Luma<u16>, _>::from_raw(
                     w,
                     h,
-                    quantise_u16(&image.data),
+                    quantise_u16(&image.as_slice()),
                 )
                 .ok_or_else(shape_err)?
                 .write_to(out, image::ImageFormat::Png),
@@ -689,10 +688,10 @@ pub fn write_labels(path: impl AsRef<Path>, labels: &LabelImage) -> Result<()> {
         TiffEncoder::new(out)
             .map_err(enc_err)?
             .write_image_with_compression::<colortype::Gray32, _>(
-                labels.width as u32,
-                labels.height as u32,
+                labels.cols() as u32,
+                labels.rows() as u32,
                 Deflate::default(),
-                &labels.data,
+                &labels.as_slice(),
             )
             .map_err(enc_err)
     })
@@ -793,7 +792,7 @@ mod tests {
     fn grey(depth: BitDepth) -> GreyImage {
         let m = depth.max_value();
         let data = (0..35).map(|i| (i as f32 * 997.0) % (m + 1.0)).collect();
-        GreyImage::new(7, 5, depth, data).unwrap()
+        GreyImage::from_vec(5, 7, depth, data).unwrap()
     }
 
     #[test]
@@ -827,8 +826,8 @@ mod tests {
         buf.save(&p).unwrap();
         let g = read_image(&p).unwrap();
         assert_eq!(g.depth, BitDepth::U8);
-        assert!((g.data[0] - 100.0).abs() < 1e-3);
-        assert!((g.data[1] - 0.299 * 255.0).abs() < 1e-3);
+        assert!((g.as_slice()[0] - 100.0).abs() < 1e-3);
+        assert!((g.as_slice()[1] - 0.299 * 255.0).abs() < 1e-3);
     }
 
     #[test]
@@ -843,7 +842,7 @@ mod tests {
         let g = read_image(&p).unwrap();
         assert_eq!(g.depth, BitDepth::U16);
         let want = 0.299 * 1000.0 + 0.587 * 2000.0 + 0.114 * 3000.0;
-        assert!((g.data[0] - want).abs() < 1e-2);
+        assert!((g.as_slice()[0] - want).abs() < 1e-2);
     }
 
     /// A 16-bit TIFF in strips of `rows` rows, uncompressed or deflate.
@@ -876,7 +875,7 @@ mod tests {
         for (name, depth) in [("g8.tif", BitDepth::U8), ("g16.png", BitDepth::U16)] {
             let p = dir.path().join(name);
             let mut g = grey(depth);
-            g.data
+            g.as_mut_slice()
                 .iter_mut()
                 .enumerate()
                 .for_each(|(i, v)| *v = (i % 200) as f32);
@@ -892,8 +891,8 @@ mod tests {
         files.push(rgb);
         for p in &files {
             let whole = read_image(p).unwrap();
-            assert_eq!(image_dimensions(p).unwrap(), (whole.width, whole.height));
-            let (ww, wh) = (whole.width, whole.height);
+            assert_eq!(image_dimensions(p).unwrap(), whole.shape());
+            let (ww, wh) = (whole.cols(), whole.rows());
             let regions = [
                 (0, 0, ww, wh),
                 (ww / 3, wh / 4, ww / 2, wh / 2),
@@ -901,15 +900,15 @@ mod tests {
                 (1, 3, 1, 1),
             ];
             for (x, y, rw, rh) in regions {
-                let region = read_image_region(p, x, y, rw, rh).unwrap();
+                let region = read_image_region(p, y, x, rh, rw).unwrap();
                 assert_eq!(
                     region,
-                    whole.crop(x, y, rw, rh),
+                    whole.crop(y, x, rh, rw),
                     "{} at {x},{y}",
                     p.display()
                 );
             }
-            let err = read_image_region(p, ww - 2, 0, 3, 1)
+            let err = read_image_region(p, 0, ww - 2, 1, 3)
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -942,20 +941,20 @@ mod tests {
             read_image(&p).is_err(),
             "the damaged strip must break a whole read"
         );
-        let region = read_image_region(&p, 3, 10, 20, 30).unwrap();
+        let region = read_image_region(&p, 10, 3, 30, 20).unwrap();
         let values = &values;
         let want: Vec<f32> = (10..40)
             .flat_map(|y| (3..23).map(move |x| f32::from(values[y * 64 + x])))
             .collect();
-        assert_eq!(region.data, want);
-        let err = read_image_region(&p, 0, 60, 4, 4).unwrap_err().to_string();
+        assert_eq!(region.as_slice(), want);
+        let err = read_image_region(&p, 60, 0, 4, 4).unwrap_err().to_string();
         assert!(err.contains("zip.tif"), "{err}");
     }
 
     #[test]
     fn labels_round_trip_u32_and_read_u8_u16() {
         let dir = tempfile::tempdir().unwrap();
-        let l = LabelImage::new(3, 2, vec![0, 1, 70000, 4_000_000_000, 2, 0]).unwrap();
+        let l = LabelImage::from_vec(2, 3, vec![0, 1, 70000, 4_000_000_000, 2, 0]).unwrap();
         let p = dir.path().join("l.tif");
         write_labels(&p, &l).unwrap();
         assert_eq!(read_labels(&p).unwrap(), l);
@@ -968,13 +967,13 @@ mod tests {
             .unwrap()
             .save(&p8)
             .unwrap();
-        assert_eq!(read_labels(&p8).unwrap().data, vec![0, 7]);
+        assert_eq!(read_labels(&p8).unwrap().as_slice(), vec![0, 7]);
         let p16 = dir.path().join("l16.tif");
         TiffEncoder::new(File::create(&p16).unwrap())
             .unwrap()
             .write_image::<colortype::Gray16>(2, 1, &[300, 0])
             .unwrap();
-        assert_eq!(read_labels(&p16).unwrap().data, vec![300, 0]);
+        assert_eq!(read_labels(&p16).unwrap().as_slice(), vec![300, 0]);
     }
 
     #[test]
@@ -1011,14 +1010,14 @@ mod tests {
             .unwrap()
             .write_image::<colortype::GrayI16>(2, 1, &[0, 5])
             .unwrap();
-        assert_eq!(read_labels(&p).unwrap().data, vec![0, 5]);
+        assert_eq!(read_labels(&p).unwrap().as_slice(), vec![0, 5]);
     }
 
     #[test]
     fn truncated_and_corrupt_files_are_decode_errors_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let big =
-            GreyImage::new(64, 64, BitDepth::U16, (0..4096).map(|i| i as f32).collect()).unwrap();
+            GreyImage::from_vec(64, 64, BitDepth::U16, (0..4096).map(|i| i as f32).collect()).unwrap();
         for ext in ["tif", "png"] {
             let p = dir.path().join(format!("cut.{ext}"));
             write_image(&p, &big).unwrap();
@@ -1041,7 +1040,7 @@ mod tests {
         let img = dir.path().join("a.tif");
         let lab = dir.path().join("a_l.tif");
         write_image(&img, &grey(BitDepth::U8)).unwrap();
-        write_labels(&lab, &LabelImage::zeros(7, 6)).unwrap();
+        write_labels(&lab, &LabelImage::zeros(6, 7)).unwrap();
         let pair = ImagePair {
             stem: "a".into(),
             image: img,

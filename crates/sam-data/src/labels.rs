@@ -1,16 +1,23 @@
-//! Label transforms: connected components, minimum size, consecutive relabelling, object
-//! statistics and outlines.
+//! The label toolkit: connected components, consecutive relabelling, object ids and sizes, size
+//! filtering, object statistics and outlines. Data loading, evaluation and inference post-processing
+//! all use these, on [`LabelImage`]s and other [`Plane`]s.
 
 use std::collections::HashMap;
 
 use crate::image::LabelImage;
+use crate::plane::Plane;
 
 /// Which neighbours touch.
+///
+/// The default is [`Connectivity::Eight`], skimage's default (`connectivity=ndim`) for
+/// `skimage.measure.label` on 2-D images. Every caller in the workspace still names its choice:
+/// training targets, synthetic data, evaluation and the AIS seeds use 8, AMG's small-region
+/// removal uses 4 (as segment_anything's `remove_small_regions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Connectivity {
     /// Up, down, left, right.
     Four,
-    /// Also the diagonals (skimage's default in 2D).
+    /// Also the diagonals.
     #[default]
     Eight,
 }
@@ -22,17 +29,19 @@ pub struct ObjectStats {
     pub id: u32,
     /// Number of pixels.
     pub area: usize,
-    /// Bounding box `[x0, y0, x1, y1]`, `x1`/`y1` exclusive.
+    /// Bounding box `[x0, y0, x1, y1]` in SAM's box-prompt order (x = column, y = row),
+    /// `x1`/`y1` exclusive: numpy's `a[y0:y1, x0:x1]` holds the object.
     pub bbox: [usize; 4],
-    /// Mean (x, y) of the pixels.
+    /// Mean (x, y) = (column, row) of the pixels, the order of SAM's point prompts.
     pub centroid: (f64, f64),
 }
 
-struct Run {
+/// A horizontal run of equal values: row, columns `start..end`.
+struct Run<T> {
     row: usize,
     start: usize,
     end: usize,
-    value: u32,
+    value: T,
 }
 
 fn find(parent: &mut [usize], mut i: usize) -> usize {
@@ -43,14 +52,19 @@ fn find(parent: &mut [usize], mut i: usize) -> usize {
     i
 }
 
-/// Runs of equal non-zero values, row by row, and the union-find roots connecting them.
-fn runs_and_roots(labels: &LabelImage, conn: Connectivity) -> (Vec<Run>, Vec<usize>) {
-    let (w, h) = (labels.width, labels.height);
-    let mut runs: Vec<Run> = Vec::new();
+/// Runs of equal values other than `background`, row by row, and the union-find roots
+/// connecting them (every run's entry is its root).
+fn runs_and_roots<T: PartialEq + Copy>(
+    image: &Plane<T>,
+    background: T,
+    conn: Connectivity,
+) -> (Vec<Run<T>>, Vec<usize>) {
+    let (h, w) = image.shape();
+    let mut runs: Vec<Run<T>> = Vec::new();
     let mut row_start = Vec::with_capacity(h + 1);
     for y in 0..h {
         row_start.push(runs.len());
-        let row = &labels.data[y * w..(y + 1) * w];
+        let row = image.row(y);
         let mut x = 0;
         while x < w {
             let v = row[x];
@@ -58,7 +72,7 @@ fn runs_and_roots(labels: &LabelImage, conn: Connectivity) -> (Vec<Run>, Vec<usi
             while x < w && row[x] == v {
                 x += 1;
             }
-            if v != 0 {
+            if v != background {
                 runs.push(Run {
                     row: y,
                     start: s,
@@ -101,38 +115,46 @@ fn runs_and_roots(labels: &LabelImage, conn: Connectivity) -> (Vec<Run>, Vec<usi
     (runs, parent)
 }
 
-/// Connected components of equal-valued non-zero pixels (as `skimage.measure.label` on a label
-/// image): two pixels share a component when a path of neighbour steps with constant value
-/// joins them. Components are numbered 1..N in row-major order of first appearance.
-pub fn connected_components(labels: &LabelImage, conn: Connectivity) -> LabelImage {
-    let (runs, parent) = runs_and_roots(labels, conn);
+/// Connected components of equal-valued pixels other than `background` (as
+/// `skimage.measure.label(image, background, connectivity)`, and bioimage_cpp's `label`): two
+/// pixels share a component when a path of neighbour steps with constant value joins them.
+/// Components are numbered 1..=n in row-major order of their first pixel; background pixels are
+/// 0. Returns the components and n.
+///
+/// On a binary mask (`Plane<bool>`, background `false`) these are the mask's connected
+/// regions; on a label image (background 0) an id split into pieces gives one component per
+/// piece, and touching objects with different ids stay apart.
+pub fn connected_components<T: PartialEq + Copy>(
+    image: &Plane<T>,
+    background: T,
+    conn: Connectivity,
+) -> (LabelImage, u32) {
+    let (runs, parent) = runs_and_roots(image, background, conn);
     let mut comp = vec![0u32; runs.len()];
     let mut next = 0u32;
-    let mut out = LabelImage::zeros(labels.width, labels.height);
+    let mut out = LabelImage::zeros(image.rows(), image.cols());
     for (i, r) in runs.iter().enumerate() {
         let root = parent[i];
         if comp[root] == 0 {
             next += 1;
             comp[root] = next;
         }
-        let id = comp[root];
-        let base = r.row * labels.width;
-        out.data[base + r.start..base + r.end].fill(id);
+        out.row_mut(r.row)[r.start..r.end].fill(comp[root]);
     }
-    out
+    (out, next)
 }
 
 /// Whether ids are small enough for table lookups instead of hashing.
 fn dense(labels: &LabelImage) -> Option<usize> {
     let m = labels.max_id() as usize;
-    (m <= labels.data.len().max(1 << 16)).then_some(m)
+    (m <= labels.len().max(1 << 16)).then_some(m)
 }
 
 /// Per-id pixel counts.
 fn counts(labels: &LabelImage) -> HashMap<u32, usize> {
     if let Some(m) = dense(labels) {
         let mut c = vec![0usize; m + 1];
-        for &v in &labels.data {
+        for &v in labels.as_slice() {
             c[v as usize] += 1;
         }
         return c
@@ -146,7 +168,7 @@ fn counts(labels: &LabelImage) -> HashMap<u32, usize> {
     let mut m: HashMap<u32, usize> = HashMap::new();
     let mut last = 0u32;
     let mut run = 0usize;
-    for &v in &labels.data {
+    for &v in labels.as_slice() {
         if v == last {
             run += 1;
         } else {
@@ -181,13 +203,13 @@ pub fn remove_small_objects(labels: &mut LabelImage, min_size: usize) -> usize {
         for &id in small.keys() {
             drop[id as usize] = true;
         }
-        for v in labels.data.iter_mut() {
+        for v in labels.as_mut_slice() {
             if drop[*v as usize] {
                 *v = 0;
             }
         }
     } else {
-        for v in labels.data.iter_mut() {
+        for v in labels.as_mut_slice() {
             if *v != 0 && small.contains_key(v) {
                 *v = 0;
             }
@@ -196,11 +218,22 @@ pub fn remove_small_objects(labels: &mut LabelImage, min_size: usize) -> usize {
     small.len()
 }
 
-/// Renumbers the ids to 1..N keeping their order (as skimage's `relabel_sequential`).
-pub fn relabel_consecutive(labels: &LabelImage) -> LabelImage {
+/// Sizes of all ids (index = id; index 0 counts the background). The vector has `max_id + 1`
+/// entries: meant for consecutive ids, as [`connected_components`] returns them.
+pub fn label_sizes(labels: &LabelImage) -> Vec<u64> {
+    let mut sizes = vec![0u64; labels.max_id() as usize + 1];
+    for &l in labels.as_slice() {
+        sizes[l as usize] += 1;
+    }
+    sizes
+}
+
+/// Renumbers the ids present to 1..=n in place, keeping their order, 0 staying 0 (as skimage's
+/// `relabel_sequential`). Returns n.
+pub fn relabel_consecutive(labels: &mut LabelImage) -> u32 {
     if let Some(m) = dense(labels) {
         let mut table = vec![0u32; m + 1];
-        for &v in &labels.data {
+        for &v in labels.as_slice() {
             table[v as usize] = 1;
         }
         table[0] = 0;
@@ -211,12 +244,10 @@ pub fn relabel_consecutive(labels: &LabelImage) -> LabelImage {
                 *t = next;
             }
         }
-        let data = labels.data.iter().map(|&v| table[v as usize]).collect();
-        return LabelImage {
-            width: labels.width,
-            height: labels.height,
-            data,
-        };
+        for v in labels.as_mut_slice() {
+            *v = table[*v as usize];
+        }
+        return next;
     }
     let ids = labels.ids();
     let map: HashMap<u32, u32> = ids
@@ -224,24 +255,28 @@ pub fn relabel_consecutive(labels: &LabelImage) -> LabelImage {
         .enumerate()
         .map(|(i, &id)| (id, i as u32 + 1))
         .collect();
-    let data = labels
-        .data
-        .iter()
-        .map(|v| if *v == 0 { 0 } else { map[v] })
-        .collect();
-    LabelImage {
-        width: labels.width,
-        height: labels.height,
-        data,
+    for v in labels.as_mut_slice() {
+        if *v != 0 {
+            *v = map[v];
+        }
     }
+    ids.len() as u32
+}
+
+/// Sets objects smaller than `min_size` pixels to 0 and relabels consecutively (as torch_em's
+/// `size_filter` without a height map); `min_size` 0 or 1 removes nothing. Returns the number
+/// of objects left.
+pub fn size_filter(labels: &mut LabelImage, min_size: u64) -> u32 {
+    remove_small_objects(labels, usize::try_from(min_size).unwrap_or(usize::MAX));
+    relabel_consecutive(labels)
 }
 
 /// The label transform used before training targets are built, as torch_em does it:
 /// connected components (8-connected), objects below `min_size` removed, ids consecutive.
 pub fn prepare_instances(labels: &LabelImage, min_size: usize) -> LabelImage {
-    let mut cc = connected_components(labels, Connectivity::Eight);
+    let (mut cc, _) = connected_components(labels, 0, Connectivity::Eight);
     if remove_small_objects(&mut cc, min_size) > 0 {
-        cc = relabel_consecutive(&cc);
+        relabel_consecutive(&mut cc);
     }
     cc
 }
@@ -250,7 +285,7 @@ pub fn prepare_instances(labels: &LabelImage, min_size: usize) -> LabelImage {
 /// id keeps the id, other pieces of at least `min_size` pixels get new ids above the current
 /// maximum, and pieces (largest included) below `min_size` become background.
 pub fn split_fragments(labels: &LabelImage, min_size: usize) -> LabelImage {
-    let (runs, parent) = runs_and_roots(labels, Connectivity::Eight);
+    let (runs, parent) = runs_and_roots(labels, 0, Connectivity::Eight);
     // size of each component (keyed by root run)
     let mut size = vec![0usize; runs.len()];
     for (i, r) in runs.iter().enumerate() {
@@ -280,12 +315,11 @@ pub fn split_fragments(labels: &LabelImage, min_size: usize) -> LabelImage {
             next
         };
     }
-    let mut out = LabelImage::zeros(labels.width, labels.height);
+    let mut out = LabelImage::zeros(labels.rows(), labels.cols());
     for (i, r) in runs.iter().enumerate() {
         let id = new_id[parent[i]];
         if id != 0 {
-            let base = r.row * labels.width;
-            out.data[base + r.start..base + r.end].fill(id);
+            out.row_mut(r.row)[r.start..r.end].fill(id);
         }
     }
     out
@@ -308,9 +342,8 @@ pub fn object_stats(labels: &LabelImage) -> Vec<ObjectStats> {
     let empty: Acc = (0, [0; 4], 0.0, 0.0);
     let mut acc: Vec<(u32, Acc)> = if let Some(m) = dense(labels) {
         let mut t = vec![empty; m + 1];
-        for y in 0..labels.height {
-            let row = &labels.data[y * labels.width..(y + 1) * labels.width];
-            for (x, &v) in row.iter().enumerate() {
+        for y in 0..labels.rows() {
+            for (x, &v) in labels.row(y).iter().enumerate() {
                 if v != 0 {
                     add(&mut t[v as usize], x, y);
                 }
@@ -323,9 +356,8 @@ pub fn object_stats(labels: &LabelImage) -> Vec<ObjectStats> {
             .collect()
     } else {
         let mut t: HashMap<u32, Acc> = HashMap::new();
-        for y in 0..labels.height {
-            let row = &labels.data[y * labels.width..(y + 1) * labels.width];
-            for (x, &v) in row.iter().enumerate() {
+        for y in 0..labels.rows() {
+            for (x, &v) in labels.row(y).iter().enumerate() {
                 if v != 0 {
                     add(t.entry(v).or_insert(empty), x, y);
                 }
@@ -347,10 +379,11 @@ pub fn object_stats(labels: &LabelImage) -> Vec<ObjectStats> {
 /// Inner boundaries (skimage `find_boundaries(mode="inner")`): object pixels with a 4-neighbour
 /// of a different value. Pixels outside the image count as equal (reflected), so the image
 /// border itself is no boundary.
-pub fn inner_boundaries(labels: &LabelImage) -> Vec<bool> {
-    let (w, h) = (labels.width, labels.height);
-    let d = &labels.data;
-    let mut out = vec![false; w * h];
+pub fn inner_boundaries(labels: &LabelImage) -> Plane<bool> {
+    let (h, w) = labels.shape();
+    let d = labels.as_slice();
+    let mut out: Plane<bool> = Plane::zeros(h, w);
+    let o = out.as_mut_slice();
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
@@ -358,7 +391,7 @@ pub fn inner_boundaries(labels: &LabelImage) -> Vec<bool> {
             if v == 0 {
                 continue;
             }
-            out[i] = (x > 0 && d[i - 1] != v)
+            o[i] = (x > 0 && d[i - 1] != v)
                 || (x + 1 < w && d[i + 1] != v)
                 || (y > 0 && d[i - w] != v)
                 || (y + 1 < h && d[i + w] != v);
@@ -373,7 +406,69 @@ mod tests {
     use super::*;
 
     fn img(w: usize, rows: &[&[u32]]) -> LabelImage {
-        LabelImage::new(w, rows.len(), rows.concat()).unwrap()
+        LabelImage::from_vec(rows.len(), w, rows.concat()).unwrap()
+    }
+
+    fn plane<T: Copy>(rows: &[&[T]]) -> Plane<T> {
+        Plane::from_vec(rows.len(), rows[0].len(), rows.concat()).unwrap()
+    }
+
+    #[test]
+    fn four_and_eight_connectivity_differ_on_a_diagonal_pair() {
+        // two pixels touching only at a corner: one object 8-connected, two 4-connected
+        let m = plane(&[&[true, false], &[false, true]]);
+        let (l8, n8) = connected_components(&m, false, Connectivity::Eight);
+        assert_eq!((n8, l8.as_slice()), (1, &[1, 0, 0, 1][..]));
+        let (l4, n4) = connected_components(&m, false, Connectivity::Four);
+        assert_eq!((n4, l4.as_slice()), (2, &[1, 0, 0, 2][..]));
+        // the documented default is skimage's: full (8-) connectivity in 2-D
+        assert_eq!(Connectivity::default(), Connectivity::Eight);
+    }
+
+    #[test]
+    fn components_eight_vs_four_and_first_occurrence_order() {
+        let m = plane(&[
+            &[0u8, 0, 1, 0, 1],
+            &[1, 0, 0, 1, 0], // (1,3) touches (0,2) and (0,4) diagonally
+            &[1, 0, 0, 0, 0],
+        ]);
+        let (l8, n8) = connected_components(&m, 0, Connectivity::Eight);
+        assert_eq!(n8, 2);
+        assert_eq!(
+            l8.as_slice(),
+            &[0, 0, 1, 0, 1, 2, 0, 0, 1, 0, 2, 0, 0, 0, 0]
+        );
+        let (l4, n4) = connected_components(&m, 0, Connectivity::Four);
+        assert_eq!(n4, 4);
+        assert_eq!(
+            l4.as_slice(),
+            &[0, 0, 1, 0, 2, 3, 0, 0, 4, 0, 3, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn components_of_a_label_image_split_equal_values_only() {
+        let m = plane(&[&[5u32, 5, 7], &[0, 0, 7], &[5, 0, 7]]);
+        let (l, n) = connected_components(&m, 0, Connectivity::Four);
+        assert_eq!(n, 3);
+        assert_eq!(l.as_slice(), &[1, 1, 2, 0, 0, 2, 3, 0, 2]);
+    }
+
+    #[test]
+    fn size_filter_drops_small_and_relabels_in_order() {
+        let mut l = plane(&[&[3u32, 3, 0, 9], &[3, 0, 4, 9], &[0, 0, 0, 9]]);
+        let n = size_filter(&mut l, 3);
+        // 3 (size 3) → 1, 4 (size 1) dropped, 9 (size 3) → 2.
+        assert_eq!(n, 2);
+        assert_eq!(l.as_slice(), &[1, 1, 0, 2, 1, 0, 0, 2, 0, 0, 0, 2]);
+        let mut l = plane(&[&[0u32, 7, 7, 2]]);
+        assert_eq!(size_filter(&mut l, 0), 2);
+        assert_eq!(l.as_slice(), &[0, 2, 2, 1]);
+        assert_eq!(label_sizes(&l), vec![1, 1, 2]);
+        // sparse, huge ids take the hashing path
+        let mut l = plane(&[&[u32::MAX, 0, 5, u32::MAX]]);
+        assert_eq!(size_filter(&mut l, 2), 1);
+        assert_eq!(l.as_slice(), &[1, 0, 0, 1]);
     }
 
     #[test]
@@ -389,7 +484,8 @@ mod tests {
             ],
         );
         // same as bioimage_cpp / skimage label on this input (row-major first occurrence)
-        let eight = connected_components(&l, Connectivity::Eight);
+        let (eight, n) = connected_components(&l, 0, Connectivity::Eight);
+        assert_eq!(n, 3);
         assert_eq!(
             eight,
             img(
@@ -403,25 +499,26 @@ mod tests {
                 ]
             )
         );
-        let four = connected_components(&l, Connectivity::Four);
-        assert_eq!(four.data[6], 1);
-        assert_eq!(four.data[12], 2);
-        assert_eq!(four.data[18], 3);
-        assert_eq!(four.data[19], 4);
+        let (four, _) = connected_components(&l, 0, Connectivity::Four);
+        assert_eq!(four.as_slice()[6], 1);
+        assert_eq!(four.as_slice()[12], 2);
+        assert_eq!(four.as_slice()[18], 3);
+        assert_eq!(four.as_slice()[19], 4);
     }
 
     #[test]
     fn u_shape_merges_late() {
         // the two arms of a U meet only in the last row
         let l = img(3, &[&[7, 0, 7], &[7, 0, 7], &[7, 7, 7]]);
-        let cc = connected_components(&l, Connectivity::Four);
+        let (cc, n) = connected_components(&l, 0, Connectivity::Four);
+        assert_eq!(n, 1);
         assert!(
-            cc.data
+            cc.as_slice()
                 .iter()
-                .zip(&l.data)
+                .zip(l.as_slice())
                 .all(|(c, v)| (*c == 1) == (*v == 7)),
             "{:?}",
-            cc.data
+            cc.as_slice()
         );
     }
 
@@ -429,9 +526,9 @@ mod tests {
     fn remove_small_and_relabel() {
         let mut l = img(4, &[&[9, 9, 0, 4], &[9, 9, 0, 0], &[0, 0, 2, 2]]);
         assert_eq!(remove_small_objects(&mut l, 2), 1);
-        assert_eq!(l.data, vec![9, 9, 0, 0, 9, 9, 0, 0, 0, 0, 2, 2]);
-        let r = relabel_consecutive(&l);
-        assert_eq!(r.data, vec![2, 2, 0, 0, 2, 2, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(l.as_slice(), &[9, 9, 0, 0, 9, 9, 0, 0, 0, 0, 2, 2]);
+        assert_eq!(relabel_consecutive(&mut l), 2);
+        assert_eq!(l.as_slice(), &[2, 2, 0, 0, 2, 2, 0, 0, 0, 0, 1, 1]);
     }
 
     #[test]
@@ -439,7 +536,7 @@ mod tests {
         // id 5 has two separate pieces (sizes 3 and 1), id 8 one piece of 2
         let l = img(5, &[&[5, 5, 0, 0, 5], &[5, 0, 0, 8, 8]]);
         let p = prepare_instances(&l, 2);
-        assert_eq!(p.data, vec![1, 1, 0, 0, 0, 1, 0, 0, 2, 2]);
+        assert_eq!(p.as_slice(), vec![1, 1, 0, 0, 0, 1, 0, 0, 2, 2]);
     }
 
     #[test]
@@ -455,12 +552,12 @@ mod tests {
         // pieces of 4: sizes 5 and 4 (the right one is 8-connected); the right one is new id 5
         let s = split_fragments(&l, 2);
         assert_eq!(
-            s.data,
+            s.as_slice(),
             vec![4, 4, 4, 0, 5, 5, 4, 4, 0, 0, 5, 0, 0, 0, 0, 0, 0, 5]
         );
         let s = split_fragments(&l, 5);
         assert_eq!(
-            s.data,
+            s.as_slice(),
             vec![4, 4, 4, 0, 0, 0, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         );
     }
@@ -477,7 +574,7 @@ mod tests {
         // every pixel of object 1 touches background or object 2; pixel (3,2) of object 2
         // touches only itself, background at (2,2) and the image border
         assert_eq!(
-            b,
+            b.as_slice(),
             vec![false, true, true, false, false, true, true, true, false, false, false, true]
         );
     }

@@ -36,6 +36,7 @@ mod io;
 mod labels;
 mod overlay;
 mod pipeline;
+mod plane;
 mod preprocess;
 mod prompts;
 mod rng;
@@ -58,11 +59,13 @@ pub use crate::io::{
     write_atomic, write_image, write_labels, ImagePair,
 };
 pub use crate::labels::{
-    connected_components, inner_boundaries, object_stats, prepare_instances, relabel_consecutive,
-    remove_small_objects, split_fragments, Connectivity, ObjectStats,
+    connected_components, inner_boundaries, label_sizes, object_stats, prepare_instances,
+    relabel_consecutive, remove_small_objects, size_filter, split_fragments, Connectivity,
+    ObjectStats,
 };
 pub use crate::overlay::write_overlay_png;
 pub use crate::pipeline::Prefetcher;
+pub use crate::plane::Plane;
 pub use crate::preprocess::{
     normalization_bounds, normalize_with_bounds, percentiles, preprocess, Normalization,
 };

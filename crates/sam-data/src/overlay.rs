@@ -19,16 +19,16 @@ pub fn write_overlay_png(
     layers: &[(&LabelImage, [u8; 3])],
 ) -> Result<()> {
     let path = path.as_ref();
-    let (w, h) = (grey.width, grey.height);
+    let (w, h) = (grey.cols(), grey.rows());
     for (l, _) in layers {
-        if l.width != w || l.height != h {
+        if l.cols() != w || l.rows() != h {
             return Err(DataError::InvalidParameter {
                 name: "overlay layers".into(),
                 reason: format!(
                     "{}: image is {w}x{h} but a label layer is {}x{}",
                     path.display(),
-                    l.width,
-                    l.height
+                    l.cols(),
+                    l.rows()
                 ),
             });
         }
@@ -39,7 +39,7 @@ pub fn write_overlay_png(
         .flat_map(|&v| [(v * 255.0).round() as u8; 3])
         .collect();
     for (labels, colour) in layers {
-        let d = &labels.data;
+        let d = &labels.as_slice();
         for y in 0..h {
             for x in 0..w {
                 let i = y * w + x;
@@ -63,8 +63,8 @@ pub fn write_overlay_png(
     }
     let buf = image::RgbImage::from_raw(w as u32, h as u32, rgb).ok_or(DataError::Shape {
         what: "overlay",
-        width: w,
-        height: h,
+        rows: h,
+        cols: w,
         expected: w * h * 3,
         found: 0,
     })?;
@@ -91,8 +91,8 @@ mod tests {
         let mut l = LabelImage::zeros(10, 10);
         for y in 2..7 {
             for x in 2..7 {
-                l.data[y * 10 + x] = 1;
-                g.data[y * 10 + x] = 10000.0;
+                l.as_mut_slice()[y * 10 + x] = 1;
+                g.as_mut_slice()[y * 10 + x] = 10000.0;
             }
         }
         let p = dir.path().join("o.png");

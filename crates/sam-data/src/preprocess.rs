@@ -80,14 +80,14 @@ pub fn percentiles(values: &mut [f32], qs: &[f64]) -> Vec<f32> {
 // documented option; none exist yet.
 pub fn preprocess(image: &GreyImage, norm: &Normalization) -> Result<Vec<f32>> {
     let (lo, hi) = normalization_bounds(image, norm)?;
-    Ok(normalize_with_bounds(&image.data, lo, hi))
+    Ok(normalize_with_bounds(&image.as_slice(), lo, hi))
 }
 
 /// The intensities that [`preprocess`] maps to 0 and 1 for this image. Patches of an image are
 /// normalised with the bounds of the whole image, as inference normalises whole images.
 pub fn normalization_bounds(image: &GreyImage, norm: &Normalization) -> Result<(f32, f32)> {
     norm.validate()?;
-    let mut scratch = image.data.clone();
+    let mut scratch = image.as_slice().to_vec();
     let p = percentiles(
         &mut scratch,
         &[norm.lower_percentile, norm.upper_percentile],
@@ -125,7 +125,7 @@ mod tests {
     fn normalises_and_clips() {
         // 0..=100: 1st percentile = 1.0, 99th = 99.0
         let img =
-            GreyImage::new(101, 1, BitDepth::U8, (0..=100).map(|v| v as f32).collect()).unwrap();
+            GreyImage::from_vec(1, 101, BitDepth::U8, (0..=100).map(|v| v as f32).collect()).unwrap();
         let out = preprocess(
             &img,
             &Normalization {

@@ -35,8 +35,8 @@ impl PromptSampler {
         id: u32,
         rng: &mut impl Rng,
     ) -> Option<Point> {
-        let mask: Vec<bool> = labels.data.iter().map(|&v| v == id).collect();
-        pick(&mask, labels.width, rng)
+        let mask: Vec<bool> = labels.as_slice().iter().map(|&v| v == id).collect();
+        pick(&mask, labels.cols(), rng)
     }
 
     /// The bounding box of object `id`, each side pushed outwards by a uniform random fraction
@@ -57,9 +57,9 @@ impl PromptSampler {
         let mut d = || rng.gen_range(0.0..f);
         // micro_sam's order of draws: y0, y1, x0, x1
         let ny0 = (y0 as f64 - d() * ly).max(0.0).round() as usize;
-        let ny1 = (y1 as f64 + d() * ly).min(labels.height as f64).round() as usize;
+        let ny1 = (y1 as f64 + d() * ly).min(labels.rows() as f64).round() as usize;
         let nx0 = (x0 as f64 - d() * lx).max(0.0).round() as usize;
-        let nx1 = (x1 as f64 + d() * lx).min(labels.width as f64).round() as usize;
+        let nx1 = (x1 as f64 + d() * lx).min(labels.cols() as f64).round() as usize;
         Some([nx0, ny0, nx1, ny1])
     }
 
@@ -126,8 +126,8 @@ fn pick(mask: &[bool], width: usize, rng: &mut impl Rng) -> Option<Point> {
 }
 
 fn bbox(labels: &LabelImage, id: u32) -> Option<BoxPrompt> {
-    let mask: Vec<bool> = labels.data.iter().map(|&v| v == id).collect();
-    mask_bbox(&mask, labels.width)
+    let mask: Vec<bool> = labels.as_slice().iter().map(|&v| v == id).collect();
+    mask_bbox(&mask, labels.cols())
 }
 
 fn mask_bbox(mask: &[bool], width: usize) -> Option<BoxPrompt> {
@@ -169,7 +169,7 @@ mod tests {
         let mut l = LabelImage::zeros(20, 20);
         for y in 5..10 {
             for x in 8..18 {
-                l.data[y * 20 + x] = 3;
+                l.as_mut_slice()[y * 20 + x] = 3;
             }
         }
         l
@@ -183,7 +183,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..2000 {
             let (x, y) = s.positive_point(&l, 3, &mut rng).unwrap();
-            assert_eq!(l.get(x, y), 3);
+            assert_eq!(l.get(y, x), 3);
             seen.insert((x, y));
         }
         assert_eq!(

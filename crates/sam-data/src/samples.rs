@@ -48,10 +48,10 @@ impl Default for PatchConfig {
 /// A patch cut from an image and its labels.
 #[derive(Debug, Clone)]
 pub struct Patch {
-    /// Column of the patch's top-left corner in the image.
-    pub x: usize,
     /// Row of the patch's top-left corner in the image.
-    pub y: usize,
+    pub top: usize,
+    /// Column of the patch's top-left corner in the image.
+    pub left: usize,
     /// The image patch.
     pub image: GreyImage,
     /// The label patch (ids as in the full image).
@@ -81,26 +81,27 @@ impl PatchSampler {
         labels: &LabelImage,
         rng: &mut impl Rng,
     ) -> Result<Patch> {
-        let (x, y) = self.position(name, image.width, image.height, labels, rng)?;
+        let (top, left) = self.position(name, image.shape(), labels, rng)?;
         let c = &self.config;
         Ok(Patch {
-            x,
-            y,
-            image: image.crop(x, y, c.width, c.height),
-            labels: labels.crop(x, y, c.width, c.height),
+            top,
+            left,
+            image: image.crop(top, left, c.height, c.width),
+            labels: labels.crop(top, left, c.height, c.width),
         })
     }
 
-    /// The top-left corner (column, row) [`PatchSampler::sample`] would choose, from the labels
-    /// alone: the image itself is not needed to choose, only its size.
+    /// The top-left corner `(top, left)` (row, column) [`PatchSampler::sample`] would choose,
+    /// from the labels alone: the image itself is not needed to choose, only its shape
+    /// `(rows, cols)`.
     pub fn position(
         &self,
         name: &str,
-        width: usize,
-        height: usize,
+        shape: (usize, usize),
         labels: &LabelImage,
         rng: &mut impl Rng,
     ) -> Result<(usize, usize)> {
+        let (height, width) = shape;
         let c = &self.config;
         if width < c.width || height < c.height || c.width == 0 || c.height == 0 {
             return Err(DataError::InvalidParameter {
@@ -114,10 +115,11 @@ impl PatchSampler {
         let max_id = labels.max_id() as usize;
         let mut counts = vec![0u32; if max_id <= 1 << 22 { max_id + 1 } else { 0 }];
         for _ in 0..c.max_attempts.max(1) {
+            // column first: the draw order fixes which patches a seed gives
             let x = rng.gen_range(0..=width - c.width);
             let y = rng.gen_range(0..=height - c.height);
             if count_objects(labels, x, y, c, &mut counts) >= c.min_objects {
-                return Ok((x, y));
+                return Ok((y, x));
             }
         }
         Err(DataError::NoValidPatch {
@@ -139,7 +141,7 @@ fn count_objects(
     counts: &mut [u32],
 ) -> usize {
     let rows = (y..y + c.height)
-        .map(|r| &labels.data[r * labels.width + x..r * labels.width + x + c.width]);
+        .map(|r| &labels.as_slice()[r * labels.cols() + x..r * labels.cols() + x + c.width]);
     let min = c.min_object_size.max(1) as u32;
     if counts.is_empty() {
         let mut m = std::collections::HashMap::<u32, u32>::new();
@@ -248,7 +250,7 @@ impl Default for SampleConfig {
 pub struct TrainingSample {
     /// The source image's name.
     pub image_name: String,
-    /// Patch position in the source image (x, y).
+    /// Patch position in the source image: its top-left corner `(top, left)` (row, column).
     pub origin: (usize, usize),
     /// Patch normalised with its whole image's bounds, `height * width` values in [0, 1].
     pub image: Vec<f32>,
@@ -269,8 +271,8 @@ pub struct TrainingSample {
 #[derive(Debug, Default)]
 pub struct Dataset {
     pairs: Vec<ImagePair>,
-    /// Per pair: (width, height) from the file headers.
-    sizes: Vec<(usize, usize)>,
+    /// Per pair: the shape (rows, cols) from the file headers.
+    shapes: Vec<(usize, usize)>,
     /// Per pair: the normalisation used and its bounds.
     bounds: Vec<OnceLock<(Normalization, (f32, f32))>>,
     /// Images [`Dataset::sample`] passed over because no patch of them held enough objects,
@@ -289,7 +291,7 @@ impl Dataset {
     /// A dataset over these pairs. Reads only the file headers: every image must have the size
     /// of its label image (checked here, so that a mismatch is found before training starts).
     pub fn open(pairs: &[ImagePair]) -> Result<Dataset> {
-        let sizes = pairs
+        let shapes = pairs
             .par_iter()
             .map(|p| {
                 let image = image_dimensions(&p.image)?;
@@ -300,7 +302,7 @@ impl Dataset {
         Ok(Dataset {
             pairs: pairs.to_vec(),
             bounds: pairs.iter().map(|_| OnceLock::new()).collect(),
-            sizes,
+            shapes,
             skipped: Mutex::default(),
         })
     }
@@ -330,7 +332,7 @@ impl Dataset {
             .collect();
         Dataset {
             pairs: keep.iter().map(|&i| self.pairs[i].clone()).collect(),
-            sizes: keep.iter().map(|&i| self.sizes[i]).collect(),
+            shapes: keep.iter().map(|&i| self.shapes[i]).collect(),
             bounds: keep
                 .iter()
                 .map(|&i| {
@@ -471,29 +473,29 @@ impl Dataset {
     ) -> Result<TrainingSample> {
         let pair = &self.pairs[index];
         let labels = read_labels(&pair.labels)?;
-        let (width, height) = self.sizes[index];
-        check_pair_size(pair, (width, height), (labels.width, labels.height))?;
+        let shape = self.shapes[index];
+        check_pair_size(pair, shape, labels.shape())?;
         let sampler = PatchSampler::new(cfg.patch.clone());
-        let (x, y) = sampler.position(&pair.stem, width, height, &labels, rng)?;
-        let (w, h) = (cfg.patch.width, cfg.patch.height);
+        let (top, left) = sampler.position(&pair.stem, shape, &labels, rng)?;
+        let (h, w) = (cfg.patch.height, cfg.patch.width);
         let norm = &cfg.normalization;
         let (patch, (lo, hi)) = match self.cached_bounds(index, norm) {
-            Some(b) => (read_image_region(&pair.image, x, y, w, h)?, b),
+            Some(b) => (read_image_region(&pair.image, top, left, h, w)?, b),
             None => {
                 let image = read_image(&pair.image)?;
                 let b = normalization_bounds(&image, norm)?;
                 self.set_bounds(index, norm, b);
-                (image.crop(x, y, w, h), b)
+                (image.crop(top, left, h, w), b)
             }
         };
-        let image = normalize_with_bounds(&patch.data, lo, hi);
-        let labels = prepare_instances(&labels.crop(x, y, w, h), cfg.min_object_size);
+        let image = normalize_with_bounds(patch.as_slice(), lo, hi);
+        let labels = prepare_instances(&labels.crop(top, left, h, w), cfg.min_object_size);
         let targets = cfg
             .with_targets
             .then(|| ais_targets(&labels, cfg.min_object_size));
         Ok(TrainingSample {
             image_name: pair.stem.clone(),
-            origin: (x, y),
+            origin: (top, left),
             image,
             labels,
             targets,
@@ -513,7 +515,7 @@ mod tests {
         for (i, (x0, y0)) in [(2, 2), (20, 2), (2, 20), (20, 20)].iter().enumerate() {
             for y in *y0..y0 + 6 {
                 for x in *x0..x0 + 6 {
-                    l.data[y * 100 + x] = i as u32 + 1;
+                    l.as_mut_slice()[y * 100 + x] = i as u32 + 1;
                 }
             }
         }
@@ -524,7 +526,7 @@ mod tests {
     fn patches_hold_enough_objects_and_match_the_image() {
         let (img, lab) = blobs();
         let mut img = img;
-        for (i, v) in img.data.iter_mut().enumerate() {
+        for (i, v) in img.as_mut_slice().iter_mut().enumerate() {
             *v = (i % 256) as f32;
         }
         let s = PatchSampler::new(PatchConfig {
@@ -538,9 +540,9 @@ mod tests {
         for _ in 0..20 {
             let p = s.sample("blobs", &img, &lab, &mut rng).unwrap();
             let ids = p.labels.ids();
-            assert!(ids.len() >= 3, "{ids:?} at {},{}", p.x, p.y);
-            assert_eq!(p.image.data[0], img.get(p.x, p.y));
-            assert_eq!(p.labels.get(39, 39), lab.get(p.x + 39, p.y + 39));
+            assert!(ids.len() >= 3, "{ids:?} at {},{}", p.top, p.left);
+            assert_eq!(p.image.as_slice()[0], img.get(p.top, p.left));
+            assert_eq!(p.labels.get(39, 39), lab.get(p.top + 39, p.left + 39));
         }
     }
 
@@ -657,7 +659,7 @@ mod tests {
         let t = ds.sample(&cfg, &mut rng_for(2)).unwrap();
         assert_eq!(t.image.len(), 64 * 64);
         // normalised with the whole image's bounds, as inference does
-        let (ox, oy) = t.origin;
+        let (oy, ox) = t.origin;
         for y in 0..64 {
             for x in 0..64 {
                 assert_eq!(t.image[y * 64 + x], whole[(oy + y) * 128 + ox + x]);
@@ -668,7 +670,7 @@ mod tests {
         assert_eq!(ids, (1..=ids.len() as u32).collect::<Vec<_>>());
         let tg = t.targets.unwrap();
         assert_eq!(tg.data.len(), 3 * 64 * 64);
-        for (f, l) in tg.data[..64 * 64].iter().zip(&t.labels.data) {
+        for (f, l) in tg.data[..64 * 64].iter().zip(t.labels.as_slice()) {
             assert_eq!(*f, if *l != 0 { 1.0 } else { 0.0 });
         }
     }
@@ -694,11 +696,11 @@ mod tests {
                 .sample("ref", image, labels, &mut rng)
                 .unwrap();
             let (lo, hi) = normalization_bounds(image, &cfg.normalization).unwrap();
-            let want = normalize_with_bounds(&patch.image.data, lo, hi);
+            let want = normalize_with_bounds(&patch.image.as_slice(), lo, hi);
             for ds in [&lazy, &ahead] {
                 let got = ds.sample(&cfg, &mut rng_for(seed)).unwrap();
                 assert_eq!(got.image_name, pairs[index].stem);
-                assert_eq!(got.origin, (patch.x, patch.y));
+                assert_eq!(got.origin, (patch.top, patch.left));
                 assert_eq!(got.image, want, "seed {seed}");
                 assert_eq!(
                     got.labels,
@@ -718,7 +720,7 @@ mod tests {
     fn open_reads_headers_and_refuses_mismatched_sizes() {
         let dir = tempfile::tempdir().unwrap();
         let pairs = dataset_on_disk(dir.path(), 2, 64);
-        let small = crate::image::LabelImage::zeros(32, 64);
+        let small = crate::image::LabelImage::zeros(64, 32);
         crate::io::write_labels(&pairs[1].labels, &small).unwrap();
         let err = Dataset::open(&pairs).unwrap_err();
         assert!(matches!(err, DataError::SizeMismatch { .. }), "{err}");

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use crate::image::{BitDepth, GreyImage, LabelImage};
 use crate::labels::{relabel_consecutive, split_fragments};
+use crate::plane::Plane;
 use crate::rng::{derive_seed, normal_pair, rng_for};
 
 /// Parameters of the synthetic brightfield generator.
@@ -216,12 +217,9 @@ pub fn synthesize(cfg: &SynthConfig, seed: u64) -> SynthSample {
             }
         }
     }
-    let painted = LabelImage {
-        width: size,
-        height: size,
-        data: owner.clone(),
-    };
-    let labels = relabel_consecutive(&split_fragments(&painted, cfg.min_object_size));
+    let painted = LabelImage::from_parts(size, size, owner.clone());
+    let mut labels = split_fragments(&painted, cfg.min_object_size);
+    relabel_consecutive(&mut labels);
 
     // Render from the final labels, so the picture shows exactly what the labels say.
     let max = cfg.depth.max_value();
@@ -243,7 +241,7 @@ pub fn synthesize(cfg: &SynthConfig, seed: u64) -> SynthSample {
             let illum = 1.0 + g.0 * fx + g.1 * fy - vignette * 4.0 * (fx * fx + fy * fy)
                 + 0.02 * coarse.at(x, y);
             let mut v = 1.0 + halo[p];
-            if labels.data[p] != 0 {
+            if labels.as_slice()[p] != 0 {
                 let c = &cells[owner[p] as usize - 1];
                 let t = tbuf[p];
                 let rim = if t > 0.8 { (t - 0.8) * 5.0 } else { 0.0 };
@@ -258,10 +256,8 @@ pub fn synthesize(cfg: &SynthConfig, seed: u64) -> SynthSample {
     });
     SynthSample {
         image: GreyImage {
-            width: size,
-            height: size,
+            pixels: Plane::from_parts(size, size, data),
             depth: cfg.depth,
-            data,
         },
         labels,
     }
@@ -306,13 +302,13 @@ mod tests {
         // consecutive ids, each object one 8-connected piece of >= min size
         assert_eq!(stats.last().unwrap().id as usize, stats.len());
         assert_eq!(
-            connected_components(&s.labels, Connectivity::Eight).max_id() as usize,
+            connected_components(&s.labels, 0, Connectivity::Eight).1 as usize,
             stats.len()
         );
         assert!(stats.iter().all(|o| o.area >= 25));
         // cells darker than background
         let (mut fg, mut nf, mut bg, mut nb) = (0f64, 0usize, 0f64, 0usize);
-        for (v, l) in s.image.data.iter().zip(&s.labels.data) {
+        for (v, l) in s.image.as_slice().iter().zip(s.labels.as_slice()) {
             if *l != 0 {
                 fg += f64::from(*v);
                 nf += 1;
@@ -323,10 +319,10 @@ mod tests {
         }
         assert!(fg / (nf as f64) < 0.8 * bg / nb as f64);
         // some objects touch another object (4-neighbour with a different non-zero id)
-        let w = s.labels.width;
+        let w = s.labels.cols();
         let touching = s
             .labels
-            .data
+            .as_slice()
             .windows(2)
             .enumerate()
             .filter(|(i, p)| (i + 1) % w != 0 && p[0] != 0 && p[1] != 0 && p[0] != p[1])
@@ -334,7 +330,7 @@ mod tests {
         assert!(touching > 20, "{touching}");
         assert!(s
             .image
-            .data
+            .as_slice()
             .iter()
             .all(|v| *v >= 0.0 && *v <= 65535.0 && v.fract() == 0.0));
     }

@@ -42,13 +42,13 @@ const EPS: f32 = 1e-7;
 ///
 /// Objects are processed in parallel (each one only touches its bounding box).
 pub fn ais_targets(labels: &LabelImage, min_size: usize) -> AisTargets {
-    let (w, h) = (labels.width, labels.height);
+    let (w, h) = (labels.cols(), labels.rows());
     let inst = prepare_instances(labels, min_size);
     let boundaries = inner_boundaries(&inst);
     let stats = object_stats(&inst);
     let n = w * h;
     let mut data = vec![0f32; 3 * n];
-    for (fg, &l) in data[..n].iter_mut().zip(&inst.data) {
+    for (fg, &l) in data[..n].iter_mut().zip(inst.as_slice()) {
         *fg = if l != 0 { 1.0 } else { 0.0 };
     }
     data[n..].fill(1.0);
@@ -59,13 +59,13 @@ pub fn ais_targets(labels: &LabelImage, min_size: usize) -> AisTargets {
             let (bw, bh) = (x1 - x0, y1 - y0);
             let mask: Vec<bool> = (y0..y1)
                 .flat_map(|y| {
-                    inst.data[y * w + x0..y * w + x1]
+                    inst.as_slice()[y * w + x0..y * w + x1]
                         .iter()
                         .map(move |&v| v == s.id)
                 })
                 .collect();
             let feature: Vec<bool> = (y0..y1)
-                .flat_map(|y| boundaries[y * w + x0..y * w + x1].iter().copied())
+                .flat_map(|y| boundaries.row(y)[x0..x1].iter().copied())
                 .collect();
             let mut bd = edt(&feature, bw, bh);
             for (d, &m) in bd.iter_mut().zip(&mask) {
@@ -120,7 +120,7 @@ pub fn ais_targets(labels: &LabelImage, min_size: usize) -> AisTargets {
         let bw = x1 - x0;
         for (i, (a, b)) in cd.iter().zip(&bdist).enumerate() {
             let p = (y0 + i / bw) * w + x0 + i % bw;
-            if inst.data[p] as usize == id {
+            if inst.as_slice()[p] as usize == id {
                 c1[p] = *a;
                 c2[p] = *b;
             }
@@ -244,10 +244,10 @@ mod tests {
     #[test]
     fn square_object_by_hand() {
         // a 5x5 square at (2..7, 1..6) in a 9x8 image
-        let mut l = LabelImage::zeros(9, 8);
+        let mut l = LabelImage::zeros(8, 9);
         for y in 1..6 {
             for x in 2..7 {
-                l.data[y * 9 + x] = 4;
+                l.as_mut_slice()[y * 9 + x] = 4;
             }
         }
         let t = ais_targets(&l, 0);
