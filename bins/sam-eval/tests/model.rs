@@ -183,7 +183,7 @@ fn rescore(model: &InferenceModel, root: &Path, set: &str, ais: AisParams) -> f6
             let (_, plane) = sam_infer::load_image(&p.image, &opts.normalization).unwrap();
             let seg = segment_auto(model, &plane, &opts, &mut |_| {}).unwrap();
             let gt = sam_data::read_labels(&p.labels).unwrap();
-            sam_eval::score_image(&gt.data, seg.labels.as_slice())
+            sam_eval::score_image(gt.as_slice(), seg.labels.as_slice())
                 .unwrap()
                 .msa
         })
@@ -227,8 +227,8 @@ fn writes_reports_and_keeps_an_existing_evaluation() {
         )
         .unwrap();
         let seg = segment_auto(&model, &plane, &opts, &mut |_| {}).unwrap();
-        assert_eq!(pred.data, seg.labels.as_slice(), "{stem}");
-        let s = sam_eval::score_image(&gt.data, &pred.data).unwrap();
+        assert_eq!(pred.as_slice(), seg.labels.as_slice(), "{stem}");
+        let s = sam_eval::score_image(gt.as_slice(), pred.as_slice()).unwrap();
         assert_eq!(in_unit_interval(&row[col("mSA")]), s.msa, "{stem}");
         for c in ["SA50", "SA75", "Precision", "Recall", "F1 Score"] {
             in_unit_interval(&row[col(c)]);

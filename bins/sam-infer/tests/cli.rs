@@ -118,7 +118,7 @@ fn auto_ais_writes_labels_overlay_csv_and_skips_existing() {
         assert_eq!(csv.lines().count(), ids.len() + 1);
     }
     let a = sam_data::read_labels(out.join("labels/a.tif")).unwrap();
-    assert_eq!((a.width, a.height), (300, 300));
+    assert_eq!(a.shape(), (300, 300));
     // Second run: existing outputs are kept. Blank b's labels to see whether they are rewritten.
     let b_labels = out.join("labels/b.tif");
     sam_data::write_labels(&b_labels, &sam_data::LabelImage::zeros(200, 200)).unwrap();

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 use crate::blur::gaussian_blur;
 use crate::error::{DataError, Result};
 use crate::image::{BitDepth, GreyImage, LabelImage};
-use crate::plane::Plane;
 use crate::labels::split_fragments;
+use crate::plane::Plane;
 use crate::preprocess::percentiles;
 use crate::rng::{derive_seed, rng_for};
 
@@ -434,7 +434,10 @@ pub fn augment_pair(
             name: "labels".into(),
             reason: format!(
                 "image is {}x{} but labels are {}x{}",
-                image.cols(), image.rows(), labels.cols(), labels.rows()
+                image.cols(),
+                image.rows(),
+                labels.cols(),
+                labels.rows()
             ),
         });
     }
@@ -897,7 +900,7 @@ fn resample(
     let mut oi = vec![0f32; ow * oh];
     let mut ol = vec![0u32; ow * oh];
     let m: [f32; 6] = map.0.map(|v| v as f32);
-    let (src, lab) = (&img.as_slice(), &labels.as_slice());
+    let (src, lab) = (img.as_slice(), labels.as_slice());
     let wu = img.cols();
     // Without a displacement field the source position is linear along each row: the stretch
     // where every bilinear sample lies inside the source runs through the fixed-point loop
@@ -1161,24 +1164,27 @@ fn illuminate_and_noise(img: &mut GreyImage, illum: Option<(f64, f64)>, noise: O
         None => (0.0, 0.0),
     };
     let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
-    img.as_mut_slice().par_chunks_mut(w).enumerate().for_each(|(y, row)| {
-        let base = 1.0 + gy * (y as f32 - cy);
-        match noise {
-            Some((std, seed)) => {
-                let mut rng = SplitMix(derive_seed(seed, &[y as u64]));
-                let s = std as f32 * max;
-                for (x, v) in row.iter_mut().enumerate() {
-                    let n: f32 = rng.sample(StandardNormal);
-                    *v = (*v * (base + gx * (x as f32 - cx)) + s * n).clamp(0.0, max);
+    img.as_mut_slice()
+        .par_chunks_mut(w)
+        .enumerate()
+        .for_each(|(y, row)| {
+            let base = 1.0 + gy * (y as f32 - cy);
+            match noise {
+                Some((std, seed)) => {
+                    let mut rng = SplitMix(derive_seed(seed, &[y as u64]));
+                    let s = std as f32 * max;
+                    for (x, v) in row.iter_mut().enumerate() {
+                        let n: f32 = rng.sample(StandardNormal);
+                        *v = (*v * (base + gx * (x as f32 - cx)) + s * n).clamp(0.0, max);
+                    }
+                }
+                None => {
+                    for (x, v) in row.iter_mut().enumerate() {
+                        *v = (*v * (base + gx * (x as f32 - cx))).clamp(0.0, max);
+                    }
                 }
             }
-            None => {
-                for (x, v) in row.iter_mut().enumerate() {
-                    *v = (*v * (base + gx * (x as f32 - cx))).clamp(0.0, max);
-                }
-            }
-        }
-    });
+        });
 }
 
 #[cfg(test)]
@@ -1239,7 +1245,11 @@ mod tests {
                     assert!((got - want).abs() < 0.05, "({x}, {y}): {got} vs {want}");
                     if !tie(sx) && !tie(sy) {
                         let (nx, ny) = ((sx + 0.5).floor() as usize, (sy + 0.5).floor() as usize);
-                        assert_eq!(ol.as_slice()[y * w + x], lab.as_slice()[ny * w + nx], "({x}, {y})");
+                        assert_eq!(
+                            ol.as_slice()[y * w + x],
+                            lab.as_slice()[ny * w + nx],
+                            "({x}, {y})"
+                        );
                     }
                     checked += 1;
                 }
@@ -1370,7 +1380,12 @@ mod tests {
             s1.centroid
         );
         // 90 degrees by interpolation equals rot90 (k=1) exactly on a square image
-        let sq = GreyImage::from_vec(32, 32, BitDepth::U8, (0..1024).map(|v| (v % 251) as f32).collect())
+        let sq = GreyImage::from_vec(
+            32,
+            32,
+            BitDepth::U8,
+            (0..1024).map(|v| (v % 251) as f32).collect(),
+        )
         .unwrap();
         let sl = LabelImage::from_vec(32, 32, (0..1024).map(|v| v / 100).collect()).unwrap();
         let (a, al) = apply_ops(&sq, &sl, &only(AppliedOp::Rotate { degrees: 90.0 }), 0).unwrap();
@@ -1462,7 +1477,12 @@ mod tests {
     fn intensity_ops_follow_their_formulas_and_keep_objects_dark() {
         let (img, lab) = pair();
         let m = 255.0f64;
-        let sub: Vec<f64> = img.as_slice().iter().step_by(7).map(|&v| f64::from(v)).collect();
+        let sub: Vec<f64> = img
+            .as_slice()
+            .iter()
+            .step_by(7)
+            .map(|&v| f64::from(v))
+            .collect();
         let mean = sub.iter().sum::<f64>() / sub.len() as f64;
         type Formula = Box<dyn Fn(f64) -> f64>;
         let cases: Vec<(AppliedOp, Formula)> = vec![

@@ -91,7 +91,12 @@ impl Plane<u32> {
 
     /// The sorted distinct non-zero ids.
     pub fn ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self.as_slice().iter().copied().filter(|&v| v != 0).collect();
+        let mut ids: Vec<u32> = self
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(|&v| v != 0)
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         ids

@@ -616,7 +616,7 @@ pub fn write_image(path: impl AsRef<Path>, image: &GreyImage) -> Result<()> {
                         .new_image_with_compression::<colortype::Gray8, _>(w, h, Deflate::default())
                         .map_err(enc_err)?;
                     img.rows_per_strip(rows).map_err(enc_err)?;
-                    img.write_data(&quantise_u8(&image.as_slice()))
+                    img.write_data(&quantise_u8(image.as_slice()))
                 }
                 BitDepth::U16 => {
                     let mut img = enc
@@ -627,7 +627,7 @@ pub fn write_image(path: impl AsRef<Path>, image: &GreyImage) -> Result<()> {
                         )
                         .map_err(enc_err)?;
                     img.rows_per_strip(rows).map_err(enc_err)?;
-                    img.write_data(&quantise_u16(&image.as_slice()))
+                    img.write_data(&quantise_u16(image.as_slice()))
                 }
             }
             .map_err(enc_err)
@@ -649,14 +649,14 @@ pub fn write_image(path: impl AsRef<Path>, image: &GreyImage) -> Result<()> {
                 BitDepth::U8 => image::ImageBuffer::<image::Luma<u8>, _>::from_raw(
                     w,
                     h,
-                    quantise_u8(&image.as_slice()),
+                    quantise_u8(image.as_slice()),
                 )
                 .ok_or_else(shape_err)?
                 .write_to(out, image::ImageFormat::Png),
                 BitDepth::U16 => image::ImageBuffer::<image::Luma<u16>, _>::from_raw(
                     w,
                     h,
-                    quantise_u16(&image.as_slice()),
+                    quantise_u16(image.as_slice()),
                 )
                 .ok_or_else(shape_err)?
                 .write_to(out, image::ImageFormat::Png),
@@ -691,7 +691,7 @@ pub fn write_labels(path: impl AsRef<Path>, labels: &LabelImage) -> Result<()> {
                 labels.cols() as u32,
                 labels.rows() as u32,
                 Deflate::default(),
-                &labels.as_slice(),
+                labels.as_slice(),
             )
             .map_err(enc_err)
     })
@@ -1016,8 +1016,8 @@ mod tests {
     #[test]
     fn truncated_and_corrupt_files_are_decode_errors_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let big =
-            GreyImage::from_vec(64, 64, BitDepth::U16, (0..4096).map(|i| i as f32).collect()).unwrap();
+        let big = GreyImage::from_vec(64, 64, BitDepth::U16, (0..4096).map(|i| i as f32).collect())
+            .unwrap();
         for ext in ["tif", "png"] {
             let p = dir.path().join(format!("cut.{ext}"));
             write_image(&p, &big).unwrap();

@@ -11,8 +11,8 @@ use crate::plane::Plane;
 ///
 /// The default is [`Connectivity::Eight`], skimage's default (`connectivity=ndim`) for
 /// `skimage.measure.label` on 2-D images. Every caller in the workspace still names its choice:
-/// training targets, synthetic data, evaluation and the AIS seeds use 8, AMG's small-region
-/// removal uses 4 (as segment_anything's `remove_small_regions`).
+/// training targets, synthetic data, evaluation, the AIS seeds and AMG's small-region removal
+/// use 8; AMG's splitting of merged masks into pieces uses 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Connectivity {
     /// Up, down, left, right.

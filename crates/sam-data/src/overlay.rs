@@ -39,7 +39,7 @@ pub fn write_overlay_png(
         .flat_map(|&v| [(v * 255.0).round() as u8; 3])
         .collect();
     for (labels, colour) in layers {
-        let d = &labels.as_slice();
+        let d = labels.as_slice();
         for y in 0..h {
             for x in 0..w {
                 let i = y * w + x;

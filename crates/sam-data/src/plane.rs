@@ -210,6 +210,9 @@ mod tests {
         let mut q = Plane::zeros(3, 4);
         q.paste(&c, 0, 3);
         assert_eq!(q.as_slice(), &[0, 0, 0, 5, 0, 0, 0, 9, 0, 0, 0, 0]);
-        assert_eq!(q.map(|&v| v > 0).as_slice().iter().filter(|&&b| b).count(), 2);
+        assert_eq!(
+            q.map(|&v| v > 0).as_slice().iter().filter(|&&b| b).count(),
+            2
+        );
     }
 }

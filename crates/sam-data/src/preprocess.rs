@@ -80,7 +80,7 @@ pub fn percentiles(values: &mut [f32], qs: &[f64]) -> Vec<f32> {
 // documented option; none exist yet.
 pub fn preprocess(image: &GreyImage, norm: &Normalization) -> Result<Vec<f32>> {
     let (lo, hi) = normalization_bounds(image, norm)?;
-    Ok(normalize_with_bounds(&image.as_slice(), lo, hi))
+    Ok(normalize_with_bounds(image.as_slice(), lo, hi))
 }
 
 /// The intensities that [`preprocess`] maps to 0 and 1 for this image. Patches of an image are
@@ -124,8 +124,8 @@ mod tests {
     #[test]
     fn normalises_and_clips() {
         // 0..=100: 1st percentile = 1.0, 99th = 99.0
-        let img =
-            GreyImage::from_vec(1, 101, BitDepth::U8, (0..=100).map(|v| v as f32).collect()).unwrap();
+        let img = GreyImage::from_vec(1, 101, BitDepth::U8, (0..=100).map(|v| v as f32).collect())
+            .unwrap();
         let out = preprocess(
             &img,
             &Normalization {

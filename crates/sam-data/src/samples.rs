@@ -696,7 +696,7 @@ mod tests {
                 .sample("ref", image, labels, &mut rng)
                 .unwrap();
             let (lo, hi) = normalization_bounds(image, &cfg.normalization).unwrap();
-            let want = normalize_with_bounds(&patch.image.as_slice(), lo, hi);
+            let want = normalize_with_bounds(patch.image.as_slice(), lo, hi);
             for ds in [&lazy, &ahead] {
                 let got = ds.sample(&cfg, &mut rng_for(seed)).unwrap();
                 assert_eq!(got.image_name, pairs[index].stem);

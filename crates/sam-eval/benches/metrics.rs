@@ -74,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut scores = None;
     for _ in 0..repeats {
         let t0 = Instant::now();
-        let s = score_image(&gt.data, &pred.data)?;
+        let s = score_image(gt.as_slice(), pred.as_slice())?;
         ours_times.push(t0.elapsed().as_secs_f64());
         scores = Some(s);
     }
@@ -113,7 +113,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (elf_med, ours_med) = (median(&mut elf_times), median(&mut ours_times));
     println!(
         "pair: {}x{}, {} gt / {} predicted objects",
-        gt.width, gt.height, s.n_true, s.n_pred
+        gt.cols(),
+        gt.rows(),
+        s.n_true,
+        s.n_pred
     );
     println!("repeats: {repeats}, one thread each");
     println!("| | median s | min s |");

@@ -64,16 +64,16 @@ pub enum EvalError {
         image_dir: PathBuf,
     },
     /// Two images that must have the same size do not.
-    #[error("size mismatch: {a} is {a_size:?} (width, height) but {b} is {b_size:?}")]
+    #[error("size mismatch: {a} is {a_shape:?} (rows, cols) but {b} is {b_shape:?}")]
     SizeMismatch {
         /// The reference file (ground truth).
         a: PathBuf,
-        /// Its size.
-        a_size: (usize, usize),
+        /// Its shape (rows, cols).
+        a_shape: (usize, usize),
         /// The other file.
         b: PathBuf,
-        /// Its size.
-        b_size: (usize, usize),
+        /// Its shape (rows, cols).
+        b_shape: (usize, usize),
     },
     /// Reading a label or brightfield image or writing an overlay failed (the message names
     /// the file and says what was expected and found).

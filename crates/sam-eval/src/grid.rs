@@ -11,9 +11,9 @@
 //! parameters gives (tests check this).
 
 use rayon::prelude::*;
+use sam_data::size_filter;
 use sam_infer::{
-    ais_segment, amg_segment, gaussian_smoothing, size_filter, AisParams, AmgParams, CropMasks,
-    DecoderMaps,
+    ais_segment, amg_segment, gaussian_smoothing, AisParams, AmgParams, CropMasks, DecoderMaps,
 };
 use serde::Serialize;
 
@@ -341,12 +341,12 @@ pub fn choose(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use sam_infer::Plane;
+    use sam_data::Plane;
 
     /// Decoder maps that a perfect decoder would give: the training targets of the labels.
     fn perfect_maps(labels: &sam_data::LabelImage) -> DecoderMaps {
         let t = sam_data::ais_targets(labels, 0);
-        let (h, w) = (labels.height, labels.width);
+        let (h, w) = labels.shape();
         let n = h * w;
         let plane = |c: usize| Plane::from_vec(h, w, t.data[c * n..(c + 1) * n].to_vec()).unwrap();
         DecoderMaps {
@@ -398,10 +398,10 @@ mod tests {
         let maps = perfect_maps(&s.labels);
         let base = AisParams::default();
         let grid = values().ais_grid().unwrap();
-        let scores = score_ais_grid(&maps, &s.labels.data, &base, &grid).unwrap();
+        let scores = score_ais_grid(&maps, s.labels.as_slice(), &base, &grid).unwrap();
         for (p, &(msa, sa50)) in grid.iter().zip(&scores) {
             let seg = ais_segment(&maps, &p.apply(&base)).unwrap();
-            let full = score_image(&s.labels.data, seg.as_slice()).unwrap();
+            let full = score_image(s.labels.as_slice(), seg.as_slice()).unwrap();
             assert_eq!((full.msa, full.sa50), (msa, sa50), "{p:?}");
         }
         // A perfect decoder segments well with some thresholds, and a min_size above every

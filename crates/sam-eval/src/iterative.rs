@@ -9,9 +9,9 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use sam_data::{derive_seed, LabelImage, PromptSampler};
-use sam_infer::{InferenceModel, Plane};
-use sam_model::{GreyImage, Prompts, SamPredictor};
+use sam_data::{derive_seed, object_stats, LabelImage, Plane, PromptSampler};
+use sam_infer::InferenceModel;
+use sam_model::{ImageView, Prompts, SamPredictor};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -94,26 +94,13 @@ struct Object {
     logits: Option<Tensor>,
 }
 
-/// Tight boxes of every object, in one pass over the labels.
+/// Tight boxes of every object, sorted by id.
 fn objects_of(gt: &LabelImage) -> Vec<Object> {
-    let mut boxes: std::collections::BTreeMap<u32, [usize; 4]> = Default::default();
-    for (i, &v) in gt.data.iter().enumerate() {
-        if v == 0 {
-            continue;
-        }
-        let (x, y) = (i % gt.width, i / gt.width);
-        boxes
-            .entry(v)
-            .and_modify(|b| {
-                *b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
-            })
-            .or_insert([x, y, x + 1, y + 1]);
-    }
-    boxes
+    object_stats(gt)
         .into_iter()
-        .map(|(id, bbox)| Object {
-            id,
-            bbox,
+        .map(|s| Object {
+            id: s.id,
+            bbox: s.bbox,
             points: Vec::new(),
             labels: Vec::new(),
             logits: None,
@@ -121,11 +108,9 @@ fn objects_of(gt: &LabelImage) -> Vec<Object> {
         .collect()
 }
 
-/// A crop of `data` (row-major, `width` columns) to `[x0, y0, x1, y1]`.
-fn crop<T: Copy>(data: &[T], width: usize, r: [usize; 4]) -> Vec<T> {
-    (r[1]..r[3])
-        .flat_map(|y| data[y * width + r[0]..y * width + r[2]].iter().copied())
-        .collect()
+/// The crop of `plane` to the box `[x0, y0, x1, y1]` (SAM's box order: x is the column).
+fn crop_box<T: Copy>(plane: &Plane<T>, r: [usize; 4]) -> Plane<T> {
+    plane.crop(r[1], r[0], r[3] - r[1], r[2] - r[0])
 }
 
 fn rng(seed: u64, image: u64, start: PromptStart, id: u32, round: usize) -> ChaCha8Rng {
@@ -177,9 +162,13 @@ fn corrections(
     pred: &[bool],
     rng: &mut ChaCha8Rng,
 ) -> ([f32; 2], i64, [f32; 2], i64) {
-    let w = gt.width;
+    let w = gt.cols();
     let r = region;
-    let truth: Vec<bool> = crop(&gt.data, w, r).into_iter().map(|v| v == id).collect();
+    let truth: Vec<bool> = crop_box(gt, r)
+        .as_slice()
+        .iter()
+        .map(|&v| v == id)
+        .collect();
     let sampler = PromptSampler::default();
     let (pos, neg) = sampler.iterative_points(&truth, pred, r[2] - r[0], rng);
     let offset = |p: (usize, usize)| [(p.0 + r[0]) as f32, (p.1 + r[1]) as f32];
@@ -188,7 +177,7 @@ fn corrections(
         None => {
             // Nothing wrongly included and no background around the object: the prediction
             // plays no part any more, only the background of the whole image.
-            let truth: Vec<bool> = gt.data.iter().map(|&v| v == id).collect();
+            let truth: Vec<bool> = gt.as_slice().iter().map(|&v| v == id).collect();
             let none = vec![false; truth.len()];
             let (_, q) = sampler.iterative_points(&truth, &none, w, rng);
             q.map(|q| [q.0 as f32, q.1 as f32])
@@ -225,35 +214,35 @@ pub fn iterative_prompting_image(
     image_index: u64,
 ) -> Result<Vec<ImageScores>, EvalError> {
     let (h, w) = image.shape();
-    if (gt.height, gt.width) != (h, w) {
+    if (gt.rows(), gt.cols()) != (h, w) {
         return Err(EvalError::Setting {
             name: "labels".into(),
             message: format!(
                 "the label image is {}×{} but its image is {w}×{h} (width×height)",
-                gt.width, gt.height
+                gt.cols(),
+                gt.rows()
             ),
         });
     }
     let mut objects = objects_of(gt);
     if objects.is_empty() {
-        let s = score_image(&gt.data, &vec![0; h * w])?;
+        let s = score_image(gt.as_slice(), &vec![0; h * w])?;
         return Ok(vec![s; opts.n_iterations]);
     }
     let _guard = tch::no_grad_guard();
     let mut predictor = SamPredictor::new(model.sam());
     predictor
-        .set_image(GreyImage {
+        .set_image(ImageView {
             pixels: image.as_slice(),
-            height: h,
-            width: w,
+            rows: h,
+            cols: w,
         })
         .map_err(model_err)?;
     if start == PromptStart::Point {
         let sampler = PromptSampler::default();
         for o in &mut objects {
-            let [x0, y0, x1, y1] = o.bbox;
-            let data = crop(&gt.data, w, o.bbox);
-            let local = LabelImage::new(x1 - x0, y1 - y0, data)?;
+            let [x0, y0, _, _] = o.bbox;
+            let local = crop_box(gt, o.bbox);
             let mut r = rng(opts.seed, image_index, start, o.id, 0);
             let (x, y) = sampler
                 .positive_point(&local, o.id, &mut r)
@@ -381,7 +370,7 @@ pub fn iterative_prompting_image(
                 o.labels.extend([pl, ql]);
             }
         }
-        rounds.push(score_image(&gt.data, &merged)?);
+        rounds.push(score_image(gt.as_slice(), &merged)?);
     }
     Ok(rounds)
 }
@@ -393,12 +382,13 @@ mod tests {
 
     #[test]
     fn boxes_and_crops() {
-        let gt = LabelImage::new(5, 3, vec![0, 7, 7, 0, 0, 0, 7, 0, 0, 2, 0, 0, 0, 0, 2]).unwrap();
+        let gt =
+            LabelImage::from_vec(3, 5, vec![0, 7, 7, 0, 0, 0, 7, 0, 0, 2, 0, 0, 0, 0, 2]).unwrap();
         let o = objects_of(&gt);
         assert_eq!(o.len(), 2);
         assert_eq!((o[0].id, o[0].bbox), (2, [4, 1, 5, 3]));
         assert_eq!((o[1].id, o[1].bbox), (7, [1, 0, 3, 2]));
-        assert_eq!(crop(&gt.data, 5, [1, 0, 3, 2]), vec![7, 7, 7, 0]);
+        assert_eq!(crop_box(&gt, [1, 0, 3, 2]).as_slice(), &[7, 7, 7, 0]);
     }
 
     /// The cropped merge equals a plain merge of the full-size masks of every object.
@@ -430,10 +420,10 @@ mod tests {
 
         let mut predictor = SamPredictor::new(model.sam());
         predictor
-            .set_image(GreyImage {
+            .set_image(ImageView {
                 pixels: image.as_slice(),
-                height: 64,
-                width: 64,
+                rows: 64,
+                cols: 64,
             })
             .unwrap();
         let objects = objects_of(&s.labels);
@@ -465,7 +455,7 @@ mod tests {
             merged.iter().any(|&m| m != 0),
             "the random model predicts something"
         );
-        let want = score_image(&s.labels.data, &merged).unwrap();
+        let want = score_image(s.labels.as_slice(), &merged).unwrap();
         assert_eq!(got[0], want);
     }
 
@@ -483,7 +473,7 @@ mod tests {
                 logits[y * w + x] = 1.0;
             }
         }
-        let gt = LabelImage::new(w, h, data).unwrap();
+        let gt = LabelImage::from_vec(h, w, data).unwrap();
         let region = |logits: &[f32]| {
             let rows: Vec<u8> = (0..h)
                 .map(|y| u8::from(logits[y * w..(y + 1) * w].iter().any(|&l| l > 0.0)))
@@ -492,7 +482,12 @@ mod tests {
                 .map(|x| u8::from((0..h).any(|y| logits[y * w + x] > 0.0)))
                 .collect();
             let r = search_region([2, 2, 6, 6], box_from_flags(&rows, &cols), w, h);
-            let pred: Vec<bool> = crop(logits, w, r).into_iter().map(|l| l > 0.0).collect();
+            let logits = Plane::from_vec(h, w, logits.to_vec()).unwrap();
+            let pred: Vec<bool> = crop_box(&logits, r)
+                .as_slice()
+                .iter()
+                .map(|&l| l > 0.0)
+                .collect();
             (r, pred)
         };
         let (r0, pred) = region(&logits);
@@ -514,7 +509,7 @@ mod tests {
         }
         // A perfect prediction: the negative point goes to the background ring around the box.
         let perfect: Vec<f32> = gt
-            .data
+            .as_slice()
             .iter()
             .map(|&v| if v == 1 { 1.0 } else { -1.0 })
             .collect();
@@ -522,9 +517,9 @@ mod tests {
         let (r1, pred) = region(&perfect);
         assert_eq!(r1, [0, 0, 9, 9]);
         let (p, _, n, nl) = corrections(&gt, 1, r1, &pred, &mut r);
-        assert_eq!(gt.data[p[1] as usize * w + p[0] as usize], 1);
+        assert_eq!(gt.as_slice()[p[1] as usize * w + p[0] as usize], 1);
         assert_eq!(nl, 0);
-        assert_eq!(gt.data[n[1] as usize * w + n[0] as usize], 0);
+        assert_eq!(gt.as_slice()[n[1] as usize * w + n[0] as usize], 0);
         assert!(n[0] < 9.0 && n[1] < 9.0);
     }
 }

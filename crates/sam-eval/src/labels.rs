@@ -232,14 +232,14 @@ pub fn evaluate_label_dirs(
         .par_iter()
         .map(|(name, gt_path, pred_path)| {
             let (gt, pred) = read_pair(gt_path, pred_path.as_deref(), opts.relabel_gt)?;
-            let scores = score_image(&gt.data, &pred.data)?;
+            let scores = score_image(gt.as_slice(), pred.as_slice())?;
             progress(Progress::Scored);
             Ok(ImageRecord {
                 name: name.clone(),
                 gt: gt_path.clone(),
                 pred: pred_path.clone(),
-                width: gt.width,
-                height: gt.height,
+                width: gt.cols(),
+                height: gt.rows(),
                 scores,
             })
         })
@@ -352,22 +352,22 @@ fn read_pair(
 ) -> Result<(LabelImage, LabelImage), EvalError> {
     let mut gt = read_labels(gt_path)?;
     if relabel_gt {
-        gt = connected_components(&gt, Connectivity::Eight);
+        gt = connected_components(&gt, 0, Connectivity::Eight).0;
     }
     let pred = match pred_path {
         Some(p) => {
             let pred = read_labels(p)?;
-            if (pred.width, pred.height) != (gt.width, gt.height) {
+            if pred.shape() != gt.shape() {
                 return Err(EvalError::SizeMismatch {
                     a: gt_path.to_path_buf(),
-                    a_size: (gt.width, gt.height),
+                    a_shape: gt.shape(),
                     b: p.to_path_buf(),
-                    b_size: (pred.width, pred.height),
+                    b_shape: pred.shape(),
                 });
             }
             pred
         }
-        None => LabelImage::new(gt.width, gt.height, vec![0; gt.width * gt.height])?,
+        None => LabelImage::zeros(gt.rows(), gt.cols()),
     };
     Ok((gt, pred))
 }
@@ -413,12 +413,12 @@ fn draw_overlays(
                 })?;
             let (gt, pred) = read_pair(&record.gt, record.pred.as_deref(), relabel_gt)?;
             let grey = read_image(&image_path)?;
-            if (grey.width, grey.height) != (gt.width, gt.height) {
+            if grey.shape() != gt.shape() {
                 return Err(EvalError::SizeMismatch {
                     a: record.gt.clone(),
-                    a_size: (gt.width, gt.height),
+                    a_shape: gt.shape(),
                     b: image_path,
-                    b_size: (grey.width, grey.height),
+                    b_shape: grey.shape(),
                 });
             }
             let out = overlay_dir.join(format!("{}.png", record.name));

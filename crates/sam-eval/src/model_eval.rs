@@ -187,9 +187,9 @@ fn check_sizes(pairs: &[ImagePair]) -> Result<(), EvalError> {
         if image != labels {
             return Err(EvalError::SizeMismatch {
                 a: pair.labels.clone(),
-                a_size: labels,
+                a_shape: labels,
                 b: pair.image.clone(),
-                b_size: image,
+                b_shape: image,
             });
         }
     }
@@ -261,15 +261,15 @@ pub struct ModelReport {
 fn read_pair(
     pair: &ImagePair,
     norm: &sam_data::Normalization,
-) -> Result<(sam_infer::Plane<f32>, LabelImage), EvalError> {
+) -> Result<(sam_data::Plane<f32>, LabelImage), EvalError> {
     let (_, plane) = load_image(&pair.image, norm)?;
     let gt = read_labels(&pair.labels)?;
-    if (gt.height, gt.width) != plane.shape() {
+    if gt.shape() != plane.shape() {
         return Err(EvalError::SizeMismatch {
             a: pair.labels.clone(),
-            a_size: (gt.width, gt.height),
+            a_shape: gt.shape(),
             b: pair.image.clone(),
-            b_size: (plane.width(), plane.height()),
+            b_shape: plane.shape(),
         });
     }
     Ok((plane, gt))
@@ -329,10 +329,10 @@ fn grid_search(
         let embeddings = model.embed_tiles(&plane, &tiling.tiles(), auto.batch_size, &mut || {})?;
         let scores = if mode == AutoMode::Ais {
             let maps = model.decoder_maps(&tiling, &embeddings, auto.batch_size, &mut || {})?;
-            score_ais_grid(&maps, &gt.data, &auto.ais, &ais_grid)?
+            score_ais_grid(&maps, gt.as_slice(), &auto.ais, &ais_grid)?
         } else {
             let crops = model.amg_masks(&tiling, embeddings, &auto.amg, &mut || {})?;
-            score_amg_grid(&crops, plane.shape(), &gt.data, &auto.amg, &amg_grid)?
+            score_amg_grid(&crops, plane.shape(), gt.as_slice(), &auto.amg, &amg_grid)?
         };
         per_image.push(scores);
         progress(ModelProgress::Image);
@@ -429,9 +429,7 @@ pub fn evaluate_model(
     for pair in &test_pairs {
         let (plane, _) = read_pair(pair, &auto.normalization)?;
         let seg = segment_auto(model, &plane, &auto, &mut |_| {})?;
-        let (h, w) = seg.labels.shape();
-        let labels = LabelImage::new(w, h, seg.labels.into_vec())?;
-        write_labels(pred_dir.join(format!("{}.tif", pair.stem)), &labels)?;
+        write_labels(pred_dir.join(format!("{}.tif", pair.stem)), &seg.labels)?;
         progress(ModelProgress::Image);
     }
     let test = evaluate_label_dirs(

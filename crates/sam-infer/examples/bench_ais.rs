@@ -11,7 +11,8 @@
 use std::path::Path;
 use std::time::Instant;
 
-use sam_infer::{ais_segment, load_image, AisParams, DecoderMaps, InferenceModel, Plane, TileSpec};
+use sam_data::Plane;
+use sam_infer::{ais_segment, load_image, AisParams, DecoderMaps, InferenceModel, TileSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // jemalloc (linked in) serves every allocation, libtorch's included; keep freed memory

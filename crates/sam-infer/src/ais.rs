@@ -13,10 +13,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::InferError;
+use crate::error::{check_same_shape, InferError};
 use crate::filters::gaussian_smoothing;
-use crate::plane::Plane;
-use crate::watershed::{label_components, seeded_watershed, size_filter, Connectivity};
+use sam_data::Plane;
+use sam_data::{connected_components, size_filter, Connectivity};
+
+use crate::watershed::seeded_watershed;
 
 /// Thresholds of the AIS post-processing; `Default` gives micro_sam's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -96,10 +98,16 @@ impl DecoderMaps {
 
     /// Fails unless the three maps have one shape.
     pub fn check(&self) -> Result<(), InferError> {
-        self.foreground
-            .check_same_shape(&self.center_distances, "foreground vs centre distances")?;
-        self.foreground
-            .check_same_shape(&self.boundary_distances, "foreground vs boundary distances")
+        check_same_shape(
+            &self.foreground,
+            &self.center_distances,
+            "foreground vs centre distances",
+        )?;
+        check_same_shape(
+            &self.foreground,
+            &self.boundary_distances,
+            "foreground vs boundary distances",
+        )
     }
 }
 
@@ -146,7 +154,7 @@ pub fn ais_segment_debug(
         .collect();
     let seeds = Plane::from_vec(h, w, seeds)?;
     // skimage.measure.label / bioimage_cpp.segmentation.label default: full (8-) connectivity.
-    let (markers, _) = label_components(&seeds, false, Connectivity::Eight);
+    let (markers, _) = connected_components(&seeds, false, Connectivity::Eight);
     let mut seg = seeded_watershed(&boundary, &markers, Some(&fg_mask))?;
     size_filter(&mut seg, params.min_size);
     Ok((

@@ -11,8 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::InferError;
-use crate::plane::Plane;
-use crate::watershed::{label_components, label_sizes, Connectivity};
+use sam_data::Plane;
+use sam_data::{connected_components, label_sizes, Connectivity};
 
 /// AMG settings; `Default` gives micro_sam's / segment_anything's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -175,15 +175,15 @@ impl MaskRecord {
         [
             self.x0 as f32,
             self.y0 as f32,
-            (self.x0 + self.mask.width() - 1) as f32,
-            (self.y0 + self.mask.height() - 1) as f32,
+            (self.x0 + self.mask.cols() - 1) as f32,
+            (self.y0 + self.mask.rows() - 1) as f32,
         ]
     }
 }
 
 /// Box `[x0, y0, x1, y1]` (inclusive) of the set pixels, `None` for an empty mask.
 pub fn mask_box(mask: &Plane<bool>) -> Option<[usize; 4]> {
-    let h = mask.height();
+    let h = mask.rows();
     let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
     for y in 0..h {
         let row = mask.row(y);
@@ -271,7 +271,7 @@ pub fn remove_small_regions(
     let holes = mode == RegionMode::Holes;
     // Components of the pixels that are `!mask` for holes, `mask` for islands.
     let working = mask.map(|&b| b != holes);
-    let (regions, n) = label_components(&working, false, Connectivity::Eight);
+    let (regions, n) = connected_components(&working, false, Connectivity::Eight);
     let sizes = label_sizes(&regions);
     let small: Vec<bool> = (0..=n as usize)
         .map(|i| i > 0 && sizes[i] < area_thresh)
@@ -412,7 +412,7 @@ pub fn merge_masks(
     let mut painted = Plane::<u32>::zeros(h, w);
     for &i in &order {
         let m = &masks[i];
-        for y in 0..m.mask.height() {
+        for y in 0..m.mask.rows() {
             for (x, &b) in m.mask.row(y).iter().enumerate() {
                 if b {
                     let (iy, ix) = (m.y0 + y, m.x0 + x);
@@ -428,7 +428,7 @@ pub fn merge_masks(
             }
         }
     }
-    let (mut labels, n) = label_components(&painted, 0, Connectivity::Four);
+    let (mut labels, n) = connected_components(&painted, 0, Connectivity::Four);
     // Source mask of each component.
     let mut source = vec![0u32; n as usize + 1];
     for (l, p) in labels.as_slice().iter().zip(painted.as_slice()) {
@@ -553,9 +553,9 @@ mod tests {
         m.set(2, 2, false);
         m.set(6, 8, true);
         let (filled, changed) = remove_small_regions(&m, 2, RegionMode::Holes);
-        assert!(changed && *filled.get(2, 2));
+        assert!(changed && filled.get(2, 2));
         let (clean, changed) = remove_small_regions(&filled, 2, RegionMode::Islands);
-        assert!(changed && !*clean.get(6, 8) && *clean.get(0, 0));
+        assert!(changed && !clean.get(6, 8) && clean.get(0, 0));
         assert_eq!(clean.as_slice().iter().filter(|&&b| b).count(), 25);
         // Nothing small → unchanged.
         let (_, changed) = remove_small_regions(&clean, 2, RegionMode::Islands);
@@ -567,7 +567,7 @@ mod tests {
         tiny.set(2, 4, true);
         let (out, _) = remove_small_regions(&tiny, 10, RegionMode::Islands);
         assert_eq!(out.as_slice().iter().filter(|&&b| b).count(), 2);
-        assert!(*out.get(2, 3));
+        assert!(out.get(2, 3));
     }
 
     #[test]
@@ -582,9 +582,9 @@ mod tests {
         // The 64-px mask minus the 9-px one leaves 55 px: larger than the 32 unpainted px, so it
         // is dropped as background. Remaining objects in first-appearance order: 3×3 then 2×2.
         assert_eq!(out.scores, vec![0.91, 0.93]);
-        assert_eq!(*out.labels.get(2, 2), 1);
-        assert_eq!(*out.labels.get(9, 9), 2);
-        assert_eq!(*out.labels.get(0, 0), 0);
+        assert_eq!(out.labels.get(2, 2), 1);
+        assert_eq!(out.labels.get(9, 9), 2);
+        assert_eq!(out.labels.get(0, 0), 0);
         let kept = merge_masks(&masks, (10, 10), false).unwrap();
         assert_eq!(kept.scores, vec![0.95, 0.91, 0.93]);
     }

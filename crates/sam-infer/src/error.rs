@@ -57,6 +57,9 @@ pub enum InferError {
     /// The model could not be loaded or run.
     #[error("model: {0}")]
     Model(String),
+    /// A buffer or label image could not be built (sam-data's error).
+    #[error(transparent)]
+    Data(#[from] sam_data::DataError),
     /// An image or label file could not be read or written.
     #[error("{}: {message}", path.display())]
     Image {
@@ -65,6 +68,22 @@ pub enum InferError {
         /// What went wrong.
         message: String,
     },
+}
+
+/// Fails unless `b` has `a`'s shape; `what` names the two planes in the error.
+pub(crate) fn check_same_shape<A, B>(
+    a: &sam_data::Plane<A>,
+    b: &sam_data::Plane<B>,
+    what: &str,
+) -> Result<(), InferError> {
+    if a.shape() != b.shape() {
+        return Err(InferError::Shape {
+            what: what.into(),
+            expected: format!("{}×{}", a.rows(), a.cols()),
+            found: format!("{}×{}", b.rows(), b.cols()),
+        });
+    }
+    Ok(())
 }
 
 fn location(path: &std::path::Path, line: Option<usize>) -> String {

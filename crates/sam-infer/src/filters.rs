@@ -1,8 +1,8 @@
 //! Gaussian smoothing of decoder maps with the kernel and border rules of micro_sam's
 //! post-processing (`bioimage_cpp.filters.gaussian_smoothing`): the blur of
-//! [`sam_data::gaussian_blur`], which documents them, on a [`Plane`].
+//! [`sam_data::gaussian_blur`], which documents them.
 
-use crate::plane::Plane;
+use sam_data::Plane;
 
 /// The normalised 1-D kernel of [`gaussian_smoothing`]: `2r + 1` taps, `r = ceil(3σ)`, `r ≥ 1`.
 pub fn gaussian_kernel(sigma: f32) -> Vec<f32> {
@@ -14,8 +14,7 @@ pub fn gaussian_kernel(sigma: f32) -> Vec<f32> {
 /// `sigma <= 0` returns a copy. Rows are processed in parallel with rayon.
 pub fn gaussian_smoothing(image: &Plane<f32>, sigma: f32) -> Plane<f32> {
     let mut out = image.clone();
-    let (h, w) = image.shape();
-    sam_data::gaussian_blur(out.as_mut_slice(), w, h, f64::from(sigma));
+    sam_data::gaussian_blur(&mut out, f64::from(sigma));
     out
 }
 
@@ -75,7 +74,7 @@ mod tests {
         let k = gaussian_kernel(1.0);
         assert!((out.get(10, 10) - k[3] * k[3]).abs() < 1e-7);
         assert!((out.get(9, 12) - k[2] * k[1]).abs() < 1e-7);
-        assert_eq!(*out.get(10, 14), 0.0); // outside the radius
+        assert_eq!(out.get(10, 14), 0.0); // outside the radius
     }
 
     #[test]

@@ -1,16 +1,19 @@
 //! sam-infer: automatic instance segmentation (AIS, AMG), prompted segmentation and tiling for SAM.
 //!
-//! The post-processing is plain Rust on [`Plane`]s, usable without a model:
+//! The post-processing is plain Rust on sam-data's [`Plane`](sam_data::Plane)s (indexed
+//! `(row, col)`), usable without a model:
 //!
 //! - [`ais_segment`] turns the UNETR decoder's foreground / centre-distance / boundary-distance
 //!   maps ([`DecoderMaps`]) into instance labels exactly as micro_sam's
 //!   `InstanceSegmentationWithDecoder.generate` does (smoothing, seeds, seeded watershed, size filter).
-//! - [`seeded_watershed`], [`gaussian_smoothing`], [`label_components`] are the building blocks.
+//! - [`seeded_watershed`] and [`gaussian_smoothing`] are the building blocks, with sam-data's
+//!   label toolkit ([`sam_data::connected_components`], [`sam_data::size_filter`]).
 //!
 //! # Example
 //!
 //! ```
-//! use sam_infer::{ais_segment, AisParams, DecoderMaps, Plane};
+//! use sam_data::Plane;
+//! use sam_infer::{ais_segment, AisParams, DecoderMaps};
 //!
 //! // Two foreground blobs in one row, each with a low centre and boundary distance.
 //! let fg = Plane::from_vec(1, 7, vec![0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0])?;
@@ -34,7 +37,6 @@ mod error;
 mod filters;
 mod model;
 mod objects;
-mod plane;
 mod prompts;
 mod runner;
 mod tiling;
@@ -51,7 +53,6 @@ pub use crate::{
     filters::{gaussian_kernel, gaussian_smoothing},
     model::InferenceModel,
     objects::{mean_per_object, write_objects_csv, OBJECTS_CSV_HEADER},
-    plane::Plane,
     prompts::{read_prompts, PromptFile, PromptSet},
     runner::{
         file_sha256, list_inputs, load_image, output_paths, run_auto, run_prompts, scan_inputs,
@@ -59,8 +60,5 @@ pub use crate::{
         Outcome, Progress, TileSpec, Timings, MODEL_RECORD,
     },
     tiling::{crop_outer, paste_inner, Rect, Tile, Tiling},
-    watershed::{
-        label_components, label_sizes, relabel_consecutive, seeded_watershed, size_filter,
-        Connectivity,
-    },
+    watershed::seeded_watershed,
 };

@@ -11,9 +11,9 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::ais::DecoderMaps;
 use crate::amg::{build_point_grid, AmgParams, CropMasks, MaskRecord};
 use crate::error::InferError;
-use crate::plane::Plane;
 use crate::prompts::PromptSet;
 use crate::tiling::{crop_outer, paste_inner, Tile, Tiling};
+use sam_data::Plane;
 
 /// `Sam.mask_threshold` of segment_anything.
 const MASK_THRESHOLD: f32 = 0.0;
@@ -115,12 +115,12 @@ impl InferenceModel {
         let mut out = Vec::with_capacity(tiles.len());
         for chunk in tiles.chunks(batch_size.max(1)) {
             let crops: Vec<Plane<f32>> = chunk.iter().map(|t| crop_outer(image, t)).collect();
-            let greys: Vec<sam_model::GreyImage<'_>> = crops
+            let greys: Vec<sam_model::ImageView<'_>> = crops
                 .iter()
-                .map(|c| sam_model::GreyImage {
+                .map(|c| sam_model::ImageView {
                     pixels: c.as_slice(),
-                    height: c.height(),
-                    width: c.width(),
+                    rows: c.rows(),
+                    cols: c.cols(),
                 })
                 .collect();
             out.extend(predictor.embed_images(&greys).map_err(model_err)?);
@@ -284,10 +284,10 @@ impl InferenceModel {
         let (h, w) = image.shape();
         let mut predictor = SamPredictor::new(self.sam());
         predictor
-            .set_image(sam_model::GreyImage {
+            .set_image(sam_model::ImageView {
                 pixels: image.as_slice(),
-                height: h,
-                width: w,
+                rows: h,
+                cols: w,
             })
             .map_err(model_err)?;
         let mut masks: Vec<(Vec<u8>, f32)> = Vec::with_capacity(sets.len());

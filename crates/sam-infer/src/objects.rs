@@ -3,13 +3,13 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::InferError;
-use crate::plane::Plane;
+use crate::error::{check_same_shape, InferError};
+use sam_data::Plane;
 
 /// Mean of `values` over each object of `labels` (index = id - 1; NaN for absent ids), e.g. the
 /// AIS score from the foreground probability.
 pub fn mean_per_object(labels: &Plane<u32>, values: &Plane<f32>) -> Result<Vec<f32>, InferError> {
-    labels.check_same_shape(values, "labels vs per-pixel values")?;
+    check_same_shape(labels, values, "labels vs per-pixel values")?;
     let max = labels.as_slice().iter().copied().max().unwrap_or(0) as usize;
     let mut sum = vec![0f64; max + 1];
     let mut n = vec![0u64; max + 1];
@@ -40,14 +40,7 @@ pub fn write_objects_csv(
     labels: &Plane<u32>,
     scores: &[f32],
 ) -> Result<usize, InferError> {
-    let (h, w) = labels.shape();
-    let li = sam_data::LabelImage::new(w, h, labels.as_slice().to_vec()).map_err(|e| {
-        InferError::Image {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
-    })?;
-    let stats = sam_data::object_stats(&li);
+    let stats = sam_data::object_stats(labels);
     let io = |e| InferError::io(path, e);
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     writeln!(f, "{OBJECTS_CSV_HEADER}").map_err(io)?;

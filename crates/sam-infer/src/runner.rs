@@ -11,9 +11,9 @@ use crate::amg::{amg_segment, AmgParams};
 use crate::error::InferError;
 use crate::model::InferenceModel;
 use crate::objects::{mean_per_object, write_objects_csv};
-use crate::plane::Plane;
 use crate::prompts::PromptFile;
 use crate::tiling::Tiling;
+use sam_data::Plane;
 
 /// Which automatic segmentation to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,7 +374,7 @@ pub fn load_image(
     };
     let grey = sam_data::read_image(path).map_err(img_err)?;
     let norm = sam_data::preprocess(&grey, norm).map_err(img_err)?;
-    let plane = Plane::from_vec(grey.height, grey.width, norm)?;
+    let plane = Plane::from_vec(grey.rows(), grey.cols(), norm)?;
     Ok((grey, plane))
 }
 
@@ -552,27 +552,20 @@ fn write_outputs(
             std::fs::create_dir_all(d).map_err(|e| InferError::io(d, e))?;
         }
     }
-    let (h, w) = labels.shape();
-    let li = sam_data::LabelImage::new(w, h, labels.as_slice().to_vec()).map_err(|e| {
-        InferError::Image {
-            path: label_path.clone(),
-            message: e.to_string(),
-        }
-    })?;
-    let n = li.max_id() as usize;
+    let n = labels.max_id() as usize;
     if write_csv {
         write_objects_csv(&csv_path, labels, scores)?;
     }
     if write_overlay {
-        sam_data::write_overlay_png(&overlay_path, grey, &[(&li, [255, 48, 48])]).map_err(|e| {
-            InferError::Image {
+        sam_data::write_overlay_png(&overlay_path, grey, &[(labels, [255, 48, 48])]).map_err(
+            |e| InferError::Image {
                 path: overlay_path.clone(),
                 message: e.to_string(),
-            }
-        })?;
+            },
+        )?;
     }
     // Labels last: their presence marks the image as done.
-    sam_data::write_labels(&label_path, &li).map_err(|e| InferError::Image {
+    sam_data::write_labels(&label_path, labels).map_err(|e| InferError::Image {
         path: label_path.clone(),
         message: e.to_string(),
     })?;

@@ -7,7 +7,7 @@
 //! by the single watershed over the whole image.
 
 use crate::error::InferError;
-use crate::plane::Plane;
+use sam_data::Plane;
 
 /// A half-open rectangle `[y0, y1) × [x0, x1)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +161,7 @@ pub fn paste_inner<T: Clone + Default>(
         return Err(InferError::Shape {
             what: format!("output of tile {}", tile.index),
             expected: format!("{}×{} (the outer block)", o.height(), o.width()),
-            found: format!("{}×{}", tile_output.height(), tile_output.width()),
+            found: format!("{}×{}", tile_output.rows(), tile_output.cols()),
         });
     }
     let l = tile.inner_local;

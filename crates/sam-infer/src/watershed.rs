@@ -1,104 +1,13 @@
-//! Connected components, seeded watershed, size filtering and consecutive relabelling.
-//!
-//! These mirror what micro_sam's AIS post-processing calls (`bioimage_cpp.segmentation.label`,
-//! `bioimage_cpp.segmentation.watershed`, `torch_em.util.segmentation.size_filter`), written so
-//! that the result is deterministic.
+//! Seeded watershed, as micro_sam's AIS post-processing calls it
+//! (`bioimage_cpp.segmentation.watershed`), written so that the result is deterministic. The
+//! connected components, size filter and relabelling around it are sam-data's label toolkit.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use crate::error::InferError;
-use crate::plane::Plane;
+use sam_data::Plane;
 
-/// Which neighbours touch: 4 (edges) or 8 (edges and corners).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Connectivity {
-    /// Up, left, right, down.
-    Four,
-    /// The 4 above plus the diagonals.
-    Eight,
-}
-
-/// Union-find root with path halving.
-fn find(parent: &mut [u32], mut i: u32) -> u32 {
-    while parent[i as usize] != i {
-        let p = parent[parent[i as usize] as usize];
-        parent[i as usize] = p;
-        i = p;
-    }
-    i
-}
-
-/// Connected components of pixels that are not `background` and equal to their neighbour.
-///
-/// Ids are 1..=n in order of first appearance in a row-major scan (as `skimage.measure.label`);
-/// background pixels are 0. Returns the labels and n.
-pub fn label_components<T: PartialEq + Copy>(
-    image: &Plane<T>,
-    background: T,
-    connectivity: Connectivity,
-) -> (Plane<u32>, u32) {
-    let (h, w) = image.shape();
-    let px = image.as_slice();
-    let mut prov = vec![0u32; h * w]; // provisional label + 1, 0 = background
-    let mut parent: Vec<u32> = vec![0]; // index 0 unused
-                                        // Neighbours already visited in a row-major scan: left, up-left, up, up-right.
-    let back: &[(isize, isize)] = match connectivity {
-        Connectivity::Four => &[(0, -1), (-1, 0)],
-        Connectivity::Eight => &[(0, -1), (-1, -1), (-1, 0), (-1, 1)],
-    };
-    for y in 0..h {
-        for x in 0..w {
-            let i = y * w + x;
-            let v = px[i];
-            if v == background {
-                continue;
-            }
-            let mut cur = 0u32;
-            for &(dy, dx) in back {
-                let (ny, nx) = (y as isize + dy, x as isize + dx);
-                if ny < 0 || nx < 0 || nx >= w as isize {
-                    continue;
-                }
-                let j = ny as usize * w + nx as usize;
-                if prov[j] == 0 || px[j] != v {
-                    continue;
-                }
-                let r = find(&mut parent, prov[j]);
-                if cur == 0 {
-                    cur = r;
-                } else if r != cur {
-                    let (lo, hi) = if r < cur { (r, cur) } else { (cur, r) };
-                    parent[hi as usize] = lo;
-                    cur = lo;
-                }
-            }
-            if cur == 0 {
-                cur = parent.len() as u32;
-                parent.push(cur);
-            }
-            prov[i] = cur;
-        }
-    }
-    // Final ids in order of first appearance of each set's root.
-    let mut final_id = vec![0u32; parent.len()];
-    let mut n = 0u32;
-    for p in prov.iter_mut() {
-        if *p == 0 {
-            continue;
-        }
-        let r = find(&mut parent, *p) as usize;
-        if final_id[r] == 0 {
-            n += 1;
-            final_id[r] = n;
-        }
-        *p = final_id[r];
-    }
-    (
-        Plane::from_vec(h, w, prov).unwrap_or_else(|_| Plane::zeros(h, w)),
-        n,
-    )
-}
+use crate::error::{check_same_shape, InferError};
 
 /// Map an `f32` to a `u32` whose unsigned order is the float's total order (NaN sorts last).
 fn ordered_bits(v: f32) -> u32 {
@@ -276,7 +185,7 @@ pub fn seeded_watershed(
     markers: &Plane<u32>,
     mask: Option<&Plane<bool>>,
 ) -> Result<Plane<u32>, InferError> {
-    height.check_same_shape(markers, "watershed height map vs markers")?;
+    check_same_shape(height, markers, "watershed height map vs markers")?;
     if markers.as_slice().contains(&OUTSIDE) {
         return Err(InferError::param(
             "markers",
@@ -285,7 +194,7 @@ pub fn seeded_watershed(
         ));
     }
     if let Some(m) = mask {
-        height.check_same_shape(m, "watershed height map vs mask")?;
+        check_same_shape(height, m, "watershed height map vs mask")?;
     }
     let (h, w) = height.shape();
     // The state of every pixel with a one-pixel OUTSIDE border, so that the four neighbours of
@@ -356,48 +265,7 @@ pub fn seeded_watershed(
         let prow = &px[(y + 1) * pw + 1..(y + 1) * pw + 1 + w];
         out.extend(prow.iter().map(|&[l, _]| if l == OUTSIDE { 0 } else { l }));
     }
-    Plane::from_vec(h, w, out)
-}
-
-/// Sizes of all ids in `labels` (index = id; index 0 counts the background).
-pub fn label_sizes(labels: &Plane<u32>) -> Vec<u64> {
-    let max = labels.as_slice().iter().copied().max().unwrap_or(0) as usize;
-    let mut sizes = vec![0u64; max + 1];
-    for &l in labels.as_slice() {
-        sizes[l as usize] += 1;
-    }
-    sizes
-}
-
-/// Map the ids present in `labels` to 1..=n keeping their order (0 stays 0). Returns n.
-pub fn relabel_consecutive(labels: &mut Plane<u32>) -> u32 {
-    let sizes = label_sizes(labels);
-    let mut map = vec![0u32; sizes.len()];
-    let mut n = 0;
-    for (id, &s) in sizes.iter().enumerate().skip(1) {
-        if s > 0 {
-            n += 1;
-            map[id] = n;
-        }
-    }
-    for l in labels.as_mut_slice() {
-        *l = map[*l as usize];
-    }
-    n
-}
-
-/// Set objects smaller than `min_size` pixels to 0 and relabel consecutively (as torch_em's
-/// `size_filter` without a height map). `min_size == 0` leaves `labels` untouched. Returns n.
-pub fn size_filter(labels: &mut Plane<u32>, min_size: u64) -> u32 {
-    if min_size > 0 {
-        let sizes = label_sizes(labels);
-        for l in labels.as_mut_slice() {
-            if sizes[*l as usize] < min_size {
-                *l = 0;
-            }
-        }
-    }
-    relabel_consecutive(labels)
+    Ok(Plane::from_vec(h, w, out)?)
 }
 
 #[cfg(test)]
@@ -512,52 +380,6 @@ mod tests {
     }
 
     #[test]
-    fn components_eight_vs_four_and_first_occurrence_order() {
-        let m = plane(&[
-            &[0u8, 0, 1, 0, 1],
-            &[1, 0, 0, 1, 0], // (1,3) touches (0,2) and (0,4) diagonally
-            &[1, 0, 0, 0, 0],
-        ]);
-        let (l8, n8) = label_components(&m, 0, Connectivity::Eight);
-        assert_eq!(n8, 2);
-        assert_eq!(
-            l8.as_slice(),
-            &[0, 0, 1, 0, 1, 2, 0, 0, 1, 0, 2, 0, 0, 0, 0]
-        );
-        let (l4, n4) = label_components(&m, 0, Connectivity::Four);
-        assert_eq!(n4, 4);
-        assert_eq!(
-            l4.as_slice(),
-            &[0, 0, 1, 0, 2, 3, 0, 0, 4, 0, 3, 0, 0, 0, 0]
-        );
-    }
-
-    #[test]
-    fn components_u_shape_merges_late() {
-        // Two arms that only join at the bottom row: one component, id 1.
-        let m = plane(&[
-            &[true, false, true],
-            &[true, false, true],
-            &[true, true, true],
-        ]);
-        let (l, n) = label_components(&m, false, Connectivity::Four);
-        assert_eq!(n, 1);
-        assert!(l
-            .as_slice()
-            .iter()
-            .zip(m.as_slice())
-            .all(|(&a, &b)| (a == 1) == b));
-    }
-
-    #[test]
-    fn components_of_a_label_image_split_equal_values_only() {
-        let m = plane(&[&[5u32, 5, 7], &[0, 0, 7], &[5, 0, 7]]);
-        let (l, n) = label_components(&m, 0, Connectivity::Four);
-        assert_eq!(n, 3);
-        assert_eq!(l.as_slice(), &[1, 1, 2, 0, 0, 2, 3, 0, 2]);
-    }
-
-    #[test]
     fn watershed_splits_at_the_ridge() {
         // Heights 0 1 2 3 2 1 0, seeds at both ends. x=2 and x=4 both have height 2; x=2 was
         // pushed first (the left seed is first in row-major order), so it pops first and claims
@@ -600,18 +422,6 @@ mod tests {
     fn watershed_rejects_shape_mismatch() {
         let err = seeded_watershed(&Plane::zeros(2, 3), &Plane::zeros(3, 2), None).unwrap_err();
         assert!(err.to_string().contains("2×3"), "{err}");
-    }
-
-    #[test]
-    fn size_filter_drops_small_and_relabels_in_order() {
-        let mut l = plane(&[&[3u32, 3, 0, 9], &[3, 0, 4, 9], &[0, 0, 0, 9]]);
-        let n = size_filter(&mut l, 3);
-        // 3 (size 3) → 1, 4 (size 1) dropped, 9 (size 3) → 2.
-        assert_eq!(n, 2);
-        assert_eq!(l.as_slice(), &[1, 1, 0, 2, 1, 0, 0, 2, 0, 0, 0, 2]);
-        let mut l = plane(&[&[0u32, 7, 7, 2]]);
-        assert_eq!(size_filter(&mut l, 0), 2);
-        assert_eq!(l.as_slice(), &[0, 2, 2, 1]);
     }
 
     #[test]

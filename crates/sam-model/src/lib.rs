@@ -72,7 +72,7 @@ pub use image_encoder::{ImageEncoderViT, ImageEncoderViTConfig};
 pub use mask_decoder::{MaskDecoder, MaskDecoderConfig};
 pub use model::{ModelPart, SamModel, SamModelError, StateDict, StateLoadReport, DECODER_PREFIX};
 pub use predictor::{
-    GreyImage, ImageEmbedding, Prediction, Prompts, ResizeLongestSide, SamPredictor,
+    ImageEmbedding, ImageView, Prediction, Prompts, ResizeLongestSide, SamPredictor,
 };
 pub use prompt_encoder::{PositionEmbeddingRandom, PromptEncoder, PromptEncoderConfig};
 pub use sam::{

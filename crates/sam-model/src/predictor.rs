@@ -50,16 +50,20 @@ impl ResizeLongestSide {
     }
 }
 
-/// A grey image as sam-data hands it out: row-major `height × width` values, percentile
-/// normalised to [0, 1].
+/// A borrowed grey image: `rows × cols` values, row-major (the value at `(row, col)` is
+/// `pixels[row * cols + col]`, as in sam-data's `Plane`), percentile normalised to [0, 1].
+///
+/// The predictor borrows any row-major buffer rather than taking sam-data's `Plane`, so that
+/// the model crate does not depend on the data crate and its image codecs: a `Plane<f32>` `p`
+/// is viewed as `ImageView { pixels: p.as_slice(), rows: p.rows(), cols: p.cols() }`.
 #[derive(Debug, Clone, Copy)]
-pub struct GreyImage<'a> {
-    /// The pixels, `height * width` values in [0, 1].
+pub struct ImageView<'a> {
+    /// The pixels, `rows * cols` values in [0, 1], row-major.
     pub pixels: &'a [f32],
-    /// Rows.
-    pub height: usize,
-    /// Columns.
-    pub width: usize,
+    /// Number of rows (the image height).
+    pub rows: usize,
+    /// Number of columns (the image width).
+    pub cols: usize,
 }
 
 /// The embedding of one image with the sizes needed to map prompts and masks.
@@ -110,7 +114,7 @@ impl Prediction {
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use sam_model::{GreyImage, Prompts, Sam, SamConfig, SamPredictor};
+/// use sam_model::{ImageView, Prompts, Sam, SamConfig, SamPredictor};
 /// use tch::{nn, Device, Tensor};
 ///
 /// let vs = nn::VarStore::new(Device::Cpu);
@@ -118,7 +122,7 @@ impl Prediction {
 /// // ... load weights into `vs` ...
 /// let pixels = vec![0.5f32; 512 * 512];
 /// let mut predictor = SamPredictor::new(&sam);
-/// predictor.set_image(GreyImage { pixels: &pixels, height: 512, width: 512 })?;
+/// predictor.set_image(ImageView { pixels: &pixels, rows: 512, cols: 512 })?;
 /// let prompts = Prompts {
 ///     point_coords: Some(Tensor::from_slice(&[100.0f32, 120.0]).view([1, 1, 2])),
 ///     point_labels: Some(Tensor::from_slice(&[1i64]).view([1, 1])),
@@ -158,16 +162,16 @@ impl<'a> SamPredictor<'a> {
     }
 
     /// Grey [0, 1] image → `[1, 3, h', w']` on the 0..255 scale, long side = `img_size`.
-    pub fn to_model_input(&self, image: GreyImage<'_>) -> Result<Tensor, ModelError> {
-        let (h, w) = (image.height as i64, image.width as i64);
-        if image.pixels.len() != image.height * image.width || h == 0 || w == 0 {
+    pub fn to_model_input(&self, image: ImageView<'_>) -> Result<Tensor, ModelError> {
+        let (h, w) = (image.rows as i64, image.cols as i64);
+        if image.pixels.len() != image.rows * image.cols || h == 0 || w == 0 {
             return Err(ModelError::Argument {
                 argument: "image",
                 message: format!(
                     "expected {}×{} = {} pixels, found {}",
-                    image.height,
-                    image.width,
-                    image.height * image.width,
+                    image.rows,
+                    image.cols,
+                    image.rows * image.cols,
                     image.pixels.len()
                 ),
             });
@@ -184,14 +188,14 @@ impl<'a> SamPredictor<'a> {
     /// input). The encoder runs without gradients.
     pub fn embed_images(
         &self,
-        images: &[GreyImage<'_>],
+        images: &[ImageView<'_>],
     ) -> Result<Vec<ImageEmbedding>, ModelError> {
         let mut inputs = Vec::with_capacity(images.len());
         let mut sizes = Vec::with_capacity(images.len());
         for image in images {
             let x = self.to_model_input(*image)?;
             let s = x.size();
-            sizes.push(((image.height as i64, image.width as i64), (s[2], s[3])));
+            sizes.push(((image.rows as i64, image.cols as i64), (s[2], s[3])));
             inputs.push(self.model.preprocess(&x)?);
         }
         if inputs.is_empty() {
@@ -211,7 +215,7 @@ impl<'a> SamPredictor<'a> {
     }
 
     /// Computes the embedding of `image` for the following [`SamPredictor::predict`] calls.
-    pub fn set_image(&mut self, image: GreyImage<'_>) -> Result<(), ModelError> {
+    pub fn set_image(&mut self, image: ImageView<'_>) -> Result<(), ModelError> {
         let mut e = self.embed_images(&[image])?;
         self.image = e.pop();
         Ok(())
@@ -367,18 +371,18 @@ mod tests {
         let err = predictor.predict(&Prompts::default(), true).unwrap_err();
         assert!(err.to_string().contains("set_image"), "{err}");
         let pixels = vec![0.5f32; 20 * 30];
-        let bad = GreyImage {
+        let bad = ImageView {
             pixels: &pixels,
-            height: 20,
-            width: 31,
+            rows: 20,
+            cols: 31,
         };
         let err = predictor.set_image(bad).unwrap_err();
         assert!(err.to_string().contains("620"), "{err}");
         predictor
-            .set_image(GreyImage {
+            .set_image(ImageView {
                 pixels: &pixels,
-                height: 20,
-                width: 30,
+                rows: 20,
+                cols: 30,
             })
             .unwrap();
         let e = predictor.embedding().unwrap();

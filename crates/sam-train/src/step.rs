@@ -67,13 +67,16 @@ pub fn model_input(
     let first = samples
         .first()
         .ok_or_else(|| TrainError::Samples("empty batch".into()))?;
-    let (h, w) = (first.labels.height as i64, first.labels.width as i64);
+    let (h, w) = (first.labels.rows() as i64, first.labels.cols() as i64);
     let mut images = Vec::with_capacity(samples.len());
     for s in samples {
-        if s.labels.height as i64 != h || s.labels.width as i64 != w {
+        if s.labels.rows() as i64 != h || s.labels.cols() as i64 != w {
             return Err(TrainError::Samples(format!(
                 "patches of one batch differ in size: {}×{} and {}×{}",
-                h, w, s.labels.height, s.labels.width
+                h,
+                w,
+                s.labels.rows(),
+                s.labels.cols()
             )));
         }
         images.push(Tensor::from_slice(&s.image).view([1, 1, h, w]));
@@ -94,9 +97,9 @@ pub fn model_input(
 
 /// Objects of a sample chosen for this step: up to `n` ids, drawn without replacement.
 fn choose_objects(sample: &TrainingSample, n: usize, rng: &mut ChaCha8Rng) -> Vec<u32> {
-    let max = sample.labels.data.iter().copied().max().unwrap_or(0);
+    let max = sample.labels.as_slice().iter().copied().max().unwrap_or(0);
     let mut present = vec![false; max as usize + 1];
-    for &v in &sample.labels.data {
+    for &v in sample.labels.as_slice() {
         present[v as usize] = true;
     }
     let mut ids: Vec<u32> = (1..=max).filter(|&i| present[i as usize]).collect();
@@ -113,11 +116,11 @@ fn choose_objects(sample: &TrainingSample, n: usize, rng: &mut ChaCha8Rng) -> Ve
 
 /// Per-object binary masks `[n, 1, h, w]` of `ids`.
 fn object_masks(sample: &TrainingSample, ids: &[u32], device: Device) -> Tensor {
-    let (h, w) = (sample.labels.height, sample.labels.width);
+    let (h, w) = (sample.labels.rows(), sample.labels.cols());
     let mut data = vec![0f32; ids.len() * h * w];
     for (k, &id) in ids.iter().enumerate() {
         let dst = &mut data[k * h * w..(k + 1) * h * w];
-        for (d, &v) in dst.iter_mut().zip(&sample.labels.data) {
+        for (d, &v) in dst.iter_mut().zip(sample.labels.as_slice()) {
             *d = f32::from(u8::from(v == id));
         }
     }
@@ -319,8 +322,8 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
     let embeddings = sam.image_encoder.forward(&x);
     let heads = sink.heads_input(&embeddings);
     let (ph, pw) = (
-        samples[0].labels.height as i64,
-        samples[0].labels.width as i64,
+        samples[0].labels.rows() as i64,
+        samples[0].labels.cols() as i64,
     );
     let (mut dice_sum, mut iou_sum) = (0.0, 0.0);
     let mut decoder_value = 0.0;
@@ -339,7 +342,7 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
         let ids = choose_objects(sample, recipe.n_objects_per_batch, &mut rng);
         if ids.is_empty() {
             return Err(TrainError::Samples(format!(
-                "a patch of {} at {:?} has no objects (min_objects_per_patch must be ≥ 1)",
+                "a patch of {} at (top, left) {:?} has no objects (min_objects_per_patch must be ≥ 1)",
                 sample.image_name, sample.origin
             )));
         }

@@ -117,10 +117,10 @@ pub fn validation_totals(
     for sample in patches {
         let (x, input_size) = model_input(sam, &[sample], device)?;
         let emb = sam.image_encoder.forward(&x);
-        let (h, w) = (sample.labels.height, sample.labels.width);
-        let max = sample.labels.data.iter().copied().max().unwrap_or(0);
+        let (h, w) = (sample.labels.rows(), sample.labels.cols());
+        let max = sample.labels.as_slice().iter().copied().max().unwrap_or(0);
         let mut present = vec![false; max as usize + 1];
-        for &v in &sample.labels.data {
+        for &v in sample.labels.as_slice() {
             present[v as usize] = true;
         }
         let ids: Vec<u32> = (1..=max).filter(|&i| present[i as usize]).collect();
@@ -155,7 +155,7 @@ pub fn validation_totals(
                 let (mut inter, mut pred_n, mut true_n) = (0u64, 0u64, 0u64);
                 for ((&l, &t), (best, m)) in plane
                     .iter()
-                    .zip(&sample.labels.data)
+                    .zip(sample.labels.as_slice())
                     .zip(best_logit.iter_mut().zip(merged.iter_mut()))
                 {
                     let p = l > 0.0;
@@ -182,7 +182,7 @@ pub fn validation_totals(
                 n_objects += 1;
             }
         }
-        let scores = sam_eval::score_image(&sample.labels.data, &merged).map_err(|source| {
+        let scores = sam_eval::score_image(sample.labels.as_slice(), &merged).map_err(|source| {
             TrainError::Scoring {
                 image: sample.image_name.clone(),
                 source,

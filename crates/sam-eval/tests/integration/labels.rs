@@ -37,7 +37,7 @@ fn square(x: usize, id: u32) -> LabelImage {
             data[y * 8 + xx] = id;
         }
     }
-    LabelImage::new(8, 6, data).unwrap()
+    LabelImage::from_vec(6, 8, data).unwrap()
 }
 
 fn write(path: PathBuf, labels: &LabelImage) {
@@ -56,7 +56,8 @@ fn writes_csvs_json_and_overlays() {
     write(opts.gt_dir.join("c.tif"), &square(4, 2));
     write(opts.pred_dir.join("orphan.tif"), &square(4, 2));
     for stem in ["a", "b", "c"] {
-        let grey = GreyImage::new(8, 6, BitDepth::U8, (0..48).map(|v| v as f32).collect()).unwrap();
+        let grey =
+            GreyImage::from_vec(6, 8, BitDepth::U8, (0..48).map(|v| v as f32).collect()).unwrap();
         write_image(
             opts.gt_dir
                 .parent()
@@ -169,7 +170,7 @@ fn size_mismatch_names_both_files() {
     write(opts.gt_dir.join("x.tif"), &square(1, 1));
     write(
         opts.pred_dir.join("x.tif"),
-        &LabelImage::new(5, 5, vec![0; 25]).unwrap(),
+        &LabelImage::from_vec(5, 5, vec![0; 25]).unwrap(),
     );
     let err = evaluate_label_dirs(&opts, &no_progress).unwrap_err();
     let msg = err.to_string();
@@ -178,7 +179,11 @@ fn size_mismatch_names_both_files() {
         msg.contains("gt/x.tif") && msg.contains("pred/x.tif"),
         "{msg}"
     );
-    assert!(msg.contains("(8, 6)") && msg.contains("(5, 5)"), "{msg}");
+    // shapes are (rows, cols): the ground truth is 6 rows of 8 columns
+    assert!(
+        msg.contains("(6, 8) (rows, cols)") && msg.contains("(5, 5)"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -229,7 +234,7 @@ fn duplicate_stems_are_an_error() {
     write(opts.pred_dir.join("x.tif"), &square(1, 1));
     sam_data::write_image(
         opts.pred_dir.join("x.png"),
-        &GreyImage::new(8, 6, BitDepth::U8, vec![0.0; 48]).unwrap(),
+        &GreyImage::from_vec(6, 8, BitDepth::U8, vec![0.0; 48]).unwrap(),
     )
     .unwrap();
     let err = evaluate_label_dirs(&opts, &no_progress).unwrap_err();
@@ -245,10 +250,10 @@ fn relabel_gt_splits_disconnected_pieces_like_micro_sam() {
     let mut gt = square(0, 5);
     let right = square(5, 5);
     let mut pred = square(0, 1);
-    for (i, &v) in right.data.iter().enumerate() {
+    for (i, &v) in right.as_slice().iter().enumerate() {
         if v != 0 {
-            gt.data[i] = 5;
-            pred.data[i] = 2;
+            gt.as_mut_slice()[i] = 5;
+            pred.as_mut_slice()[i] = 2;
         }
     }
     write(opts.gt_dir.join("x.tif"), &gt);
@@ -318,7 +323,7 @@ fn issue_16_a_label_stack_is_refused_not_scored_as_its_first_page() {
             enc.write_image::<tiff::encoder::colortype::Gray32>(
                 8,
                 6,
-                &square(id as usize, id).data,
+                square(id as usize, id).as_slice(),
             )
             .unwrap();
         }

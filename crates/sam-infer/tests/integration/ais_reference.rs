@@ -15,10 +15,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sam_infer::{
-    ais_segment, gaussian_smoothing, label_components, seeded_watershed, AisParams, Connectivity,
-    DecoderMaps, Plane,
-};
+use sam_data::{connected_components, Connectivity, Plane};
+use sam_infer::{ais_segment, gaussian_smoothing, seeded_watershed, AisParams, DecoderMaps};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -126,7 +124,8 @@ fn ais_postprocessing_matches_micro_sam() {
         assert!(err < 1e-5, "{}: smoothing max abs error {err}", c.name);
 
         // 2. Connected components of the seeds (8-connected, first-occurrence order).
-        let (labels, _) = label_components(&markers.map(|&m| m > 0), false, Connectivity::Eight);
+        let (labels, _) =
+            connected_components(&markers.map(|&m| m > 0), false, Connectivity::Eight);
         assert_eq!(labels, markers, "{}: seed labelling differs", c.name);
 
         // 3. Seeded watershed on the same inputs vs skimage: identical.

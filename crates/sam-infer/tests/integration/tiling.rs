@@ -1,9 +1,8 @@
 //! Tiled AIS: objects crossing tile borders stay whole (issue 8), tiled and untiled agree.
 #![allow(clippy::unwrap_used)]
 
-use sam_infer::{
-    ais_segment, crop_outer, paste_inner, AisParams, DecoderMaps, Plane, TileSpec, Tiling,
-};
+use sam_data::Plane;
+use sam_infer::{ais_segment, crop_outer, paste_inner, AisParams, DecoderMaps, TileSpec, Tiling};
 
 /// Perfect decoder maps of one long horizontal capsule and a small round object.
 fn capsule_maps(h: usize, w: usize) -> DecoderMaps {
@@ -57,8 +56,8 @@ fn stitched(maps: &DecoderMaps, tiling: &Tiling) -> DecoderMaps {
         ] {
             let mut outer = crop_outer(src, &tile);
             let l = tile.inner_local;
-            for y in 0..outer.height() {
-                for x in 0..outer.width() {
+            for y in 0..outer.rows() {
+                for x in 0..outer.cols() {
                     if y < l.y0 || y >= l.y1 || x < l.x0 || x >= l.x1 {
                         outer.set(y, x, 0.5); // halo: meaningless
                     }
@@ -71,7 +70,7 @@ fn stitched(maps: &DecoderMaps, tiling: &Tiling) -> DecoderMaps {
 }
 
 fn ids_at(labels: &Plane<u32>, points: &[(usize, usize)]) -> Vec<u32> {
-    points.iter().map(|&(y, x)| *labels.get(y, x)).collect()
+    points.iter().map(|&(y, x)| labels.get(y, x)).collect()
 }
 
 #[test]
@@ -87,7 +86,7 @@ fn issue_8_object_across_a_tile_border_is_one_object() {
         ids[0] != 0 && ids.iter().all(|&i| i == ids[0]),
         "capsule split: {ids:?}"
     );
-    let disc = *seg.get(50, 50);
+    let disc = seg.get(50, 50);
     assert!(disc != 0 && disc != ids[0]);
     assert_eq!(
         seg.as_slice().iter().copied().max(),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use sam_model::{
-    AttentionMode, GreyImage, Prompts, Sam, SamConfig, SamPredictor, TinyViT, TinyViTConfig,
+    AttentionMode, ImageView, Prompts, Sam, SamConfig, SamPredictor, TinyViT, TinyViTConfig,
     UnetrConfig, UnetrDecoder,
 };
 use tch::nn::{self, ModuleT};
@@ -244,10 +244,10 @@ fn predictor_on_grey_image_matches_reference_pipeline() {
     let (_vs, sam) = tiny_sam(AttentionMode::Sdpa, &state);
     let grey = &io["grey"];
     let pixels = Vec::<f32>::try_from(grey.flatten(0, -1)).unwrap();
-    let image = GreyImage {
+    let image = ImageView {
         pixels: &pixels,
-        height: 150,
-        width: 200,
+        rows: 150,
+        cols: 200,
     };
     let mut predictor = SamPredictor::new(&sam);
     let resized = predictor.to_model_input(image).unwrap();
