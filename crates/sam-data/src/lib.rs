@@ -12,7 +12,12 @@
 //!   [`Prefetcher`] make training samples.
 //!
 //! The crate hands out plain buffers ([`GreyImage`], [`LabelImage`], `Vec<f32>`); it links no
-//! torch.
+//! torch. Images, label images and masks are [`Plane`]s: `rows × cols`, row-major, indexed
+//! `(row, col)` as numpy and torch index an `[H, W]` array; positions and sizes are given row
+//! first everywhere (`crop(top, left, height, width)`). The label toolkit
+//! ([`connected_components`] with one [`Connectivity`], [`relabel_consecutive`],
+//! [`label_sizes`], [`size_filter`], [`inner_boundaries`], …) is the one evaluation and
+//! inference use too.
 //!
 //! # Example
 //! ```

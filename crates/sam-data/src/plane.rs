@@ -147,11 +147,6 @@ impl<T> Plane<T> {
         &mut self.data[row * self.cols..(row + 1) * self.cols]
     }
 
-    /// A reference to the value at (`row`, `col`) (panics when out of bounds).
-    pub fn at(&self, row: usize, col: usize) -> &T {
-        &self.data[row * self.cols + col]
-    }
-
     /// Sets the value at (`row`, `col`) (panics when out of bounds).
     pub fn set(&mut self, row: usize, col: usize, value: T) {
         self.data[row * self.cols + col] = value;
@@ -164,11 +159,6 @@ impl<T> Plane<T> {
             cols: self.cols,
             data: self.data.iter().map(f).collect(),
         }
-    }
-
-    /// Whether `other` has this plane's shape.
-    pub fn same_shape<U>(&self, other: &Plane<U>) -> bool {
-        self.shape() == other.shape()
     }
 }
 
@@ -185,7 +175,6 @@ mod tests {
         p.set(1, 3, 7);
         assert_eq!(p.as_slice(), &[0, 0, 0, 0, 0, 0, 0, 0, 7, 0]);
         assert_eq!(p.get(1, 3), 7);
-        assert_eq!(*p.at(1, 3), 7);
         assert_eq!(p.row(1), &[0, 0, 0, 7, 0]);
         // a[1:2, 2:5] is one row of three columns
         let c = p.crop(1, 2, 1, 3);
