@@ -95,7 +95,7 @@ pub fn shrunk_images<'a>(
     let mut seen = std::collections::BTreeSet::new();
     let mut shrunk = Vec::new();
     for path in images {
-        let Ok((width, height)) = sam_data::image_dimensions(path) else {
+        let Ok((height, width)) = sam_data::image_dimensions(path) else {
             continue;
         };
         if !seen.insert((height, width)) {

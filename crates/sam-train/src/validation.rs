@@ -182,12 +182,13 @@ pub fn validation_totals(
                 n_objects += 1;
             }
         }
-        let scores = sam_eval::score_image(sample.labels.as_slice(), &merged).map_err(|source| {
-            TrainError::Scoring {
-                image: sample.image_name.clone(),
-                source,
-            }
-        })?;
+        let scores =
+            sam_eval::score_image(sample.labels.as_slice(), &merged).map_err(|source| {
+                TrainError::Scoring {
+                    image: sample.image_name.clone(),
+                    source,
+                }
+            })?;
         msa_sum += scores.msa;
         sa50_sum += scores.sa50;
     }
