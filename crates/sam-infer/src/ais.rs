@@ -11,13 +11,11 @@
 //! 5. seeded watershed on the smoothed boundary distances, restricted to the foreground mask;
 //! 6. objects smaller than `min_size` removed, ids made consecutive.
 
+use sam_data::{connected_components, size_filter, Connectivity, Plane};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_same_shape, InferError};
 use crate::filters::gaussian_smoothing;
-use sam_data::Plane;
-use sam_data::{connected_components, size_filter, Connectivity};
-
 use crate::watershed::seeded_watershed;
 
 /// Thresholds of the AIS post-processing; `Default` gives micro_sam's defaults.

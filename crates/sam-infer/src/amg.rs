@@ -8,11 +8,10 @@
 //! ones overwrite), connected components, the largest segment dropped as background, ids made
 //! consecutive.
 
+use sam_data::{connected_components, label_sizes, Connectivity, Plane};
 use serde::{Deserialize, Serialize};
 
 use crate::error::InferError;
-use sam_data::Plane;
-use sam_data::{connected_components, label_sizes, Connectivity};
 
 /// AMG settings; `Default` gives micro_sam's / segment_anything's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

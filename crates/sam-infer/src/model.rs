@@ -3,9 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sam_model::{
-    ImageEmbedding, Prompts, Sam, SamModel, SamPredictor, UnetrDecoder,
-};
+use sam_data::Plane;
+use sam_model::{ImageEmbedding, Prompts, Sam, SamModel, SamPredictor, UnetrDecoder};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::ais::DecoderMaps;
@@ -13,7 +12,6 @@ use crate::amg::{build_point_grid, AmgParams, CropMasks, MaskRecord};
 use crate::error::InferError;
 use crate::prompts::PromptSet;
 use crate::tiling::{crop_outer, paste_inner, Tile, Tiling};
-use sam_data::Plane;
 
 /// `Sam.mask_threshold` of segment_anything.
 const MASK_THRESHOLD: f32 = 0.0;

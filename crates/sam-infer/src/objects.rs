@@ -3,8 +3,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::{check_same_shape, InferError};
 use sam_data::Plane;
+
+use crate::error::{check_same_shape, InferError};
 
 /// Mean of `values` over each object of `labels` (index = id - 1; NaN for absent ids), e.g. the
 /// AIS score from the foreground probability.

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use sam_data::Plane;
 use sha2::{Digest, Sha256};
 use tch::{Device, Tensor};
 
@@ -13,7 +14,6 @@ use crate::model::InferenceModel;
 use crate::objects::{mean_per_object, write_objects_csv};
 use crate::prompts::PromptFile;
 use crate::tiling::Tiling;
-use sam_data::Plane;
 
 /// Which automatic segmentation to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

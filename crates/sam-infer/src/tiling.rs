@@ -6,8 +6,9 @@
 //! stitched maps have no seams from the tile borders: objects that cross them are segmented once,
 //! by the single watershed over the whole image.
 
-use crate::error::InferError;
 use sam_data::Plane;
+
+use crate::error::InferError;
 
 /// A half-open rectangle `[y0, y1) × [x0, x1)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
