@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use sam_testkit::ConfigBuilder;
+
 /// A fresh temporary folder for one test, removed when the test ends.
 macro_rules! tmpdir {
     () => {
@@ -46,6 +48,17 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
+}
+
+/// The minimal config of experiment `demo` that augments `data/{images,labels}` into
+/// `out/{images,labels}`.
+fn augmentation_config(data: &Path, out: &Path) -> ConfigBuilder {
+    let (d, o) = (p(data), p(out));
+    ConfigBuilder::named("demo")
+        .set("augmentation.source_images_dir", format!("{d}/images"))
+        .set("augmentation.source_labels_dir", format!("{d}/labels"))
+        .set("augmentation.output_images_dir", format!("{o}/images"))
+        .set("augmentation.output_labels_dir", format!("{o}/labels"))
 }
 
 #[test]
@@ -264,16 +277,16 @@ fn config_path_reads_the_augmentation_section() {
     );
     let out = tmp.path().join("aug");
     let config = tmp.path().join("exp.yaml");
-    let yaml = format!(
-        "experiment_name: demo\noutput_base_dir: runs\ncheckpoint_name: demo_ckpt\n\
-         export_path: final_models/demo.pt\nseed: 7\n\
-         data:\n  train_images_dir: {d}/images\n  train_labels_dir: {d}/labels\n\
-         augmentation:\n  source_images_dir: {d}/images\n  source_labels_dir: {d}/labels\n  \
-         output_images_dir: {o}/images\n  output_labels_dir: {o}/labels\n  copies_per_image: 3\n",
-        d = p(&data),
-        o = p(&out)
-    );
-    std::fs::write(&config, yaml).unwrap();
+    augmentation_config(&data, &out)
+        .checkpoint_name("demo_ckpt")
+        .seed(7)
+        .train_dirs(
+            &format!("{}/images", p(&data)),
+            &format!("{}/labels", p(&data)),
+        )
+        .set("augmentation.copies_per_image", 3)
+        .write(&config)
+        .unwrap();
     let o = sam_augment(&["run", "--config", p(&config)]);
     assert!(o.status.success(), "{}", text(&o));
     // 2 originals + 2 x 3 copies, seed from the config
@@ -283,11 +296,10 @@ fn config_path_reads_the_augmentation_section() {
     assert_eq!(manifest["job"]["seed"], 7);
     assert_eq!(manifest["job"]["copies"], 3);
     // a broken config is a usage error naming the file
-    std::fs::write(
-        &config,
-        "experiment_name: demo\naugmentation:\n  copies_per_image: many\n",
-    )
-    .unwrap();
+    ConfigBuilder::named("demo")
+        .set("augmentation.copies_per_image", "many")
+        .write(&config)
+        .unwrap();
     let o = sam_augment(&["run", "--config", p(&config)]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("exp.yaml"), "{}", text(&o));
@@ -327,18 +339,10 @@ fn issue_16_nothing_to_write_is_refused_as_the_config_refuses_it() {
     assert!(!out.exists());
     // The same through a config whose own values are fine.
     let config = tmp.path().join("exp.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "experiment_name: demo\noutput_base_dir: runs\ncheckpoint_name: c\n\
-             export_path: final_models/demo.pt\naugmentation:\n  source_images_dir: {d}/images\n  \
-             source_labels_dir: {d}/labels\n  output_images_dir: {o}/images\n  \
-             output_labels_dir: {o}/labels\n",
-            d = p(&data),
-            o = p(&out)
-        ),
-    )
-    .unwrap();
+    augmentation_config(&data, &out)
+        .checkpoint_name("c")
+        .write(&config)
+        .unwrap();
     let o = sam_augment(&[
         "run",
         "--config",

@@ -6,103 +6,93 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sam_infer::{segment_auto, AisParams, AutoMode, AutoOptions, InferenceModel, TileSpec};
-use sam_model::{
-    named_tensors, write_micro_sam_checkpoint, write_sam_state_dict, Sam, SamConfig, UnetrConfig,
-    UnetrDecoder,
-};
-use tch::{nn, Device};
+use sam_testkit::{ConfigBuilder, SynthDataset, SynthImage, TempRepo, TinyCheckpoint};
+use tch::Device;
 
 /// A fresh temporary repository per test.
 macro_rules! setup {
-    ($decoder:expr) => {{
-        let t = tempfile::tempdir().unwrap();
-        make_repo(t.path(), $decoder);
-        t
-    }};
+    ($decoder:expr) => {
+        make_repo($decoder)
+    };
 }
 
-const CONFIG: &str = "\
-experiment_name: t
-output_base_dir: runs
-checkpoint_name: t
-export_path: final_models/t.pt
-seed: 3
-data:
-  validation:
-    images_dir: dat/val/images
-    labels_dir: dat/val/labels
-    fraction: null
-evaluation:
-  test_images_dir: TEST_IMAGES
-  test_labels_dir: dat/test/labels
-  grid_search:
-    center_distance_threshold: {start: 0.4, stop: 0.6, step: 0.2}
-    boundary_distance_threshold: {start: 0.4, stop: 0.6, step: 0.2}
-    distance_smoothing: {start: 1.0, stop: 1.0, step: 0.5}
-    min_size: [0, 20]
-    pred_iou_thresh: {start: 0.0, stop: 0.5, step: 0.5}
-    stability_score_thresh: {start: 0.0, stop: 0.5, step: 0.5}
-  iterative_prompting:
-    n_iterations: 3
-    start_with: both
-  write_overlays: true
-inference:
-  mode: auto
-  tile_shape: null
-  halo: [0, 0]
-  amg:
-    points_per_side: 4
-";
-
-fn tiny_checkpoint(path: &Path, with_decoder: bool) {
-    tch::manual_seed(7);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let _sam = Sam::new(&vs.root(), &SamConfig::tiny()).unwrap();
-    if with_decoder {
-        let dvs = nn::VarStore::new(Device::Cpu);
-        let _dec = UnetrDecoder::new(&dvs.root(), &UnetrConfig::tiny()).unwrap();
-        write_micro_sam_checkpoint(path, &named_tensors(&vs), &named_tensors(&dvs)).unwrap();
-    } else {
-        write_sam_state_dict(path, &named_tensors(&vs)).unwrap();
-    }
+/// The experiment `t` with its test images in `test_images`: validation on `dat/val`, small
+/// grid-search ranges, three rounds of iterative prompting, AMG with 4 points per side.
+fn config(test_images: &str) -> ConfigBuilder {
+    ConfigBuilder::named("t")
+        .checkpoint_name("t")
+        .seed(3)
+        .validation_dirs("dat/val/images", "dat/val/labels")
+        .test_dirs(test_images, "dat/test/labels")
+        .set_yaml(
+            "evaluation.grid_search.center_distance_threshold",
+            "{start: 0.4, stop: 0.6, step: 0.2}",
+        )
+        .set_yaml(
+            "evaluation.grid_search.boundary_distance_threshold",
+            "{start: 0.4, stop: 0.6, step: 0.2}",
+        )
+        .set_yaml(
+            "evaluation.grid_search.distance_smoothing",
+            "{start: 1.0, stop: 1.0, step: 0.5}",
+        )
+        .set_yaml("evaluation.grid_search.min_size", "[0, 20]")
+        .set_yaml(
+            "evaluation.grid_search.pred_iou_thresh",
+            "{start: 0.0, stop: 0.5, step: 0.5}",
+        )
+        .set_yaml(
+            "evaluation.grid_search.stability_score_thresh",
+            "{start: 0.0, stop: 0.5, step: 0.5}",
+        )
+        .set("evaluation.iterative_prompting.n_iterations", 3)
+        .set("evaluation.iterative_prompting.start_with", "both")
+        .set("evaluation.write_overlays", true)
+        .set("inference.mode", "auto")
+        .set_yaml("inference.tile_shape", "null")
+        .set_yaml("inference.halo", "[0, 0]")
+        .set("inference.amg.points_per_side", 4)
 }
 
-fn write_set(root: &Path, set: &str, items: &[(&str, usize, u64)]) {
-    let (images, labels) = (
-        root.join("dat").join(set).join("images"),
-        root.join("dat").join(set).join("labels"),
-    );
-    std::fs::create_dir_all(&images).unwrap();
-    std::fs::create_dir_all(&labels).unwrap();
-    for &(stem, size, seed) in items {
-        let s = sam_data::synthesize(
-            &sam_data::SynthConfig {
-                size,
-                cells_per_512: 300.0,
-                ..Default::default()
-            },
-            seed,
-        );
-        sam_data::write_image(images.join(format!("{stem}.tif")), &s.image).unwrap();
-        sam_data::write_labels(labels.join(format!("{stem}.tif")), &s.labels).unwrap();
-    }
-}
-
-fn make_repo(root: &Path, with_decoder: bool) {
-    std::fs::create_dir_all(root.join("configs")).unwrap();
-    std::fs::create_dir_all(root.join("final_models")).unwrap();
-    tiny_checkpoint(&root.join("final_models/t.pt"), with_decoder);
-    write_set(root, "test", &[("t1", 80, 1), ("t2", 96, 2)]);
-    write_set(root, "val", &[("v1", 64, 3), ("v2", 80, 4)]);
-    write_config(root, "dat/test/images");
+/// A repository with the tiny model (with or without the UNETR decoder) as
+/// `final_models/t.pt`, two test and two validation images of different sizes with dense
+/// objects, and `configs/t.yaml`.
+fn make_repo(with_decoder: bool) -> TempRepo {
+    let repo = TempRepo::new().unwrap();
+    repo.create_dir("final_models").unwrap();
+    TinyCheckpoint::new()
+        .with_decoder(with_decoder)
+        .write(repo.join("final_models/t.pt"))
+        .unwrap();
+    SynthDataset::new(repo.join("dat"))
+        .synth_config(sam_data::SynthConfig {
+            cells_per_512: 300.0,
+            ..Default::default()
+        })
+        .split_of(
+            "test",
+            [
+                SynthImage::new("t1.tif", 80, 1),
+                SynthImage::new("t2.tif", 96, 2),
+            ],
+        )
+        .split_of(
+            "val",
+            [
+                SynthImage::new("v1.tif", 64, 3),
+                SynthImage::new("v2.tif", 80, 4),
+            ],
+        )
+        .write()
+        .unwrap();
+    write_config(repo.path(), "dat/test/images");
+    repo
 }
 
 fn write_config(root: &Path, test_images: &str) {
-    std::fs::write(
-        root.join("configs/t.yaml"),
-        CONFIG.replace("TEST_IMAGES", test_images),
-    )
-    .unwrap();
+    config(test_images)
+        .write(root.join("configs/t.yaml"))
+        .unwrap();
 }
 
 fn sam_eval(root: &Path, extra: &[&str]) -> Output {

@@ -4,10 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sam_model::{
-    named_tensors, write_micro_sam_checkpoint, write_sam_state_dict, Sam, SamConfig, UnetrConfig,
-    UnetrDecoder,
-};
+use sam_model::{named_tensors, write_sam_state_dict, Sam, SamConfig};
+use sam_testkit::{SynthDataset, SynthImage, TinyCheckpoint};
 use tch::{nn, Device};
 
 /// A fresh temporary folder per test.
@@ -17,39 +15,33 @@ macro_rules! setup {
     };
 }
 
+/// The tiny random-weight model in `dir`: `tiny_ais.pt` with the UNETR decoder, else
+/// `tiny_sam.pt`.
 fn tiny_checkpoint(dir: &Path, with_decoder: bool) -> PathBuf {
-    tch::manual_seed(7);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let _sam = Sam::new(&vs.root(), &SamConfig::tiny()).unwrap();
     let path = dir.join(if with_decoder {
         "tiny_ais.pt"
     } else {
         "tiny_sam.pt"
     });
-    if with_decoder {
-        let dvs = nn::VarStore::new(Device::Cpu);
-        let _dec = UnetrDecoder::new(&dvs.root(), &UnetrConfig::tiny()).unwrap();
-        write_micro_sam_checkpoint(&path, &named_tensors(&vs), &named_tensors(&dvs)).unwrap();
-    } else {
-        write_sam_state_dict(&path, &named_tensors(&vs)).unwrap();
-    }
+    TinyCheckpoint::new()
+        .with_decoder(with_decoder)
+        .write(&path)
+        .unwrap();
     path
 }
 
+/// A folder of synthetic images (no labels) named and sized as given, image `i` drawn with
+/// seed `i`.
 fn images(dir: &Path, names: &[(&str, usize)]) -> PathBuf {
-    let d = dir.join("images");
-    std::fs::create_dir_all(&d).unwrap();
-    for (i, (name, size)) in names.iter().enumerate() {
-        let s = sam_data::synthesize(
-            &sam_data::SynthConfig {
-                size: *size,
-                ..Default::default()
-            },
-            i as u64,
-        );
-        sam_data::write_image(d.join(name), &s.image).unwrap();
-    }
-    d
+    let images = names
+        .iter()
+        .enumerate()
+        .map(|(i, &(name, size))| SynthImage::new(name, size, i as u64));
+    let data = SynthDataset::new(dir)
+        .without_labels()
+        .split_of("input", images);
+    data.write().unwrap();
+    data.images_dir("input")
 }
 
 fn sam_infer(args: &[&str]) -> Output {
@@ -391,14 +383,11 @@ fn issue_16_outputs_of_another_checkpoint_are_not_kept_silently() {
     let t = setup!();
     let first = tiny_checkpoint(t.path(), true);
     let second = t.path().join("second.pt");
-    {
-        tch::manual_seed(8);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let _sam = Sam::new(&vs.root(), &SamConfig::tiny()).unwrap();
-        let dvs = nn::VarStore::new(Device::Cpu);
-        let _dec = UnetrDecoder::new(&dvs.root(), &UnetrConfig::tiny()).unwrap();
-        write_micro_sam_checkpoint(&second, &named_tensors(&vs), &named_tensors(&dvs)).unwrap();
-    }
+    TinyCheckpoint::new()
+        .with_decoder(true)
+        .seed(8)
+        .write(&second)
+        .unwrap();
     let input = images(t.path(), &[("a.tif", 64)]);
     let out = t.path().join("out");
     let (input_s, out_s) = (input.to_str().unwrap(), out.to_str().unwrap());

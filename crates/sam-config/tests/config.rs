@@ -6,15 +6,13 @@ use sam_config::{
     json_schema, load_config_with, parse_config, ConfigError, Diagnostic, ExperimentConfig,
     RunPaths, Severity, ValidateOptions,
 };
+use sam_testkit::{ConfigBuilder, TempRepo};
 
 /// A fresh temporary repository root (with `configs/` and `dat/`), removed on drop.
 macro_rules! temp_root {
-    () => {{
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir_all(dir.path().join("configs")).expect("configs");
-        std::fs::create_dir_all(dir.path().join("dat")).expect("dat");
-        dir
-    }};
+    () => {
+        TempRepo::new().expect("temp root")
+    };
 }
 
 fn repo_root() -> PathBuf {
@@ -25,8 +23,11 @@ fn no_paths() -> ValidateOptions {
     ValidateOptions::without_path_checks()
 }
 
-const HEAD: &str = "experiment_name: exp\noutput_base_dir: runs\ncheckpoint_name: ckpt\n\
-                    export_path: final_models/exp.pt\n";
+/// The minimal valid config: the four required keys, one line each. Sections appended to it
+/// start on line 5.
+fn minimal() -> String {
+    ConfigBuilder::new().yaml()
+}
 
 /// Parse text that must fail; return its errors.
 fn errors_of(text: &str) -> Vec<Diagnostic> {
@@ -112,8 +113,9 @@ fn shipped_presets_differ_between_a100_and_a40() {
 
 #[test]
 fn unknown_keys_are_named_with_line_and_suggestion() {
+    let head = minimal();
     let text =
-        format!("{HEAD}training:\n  lr: 1.0e-5\n  batch_sise: 2\nmodle:\n  backbone: vit_b\n");
+        format!("{head}training:\n  lr: 1.0e-5\n  batch_sise: 2\nmodle:\n  backbone: vit_b\n");
     let errors = errors_of(&text);
     let d = find(&errors, "training.batch_sise");
     assert_eq!((d.line, d.column), (7, 3));
@@ -130,8 +132,9 @@ fn unknown_keys_are_named_with_line_and_suggestion() {
 
 #[test]
 fn wrong_types_are_named_with_line() {
+    let head = minimal();
     let text = format!(
-        "{HEAD}training:\n  lr: fast\n  epochs: [1]\nmodel:\n  backbone: vit_q\n  freeze: image_encoder\n"
+        "{head}training:\n  lr: fast\n  epochs: [1]\nmodel:\n  backbone: vit_q\n  freeze: image_encoder\n"
     );
     let errors = errors_of(&text);
     let lr = find(&errors, "training.lr");
@@ -154,8 +157,12 @@ fn wrong_types_are_named_with_line() {
 
 #[test]
 fn missing_required_fields_are_named() {
-    let text = "experiment_name: exp\noutput_base_dir: runs\ntraining:\n  lr: 1.0e-5\n";
-    let errors = errors_of(text);
+    let text = ConfigBuilder::new()
+        .remove("checkpoint_name")
+        .remove("export_path")
+        .set("training.lr", 1.0e-5)
+        .yaml();
+    let errors = errors_of(&text);
     for key in ["checkpoint_name", "export_path"] {
         let d = find(&errors, key);
         assert!(d.problem.message.contains("missing required key"), "{d}");
@@ -166,8 +173,9 @@ fn missing_required_fields_are_named() {
 
 #[test]
 fn out_of_range_values_are_named_with_line() {
+    let head = minimal();
     let text = format!(
-        "{HEAD}training:\n  lr: -1.0\n  mask_prob: 1.5\ndata:\n  normalization:\n    \
+        "{head}training:\n  lr: -1.0\n  mask_prob: 1.5\ndata:\n  normalization:\n    \
          lower_percentile: 99.0\n    upper_percentile: 2.0\ndistributed:\n  gpus_per_node: 8\n\
          slurm:\n  time_limit: \"72:00:00\"\n"
     );
@@ -216,9 +224,10 @@ fn inconsistent_values_are_named_with_line() {
 
 #[test]
 fn every_problem_of_every_kind_is_reported_in_one_run() {
+    let head = minimal();
     // Two unknown keys and two wrong types in different sections: all four reported.
     let text = format!(
-        "{HEAD}training:\n  lrr: 1\n  batch_size: many\ninference:\n  halo: x\n  mdoe: ais\n"
+        "{head}training:\n  lrr: 1\n  batch_size: many\ninference:\n  halo: x\n  mdoe: ais\n"
     );
     let errors = errors_of(&text);
     for key in [
@@ -232,7 +241,7 @@ fn every_problem_of_every_kind_is_reported_in_one_run() {
     let lines: Vec<usize> = errors.iter().map(|d| d.line).collect();
     assert_eq!(lines, vec![6, 7, 9, 10], "sorted by line");
     // Semantic problems are collected too.
-    let text = format!("{HEAD}training:\n  lr: 0\n  batch_size: 0\n  n_sub_iteration: 0\n");
+    let text = format!("{head}training:\n  lr: 0\n  batch_size: 0\n  n_sub_iteration: 0\n");
     let errors = errors_of(&text);
     for key in [
         "training.lr",
@@ -245,7 +254,8 @@ fn every_problem_of_every_kind_is_reported_in_one_run() {
 
 #[test]
 fn yaml_syntax_errors_have_line_and_column() {
-    let text = format!("{HEAD}training:\n  lr: [1\n  batch_size: 2\n");
+    let head = minimal();
+    let text = format!("{head}training:\n  lr: [1\n  batch_size: 2\n");
     let errors = errors_of(&text);
     assert_eq!(errors.len(), 1);
     assert!(errors[0].line >= 6, "{}", errors[0]);
@@ -259,7 +269,9 @@ fn yaml_syntax_errors_have_line_and_column() {
 #[test]
 fn missing_data_folders_are_errors_unless_path_checks_are_off() {
     let root = temp_root!();
-    let text = format!("{HEAD}data:\n  train_images_dir: dat/imgs\n  train_labels_dir: dat/lbls\n");
+    let text = ConfigBuilder::new()
+        .train_dirs("dat/imgs", "dat/lbls")
+        .yaml();
     let opts = ValidateOptions {
         check_paths: true,
         root: Some(root.path().to_path_buf()),
@@ -287,10 +299,12 @@ fn missing_data_folders_are_errors_unless_path_checks_are_off() {
 
 #[test]
 fn wall_time_estimate_warns_loudly_above_56_hours() {
-    let text = format!(
-        "{HEAD}model:\n  backbone: vit_h\n  checkpoint: vit_h\ntraining:\n  batch_size: 1\n  \
-         iterations: 400000\n"
-    );
+    let text = ConfigBuilder::new()
+        .set("model.backbone", "vit_h")
+        .set("model.checkpoint", "vit_h")
+        .batch_size(1)
+        .set("training.iterations", 400000)
+        .yaml();
     let loaded = parse_config(&text, None, &no_paths()).expect("valid");
     let w = loaded
         .warnings
@@ -316,7 +330,9 @@ fn resolved_config_round_trips_through_yaml() {
 #[test]
 fn run_paths_follow_the_documented_layout() {
     let root = temp_root!();
-    let cfg: ExperimentConfig = parse_config(HEAD, None, &no_paths()).expect("valid").config;
+    let cfg: ExperimentConfig = parse_config(&minimal(), None, &no_paths())
+        .expect("valid")
+        .config;
     let p = RunPaths::new(root.path(), &cfg);
     let r = root.path();
     assert_eq!(p.run_dir, r.join("runs/exp"));
@@ -356,8 +372,9 @@ fn structural_and_semantic_problems_are_reported_together() {
 
 #[test]
 fn errors_inside_optional_values_and_enums_are_precise() {
+    let head = minimal();
     let text = format!(
-        "{HEAD}model:\n  architecture:\n    encoder_dpth: 2\ninference:\n  tile_shape: [512]\n\
+        "{head}model:\n  architecture:\n    encoder_dpth: 2\ninference:\n  tile_shape: [512]\n\
          training:\n  precision: bf61\n  epochs: null\n  iterations: null\n"
     );
     let errors = errors_of(&text);
@@ -379,6 +396,7 @@ fn errors_inside_optional_values_and_enums_are_precise() {
 
 #[test]
 fn empty_and_non_mapping_documents_are_explained() {
+    let head = minimal();
     let errors = errors_of("# only a comment\n");
     assert!(errors[0].problem.message.contains("empty"), "{}", errors[0]);
     let errors = errors_of("- a\n- b\n");
@@ -388,7 +406,7 @@ fn empty_and_non_mapping_documents_are_explained() {
         "{}",
         errors[0]
     );
-    let errors = errors_of(&format!("{HEAD}seed: 1\nseed: 2\n"));
+    let errors = errors_of(&format!("{head}seed: 1\nseed: 2\n"));
     assert!(
         errors[0].problem.message.contains("duplicate"),
         "{}",
@@ -412,17 +430,22 @@ fn root_comes_from_explicit_path_then_environment() {
 
 #[test]
 fn cpu_runs_fp32_and_bf16_but_not_fp16_or_tf32() {
-    let base = "experiment_name: exp\noutput_base_dir: runs\ncheckpoint_name: exp\n\
-                export_path: final_models/exp.pt\nhardware:\n  accelerator: cpu\n\
-                training:\n  device: cpu\n  precision: ";
+    let config = |precision: &str| {
+        ConfigBuilder::new()
+            .checkpoint_name("exp")
+            .set("hardware.accelerator", "cpu")
+            .set("training.device", "cpu")
+            .set("training.precision", precision)
+            .yaml()
+    };
     for ok in ["fp32", "bf16"] {
-        let text = format!("{base}{ok}\n");
+        let text = config(ok);
         if let Err(e) = parse_config(&text, Some(Path::new("cfg.yaml")), &no_paths()) {
             panic!("{ok} on CPU was refused: {e}");
         }
     }
     for gpu_only in ["fp16", "tf32"] {
-        let errors = errors_of(&format!("{base}{gpu_only}\n"));
+        let errors = errors_of(&config(gpu_only));
         let p = find(&errors, "training.precision");
         assert!(p.problem.message.contains("needs a GPU"), "{p}");
     }
@@ -430,10 +453,11 @@ fn cpu_runs_fp32_and_bf16_but_not_fp16_or_tf32() {
 
 #[test]
 fn vit_t_rejects_vit_sizes_and_takes_only_decoder_features() {
+    let head = minimal();
     // TinyViT's input size and prompt width are fixed: overriding them used to be accepted and
     // silently ignored.
     let text = format!(
-        "{HEAD}model:\n  backbone: vit_t\n  architecture:\n    image_size: 512\n    \
+        "{head}model:\n  backbone: vit_t\n  architecture:\n    image_size: 512\n    \
          prompt_embed_dim: 64\n    encoder_depth: 2\n    decoder_features: 0\n"
     );
     let errors = errors_of(&text);
@@ -444,7 +468,7 @@ fn vit_t_rejects_vit_sizes_and_takes_only_decoder_features() {
     find(&errors, "model.architecture.decoder_features");
     // a valid decoder width alone is no error of the architecture section
     let text = format!(
-        "{HEAD}model:\n  backbone: vit_t\n  architecture:\n    decoder_features: 16\n\
+        "{head}model:\n  backbone: vit_t\n  architecture:\n    decoder_features: 16\n\
          training:\n  lr: -1\n"
     );
     let errors = errors_of(&text);
@@ -472,10 +496,10 @@ fn output_dir_errors(text: &str, options: &ValidateOptions) -> Vec<String> {
 #[test]
 fn issue_16_output_folder_may_not_be_contain_or_lie_inside_data_model_or_config_folders() {
     let with_base = |base: &str| {
-        format!(
-            "experiment_name: exp\noutput_base_dir: {base}\ncheckpoint_name: ckpt\n\
-             export_path: final_models/exp.pt\nmodel:\n  checkpoint: weights/sam.pth\n"
-        )
+        ConfigBuilder::new()
+            .output_base_dir(base)
+            .set("model.checkpoint", "weights/sam.pth")
+            .yaml()
     };
     for (base, relation, other) in [
         (
@@ -580,6 +604,7 @@ fn issue_16_output_folder_may_not_be_contain_or_lie_inside_data_model_or_config_
 
 #[test]
 fn issue_16_type_errors_name_the_type_and_the_value_once() {
+    let head = minimal();
     for (body, key, want) in [
         (
             "training:\n  betas: null\n",
@@ -602,7 +627,7 @@ fn issue_16_type_errors_name_the_type_and_the_value_once() {
             "expected a list, found an integer 5",
         ),
     ] {
-        let errors = errors_of(&format!("{HEAD}{body}"));
+        let errors = errors_of(&format!("{head}{body}"));
         let d = find(&errors, key);
         assert!(d.problem.message.ends_with(want), "{d}");
         for doubled in ["null null", "a list a list", "an integer an integer"] {
@@ -613,8 +638,9 @@ fn issue_16_type_errors_name_the_type_and_the_value_once() {
 
 #[test]
 fn issue_16_nan_and_inf_are_reported_once() {
+    let head = minimal();
     for (value, shown) in [(".nan", "NaN"), (".inf", "inf"), ("-.inf", "-inf")] {
-        let errors = errors_of(&format!("{HEAD}training:\n  lr: {value}\n"));
+        let errors = errors_of(&format!("{head}training:\n  lr: {value}\n"));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(
             errors[0].to_string(),
@@ -625,14 +651,15 @@ fn issue_16_nan_and_inf_are_reported_once() {
 
 #[test]
 fn issue_16_tabs_and_huge_numbers_are_named_plainly() {
-    let errors = errors_of(&format!("{HEAD}training:\n\tlr: 1.0e-5\n"));
+    let head = minimal();
+    let errors = errors_of(&format!("{head}training:\n\tlr: 1.0e-5\n"));
     assert_eq!(
         errors[0].to_string(),
         "cfg.yaml:6:1: line 6 is indented with a tab character; YAML indents with spaces only: \
          replace the tab with spaces"
     );
     let errors = errors_of(&format!(
-        "{HEAD}training:\n  batch_size: 99999999999999999999999\n"
+        "{head}training:\n  batch_size: 99999999999999999999999\n"
     ));
     let text = errors[0].to_string();
     assert!(
@@ -647,14 +674,14 @@ fn issue_16_tabs_and_huge_numbers_are_named_plainly() {
 #[test]
 fn issue_16_a_relative_checkpoint_resolves_against_the_root() {
     let root = temp_root!();
-    std::fs::create_dir_all(root.path().join("final_models")).expect("mkdir");
+    root.create_dir("final_models").expect("mkdir");
     std::fs::write(root.path().join("final_models/base.pt"), b"x").expect("write");
-    let cfg = root.path().join("configs/exp.yaml");
-    std::fs::write(
-        &cfg,
-        format!("{HEAD}model:\n  checkpoint: final_models/base.pt\n"),
-    )
-    .expect("write");
+    let cfg = root
+        .write_config(
+            "configs/exp.yaml",
+            &ConfigBuilder::new().set("model.checkpoint", "final_models/base.pt"),
+        )
+        .expect("write");
     let opts = ValidateOptions {
         check_paths: false,
         root: Some(root.path().to_path_buf()),
@@ -671,7 +698,10 @@ fn issue_16_a_relative_checkpoint_resolves_against_the_root() {
         )
     );
     // A micro_sam model name stays a name.
-    std::fs::write(&cfg, format!("{HEAD}model:\n  checkpoint: vit_b\n")).expect("write");
+    ConfigBuilder::new()
+        .set("model.checkpoint", "vit_b")
+        .write(&cfg)
+        .expect("write");
     let loaded = load_config_with(&cfg, &opts).expect("valid");
     assert_eq!(loaded.config.model.checkpoint.as_deref(), Some("vit_b"));
     let paths = RunPaths::new(root.path(), &loaded.config);
@@ -683,6 +713,7 @@ fn issue_16_a_relative_checkpoint_resolves_against_the_root() {
 
 #[test]
 fn issue_16_command_line_values_go_through_the_config_rules() {
+    let head = minimal();
     let mut inference = sam_config::InferenceConfig::default();
     assert!(inference.validate().is_ok());
     inference.ais.foreground_threshold = 5.0;
@@ -717,10 +748,10 @@ fn issue_16_command_line_values_go_through_the_config_rules() {
     );
     // The config's own check is the same one.
     let errors = errors_of(&format!(
-        "{HEAD}inference:\n  ais:\n    foreground_threshold: 5\n"
+        "{head}inference:\n  ais:\n    foreground_threshold: 5\n"
     ));
     find(&errors, "inference.ais.foreground_threshold");
-    let errors = errors_of(&format!("{HEAD}inference:\n  amg:\n    crop_n_layers: 1\n"));
+    let errors = errors_of(&format!("{head}inference:\n  amg:\n    crop_n_layers: 1\n"));
     assert!(
         find(&errors, "inference.amg.crop_n_layers")
             .problem
@@ -728,7 +759,7 @@ fn issue_16_command_line_values_go_through_the_config_rules() {
             .starts_with("must be 0 (image crops are not implemented"),
         "{errors:?}"
     );
-    let errors = errors_of(&format!("{HEAD}data:\n  min_objects_per_patch: 0\n"));
+    let errors = errors_of(&format!("{head}data:\n  min_objects_per_patch: 0\n"));
     assert!(
         find(&errors, "data.min_objects_per_patch")
             .problem

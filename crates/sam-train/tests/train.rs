@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sam_config::{parse_config, ExperimentConfig, RunPaths, ValidateOptions};
-use sam_data::{synthesize, write_image, write_labels, SynthConfig};
+use sam_config::{ExperimentConfig, RunPaths};
+use sam_testkit::{ConfigBuilder, SynthDataset, TempRepo};
 use sam_train::{
     export_model, prepare_run, train, CheckpointStore, ExportOptions, NoProgress, Slot, StopFlag,
     TrainError, TrainOptions, TrainOutcome, TrainProgress, RUN_MARKER,
@@ -14,84 +14,26 @@ use tch::Tensor;
 /// A fresh repository-like temp dir with `n` synthetic training and 2 validation images.
 macro_rules! setup {
     ($n:expr) => {{
-        let dir = tempfile::tempdir().unwrap();
-        write_synth(dir.path(), "train", $n, 1);
-        write_synth(dir.path(), "val", 2, 100);
-        dir
+        let repo = TempRepo::new().unwrap();
+        SynthDataset::new(repo.join("data"))
+            .split("train", $n, 96, 1)
+            .split("val", 2, 96, 100)
+            .write()
+            .unwrap();
+        repo
     }};
 }
 
-fn write_synth(root: &Path, split: &str, n: usize, seed: u64) {
-    let images = root.join("data").join(split).join("images");
-    let labels = root.join("data").join(split).join("labels");
-    std::fs::create_dir_all(&images).unwrap();
-    std::fs::create_dir_all(&labels).unwrap();
-    for i in 0..n {
-        let s = synthesize(
-            &SynthConfig {
-                size: 96,
-                ..SynthConfig::default()
-            },
-            seed + i as u64,
-        );
-        write_image(images.join(format!("img{i}.tif")), &s.image).unwrap();
-        write_labels(labels.join(format!("img{i}.tif")), &s.labels).unwrap();
-    }
-}
-
-fn config(extra_training: &str, decoder: bool) -> ExperimentConfig {
-    let yaml = format!(
-        "experiment_name: t
-output_base_dir: runs
-checkpoint_name: ck
-export_path: final_models/t.pt
-seed: 3
-data:
-  train_images_dir: data/train/images
-  train_labels_dir: data/train/labels
-  validation:
-    images_dir: data/val/images
-    labels_dir: data/val/labels
-    fraction: null
-  image_shape: [96, 96]
-  patch_shape: [64, 64]
-  min_object_size: 10
-  min_objects_per_patch: 1
-  samples_per_epoch: 4
-  num_workers: 2
-  prefetch_batches: 2
-model:
-  backbone: vit_b
-  checkpoint: null
-  with_segmentation_decoder: {decoder}
-  architecture:
-    image_size: 128
-    patch_size: 16
-    encoder_embed_dim: 32
-    encoder_depth: 2
-    encoder_num_heads: 2
-    encoder_global_attn_indexes: [1]
-    window_size: 4
-    prompt_embed_dim: 32
-training:
-  batch_size: 2
-  n_objects_per_batch: 3
-  n_sub_iteration: 3
-  lr: 1.0e-3
-  precision: fp32
-  device: cpu
-  log_every_iterations: 1
-{extra_training}
-hardware:
-  accelerator: cpu
-distributed:
-  backend: gloo
-slurm:
-  time_limit: \"01:00:00\"
-"
-    );
-    match parse_config(&yaml, None, &ValidateOptions::without_path_checks()) {
-        Ok(l) => l.config,
+/// The tiny CPU run `t` (seed 3, checkpoint `ck`), with or without the UNETR decoder, changed
+/// by `edit`, as the trainer gets it.
+fn config(decoder: bool, edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> ExperimentConfig {
+    let config = ConfigBuilder::named("t")
+        .tiny_cpu_training()
+        .checkpoint_name("ck")
+        .seed(3)
+        .with_decoder(decoder);
+    match edit(config).parse() {
+        Ok(config) => config,
         Err(e) => panic!("test config invalid:\n{e}"),
     }
 }
@@ -155,7 +97,9 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn resume_after_kill_equals_uninterrupted_run() {
-    let cfg = config("  epochs: 2\n  checkpoint_every_iterations: 1", false);
+    let cfg = config(false, |c| {
+        c.epochs(2).set("training.checkpoint_every_iterations", 1)
+    });
     let a = setup!(3);
     match run(&cfg, a.path(), false, None).unwrap() {
         TrainOutcome::Finished(s) => assert_eq!(s.iterations, 4),
@@ -180,7 +124,7 @@ fn resume_after_kill_equals_uninterrupted_run() {
 
 #[test]
 fn run_folder_has_the_documented_layout_and_export() {
-    let cfg = config("  epochs: 1", true);
+    let cfg = config(true, |c| c.epochs(1));
     let dir = setup!(2);
     run(&cfg, dir.path(), false, None).unwrap();
     let run_dir = dir.path().join("runs/t");
@@ -213,7 +157,7 @@ fn run_folder_has_the_documented_layout_and_export() {
 
 /// Issue 16, harm 2: `sam-train export --checkpoint X --output X` overwrote its input (and
 /// dropped the decoder). An export never writes its input, through any name, nor replaces a
-/// file unasked. `root` holds a finished run of `config(.., true)`.
+/// file unasked. `root` holds a finished run of `config(true, ..)`.
 fn export_refusals(root: &Path) {
     let best = root.join("runs/t/checkpoints/ck/best");
     let exported = root.join("final_models/t.pt");
@@ -297,7 +241,7 @@ fn export_refusals(root: &Path) {
 /// working directory (this test's is the crate folder, where the file is not).
 #[test]
 fn a_relative_model_checkpoint_is_read_from_the_repository_root() {
-    let mut cfg = config("  iterations: 1", false);
+    let mut cfg = config(false, |c| c.set("training.iterations", 1));
     cfg.model.checkpoint = Some("models/init.pt".into());
     let dir = setup!(2);
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
@@ -324,7 +268,7 @@ fn a_relative_model_checkpoint_is_read_from_the_repository_root() {
 /// what the config builds, and what to set.
 #[test]
 fn a_checkpoint_that_does_not_fit_the_config_is_summarised_with_the_fix() {
-    let small = config("  epochs: 1", false);
+    let small = config(false, |c| c.epochs(1));
     let mut wide = small.clone();
     if let Some(a) = wide.model.architecture.as_mut() {
         a.encoder_embed_dim = Some(48);
@@ -389,7 +333,7 @@ fn a_checkpoint_that_does_not_fit_the_config_is_summarised_with_the_fix() {
 
 #[test]
 fn existing_run_folder_is_refused_and_untouched() {
-    let cfg = config("  epochs: 1", false);
+    let cfg = config(false, |c| c.epochs(1));
     let dir = setup!(2);
     let paths = prepare_run(&cfg, dir.path(), false, false).unwrap().paths;
     std::fs::write(&paths.config, "x").unwrap();
@@ -434,7 +378,7 @@ impl Lines {
 /// in the same folder and says so.
 #[test]
 fn resume_before_the_first_checkpoint_starts_over_in_the_same_folder() {
-    let cfg = config("  epochs: 1", false);
+    let cfg = config(false, |c| c.epochs(1));
     let dir = setup!(2);
     // What a run killed during its first steps leaves: the folder, config.yaml, a log.
     let paths = prepare_run(&cfg, dir.path(), false, false).unwrap().paths;
@@ -483,7 +427,7 @@ fn fill_foreign(dir: &Path) -> Vec<PathBuf> {
 /// marker is refused in every mode, named, with the fix, and left as it was.
 #[test]
 fn overwrite_never_deletes_a_folder_it_did_not_create() {
-    let mut cfg = config("  epochs: 1", false);
+    let mut cfg = config(false, |c| c.epochs(1));
     cfg.output_base_dir = "data".into();
     cfg.experiment_name = "train".into();
     let dir = setup!(2);
@@ -513,7 +457,7 @@ fn overwrite_never_deletes_a_folder_it_did_not_create() {
         );
     }
     // A file where the run folder would be is refused as well.
-    let cfg = config("  epochs: 1", false);
+    let cfg = config(false, |c| c.epochs(1));
     std::fs::create_dir_all(dir.path().join("runs")).unwrap();
     std::fs::write(dir.path().join("runs/t"), "a file").unwrap();
     let err = prepare_run(&cfg, dir.path(), false, true).unwrap_err();
@@ -527,7 +471,7 @@ fn overwrite_never_deletes_a_folder_it_did_not_create() {
 #[test]
 fn overwrite_removes_links_never_their_targets() {
     use std::os::unix::fs::symlink;
-    let cfg = config("  epochs: 1", false);
+    let cfg = config(false, |c| c.epochs(1));
     let dir = setup!(2);
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().join("elsewhere");
@@ -575,7 +519,7 @@ fn overwrite_removes_links_never_their_targets() {
 /// `--overwrite` and `--resume` keep working for them; anything more is not a run.
 #[test]
 fn runs_of_earlier_versions_are_recognised_by_their_layout() {
-    let cfg = config("  epochs: 1", false);
+    let cfg = config(false, |c| c.epochs(1));
     let dir = setup!(2);
     let run_dir = dir.path().join("runs/t");
     let make_old_run = || {
@@ -620,7 +564,7 @@ fn runs_of_earlier_versions_are_recognised_by_their_layout() {
 
 #[test]
 fn freezing_keeps_frozen_weights_bit_identical() {
-    let mut cfg = config("  epochs: 1", false);
+    let mut cfg = config(false, |c| c.epochs(1));
     cfg.model.freeze = vec!["image_encoder".into(), "prompt_encoder".into()];
     let dir = setup!(2);
     // Rank-0 initial weights: the same seed builds the same random model.
@@ -645,10 +589,11 @@ fn freezing_keeps_frozen_weights_bit_identical() {
 
 #[test]
 fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
-    let mut cfg = config(
-        "  epochs: 6\n  checkpoint_every_iterations: 1\n  weight_decay: 0.0",
-        false,
-    );
+    let mut cfg = config(false, |c| {
+        c.epochs(6)
+            .set("training.checkpoint_every_iterations", 1)
+            .set("training.weight_decay", 0.0)
+    });
     // Far outside what validation accepts: the first steps blow the weights up.
     cfg.training.lr = 1.0e30;
     let dir = setup!(2);
@@ -729,7 +674,7 @@ fn loss_goes_down_on_a_fixed_batch() {
 
 /// A fixed batch of two 64 px patches with AIS targets and a fresh model with the decoder.
 fn fixed_batch(dir: &Path) -> (Vec<sam_data::TrainingSample>, sam_model::SamModel) {
-    let cfg = config("  epochs: 1", true);
+    let cfg = config(true, |c| c.epochs(1));
     let root = dir.join("data/train");
     let pairs = sam_data::pair_by_stem(root.join("images"), root.join("labels")).unwrap();
     let data = sam_data::Dataset::open(&pairs).unwrap();
@@ -845,7 +790,7 @@ fn round_by_round_backward_equals_one_graph() {
 
 #[test]
 fn slurm_output_files_alone_do_not_make_a_run_and_survive_overwrite() {
-    let cfg = config("  epochs: 1", false);
+    let cfg = config(false, |c| c.epochs(1));
     let dir = setup!(2);
     let logs = dir.path().join("runs/t/logs");
     std::fs::create_dir_all(&logs).unwrap();

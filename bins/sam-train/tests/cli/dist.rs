@@ -10,70 +10,34 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{repo_with_config, BIN};
+use sam_testkit::{ConfigBuilder, TempRepo};
 use sam_train::{CheckpointStore, Slot};
 use tch::Tensor;
 
+/// The config of [`setup`].
+fn config(batch_size: u32, epochs: u32, decoder: bool) -> ConfigBuilder {
+    ConfigBuilder::named("d")
+        .tiny_cpu_training()
+        .checkpoint_name("ck")
+        .seed(5)
+        .set("data.num_workers", 1)
+        .with_decoder(decoder)
+        .batch_size(batch_size.into())
+        // One prompting round: the corrective points of later rounds are drawn from thresholded
+        // masks, so a logit within rounding noise of 0 can move a point and make two exact runs
+        // diverge for reasons that have nothing to do with data parallelism.
+        .set("training.n_sub_iteration", 1)
+        .epochs(epochs.into())
+        // Adam's update of a parameter whose true gradient is 0 (attention key biases) is
+        // lr * noise / (|noise| + eps): with a small eps, summation-order noise alone moves it by
+        // ~lr. A large eps keeps such parameters still and leaves the real updates at ~lr.
+        .set("training.eps", 1.0e-3)
+        .set("distributed.timeout_minutes", 1)
+}
+
 /// A repository-like folder with data and a config whose per-process batch is `batch_size`.
-fn setup(batch_size: u32, epochs: u32, decoder: bool) -> (tempfile::TempDir, PathBuf) {
-    let yaml = format!(
-        "experiment_name: d
-output_base_dir: runs
-checkpoint_name: ck
-export_path: final_models/d.pt
-seed: 5
-data:
-  train_images_dir: data/train/images
-  train_labels_dir: data/train/labels
-  validation:
-    images_dir: data/val/images
-    labels_dir: data/val/labels
-    fraction: null
-  image_shape: [96, 96]
-  patch_shape: [64, 64]
-  min_object_size: 10
-  min_objects_per_patch: 1
-  samples_per_epoch: 4
-  num_workers: 1
-  prefetch_batches: 2
-model:
-  backbone: vit_b
-  checkpoint: null
-  with_segmentation_decoder: {decoder}
-  architecture:
-    image_size: 128
-    patch_size: 16
-    encoder_embed_dim: 32
-    encoder_depth: 2
-    encoder_num_heads: 2
-    encoder_global_attn_indexes: [1]
-    window_size: 4
-    prompt_embed_dim: 32
-training:
-  batch_size: {batch_size}
-  n_objects_per_batch: 3
-  # One prompting round: the corrective points of later rounds are drawn from thresholded
-  # masks, so a logit within rounding noise of 0 can move a point and make two exact runs
-  # diverge for reasons that have nothing to do with data parallelism.
-  n_sub_iteration: 1
-  epochs: {epochs}
-  lr: 1.0e-3
-  # Adam's update of a parameter whose true gradient is 0 (attention key biases) is
-  # lr * noise / (|noise| + eps): with a small eps, summation-order noise alone moves it by ~lr.
-  # A large eps keeps such parameters still and leaves the real updates at ~lr.
-  eps: 1.0e-3
-  precision: fp32
-  device: cpu
-  log_every_iterations: 1
-hardware:
-  accelerator: cpu
-distributed:
-  backend: gloo
-  timeout_minutes: 1
-slurm:
-  time_limit: \"01:00:00\"
-"
-    );
-    repo_with_config("d", &yaml)
+fn setup(batch_size: u32, epochs: u32, decoder: bool) -> (TempRepo, PathBuf) {
+    repo_with_config("d", &config(batch_size, epochs, decoder))
 }
 
 fn free_port() -> u16 {
@@ -316,12 +280,12 @@ fn a_non_finite_step_on_one_rank_is_skipped_or_stops_on_both() {
 /// holds on GPU machines too.
 #[test]
 fn cuda_without_a_usable_gpu_exits_2_before_writing_anything() {
-    let (dir, config) = setup(2, 1, false);
-    let yaml = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("device: cpu", "device: cuda")
-        .replace("accelerator: cpu", "accelerator: a100");
-    std::fs::write(&config, yaml).unwrap();
+    let (dir, config) = repo_with_config(
+        "d",
+        &config(2, 1, false)
+            .set("training.device", "cuda")
+            .set("hardware.accelerator", "a100"),
+    );
     let out = Command::new(BIN)
         .args(["train", "--no-progress", "--root"])
         .arg(dir.path())
@@ -363,64 +327,26 @@ fn cuda_without_a_usable_gpu_exits_2_before_writing_anything() {
 /// `latest` every 3 iterations. Three prompting rounds with mask input make the run sensitive
 /// to the smallest difference; patience 0 and lr 2e-3 decay the learning rate to values that
 /// JSON round-trips only when parsed exactly.
-fn setup_resume() -> (tempfile::TempDir, PathBuf) {
-    let yaml = "experiment_name: k
-output_base_dir: runs
-checkpoint_name: ck
-export_path: final_models/k.pt
-seed: 9
-data:
-  train_images_dir: data/train/images
-  train_labels_dir: data/train/labels
-  validation:
-    images_dir: data/val/images
-    labels_dir: data/val/labels
-    fraction: null
-  image_shape: [96, 96]
-  patch_shape: [64, 64]
-  min_object_size: 10
-  min_objects_per_patch: 1
-  samples_per_epoch: 8
-  num_workers: 2
-  prefetch_batches: 2
-model:
-  backbone: vit_b
-  checkpoint: null
-  with_segmentation_decoder: true
-  architecture:
-    image_size: 64
-    patch_size: 8
-    encoder_embed_dim: 32
-    encoder_depth: 2
-    encoder_num_heads: 2
-    encoder_global_attn_indexes: [1]
-    window_size: 4
-    prompt_embed_dim: 32
-    decoder_features: 8
-training:
-  batch_size: 2
-  n_objects_per_batch: 8
-  n_sub_iteration: 3
-  mask_prob: 0.5
-  epochs: 8
-  lr: 2.0e-3
-  scheduler:
-    kind: reduce_on_plateau
-    factor: 0.9
-    patience: 0
-  early_stopping_patience: null
-  precision: fp32
-  device: cpu
-  log_every_iterations: 1
-  checkpoint_every_iterations: 3
-hardware:
-  accelerator: cpu
-distributed:
-  backend: gloo
-slurm:
-  time_limit: \"01:00:00\"
-";
-    repo_with_config("k", yaml)
+fn setup_resume() -> (TempRepo, PathBuf) {
+    let config = ConfigBuilder::named("k")
+        .tiny_cpu_training()
+        .checkpoint_name("ck")
+        .seed(9)
+        .set("data.samples_per_epoch", 8)
+        .with_decoder(true)
+        .set("model.architecture.image_size", 64)
+        .set("model.architecture.patch_size", 8)
+        .set("model.architecture.decoder_features", 8)
+        .set("training.n_objects_per_batch", 8)
+        .set("training.mask_prob", 0.5)
+        .epochs(8)
+        .set("training.lr", 2.0e-3)
+        .set("training.scheduler.kind", "reduce_on_plateau")
+        .set("training.scheduler.factor", 0.9)
+        .set("training.scheduler.patience", 0)
+        .set_yaml("training.early_stopping_patience", "null")
+        .set("training.checkpoint_every_iterations", 3);
+    repo_with_config("k", &config)
 }
 
 /// Starts `sam-train train CONFIG ARGS` alone, with extra environment variables.

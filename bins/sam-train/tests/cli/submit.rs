@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{repo_with_config, BIN};
+use sam_testkit::{ConfigBuilder, TempRepo};
 
 /// The repository (for its configs and scripts).
 fn repo() -> PathBuf {
@@ -151,12 +152,11 @@ fn job_resources_refuses_bad_configs_and_overrides_with_status_2() {
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        "experiment_name: e\noutput_base_dir: runs\ncheckpoint_name: c\n\
-         export_path: final_models/e.pt\nslurm:\n  memmory: 8G\n",
-    )
-    .unwrap();
+    ConfigBuilder::named("e")
+        .checkpoint_name("c")
+        .set("slurm.memmory", "8G")
+        .write(&bad)
+        .unwrap();
     let out = run(Command::new(BIN)
         .args(["job-resources", "--no-path-checks", "--root"])
         .arg(dir.path())
@@ -179,12 +179,11 @@ fn job_resources_output_survives_eval_with_odd_paths() {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     let config = root.join("configs/c.yaml");
-    std::fs::write(
-        &config,
-        "experiment_name: e1\noutput_base_dir: runs\ncheckpoint_name: c\n\
-         export_path: final_models/e1.pt\nslurm:\n  job_name: \"my job; rm -rf x\"\n",
-    )
-    .unwrap();
+    ConfigBuilder::named("e1")
+        .checkpoint_name("c")
+        .set("slurm.job_name", "my job; rm -rf x")
+        .write(&config)
+        .unwrap();
     let out = run(Command::new("bash")
         .args([
             "-c",
@@ -358,60 +357,19 @@ fn submit_refuses_invalid_overrides_before_sbatch() {
 
 /// A repository-like folder with data and a tiny CPU config of `epochs` epochs of 2 iterations
 /// that asks for 4 loader workers.
-fn setup(epochs: u32) -> (tempfile::TempDir, PathBuf) {
-    let yaml = format!(
-        "experiment_name: s
-output_base_dir: runs
-checkpoint_name: ck
-export_path: final_models/s.pt
-seed: 5
-data:
-  train_images_dir: data/train/images
-  train_labels_dir: data/train/labels
-  validation:
-    images_dir: data/val/images
-    labels_dir: data/val/labels
-    fraction: null
-  image_shape: [96, 96]
-  patch_shape: [64, 64]
-  min_object_size: 10
-  min_objects_per_patch: 1
-  samples_per_epoch: 2
-  num_workers: 4
-  prefetch_batches: 2
-model:
-  backbone: vit_b
-  checkpoint: null
-  with_segmentation_decoder: false
-  architecture:
-    image_size: 128
-    patch_size: 16
-    encoder_embed_dim: 32
-    encoder_depth: 2
-    encoder_num_heads: 2
-    encoder_global_attn_indexes: [1]
-    window_size: 4
-    prompt_embed_dim: 32
-training:
-  batch_size: 1
-  n_objects_per_batch: 3
-  n_sub_iteration: 1
-  epochs: {epochs}
-  lr: 1.0e-3
-  precision: fp32
-  device: cpu
-  log_every_iterations: 1
-hardware:
-  accelerator: cpu
-distributed:
-  backend: gloo
-  timeout_minutes: 1
-slurm:
-  time_limit: \"01:00:00\"
-  cpus_per_task: 5
-"
-    );
-    repo_with_config("s", &yaml)
+fn setup(epochs: u32) -> (TempRepo, PathBuf) {
+    let config = ConfigBuilder::named("s")
+        .tiny_cpu_training()
+        .checkpoint_name("ck")
+        .seed(5)
+        .set("data.samples_per_epoch", 2)
+        .set("data.num_workers", 4)
+        .batch_size(1)
+        .set("training.n_sub_iteration", 1)
+        .epochs(epochs.into())
+        .set("distributed.timeout_minutes", 1)
+        .set("slurm.cpus_per_task", 5);
+    repo_with_config("s", &config)
 }
 
 /// An srun task of a 1-task SLURM job with `cpus` CPUs per task: a deterministic CPU budget.
