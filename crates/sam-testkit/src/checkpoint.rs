@@ -55,7 +55,7 @@ impl TinyCheckpoint {
         let path = path.as_ref();
         let checkpoint_error = |source| Error::Checkpoint {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         };
         tch::manual_seed(self.seed);
         let vs = nn::VarStore::new(Device::Cpu);

@@ -36,9 +36,9 @@ pub enum Error {
     Checkpoint {
         /// The checkpoint file.
         path: PathBuf,
-        /// The cause.
+        /// The cause (boxed: the checkpoint error is large).
         #[source]
-        source: sam_model::CheckpointError,
+        source: Box<sam_model::CheckpointError>,
     },
 }
 
