@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sam_infer::{segment_auto, AisParams, AutoMode, AutoOptions, InferenceModel, TileSpec};
-use sam_testkit::{ConfigBuilder, SynthDataset, SynthImage, TempRepo, TinyCheckpoint};
+use sam_testkit::{ConfigBuilder, SynthDataset, SynthImage, TempRepo};
+use sam_testkit_model::TinyCheckpoint;
 use tch::Device;
 
 /// A fresh temporary repository per test.

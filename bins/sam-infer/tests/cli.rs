@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sam_model::{named_tensors, write_sam_state_dict, Sam, SamConfig};
-use sam_testkit::{SynthDataset, SynthImage, TinyCheckpoint};
+use sam_testkit::{SynthDataset, SynthImage};
+use sam_testkit_model::TinyCheckpoint;
 use tch::{nn, Device};
 
 /// A fresh temporary folder per test.

@@ -23,23 +23,6 @@ pub enum Error {
         #[source]
         source: sam_data::DataError,
     },
-    /// The config could not be rendered as YAML.
-    #[error("config YAML: {0}")]
-    Yaml(#[source] serde_yaml::Error),
-    /// Building the tiny model failed.
-    #[cfg(feature = "model")]
-    #[error("tiny model: {0}")]
-    Model(#[source] sam_model::ModelError),
-    /// Writing the tiny checkpoint failed.
-    #[cfg(feature = "model")]
-    #[error("{}: {source}", path.display())]
-    Checkpoint {
-        /// The checkpoint file.
-        path: PathBuf,
-        /// The cause (boxed: the checkpoint error is large).
-        #[source]
-        source: Box<sam_model::CheckpointError>,
-    },
 }
 
 impl Error {

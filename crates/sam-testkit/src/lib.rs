@@ -10,9 +10,11 @@
 //!   setters, [`ConfigBuilder::set`] for any dotted key and the
 //!   [`ConfigBuilder::tiny_cpu_training`] preset.
 //! - [`TempRepo`]: a temporary repository root, removed on drop.
-//! - `TinyCheckpoint` (feature `model`): a random-weight `SamConfig::tiny()` checkpoint with or
-//!   without the UNETR decoder. The feature pulls in sam-model and libtorch; without it the kit
-//!   links no torch, so that sam-config and sam-data tests can use it.
+//!
+//! The kit does not link libtorch. Tiny random-weight checkpoints are written by
+//! `sam_testkit_model::TinyCheckpoint`, a crate of its own: Cargo unifies a dependency's
+//! features over a whole workspace build, so a `model` feature here would link libtorch into
+//! the tests of sam-config and sam-augment as soon as any torch crate's tests asked for it.
 //!
 //! The kit is a dev-dependency only. It depends on sam-config and sam-data, so their
 //! integration tests may use it but their unit tests may not (they would see two copies of
@@ -38,15 +40,11 @@
 //! ```
 #![deny(missing_docs)]
 
-#[cfg(feature = "model")]
-mod checkpoint;
 mod config;
 mod dataset;
 mod error;
 mod repo;
 
-#[cfg(feature = "model")]
-pub use crate::checkpoint::TinyCheckpoint;
 pub use crate::{
     config::ConfigBuilder,
     dataset::{SynthDataset, SynthImage},

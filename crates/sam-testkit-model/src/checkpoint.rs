@@ -1,6 +1,6 @@
 //! Tiny random-weight checkpoints.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sam_model::{
     named_tensors, write_micro_sam_checkpoint, write_sam_state_dict, Sam, SamConfig, UnetrConfig,
@@ -8,7 +8,22 @@ use sam_model::{
 };
 use tch::{nn, Device};
 
-use crate::Error;
+/// The tiny checkpoint could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Building the tiny model failed.
+    #[error("tiny model: {0}")]
+    Model(#[source] sam_model::ModelError),
+    /// Writing the checkpoint failed.
+    #[error("{}: {source}", path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The cause (boxed: the checkpoint error is large).
+        #[source]
+        source: Box<sam_model::CheckpointError>,
+    },
+}
 
 /// A checkpoint of a random-weight [`SamConfig::tiny`] model (256 px input, two ViT blocks):
 /// a plain SAM state_dict, or with [`TinyCheckpoint::with_decoder`] a micro_sam checkpoint
