@@ -4,10 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sam_model::{named_tensors, write_sam_state_dict, Sam, SamConfig};
+use sam_model::write_sam_state_dict;
 use sam_testkit::{SynthDataset, SynthImage};
 use sam_testkit_model::TinyCheckpoint;
-use tch::{nn, Device};
 
 /// A fresh temporary folder per test.
 macro_rules! setup {
@@ -514,10 +513,7 @@ fn issue_16_a_model_shrinking_the_image_is_warned_about() {
 #[test]
 fn issue_16_a_checkpoint_with_nan_weights_is_refused() {
     let t = setup!();
-    tch::manual_seed(7);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let _sam = Sam::new(&vs.root(), &SamConfig::tiny()).unwrap();
-    let mut state = named_tensors(&vs);
+    let (mut state, _) = TinyCheckpoint::new().named_tensors().unwrap();
     let (key, tensor) = state
         .iter_mut()
         .find(|(k, _)| k.starts_with("mask_decoder.") && k.ends_with(".weight"))

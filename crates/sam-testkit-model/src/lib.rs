@@ -20,4 +20,4 @@
 
 mod checkpoint;
 
-pub use crate::checkpoint::{Error, TinyCheckpoint};
+pub use crate::checkpoint::{Error, NamedTensors, TinyCheckpoint};
