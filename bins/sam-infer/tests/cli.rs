@@ -58,7 +58,16 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn auto_ais_writes_labels_overlay_csv_and_skips_existing() {
     let t = setup!();
-    let ckpt = tiny_checkpoint(t.path(), true);
+    // Whether a random-weight decoder gives blobs depends on the draw: with seed 7 it gives
+    // none on these images, with seed 8 dozens. The seed is the fixture's, not luck: the kit
+    // draws the weights under a lock (before it, other tests' draws from libtorch's shared
+    // generator landed between this one's, and the weights changed from run to run).
+    let ckpt = t.path().join("tiny_ais.pt");
+    TinyCheckpoint::new()
+        .with_decoder(true)
+        .seed(8)
+        .write(&ckpt)
+        .unwrap();
     // 300 px > the tiny model's 256 px input: tiled with 128-px tiles and a 32-px halo.
     let input = images(t.path(), &[("a.tif", 300), ("b.png", 200)]);
     let out = t.path().join("out");
