@@ -45,16 +45,13 @@ pub use crate::infer::{auto_mode, auto_options, normalization, shrunk_images, Sh
 
 #[cfg(test)]
 pub(crate) mod tests {
-    /// The smallest valid experiment config (`experiment_name: exp`, seed 42).
+    /// The smallest valid experiment config (`experiment_name: exp`, checkpoint `c`, seed 42),
+    /// from the test kit.
     #[allow(clippy::unwrap_used)]
     pub(crate) fn minimal_config() -> sam_config::ExperimentConfig {
-        sam_config::parse_config(
-            "experiment_name: exp\noutput_base_dir: runs\ncheckpoint_name: c\n\
-             export_path: final_models/exp.pt\n",
-            None,
-            &sam_config::ValidateOptions::without_path_checks(),
-        )
-        .unwrap()
-        .config
+        sam_testkit::ConfigBuilder::new()
+            .checkpoint_name("c")
+            .parse()
+            .unwrap()
     }
 }
