@@ -210,12 +210,17 @@ fn load_model(
 }
 
 /// The percentile flags over `base` (the config's `data.normalization`, or the default).
+fn apply_percentile_flags(args: &ModelArgs, base: &mut sam_config::NormalizationConfig) {
+    base.lower_percentile = args.lower_percentile.unwrap_or(base.lower_percentile);
+    base.upper_percentile = args.upper_percentile.unwrap_or(base.upper_percentile);
+}
+
+/// The percentile flags over `base`, after the config's rules.
 fn normalization(
     args: &ModelArgs,
     mut base: sam_config::NormalizationConfig,
 ) -> Result<sam_data::Normalization, Failure> {
-    base.lower_percentile = args.lower_percentile.unwrap_or(base.lower_percentile);
-    base.upper_percentile = args.upper_percentile.unwrap_or(base.upper_percentile);
+    apply_percentile_flags(args, &mut base);
     Ok(sam_cli_torch::normalization(&base).map_err(|e| e.name_flags(flag_of))?)
 }
 
@@ -292,8 +297,7 @@ fn auto_options(a: &AutoArgs) -> Result<AutoOptions, Failure> {
     set(&mut amg.stability_score_thresh, a.stability_score_thresh);
     set(&mut amg.box_nms_thresh, a.box_nms_thresh);
     set(&mut amg.min_mask_region_area, a.min_mask_region_area);
-    set(&mut norm.lower_percentile, a.model.lower_percentile);
-    set(&mut norm.upper_percentile, a.model.upper_percentile);
+    apply_percentile_flags(&a.model, &mut norm);
     let mut opts = sam_cli_torch::auto_options(&inf, &norm).map_err(|e| e.name_flags(flag_of))?;
     opts.overwrite = a.overwrite;
     Ok(opts)
