@@ -96,9 +96,27 @@ type Panel<'a, DB> = (
     Vec<(&'a str, fn(&EpochRecord) -> f64, RGBColor)>,
 );
 
-/// Draws training loss and validation metrics against the epoch.
+/// Width and height of the curves figure, in pixels.
+const CURVES_SIZE: (u32, u32) = (1000, 420);
+
+/// Draws training loss and validation metrics against the epoch into a PNG at `path` (written
+/// beside it and renamed, so a reader never sees half a file).
 pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> {
-    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    let (width, height) = CURVES_SIZE;
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    draw_curves_into(rows, &mut rgb, path)?;
+    let image = image::RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| TrainError::format(path, "the figure's pixel buffer has the wrong size"))?;
+    let tmp = path.with_extension("png.tmp");
+    image
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| TrainError::format(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+/// Draws the curves figure into an RGB buffer of [`CURVES_SIZE`]; `path` names it in errors.
+fn draw_curves_into(rows: &[EpochRecord], rgb: &mut [u8], path: &Path) -> Result<(), TrainError> {
+    let root = BitMapBackend::with_buffer(rgb, CURVES_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| TrainError::format(path, e))?;
     let (left, right) = root.split_horizontally(500);
     let max_epoch = rows.iter().map(|r| r.epoch).max().unwrap_or(1).max(1) as f64;
@@ -198,5 +216,11 @@ mod tests {
         assert_eq!(rows[1].train_loss, 0.8);
         let png = fs::read(dir.path().join("curves.png")).unwrap();
         assert_eq!(&png[1..4], b"PNG");
+        let figure = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(figure.dimensions(), CURVES_SIZE);
+        // The loss line is drawn in pure red; the background is white.
+        assert!(figure.pixels().any(|p| p.0 == [255, 0, 0]));
+        assert_eq!(figure.get_pixel(2, 2).0, [255, 255, 255]);
+        assert!(!dir.path().join("curves.png.tmp").exists());
     }
 }

@@ -5,8 +5,7 @@
 //! The file formats themselves are read by `super::torch_file`, which knows nothing of SAM.
 
 use super::error::CheckpointError;
-use super::torch_file::{check_globals, describe, is_str, sniff, FileFormat, TorchFile};
-use candle_core::pickle::Object;
+use super::torch_file::{check_globals, describe, is_str, sniff, FileFormat, Object, TorchFile};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 

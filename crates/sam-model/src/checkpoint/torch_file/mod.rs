@@ -25,6 +25,7 @@ use std::path::Path;
 
 use super::error::CheckpointError;
 
+pub(crate) use pickle_read::Object;
 pub(crate) use pickle_write::TorchSave;
 pub(crate) use unpickle::{check_globals, describe, is_str, TorchFile};
 

@@ -12,6 +12,9 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use tch::{Device, Tensor};
 
+/// Items per SETITEMS batch, as Python's pickler (`pickle._BATCHSIZE`) writes them.
+const SETITEMS_BATCH: usize = 1000;
+
 /// Pickle opcodes (Lib/pickletools.py).
 mod op {
     pub const PROTO: u8 = 0x80;
@@ -128,10 +131,10 @@ impl Pickler {
     fn state_dict(&mut self, entries: &[Entry], first_key: usize) {
         self.empty_ordered_dict();
         // Batches of 1000 items, like Python's pickler.
-        for (b, batch) in entries.chunks(super::unpickle::SETITEMS_BATCH).enumerate() {
+        for (b, batch) in entries.chunks(SETITEMS_BATCH).enumerate() {
             self.out.push(op::MARK);
             for (i, e) in batch.iter().enumerate() {
-                let key = first_key + b * super::unpickle::SETITEMS_BATCH + i;
+                let key = first_key + b * SETITEMS_BATCH + i;
                 self.string(&e.name);
                 self.tensor(e.storage_type, &key.to_string(), &e.size);
             }

@@ -6,10 +6,9 @@
 //! `checkpoint::layout`.
 
 use super::archive::TorchArchive;
-use super::pickle_read;
+use super::pickle_read::{self, Object};
 use super::storage::{storage_kind, swap_bytes};
 use crate::checkpoint::error::CheckpointError;
-use candle_core::pickle::Object;
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -72,12 +71,10 @@ impl<'a> TorchFile<'a> {
         };
         // torch's state_dict() attaches per-module version info as `_metadata` (BUILD appends
         // it after the items).
-        let items = file_order(
-            items
-                .into_iter()
-                .filter(|(k, _)| !is_str(k, "_metadata"))
-                .collect(),
-        );
+        let items: Vec<_> = items
+            .into_iter()
+            .filter(|(k, _)| !is_str(k, "_metadata"))
+            .collect();
         let mut tensors = Vec::with_capacity(items.len());
         for (key, value) in items {
             let key = match key {
@@ -288,19 +285,6 @@ impl<'a> TorchFile<'a> {
     }
 }
 
-/// Python's pickler writes dict items in SETITEMS batches of 1000 (`pickle._BATCHSIZE`), and
-/// candle's interpreter appends each batch in reverse; reversing each run of 1000 restores the
-/// file's order.
-fn file_order(mut items: Vec<(Object, Object)>) -> Vec<(Object, Object)> {
-    for chunk in items.chunks_mut(SETITEMS_BATCH) {
-        chunk.reverse();
-    }
-    items
-}
-
-/// Items per SETITEMS batch, as Python's pickler (and our writer) emit them.
-pub(crate) const SETITEMS_BATCH: usize = 1000;
-
 /// Checks that a strided view stays inside its storage of `numel` elements.
 fn check_bounds(offset: i64, size: &[i64], stride: &[i64], numel: i64) -> Result<(), String> {
     if offset < 0 {
@@ -386,13 +370,9 @@ pub(crate) fn check_globals(
                 _ => check_globals(path, v, location),
             }
         }),
-        Object::Int(_)
-        | Object::Long(_)
-        | Object::Float(_)
-        | Object::Unicode(_)
-        | Object::Bool(_)
-        | Object::None
-        | Object::Mark => Ok(()),
+        Object::Int(_) | Object::Float(_) | Object::Unicode(_) | Object::Bool(_) | Object::None => {
+            Ok(())
+        }
     }
 }
 
@@ -402,8 +382,7 @@ pub(crate) fn is_str(obj: &Object, s: &str) -> bool {
 
 fn as_i64(obj: &Object) -> Option<i64> {
     match obj {
-        Object::Int(i) => Some(*i as i64),
-        Object::Long(i) => Some(*i),
+        Object::Int(i) => Some(*i),
         _ => None,
     }
 }
@@ -433,7 +412,6 @@ pub(crate) fn describe(obj: &Object) -> String {
             _ => "a constructed object".to_string(),
         },
         Object::Int(i) => format!("the integer {i}"),
-        Object::Long(i) => format!("the integer {i}"),
         Object::Float(f) => format!("the number {f}"),
         Object::Unicode(s) => format!("the string {s:?}"),
         Object::Bool(b) => format!("the boolean {b}"),
@@ -441,7 +419,6 @@ pub(crate) fn describe(obj: &Object) -> String {
         Object::Tuple(t) => format!("a tuple of {} items", t.len()),
         Object::List(l) => format!("a list of {} items", l.len()),
         Object::Dict(d) => format!("a dict of {} entries", d.len()),
-        Object::Mark => "a pickle mark".to_string(),
         Object::PersistentLoad(_) => "a bare storage".to_string(),
     }
 }
