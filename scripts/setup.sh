@@ -122,6 +122,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pyver=$($PY -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 export VIRTUAL_ENV="$PWD/.venv"     # uv pip installs into the environment VIRTUAL_ENV names
+# Byte-compile at install, as pip does (uv does not by default): otherwise every Python process
+# of the tests compiles torch's modules again where PYTHONDONTWRITEBYTECODE is set, and the
+# reference fixtures take twice as long.
+export UV_COMPILE_BYTECODE=1
 if [ "$(.venv/bin/uv --version 2>/dev/null | cut -d" " -f1,2)" != "uv $UV_VERSION" ]; then
     log "installing uv $UV_VERSION into .venv"
     "$PY" -m pip install -q "uv==$UV_VERSION"
