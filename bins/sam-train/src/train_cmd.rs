@@ -274,9 +274,10 @@ pub fn run_train(args: TrainArgs) -> Result<u8, Failure> {
     let configured_workers = cfg.data.num_workers;
     let workers = budget.loader_workers(configured_workers as usize);
     cfg.data.num_workers = u32::try_from(workers).unwrap_or(configured_workers);
-    if let Err(e) = sam_train::device_for(cfg.training.device, env.local_rank) {
-        return Err(Failure::usage_msg(e)); // no usable GPU for `cuda`: before anything is written
-    }
+    let device = match sam_train::device_for(cfg.training.device, env.local_rank) {
+        Ok(device) => device,
+        Err(e) => return Err(Failure::usage_msg(e)), // no usable GPU: before anything is written
+    };
     // Only rank 0 touches the run folder before training; the others wait for it in the
     // rendezvous below and then read the same checkpoint.
     let (paths, notes) = if env.rank == 0 {
@@ -383,6 +384,16 @@ pub fn run_train(args: TrainArgs) -> Result<u8, Failure> {
                     s.timing.seconds_per_iteration(),
                     100.0 * s.timing.data_wait_share()
                 );
+                if let tch::Device::Cuda(index) = device {
+                    match sam_torch::cuda_memory_stats(index) {
+                        Ok(m) => tracing::info!(
+                            "peak device memory: {} MiB in tensors, {} MiB reserved (cuda:{index})",
+                            m.peak_allocated >> 20,
+                            m.peak_reserved >> 20
+                        ),
+                        Err(e) => tracing::warn!("peak device memory: unavailable ({e})"),
+                    }
+                }
             }
             Ok(0)
         }

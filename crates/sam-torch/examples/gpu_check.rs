@@ -6,7 +6,12 @@
 //!
 //! ```text
 //! target/debug/examples/gpu_check [--port P (29650)]
+//! target/debug/examples/gpu_check --rehearse [--port P]   # CPU stand-ins: Gloo, CPU autocast
 //! ```
+//!
+//! `--rehearse` is what `scripts/gpu_check.sh --rehearse` runs on a machine without a GPU: the
+//! process group at world size 1 over Gloo and bf16 autocast on the CPU, so that the script and
+//! this program are exercised by the test suite.
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -31,16 +36,24 @@ fn main() -> ExitCode {
                 }
             };
         }
-        [flag, p] if flag == "--port" => match p.parse() {
-            Ok(p) => p,
-            Err(_) => {
-                eprintln!("error: --port needs a number");
+        rest => {
+            let (rehearsal, port) = match rest {
+                [r] if r == "--rehearse" => (true, "29650"),
+                [flag, p] if flag == "--port" => (false, p.as_str()),
+                [r, flag, p] if r == "--rehearse" && flag == "--port" => (true, p.as_str()),
+                _ => {
+                    eprintln!("usage: gpu_check [--rehearse] [--port P (29650)]");
+                    return ExitCode::from(2);
+                }
+            };
+            let Ok(port) = port.parse() else {
+                eprintln!("error: --port needs a number, got {port:?}");
                 return ExitCode::from(2);
+            };
+            if rehearsal {
+                return rehearse(port);
             }
-        },
-        _ => {
-            eprintln!("usage: gpu_check [--port P (29650)]");
-            return ExitCode::from(2);
+            port
         }
     };
     let mut failed = false;
@@ -68,6 +81,51 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The CPU stand-ins of the checks: the same report lines, exit status 1 if one fails.
+fn rehearse(port: u16) -> ExitCode {
+    println!(
+        "cuda: skipped (rehearsal on CPU; libtorch sees CUDA: {})",
+        sam_torch::cuda_is_available()
+    );
+    let mut failed = false;
+    for (name, result) in [
+        ("autocast_bf16_cpu", autocast_on(Device::Cpu)),
+        ("gloo_world1", gloo(port)),
+    ] {
+        match result {
+            Ok(msg) => println!("{name}: ok {msg}"),
+            Err(msg) => {
+                failed = true;
+                println!("{name}: FAIL {msg}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn gloo(port: u16) -> Check {
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs(60);
+    let store = TcpStore::new("127.0.0.1", port, 1, true, timeout).map_err(s)?;
+    let pg = ProcessGroup::new_gloo_on(&store, 0, 1, timeout, "127.0.0.1").map_err(s)?;
+    let mut t = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+    pg.all_reduce_(&mut t, ReduceOp::Sum).map_err(s)?;
+    pg.broadcast_(&mut t, 0).map_err(s)?;
+    pg.barrier().map_err(s)?;
+    let got = Vec::<f32>::try_from(&t).map_err(s)?;
+    if got != [1.0, 2.0, 3.0] {
+        return Err(format!("world-1 all_reduce changed the tensor: {got:?}"));
+    }
+    Ok(format!(
+        "init + 3 collectives {:.2} s",
+        t0.elapsed().as_secs_f64()
+    ))
 }
 
 fn s<E: std::fmt::Display>(e: E) -> String {
@@ -131,8 +189,13 @@ fn device_select() -> Check {
 }
 
 fn autocast_cuda() -> Check {
-    let a = Tensor::randn([256, 256], (Kind::Float, Device::Cuda(0)));
-    let y = sam_torch::autocast(Device::Cuda(0), Kind::BFloat16, || a.matmul(&a)).map_err(s)?;
+    autocast_on(Device::Cuda(0))
+}
+
+/// Inside bf16 autocast a matmul is bf16 and close to the f32 one; outside it stays f32.
+fn autocast_on(device: Device) -> Check {
+    let a = Tensor::randn([256, 256], (Kind::Float, device));
+    let y = sam_torch::autocast(device, Kind::BFloat16, || a.matmul(&a)).map_err(s)?;
     let z = a.matmul(&a);
     if y.kind() != Kind::BFloat16 || z.kind() != Kind::Float {
         return Err(format!("inside {:?}, outside {:?}", y.kind(), z.kind()));

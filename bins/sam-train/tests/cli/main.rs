@@ -1,6 +1,7 @@
 //! Integration tests of the `sam-train` executable, one test binary (libtorch is linked once):
 //! distributed training, kills and resumes, refusals ([`dist`]) and the SLURM submit script,
-//! the stop marker and the thread budget ([`submit`]).
+//! the stop marker and the thread budget ([`submit`]), and the rehearsal of
+//! `scripts/gpu_check.sh` ([`gpu_check`]).
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use sam_testkit::{ConfigBuilder, SynthDataset, TempRepo};
 
 mod dist;
+mod gpu_check;
 mod submit;
 
 /// The executable under test.
