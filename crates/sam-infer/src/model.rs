@@ -38,6 +38,14 @@ impl std::fmt::Debug for InferenceModel {
 }
 
 impl InferenceModel {
+    /// Waits until the device has finished the work queued so far (a no-op on the CPU), so that
+    /// a stage timing taken after it covers the stage's GPU time and not just its launches.
+    pub fn synchronize(&self) {
+        if let Device::Cuda(index) = self.model.device() {
+            tch::Cuda::synchronize(index as i64);
+        }
+    }
+
     /// Load a checkpoint (plain SAM state_dict, micro_sam `{model_state, decoder_state}`, or our
     /// safetensors) onto `device`. Both architectures are inferred from the weights; loading is
     /// strict ([`SamModel::load`]).

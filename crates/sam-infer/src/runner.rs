@@ -502,6 +502,7 @@ pub fn segment_auto(
             e
         }
     };
+    model.synchronize();
     t.embed_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
@@ -510,6 +511,7 @@ pub fn segment_auto(
             let maps = model.decoder_maps(&tiling, &embeddings, opts.batch_size, &mut || {
                 on_progress(Progress::Tile { stage: "decode" })
             })?;
+            model.synchronize();
             t.decode_s = start.elapsed().as_secs_f64();
             let start = Instant::now();
             let labels = ais_segment(&maps, &opts.ais)?;
@@ -521,6 +523,7 @@ pub fn segment_auto(
             let crops = model.amg_masks(&tiling, embeddings, &opts.amg, &mut || {
                 on_progress(Progress::Tile { stage: "masks" })
             })?;
+            model.synchronize();
             t.decode_s = start.elapsed().as_secs_f64();
             let start = Instant::now();
             let out = amg_segment(&crops, image.shape(), &opts.amg)?;
@@ -809,6 +812,7 @@ pub fn run_prompts(
         }
         let start = Instant::now();
         let (labels, scores) = model.segment_prompts(&plane, &sets)?;
+        model.synchronize();
         let timings = Timings {
             decode_s: start.elapsed().as_secs_f64(),
             ..Timings::default()
