@@ -168,6 +168,7 @@ pub fn run_model(args: ModelArgs) -> Result<(), Failure> {
         sam_config::load_config_with(&args.config, &ValidateOptions::without_path_checks())
             .map_err(Failure::usage_msg)?;
     let cfg = loaded.config;
+    sam_cli_torch::apply_tf32(device, cfg.hardware.tf32)?;
     let root = find_root(&args)?;
     let paths = RunPaths::new(root, &cfg);
     let checkpoint = eval_checkpoint(args.checkpoint.as_deref(), &paths)?;

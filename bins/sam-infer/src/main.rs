@@ -238,6 +238,22 @@ fn pair(v: &Option<Vec<u32>>, flag: &str) -> Result<Option<[u32; 2]>, Failure> {
 fn config_sections(
     config: Option<&Path>,
 ) -> Result<(sam_config::InferenceConfig, sam_config::NormalizationConfig), Failure> {
+    let (inference, normalization, _) = config_parts(config)?;
+    Ok((inference, normalization))
+}
+
+/// The sections sam-infer reads from `--config` (inference, normalisation, hardware), or
+/// their defaults without one.
+fn config_parts(
+    config: Option<&Path>,
+) -> Result<
+    (
+        sam_config::InferenceConfig,
+        sam_config::NormalizationConfig,
+        sam_config::HardwareConfig,
+    ),
+    Failure,
+> {
     match config {
         Some(path) => {
             let loaded = sam_config::load_config_with(
@@ -246,7 +262,7 @@ fn config_sections(
             )
             .map_err(Failure::usage_msg)?;
             let c = loaded.config;
-            Ok((c.inference, c.data.normalization))
+            Ok((c.inference, c.data.normalization, c.hardware))
         }
         None => Ok(Default::default()),
     }
@@ -404,6 +420,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Auto(a) => {
             let device = select_device(&a.model.device)?;
+            let tf32 = config_parts(a.config.as_deref())?.2.tf32;
+            sam_cli_torch::apply_tf32(device, tf32)?;
             let mut opts = auto_options(&a)?;
             let inputs = inputs(&a.input, &a.pattern)?;
             let root = root(&a.model, a.config.as_deref());
@@ -423,6 +441,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Prompts(a) => {
             let device = select_device(&a.model.device)?;
+            sam_cli_torch::apply_tf32(device, sam_config::HardwareConfig::default().tf32)?;
             let inputs = inputs(&a.input, &a.pattern)?;
             let prompts = read_prompts(&a.prompts).map_err(Failure::usage)?;
             prompts.check_images(&inputs).map_err(Failure::usage)?;

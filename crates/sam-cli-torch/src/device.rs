@@ -15,6 +15,21 @@ pub fn select_device(name: &str) -> Result<DeviceChoice, CliError> {
     sam_torch::select_device(parse_device(name)?, 0).map_err(|e| CliError::Device(Box::new(e)))
 }
 
+/// Switches TF32 matrix products for fp32 work on or off (`hardware.tf32`, on unless a config
+/// turns it off) when `device` is a GPU; the CPU has no TF32 and is left alone. Returns whether
+/// TF32 is on for the device.
+pub fn apply_tf32(device: tch::Device, on: bool) -> Result<bool, CliError> {
+    if !device.is_cuda() {
+        return Ok(false);
+    }
+    sam_torch::set_tf32(sam_torch::Tf32 {
+        cublas: on,
+        cudnn: on,
+    })
+    .map_err(|e| CliError::Device(Box::new(e)))?;
+    Ok(on)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -36,5 +51,12 @@ mod tests {
         );
         assert_eq!(sam_cli::Failure::from(err).code(), sam_cli::EXIT_USAGE);
         assert_eq!(select_device("cpu").unwrap().device, tch::Device::Cpu);
+    }
+
+    #[test]
+    fn tf32_is_left_alone_on_the_cpu() {
+        let before = sam_torch::tf32().unwrap();
+        assert!(!apply_tf32(tch::Device::Cpu, !before.cublas).unwrap());
+        assert_eq!(sam_torch::tf32().unwrap(), before);
     }
 }

@@ -35,7 +35,7 @@ mod eval;
 mod infer;
 
 pub use crate::checkpoint::resolve_checkpoint;
-pub use crate::device::{parse_device, select_device};
+pub use crate::device::{apply_tf32, parse_device, select_device};
 #[cfg(feature = "eval")]
 pub use crate::eval::{
     eval_checkpoint, grid_values, iterative_options, model_eval_options, validation_images,

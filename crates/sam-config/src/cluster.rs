@@ -168,12 +168,16 @@ fn backbone_index(b: Backbone) -> usize {
 pub struct HardwareConfig {
     /// Accelerator; selects the preset limits (batch size, loader workers, precision).
     pub accelerator: Accelerator,
+    /// TF32 matrix products for fp32 work on a GPU (Ampere and newer): training in fp32,
+    /// validation, `sam-eval` and `sam-infer`; `false` keeps strict fp32 there.
+    pub tf32: bool,
 }
 
 impl Default for HardwareConfig {
     fn default() -> Self {
         Self {
             accelerator: Accelerator::A100,
+            tf32: true,
         }
     }
 }

@@ -219,21 +219,37 @@ fn schedule_kind(cfg: &ExperimentConfig, epochs: u64) -> ScheduleKind {
     }
 }
 
-/// The device of this process (`cuda:<local_rank>` on a GPU node), with TF32 switched on when
-/// the config asks for it.
+/// The device of this process (`cuda:<local_rank>` on a GPU node), with TF32 for its fp32 work
+/// as the config says.
 fn open_device(
-    t: &sam_config::TrainingConfig,
+    cfg: &ExperimentConfig,
     collective: Option<&Collective>,
 ) -> Result<Device, TrainError> {
+    let t = &cfg.training;
     let local_rank = collective.map_or(0, |c| c.local_rank());
     let device = device_for(t.device, local_rank)?;
-    if t.precision == Precision::Tf32 && device.is_cuda() {
+    if device.is_cuda() {
+        let on = tf32_for(t.precision, &cfg.hardware);
         sam_torch::set_tf32(sam_torch::Tf32 {
-            cublas: true,
-            cudnn: true,
+            cublas: on,
+            cudnn: on,
         })?;
+        tracing::info!(
+            "TF32 for fp32 work: {}",
+            if on {
+                "on"
+            } else {
+                "off (hardware.tf32: false)"
+            }
+        );
     }
     Ok(device)
+}
+
+/// Whether fp32 work on a GPU uses TF32: `hardware.tf32` (on by default), and always for
+/// `precision: tf32`.
+fn tf32_for(precision: Precision, hardware: &sam_config::HardwareConfig) -> bool {
+    hardware.tf32 || precision == Precision::Tf32
 }
 
 /// Looks at the run folder before training: whether there is a checkpoint to resume from (every
@@ -562,7 +578,7 @@ impl<'a> Trainer<'a> {
         let is_main = rank == 0;
         let t = &cfg.training;
         let faults = FaultInjection::from_env()?;
-        let device = open_device(t, opts.collective)?;
+        let device = open_device(cfg, opts.collective)?;
         let store = CheckpointStore::new(&paths.checkpoint_dir);
         let resuming = open_run_folder(cfg, paths, opts, &store, is_main)?;
         let data = RunData::open(cfg, paths, opts.progress, opts.collective)?;
@@ -1093,7 +1109,22 @@ impl<'a> Trainer<'a> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::StepTiming;
+    use super::{tf32_for, Precision, StepTiming};
+
+    #[test]
+    fn tf32_follows_the_hardware_switch_and_the_tf32_precision() {
+        let on = sam_config::HardwareConfig::default();
+        assert!(on.tf32, "TF32 is on by default");
+        let off = sam_config::HardwareConfig {
+            tf32: false,
+            ..on.clone()
+        };
+        assert!(tf32_for(Precision::Fp32, &on));
+        assert!(tf32_for(Precision::Bf16, &on));
+        assert!(!tf32_for(Precision::Fp32, &off));
+        assert!(!tf32_for(Precision::Bf16, &off));
+        assert!(tf32_for(Precision::Tf32, &off));
+    }
 
     #[test]
     fn step_timing_means_and_shares() {
