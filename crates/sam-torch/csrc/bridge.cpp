@@ -4,7 +4,8 @@
 // heap-allocated message (free it with `sam_torch_free_string`); a null pointer means success.
 // Nothing here prints, exits or aborts.
 //
-// Sections: errors, autocast, CUDA device and memory, TF32, c10d store and process groups.
+// Sections: errors, autocast, CUDA device and memory, TF32, c10d store and process groups,
+// autograd, multi-tensor optimiser kernels.
 
 #include <ATen/ATen.h>
 #include <c10/core/CachingDeviceAllocator.h>
@@ -403,3 +404,123 @@ char* sam_torch_pg_barrier(SamGroup* group) {
 extern "C" char* sam_torch_clear_grad(at::Tensor* tensor) {
   return guarded([&] { tensor->mutable_grad().reset(); });
 }
+
+// ---- multi-tensor optimiser kernels ---------------------------------------------------------
+// libtorch's `_foreach_*` operations and `_fused_adamw_`, which tch's generator skips. Lists
+// arrive as arrays of `n` tensor handles; the copies made here share the callers' storage, so
+// the in-place operations update the callers' tensors.
+
+namespace {
+
+std::vector<at::Tensor> tensor_list(at::Tensor* const* tensors, std::size_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    out.push_back(*tensors[i]);
+  }
+  return out;
+}
+
+std::vector<at::Scalar> scalar_list(const double* values, std::size_t n) {
+  return std::vector<at::Scalar>(values, values + n);
+}
+
+// Hands the results to the caller as new handles (owned by the caller, as tch tensors).
+void hand_out(const std::vector<at::Tensor>& results, std::size_t n, at::Tensor** outs) {
+  TORCH_CHECK(results.size() == n, "expected ", n, " results, got ", results.size());
+  for (std::size_t i = 0; i < n; ++i) {
+    outs[i] = new at::Tensor(results[i]);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// AdamW over lists of one device (torch.optim.AdamW(fused=True) calls the same kernel per
+// device and dtype group, after adding 1 to the steps itself). The CPU kernel walks raw memory
+// (it reads a strided tensor in the wrong order) and each kernel takes one dtype: both are
+// refused here rather than computed wrong.
+char* sam_torch_fused_adamw_(at::Tensor* const* params, at::Tensor* const* grads,
+                             at::Tensor* const* exp_avgs, at::Tensor* const* exp_avg_sqs,
+                             at::Tensor* const* state_steps, std::size_t n, double lr,
+                             double beta1, double beta2, double weight_decay, double eps) {
+  return guarded([&] {
+    auto p = tensor_list(params, n);
+    auto g = tensor_list(grads, n);
+    auto m = tensor_list(exp_avgs, n);
+    auto v = tensor_list(exp_avg_sqs, n);
+    auto s = tensor_list(state_steps, n);
+    for (std::size_t i = 0; i < n; ++i) {
+      for (const at::Tensor* t : {&g[i], &m[i], &v[i]}) {
+        TORCH_CHECK(t->scalar_type() == p[i].scalar_type() && t->device() == p[i].device() &&
+                        t->sizes() == p[i].sizes(),
+                    "fused AdamW: tensor ", i, " of a list is ", t->scalar_type(), " ",
+                    t->sizes(), " on ", t->device(), ", its parameter ", p[i].scalar_type(), " ",
+                    p[i].sizes(), " on ", p[i].device());
+      }
+      for (const at::Tensor* t : {&p[i], &g[i], &m[i], &v[i]}) {
+        TORCH_CHECK(t->is_contiguous(), "fused AdamW: tensor ", i,
+                    " of a list is not contiguous");
+      }
+      TORCH_CHECK(s[i].scalar_type() == at::kFloat && s[i].numel() == 1 &&
+                      s[i].device() == p[i].device(),
+                  "fused AdamW: step ", i, " must be one float32 on its parameter's device");
+    }
+    at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/at::TensorList{}, s, lr, beta1, beta2, weight_decay, eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+  });
+}
+
+char* sam_torch_foreach_norm(at::Tensor* const* tensors, std::size_t n, double ord,
+                             at::Tensor** outs) {
+  return guarded([&] { hand_out(at::_foreach_norm(tensor_list(tensors, n), at::Scalar(ord)), n, outs); });
+}
+
+char* sam_torch_foreach_sqrt(at::Tensor* const* tensors, std::size_t n, at::Tensor** outs) {
+  return guarded([&] { hand_out(at::_foreach_sqrt(tensor_list(tensors, n)), n, outs); });
+}
+
+char* sam_torch_foreach_add_scalar_(at::Tensor* const* tensors, std::size_t n, double value) {
+  return guarded([&] { at::_foreach_add_(tensor_list(tensors, n), at::Scalar(value)); });
+}
+
+char* sam_torch_foreach_mul_scalar_(at::Tensor* const* tensors, std::size_t n, double value) {
+  return guarded([&] { at::_foreach_mul_(tensor_list(tensors, n), at::Scalar(value)); });
+}
+
+char* sam_torch_foreach_mul_tensor_(at::Tensor* const* tensors, std::size_t n,
+                                    const at::Tensor* value) {
+  return guarded([&] { at::_foreach_mul_(tensor_list(tensors, n), *value); });
+}
+
+char* sam_torch_foreach_div_scalars_(at::Tensor* const* tensors, std::size_t n,
+                                     const double* values) {
+  return guarded([&] { at::_foreach_div_(tensor_list(tensors, n), scalar_list(values, n)); });
+}
+
+char* sam_torch_foreach_lerp_scalar_(at::Tensor* const* tensors, at::Tensor* const* ends,
+                                     std::size_t n, double weight) {
+  return guarded(
+      [&] { at::_foreach_lerp_(tensor_list(tensors, n), tensor_list(ends, n), at::Scalar(weight)); });
+}
+
+char* sam_torch_foreach_addcmul_scalar_(at::Tensor* const* tensors, at::Tensor* const* tensor1,
+                                        at::Tensor* const* tensor2, std::size_t n,
+                                        double value) {
+  return guarded([&] {
+    at::_foreach_addcmul_(tensor_list(tensors, n), tensor_list(tensor1, n),
+                          tensor_list(tensor2, n), at::Scalar(value));
+  });
+}
+
+char* sam_torch_foreach_addcdiv_scalars_(at::Tensor* const* tensors, at::Tensor* const* tensor1,
+                                         at::Tensor* const* tensor2, std::size_t n,
+                                         const double* values) {
+  return guarded([&] {
+    at::_foreach_addcdiv_(tensor_list(tensors, n), tensor_list(tensor1, n),
+                          tensor_list(tensor2, n), scalar_list(values, n));
+  });
+}
+
+}  // extern "C"

@@ -13,6 +13,16 @@ pub enum Error {
         /// The C++ exception's message.
         message: String,
     },
+    /// The lists of one multi-tensor operation differ in length.
+    #[error("{op}: a list of {got} tensors where the first list has {expected}")]
+    ListLength {
+        /// The operation, e.g. `"fused_adamw_"`.
+        op: &'static str,
+        /// The first list's length.
+        expected: usize,
+        /// The length of a list that differs.
+        got: usize,
+    },
     /// Autocast exists for CPU and CUDA only.
     #[error("autocast: device {device:?} is not supported (expected Cpu or Cuda)")]
     AutocastDevice {

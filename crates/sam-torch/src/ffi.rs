@@ -42,6 +42,72 @@ extern "C" {
 
     pub fn sam_torch_clear_grad(tensor: *mut C_tensor) -> *mut c_char;
 
+    #[allow(clippy::too_many_arguments)]
+    pub fn sam_torch_fused_adamw_(
+        params: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        exp_avgs: *const *mut C_tensor,
+        exp_avg_sqs: *const *mut C_tensor,
+        state_steps: *const *mut C_tensor,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+    ) -> *mut c_char;
+    pub fn sam_torch_foreach_norm(
+        tensors: *const *mut C_tensor,
+        n: usize,
+        ord: f64,
+        outs: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    pub fn sam_torch_foreach_sqrt(
+        tensors: *const *mut C_tensor,
+        n: usize,
+        outs: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    pub fn sam_torch_foreach_add_scalar_(
+        tensors: *const *mut C_tensor,
+        n: usize,
+        value: f64,
+    ) -> *mut c_char;
+    pub fn sam_torch_foreach_mul_scalar_(
+        tensors: *const *mut C_tensor,
+        n: usize,
+        value: f64,
+    ) -> *mut c_char;
+    pub fn sam_torch_foreach_mul_tensor_(
+        tensors: *const *mut C_tensor,
+        n: usize,
+        value: *const C_tensor,
+    ) -> *mut c_char;
+    pub fn sam_torch_foreach_div_scalars_(
+        tensors: *const *mut C_tensor,
+        n: usize,
+        values: *const f64,
+    ) -> *mut c_char;
+    pub fn sam_torch_foreach_lerp_scalar_(
+        tensors: *const *mut C_tensor,
+        ends: *const *mut C_tensor,
+        n: usize,
+        weight: f64,
+    ) -> *mut c_char;
+    pub fn sam_torch_foreach_addcmul_scalar_(
+        tensors: *const *mut C_tensor,
+        tensor1: *const *mut C_tensor,
+        tensor2: *const *mut C_tensor,
+        n: usize,
+        value: f64,
+    ) -> *mut c_char;
+    pub fn sam_torch_foreach_addcdiv_scalars_(
+        tensors: *const *mut C_tensor,
+        tensor1: *const *mut C_tensor,
+        tensor2: *const *mut C_tensor,
+        n: usize,
+        values: *const f64,
+    ) -> *mut c_char;
+
     pub fn sam_torch_set_allow_tf32(cublas: c_int, cudnn: c_int) -> *mut c_char;
     pub fn sam_torch_get_allow_tf32(cublas: *mut c_int, cudnn: *mut c_int) -> *mut c_char;
 

@@ -6,6 +6,9 @@
 //!   a local rank: GPU `local_rank % device_count`, or a [`DeviceError`] naming the libtorch
 //!   build, the NVIDIA driver and `CUDA_VISIBLE_DEVICES`), [`set_cuda_device`],
 //!   [`cuda_memory_stats`] / [`reset_peak_memory_stats`], and the TF32 switches [`set_tf32`].
+//! - **Multi-tensor kernels**: [`fused_adamw_`] (the kernel of `torch.optim.AdamW(fused=True)`)
+//!   and the `_foreach_*` operations an optimiser and gradient clipping are made of
+//!   ([`foreach_norm`], [`foreach_mul_tensor_`], ...): one call for a whole list of tensors.
 //! - **Distributed** (c10d, the engine of `torch.distributed`): [`TcpStore`] rendezvous and
 //!   [`ProcessGroup`] over Gloo (CPU) or NCCL (CUDA) with `all_reduce_`, `broadcast_`,
 //!   `all_gather`, `barrier`; [`LaunchEnv`] reads rank, world size, local rank and the master
@@ -44,6 +47,7 @@ mod cuda;
 mod dist;
 mod error;
 mod ffi;
+mod foreach;
 mod grad;
 mod launch;
 
@@ -61,6 +65,11 @@ pub use cuda::{
 };
 pub use dist::{Backend, ProcessGroup, ReduceOp, TcpStore, HAS_GLOO, HAS_NCCL};
 pub use error::Error;
+pub use foreach::{
+    foreach_add_scalar_, foreach_addcdiv_scalars_, foreach_addcmul_scalar_, foreach_div_scalars_,
+    foreach_lerp_scalar_, foreach_mul_scalar_, foreach_mul_tensor_, foreach_norm, foreach_sqrt,
+    fused_adamw_, AdamWHyper,
+};
 pub use grad::clear_grad;
 pub use launch::{
     available_cores, expand_nodelist, CpuBudget, CpuBudgetSource, LaunchEnv, LaunchError,
