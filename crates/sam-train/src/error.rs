@@ -81,6 +81,9 @@ pub enum TrainError {
     /// An operation of the libtorch bridge failed (autocast, TF32).
     #[error("model: {0}")]
     Torch(#[from] sam_torch::Error),
+    /// An optimiser kernel failed (the AdamW update, gradient clipping or scaling).
+    #[error("optimiser: {0}")]
+    Optimizer(#[source] sam_torch::Error),
     /// A tensor could not be converted (tch).
     #[error("model: {0}")]
     Tensor(#[from] tch::TchError),

@@ -766,7 +766,7 @@ impl<'a> Trainer<'a> {
         let mut value = loss.total.double_value(&[]);
         if self.faults.nonfinite_at(self.rank, iteration) {
             value = f64::NAN;
-            self.optim.scale_grads(f64::NAN);
+            self.optim.scale_grads(f64::NAN)?;
         }
         // Whether this step is usable is decided from every rank's loss and gradients
         // together: a non-finite value anywhere skips the step everywhere.
@@ -795,12 +795,12 @@ impl<'a> Trainer<'a> {
             c.average_gradients(&self.optim)?;
         }
         if let ScalerUpdate::Apply { unscale } = self.scaler.update(true) {
-            self.optim.scale_grads(unscale);
+            self.optim.scale_grads(unscale)?;
         }
         if let Some(max) = self.cfg.training.grad_clip_norm {
-            self.optim.clip_grad_norm(max);
+            self.optim.clip_grad_norm(max)?;
         }
-        self.optim.step();
+        self.optim.step()?;
         self.state.nonfinite_streak = 0;
         Ok(())
     }

@@ -1,0 +1,180 @@
+//! Parity of [`sam_train::AdamW`] with `torch.optim.AdamW(fused=True)` and
+//! `torch.nn.utils.clip_grad_norm_(foreach=True)`: `tests/python/optim_parity.py` runs three
+//! clipped steps on parameters shaped like vit_b SAM's (one of them float64, one without a
+//! gradient in step 2) and saves inputs and results; we run the same steps on the same inputs.
+//! The file is generated once into `target/test-fixtures/sam-train-optim/` and again when the
+//! script changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use sam_train::{AdamW, AdamWConfig};
+use tch::{Kind, Tensor};
+
+/// Largest difference allowed, relative to the largest magnitude of the expected tensor.
+const TOL: f64 = 1e-6;
+/// The parameter without a gradient in step 2 (`SKIP` of the script).
+const SKIP: &str = "image_encoder.neck.1.weight";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn python() -> PathBuf {
+    let python = repo_root().join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/setup.sh to create the Python environment the reference \
+         fixtures need",
+        python.display()
+    );
+    python
+}
+
+/// The reference file, generated when missing or made by another version of the script.
+fn fixture() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/optim_parity.py");
+        let dir = repo_root().join("target/test-fixtures/sam-train-optim");
+        let file = dir.join("optim_parity.safetensors");
+        let source = std::fs::read(&script).expect("the parity script");
+        let stamp = format!(
+            "{:x}",
+            source
+                .iter()
+                .fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        );
+        let stamp_file = dir.join("stamp");
+        let fresh = std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str());
+        if !fresh || !file.is_file() {
+            std::fs::create_dir_all(&dir).unwrap();
+            let out = Command::new(python())
+                .arg(&script)
+                .arg(&file)
+                .output()
+                .expect("run optim_parity.py");
+            assert!(
+                out.status.success(),
+                "optim_parity.py failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::write(&stamp_file, stamp).unwrap();
+        }
+        file
+    })
+}
+
+/// The gradient of step `step` (0-based) from the stored one, by the script's exact rule.
+fn grad_at(step: usize, g: &Tensor) -> Tensor {
+    match step {
+        0 => g.copy(),
+        1 => {
+            let dims: Vec<i64> = (0..g.dim() as i64).collect();
+            g.flip(dims) * -0.5
+        }
+        _ => g * 0.125,
+    }
+}
+
+/// Max |got - want| and max |want|, in f64.
+fn diff_and_scale(got: &Tensor, want: &Tensor) -> (f64, f64) {
+    let (got, want) = (got.to_kind(Kind::Double), want.to_kind(Kind::Double));
+    let diff = (&got - &want).abs().max().double_value(&[]);
+    (diff, want.abs().max().double_value(&[]))
+}
+
+#[test]
+fn adamw_and_clipping_match_torch_fused_on_vit_b_shapes() {
+    let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(fixture())
+        .unwrap()
+        .into_iter()
+        .collect();
+    let get = |key: &str| {
+        tensors
+            .get(key)
+            .unwrap_or_else(|| panic!("the fixture has no `{key}`"))
+    };
+    let mut names: Vec<String> = tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("param.").map(str::to_owned))
+        .collect();
+    names.sort();
+    assert!(names.iter().any(|n| n == SKIP), "{names:?}");
+    let vars: Vec<(String, Tensor)> = names
+        .iter()
+        .map(|n| {
+            let var = get(&format!("param.{n}")).copy().set_requires_grad(true);
+            (n.clone(), var)
+        })
+        .collect();
+    let kinds: Vec<Kind> = vars.iter().map(|(_, v)| v.kind()).collect();
+    assert!(kinds.contains(&Kind::Float) && kinds.contains(&Kind::Double));
+
+    let mut opt = AdamW::new(
+        vars.iter()
+            .map(|(n, v)| (n.clone(), v.shallow_clone()))
+            .collect(),
+        AdamWConfig {
+            lr: 1e-4,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.01,
+        },
+    );
+    let mut norms = Vec::new();
+    for step in 0..3 {
+        opt.zero_grad().unwrap();
+        for (name, var) in &vars {
+            if step == 1 && name == SKIP {
+                continue;
+            }
+            // d/dp sum(p * g) = g, exactly.
+            let g = grad_at(step, get(&format!("grad.{name}")));
+            (var * g).sum(var.kind()).backward();
+        }
+        norms.push(opt.clip_grad_norm(1.0).unwrap());
+        opt.step().unwrap();
+    }
+
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    let want_norms: Vec<f64> = Vec::try_from(get("expect.norm")).unwrap();
+    for (got, want) in norms.iter().zip(&want_norms) {
+        let diff = (got - want).abs();
+        report.push(format!("norm {got} (torch {want}): diff {diff:.3e}"));
+        if diff > TOL * want.abs() {
+            failures.push(format!("clip norm: expected {want}, got {got}"));
+        }
+    }
+    let state: HashMap<String, Tensor> = opt.state_tensors().into_iter().collect();
+    for (name, var) in &vars {
+        for (what, got) in [
+            ("param", var.detach()),
+            ("exp_avg", state[&format!("exp_avg.{name}")].shallow_clone()),
+            (
+                "exp_avg_sq",
+                state[&format!("exp_avg_sq.{name}")].shallow_clone(),
+            ),
+        ] {
+            let want = get(&format!("expect.{what}.{name}"));
+            assert_eq!(got.kind(), want.kind(), "{what}.{name} dtype");
+            let (diff, scale) = diff_and_scale(&got, want);
+            report.push(format!(
+                "{what}.{name}: max diff {diff:.3e} (scale {scale:.3e})"
+            ));
+            if diff > TOL * scale {
+                failures.push(format!(
+                    "{what}.{name}: max |ours - torch| = {diff:e}, over {TOL} x {scale:e}"
+                ));
+            }
+        }
+        let steps = state[&format!("step.{name}")].int64_value(&[0]);
+        let want = get(&format!("expect.step.{name}")).double_value(&[0]);
+        assert_eq!(steps as f64, want, "step count of {name}");
+    }
+    println!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
