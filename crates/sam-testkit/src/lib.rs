@@ -10,6 +10,7 @@
 //!   setters, [`ConfigBuilder::set`] for any dotted key and the
 //!   [`ConfigBuilder::tiny_cpu_training`] preset.
 //! - [`TempRepo`]: a temporary repository root, removed on drop.
+//! - [`venv_python`]: the repository's Python environment, for reference fixtures.
 //!
 //! The kit does not link libtorch. Tiny random-weight checkpoints are written by
 //! `sam_testkit_model::TinyCheckpoint`, a crate of its own: Cargo unifies a dependency's
@@ -43,11 +44,13 @@
 mod config;
 mod dataset;
 mod error;
+mod python;
 mod repo;
 
 pub use crate::{
     config::ConfigBuilder,
     dataset::{SynthDataset, SynthImage},
     error::Error,
+    python::{venv_python, workspace_root},
     repo::TempRepo,
 };

@@ -826,8 +826,7 @@ fn slurm_output_files_alone_do_not_make_a_run_and_survive_overwrite() {
 /// `torch.optim.AdamW` after `zero_grad()` (whose default is `set_to_none=True`).
 #[test]
 fn unreached_parameter_gets_no_adamw_update_as_in_torch() {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    assert!(python.is_file(), "run scripts/setup.sh first");
+    let python = sam_testkit::venv_python();
     // Step 1 reaches a and b, step 2 only a, step 3 both again.
     let script = r#"
 import json, torch

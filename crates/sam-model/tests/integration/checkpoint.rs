@@ -13,24 +13,6 @@ use std::process::Command;
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
-}
-
-fn python() -> PathBuf {
-    let python = repo_root().join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/setup.sh to create the Python environment the reference \
-         fixtures need",
-        python.display()
-    );
-    python
-}
-
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/checkpoint_fixtures.py")
 }
@@ -44,7 +26,7 @@ fn evil_marker(dir: &Path) -> PathBuf {
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = repo_root().join("target/test-fixtures/checkpoint");
+        let dir = sam_testkit::workspace_root().join("target/test-fixtures/checkpoint");
         let source = std::fs::read(script()).expect("fixture script");
         let stamp = format!(
             "{:x}",
@@ -56,7 +38,7 @@ fn fixtures() -> &'static Path {
         if std::fs::read_to_string(&stamp_file).ok().as_deref() != Some(stamp.as_str()) {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
-            let status = Command::new(python())
+            let status = Command::new(sam_testkit::venv_python())
                 .arg(script())
                 .arg("make")
                 .arg(&dir)
@@ -560,7 +542,7 @@ fn round_trip_through_python() {
         dtypes.decoder_state.as_ref().unwrap(),
     )
     .unwrap();
-    let output = Command::new(python())
+    let output = Command::new(sam_testkit::venv_python())
         .arg(script())
         .arg("verify")
         .arg(out.path())

@@ -18,27 +18,12 @@ const TOL: f64 = 1e-6;
 /// The parameter without a gradient in step 2 (`SKIP` of the script).
 const SKIP: &str = "image_encoder.neck.1.weight";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> PathBuf {
-    let python = repo_root().join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/setup.sh to create the Python environment the reference \
-         fixtures need",
-        python.display()
-    );
-    python
-}
-
 /// The reference file, generated when missing or made by another version of the script.
 fn fixture() -> &'static Path {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
     FILE.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/optim_parity.py");
-        let dir = repo_root().join("target/test-fixtures/sam-train-optim");
+        let dir = sam_testkit::workspace_root().join("target/test-fixtures/sam-train-optim");
         let file = dir.join("optim_parity.safetensors");
         let source = std::fs::read(&script).expect("the parity script");
         let stamp = format!(
@@ -51,7 +36,7 @@ fn fixture() -> &'static Path {
         let fresh = std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str());
         if !fresh || !file.is_file() {
             std::fs::create_dir_all(&dir).unwrap();
-            let out = Command::new(python())
+            let out = Command::new(sam_testkit::venv_python())
                 .arg(&script)
                 .arg(&file)
                 .output()
