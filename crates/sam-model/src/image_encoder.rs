@@ -2,7 +2,7 @@
 //! vit_h) with windowed and global attention and decomposed relative positions.
 
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::common::{
     attention, conv2d, conv_cfg, layer_norm, linear, Activation, AttentionMode, LayerNorm2d,
@@ -249,14 +249,15 @@ pub(crate) fn get_rel_pos(q_size: i64, k_size: i64, rel_pos: &Tensor) -> Tensor 
     // Scale the coords with short length if shapes for q and k are different.
     let q_scale = (k_size as f64 / q_size as f64).max(1.0);
     let k_scale = (q_size as f64 / k_size as f64).max(1.0);
-    let mut idx = Vec::with_capacity((q_size * k_size) as usize);
-    for i in 0..q_size {
-        for j in 0..k_size {
-            let c = (i as f64 * q_scale - j as f64 * k_scale) + (k_size - 1) as f64 * k_scale;
-            idx.push(c as i64);
-        }
-    }
-    let idx = Tensor::from_slice(&idx).to_device(rel_pos.device());
+    // idx[i, j] = (i·q_scale − j·k_scale) + (k_size − 1)·k_scale, never negative, truncated:
+    // computed where the table is (in f64, the same operations in the same order as on the
+    // host), so that a forward pass sends nothing from the host.
+    let f64_on = (Kind::Double, rel_pos.device());
+    let rows = Tensor::arange(q_size, f64_on).unsqueeze(1) * q_scale;
+    let cols = Tensor::arange(k_size, f64_on).unsqueeze(0) * k_scale;
+    let idx = ((rows - cols) + (k_size - 1) as f64 * k_scale)
+        .to_kind(Kind::Int64)
+        .reshape([-1]);
     resized.index_select(0, &idx).reshape([q_size, k_size, -1])
 }
 

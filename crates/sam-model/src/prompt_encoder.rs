@@ -92,10 +92,12 @@ impl PositionEmbeddingRandom {
     /// # Shapes
     /// `coords_input`: `[b, n, 2]` → `[b, n, c]`.
     pub fn forward_with_coords(&self, coords_input: &Tensor, image_size: (i64, i64)) -> Tensor {
-        let divisor = Tensor::from_slice(&[image_size.1 as f32, image_size.0 as f32])
-            .to_device(coords_input.device());
-        let coords = coords_input.to_kind(Kind::Float) / divisor;
-        self.pe_encoding(&coords)
+        // x / w and y / h, as segment_anything divides by the image size's numbers (no
+        // host-made tensor to send to the device).
+        let coords = coords_input.to_kind(Kind::Float);
+        let x = coords.select(-1, 0) / image_size.1 as f64;
+        let y = coords.select(-1, 1) / image_size.0 as f64;
+        self.pe_encoding(&Tensor::stack(&[x, y], -1))
     }
 }
 

@@ -13,6 +13,8 @@
 //!   [`ProcessGroup`] over Gloo (CPU) or NCCL (CUDA) with `all_reduce_`, `broadcast_`,
 //!   `all_gather`, `barrier`; [`LaunchEnv`] reads rank, world size, local rank and the master
 //!   address from SLURM (`srun`) or torchrun-style variables.
+//! - **Host traffic**: [`read_f64s`] / [`read_f64`] (device→host reads, counted per thread by
+//!   [`host_reads`]) and [`upload`] (host→device from pinned memory without blocking on CUDA).
 //!
 //! The bridge (`csrc/bridge.cpp`) is compiled with `cc` against the headers of the libtorch that
 //! tch links; every C++ exception becomes an [`Error`], never an abort.
@@ -49,6 +51,7 @@ mod error;
 mod ffi;
 mod foreach;
 mod grad;
+mod host;
 mod launch;
 
 // The build script's header search, unit-tested on fake directory trees.
@@ -71,6 +74,7 @@ pub use foreach::{
     fused_adamw_, AdamWHyper,
 };
 pub use grad::clear_grad;
+pub use host::{host_reads, read_f64, read_f64s, upload};
 pub use launch::{
     available_cores, expand_nodelist, CpuBudget, CpuBudgetSource, LaunchEnv, LaunchError,
     LaunchSource, DEFAULT_MASTER_PORT, SLURM_PORT_BASE, SLURM_PORT_SPAN,

@@ -180,7 +180,7 @@ fn worker(args: &Args, mode: &str) -> Result<(), Box<dyn std::error::Error>> {
             let mut opt = AdamW::new(vars, config);
             let step = time(args, || Ok(opt.step()?))?;
             let clip = time(args, || {
-                opt.clip_grad_norm(1.0)?;
+                let _norm = opt.clip_grad_norm(1.0)?;
                 Ok(())
             })?;
             (step, clip)

@@ -120,8 +120,7 @@ impl Collective {
         self.group
             .all_reduce_(&mut flags, ReduceOp::Max)
             .map_err(|e| dist_err("gradient flags", e))?;
-        let flags: Vec<f32> = Vec::<f32>::try_from(flags.to_device(Device::Cpu))
-            .map_err(|e| dist_err("gradient flags", e))?;
+        let flags = sam_torch::read_f64s(&flags).map_err(|e| dist_err("gradient flags", e))?;
         for ((_, var), (&local, &any)) in vars.iter().zip(defined.iter().zip(&flags)) {
             if any > 0.0 && local == 0.0 {
                 // Accumulating a zero defines the gradient without changing anything.
@@ -177,7 +176,7 @@ impl Collective {
         self.group
             .all_reduce_(&mut t, ReduceOp::Max)
             .map_err(|e| dist_err("stop agreement", e))?;
-        Ok(t.double_value(&[0]) > 0.0)
+        Ok(sam_torch::read_f64(&t).map_err(|e| dist_err("stop agreement", e))? > 0.0)
     }
 
     /// Element-wise sum of `values` over ranks; every rank gets the same result.
@@ -186,7 +185,7 @@ impl Collective {
         self.group
             .all_reduce_(&mut t, ReduceOp::Sum)
             .map_err(|e| dist_err("sum", e))?;
-        Vec::<f64>::try_from(t.to_device(Device::Cpu)).map_err(|e| dist_err("sum", e))
+        sam_torch::read_f64s(&t).map_err(|e| dist_err("sum", e))
     }
 
     /// Rank 0's `values` on every rank: the numbers every rank then decides from are the same
@@ -196,7 +195,7 @@ impl Collective {
         self.group
             .broadcast_(&mut t, 0)
             .map_err(|e| dist_err("broadcast", e))?;
-        Vec::<f64>::try_from(t.to_device(Device::Cpu)).map_err(|e| dist_err("broadcast", e))
+        sam_torch::read_f64s(&t).map_err(|e| dist_err("broadcast", e))
     }
 
     /// Waits for every rank.

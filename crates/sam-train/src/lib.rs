@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
+mod corrective;
 mod data;
 mod distributed;
 mod error;
@@ -68,7 +69,8 @@ pub use schedule::{
 pub use setup::{device_for, load_initial, load_resumed, new_model, sam_config, unetr_config};
 pub use signals::StopFlag;
 pub use step::{
-    model_input, step_backward, step_loss, RecipeConfig, StepInputs, StepLoss, StepPrecision,
+    model_input, step_backward, step_loss, LossValues, RecipeConfig, StepInputs, StepLoss,
+    StepPrecision,
 };
 pub use trainer::{
     train, NoProgress, StepTiming, TrainOptions, TrainOutcome, TrainProgress, TrainSummary,

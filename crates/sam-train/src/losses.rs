@@ -60,10 +60,10 @@ pub fn focal_loss_per_mask(logits: &Tensor, target: &Tensor) -> Tensor {
 pub struct RoundLoss {
     /// Dice + IoU-MSE (+ focal): the scalar to back-propagate.
     pub total: Tensor,
-    /// The Dice part (mean over objects of the best mask's loss).
-    pub dice: f64,
-    /// The IoU-regression part.
-    pub iou_mse: f64,
+    /// The Dice part (mean over objects of the best mask's loss), a number without graph.
+    pub dice: Tensor,
+    /// The IoU-regression part, a number without graph.
+    pub iou_mse: Tensor,
     /// `[n]` index of the best mask of each object.
     pub best: Tensor,
 }
@@ -71,8 +71,8 @@ pub struct RoundLoss {
 impl std::fmt::Debug for RoundLoss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RoundLoss")
-            .field("dice", &self.dice)
-            .field("iou_mse", &self.iou_mse)
+            .field("dice", &sam_torch::read_f64(&self.dice).ok())
+            .field("iou_mse", &sam_torch::read_f64(&self.iou_mse).ok())
             .finish()
     }
 }
@@ -101,8 +101,8 @@ pub fn round_loss(
         total = total + focal * focal_weight;
     }
     RoundLoss {
-        dice: dice_mean.double_value(&[]),
-        iou_mse: iou_mse.double_value(&[]),
+        dice: dice_mean.detach(),
+        iou_mse: iou_mse.detach(),
         total,
         best,
     }
@@ -157,10 +157,11 @@ mod tests {
         let iou_pred = t(&[1.0, 0.0], &[1, 2]);
         let l = round_loss(&logits, &iou_pred, &target, 0.0);
         assert_eq!(l.best.int64_value(&[0]), 0);
-        assert!(l.dice < 1e-6 && l.iou_mse < 1e-9, "{l:?}");
+        let value = |t: &Tensor| t.double_value(&[]);
+        assert!(value(&l.dice) < 1e-6 && value(&l.iou_mse) < 1e-9, "{l:?}");
         let wrong_iou = t(&[0.0, 1.0], &[1, 2]);
         let l = round_loss(&logits, &wrong_iou, &target, 0.0);
-        assert!((l.iou_mse - 1.0).abs() < 1e-6, "{l:?}");
+        assert!((value(&l.iou_mse) - 1.0).abs() < 1e-6, "{l:?}");
     }
 
     #[test]

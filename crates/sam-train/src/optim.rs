@@ -178,21 +178,31 @@ impl AdamW {
         tch::no_grad(|| foreach_mul_scalar_(&grads, factor)).map_err(TrainError::Optimizer)
     }
 
-    /// Whether every defined gradient is finite (one host read for all of them).
-    pub fn grads_finite(&self) -> bool {
+    /// Whether every defined gradient is finite: a boolean scalar on the device (true without
+    /// gradients), to read together with the other numbers of a step.
+    pub fn grads_finite_flag(&self) -> Tensor {
         tch::no_grad(|| {
             let flags: Vec<Tensor> = self.grads().iter().map(|g| g.isfinite().all()).collect();
-            flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) == 1
+            match flags.first() {
+                None => Tensor::from(true),
+                Some(first) => Tensor::stack(&flags, 0).all().to_device(first.device()),
+            }
         })
+    }
+
+    /// Whether every defined gradient is finite: [`AdamW::grads_finite_flag`] read to the host
+    /// (one read).
+    pub fn grads_finite(&self) -> Result<bool, TrainError> {
+        Ok(sam_torch::read_f64(&self.grads_finite_flag())? == 1.0)
     }
 
     /// Scales gradients so that their global L2 norm is at most `max_norm`, as
     /// `torch.nn.utils.clip_grad_norm_(foreach=True)` does: one norm per gradient from
     /// `_foreach_norm` (per device and dtype), the norm of those, and every gradient multiplied
     /// by `min(1, max_norm / (norm + 1e-6))`, a factor that stays on the device. Returns the
-    /// norm before clipping, in the gradients' precision (one host read per call); 0 without
-    /// gradients.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64, TrainError> {
+    /// norm before clipping as a float scalar on the device (nothing is read to the host); 0
+    /// without gradients.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<Tensor, TrainError> {
         let _no_grad = tch::no_grad_guard();
         let mut groups: Vec<((Device, Kind), Vec<Tensor>)> = Vec::new();
         for grad in self.grads() {
@@ -203,7 +213,7 @@ impl AdamW {
             }
         }
         let Some(&((first_device, _), _)) = groups.first() else {
-            return Ok(0.0);
+            return Ok(Tensor::from(0.0f32));
         };
         let mut norms = Vec::new();
         for (_, group) in &groups {
@@ -217,7 +227,7 @@ impl AdamW {
         for ((device, _), group) in &groups {
             foreach_mul_tensor_(group, &coef.to_device(*device)).map_err(TrainError::Optimizer)?;
         }
-        Ok(total.f_double_value(&[])?)
+        Ok(total)
     }
 
     /// The parameters that have a gradient, in batches for one kernel call each (first
@@ -407,10 +417,7 @@ fn foreach_adamw(
     kernels().map_err(TrainError::Optimizer)?;
     // The bias corrections are host numbers, as in PyTorch (which reads the steps one by one;
     // one read for the batch here).
-    let counts = Tensor::stack(steps, 0)
-        .to_kind(Kind::Double)
-        .to_device(Device::Cpu);
-    let counts = Vec::<f64>::try_from(&counts)?;
+    let counts = sam_torch::read_f64s(&Tensor::stack(steps, 0))?;
     // step_size = -(lr / (1 - beta1^t)), bias_correction2_sqrt = (1 - beta2^t) ** 0.5
     let step_size: Vec<f64> = counts
         .iter()
@@ -529,7 +536,7 @@ mod tests {
             AdamWConfig::default(),
         );
         (&p * &p).sum(Kind::Double).g_mul_scalar(0.5).backward(); // grad = p = [3, 4], norm 5
-        let before = opt.clip_grad_norm(1.0).unwrap();
+        let before = opt.clip_grad_norm(1.0).unwrap().double_value(&[]);
         assert!((before - 5.0).abs() < 1e-12);
         let g: Vec<f64> = Vec::try_from(&p.grad()).unwrap();
         assert!(
@@ -663,10 +670,10 @@ mod tests {
             ],
             AdamWConfig::default(),
         );
-        assert_eq!(opt.clip_grad_norm(1.0).unwrap(), 0.0);
+        assert_eq!(opt.clip_grad_norm(1.0).unwrap().double_value(&[]), 0.0);
         (&p * &p).sum(Kind::Float).g_mul_scalar(0.5).backward(); // grad = p, norm 0.5; q none
         let before = values(&p.grad());
-        let norm = opt.clip_grad_norm(1.0).unwrap();
+        let norm = opt.clip_grad_norm(1.0).unwrap().double_value(&[]);
         assert!((norm - 0.5).abs() < 1e-7, "{norm}");
         assert_eq!(values(&p.grad()), before);
         assert!(!q.grad().defined());

@@ -17,6 +17,7 @@ use sam_data::{derive_seed, PromptSampler, TrainingSample};
 use sam_model::{ResizeLongestSide, Sam, UnetrDecoder};
 use tch::{Device, Kind, Tensor};
 
+use crate::corrective::corrective_points;
 use crate::losses::{distance_loss, round_loss};
 use crate::TrainError;
 
@@ -35,10 +36,31 @@ pub struct RecipeConfig {
     pub focal_weight: f64,
 }
 
-/// The loss of one step, as a tensor to back-propagate and its parts as numbers.
+/// The loss of one step: a tensor to back-propagate (or its value) and its parts, all on the
+/// device; [`StepLoss::read`] brings the numbers to the host in one read.
 pub struct StepLoss {
-    /// What to back-propagate.
+    /// What to back-propagate ([`step_loss`]), or the value that was back-propagated
+    /// ([`step_backward`], no graph).
     pub total: Tensor,
+    /// `[3]` float, no graph: the mean Dice loss over images and rounds, the mean IoU-MSE, and
+    /// the decoder's distance loss (0 without decoder).
+    pub parts: Tensor,
+}
+
+impl std::fmt::Debug for StepLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepLoss")
+            .field("total", &self.total.size())
+            .field("parts", &self.parts.size())
+            .finish()
+    }
+}
+
+/// The numbers of a [`StepLoss`] on the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossValues {
+    /// The step's loss.
+    pub total: f64,
     /// Mean Dice loss over images and rounds.
     pub dice: f64,
     /// Mean IoU-MSE over images and rounds.
@@ -47,13 +69,40 @@ pub struct StepLoss {
     pub decoder: f64,
 }
 
-impl std::fmt::Debug for StepLoss {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StepLoss")
-            .field("dice", &self.dice)
-            .field("iou_mse", &self.iou_mse)
-            .field("decoder", &self.decoder)
-            .finish()
+impl StepLoss {
+    /// The loss as a `[4]` float tensor on the device, without graph: total, Dice, IoU-MSE,
+    /// decoder (to read together with other numbers of the step).
+    pub fn numbers(&self) -> Tensor {
+        Tensor::cat(
+            &[
+                self.total.detach().to_kind(Kind::Float).reshape([1]),
+                self.parts.to_kind(Kind::Float),
+            ],
+            0,
+        )
+    }
+
+    /// The numbers on the host: one device→host read.
+    pub fn read(&self) -> Result<LossValues, TrainError> {
+        LossValues::from_numbers(&sam_torch::read_f64s(&self.numbers())?)
+    }
+}
+
+impl LossValues {
+    /// From the first four values of [`StepLoss::numbers`] read to the host.
+    pub fn from_numbers(values: &[f64]) -> Result<Self, TrainError> {
+        match *values {
+            [total, dice, iou_mse, decoder, ..] => Ok(Self {
+                total,
+                dice,
+                iou_mse,
+                decoder,
+            }),
+            _ => Err(TrainError::Samples(format!(
+                "a step's loss has {} numbers, expected 4",
+                values.len()
+            ))),
+        }
     }
 }
 
@@ -81,10 +130,7 @@ pub fn model_input(
         }
         images.push(Tensor::from_slice(&s.image).view([1, 1, h, w]));
     }
-    let x = Tensor::cat(&images, 0)
-        .to_device(device)
-        .repeat([1, 3, 1, 1])
-        * 255.0;
+    let x = sam_torch::upload(&Tensor::cat(&images, 0), device).repeat([1, 3, 1, 1]) * 255.0;
     let (rh, rw) = ResizeLongestSide::get_preprocess_shape(h, w, sam.img_size());
     let x = if (rh, rw) != (h, w) {
         x.upsample_bilinear2d([rh, rw], false, None, None)
@@ -114,19 +160,20 @@ fn choose_objects(sample: &TrainingSample, n: usize, rng: &mut ChaCha8Rng) -> Ve
     ids
 }
 
-/// Per-object binary masks `[n, 1, h, w]` of `ids`.
+/// Per-object binary masks `[n, 1, h, w]` (float) of `ids`, built on the device from the label
+/// image (sent once, without blocking) and the ids.
 fn object_masks(sample: &TrainingSample, ids: &[u32], device: Device) -> Tensor {
-    let (h, w) = (sample.labels.rows(), sample.labels.cols());
-    let mut data = vec![0f32; ids.len() * h * w];
-    for (k, &id) in ids.iter().enumerate() {
-        let dst = &mut data[k * h * w..(k + 1) * h * w];
-        for (d, &v) in dst.iter_mut().zip(sample.labels.as_slice()) {
-            *d = f32::from(u8::from(v == id));
-        }
-    }
-    Tensor::from_slice(&data)
-        .view([ids.len() as i64, 1, h as i64, w as i64])
-        .to_device(device)
+    let (h, w) = (sample.labels.rows() as i64, sample.labels.cols() as i64);
+    let labels: Vec<i64> = sample
+        .labels
+        .as_slice()
+        .iter()
+        .map(|&v| i64::from(v))
+        .collect();
+    let labels = sam_torch::upload(&Tensor::from_slice(&labels).view([1, h, w]), device);
+    let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
+    let ids = sam_torch::upload(&Tensor::from_slice(&ids).view([-1, 1, 1]), device);
+    labels.eq_tensor(&ids).unsqueeze(1).to_kind(Kind::Float)
 }
 
 /// Everything a step reads besides the weights: the model, the batch, the recipe, and the
@@ -219,7 +266,7 @@ pub fn step_backward(
     let sink = Sink::Eager {
         scale: precision.loss_scale,
         autocast_device: precision.autocast.map(|_| inputs.device),
-        total: 0.0,
+        total: Tensor::zeros([], (Kind::Float, inputs.device)),
     };
     run_step(inputs, sink)
 }
@@ -233,7 +280,7 @@ enum Sink {
     Eager {
         scale: f64,
         autocast_device: Option<Device>,
-        total: f64,
+        total: Tensor,
     },
 }
 
@@ -261,7 +308,7 @@ impl Sink {
                 autocast_device,
                 total,
             } => {
-                *total += weight * term.double_value(&[]);
+                *total = &*total + term.detach().to_kind(Kind::Float) * weight;
                 if term.requires_grad() {
                     let _pause = pause_autocast(*autocast_device)?;
                     (term * (weight * *scale)).backward();
@@ -296,7 +343,7 @@ impl Sink {
     fn into_total(self) -> Tensor {
         match self {
             Sink::Graph { total } => total,
-            Sink::Eager { total, .. } => Tensor::from(total),
+            Sink::Eager { total, .. } => total,
         }
     }
 }
@@ -306,7 +353,9 @@ fn pause_autocast(device: Option<Device>) -> Result<Option<sam_torch::AutocastPa
     Ok(device.map(sam_torch::AutocastPause::new).transpose()?)
 }
 
-/// The recipe of one step; the weighted loss terms go to `sink`.
+/// The recipe of one step; the weighted loss terms go to `sink`. Nothing is read back from
+/// the device: prompts drawn on the host (from the label images) are sent without blocking,
+/// corrective points are computed on the device, and the loss parts stay tensors.
 fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainError> {
     let StepInputs {
         sam,
@@ -325,8 +374,9 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
         samples[0].labels.rows() as i64,
         samples[0].labels.cols() as i64,
     );
-    let (mut dice_sum, mut iou_sum) = (0.0, 0.0);
-    let mut decoder_value = 0.0;
+    let zero = || Tensor::zeros([], (Kind::Float, device));
+    let (mut dice_sum, mut iou_sum) = (zero(), zero());
+    let mut decoder_value = zero();
     let point_start = iteration % 2 == 0;
     let sampler = PromptSampler {
         box_distortion: recipe.box_distortion,
@@ -348,20 +398,21 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
         }
         let n = ids.len() as i64;
         let target = object_masks(sample, &ids, device);
+        let truth = target.squeeze_dim(1).gt(0.5);
         let emb = heads.narrow(0, b as i64, 1);
-        let mut coords: Vec<f32> = Vec::new(); // per object, per point (x, y), patch pixels
-        let mut labels: Vec<i64> = Vec::new();
-        let mut n_points = 0usize;
+        // Point prompts in patch pixels: `[n, points, 2]` (x, y) and `[n, points]` labels.
+        let mut points: Option<(Tensor, Tensor)> = None;
         let mut boxes: Option<Tensor> = None;
         if point_start {
+            let mut coords = Vec::with_capacity(ids.len() * 2);
             for &id in &ids {
                 let (px, py) = sampler
                     .positive_point(&sample.labels, id, &mut rng)
                     .ok_or_else(|| TrainError::Samples(format!("object {id} vanished")))?;
                 coords.extend([px as f32, py as f32]);
-                labels.push(1);
             }
-            n_points = 1;
+            let coords = sam_torch::upload(&Tensor::from_slice(&coords).view([n, 1, 2]), device);
+            points = Some((coords, Tensor::ones([n, 1], (Kind::Int64, device))));
         } else {
             let mut v = Vec::with_capacity(ids.len() * 4);
             for &id in &ids {
@@ -370,24 +421,18 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
                     .ok_or_else(|| TrainError::Samples(format!("object {id} vanished")))?;
                 v.extend(bx.iter().map(|&c| c as f32));
             }
-            let t = Tensor::from_slice(&v).view([n, 4]).to_device(device);
+            let t = sam_torch::upload(&Tensor::from_slice(&v).view([n, 4]), device);
             boxes = Some(transform.apply_boxes(&t, (ph, pw)));
         }
         let mut mask_input: Option<Tensor> = None;
         for round in 0..rounds {
-            let points = (n_points > 0).then(|| {
-                let c = Tensor::from_slice(&coords)
-                    .view([n, n_points as i64, 2])
-                    .to_device(device);
-                let l = Tensor::from_slice(&labels)
-                    .view([n, n_points as i64])
-                    .to_device(device);
-                (transform.apply_coords(&c, (ph, pw)), l)
-            });
+            let prompt = points
+                .as_ref()
+                .map(|(c, l)| (transform.apply_coords(c, (ph, pw)), l.shallow_clone()));
             let multimask = round == 0 && point_start;
             let (low_res_masks, iou_predictions) = sam.forward_prompts(
                 &emb,
-                points.as_ref().map(|(c, l)| (c, l)),
+                prompt.as_ref().map(|(c, l)| (c, l)),
                 boxes.as_ref(),
                 mask_input.as_ref(),
                 multimask,
@@ -399,8 +444,8 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
                 &target,
                 recipe.focal_weight,
             );
-            dice_sum += rl.dice;
-            iou_sum += rl.iou_mse;
+            dice_sum = dice_sum + &rl.dice;
+            iou_sum = iou_sum + &rl.iou_mse;
             // The step's loss is the mean over images of the mean over rounds.
             sink.add(&rl.total, 1.0 / (rounds as f64 * nb))?;
             if round + 1 == rounds {
@@ -415,41 +460,19 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
                         &best_idx.view([n, 1, 1, 1]).expand([n, 1, ph, pw], false),
                         false,
                     )
+                    .squeeze_dim(1)
                     .gt(0.0)
-                    .to_device(Device::Cpu)
             });
-            let pred_flat: Vec<bool> = Vec::<bool>::try_from(best_masks.flatten(0, -1))?;
-            let target_cpu: Vec<f32> =
-                Vec::<f32>::try_from(target.to_device(Device::Cpu).flatten(0, -1))?;
-            let plane = (ph * pw) as usize;
-            let mut new_coords = Vec::with_capacity(ids.len() * (n_points + 2) * 2);
-            let mut new_labels = Vec::with_capacity(ids.len() * (n_points + 2));
-            for k in 0..ids.len() {
-                let truth: Vec<bool> = target_cpu[k * plane..(k + 1) * plane]
-                    .iter()
-                    .map(|&v| v > 0.5)
-                    .collect();
-                let predicted = &pred_flat[k * plane..(k + 1) * plane];
-                let (pos, neg) = sampler.iterative_points(&truth, predicted, pw as usize, &mut rng);
-                new_coords.extend_from_slice(&coords[k * n_points * 2..(k + 1) * n_points * 2]);
-                new_labels.extend_from_slice(&labels[k * n_points..(k + 1) * n_points]);
-                for (p, label) in [(pos, 1i64), (neg, 0i64)] {
-                    match p {
-                        Some((x, y)) => {
-                            new_coords.extend([x as f32, y as f32]);
-                            new_labels.push(label);
-                        }
-                        // SAM's padding point: ignored by the prompt encoder.
-                        None => {
-                            new_coords.extend([0.0, 0.0]);
-                            new_labels.push(-1);
-                        }
-                    }
-                }
-            }
-            coords = new_coords;
-            labels = new_labels;
-            n_points += 2;
+            let draws: Vec<f64> = (0..2 * ids.len()).map(|_| rng.gen::<f64>()).collect();
+            let draws = sam_torch::upload(&Tensor::from_slice(&draws).view([n, 2]), device);
+            let new = corrective_points(&truth, &best_masks, &draws);
+            points = Some(match points.take() {
+                Some((c, l)) => (
+                    Tensor::cat(&[c, new.coords], 1),
+                    Tensor::cat(&[l, new.labels], 1),
+                ),
+                None => (new.coords, new.labels),
+            });
             // Mask input decision: the same for every rank (derived from the iteration).
             let mut mask_rng =
                 ChaCha8Rng::seed_from_u64(derive_seed(seed, &[2, iteration, round as u64]));
@@ -475,26 +498,25 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
             })?;
             targets.push(Tensor::from_slice(&t.data).view([1, 3, ph, pw]));
         }
-        let target = Tensor::cat(&targets, 0).to_device(device);
+        let target = sam_torch::upload(&Tensor::cat(&targets, 0), device);
         let out = dec.forward_t(&heads, true)?;
         let out = dec
             .postprocess_masks(&out, input_size, (ph, pw))
             .to_kind(Kind::Float);
         // Per image, then the mean: a distributed run averages the same quantity.
-        let mut dl = Tensor::zeros([], (Kind::Float, device));
+        let mut dl = zero();
         for b in 0..samples.len() as i64 {
             dl = dl + distance_loss(&out.narrow(0, b, 1), &target.narrow(0, b, 1));
         }
         let dl = dl / nb;
-        decoder_value = dl.double_value(&[]);
+        decoder_value = dl.detach();
         sink.add(&dl, 1.0)?;
     }
     sink.finish(&embeddings, &heads)?;
     let denom = nb * rounds as f64;
+    let parts = Tensor::stack(&[dice_sum / denom, iou_sum / denom, decoder_value], 0);
     Ok(StepLoss {
         total: sink.into_total(),
-        dice: dice_sum / denom,
-        iou_mse: iou_sum / denom,
-        decoder: decoder_value,
+        parts,
     })
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use sam_config::{ExperimentConfig, ModelConfig, Precision, RunPaths, SchedulerKind};
 use sam_data::{derive_seed, Dataset, Prefetcher, SampleConfig, TrainingSample};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{CheckpointStore, EpochSums, Slot, TrainState};
 use crate::data::{n_validation_patches, open_data, prepare_bounds, sample_config};
@@ -24,7 +24,7 @@ use crate::scaler::{LossScaler, ScalerState, ScalerUpdate};
 use crate::schedule::{checkpoint_decision, EarlyStopping, LrScheduler, ScheduleKind};
 use crate::setup::{device_for, load_initial, load_resumed, new_model};
 use crate::signals::StopFlag;
-use crate::step::{step_backward, RecipeConfig, StepInputs, StepLoss, StepPrecision};
+use crate::step::{step_backward, LossValues, RecipeConfig, StepInputs, StepPrecision};
 use crate::validation::{shared_validation, ValidationScores};
 use crate::{export_model, ExportOptions, TrainError};
 use sam_model::SamModel;
@@ -118,6 +118,10 @@ pub struct StepTiming {
     pub step_seconds: f64,
     /// Of those, the seconds spent waiting for the sample pipeline.
     pub data_wait_seconds: f64,
+    /// The most device→host reads one step made (each waits for the device; counted by
+    /// [`sam_torch::host_reads`]): a small constant, whatever the number of objects, prompting
+    /// rounds and parameter tensors.
+    pub max_host_reads_per_step: u64,
 }
 
 impl StepTiming {
@@ -558,7 +562,7 @@ struct Trainer<'a> {
 struct StepReport {
     /// The step's loss (NaN when injected).
     value: f64,
-    loss: StepLoss,
+    loss: LossValues,
     /// Whether the step was taken (finite on every rank).
     taken: bool,
 }
@@ -735,6 +739,7 @@ impl<'a> Trainer<'a> {
     /// averaged over ranks, unscaled, clipped) or the skip; the epoch sums, progress and log.
     fn step(&mut self) -> Result<(), TrainError> {
         let step_started = Instant::now();
+        let reads_before = sam_torch::host_reads();
         let (batch, index) = self.next_batch()?;
         let data_wait = step_started.elapsed().as_secs_f64();
         let refs: Vec<&TrainingSample> = batch.iter().collect();
@@ -763,14 +768,31 @@ impl<'a> Trainer<'a> {
                 loss_scale: self.scaler.scale(),
             },
         )?;
-        let mut value = loss.total.double_value(&[]);
-        if self.faults.nonfinite_at(self.rank, iteration) {
-            value = f64::NAN;
+        let injected = self.faults.nonfinite_at(self.rank, iteration);
+        if injected {
             self.optim.scale_grads(f64::NAN)?;
         }
+        // The step's numbers and the finiteness of every gradient come to the host in one
+        // read: the only time the step waits for the device before the update.
+        let numbers = Tensor::cat(
+            &[
+                loss.numbers(),
+                self.optim
+                    .grads_finite_flag()
+                    .to_kind(Kind::Float)
+                    .reshape([1]),
+            ],
+            0,
+        );
+        let numbers = sam_torch::read_f64s(&numbers)?;
+        let mut loss = LossValues::from_numbers(&numbers)?;
+        if injected {
+            loss.total = f64::NAN;
+        }
+        let value = loss.total;
         // Whether this step is usable is decided from every rank's loss and gradients
         // together: a non-finite value anywhere skips the step everywhere.
-        let local_ok = value.is_finite() && self.optim.grads_finite();
+        let local_ok = value.is_finite() && numbers.get(4) == Some(&1.0);
         let taken = match self.opts.collective {
             Some(c) => !c.any(!local_ok)?,
             None => local_ok,
@@ -783,6 +805,8 @@ impl<'a> Trainer<'a> {
         self.timing.iterations += 1;
         self.timing.step_seconds += step_started.elapsed().as_secs_f64();
         self.timing.data_wait_seconds += data_wait;
+        let reads = sam_torch::host_reads() - reads_before;
+        self.timing.max_host_reads_per_step = self.timing.max_host_reads_per_step.max(reads);
         self.state.iteration += 1;
         self.record_step(&StepReport { value, loss, taken });
         Ok(())
@@ -798,7 +822,8 @@ impl<'a> Trainer<'a> {
             self.optim.scale_grads(unscale)?;
         }
         if let Some(max) = self.cfg.training.grad_clip_norm {
-            self.optim.clip_grad_norm(max)?;
+            // The norm stays on the device: reading it would make the step wait.
+            let _norm = self.optim.clip_grad_norm(max)?;
         }
         self.optim.step()?;
         self.state.nonfinite_streak = 0;
@@ -1135,6 +1160,7 @@ mod tests {
             iterations: 4,
             step_seconds: 2.0,
             data_wait_seconds: 0.5,
+            ..StepTiming::default()
         };
         assert!((t.seconds_per_iteration() - 0.5).abs() < 1e-12);
         assert!((t.data_wait_share() - 0.25).abs() < 1e-12);

@@ -768,7 +768,11 @@ fn round_by_round_backward_equals_one_graph() {
         let rel = (eager.total.double_value(&[]) - graph.total.double_value(&[])).abs()
             / graph.total.double_value(&[]);
         assert!(rel < 1e-6, "loss {} vs {}", eager.total, graph.total);
-        assert_eq!((eager.dice, eager.decoder), (graph.dice, graph.decoder));
+        let (e, g) = (eager.read().unwrap(), graph.read().unwrap());
+        assert_eq!(
+            (e.dice, e.iou_mse, e.decoder),
+            (g.dice, g.iou_mse, g.decoder)
+        );
         // The same tensors got gradients, the encoder's among them.
         let names = |g: &[(String, Tensor)]| g.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
         assert_eq!(names(&ours), names(&reference));
@@ -888,4 +892,78 @@ print(json.dumps([a.tolist(), b.tolist()]))
             );
         }
     }
+}
+
+/// A step reads from the device a fixed, small number of times (each read waits for the
+/// device to finish its queue): not once per object, prompting round, image or parameter
+/// tensor. The counts of two runs that differ in all of those are the same.
+#[test]
+fn host_reads_per_step_do_not_grow_with_objects_rounds_or_parameters() {
+    let reads = |decoder: bool, objects: i64, rounds: i64, batch: i64, clip: Option<f64>| {
+        let cfg = config(decoder, |c| {
+            let c = c
+                .epochs(1)
+                .set("training.n_objects_per_batch", objects)
+                .set("training.n_sub_iteration", rounds)
+                .set("training.batch_size", batch);
+            match clip {
+                Some(norm) => c.set("training.grad_clip_norm", norm),
+                None => c,
+            }
+        });
+        let dir = setup!(4);
+        match run(&cfg, dir.path(), false, None).unwrap() {
+            TrainOutcome::Finished(s) => {
+                assert!(s.iterations >= 2, "{s:?}");
+                s.timing.max_host_reads_per_step
+            }
+            other => panic!("expected a finished run, got {other:?}"),
+        }
+    };
+    let small = reads(false, 1, 1, 1, None);
+    let large = reads(true, 6, 4, 2, Some(1.0));
+    eprintln!("host reads per step: {small} (small run), {large} (large run)");
+    assert_eq!(small, large, "host reads per step: {small} vs {large}");
+    assert!((1..=10).contains(&small), "{small} host reads per step");
+}
+
+/// The code of a training step's forward and backward reads nothing from the device behind the
+/// counter's back: no `double_value`, `int64_value`, `try_from` or `to_device` outside the
+/// tests of the step's modules and of the model's forward modules (reads go through
+/// `sam_torch::read_f64s`, uploads through `sam_torch::upload`).
+#[test]
+fn the_step_reads_from_the_device_only_through_the_counting_helper() {
+    let root = sam_testkit::workspace_root();
+    let files = [
+        "crates/sam-train/src/step.rs",
+        "crates/sam-train/src/losses.rs",
+        "crates/sam-train/src/corrective.rs",
+        "crates/sam-model/src/image_encoder.rs",
+        "crates/sam-model/src/prompt_encoder.rs",
+        "crates/sam-model/src/mask_decoder.rs",
+        "crates/sam-model/src/transformer.rs",
+        "crates/sam-model/src/unetr.rs",
+        "crates/sam-model/src/common.rs",
+    ];
+    let forbidden = ["double_value(", "int64_value(", "try_from(", "to_device("];
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (number, line) in code.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for f in forbidden {
+                if line.contains(f) {
+                    found.push(format!("{file}:{}: {}", number + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "device reads or blocking copies:\n{}",
+        found.join("\n")
+    );
 }
