@@ -294,8 +294,11 @@ pub(crate) fn decomposed_rel_pos_bias(
     // made contiguous (small: [b, q_h, q_w, k]), the sum is laid out row-major and the reshape
     // is a view. Otherwise the sum follows their permuted layout and the reshape copies the
     // whole [b, q, k] bias again (400 MB per global-attention block of vit_b at 1024² in bf16).
-    (rel_h.contiguous().unsqueeze(-1) + rel_w.contiguous().unsqueeze(-2))
-        .reshape([b, q_h * q_w, k_h * k_w])
+    (rel_h.contiguous().unsqueeze(-1) + rel_w.contiguous().unsqueeze(-2)).reshape([
+        b,
+        q_h * q_w,
+        k_h * k_w,
+    ])
 }
 
 /// `window_partition`: `[b, h, w, c]` → (`[b * n_windows, ws, ws, c]`, padded (h, w)).
