@@ -17,6 +17,8 @@
 //! our safetensors files; the `write_*` functions write what segment_anything and micro_sam
 //! read. Named micro_sam models resolve to files of the shared model cache
 //! ([`resolve_checkpoint`]); downloading them (`download_model`) needs the `download` feature.
+//! [`flops`] counts the floating-point operations of a forward pass from the architecture;
+//! [`Precision`] runs inference forward passes in fp32 or under bf16 autocast.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,9 +45,11 @@ mod common;
 #[cfg(feature = "download")]
 mod download;
 mod error;
+pub mod flops;
 mod image_encoder;
 mod mask_decoder;
 mod model;
+mod precision;
 mod predictor;
 mod prompt_encoder;
 mod sam;
@@ -71,6 +75,7 @@ pub use error::ModelError;
 pub use image_encoder::{ImageEncoderViT, ImageEncoderViTConfig};
 pub use mask_decoder::{MaskDecoder, MaskDecoderConfig};
 pub use model::{ModelPart, SamModel, SamModelError, StateDict, StateLoadReport, DECODER_PREFIX};
+pub use precision::Precision;
 pub use predictor::{
     ImageEmbedding, ImageView, Prediction, Prompts, ResizeLongestSide, SamPredictor,
 };

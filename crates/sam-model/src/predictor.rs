@@ -4,6 +4,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{shape_error, ModelError};
+use crate::precision::Precision;
 use crate::sam::Sam;
 
 /// Resizes images so that the long side equals the model input, and maps coordinates and
@@ -137,6 +138,7 @@ pub struct SamPredictor<'a> {
     model: &'a Sam,
     transform: ResizeLongestSide,
     image: Option<ImageEmbedding>,
+    precision: Precision,
 }
 
 impl<'a> SamPredictor<'a> {
@@ -149,7 +151,20 @@ impl<'a> SamPredictor<'a> {
             model,
             transform,
             image: None,
+            precision: Precision::Fp32,
         }
+    }
+
+    /// The same predictor running its forward passes in `precision` (fp32 by default). The
+    /// embeddings, mask logits and IoU predictions it returns are fp32 either way.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The precision of the forward passes.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The coordinate transform of the model input.
@@ -185,7 +200,8 @@ impl<'a> SamPredictor<'a> {
     }
 
     /// Embeds several images in one encoder batch (all are resized and padded to the model
-    /// input). The encoder runs without gradients.
+    /// input). The encoder runs without gradients, in the predictor's precision; the embeddings
+    /// are fp32.
     pub fn embed_images(
         &self,
         images: &[ImageView<'_>],
@@ -202,7 +218,12 @@ impl<'a> SamPredictor<'a> {
             return Ok(Vec::new());
         }
         let batch = Tensor::cat(&inputs, 0);
-        let features = tch::no_grad(|| self.model.image_encoder.forward(&batch));
+        let features = self
+            .precision
+            .run(batch.device(), || {
+                tch::no_grad(|| self.model.image_encoder.forward(&batch))
+            })?
+            .to_kind(Kind::Float);
         Ok(sizes
             .into_iter()
             .enumerate()
@@ -241,7 +262,7 @@ impl<'a> SamPredictor<'a> {
             argument: "image",
             message: "no image set: call set_image before predict".into(),
         })?;
-        predict_on(self.model, self.transform, image, prompts, multimask_output)
+        predict_on(self, image, prompts, multimask_output)
     }
 
     /// Predicts masks for prompts on several images, one prompt batch per image.
@@ -260,18 +281,18 @@ impl<'a> SamPredictor<'a> {
         images
             .iter()
             .zip(prompts)
-            .map(|(image, p)| predict_on(self.model, self.transform, image, p, multimask_output))
+            .map(|(image, p)| predict_on(self, image, p, multimask_output))
             .collect()
     }
 }
 
 fn predict_on(
-    model: &Sam,
-    transform: ResizeLongestSide,
+    predictor: &SamPredictor<'_>,
     image: &ImageEmbedding,
     prompts: &Prompts,
     multimask_output: bool,
 ) -> Result<Prediction, ModelError> {
+    let (model, transform) = (predictor.model, predictor.transform);
     let device = image.features.device();
     let points = match (&prompts.point_coords, &prompts.point_labels) {
         (Some(c), Some(l)) => {
@@ -303,15 +324,19 @@ fn predict_on(
             message: "no points, boxes or mask input given".into(),
         });
     }
-    let (low_res, iou) = tch::no_grad(|| {
-        model.forward_prompts(
-            &image.features,
-            points.as_ref().map(|(c, l)| (c, l)),
-            boxes.as_ref(),
-            mask_input.as_ref(),
-            multimask_output,
-        )
-    })?;
+    let (low_res, iou) = predictor.precision.run(device, || {
+        tch::no_grad(|| {
+            model.forward_prompts(
+                &image.features,
+                points.as_ref().map(|(c, l)| (c, l)),
+                boxes.as_ref(),
+                mask_input.as_ref(),
+                multimask_output,
+            )
+        })
+    })??;
+    // Resizing and thresholding happen in fp32 whatever the forward pass ran in.
+    let (low_res, iou) = (low_res.to_kind(Kind::Float), iou.to_kind(Kind::Float));
     let masks =
         tch::no_grad(|| model.postprocess_masks(&low_res, image.input_size, image.original_size));
     Ok(Prediction {
@@ -407,5 +432,53 @@ mod tests {
         assert_eq!(out.masks.size(), [2, 1, 20, 30]);
         assert_eq!(out.low_res_logits.size(), [2, 1, 64, 64]);
         assert_eq!(out.iou_predictions.size(), [2, 1]);
+    }
+
+    /// Largest |a - b| over the largest |a|.
+    fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+        let scale = a.abs().max().double_value(&[]).max(1e-12);
+        (a - b).abs().max().double_value(&[]) / scale
+    }
+
+    #[test]
+    fn bf16_predictions_are_fp32_tensors_close_to_the_fp32_ones() {
+        tch::manual_seed(3);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let sam = Sam::new(&vs.root(), &crate::SamConfig::tiny()).unwrap();
+        let pixels: Vec<f32> = (0..40 * 48)
+            .map(|i| ((i * 37) % 101) as f32 / 100.0)
+            .collect();
+        let image = ImageView {
+            pixels: &pixels,
+            rows: 40,
+            cols: 48,
+        };
+        let prompts = || Prompts {
+            point_coords: Some(Tensor::from_slice(&[10.0f32, 12.0, 30.0, 20.0]).view([2, 1, 2])),
+            point_labels: Some(Tensor::from_slice(&[1i64, 1]).view([2, 1])),
+            ..Default::default()
+        };
+        let run = |precision: Precision| {
+            let mut p = SamPredictor::new(&sam).with_precision(precision);
+            p.set_image(image).unwrap();
+            let features = p.embedding().unwrap().features.shallow_clone();
+            (features, p.predict(&prompts(), true).unwrap())
+        };
+        let (f32_features, f32_out) = run(Precision::Fp32);
+        let (bf16_features, bf16_out) = run(Precision::Bf16);
+        for t in [&bf16_features, &bf16_out.masks, &bf16_out.iou_predictions] {
+            assert_eq!(t.kind(), Kind::Float);
+        }
+        assert_eq!(bf16_out.low_res_logits.kind(), Kind::Float);
+        let errors = [
+            relative_error(&f32_features, &bf16_features),
+            relative_error(&f32_out.low_res_logits, &bf16_out.low_res_logits),
+            relative_error(&f32_out.iou_predictions, &bf16_out.iou_predictions),
+        ];
+        eprintln!("bf16 vs fp32 relative errors (features, logits, iou): {errors:?}");
+        // bf16 keeps 8 significant bits (relative step 2^-8 = 0.4 %); a few roundings add up.
+        for e in errors {
+            assert!(e > 0.0 && e < 5e-2, "{errors:?}");
+        }
     }
 }

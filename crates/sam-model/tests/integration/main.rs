@@ -2,5 +2,6 @@
 
 mod checkpoint;
 mod checkpoint_cache;
+mod flops;
 mod model;
 mod parity;
