@@ -446,3 +446,70 @@ fn issue_16_every_pair_is_checked_before_any_prediction_is_written() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(eval_dir(root).join("predictions/t2.tif").is_file());
 }
+
+/// Foreground IoU of two label images (pixels with any object).
+fn foreground_iou(a: &[u32], b: &[u32]) -> f64 {
+    let (mut inter, mut union) = (0u64, 0u64);
+    for (x, y) in a.iter().zip(b) {
+        inter += u64::from(*x != 0 && *y != 0);
+        union += u64::from(*x != 0 || *y != 0);
+    }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// Issue 18: `--precision bf16` evaluates with the forward passes under bf16 autocast: the
+/// same files as fp32, predictions that agree up to object edges, the precision printed with
+/// the device and recorded in report.json; a bad value is a usage error naming the flag.
+#[test]
+fn issue_18_bf16_precision_is_recorded_and_agrees_with_fp32() {
+    let t = setup!(true);
+    let root = t.path();
+    let dir = eval_dir(root);
+    let o = sam_eval(root, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("; precision: fp32"), "{}", stderr(&o));
+    assert_eq!(report(root)["precision"], "fp32");
+    let read = |stem: &str| {
+        sam_data::read_labels(dir.join("predictions").join(format!("{stem}.tif"))).unwrap()
+    };
+    let fp32 = [read("t1"), read("t2")];
+
+    let o = sam_eval(
+        root,
+        &[
+            "--precision",
+            "bf16",
+            "--overwrite",
+            "--iterative-prompting",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("; precision: bf16"), "{}", stderr(&o));
+    let r = report(root);
+    assert_eq!(r["precision"], "bf16");
+    assert_eq!(r["iterative_prompting"].as_array().unwrap().len(), 2);
+    for (stem, a) in ["t1", "t2"].into_iter().zip(&fp32) {
+        let b = read(stem);
+        let iou = foreground_iou(a.as_slice(), b.as_slice());
+        eprintln!("{stem}: bf16 vs fp32 foreground IoU {iou:.4}");
+        assert!(iou >= 0.9, "{stem}: foreground IoU {iou}");
+    }
+
+    let o = sam_eval(root, &["--precision", "half"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("--precision") && e.contains("half"), "{e}");
+    let help = Command::new(env!("CARGO_BIN_EXE_sam-eval"))
+        .args(["model", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--precision <PRECISION>") && help.contains("[default: fp32]"),
+        "{help}"
+    );
+}

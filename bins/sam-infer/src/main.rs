@@ -16,6 +16,7 @@ use sam_infer::{
     file_sha256, read_prompts, run_auto, run_prompts, scan_inputs, AutoOptions, ImageReport,
     InferenceModel, Outcome, Progress, TileSpec,
 };
+use sam_model::Precision;
 
 /// Segment brightfield images with a SAM checkpoint: automatic instance segmentation (AIS,
 /// AMG) or prompted segmentation.
@@ -57,6 +58,22 @@ struct ModelArgs {
     /// why (libtorch build, NVIDIA driver, CUDA_VISIBLE_DEVICES). The device used is printed.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: String,
+    /// Precision of the forward passes: fp32, or bf16 (bf16 autocast).
+    ///
+    /// bf16 runs the encoder and decoders under bf16 autocast (about twice the speed on GPUs
+    /// with bf16 tensor cores: A100, H100); the weights stay fp32 and the logits, IoU
+    /// predictions and decoder maps are cast back to fp32 before thresholding, so masks move by
+    /// a pixel or so at their edges. A config's training.precision does not change this
+    /// default: scores and outputs of one checkpoint stay comparable however it was trained.
+    /// Cached embeddings (--embedding-cache) are kept apart per precision. The precision is
+    /// printed with the device.
+    #[arg(
+        long,
+        default_value = "fp32",
+        value_name = "PRECISION",
+        value_parser = sam_cli_torch::parse_precision
+    )]
+    precision: Precision,
     /// Folder of named models [default: final_models/ of the repository root].
     #[arg(long, value_name = "DIR")]
     final_models: Option<PathBuf>,
@@ -185,11 +202,11 @@ struct PromptArgs {
     overwrite: bool,
 }
 
-/// The device of `--device`, printed; a GPU that cannot be had is a usage error, before any
-/// input is read.
-fn select_device(name: &str) -> Result<tch::Device, Failure> {
-    let choice = sam_cli_torch::select_device(name)?;
-    eprintln!("device: {choice}");
+/// The device of `--device`, printed with the precision; a GPU that cannot be had is a usage
+/// error, before any input is read.
+fn select_device(args: &ModelArgs) -> Result<tch::Device, Failure> {
+    let choice = sam_cli_torch::select_device(&args.device)?;
+    eprintln!("{}", sam_cli_torch::device_line(&choice, args.precision));
     Ok(choice.device)
 }
 
@@ -204,7 +221,9 @@ fn load_model(
     device: tch::Device,
 ) -> Result<(InferenceModel, PathBuf), Failure> {
     let path = resolve_checkpoint(&args.checkpoint, root, args.final_models.as_deref())?;
-    let model = InferenceModel::load(&path, device).map_err(Failure::failed)?;
+    let model = InferenceModel::load(&path, device)
+        .map_err(Failure::failed)?
+        .with_precision(args.precision);
     eprintln!("model: {}", model.description());
     Ok((model, path))
 }
@@ -419,7 +438,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let started = Instant::now();
     match cli.command {
         Command::Auto(a) => {
-            let device = select_device(&a.model.device)?;
+            let device = select_device(&a.model)?;
             let tf32 = config_parts(a.config.as_deref())?.2.tf32;
             sam_cli_torch::apply_tf32(device, tf32)?;
             let mut opts = auto_options(&a)?;
@@ -440,7 +459,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Prompts(a) => {
-            let device = select_device(&a.model.device)?;
+            let device = select_device(&a.model)?;
             sam_cli_torch::apply_tf32(device, sam_config::HardwareConfig::default().tf32)?;
             let inputs = inputs(&a.input, &a.pattern)?;
             let prompts = read_prompts(&a.prompts).map_err(Failure::usage)?;
@@ -528,6 +547,30 @@ mod tests {
         assert_eq!(o.ais.foreground_threshold, 0.6);
         assert_eq!(o.ais.distance_smoothing, 1.6); // micro_sam default
         assert_eq!(o.amg.pred_iou_thresh, 0.88);
+    }
+
+    #[test]
+    fn precision_flag_parses_with_an_fp32_default() {
+        assert_eq!(auto_args(&[]).model.precision, Precision::Fp32);
+        assert_eq!(
+            auto_args(&["--precision", "bf16"]).model.precision,
+            Precision::Bf16
+        );
+        let err = Cli::try_parse_from([
+            "sam-infer",
+            "auto",
+            "--checkpoint",
+            "m",
+            "--input",
+            "i",
+            "--output",
+            "o",
+            "--precision",
+            "tf32",
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--precision"), "{err}");
     }
 
     #[test]

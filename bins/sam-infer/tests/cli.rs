@@ -546,3 +546,154 @@ fn issue_16_a_checkpoint_with_nan_weights_is_refused() {
     );
     assert!(!out.join("labels/a.tif").exists());
 }
+
+/// Foreground IoU of two label images (pixels with any object), and whether both have any.
+fn foreground_iou(a: &sam_data::LabelImage, b: &sam_data::LabelImage) -> f64 {
+    let (mut inter, mut union) = (0u64, 0u64);
+    for (x, y) in a.as_slice().iter().zip(b.as_slice()) {
+        inter += u64::from(*x != 0 && *y != 0);
+        union += u64::from(*x != 0 || *y != 0);
+    }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// Files under `dir`, relative, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for sub in ["labels", "overlays", "objects"] {
+        for e in std::fs::read_dir(dir.join(sub)).unwrap() {
+            found.push(Path::new(sub).join(e.unwrap().file_name()));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Issue 18: `--precision bf16` runs the forward passes under bf16 autocast (CPU here) and
+/// writes the files an fp32 run writes, with the same objects up to their edges; the
+/// embedding cache keeps the two precisions apart; the precision is printed with the device.
+#[test]
+fn issue_18_bf16_precision_writes_what_fp32_writes() {
+    let t = setup!();
+    let ckpt = t.path().join("tiny_ais.pt");
+    TinyCheckpoint::new()
+        .with_decoder(true)
+        .seed(8)
+        .write(&ckpt)
+        .unwrap();
+    let input = images(t.path(), &[("a.tif", 200)]);
+    let cache = t.path().join("cache");
+    let run = |precision: &str| {
+        let out = t.path().join(precision);
+        let mut args = auto_args(
+            ckpt.to_str().unwrap(),
+            input.to_str().unwrap(),
+            out.to_str().unwrap(),
+        );
+        args.extend(["--precision", precision, "--embedding-cache"]);
+        args.push(cache.to_str().unwrap());
+        let o = sam_infer(&args);
+        let e = stderr(&o);
+        assert!(o.status.success(), "{e}");
+        assert!(e.contains(&format!("; precision: {precision}")), "{e}");
+        out
+    };
+    let (fp32, bf16) = (run("fp32"), run("bf16"));
+    assert_eq!(files_under(&fp32), files_under(&bf16));
+    let a = sam_data::read_labels(fp32.join("labels/a.tif")).unwrap();
+    let b = sam_data::read_labels(bf16.join("labels/a.tif")).unwrap();
+    assert!(!a.ids().is_empty(), "the fp32 run found no objects");
+    let iou = foreground_iou(&a, &b);
+    eprintln!(
+        "bf16 vs fp32 AIS: foreground IoU {iou:.4}, {} vs {} objects",
+        a.ids().len(),
+        b.ids().len()
+    );
+    assert!(iou >= 0.9, "foreground IoU {iou}");
+    // One cache file per precision: the fp32 run's embeddings are not read by the bf16 run.
+    let cached: Vec<_> = walk(&cache);
+    assert_eq!(cached.len(), 2, "{cached:?}");
+
+    // Prompted segmentation: the same masks up to their edges.
+    let prompts = t.path().join("p.csv");
+    std::fs::write(
+        &prompts,
+        "image,object,kind,x,y,x2,y2,label\na.tif,1,box,20,30,120,140,\na.tif,2,point,150,60,,,1\n",
+    )
+    .unwrap();
+    let prompted = |precision: &str| {
+        let out = t.path().join(format!("prompts_{precision}"));
+        let o = sam_infer(&[
+            "prompts",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--input",
+            input.join("a.tif").to_str().unwrap(),
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--precision",
+            precision,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        sam_data::read_labels(out.join("labels/a.tif")).unwrap()
+    };
+    let (a, b) = (prompted("fp32"), prompted("bf16"));
+    let iou = foreground_iou(&a, &b);
+    eprintln!("bf16 vs fp32 prompts: foreground IoU {iou:.4}");
+    assert!(iou >= 0.9, "foreground IoU {iou}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files.extend(walk(&p));
+        } else {
+            files.push(p);
+        }
+    }
+    files
+}
+
+/// Issue 18: `--precision` is in the help of both subcommands, and a value other than fp32 or
+/// bf16 is a usage error that names the flag.
+#[test]
+fn issue_18_precision_flag_help_and_bad_values() {
+    for sub in ["auto", "prompts"] {
+        let o = sam_infer(&[sub, "--help"]);
+        let help = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success());
+        assert!(
+            help.contains("--precision <PRECISION>") && help.contains("[default: fp32]"),
+            "{sub}: {help}"
+        );
+        let o = sam_infer(&[
+            sub,
+            "--precision",
+            "fp16",
+            "--checkpoint",
+            "m.pt",
+            "--input",
+            "i",
+            "--output",
+            "o",
+            "--prompts",
+            "p.csv",
+        ]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(
+            e.contains("--precision") && e.contains("fp16") && e.contains("expected fp32 or bf16"),
+            "{e}"
+        );
+    }
+}

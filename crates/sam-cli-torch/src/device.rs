@@ -1,6 +1,7 @@
 //! `--device`: one parser for every executable that takes the flag.
 
 use sam_cli::CliError;
+use sam_model::Precision;
 use sam_torch::{DeviceChoice, DeviceRequest};
 
 /// `--device` as sam-torch's request: `auto`, `cpu`, `cuda` or `cuda:N`.
@@ -13,6 +14,19 @@ pub fn parse_device(name: &str) -> Result<DeviceRequest, CliError> {
 /// work. Its `Display` is the line the executables print (`device: {choice}`).
 pub fn select_device(name: &str) -> Result<DeviceChoice, CliError> {
     sam_torch::select_device(parse_device(name)?, 0).map_err(|e| CliError::Device(Box::new(e)))
+}
+
+/// `--precision` (`fp32`, `bf16`) as sam-model's [`Precision`]: clap's `value_parser` of the
+/// flag in every executable that takes it, so that a bad value is a usage error naming the flag.
+pub fn parse_precision(name: &str) -> Result<Precision, String> {
+    name.parse()
+        .map_err(|_| "expected fp32 or bf16".to_string())
+}
+
+/// The line the executables print once the device is chosen: the device and the precision of
+/// the forward passes.
+pub fn device_line(choice: &DeviceChoice, precision: Precision) -> String {
+    format!("device: {choice}; precision: {precision}")
 }
 
 /// Switches TF32 matrix products for fp32 work on or off (`hardware.tf32`, on unless a config
@@ -51,6 +65,22 @@ mod tests {
         );
         assert_eq!(sam_cli::Failure::from(err).code(), sam_cli::EXIT_USAGE);
         assert_eq!(select_device("cpu").unwrap().device, tch::Device::Cpu);
+    }
+
+    #[test]
+    fn precision_names() {
+        assert_eq!(parse_precision("fp32"), Ok(Precision::Fp32));
+        assert_eq!(parse_precision("bf16"), Ok(Precision::Bf16));
+        assert_eq!(
+            parse_precision("fp16").unwrap_err(),
+            "expected fp32 or bf16"
+        );
+        let cpu = select_device("cpu").unwrap();
+        let line = device_line(&cpu, Precision::Bf16);
+        assert!(
+            line.starts_with("device: cpu") && line.ends_with("; precision: bf16"),
+            "{line}"
+        );
     }
 
     #[test]

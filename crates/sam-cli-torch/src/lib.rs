@@ -4,6 +4,8 @@
 //!
 //! - [`select_device`] / [`parse_device`]: `--device` (`auto`, `cpu`, `cuda`, `cuda:N`), one
 //!   parser for every executable; a GPU that cannot be had is a usage error that says why.
+//!   [`parse_precision`] / [`device_line`]: `--precision` (`fp32`, `bf16`) and the line that
+//!   prints both.
 //! - [`resolve_checkpoint`]: `--checkpoint NAME`, one rule for every executable: a file, a file
 //!   under the repository root, a name under `final_models/`, a micro_sam model in the cache.
 //! - [`auto_options`], [`normalization`], [`shrunk_images`]: the config's `inference` and
@@ -35,7 +37,7 @@ mod eval;
 mod infer;
 
 pub use crate::checkpoint::resolve_checkpoint;
-pub use crate::device::{apply_tf32, parse_device, select_device};
+pub use crate::device::{apply_tf32, device_line, parse_device, parse_precision, select_device};
 #[cfg(feature = "eval")]
 pub use crate::eval::{
     eval_checkpoint, grid_values, iterative_options, model_eval_options, validation_images,

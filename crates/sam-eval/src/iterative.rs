@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use sam_data::{derive_seed, object_stats, LabelImage, Plane, PromptSampler};
 use sam_infer::InferenceModel;
-use sam_model::{ImageView, Prompts, SamPredictor};
+use sam_model::{ImageView, Prompts};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -230,7 +230,7 @@ pub fn iterative_prompting_image(
         return Ok(vec![s; opts.n_iterations]);
     }
     let _guard = tch::no_grad_guard();
-    let mut predictor = SamPredictor::new(model.sam());
+    let mut predictor = model.predictor();
     predictor
         .set_image(ImageView {
             pixels: image.as_slice(),
@@ -418,7 +418,7 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 2);
 
-        let mut predictor = SamPredictor::new(model.sam());
+        let mut predictor = sam_model::SamPredictor::new(model.sam());
         predictor
             .set_image(ImageView {
                 pixels: image.as_slice(),

@@ -238,6 +238,8 @@ pub struct ModelReport {
     pub model: String,
     /// `"ais"` or `"amg"`.
     pub mode: &'static str,
+    /// Precision of the forward passes, `"fp32"` or `"bf16"` (see `sam_model::Precision`).
+    pub precision: &'static str,
     /// The AIS parameters used on the test images (AIS only; after the grid search).
     pub ais: Option<AisParams>,
     /// The AMG parameters used on the test images (AMG only; after the grid search).
@@ -483,6 +485,7 @@ pub fn evaluate_model(
         checkpoint: opts.checkpoint.clone(),
         model: model.description().to_string(),
         mode: mode.name(),
+        precision: model.precision().name(),
         ais: (mode == AutoMode::Ais).then_some(auto.ais),
         amg: (mode == AutoMode::Amg).then_some(auto.amg),
         normalization: auto.normalization,

@@ -62,3 +62,5 @@ pub use crate::{
     tiling::{crop_outer, paste_inner, Rect, Tile, Tiling},
     watershed::seeded_watershed,
 };
+/// The precision of the forward passes ([`InferenceModel::with_precision`]).
+pub use sam_model::Precision;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use sam_data::Plane;
-use sam_model::{ImageEmbedding, Prompts, Sam, SamModel, SamPredictor, UnetrDecoder};
+use sam_model::{ImageEmbedding, Precision, Prompts, Sam, SamModel, SamPredictor, UnetrDecoder};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::ais::DecoderMaps;
@@ -22,17 +22,22 @@ fn model_err(e: impl std::fmt::Display) -> InferError {
 
 /// A loaded SAM with its optional UNETR instance-segmentation decoder (a [`SamModel`]), and
 /// the inference built on it: tiled embeddings, decoder maps, AMG masks, prompted masks.
+///
+/// Every forward pass runs in the model's [`Precision`] (fp32 unless
+/// [`InferenceModel::with_precision`] says otherwise); what the post-processing receives is fp32.
 pub struct InferenceModel {
     model: SamModel,
     description: String,
     /// The checkpoint file, for a model loaded from one.
     path: Option<PathBuf>,
+    precision: Precision,
 }
 
 impl std::fmt::Debug for InferenceModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InferenceModel")
             .field("description", &self.description)
+            .field("precision", &self.precision)
             .finish()
     }
 }
@@ -56,6 +61,7 @@ impl InferenceModel {
             model,
             description,
             path: Some(path.to_path_buf()),
+            precision: Precision::Fp32,
         })
     }
 
@@ -74,7 +80,24 @@ impl InferenceModel {
             model,
             description: "in-memory model".into(),
             path: None,
+            precision: Precision::Fp32,
         }
+    }
+
+    /// The same model running its forward passes in `precision` (the weights stay fp32).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The precision of the forward passes.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// A predictor on the SAM model in the model's precision.
+    pub fn predictor(&self) -> SamPredictor<'_> {
+        SamPredictor::new(self.sam()).with_precision(self.precision)
     }
 
     /// The model: SAM, the optional decoder and their variables.
@@ -98,7 +121,8 @@ impl InferenceModel {
     }
 
     /// The SAM model, for prompted work beyond [`InferenceModel::segment_prompts`] (e.g. the
-    /// iterative-prompting evaluation, which needs per-object logits).
+    /// iterative-prompting evaluation, which needs per-object logits); see also
+    /// [`InferenceModel::predictor`], which keeps the model's precision.
     pub fn sam(&self) -> &Sam {
         self.model.sam()
     }
@@ -117,7 +141,7 @@ impl InferenceModel {
         batch_size: usize,
         on_tile: &mut dyn FnMut(),
     ) -> Result<Vec<ImageEmbedding>, InferError> {
-        let predictor = SamPredictor::new(self.sam());
+        let predictor = self.predictor();
         let mut out = Vec::with_capacity(tiles.len());
         for chunk in tiles.chunks(batch_size.max(1)) {
             let crops: Vec<Plane<f32>> = chunk.iter().map(|t| crop_outer(image, t)).collect();
@@ -169,7 +193,14 @@ impl InferenceModel {
         for (chunk_tiles, chunk_emb) in tiles.chunks(bs).zip(embeddings.chunks(bs)) {
             let feats: Vec<&Tensor> = chunk_emb.iter().map(|e| &e.features).collect();
             let batch = Tensor::cat(&feats, 0);
-            let out = tch::no_grad(|| decoder.forward_t(&batch, false)).map_err(model_err)?;
+            let out = self
+                .precision
+                .run(batch.device(), || {
+                    tch::no_grad(|| decoder.forward_t(&batch, false))
+                })
+                .map_err(model_err)?
+                .map_err(model_err)?
+                .to_kind(Kind::Float);
             for (i, (tile, emb)) in chunk_tiles.iter().zip(chunk_emb).enumerate() {
                 let y = tch::no_grad(|| {
                     decoder.postprocess_masks(
@@ -215,7 +246,7 @@ impl InferenceModel {
         on_tile: &mut dyn FnMut(),
     ) -> Result<Vec<CropMasks>, InferError> {
         let grid = build_point_grid(params.points_per_side);
-        let mut predictor = SamPredictor::new(self.sam());
+        let mut predictor = self.predictor();
         let mut crops = Vec::new();
         for (tile, emb) in tiling.tiles().into_iter().zip(embeddings) {
             predictor.set_embedding(emb);
@@ -288,7 +319,7 @@ impl InferenceModel {
         sets: &[PromptSet],
     ) -> Result<(Plane<u32>, Vec<f32>), InferError> {
         let (h, w) = image.shape();
-        let mut predictor = SamPredictor::new(self.sam());
+        let mut predictor = self.predictor();
         predictor
             .set_image(sam_model::ImageView {
                 pixels: image.as_slice(),

@@ -162,7 +162,8 @@ pub struct AutoOptions {
     pub write_overlay: bool,
     /// Write `objects/<stem>.csv`.
     pub write_csv: bool,
-    /// Cache embeddings in this folder, keyed by the image and `model_key`.
+    /// Cache embeddings in this folder, keyed by the image, `model_key` and the model's
+    /// precision (an fp32 run never reads embeddings that a bf16 run computed).
     pub embedding_cache: Option<(PathBuf, String)>,
 }
 
@@ -389,6 +390,7 @@ pub fn file_sha256(path: &Path) -> Result<String, InferError> {
 fn cache_file(
     dir: &Path,
     model_key: &str,
+    precision: sam_model::Precision,
     image: &Plane<f32>,
     tiling: &Tiling,
     tiles: &TileSpec,
@@ -398,6 +400,8 @@ fn cache_file(
         h.update(v.to_le_bytes());
     }
     h.update(format!("{:?}{:?}{:?}", image.shape(), tiles.tile_shape, tiles.halo).as_bytes());
+    // bf16 embeddings differ from fp32 ones in the third digit: never mixed up.
+    h.update(precision.name().as_bytes());
     let key = format!("{:x}", h.finalize());
     let _ = tiling;
     dir.join(&model_key[..model_key.len().min(16)])
@@ -485,7 +489,7 @@ pub fn segment_auto(
     let cache = opts
         .embedding_cache
         .as_ref()
-        .map(|(dir, key)| cache_file(dir, key, image, &tiling, &opts.tiles));
+        .map(|(dir, key)| cache_file(dir, key, model.precision(), image, &tiling, &opts.tiles));
     let cached = cache
         .as_deref()
         .filter(|p| p.is_file())
@@ -860,5 +864,33 @@ mod tests {
         assert_eq!((d.block, d.tile, d.halo), (1024, 192, 32));
         // A slight shrink (1.3×) is not worth a warning.
         assert_eq!(whole.downscale((1300, 1300), 1024), None);
+    }
+
+    #[test]
+    fn the_embedding_cache_key_holds_the_precision() {
+        use sam_model::Precision;
+        let image = Plane::from_vec(2, 3, vec![0.0f32, 0.1, 0.2, 0.3, 0.4, 0.5]).unwrap();
+        let tiles = TileSpec {
+            tile_shape: None,
+            halo: (0, 0),
+        };
+        let tiling = tiles.tiling_for(image.shape(), 256).unwrap();
+        let file = |p| {
+            cache_file(
+                Path::new("c"),
+                "0123456789abcdef0123",
+                p,
+                &image,
+                &tiling,
+                &tiles,
+            )
+        };
+        assert_eq!(file(Precision::Fp32), file(Precision::Fp32));
+        assert_ne!(file(Precision::Fp32), file(Precision::Bf16));
+        // The same model folder: one model's embeddings stay together.
+        assert_eq!(
+            file(Precision::Fp32).parent(),
+            file(Precision::Bf16).parent()
+        );
     }
 }
