@@ -381,10 +381,13 @@ pub fn run_train(args: TrainArgs) -> Result<u8, Failure> {
                 );
                 tracing::info!(
                     "training steps: {:.3} s per iteration, {:.1} % of it waiting for data, \
-                     at most {} device read(s) per step",
+                     at most {} device read(s) per step{}",
                     s.timing.seconds_per_iteration(),
                     100.0 * s.timing.data_wait_share(),
-                    s.timing.max_host_reads_per_step
+                    s.timing.max_host_reads_per_step,
+                    s.throughput
+                        .map(|t| format!("; {}", t.describe()))
+                        .unwrap_or_default()
                 );
                 if let tch::Device::Cuda(index) = device {
                     match sam_torch::cuda_memory_stats(index) {

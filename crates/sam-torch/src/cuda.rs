@@ -106,6 +106,14 @@ pub fn cuda_memory_stats(index: usize) -> Result<CudaMemoryStats, Error> {
     })
 }
 
+/// The name of CUDA device `index` as the NVIDIA driver reports it (e.g. `NVIDIA A100-SXM4-80GB`,
+/// `NVIDIA H100 80GB HBM3`), for logs and peak-throughput tables; `None` without a driver or
+/// such a device. Device indices are the ones libtorch uses (both count the GPUs that
+/// `CUDA_VISIBLE_DEVICES` leaves visible, in the same order).
+pub fn cuda_device_name(index: usize) -> Option<String> {
+    driver::device_name(c_int::try_from(index).ok()?)
+}
+
 /// Resets the peaks of [`cuda_memory_stats`] for GPU `index` to the current values.
 pub fn reset_peak_memory_stats(index: usize) -> Result<(), Error> {
     let c_index = index_arg("reset_peak_memory_stats", index)?;
@@ -539,6 +547,48 @@ mod driver {
         (unsafe { get(&mut version) } == 0).then_some(i64::from(version))
     }
 
+    /// `cuDeviceGetName` of device `ordinal` (after `cuInit(0)`): e.g. `NVIDIA A100-SXM4-80GB`.
+    pub(super) fn device_name(ordinal: c_int) -> Option<String> {
+        let lib = c"libcuda.so.1";
+        let init = symbol(lib, c"cuInit")?;
+        let get = symbol(lib, c"cuDeviceGet")?;
+        let name = symbol(lib, c"cuDeviceGetName")?;
+        // SAFETY: the CUDA driver API declares `CUresult cuInit(unsigned int)`,
+        // `CUresult cuDeviceGet(CUdevice*, int)` (CUdevice is an int) and
+        // `CUresult cuDeviceGetName(char*, int, CUdevice)`.
+        let (init, get, name) = unsafe {
+            (
+                std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32) -> c_int>(init),
+                std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_int, c_int) -> c_int>(
+                    get,
+                ),
+                std::mem::transmute::<
+                    *mut c_void,
+                    unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int,
+                >(name),
+            )
+        };
+        // SAFETY: cuInit may be called any number of times (libtorch has called it already
+        // when a GPU is in use); `device` is a valid out-pointer; the buffer's length is passed.
+        unsafe {
+            if init(0) != 0 {
+                return None;
+            }
+            let mut device: c_int = 0;
+            if get(&mut device, ordinal) != 0 {
+                return None;
+            }
+            let mut buf = [0 as c_char; 256];
+            if name(buf.as_mut_ptr(), 256, device) != 0 {
+                return None;
+            }
+            let bytes: Vec<u8> = buf.iter().map(|&c| c as u8).collect();
+            CStr::from_bytes_until_nul(&bytes)
+                .ok()
+                .map(|s| s.to_string_lossy().into_owned())
+        }
+    }
+
     /// `nvmlSystemGetDriverVersion`: the driver's version string (e.g. `550.54.15`).
     pub(super) fn nvml_version() -> Option<String> {
         let lib = c"libnvidia-ml.so.1";
@@ -581,6 +631,16 @@ mod driver {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_names_exist_exactly_for_visible_gpus() {
+        let n = cuda_device_count();
+        assert!(cuda_device_name(n + 3).is_none());
+        if n > 0 {
+            let name = cuda_device_name(0).unwrap();
+            assert!(!name.is_empty());
+        }
+    }
 
     #[test]
     fn cuda_queries_agree_with_tch() {

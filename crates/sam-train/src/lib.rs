@@ -52,6 +52,7 @@ mod schedule;
 mod setup;
 mod signals;
 mod step;
+mod throughput;
 mod trainer;
 mod validation;
 
@@ -71,6 +72,9 @@ pub use signals::StopFlag;
 pub use step::{
     model_input, step_backward, step_loss, LossValues, RecipeConfig, StepInputs, StepLoss,
     StepPrecision,
+};
+pub use throughput::{
+    dense_bf16_peak_tflops, training_step_flops, StepShape, Throughput, TrainedParts,
 };
 pub use trainer::{
     train, NoProgress, StepTiming, TrainOptions, TrainOutcome, TrainProgress, TrainSummary,

@@ -25,6 +25,7 @@ use crate::schedule::{checkpoint_decision, EarlyStopping, LrScheduler, ScheduleK
 use crate::setup::{device_for, load_initial, load_resumed, new_model};
 use crate::signals::StopFlag;
 use crate::step::{step_backward, LossValues, RecipeConfig, StepInputs, StepPrecision};
+use crate::throughput::{Meter, Throughput};
 use crate::validation::{shared_validation, ValidationScores};
 use crate::{export_model, ExportOptions, TrainError};
 use sam_model::SamModel;
@@ -107,6 +108,8 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// Where this process's training steps spent their time.
     pub timing: StepTiming,
+    /// Images/s, s/step and achieved model TFLOP/s of this process's steps in this run.
+    pub throughput: Option<Throughput>,
 }
 
 /// Time spent in the training steps of one process (validation and checkpoints excluded).
@@ -556,6 +559,8 @@ struct Trainer<'a> {
     epoch_started: Instant,
     /// This process's steps (also what `max_iterations_this_run` counts).
     timing: StepTiming,
+    /// Model FLOPs per step and the device's peak, for the throughput in the log.
+    meter: Meter,
 }
 
 /// The numbers of one step, for the epoch sums, the progress and the log.
@@ -642,6 +647,10 @@ impl<'a> Trainer<'a> {
             _ => None,
         };
         let scaler = LossScaler::new(t.precision == Precision::Fp16, state.scaler.clone());
+        let meter = Meter::new(cfg, &model, device, plan.per_rank, plan.global_batch);
+        if is_main {
+            say(opts.progress, meter.describe());
+        }
         Ok(Self {
             cfg,
             paths,
@@ -667,6 +676,7 @@ impl<'a> Trainer<'a> {
             early_stopped: false,
             epoch_started: Instant::now(),
             timing: StepTiming::default(),
+            meter,
         })
     }
 
@@ -885,8 +895,18 @@ impl<'a> Trainer<'a> {
             .step(iteration, step.value, self.optim.lr());
         let every = self.cfg.training.log_every_iterations;
         if every > 0 && iteration % u64::from(every) == 0 && self.is_main() {
+            // Throughput over the steps since the previous line: images/s of the global
+            // batch, s/step, model TFLOP/s (and share of the GPU's bf16 peak), peak memory.
+            let mut speed = self
+                .meter
+                .since_last_line(self.timing.iterations, self.timing.step_seconds)
+                .map(|t| format!("; {}", t.describe()))
+                .unwrap_or_default();
+            if let Some(memory) = self.meter.peak_memory() {
+                speed += &format!(", {memory}");
+            }
             tracing::info!(
-                "iteration {}/{}: loss {:.4} (dice {:.4}, iou-mse {:.4}, decoder {:.4}), lr {:.3e}",
+                "iteration {}/{}: loss {:.4} (dice {:.4}, iou-mse {:.4}, decoder {:.4}), lr {:.3e}{speed}",
                 iteration,
                 self.plan.total_iterations,
                 step.value,
@@ -1127,6 +1147,9 @@ impl<'a> Trainer<'a> {
             early_stopped,
             seconds: self.started.elapsed().as_secs_f64(),
             timing: self.timing,
+            throughput: self
+                .meter
+                .throughput(self.timing.iterations, self.timing.step_seconds),
         }
     }
 }

@@ -522,6 +522,39 @@ fn no_marker_without_a_stop_by_signal() {
     assert!(!marker.exists(), "a failed run leaves no marker:\n{stderr}");
 }
 
+/// Issue 18: the training log reports throughput: the model FLOPs of a step at the start, then
+/// at each log line and in the summary images/s, s/step and achieved TFLOP/s (on the CPU
+/// without a share of a GPU peak).
+#[test]
+fn issue_18_the_training_log_reports_throughput() {
+    let (dir, config) = setup(1);
+    let root = dir.path();
+    let out = run(&mut train_cmd(root, &config, &[], &SLURM_ONE_TASK));
+    assert!(out.status.success(), "{}", text(&out).1);
+    let log = std::fs::read_to_string(root.join("runs/s/logs/train.log")).unwrap();
+    assert!(
+        log.contains("model FLOPs: ") && log.contains(" TFLOP per step in each process (no GPU)"),
+        "{log}"
+    );
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("iteration ") && l.contains("loss "))
+        .collect();
+    assert!(!lines.is_empty(), "{log}");
+    for line in lines.iter().chain(
+        log.lines()
+            .filter(|l| l.contains("training steps: "))
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        assert!(
+            line.contains(" images/s, ") && line.contains(" s/step, ") && line.contains(" TFLOP/s"),
+            "{line}"
+        );
+        assert!(!line.contains("peak"), "no GPU peak on the CPU: {line}");
+    }
+}
+
 /// Issue 15 item 6: the thread budget follows the launch: SLURM_CPUS_PER_TASK in an srun task,
 /// available cores / LOCAL_WORLD_SIZE under torchrun-style variables; the loader workers of
 /// `data.num_workers` are lowered to fit, and the numbers are logged.
