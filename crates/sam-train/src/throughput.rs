@@ -230,6 +230,27 @@ mod tests {
     }
 
     #[test]
+    fn a_vit_b_step_at_the_a100_preset() {
+        // Batch 4, 25 objects, 8 rounds, UNETR, everything trained: per image 3 × (0.972
+        // encoder + 8 rounds × 25 objects × ~3.7 G + 0.822 UNETR) TFLOP.
+        let all = TrainedParts {
+            image_encoder: true,
+            prompt_path: true,
+            decoder: true,
+        };
+        let shape = StepShape {
+            images: 4,
+            objects: 25,
+            rounds: 8,
+        };
+        let f = training_step_flops(&SamConfig::vit_b(), Some(&UnetrConfig::sam()), shape, all)
+            .unwrap();
+        let tflop = f as f64 / 1e12;
+        eprintln!("vit_b A100 preset step: {tflop} TFLOP");
+        assert!((29.0..31.0).contains(&tflop), "{tflop}");
+    }
+
+    #[test]
     fn step_flops_weigh_trained_and_frozen_parts() {
         let sam = SamConfig::tiny();
         let unetr = UnetrConfig::tiny();
