@@ -179,6 +179,7 @@ fn significant(x: f64, digits: i32) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
