@@ -58,8 +58,8 @@ pub struct ModelArgs {
 
     /// Precision of the forward passes: fp32, or bf16 (bf16 autocast).
     ///
-    /// bf16 runs the encoder and decoders under bf16 autocast (about twice the speed on GPUs
-    /// with bf16 tensor cores: A100, H100); the weights stay fp32 and the logits, IoU
+    /// bf16 runs the encoder and decoders under bf16 autocast (meant for GPUs with bf16
+    /// tensor cores: A100, H100); the weights stay fp32 and the logits, IoU
     /// predictions and decoder maps are cast back to fp32 before thresholding. The config's
     /// training.precision does not change this default, so that scores of checkpoints trained
     /// in different precisions stay comparable. Printed with the device and recorded in

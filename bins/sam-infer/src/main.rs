@@ -60,10 +60,10 @@ struct ModelArgs {
     device: String,
     /// Precision of the forward passes: fp32, or bf16 (bf16 autocast).
     ///
-    /// bf16 runs the encoder and decoders under bf16 autocast (about twice the speed on GPUs
-    /// with bf16 tensor cores: A100, H100); the weights stay fp32 and the logits, IoU
-    /// predictions and decoder maps are cast back to fp32 before thresholding, so masks move by
-    /// a pixel or so at their edges. A config's training.precision does not change this
+    /// bf16 runs the encoder and decoders under bf16 autocast (meant for GPUs with bf16
+    /// tensor cores: A100, H100); the weights stay fp32 and the logits, IoU
+    /// predictions and decoder maps are cast back to fp32 before thresholding, so masks differ
+    /// from fp32 ones at their edges. A config's training.precision does not change this
     /// default: scores and outputs of one checkpoint stay comparable however it was trained.
     /// Cached embeddings (--embedding-cache) are kept apart per precision. The precision is
     /// printed with the device.
