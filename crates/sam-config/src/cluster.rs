@@ -35,6 +35,20 @@ pub struct DistributedConfig {
     pub master_port: u16,
     /// Minutes a collective may wait before the job is declared hung.
     pub timeout_minutes: u32,
+    /// The dtype gradients travel in when they are averaged over processes: `fp32`, or `bf16`
+    /// for half the bytes (each gradient rounded to bf16 before the sum, the mean widened back
+    /// to fp32).
+    pub gradient_allreduce_dtype: GradientAllreduceDtype,
+}
+
+/// The dtype of the gradient all-reduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GradientAllreduceDtype {
+    /// float32: the mean of the ranks' gradients up to the order of the float32 sum.
+    Fp32,
+    /// bfloat16: half the bytes on the wire, bf16 rounding of each gradient and of the sum.
+    Bf16,
 }
 
 impl Default for DistributedConfig {
@@ -45,6 +59,7 @@ impl Default for DistributedConfig {
             gpus_per_node: 1,
             master_port: 29500,
             timeout_minutes: 30,
+            gradient_allreduce_dtype: GradientAllreduceDtype::Fp32,
         }
     }
 }

@@ -67,8 +67,8 @@ mod validate;
 pub use crate::{
     cluster::{
         parse_slurm_memory_gb, parse_slurm_time, Accelerator, AcceleratorPreset, Backend,
-        DistributedConfig, HardwareConfig, SlurmConfig, MAX_GPUS_PER_NODE, MAX_MEMORY_GB,
-        MAX_NODES, MAX_WALL_TIME_SECONDS,
+        DistributedConfig, GradientAllreduceDtype, HardwareConfig, SlurmConfig, MAX_GPUS_PER_NODE,
+        MAX_MEMORY_GB, MAX_NODES, MAX_WALL_TIME_SECONDS,
     },
     diagnostics::{ConfigError, Diagnostic, Problem, Severity},
     estimate::{WallTimeEstimate, ASSUMED_RAW_IMAGES},

@@ -5,12 +5,16 @@
 // Nothing here prints, exits or aborts.
 //
 // Sections: errors, autocast, CUDA device and memory, TF32, c10d store and process groups,
-// autograd, multi-tensor optimiser kernels.
+// autograd, gradient reducer, multi-tensor optimiser kernels.
 
 #include <ATen/ATen.h>
 #include <c10/core/CachingDeviceAllocator.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -29,7 +33,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <limits>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace {
@@ -404,6 +413,437 @@ char* sam_torch_pg_barrier(SamGroup* group) {
 extern "C" char* sam_torch_clear_grad(at::Tensor* tensor) {
   return guarded([&] { tensor->mutable_grad().reset(); });
 }
+
+// ---- gradient reducer --------------------------------------------------------------------------
+// Data-parallel gradient averaging that overlaps the backward, as DDP's c10d::Reducer does, for
+// a training step whose last backward is known in advance:
+//
+// - The parameters are laid out once, at the first arming, in flat buckets of the wire dtype:
+//   first the parameters whose gradients are already final at arming time, then the others in
+//   the order the last backward will finish them (the reverse of their order in the forward,
+//   read from the sequence numbers of the autograd graph). Rank 0's layout is broadcast, so
+//   every rank has the same buckets whatever its graph.
+// - `arm(root)` starts a step's reduction right before the backward from `root`: the buckets of
+//   parameters that backward cannot reach are sent at once; the others are sent from
+//   post-accumulate-grad hooks as their last parameter's gradient lands. Buckets are always sent
+//   in index order (c10d pairs the collectives of the ranks by their order), each as one
+//   asynchronous all-reduce (sum), its gradients copied in once.
+// - `finish()` sends what is left (parameters without a gradient contribute zeros), all-reduces
+//   the "has a gradient" flags (max), waits every collective and hands the averages to `.grad`:
+//   a view of the bucket when the wire dtype is the parameter's, a converted copy otherwise.
+//   A parameter without a gradient on any rank keeps none.
+//
+// NCCL: an all-reduce waits for the calling thread's current stream (where the copy into the
+// bucket was queued) and `wait()` makes the finishing thread's current stream wait for the
+// collective, so the optimiser, queued after on that stream, reads finished averages without a
+// host synchronisation; reading the flags back is the one host synchronisation of a step.
+
+namespace {
+
+// What a bucket's launch happened during, for tests: arming, a hook (the backward), finish.
+enum LaunchPoint : int { kNotLaunched = -1, kAtArm = 0, kInBackward = 1, kAtFinish = 2 };
+
+struct ReducerBucket {
+  std::vector<std::size_t> members;  // parameter indices, in layout order
+  std::vector<int64_t> offsets;      // element offset of each member in `flat`
+  at::Tensor flat;                   // wire dtype, on the parameters' device
+  std::size_t pending = 0;           // members whose gradient is not final yet this step
+  c10::intrusive_ptr<c10d::Work> work;
+  int launched = kNotLaunched;
+};
+
+struct ReducerState {
+  std::mutex mutex;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  int rank = 0;
+  int world = 1;
+  std::chrono::milliseconds timeout{0};
+  std::vector<at::Tensor> params;
+  std::unordered_map<const c10::TensorImpl*, std::size_t> index_of;
+  at::ScalarType wire = at::kFloat;
+  int64_t bucket_elements = 1;
+  std::vector<ReducerBucket> buckets;  // empty until the first arming
+  std::vector<std::size_t> bucket_of;  // parameter -> bucket
+  std::vector<char> final_grad;        // per parameter: its gradient is final this step
+  std::vector<float> local_defined;    // per parameter: it had a gradient when sent
+  std::size_t next_launch = 0;         // buckets [0, next_launch) are sent
+  bool armed = false;
+  std::string hook_error;  // the first failure inside a hook (hooks must not throw)
+};
+
+// The parameters the backward from `root` reaches (the variables of the AccumulateGrad nodes
+// of its graph) and, for each, the smallest sequence number among the nodes that feed it: the
+// engine runs nodes from the highest sequence number down, so the larger that number, the
+// earlier the parameter's gradient is final.
+void reached_parameters(const ReducerState& s, const at::Tensor& root, std::vector<char>& late,
+                        std::vector<uint64_t>& key) {
+  using torch::autograd::AccumulateGrad;
+  using torch::autograd::Node;
+  const auto mark = [&](const at::Tensor& variable, uint64_t seq) {
+    const auto it = s.index_of.find(variable.unsafeGetTensorImpl());
+    if (it != s.index_of.end()) {
+      late[it->second] = 1;
+      key[it->second] = std::min(key[it->second], seq);
+    }
+  };
+  const auto root_fn = root.grad_fn();
+  if (!root_fn) {
+    if (root.requires_grad()) {
+      mark(root, std::numeric_limits<uint64_t>::max());
+    }
+    return;
+  }
+  std::vector<Node*> stack{root_fn.get()};
+  std::unordered_set<Node*> seen{root_fn.get()};
+  while (!stack.empty()) {
+    Node* node = stack.back();
+    stack.pop_back();
+    for (const auto& edge : node->next_edges()) {
+      Node* next = edge.function.get();
+      if (next == nullptr) {
+        continue;
+      }
+      if (auto* acc = dynamic_cast<AccumulateGrad*>(next)) {
+        mark(acc->variable, node->sequence_nr());
+      } else if (seen.insert(next).second) {
+        stack.push_back(next);
+      }
+    }
+  }
+}
+
+// Lays out the buckets (first arming): `late` and `key` are this rank's view of the step;
+// rank 0's order is broadcast and used everywhere. Called with the mutex held.
+void build_layout(ReducerState& s, const std::vector<char>& late,
+                  const std::vector<uint64_t>& key) {
+  const std::size_t n = s.params.size();
+  std::vector<int64_t> order;
+  order.reserve(n + 1);
+  order.push_back(0);  // slot 0: how many lead parameters (final at arming) come first
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!late[i]) {
+      order.push_back(static_cast<int64_t>(i));
+    }
+  }
+  order[0] = static_cast<int64_t>(order.size() - 1);
+  std::vector<std::size_t> rest;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (late[i]) {
+      rest.push_back(i);
+    }
+  }
+  std::stable_sort(rest.begin(), rest.end(),
+                   [&](std::size_t a, std::size_t b) { return key[a] > key[b]; });
+  for (std::size_t i : rest) {
+    order.push_back(static_cast<int64_t>(i));
+  }
+  const auto device = s.params[0].device();
+  auto shared = at::tensor(order, at::TensorOptions().dtype(at::kLong)).to(device);
+  if (s.world > 1) {
+    std::vector<at::Tensor> tensors{shared};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = 0;
+    opts.timeout = s.timeout;
+    s.backend->broadcast(tensors, opts)->wait();
+  }
+  const auto got = shared.to(at::kCPU);
+  const int64_t* g = got.data_ptr<int64_t>();
+  const auto lead = static_cast<std::size_t>(g[0]);
+  std::vector<char> seen(n, 0);
+  for (std::size_t k = 1; k <= n; ++k) {
+    TORCH_CHECK(g[k] >= 0 && static_cast<std::size_t>(g[k]) < n && !seen[g[k]],
+                "gradient reducer: rank 0's bucket layout does not fit this rank's ", n,
+                " parameters (do all ranks train the same parameters?)");
+    seen[g[k]] = 1;
+  }
+  TORCH_CHECK(lead <= n, "gradient reducer: rank 0's bucket layout is corrupt");
+  s.buckets.clear();
+  s.bucket_of.assign(n, 0);
+  int64_t filled = 0;
+  for (std::size_t k = 0; k < n; ++k) {
+    const auto p = static_cast<std::size_t>(g[k + 1]);
+    const int64_t numel = s.params[p].numel();
+    // A new bucket when the current one is full, and between the lead parameters and the
+    // rest, so that the lead buckets leave at arming time.
+    if (s.buckets.empty() || k == lead ||
+        (filled > 0 && filled + numel > s.bucket_elements)) {
+      s.buckets.emplace_back();
+      filled = 0;
+    }
+    auto& b = s.buckets.back();
+    b.members.push_back(p);
+    b.offsets.push_back(filled);
+    s.bucket_of[p] = s.buckets.size() - 1;
+    filled += numel;
+  }
+  for (auto& b : s.buckets) {
+    int64_t total = 0;
+    for (std::size_t p : b.members) {
+      total += s.params[p].numel();
+    }
+    b.flat = at::zeros({total}, at::TensorOptions().dtype(s.wire).device(device));
+  }
+}
+
+// Copies bucket k's gradients in (zeros where none) and starts its all-reduce. Mutex held.
+void launch(ReducerState& s, std::size_t k, int point) {
+  auto& b = s.buckets[k];
+  at::NoGradGuard no_grad;
+  for (std::size_t j = 0; j < b.members.size(); ++j) {
+    const std::size_t p = b.members[j];
+    const auto& param = s.params[p];
+    auto slot = b.flat.narrow(0, b.offsets[j], param.numel()).view(param.sizes());
+    const auto& grad = param.grad();
+    if (grad.defined()) {
+      // Also right when the gradient already is this slot (accumulated into last step's view).
+      if (!grad.is_alias_of(slot) || grad.storage_offset() != slot.storage_offset()) {
+        slot.copy_(grad);
+      }
+      s.local_defined[p] = 1.0f;
+    } else {
+      slot.zero_();
+      s.local_defined[p] = 0.0f;
+    }
+  }
+  std::vector<at::Tensor> tensors{b.flat};
+  c10d::AllreduceOptions opts;
+  opts.reduceOp = c10d::ReduceOp(c10d::ReduceOp::SUM);
+  opts.timeout = s.timeout;
+  b.work = s.backend->allreduce(tensors, opts);
+  b.launched = point;
+}
+
+// Sends every bucket, in order, whose gradients are all final. Mutex held.
+void launch_ready(ReducerState& s, int point) {
+  while (s.next_launch < s.buckets.size() && s.buckets[s.next_launch].pending == 0) {
+    launch(s, s.next_launch, point);
+    ++s.next_launch;
+  }
+}
+
+struct ReadyHook : torch::autograd::PostAccumulateGradHook {
+  std::weak_ptr<ReducerState> state;
+  std::size_t index;
+
+  ReadyHook(std::weak_ptr<ReducerState> state, std::size_t index)
+      : state(std::move(state)), index(index) {}
+
+  void operator()(const torch::autograd::Variable& /*tensor*/) override {
+    auto s = state.lock();
+    if (!s) {
+      return;  // the reducer is gone
+    }
+    std::lock_guard<std::mutex> lock(s->mutex);
+    if (!s->armed || !s->hook_error.empty()) {
+      return;  // a backward outside the armed window (the heads' rounds, another step)
+    }
+    try {
+      auto& b = s->buckets[s->bucket_of[index]];
+      if (s->final_grad[index]) {
+        // Never expected: a gradient that changes after it was declared final would
+        // otherwise be averaged stale, silently.
+        if (b.launched != kNotLaunched) {
+          s->hook_error = "gradient reducer: parameter " + std::to_string(index) +
+                          " received a gradient after its bucket was sent";
+        }
+        return;
+      }
+      s->final_grad[index] = 1;
+      --b.pending;
+      launch_ready(*s, kInBackward);
+    } catch (const c10::Error& e) {
+      s->hook_error = e.what_without_backtrace();
+    } catch (const std::exception& e) {
+      s->hook_error = e.what();
+    }
+  }
+};
+
+// Arms a step (mutex held): the layout on the first call, then the per-step bookkeeping;
+// the buckets already final leave, recorded as sent at `point`.
+void arm_locked(ReducerState& s, const at::Tensor* root, int point) {
+  TORCH_CHECK(!s.armed,
+              "gradient reducer: armed twice without finish() (a step's reduction was not "
+              "completed)");
+  const std::size_t n = s.params.size();
+  std::vector<char> late(n, 0);
+  std::vector<uint64_t> key(n, std::numeric_limits<uint64_t>::max());
+  if (root != nullptr && root->defined()) {
+    reached_parameters(s, *root, late, key);
+  }
+  if (s.buckets.empty()) {
+    build_layout(s, late, key);
+  }
+  s.hook_error.clear();
+  s.final_grad.assign(n, 1);
+  s.local_defined.assign(n, 0.0f);
+  for (auto& b : s.buckets) {
+    b.pending = 0;
+    b.work.reset();
+    b.launched = kNotLaunched;
+    for (std::size_t p : b.members) {
+      if (late[p]) {
+        s.final_grad[p] = 0;
+        ++b.pending;
+      }
+    }
+  }
+  s.next_launch = 0;
+  s.armed = true;
+  launch_ready(s, point);
+}
+
+}  // namespace
+
+struct SamReducer {
+  std::shared_ptr<ReducerState> state;
+};
+
+extern "C" {
+
+// A reducer over `n` parameters (leaf tensors that require grad, all on one device, the same
+// list in the same order on every rank) with buckets of at most `bucket_bytes` of `wire_dtype`
+// (a c10 ScalarType code: float or bfloat16). Installs a post-accumulate-grad hook on each
+// parameter, replacing any earlier one.
+char* sam_torch_reducer_new(SamGroup* group, at::Tensor* const* params, std::size_t n,
+                            int64_t bucket_bytes, int wire_dtype, SamReducer** out) {
+  return guarded([&] {
+    TORCH_CHECK(n > 0, "gradient reducer: no parameters");
+    TORCH_CHECK(bucket_bytes > 0, "gradient reducer: bucket size must be positive, got ",
+                bucket_bytes);
+    const auto wire = static_cast<at::ScalarType>(wire_dtype);
+    TORCH_CHECK(wire == at::kFloat || wire == at::kBFloat16,
+                "gradient reducer: the wire dtype must be float32 or bfloat16, got ", wire);
+    auto s = std::make_shared<ReducerState>();
+    s->backend = group->backend;
+    s->rank = group->rank;
+    s->world = group->size;
+    s->timeout = group->timeout;
+    s->wire = wire;
+    s->bucket_elements =
+        std::max<int64_t>(1, bucket_bytes / static_cast<int64_t>(c10::elementSize(wire)));
+    const auto device = params[0]->device();
+    for (std::size_t i = 0; i < n; ++i) {
+      const at::Tensor& p = *params[i];
+      TORCH_CHECK(p.defined() && p.is_leaf() && p.requires_grad(), "gradient reducer: tensor ",
+                  i, " is not a leaf that requires grad");
+      TORCH_CHECK(p.device() == device, "gradient reducer: tensor ", i, " is on ", p.device(),
+                  ", tensor 0 on ", device);
+      TORCH_CHECK(at::isFloatingType(p.scalar_type()), "gradient reducer: tensor ", i, " is ",
+                  p.scalar_type());
+      TORCH_CHECK(s->index_of.emplace(p.unsafeGetTensorImpl(), i).second,
+                  "gradient reducer: tensor ", i, " is listed twice");
+      s->params.push_back(p);
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      torch::autograd::impl::set_post_acc_grad_hooks(
+          s->params[i], std::make_unique<ReadyHook>(std::weak_ptr<ReducerState>(s), i));
+    }
+    *out = new SamReducer{std::move(s)};
+  });
+}
+
+void sam_torch_reducer_free(SamReducer* reducer) {
+  if (reducer == nullptr) {
+    return;
+  }
+  try {
+    // The hooks stay on the parameters and find the state gone. In-flight collectives hold
+    // their own references to the buckets.
+    delete reducer;
+  } catch (...) {
+  }
+}
+
+// Arms a step right before the backward from `root` (null: no backward follows; every
+// gradient is final now).
+char* sam_torch_reducer_arm(SamReducer* reducer, const at::Tensor* root) {
+  return guarded([&] {
+    auto& s = *reducer->state;
+    std::lock_guard<std::mutex> lock(s.mutex);
+    arm_locked(s, root, kAtArm);
+  });
+}
+
+// Completes the step's reduction (arming first if the step never did).
+char* sam_torch_reducer_finish(SamReducer* reducer) {
+  return guarded([&] {
+    auto& s = *reducer->state;
+    std::lock_guard<std::mutex> lock(s.mutex);
+    if (!s.armed) {
+      arm_locked(s, nullptr, kAtFinish);
+    }
+    // Disarmed whatever happens below: the next step starts afresh.
+    struct Disarm {
+      ReducerState& s;
+      ~Disarm() { s.armed = false; }
+    } disarm{s};
+    TORCH_CHECK(s.hook_error.empty(), s.hook_error);
+    for (auto& b : s.buckets) {
+      b.pending = 0;  // no gradient will come after the backward
+    }
+    launch_ready(s, kAtFinish);
+    const auto device = s.params[0].device();
+    auto flags = at::tensor(s.local_defined, at::TensorOptions().dtype(at::kFloat)).to(device);
+    std::vector<at::Tensor> flag_list{flags};
+    c10d::AllreduceOptions max_opts;
+    max_opts.reduceOp = c10d::ReduceOp(c10d::ReduceOp::MAX);
+    max_opts.timeout = s.timeout;
+    auto flag_work = s.backend->allreduce(flag_list, max_opts);
+    for (auto& b : s.buckets) {
+      b.work->wait();
+    }
+    flag_work->wait();
+    const auto any = flags.to(at::kCPU);
+    const float* anyp = any.data_ptr<float>();
+    at::NoGradGuard no_grad;
+    for (auto& b : s.buckets) {
+      // fp32 buckets are averaged in place; narrower ones after widening.
+      const bool averaged = b.flat.scalar_type() == at::kFloat;
+      if (s.world > 1 && averaged) {
+        b.flat.div_(s.world);
+      }
+      for (std::size_t j = 0; j < b.members.size(); ++j) {
+        const std::size_t p = b.members[j];
+        auto& param = s.params[p];
+        if (anyp[p] == 0.0f) {
+          continue;  // no gradient on any rank: none here either
+        }
+        auto slot = b.flat.narrow(0, b.offsets[j], param.numel()).view(param.sizes());
+        if (slot.scalar_type() == param.scalar_type()) {
+          if (s.world > 1 && !averaged) {
+            slot.div_(s.world);
+          }
+          param.mutable_grad() = slot;
+        } else {
+          auto avg = slot.to(param.scalar_type());
+          if (s.world > 1 && !averaged) {
+            avg.div_(s.world);
+          }
+          param.mutable_grad() = avg;
+        }
+      }
+    }
+  });
+}
+
+// Where each bucket of the last step was sent from (LaunchPoint codes), and each bucket's
+// number of parameters: `points` and `sizes` have room for `capacity` entries; `count`
+// receives the number of buckets (0 before the first arming).
+char* sam_torch_reducer_report(SamReducer* reducer, int* points, int64_t* sizes,
+                               std::size_t capacity, std::size_t* count) {
+  return guarded([&] {
+    auto& s = *reducer->state;
+    std::lock_guard<std::mutex> lock(s.mutex);
+    *count = s.buckets.size();
+    for (std::size_t k = 0; k < s.buckets.size() && k < capacity; ++k) {
+      points[k] = s.buckets[k].launched;
+      sizes[k] = static_cast<int64_t>(s.buckets[k].members.size());
+    }
+  });
+}
+
+}  // extern "C"
 
 // ---- multi-tensor optimiser kernels ---------------------------------------------------------
 // libtorch's `_foreach_*` operations and `_fused_adamw_`, which tch's generator skips. Lists

@@ -30,12 +30,12 @@ fn main() -> ExitCode {
             },
             "--mode" => match it.next() {
                 Some(m) => mode = m.clone(),
-                None => return usage("--mode needs check or victim"),
+                None => return usage("--mode needs check, victim or reducer"),
             },
             "--dry-run" => dry_run = true,
             "-h" | "--help" => {
                 println!(
-                    "dist_check [--timeout-s S (30)] [--gloo-host HOST] [--mode check|victim] [--dry-run]"
+                    "dist_check [--timeout-s S (30)] [--gloo-host HOST] [--mode check|victim|reducer] [--dry-run]"
                 );
                 return ExitCode::SUCCESS;
             }

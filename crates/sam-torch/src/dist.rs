@@ -331,6 +331,11 @@ impl ProcessGroup {
         })
     }
 
+    /// The bridge handle, for the gradient reducer.
+    pub(crate) fn raw(&self) -> *mut RawGroup {
+        self.raw
+    }
+
     /// This process's rank, 0-based.
     pub fn rank(&self) -> usize {
         self.rank

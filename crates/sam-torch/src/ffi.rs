@@ -18,6 +18,12 @@ pub struct RawGroup {
     _private: [u8; 0],
 }
 
+/// Opaque `SamReducer` of the bridge (holds the gradient reducer's shared state).
+#[repr(C)]
+pub struct RawReducer {
+    _private: [u8; 0],
+}
+
 extern "C" {
     pub fn sam_torch_free_string(s: *mut c_char);
 
@@ -173,6 +179,25 @@ extern "C" {
         outs: *mut *mut C_tensor,
     ) -> *mut c_char;
     pub fn sam_torch_pg_barrier(group: *mut RawGroup) -> *mut c_char;
+
+    pub fn sam_torch_reducer_new(
+        group: *mut RawGroup,
+        params: *const *mut C_tensor,
+        n: usize,
+        bucket_bytes: i64,
+        wire_dtype: c_int,
+        out: *mut *mut RawReducer,
+    ) -> *mut c_char;
+    pub fn sam_torch_reducer_free(reducer: *mut RawReducer);
+    pub fn sam_torch_reducer_arm(reducer: *mut RawReducer, root: *const C_tensor) -> *mut c_char;
+    pub fn sam_torch_reducer_finish(reducer: *mut RawReducer) -> *mut c_char;
+    pub fn sam_torch_reducer_report(
+        reducer: *mut RawReducer,
+        points: *mut c_int,
+        sizes: *mut i64,
+        capacity: usize,
+        count: *mut usize,
+    ) -> *mut c_char;
 }
 
 /// Converts the status of a bridge call into a `Result`, freeing the message.

@@ -13,7 +13,8 @@
 //! - **Distributed** (c10d, the engine of `torch.distributed`): [`TcpStore`] rendezvous and
 //!   [`ProcessGroup`] over Gloo (CPU) or NCCL (CUDA) with `all_reduce_`, `broadcast_`,
 //!   `all_gather`, `barrier`; [`LaunchEnv`] reads rank, world size, local rank and the master
-//!   address from SLURM (`srun`) or torchrun-style variables.
+//!   address from SLURM (`srun`) or torchrun-style variables. [`GradReducer`] averages
+//!   gradients over a group in buckets sent while the backward still runs (DDP's reducer).
 //! - **Host traffic**: [`read_f64s`] / [`read_f64`] (device→host reads, counted per thread by
 //!   [`host_reads`]) and [`upload`] (host→device from pinned memory without blocking on CUDA).
 //!
@@ -54,6 +55,7 @@ mod foreach;
 mod grad;
 mod host;
 mod launch;
+mod reducer;
 
 // The build script's header search, unit-tested on fake directory trees.
 #[cfg(test)]
@@ -80,3 +82,4 @@ pub use launch::{
     available_cores, expand_nodelist, CpuBudget, CpuBudgetSource, LaunchEnv, LaunchError,
     LaunchSource, DEFAULT_MASTER_PORT, SLURM_PORT_BASE, SLURM_PORT_SPAN,
 };
+pub use reducer::{BucketLaunch, BucketReport, GradReducer, WireDtype};

@@ -1,16 +1,20 @@
 //! Data-parallel training over c10d (sam-torch): rendezvous, parameter broadcast, gradient
-//! averaging in flat buckets, and agreement on stop requests.
+//! averaging in flat buckets that overlaps the image encoder's backward, and agreement on stop
+//! requests.
 
 use std::time::Duration;
 
-use sam_torch::{Backend, LaunchEnv, ProcessGroup, ReduceOp, TcpStore};
-use tch::{Device, Kind, Tensor};
+use sam_config::GradientAllreduceDtype;
+use sam_torch::{Backend, GradReducer, LaunchEnv, ProcessGroup, ReduceOp, TcpStore, WireDtype};
+use tch::{Device, Tensor};
 
 use crate::optim::AdamW;
 use crate::TrainError;
 
-/// Elements per gradient bucket (100 MB of fp32, DDP's order of magnitude).
-const BUCKET_ELEMENTS: i64 = 25 * 1024 * 1024;
+/// Bytes per gradient bucket: DDP's default (`bucket_cap_mb=25`). Small enough that the first
+/// buckets of the image encoder leave early in its backward (a vit_b encoder fills about 14 of
+/// them in fp32), large enough that each all-reduce moves megabytes.
+pub const GRADIENT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
 
 /// The process group of a distributed run and this process's place in it.
 pub struct Collective {
@@ -106,68 +110,21 @@ impl Collective {
         Ok(())
     }
 
-    /// Averages gradients over ranks. A parameter whose gradient exists on some rank gets one on
-    /// every rank (zeros where it had none), so that every rank steps the same parameters, as a
-    /// single process over the whole global batch would. Gradients travel in flat buckets in
-    /// name order, the same on every rank.
-    pub fn average_gradients(&self, optim: &AdamW) -> Result<(), TrainError> {
-        let vars: Vec<(&str, &Tensor)> = optim.variables().collect();
-        let defined: Vec<f32> = vars
-            .iter()
-            .map(|(_, v)| f32::from(u8::from(v.grad().defined())))
-            .collect();
-        let mut flags = Tensor::from_slice(&defined).to_device(self.device);
-        self.group
-            .all_reduce_(&mut flags, ReduceOp::Max)
-            .map_err(|e| dist_err("gradient flags", e))?;
-        let flags = sam_torch::read_f64s(&flags).map_err(|e| dist_err("gradient flags", e))?;
-        for ((_, var), (&local, &any)) in vars.iter().zip(defined.iter().zip(&flags)) {
-            if any > 0.0 && local == 0.0 {
-                // Accumulating a zero defines the gradient without changing anything.
-                (var.sum(Kind::Float) * 0.0).backward();
-            }
-        }
-        let _guard = tch::no_grad_guard();
-        let grads: Vec<Tensor> = vars
-            .iter()
-            .map(|(_, v)| v.grad())
-            .filter(|g| g.defined())
-            .collect();
-        let world = self.world_size() as f64;
-        let mut start = 0;
-        while start < grads.len() {
-            let mut end = start;
-            let mut numel = 0i64;
-            while end < grads.len()
-                && (end == start || numel + grads[end].numel() as i64 <= BUCKET_ELEMENTS)
-            {
-                numel += grads[end].numel() as i64;
-                end += 1;
-            }
-            let flat: Vec<Tensor> = grads[start..end]
-                .iter()
-                .map(|g| g.to_kind(Kind::Float).flatten(0, -1))
-                .collect();
-            let mut bucket = Tensor::cat(&flat, 0).to_device(self.device);
-            self.group
-                .all_reduce_(&mut bucket, ReduceOp::Sum)
-                .map_err(|e| dist_err("gradient all-reduce", e))?;
-            let bucket = bucket / world;
-            let mut offset = 0i64;
-            for g in &grads[start..end] {
-                let n = g.numel() as i64;
-                let mut g = g.shallow_clone();
-                let part = bucket
-                    .narrow(0, offset, n)
-                    .view_as(&g)
-                    .to_kind(g.kind())
-                    .to_device(g.device());
-                g.copy_(&part);
-                offset += n;
-            }
-            start = end;
-        }
-        Ok(())
+    /// The [`GradientReducer`] of `optim`'s parameters, whose gradients then travel as
+    /// `dtype` in buckets of [`GRADIENT_BUCKET_BYTES`].
+    pub fn gradient_reducer(
+        &self,
+        optim: &AdamW,
+        dtype: GradientAllreduceDtype,
+    ) -> Result<GradientReducer, TrainError> {
+        let params: Vec<Tensor> = optim.variables().map(|(_, v)| v.shallow_clone()).collect();
+        let wire = match dtype {
+            GradientAllreduceDtype::Fp32 => WireDtype::Fp32,
+            GradientAllreduceDtype::Bf16 => WireDtype::Bf16,
+        };
+        let inner = GradReducer::new(&self.group, &params, GRADIENT_BUCKET_BYTES, wire)
+            .map_err(|e| dist_err("gradient reducer", e))?;
+        Ok(GradientReducer { inner })
     }
 
     /// True on every rank when `flag` is true on any rank (stop requests).
@@ -201,5 +158,52 @@ impl Collective {
     /// Waits for every rank.
     pub fn barrier(&self) -> Result<(), TrainError> {
         self.group.barrier().map_err(|e| dist_err("barrier", e))
+    }
+}
+
+/// Averages the gradients of a step over ranks while the step's last backward (the image
+/// encoder's) still runs, as PyTorch's DistributedDataParallel does:
+/// [`GradientReducer::arm`] when the heads' gradients are final (the step calls it through
+/// [`crate::StepInputs::before_encoder_backward`]), then [`GradientReducer::finish`] after the
+/// backward. Buckets of the heads' gradients leave at arming, the encoder's as its backward
+/// fills them (reverse forward order); each is one asynchronous all-reduce with its gradients
+/// copied in once, and in fp32 the averages stay in the bucket, `.grad` being a view of it.
+///
+/// After `finish` a parameter whose gradient exists on some rank has the mean over ranks on
+/// every rank (zeros count where a rank had none); one without a gradient on any rank keeps
+/// none, so the optimiser skips it. The means are the same bits on every rank. Non-finite
+/// values propagate into every rank's mean, so the finiteness check that follows sees them on
+/// all ranks.
+pub struct GradientReducer {
+    inner: GradReducer,
+}
+
+impl std::fmt::Debug for GradientReducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GradientReducer").finish_non_exhaustive()
+    }
+}
+
+impl GradientReducer {
+    /// Starts the step's reduction right before the backward from `root` (`None`: no backward
+    /// follows). The first call lays out the buckets (one broadcast from rank 0).
+    pub fn arm(&self, root: Option<&Tensor>) -> Result<(), TrainError> {
+        self.inner
+            .arm(root)
+            .map_err(|e| dist_err("gradient all-reduce", e))
+    }
+
+    /// Sends what is left, waits for every bucket and leaves the means in `.grad`.
+    pub fn finish(&self) -> Result<(), TrainError> {
+        self.inner
+            .finish()
+            .map_err(|e| dist_err("gradient all-reduce", e))
+    }
+
+    /// When each bucket of the last step was sent, in sending order.
+    pub fn report(&self) -> Result<Vec<sam_torch::BucketReport>, TrainError> {
+        self.inner
+            .report()
+            .map_err(|e| dist_err("gradient all-reduce", e))
     }
 }

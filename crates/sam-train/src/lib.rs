@@ -57,7 +57,7 @@ mod trainer;
 mod validation;
 
 pub use checkpoint::{Checkpoint, CheckpointStore, EpochSums, Slot, TrainState};
-pub use distributed::Collective;
+pub use distributed::{Collective, GradientReducer, GRADIENT_BUCKET_BYTES};
 pub use error::{BoxError, TrainError};
 pub use export::{export_model, ExportOptions};
 pub use optim::{AdamW, AdamWConfig};
@@ -70,8 +70,8 @@ pub use schedule::{
 pub use setup::{device_for, load_initial, load_resumed, new_model, sam_config, unetr_config};
 pub use signals::StopFlag;
 pub use step::{
-    model_input, step_backward, step_loss, LossValues, RecipeConfig, StepInputs, StepLoss,
-    StepPrecision,
+    model_input, step_backward, step_loss, BeforeEncoderBackward, LossValues, RecipeConfig,
+    StepInputs, StepLoss, StepPrecision,
 };
 pub use throughput::{
     dense_bf16_peak_tflops, training_step_flops, StepShape, Throughput, TrainedParts,

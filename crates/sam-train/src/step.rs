@@ -199,7 +199,15 @@ pub struct StepInputs<'a> {
     pub global_index: &'a [u64],
     /// Where the step computes.
     pub device: Device,
+    /// Called by [`step_backward`] once the heads' gradients are final: right before the image
+    /// encoder's backward with the encoder's output (the root of that backward), or with `None`
+    /// when nothing is back-propagated through the encoder. Distributed training starts
+    /// averaging gradients there ([`crate::GradientReducer::arm`]).
+    pub before_encoder_backward: Option<BeforeEncoderBackward<'a>>,
 }
+
+/// See [`StepInputs::before_encoder_backward`].
+pub type BeforeEncoderBackward<'a> = &'a dyn Fn(Option<&Tensor>) -> Result<(), TrainError>;
 
 impl std::fmt::Debug for StepInputs<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -211,6 +219,10 @@ impl std::fmt::Debug for StepInputs<'_> {
             .field("iteration", &self.iteration)
             .field("global_index", &self.global_index)
             .field("device", &self.device)
+            .field(
+                "before_encoder_backward",
+                &self.before_encoder_backward.is_some(),
+            )
             .finish()
     }
 }
@@ -318,20 +330,26 @@ impl Sink {
         }
     }
 
-    /// Back-propagates the heads' gradient, collected on `heads_input`, through the encoder.
-    fn finish(&self, embeddings: &Tensor, heads_input: &Tensor) -> Result<(), TrainError> {
+    /// Back-propagates the heads' gradient, collected on `heads_input`, through the encoder,
+    /// calling `before` first.
+    fn finish(
+        &self,
+        embeddings: &Tensor,
+        heads_input: &Tensor,
+        before: Option<BeforeEncoderBackward<'_>>,
+    ) -> Result<(), TrainError> {
         let Sink::Eager {
             autocast_device, ..
         } = self
         else {
             return Ok(());
         };
-        if !embeddings.requires_grad() {
-            return Ok(());
-        }
         let grad = heads_input.grad();
-        if !grad.defined() {
-            return Ok(());
+        if !embeddings.requires_grad() || !grad.defined() {
+            return before.map_or(Ok(()), |f| f(None));
+        }
+        if let Some(f) = before {
+            f(Some(embeddings))?;
         }
         let _pause = pause_autocast(*autocast_device)?;
         // d/dE Σ(E ⊙ G) = G exactly: the encoder receives the summed gradient of the heads.
@@ -366,6 +384,7 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
         iteration,
         global_index,
         device,
+        before_encoder_backward,
     } = *inputs;
     let (x, input_size) = model_input(sam, samples, device)?;
     let embeddings = sam.image_encoder.forward(&x);
@@ -512,7 +531,7 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
         decoder_value = dl.detach();
         sink.add(&dl, 1.0)?;
     }
-    sink.finish(&embeddings, &heads)?;
+    sink.finish(&embeddings, &heads, before_encoder_backward)?;
     let denom = nb * rounds as f64;
     let parts = Tensor::stack(&[dice_sum / denom, iou_sum / denom, decoder_value], 0);
     Ok(StepLoss {

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{CheckpointStore, EpochSums, Slot, TrainState};
 use crate::data::{n_validation_patches, open_data, prepare_bounds, sample_config};
-use crate::distributed::Collective;
+use crate::distributed::{Collective, GradientReducer};
 use crate::faults::FaultInjection;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::report::{EpochRecord, MetricsLog};
@@ -24,7 +24,9 @@ use crate::scaler::{LossScaler, ScalerState, ScalerUpdate};
 use crate::schedule::{checkpoint_decision, EarlyStopping, LrScheduler, ScheduleKind};
 use crate::setup::{device_for, load_initial, load_resumed, new_model};
 use crate::signals::StopFlag;
-use crate::step::{step_backward, LossValues, RecipeConfig, StepInputs, StepPrecision};
+use crate::step::{
+    step_backward, BeforeEncoderBackward, LossValues, RecipeConfig, StepInputs, StepPrecision,
+};
 use crate::throughput::{Meter, Throughput};
 use crate::validation::{shared_validation, ValidationScores};
 use crate::{export_model, ExportOptions, TrainError};
@@ -547,6 +549,8 @@ struct Trainer<'a> {
     autocast: Option<Kind>,
     model: SamModel,
     optim: AdamW,
+    /// Averages gradients over ranks during the encoder's backward (more than one process).
+    reducer: Option<GradientReducer>,
     /// Everything saved besides tensors; its `scaler` is copied from `scaler` when saved.
     state: TrainState,
     scaler: LossScaler,
@@ -613,6 +617,11 @@ impl<'a> Trainer<'a> {
         };
         state.intra_op_threads = threads;
         optim.set_lr(state.scheduler.lr());
+        let reducer = opts
+            .collective
+            .filter(|c| c.world_size() > 1)
+            .map(|c| c.gradient_reducer(&optim, cfg.distributed.gradient_allreduce_dtype))
+            .transpose()?;
         if is_main {
             say(
                 opts.progress,
@@ -666,6 +675,7 @@ impl<'a> Trainer<'a> {
             autocast,
             model,
             optim,
+            reducer,
             state,
             scaler,
             train_set,
@@ -744,9 +754,10 @@ impl<'a> Trainer<'a> {
         Ok((batch, index))
     }
 
-    /// Step: one iteration. The batch, forward and backward round by round, the agreement of
-    /// all ranks on whether the loss and gradients are finite, then the update (gradients
-    /// averaged over ranks, unscaled, clipped) or the skip; the epoch sums, progress and log.
+    /// Step: one iteration. The batch, forward and backward round by round (gradients averaged
+    /// over ranks as the encoder's backward runs), the agreement of all ranks on whether the
+    /// loss and gradients are finite, then the update (gradients unscaled, clipped) or the
+    /// skip; the epoch sums, progress and log.
     fn step(&mut self) -> Result<(), TrainError> {
         let step_started = Instant::now();
         let reads_before = sam_torch::host_reads();
@@ -760,7 +771,12 @@ impl<'a> Trainer<'a> {
         // step from (seed, iteration, rank), so that a resumed run draws what the
         // uninterrupted one drew without saving the generator. No module draws from it today.
         tch::manual_seed(derive_seed(seed, &[5, iteration, self.rank as u64]) as i64 & i64::MAX);
-        // Forward and backward: each prompting round is back-propagated as it ends.
+        // Forward and backward: each prompting round is back-propagated as it ends; with
+        // several ranks, gradients are averaged while the encoder's backward runs.
+        let arm = self
+            .reducer
+            .as_ref()
+            .map(|r| move |root: Option<&Tensor>| r.arm(root));
         let inputs = StepInputs {
             sam: self.model.sam(),
             decoder: self.model.decoder(),
@@ -770,6 +786,7 @@ impl<'a> Trainer<'a> {
             iteration,
             global_index: &index,
             device: self.device,
+            before_encoder_backward: arm.as_ref().map(|f| f as BeforeEncoderBackward<'_>),
         };
         let loss = step_backward(
             &inputs,
@@ -778,6 +795,9 @@ impl<'a> Trainer<'a> {
                 loss_scale: self.scaler.scale(),
             },
         )?;
+        if let Some(r) = &self.reducer {
+            r.finish()?;
+        }
         let injected = self.faults.nonfinite_at(self.rank, iteration);
         if injected {
             self.optim.scale_grads(f64::NAN)?;
@@ -822,12 +842,9 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// A step every rank found finite: gradients averaged over ranks, unscaled (fp16),
-    /// clipped, applied.
+    /// A step every rank found finite: gradients (averaged over ranks already) unscaled
+    /// (fp16), clipped, applied.
     fn apply_step(&mut self) -> Result<(), TrainError> {
-        if let Some(c) = self.opts.collective {
-            c.average_gradients(&self.optim)?;
-        }
         if let ScalerUpdate::Apply { unscale } = self.scaler.update(true) {
             self.optim.scale_grads(unscale)?;
         }

@@ -661,6 +661,7 @@ fn loss_goes_down_on_a_fixed_batch() {
             iteration: 1,
             global_index: &[0, 1],
             device: tch::Device::Cpu,
+            before_encoder_backward: None,
         })
         .unwrap();
         losses.push(loss.total.double_value(&[]));
@@ -742,6 +743,7 @@ fn round_by_round_backward_equals_one_graph() {
             iteration,
             global_index: &[0, 1],
             device: cpu,
+            before_encoder_backward: None,
         })
         .unwrap();
         graph.total.backward();
@@ -762,6 +764,7 @@ fn round_by_round_backward_equals_one_graph() {
             iteration,
             global_index: &[0, 1],
             device: cpu,
+            before_encoder_backward: None,
         };
         let eager = sam_train::step_backward(&inputs, precision).unwrap();
         let ours = grads(&model);
