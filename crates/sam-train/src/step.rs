@@ -344,8 +344,11 @@ impl Sink {
         else {
             return Ok(());
         };
+        if !embeddings.requires_grad() {
+            return before.map_or(Ok(()), |f| f(None));
+        }
         let grad = heads_input.grad();
-        if !embeddings.requires_grad() || !grad.defined() {
+        if !grad.defined() {
             return before.map_or(Ok(()), |f| f(None));
         }
         if let Some(f) = before {
