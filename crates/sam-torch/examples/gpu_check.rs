@@ -2,7 +2,8 @@
 //! the device of a local rank (`select_device`, the driver probe, the message when
 //! `CUDA_VISIBLE_DEVICES` hides the GPUs), bf16 autocast on CUDA, TF32 switches,
 //! caching-allocator statistics, and an NCCL process group at world size 1 (init + all-reduce +
-//! broadcast + barrier). Prints one `name: result` line per check; exit status 1 if any fails.
+//! broadcast + barrier, and the gradient reducer: buckets sent from autograd's CUDA thread,
+//! ordered by streams). Prints one `name: result` line per check; exit status 1 if any fails.
 //!
 //! ```text
 //! target/debug/examples/gpu_check [--port P (29650)]
@@ -15,7 +16,10 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use sam_torch::{CudaStatus, DeviceRequest, ProcessGroup, ReduceOp, TcpStore, Tf32};
+use sam_torch::{
+    BucketLaunch, CudaStatus, DeviceRequest, GradReducer, ProcessGroup, ReduceOp, TcpStore, Tf32,
+    WireDtype,
+};
 use tch::{Device, Kind, Tensor};
 
 type Check = Result<String, String>;
@@ -122,10 +126,76 @@ fn gloo(port: u16) -> Check {
     if got != [1.0, 2.0, 3.0] {
         return Err(format!("world-1 all_reduce changed the tensor: {got:?}"));
     }
-    Ok(format!(
-        "init + 3 collectives {:.2} s",
-        t0.elapsed().as_secs_f64()
-    ))
+    let init = t0.elapsed().as_secs_f64();
+    let reducer = reducer_world1(&pg, Device::Cpu)?;
+    Ok(format!("init + 3 collectives {init:.2} s; {reducer}"))
+}
+
+/// The gradient reducer at world size 1 on `device`: a small "encoder" whose output feeds
+/// detached "heads", as the trainer's step; the buckets must leave at arming and during the
+/// encoder's backward, and the means (world 1: the gradients themselves) must come back, exact
+/// in fp32, within bf16 rounding in bf16.
+fn reducer_world1(pg: &ProcessGroup, device: Device) -> Check {
+    tch::manual_seed(5);
+    let p = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, device)).set_requires_grad(true);
+    let encoder: Vec<Tensor> = (0..4).map(|_| p(&[64, 64])).collect();
+    let head = p(&[64, 8]);
+    let mut params: Vec<Tensor> = encoder.iter().map(Tensor::shallow_clone).collect();
+    params.push(head.shallow_clone());
+    let x = Tensor::randn([16, 64], (Kind::Float, device));
+    let step = |before: &dyn Fn(&Tensor) -> Result<(), String>| -> Result<Vec<Tensor>, String> {
+        for q in &params {
+            sam_torch::clear_grad(q).map_err(s)?;
+        }
+        let mut h = x.shallow_clone();
+        for w in &encoder {
+            h = h.matmul(w).tanh();
+        }
+        let heads = h.detach().set_requires_grad(true);
+        heads
+            .matmul(&head)
+            .pow_tensor_scalar(2)
+            .sum(Kind::Float)
+            .backward();
+        before(&h)?;
+        (&h * heads.grad()).sum(Kind::Float).backward();
+        Ok(params.iter().map(|q| q.grad().copy()).collect())
+    };
+    let want = step(&|_| Ok(()))?;
+    let mut sent = Vec::new();
+    for wire in [WireDtype::Fp32, WireDtype::Bf16] {
+        // One 64x64 matrix per bucket: the encoder's four leave one by one.
+        let bytes = match wire {
+            WireDtype::Fp32 => 64 * 64 * 4,
+            WireDtype::Bf16 => 64 * 64 * 2,
+        };
+        let reducer = GradReducer::new(pg, &params, bytes, wire).map_err(s)?;
+        step(&|root| reducer.arm(Some(root)).map_err(s))?;
+        let report = reducer.report().map_err(s)?;
+        reducer.finish().map_err(s)?;
+        let launches: Vec<BucketLaunch> = report.iter().map(|b| b.launch).collect();
+        let in_backward = launches
+            .iter()
+            .filter(|l| **l == BucketLaunch::InBackward)
+            .count();
+        if launches.first() != Some(&BucketLaunch::AtArm) || in_backward != 4 {
+            return Err(format!("{wire:?}: buckets sent at {launches:?}"));
+        }
+        for (i, (q, w)) in params.iter().zip(&want).enumerate() {
+            let err = (q.grad() - w).abs().max().double_value(&[]);
+            let tol = match wire {
+                WireDtype::Fp32 => 0.0,
+                WireDtype::Bf16 => w.abs().max().double_value(&[]) / 256.0,
+            };
+            if err > tol {
+                return Err(format!(
+                    "{wire:?}: parameter {i} off by {err} (tolerance {tol})"
+                ));
+            }
+        }
+        sent.push(format!("{wire:?} {} buckets", launches.len()));
+    }
+    Ok(format!("gradient reducer ok ({})", sent.join(", ")))
 }
 
 fn s<E: std::fmt::Display>(e: E) -> String {
@@ -264,6 +334,7 @@ fn nccl(port: u16) -> Check {
         return Err(format!("world-1 all_reduce changed the tensor: {got:?}"));
     }
     let init_and_ops = t0.elapsed().as_secs_f64();
+    let reducer = reducer_world1(&pg, Device::Cuda(0))?;
     // Bandwidth of a vit_b-sized bucket at world size 1 (a local no-op copy bound).
     let mut bucket = Tensor::ones([90_000_000], (Kind::Float, Device::Cuda(0)));
     pg.all_reduce_(&mut bucket, ReduceOp::Sum).map_err(s)?;
@@ -273,7 +344,7 @@ fn nccl(port: u16) -> Check {
     sam_torch::cuda_synchronize(0).map_err(s)?;
     let dt = t1.elapsed().as_secs_f64();
     Ok(format!(
-        "init + 4 collectives {init_and_ops:.2} s; 360 MB all_reduce {:.2} ms",
+        "init + 4 collectives {init_and_ops:.2} s; 360 MB all_reduce {:.2} ms; {reducer}",
         dt * 1e3
     ))
 }

@@ -755,6 +755,24 @@ fn round_by_round_backward_equals_one_graph() {
             autocast: None,
             loss_scale: 4.0,
         };
+        // Called once, with the encoder's output, when the heads' gradients are there and
+        // before the encoder has any (where distributed training starts sending gradients).
+        let calls = std::cell::Cell::new(0);
+        let before = |root: Option<&Tensor>| -> Result<(), sam_train::TrainError> {
+            calls.set(calls.get() + 1);
+            assert!(root.is_some_and(Tensor::requires_grad), "no encoder output");
+            let now = grads(&model);
+            let nonzero = |prefix: &str| {
+                now.iter()
+                    .any(|(k, g)| k.starts_with(prefix) && g.abs().max().double_value(&[]) > 0.0)
+            };
+            assert!(
+                !nonzero("image_encoder."),
+                "the encoder's backward ran first"
+            );
+            assert!(nonzero("mask_decoder."), "the heads' gradients are missing");
+            Ok(())
+        };
         let inputs = sam_train::StepInputs {
             sam,
             decoder: dec,
@@ -764,9 +782,10 @@ fn round_by_round_backward_equals_one_graph() {
             iteration,
             global_index: &[0, 1],
             device: cpu,
-            before_encoder_backward: None,
+            before_encoder_backward: Some(&before),
         };
         let eager = sam_train::step_backward(&inputs, precision).unwrap();
+        assert_eq!(calls.get(), 1);
         let ours = grads(&model);
         let rel = (eager.total.double_value(&[]) - graph.total.double_value(&[])).abs()
             / graph.total.double_value(&[]);
