@@ -93,6 +93,8 @@ pub struct BucketReport {
 pub struct GradReducer {
     raw: *mut RawReducer,
     world_size: usize,
+    /// Whether the buckets are laid out (the first arming reads rank 0's layout back).
+    laid_out: std::cell::Cell<bool>,
 }
 
 // SAFETY: the C++ state is guarded by its own mutex (the hooks reach it from autograd's
@@ -137,14 +139,19 @@ impl GradReducer {
         Ok(Self {
             raw,
             world_size: group.world_size(),
+            laid_out: std::cell::Cell::new(false),
         })
     }
 
     /// Starts a step's reduction right before the backward from `root` (the step's last
     /// backward; `None` when none follows). The first call also lays out the buckets, with one
-    /// broadcast from rank 0, so every rank must arm its first step at the same point.
+    /// broadcast from rank 0 read back to the host (a device→host read, counted in
+    /// [`crate::host_reads`]), so every rank must arm its first step at the same point.
     pub fn arm(&self, root: Option<&Tensor>) -> Result<(), Error> {
         let root = root.map_or(ptr::null(), |t| t.as_ptr());
+        if !self.laid_out.replace(true) {
+            crate::host::count_read();
+        }
         // SAFETY: `root` is null or a live tensor for the call.
         take("GradReducer::arm", unsafe {
             ffi::sam_torch_reducer_arm(self.raw, root)
@@ -155,6 +162,9 @@ impl GradReducer {
     /// parameter's `.grad` to its mean over ranks. Arms first when the step did not. Its one
     /// device→host read (the flags) counts in [`crate::host_reads`].
     pub fn finish(&self) -> Result<(), Error> {
+        if !self.laid_out.replace(true) {
+            crate::host::count_read(); // arming here lays the buckets out
+        }
         crate::host::count_read();
         // SAFETY: plain call on a live handle.
         take("GradReducer::finish", unsafe {
