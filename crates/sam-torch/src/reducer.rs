@@ -143,15 +143,20 @@ impl GradReducer {
         })
     }
 
+    /// Counts the read of rank 0's bucket layout, which the first arming of the run makes.
+    fn count_layout_read(&self) {
+        if !self.laid_out.replace(true) {
+            crate::host::count_read();
+        }
+    }
+
     /// Starts a step's reduction right before the backward from `root` (the step's last
     /// backward; `None` when none follows). The first call also lays out the buckets, with one
     /// broadcast from rank 0 read back to the host (a device→host read, counted in
     /// [`crate::host_reads`]), so every rank must arm its first step at the same point.
     pub fn arm(&self, root: Option<&Tensor>) -> Result<(), Error> {
         let root = root.map_or(ptr::null(), |t| t.as_ptr());
-        if !self.laid_out.replace(true) {
-            crate::host::count_read();
-        }
+        self.count_layout_read();
         // SAFETY: `root` is null or a live tensor for the call.
         take("GradReducer::arm", unsafe {
             ffi::sam_torch_reducer_arm(self.raw, root)
@@ -162,9 +167,7 @@ impl GradReducer {
     /// parameter's `.grad` to its mean over ranks. Arms first when the step did not. Its one
     /// device→host read (the flags) counts in [`crate::host_reads`].
     pub fn finish(&self) -> Result<(), Error> {
-        if !self.laid_out.replace(true) {
-            crate::host::count_read(); // arming here lays the buckets out
-        }
+        self.count_layout_read(); // arming here lays the buckets out
         crate::host::count_read();
         // SAFETY: plain call on a live handle.
         take("GradReducer::finish", unsafe {

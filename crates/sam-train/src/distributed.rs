@@ -129,7 +129,10 @@ impl Collective {
 
     /// True on every rank when `flag` is true on any rank (stop requests).
     pub fn any(&self, flag: bool) -> Result<bool, TrainError> {
-        let mut t = Tensor::from_slice(&[f32::from(u8::from(flag))]).to_device(self.device);
+        let mut t = sam_torch::upload(
+            &Tensor::from_slice(&[f32::from(u8::from(flag))]),
+            self.device,
+        );
         self.group
             .all_reduce_(&mut t, ReduceOp::Max)
             .map_err(|e| dist_err("stop agreement", e))?;
@@ -138,7 +141,7 @@ impl Collective {
 
     /// Element-wise sum of `values` over ranks; every rank gets the same result.
     pub fn sum_f64(&self, values: &[f64]) -> Result<Vec<f64>, TrainError> {
-        let mut t = Tensor::from_slice(values).to_device(self.device);
+        let mut t = sam_torch::upload(&Tensor::from_slice(values), self.device);
         self.group
             .all_reduce_(&mut t, ReduceOp::Sum)
             .map_err(|e| dist_err("sum", e))?;
@@ -148,7 +151,7 @@ impl Collective {
     /// Rank 0's `values` on every rank: the numbers every rank then decides from are the same
     /// bits, whatever the reduction order of the backend.
     pub fn broadcast_f64(&self, values: &[f64]) -> Result<Vec<f64>, TrainError> {
-        let mut t = Tensor::from_slice(values).to_device(self.device);
+        let mut t = sam_torch::upload(&Tensor::from_slice(values), self.device);
         self.group
             .broadcast_(&mut t, 0)
             .map_err(|e| dist_err("broadcast", e))?;
@@ -197,13 +200,6 @@ impl GradientReducer {
     pub fn finish(&self) -> Result<(), TrainError> {
         self.inner
             .finish()
-            .map_err(|e| dist_err("gradient all-reduce", e))
-    }
-
-    /// When each bucket of the last step was sent, in sending order.
-    pub fn report(&self) -> Result<Vec<sam_torch::BucketReport>, TrainError> {
-        self.inner
-            .report()
             .map_err(|e| dist_err("gradient all-reduce", e))
     }
 }

@@ -190,12 +190,6 @@ impl AdamW {
         })
     }
 
-    /// Whether every defined gradient is finite: [`AdamW::grads_finite_flag`] read to the host
-    /// (one read).
-    pub fn grads_finite(&self) -> Result<bool, TrainError> {
-        Ok(sam_torch::read_f64(&self.grads_finite_flag())? == 1.0)
-    }
-
     /// Scales gradients so that their global L2 norm is at most `max_norm`, as
     /// `torch.nn.utils.clip_grad_norm_(foreach=True)` does: one norm per gradient from
     /// `_foreach_norm` (per device and dtype), the norm of those, and every gradient multiplied
