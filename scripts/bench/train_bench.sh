@@ -8,6 +8,8 @@
 #   scripts/bench/train_bench.sh [ITERATIONS] [BF16_ITERATIONS]   # defaults 20 and 4
 #   CASES="false:fp32 true:fp32" scripts/bench/train_bench.sh      # some cases (decoder:precision)
 #   SKIP_PEER=1 scripts/bench/train_bench.sh                         # our side only (no micro_sam)
+#   ACTIVATION_CHECKPOINTING=all SKIP_PEER=1 scripts/bench/train_bench.sh  # our side, blocks
+#                                   # recomputed in the backward (none | global | all; default none)
 #
 # (measured iterations per case, after 3 warm-up ones; bf16 gets fewer: on CPUs without native
 # bf16 arithmetic each iteration takes over 10 s on both sides). The images are 8-bit: micro_sam's
@@ -60,6 +62,7 @@ training:
   epochs: 1
   lr: 1.0e-5
   precision: $3
+  activation_checkpointing: ${ACTIVATION_CHECKPOINTING:-none}
   log_every_iterations: 1
   checkpoint_every_iterations: 100000
   device: cpu
@@ -96,7 +99,7 @@ print(f"{(t[last] - t[3]) / (last - 3):.3f} s/iteration over {last - 3} iteratio
 PY
 )
         wait=$(grep -o '[0-9.]* % of it waiting for data' "$WORK/$name.log" | cut -d' ' -f1)
-        echo "sam-train decoder=$decoder $precision: $per_iter, data wait $wait %, peak RSS $(( $(cat "$WORK/rss") / 1024 )) MiB"
+        echo "sam-train decoder=$decoder $precision checkpointing=${ACTIVATION_CHECKPOINTING:-none}: $per_iter, data wait $wait %, peak RSS $(( $(cat "$WORK/rss") / 1024 )) MiB"
         [ "${SKIP_PEER:-0}" = 1 ] && continue
         mode=$([ "$decoder" = true ] && echo joint || echo sam)
         if ! .venv/bin/python scripts/bench/micro_sam_train.py "$WORK/data" "$mode" "$precision" \

@@ -2,6 +2,7 @@
 
 use crate::cluster::MAX_WALL_TIME_SECONDS;
 use crate::experiment::ExperimentConfig;
+use crate::training::ActivationCheckpointing;
 
 /// Raw annotated images assumed when the training folder cannot be counted ("a few dozen").
 pub const ASSUMED_RAW_IMAGES: u64 = 40;
@@ -49,7 +50,9 @@ impl ExperimentConfig {
         let images = train_images.unwrap_or(assumed);
 
         let samples_per_process = match (t.iterations, t.epochs) {
-            (Some(it), _) => it.saturating_mul(u64::from(t.batch_size)),
+            (Some(it), _) => it
+                .saturating_mul(u64::from(t.batch_size))
+                .saturating_mul(u64::from(t.gradient_accumulation.max(1))),
             (None, epochs) => {
                 let per_epoch = self.data.samples_per_epoch.unwrap_or(images.max(100));
                 let total = per_epoch.saturating_mul(u64::from(epochs.unwrap_or(0)));
@@ -59,6 +62,18 @@ impl ExperimentConfig {
 
         let mut seconds = preset.seconds_per_sample(self.model.backbone)
             * (ENCODER_SHARE + (1.0 - ENCODER_SHARE) * f64::from(t.n_sub_iteration) / 8.0);
+        // Recomputing checkpointed blocks adds their forward (a third of forward + backward)
+        // to the encoder's share.
+        let recomputed = match t.activation_checkpointing {
+            ActivationCheckpointing::None => 0.0,
+            ActivationCheckpointing::Global => {
+                let arch = self.model.resolved_architecture();
+                arch.encoder_global_attn_indexes.len() as f64
+                    / f64::from(arch.encoder_depth.max(1))
+            }
+            ActivationCheckpointing::All => 1.0,
+        };
+        seconds *= 1.0 + ENCODER_SHARE * recomputed / 3.0;
         if self.model.architecture.is_some() {
             // Encoder cost scales with width² × depth × tokens.
             let base = self.model.backbone.architecture();
@@ -117,5 +132,25 @@ mod tests {
         let e = c.estimate_wall_time(Some(400));
         assert!((e.hours - 800_000.0 * 0.30 * 1.1 / 3600.0).abs() < 1e-9);
         assert!(e.exceeds_limit());
+    }
+
+    #[test]
+    fn estimate_counts_micro_batches_and_recomputation() {
+        let mut c = minimal();
+        c.training.iterations = Some(1_000);
+        c.training.batch_size = 2;
+        c.training.gradient_accumulation = 4;
+        // Each optimiser step trains 2 × 4 patches per process.
+        let e = c.estimate_wall_time(Some(400));
+        assert_eq!(e.samples_per_process, 8_000);
+        assert!((e.seconds_per_sample - 0.30).abs() < 1e-12);
+        // Recomputing every block adds one encoder forward: a third of its 60 %.
+        c.training.activation_checkpointing = crate::ActivationCheckpointing::All;
+        let all = c.estimate_wall_time(Some(400)).seconds_per_sample;
+        assert!((all - 0.30 * 1.2).abs() < 1e-12, "{all}");
+        // vit_b has 4 global blocks of 12.
+        c.training.activation_checkpointing = crate::ActivationCheckpointing::Global;
+        let global = c.estimate_wall_time(Some(400)).seconds_per_sample;
+        assert!((global - 0.30 * (1.0 + 0.6 / 9.0)).abs() < 1e-12, "{global}");
     }
 }

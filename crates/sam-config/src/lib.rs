@@ -84,6 +84,8 @@ pub use crate::{
     model::{Architecture, ArchitectureOverride, Backbone, CheckpointSource, ModelConfig},
     paths::{find_root, find_root_for, find_root_from, is_repository_root, RunPaths, ROOT_ENV_VAR},
     schema::json_schema,
-    training::{Device, Precision, SchedulerConfig, SchedulerKind, TrainingConfig},
+    training::{
+        ActivationCheckpointing, Device, Precision, SchedulerConfig, SchedulerKind, TrainingConfig,
+    },
     validate::{Report, ValidateOptions, FREEZE_ROOTS},
 };

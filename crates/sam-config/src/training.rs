@@ -49,6 +49,37 @@ pub enum Device {
     Cuda,
 }
 
+/// Which image-encoder blocks recompute their activations in the backward instead of keeping
+/// them from the forward (activation checkpointing): less memory for more compute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationCheckpointing {
+    /// Every block keeps its activations (fastest).
+    #[default]
+    None,
+    /// The global-attention blocks (`global_attn_indexes`, the largest activations) recompute.
+    Global,
+    /// Every transformer block recomputes (least memory; about one more encoder forward).
+    All,
+}
+
+impl ActivationCheckpointing {
+    /// The name used in configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivationCheckpointing::None => "none",
+            ActivationCheckpointing::Global => "global",
+            ActivationCheckpointing::All => "all",
+        }
+    }
+}
+
+impl fmt::Display for ActivationCheckpointing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Learning-rate schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -96,9 +127,18 @@ impl Default for SchedulerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingConfig {
-    /// Patches per batch and per training process (the global batch is this times the world
-    /// size).
+    /// Patches per micro-batch and per training process: one forward and backward. The global
+    /// batch of an optimiser step is this times `gradient_accumulation` times the world size.
     pub batch_size: u32,
+    /// Micro-batches of `batch_size` patches whose gradients are summed before each optimiser
+    /// step (≥ 1): the step equals one over the `gradient_accumulation`-times larger batch
+    /// (the UNETR decoder's batch norms excepted: they see each micro-batch). Iterations,
+    /// schedule, logging and checkpoints count optimiser steps.
+    pub gradient_accumulation: u32,
+    /// Image-encoder blocks whose activations are recomputed in the backward instead of kept:
+    /// `none`, `global` (the global-attention blocks) or `all` (every block). Gradients are
+    /// the same; memory goes down, compute up. ViT encoders only (not `vit_t`).
+    pub activation_checkpointing: ActivationCheckpointing,
     /// Objects sampled per patch for the prompted loss (micro_sam: 25).
     pub n_objects_per_batch: u32,
     /// Iterative prompting rounds per batch (micro_sam: 8).
@@ -154,6 +194,8 @@ impl Default for TrainingConfig {
     fn default() -> Self {
         Self {
             batch_size: 1,
+            gradient_accumulation: 1,
+            activation_checkpointing: ActivationCheckpointing::None,
             n_objects_per_batch: 25,
             n_sub_iteration: 8,
             mask_prob: 0.5,

@@ -13,7 +13,7 @@ use crate::evaluation::{GridRange, InferenceConfig, InferenceMode};
 use crate::experiment::{AugmentationConfig, ExperimentConfig, NormalizationConfig, RangeOp};
 use crate::model::{Backbone, CheckpointSource};
 use crate::paths::find_root;
-use crate::training::{Device, Precision, SchedulerKind};
+use crate::training::{ActivationCheckpointing, Device, Precision, SchedulerKind};
 
 /// The top-level state-dict prefixes that `model.freeze` may start with.
 pub const FREEZE_ROOTS: [&str; 4] = ["image_encoder", "prompt_encoder", "mask_decoder", "decoder"];
@@ -718,6 +718,23 @@ impl ExperimentConfig {
         let t = &self.training;
         let k = "training";
         c.at_least("training.batch_size", t.batch_size, 1);
+        c.at_least(
+            "training.gradient_accumulation",
+            t.gradient_accumulation,
+            1,
+        );
+        if t.activation_checkpointing != ActivationCheckpointing::None
+            && self.model.backbone == Backbone::VitT
+        {
+            c.err(
+                "training.activation_checkpointing",
+                format!(
+                    "`{}` applies to ViT encoders only (vit_b, vit_l, vit_h); vit_t (TinyViT) \
+                     needs `none`",
+                    t.activation_checkpointing
+                ),
+            );
+        }
         c.at_least("training.n_objects_per_batch", t.n_objects_per_batch, 1);
         c.at_least("training.n_sub_iteration", t.n_sub_iteration, 1);
         c.within("training.mask_prob", t.mask_prob, 0.0, 1.0);

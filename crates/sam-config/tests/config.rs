@@ -480,6 +480,37 @@ fn vit_t_rejects_vit_sizes_and_takes_only_decoder_features() {
     );
 }
 
+#[test]
+fn memory_options_parse_and_are_checked() {
+    let head = minimal();
+    let text = format!(
+        "{head}training:\n  gradient_accumulation: 4\n  activation_checkpointing: global\n"
+    );
+    let cfg = parse_config(&text, Some(Path::new("cfg.yaml")), &no_paths()).unwrap();
+    assert_eq!(cfg.training.gradient_accumulation, 4);
+    assert_eq!(
+        cfg.training.activation_checkpointing,
+        sam_config::ActivationCheckpointing::Global
+    );
+    // Defaults: one micro-batch per step, nothing recomputed.
+    let cfg = parse_config(&head, Some(Path::new("cfg.yaml")), &no_paths()).unwrap();
+    assert_eq!(cfg.training.gradient_accumulation, 1);
+    assert_eq!(
+        cfg.training.activation_checkpointing,
+        sam_config::ActivationCheckpointing::None
+    );
+    let errors = errors_of(&format!("{head}training:\n  gradient_accumulation: 0\n"));
+    find(&errors, "training.gradient_accumulation");
+    let errors = errors_of(&format!("{head}training:\n  activation_checkpointing: some\n"));
+    find(&errors, "training.activation_checkpointing");
+    // TinyViT has no ViT blocks to recompute.
+    let errors = errors_of(&format!(
+        "{head}model:\n  backbone: vit_t\ntraining:\n  activation_checkpointing: all\n"
+    ));
+    let d = find(&errors, "training.activation_checkpointing");
+    assert!(d.problem.message.contains("vit_t"), "{d}");
+}
+
 /// Every error of `text` with key `output_base_dir`, rendered.
 fn output_dir_errors(text: &str, options: &ValidateOptions) -> Vec<String> {
     match parse_config(text, Some(Path::new("cfg.yaml")), options) {

@@ -470,23 +470,64 @@ impl ImageEncoderViT {
     /// Other input sizes (multiples of the patch size) work too: the absolute position
     /// embedding is interpolated bicubically and the relative position tables linearly.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let mut x = self.patch_embed.forward(x);
-        if let Some(pos_embed) = &self.pos_embed {
-            let (h, w) = (x.size()[1], x.size()[2]);
-            let pos = if pos_embed.size()[1] != h || pos_embed.size()[2] != w {
-                pos_embed
-                    .permute([0, 3, 1, 2])
-                    .upsample_bicubic2d([h, w], false, None, None)
-                    .permute([0, 2, 3, 1])
-            } else {
-                pos_embed.shallow_clone()
-            };
-            let kind = x.kind();
-            x = x.g_add(&pos.to_kind(kind));
+        let mut x = self.embed(x);
+        for i in 0..self.depth() {
+            x = self.block(i, &x);
         }
-        for blk in &self.blocks {
-            x = blk.forward(&x);
-        }
+        self.neck(&x)
+    }
+
+    /// The first segment of [`ImageEncoderViT::forward`]: patch embedding plus the absolute
+    /// position embedding. `forward(x)` is `neck(block(depth - 1, … block(0, embed(x))))`; the
+    /// segments let a caller keep or recompute the activations of each block (activation
+    /// checkpointing).
+    ///
+    /// # Shapes
+    /// `x`: `[b, 3, H, W]` → `[b, H / 16, W / 16, embed_dim]` (channels last).
+    pub fn embed(&self, x: &Tensor) -> Tensor {
+        let x = self.patch_embed.forward(x);
+        let Some(pos_embed) = &self.pos_embed else {
+            return x;
+        };
+        let (h, w) = (x.size()[1], x.size()[2]);
+        let pos = if pos_embed.size()[1] != h || pos_embed.size()[2] != w {
+            pos_embed
+                .permute([0, 3, 1, 2])
+                .upsample_bicubic2d([h, w], false, None, None)
+                .permute([0, 2, 3, 1])
+        } else {
+            pos_embed.shallow_clone()
+        };
+        let kind = x.kind();
+        x.g_add(&pos.to_kind(kind))
+    }
+
+    /// Number of transformer blocks ([`ImageEncoderViT::block`] takes `0..depth()`).
+    pub fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Whether block `index` is one of the configuration's `global_attn_indexes`.
+    pub fn is_global_block(&self, index: usize) -> bool {
+        i64::try_from(index).is_ok_and(|i| self.cfg.global_attn_indexes.contains(&i))
+    }
+
+    /// Transformer block `index` (`0..depth()`), a pure function of its input and weights.
+    ///
+    /// # Shapes
+    /// `x`: `[b, h, w, embed_dim]` → the same.
+    ///
+    /// # Panics
+    /// When `index ≥ depth()`.
+    pub fn block(&self, index: usize, x: &Tensor) -> Tensor {
+        self.blocks[index].forward(x)
+    }
+
+    /// The last segment of [`ImageEncoderViT::forward`]: the convolutional neck.
+    ///
+    /// # Shapes
+    /// `x`: `[b, h, w, embed_dim]` → `[b, out_chans, h, w]`.
+    pub fn neck(&self, x: &Tensor) -> Tensor {
         let x = x.permute([0, 3, 1, 2]);
         let (c0, n1, c2, n3) = &self.neck;
         n3.forward(&c2.forward(&n1.forward(&c0.forward(&x))))

@@ -13,8 +13,9 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sam_config::ActivationCheckpointing;
 use sam_data::{derive_seed, PromptSampler, TrainingSample};
-use sam_model::{ResizeLongestSide, Sam, UnetrDecoder};
+use sam_model::{ImageEncoder, ImageEncoderViT, ResizeLongestSide, Sam, UnetrDecoder};
 use tch::{Device, Kind, Tensor};
 
 use crate::corrective::corrective_points;
@@ -201,7 +202,10 @@ pub struct StepInputs<'a> {
     pub device: Device,
     /// Called by [`step_backward`] once the heads' gradients are final: right before the image
     /// encoder's backward with the encoder's output (the root of that backward), or with `None`
-    /// when nothing is back-propagated through the encoder. Distributed training starts
+    /// when nothing is back-propagated through the encoder. With activation checkpointing the
+    /// encoder's backward runs segment by segment and the tensor given is a stand-in whose graph
+    /// reaches the same parameters in the same order (the encoder applied to a two-patch image):
+    /// it is only walked, never back-propagated. Distributed training starts
     /// averaging gradients there ([`crate::GradientReducer::arm`]).
     pub before_encoder_backward: Option<BeforeEncoderBackward<'a>>,
 }
@@ -242,9 +246,12 @@ pub struct StepPrecision {
     /// Autocast to this kind (`BFloat16`, `Half`) for the forward passes; `None`: as the
     /// weights are.
     pub autocast: Option<Kind>,
-    /// The factor the loss is multiplied by before back-propagation (fp16 loss scaling; 1
-    /// otherwise).
+    /// The factor the loss is multiplied by before back-propagation (fp16 loss scaling, and
+    /// `1 / micro-batches` with gradient accumulation; 1 otherwise).
     pub loss_scale: f64,
+    /// Image-encoder blocks run without keeping their activations and recomputed, one at a
+    /// time, in the encoder's backward (ViT encoders; [`step_loss`] ignores it).
+    pub activation_checkpointing: ActivationCheckpointing,
 }
 
 impl Default for StepPrecision {
@@ -252,6 +259,7 @@ impl Default for StepPrecision {
         Self {
             autocast: None,
             loss_scale: 1.0,
+            activation_checkpointing: ActivationCheckpointing::None,
         }
     }
 }
@@ -267,6 +275,12 @@ impl Default for StepPrecision {
 /// alive at a time (micro_sam keeps all `n_sub_iteration` of them until the end), which lowers
 /// peak memory; the gradients equal `step_loss(..).total.backward()` up to the order of the
 /// floating-point sums. Backward passes run outside autocast, as Python's advice has it.
+///
+/// With `activation_checkpointing`, the chosen ViT blocks run without keeping their
+/// activations; the encoder's backward then walks its segments from the last: a checkpointed
+/// block is run again from its saved input (under the forward's autocast) and back-propagated
+/// at once, the gradient of its input feeding the segment before it. The gradients are those
+/// of the plain backward.
 pub fn step_backward(
     inputs: &StepInputs<'_>,
     precision: StepPrecision,
@@ -278,9 +292,110 @@ pub fn step_backward(
     let sink = Sink::Eager {
         scale: precision.loss_scale,
         autocast_device: precision.autocast.map(|_| inputs.device),
+        checkpointing: precision.activation_checkpointing,
         total: Tensor::zeros([], (Kind::Float, inputs.device)),
     };
     run_step(inputs, sink)
+}
+
+/// The image encoder's forward of a step: one graph, or ViT segments of which some are
+/// recomputed in the backward.
+enum Encoded<'a> {
+    /// The encoder's output, with its whole graph (if any).
+    Whole(Tensor),
+    /// The output of the last segment, the segments in forward order, and the encoder.
+    Segmented {
+        output: Tensor,
+        segments: Vec<Segment>,
+        encoder: &'a ImageEncoderViT,
+    },
+}
+
+/// A part of a segmented encoder forward.
+enum Segment {
+    /// Kept with its graph from `input` (a leaf cut from the segment before; `None`: the
+    /// encoder's input) to `output`.
+    Graph {
+        input: Option<Tensor>,
+        output: Tensor,
+    },
+    /// Block `index`, run without a graph from `input` (no graph), to run again in the
+    /// backward; `input_requires_grad`: whether a gradient flows to what came before.
+    Recompute {
+        index: usize,
+        input: Tensor,
+        input_requires_grad: bool,
+    },
+}
+
+impl Encoded<'_> {
+    /// The encoder's output.
+    fn output(&self) -> &Tensor {
+        match self {
+            Encoded::Whole(t) => t,
+            Encoded::Segmented { output, .. } => output,
+        }
+    }
+}
+
+/// Runs the encoder on `x`, keeping the activations of the blocks `mode` does not checkpoint.
+fn encode<'a>(sam: &'a Sam, x: &Tensor, mode: ActivationCheckpointing) -> Encoded<'a> {
+    let ImageEncoder::Vit(enc) = &sam.image_encoder else {
+        return Encoded::Whole(sam.image_encoder.forward(x));
+    };
+    let checkpointed = |i: usize| match mode {
+        ActivationCheckpointing::None => false,
+        ActivationCheckpointing::Global => enc.is_global_block(i),
+        ActivationCheckpointing::All => true,
+    };
+    if !(0..enc.depth()).any(checkpointed) {
+        return Encoded::Whole(enc.forward(x));
+    }
+    let mut segments = Vec::new();
+    // The running activation, the leaf its graph segment starts from, and whether anything
+    // ran since that leaf.
+    let mut h = enc.embed(x);
+    let mut start: Option<Tensor> = None;
+    let mut ran = true;
+    for i in 0..enc.depth() {
+        if !checkpointed(i) {
+            h = enc.block(i, &h);
+            ran = true;
+            continue;
+        }
+        let input_requires_grad = h.requires_grad();
+        if ran {
+            segments.push(Segment::Graph {
+                input: start.take(),
+                output: h.shallow_clone(),
+            });
+        }
+        let input = h.detach();
+        // With the caller's grad mode, as the plain forward and the recompute run: the same
+        // kernels, the same values. Its graph (one block's activations) goes at once; whether
+        // it had one says whether the block has trainable weights.
+        let out = enc.block(i, &input);
+        let trainable = out.requires_grad();
+        let out = out.detach();
+        segments.push(Segment::Recompute {
+            index: i,
+            input,
+            input_requires_grad,
+        });
+        h = out.set_requires_grad(input_requires_grad || trainable);
+        start = Some(h.shallow_clone());
+        ran = false;
+    }
+    let output = enc.neck(&h);
+    segments.push(Segment::Graph {
+        input: start,
+        output: output.shallow_clone(),
+    });
+    Encoded::Segmented {
+        output,
+        segments,
+        encoder: enc,
+    }
 }
 
 /// Where the weighted loss terms of a step go.
@@ -292,6 +407,7 @@ enum Sink {
     Eager {
         scale: f64,
         autocast_device: Option<Device>,
+        checkpointing: ActivationCheckpointing,
         total: Tensor,
     },
 }
@@ -319,6 +435,7 @@ impl Sink {
                 scale,
                 autocast_device,
                 total,
+                ..
             } => {
                 *total = &*total + term.detach().to_kind(Kind::Float) * weight;
                 if term.requires_grad() {
@@ -330,11 +447,19 @@ impl Sink {
         }
     }
 
+    /// How the encoder runs: whole for one graph, as `checkpointing` says otherwise.
+    fn encode<'a>(&self, sam: &'a Sam, x: &Tensor) -> Encoded<'a> {
+        match self {
+            Sink::Graph { .. } => Encoded::Whole(sam.image_encoder.forward(x)),
+            Sink::Eager { checkpointing, .. } => encode(sam, x, *checkpointing),
+        }
+    }
+
     /// Back-propagates the heads' gradient, collected on `heads_input`, through the encoder,
     /// calling `before` first.
     fn finish(
         &self,
-        embeddings: &Tensor,
+        encoded: &Encoded<'_>,
         heads_input: &Tensor,
         before: Option<BeforeEncoderBackward<'_>>,
     ) -> Result<(), TrainError> {
@@ -344,6 +469,7 @@ impl Sink {
         else {
             return Ok(());
         };
+        let embeddings = encoded.output();
         if !embeddings.requires_grad() {
             return before.map_or(Ok(()), |f| f(None));
         }
@@ -351,12 +477,63 @@ impl Sink {
         if !grad.defined() {
             return before.map_or(Ok(()), |f| f(None));
         }
+        let (segments, enc) = match encoded {
+            Encoded::Whole(_) => {
+                if let Some(f) = before {
+                    f(Some(embeddings))?;
+                }
+                let _pause = pause_autocast(*autocast_device)?;
+                // d/dE Σ(E ⊙ G) = G exactly: the encoder receives the summed gradient of the
+                // heads.
+                (embeddings * grad).sum(Kind::Float).backward();
+                return Ok(());
+            }
+            Encoded::Segmented {
+                segments, encoder, ..
+            } => (segments, *encoder),
+        };
         if let Some(f) = before {
-            f(Some(embeddings))?;
+            // A graph over the same parameters in the forward's order, never back-propagated.
+            let p = enc.config().patch_size;
+            let probe = Tensor::zeros([1, 3, 2 * p, 2 * p], (Kind::Float, embeddings.device()));
+            f(Some(&enc.forward(&probe)))?;
         }
-        let _pause = pause_autocast(*autocast_device)?;
-        // d/dE Σ(E ⊙ G) = G exactly: the encoder receives the summed gradient of the heads.
-        (embeddings * grad).sum(Kind::Float).backward();
+        let mut grad = grad;
+        for segment in segments.iter().rev() {
+            let input = match segment {
+                Segment::Graph { input, output } => {
+                    if output.requires_grad() {
+                        let _pause = pause_autocast(*autocast_device)?;
+                        (output * &grad).sum(Kind::Float).backward();
+                    }
+                    match input {
+                        Some(input) if input.requires_grad() => input.shallow_clone(),
+                        _ => return Ok(()),
+                    }
+                }
+                Segment::Recompute {
+                    index,
+                    input,
+                    input_requires_grad,
+                } => {
+                    // Under the forward's autocast (still on here); no graph before `x`.
+                    let x = input.detach().set_requires_grad(*input_requires_grad);
+                    let y = enc.block(*index, &x);
+                    if y.requires_grad() {
+                        let _pause = pause_autocast(*autocast_device)?;
+                        (&y * &grad).sum(Kind::Float).backward();
+                    }
+                    if !*input_requires_grad {
+                        return Ok(());
+                    }
+                    x
+                }
+            };
+            grad = input.grad();
+            if !grad.defined() {
+                return Ok(());
+            }
+        }
         Ok(())
     }
 
@@ -390,8 +567,8 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
         before_encoder_backward,
     } = *inputs;
     let (x, input_size) = model_input(sam, samples, device)?;
-    let embeddings = sam.image_encoder.forward(&x);
-    let heads = sink.heads_input(&embeddings);
+    let encoded = sink.encode(sam, &x);
+    let heads = sink.heads_input(encoded.output());
     let (ph, pw) = (
         samples[0].labels.rows() as i64,
         samples[0].labels.cols() as i64,
@@ -534,7 +711,7 @@ fn run_step(inputs: &StepInputs<'_>, mut sink: Sink) -> Result<StepLoss, TrainEr
         decoder_value = dl.detach();
         sink.add(&dl, 1.0)?;
     }
-    sink.finish(&embeddings, &heads, before_encoder_backward)?;
+    sink.finish(&encoded, &heads, before_encoder_backward)?;
     let denom = nb * rounds as f64;
     let parts = Tensor::stack(&[dice_sum / denom, iou_sum / denom, decoder_value], 0);
     Ok(StepLoss {

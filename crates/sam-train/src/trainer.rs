@@ -172,9 +172,12 @@ fn say(progress: &dyn TrainProgress, line: String) {
 /// How many iterations a run has and how they divide into epochs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Plan {
-    /// Samples per step on this rank (`training.batch_size`).
+    /// Samples per optimiser step on this rank (`training.batch_size` ×
+    /// `training.gradient_accumulation`).
     per_rank: u64,
-    /// Samples per step over all ranks.
+    /// Samples per forward and backward on this rank (`training.batch_size`).
+    micro_batch: u64,
+    /// Samples per optimiser step over all ranks.
     global_batch: u64,
     /// Steps per epoch.
     iters_per_epoch: u64,
@@ -187,7 +190,9 @@ struct Plan {
 impl Plan {
     fn new(cfg: &ExperimentConfig, n_train_images: usize, world: usize) -> Self {
         let t = &cfg.training;
-        let global_batch = u64::from(t.batch_size) * world as u64;
+        let micro_batch = u64::from(t.batch_size);
+        let per_rank = micro_batch * u64::from(t.gradient_accumulation.max(1));
+        let global_batch = per_rank * world as u64;
         let samples_per_epoch = cfg
             .data
             .samples_per_epoch
@@ -199,7 +204,8 @@ impl Plan {
             (None, None) => 1,
         };
         Self {
-            per_rank: u64::from(t.batch_size),
+            per_rank,
+            micro_batch,
             global_batch,
             iters_per_epoch,
             epochs,
@@ -627,7 +633,7 @@ impl<'a> Trainer<'a> {
                 opts.progress,
                 format!(
                     "training {} ({} trainable parameters) on {:?}, {} process(es): {} train / \
-                     {} validation images, {} iterations of global batch {} ({} epochs × {})",
+                     {} validation images, {} iterations of global batch {}{} ({} epochs × {})",
                     cfg.experiment_name,
                     n_params,
                     device,
@@ -636,6 +642,15 @@ impl<'a> Trainer<'a> {
                     data.val_images,
                     plan.total_iterations,
                     plan.global_batch,
+                    if plan.per_rank > plan.micro_batch {
+                        format!(
+                            " ({} micro-batches of {} per process and step)",
+                            plan.per_rank / plan.micro_batch.max(1),
+                            plan.micro_batch
+                        )
+                    } else {
+                        String::new()
+                    },
                     plan.epochs,
                     plan.iters_per_epoch
                 ),
@@ -771,30 +786,50 @@ impl<'a> Trainer<'a> {
         // step from (seed, iteration, rank), so that a resumed run draws what the
         // uninterrupted one drew without saving the generator. No module draws from it today.
         tch::manual_seed(derive_seed(seed, &[5, iteration, self.rank as u64]) as i64 & i64::MAX);
-        // Forward and backward: each prompting round is back-propagated as it ends; with
-        // several ranks, gradients are averaged while the encoder's backward runs.
+        // Forward and backward of each micro-batch, its slice of this rank's samples with
+        // their global indices and the step's iteration number: the random draws are those of
+        // one pass over the whole batch. Each prompting round is back-propagated as it ends;
+        // the loss is scaled by 1 / micro-batches so that the gradients sum to the whole
+        // batch's. With several ranks, gradients are averaged while the last micro-batch's
+        // encoder backward runs: only it arms the reducer, once per optimiser step.
         let arm = self
             .reducer
             .as_ref()
             .map(|r| move |root: Option<&Tensor>| r.arm(root));
-        let inputs = StepInputs {
-            sam: self.model.sam(),
-            decoder: self.model.decoder(),
-            samples: &refs,
-            recipe: &self.recipe,
-            seed,
-            iteration,
-            global_index: &index,
-            device: self.device,
-            before_encoder_backward: arm.as_ref().map(|f| f as BeforeEncoderBackward<'_>),
+        let micro = (self.plan.micro_batch as usize).max(1);
+        let n_micro = refs.len().div_ceil(micro).max(1);
+        let precision = StepPrecision {
+            autocast: self.autocast,
+            loss_scale: self.scaler.scale() / n_micro as f64,
+            activation_checkpointing: self.cfg.training.activation_checkpointing,
         };
-        let loss = step_backward(
-            &inputs,
-            StepPrecision {
-                autocast: self.autocast,
-                loss_scale: self.scaler.scale(),
-            },
-        )?;
+        let mut loss_sum: Option<Tensor> = None;
+        for (j, (samples, global_index)) in refs.chunks(micro).zip(index.chunks(micro)).enumerate()
+        {
+            let last = j + 1 == n_micro;
+            let inputs = StepInputs {
+                sam: self.model.sam(),
+                decoder: self.model.decoder(),
+                samples,
+                recipe: &self.recipe,
+                seed,
+                iteration,
+                global_index,
+                device: self.device,
+                before_encoder_backward: arm
+                    .as_ref()
+                    .filter(|_| last)
+                    .map(|f| f as BeforeEncoderBackward<'_>),
+            };
+            let numbers = step_backward(&inputs, precision)?.numbers();
+            loss_sum = Some(match loss_sum {
+                Some(sum) => sum + numbers,
+                None => numbers,
+            });
+        }
+        let loss_numbers = loss_sum
+            .ok_or_else(|| TrainError::Samples("an empty batch".into()))?
+            / n_micro as f64;
         if let Some(r) = &self.reducer {
             r.finish()?;
         }
@@ -806,7 +841,7 @@ impl<'a> Trainer<'a> {
         // read: the only time the step waits for the device before the update.
         let numbers = Tensor::cat(
             &[
-                loss.numbers(),
+                loss_numbers,
                 self.optim
                     .grads_finite_flag()
                     .to_kind(Kind::Float)

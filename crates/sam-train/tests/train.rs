@@ -752,8 +752,8 @@ fn round_by_round_backward_equals_one_graph() {
         let sam = model.sam();
         let dec = model.decoder();
         let precision = sam_train::StepPrecision {
-            autocast: None,
             loss_scale: 4.0,
+            ..Default::default()
         };
         // Called once, with the encoder's output, when the heads' gradients are there and
         // before the encoder has any (where distributed training starts sending gradients).
@@ -814,6 +814,194 @@ fn round_by_round_backward_equals_one_graph() {
             );
         }
     }
+}
+
+/// A fixed batch of two 64 px patches and a fresh model whose encoder has four blocks, the
+/// second and the fourth with global attention.
+fn four_block_model(
+    dir: &Path,
+    decoder: bool,
+) -> (Vec<sam_data::TrainingSample>, sam_model::SamModel) {
+    let (batch, _) = fixed_batch(dir);
+    let cfg = config(decoder, |c| {
+        c.epochs(1)
+            .set("model.architecture.encoder_depth", 4)
+            .set("model.architecture.encoder_global_attn_indexes", vec![1, 3])
+    });
+    tch::manual_seed(13);
+    let model = sam_train::new_model(&cfg.model, tch::Device::Cpu).unwrap();
+    (batch, model)
+}
+
+/// The gradients `step_backward` leaves with `precision`, and what the encoder had when
+/// `before_encoder_backward` was called (it must be called once, before any encoder gradient).
+fn backward_grads(
+    model: &sam_model::SamModel,
+    batch: &[sam_data::TrainingSample],
+    iteration: u64,
+    precision: sam_train::StepPrecision,
+) -> Vec<(String, Tensor)> {
+    // Cleared to none: only what this step reaches has a gradient after it.
+    for (_, v) in model.named_variables() {
+        sam_torch::clear_grad(&v).unwrap();
+    }
+    let refs: Vec<_> = batch.iter().collect();
+    let recipe = sam_train::RecipeConfig {
+        n_objects_per_batch: 3,
+        n_sub_iteration: 2,
+        mask_prob: 1.0,
+        box_distortion: 0.1,
+        focal_weight: 0.0,
+    };
+    let calls = std::cell::Cell::new(0);
+    let before = |root: Option<&Tensor>| -> Result<(), sam_train::TrainError> {
+        calls.set(calls.get() + 1);
+        assert!(root.is_some_and(Tensor::requires_grad), "no encoder root");
+        let early = grads(model).into_iter().any(|(k, g)| {
+            k.starts_with("image_encoder.") && g.abs().max().double_value(&[]) > 0.0
+        });
+        assert!(!early, "the encoder's backward ran before the reducer was armed");
+        Ok(())
+    };
+    let inputs = sam_train::StepInputs {
+        sam: model.sam(),
+        decoder: model.decoder(),
+        samples: &refs,
+        recipe: &recipe,
+        seed: 3,
+        iteration,
+        global_index: &[0, 1],
+        device: tch::Device::Cpu,
+        before_encoder_backward: Some(&before),
+    };
+    sam_train::step_backward(&inputs, precision).unwrap();
+    assert_eq!(calls.get(), 1);
+    grads(model)
+}
+
+/// Issue 19: recomputing the global-attention blocks, or every block, in the backward leaves
+/// the gradients of the plain backward on every trainable parameter (encoder and heads), with
+/// and without the UNETR decoder, with the whole encoder trained or its first two blocks frozen
+/// (no gradient flows into the first recomputed block), and under bf16 autocast. The
+/// recomputation runs the kernels of the forward, so on CPU the gradients are the same bits.
+#[test]
+fn activation_checkpointing_leaves_the_plain_backward_gradients() {
+    use sam_config::ActivationCheckpointing as Ckpt;
+    let dir = setup!(2);
+    let compare = |reference: &[(String, Tensor)], ours: &[(String, Tensor)], tol: f64, what: &str| {
+        let names = |g: &[(String, Tensor)]| g.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(names(ours), names(reference), "{what}");
+        for ((name, r), (_, o)) in reference.iter().zip(ours) {
+            let diff = (o - r).abs().max().double_value(&[]);
+            let size = r.abs().max().double_value(&[]).max(1e-12);
+            assert!(
+                diff <= tol * size + 1e-12,
+                "{what}: {name}: max |Δ| {diff:e} vs max |g| {size:e}"
+            );
+        }
+    };
+    for decoder in [false, true] {
+        let (batch, model) = four_block_model(dir.path(), decoder);
+        for frozen_prefix in [false, true] {
+            if frozen_prefix {
+                for (name, v) in model.named_variables() {
+                    let prefix = ["patch_embed", "pos_embed", "blocks.0.", "blocks.1."]
+                        .iter()
+                        .any(|p| name.starts_with(&format!("image_encoder.{p}")));
+                    if prefix {
+                        let _ = v.set_requires_grad(false);
+                    }
+                }
+            }
+            for iteration in [4, 5] {
+                let plain = sam_train::StepPrecision::default();
+                let reference = backward_grads(&model, &batch, iteration, plain);
+                let encoder = |g: &[(String, Tensor)], block: &str| {
+                    g.iter()
+                        .any(|(k, _)| k.starts_with(&format!("image_encoder.blocks.{block}")))
+                };
+                assert_eq!(encoder(&reference, "0."), !frozen_prefix);
+                assert!(encoder(&reference, "3."));
+                assert!(reference.iter().any(|(k, _)| k.starts_with("mask_decoder.")));
+                assert_eq!(
+                    reference.iter().any(|(k, _)| k.starts_with("decoder.")),
+                    decoder
+                );
+                for mode in [Ckpt::Global, Ckpt::All] {
+                    let precision = sam_train::StepPrecision {
+                        activation_checkpointing: mode,
+                        ..plain
+                    };
+                    let ours = backward_grads(&model, &batch, iteration, precision);
+                    let what = format!(
+                        "{mode}, decoder {decoder}, frozen prefix {frozen_prefix}, iteration \
+                         {iteration}"
+                    );
+                    compare(&reference, &ours, 1e-6, &what);
+                }
+            }
+        }
+        if !decoder {
+            continue;
+        }
+        // bf16 autocast (with the decoder: slow on CPU, once is enough): the recomputed blocks
+        // run under the forward's autocast, so they reproduce its values and the gradients
+        // match the plain bf16 backward.
+        let bf16 = sam_train::StepPrecision {
+            autocast: Some(tch::Kind::BFloat16),
+            ..Default::default()
+        };
+        let reference = backward_grads(&model, &batch, 4, bf16);
+        let ours = backward_grads(
+            &model,
+            &batch,
+            4,
+            sam_train::StepPrecision {
+                activation_checkpointing: Ckpt::All,
+                ..bf16
+            },
+        );
+        compare(&reference, &ours, 1e-6, "bf16");
+    }
+}
+
+/// Issue 19: two micro-batches of 2 per optimiser step train the weights one batch of 4 per
+/// step trains (their random draws are those of their slices of the batch of 4), also with
+/// every encoder block recomputed; the iterations count optimiser steps. A batch of 2 per step
+/// ends elsewhere: the comparison can tell runs apart. Without the decoder, whose batch norms
+/// see each micro-batch's statistics.
+#[test]
+fn gradient_accumulation_trains_as_the_larger_batch() {
+    let cfg = |batch: u64, accumulation: u32, ckpt: &str| {
+        config(false, |c| {
+            c.batch_size(batch)
+                .set("training.iterations", 3)
+                .set("training.gradient_accumulation", accumulation)
+                .set("training.activation_checkpointing", ckpt)
+                .set("training.n_sub_iteration", 2)
+                .set("training.eps", 1.0e-3)
+        })
+    };
+    let train = |cfg: &ExperimentConfig| {
+        let dir = setup!(2);
+        run(cfg, dir.path(), false, None).unwrap();
+        let state = CheckpointStore::new(RunPaths::new(dir.path(), cfg).checkpoint_dir)
+            .load(Slot::Latest)
+            .unwrap()
+            .state;
+        assert_eq!(state.iteration, 3, "iterations are optimiser steps");
+        latest_model(dir.path(), cfg)
+    };
+    let whole = train(&cfg(4, 1, "none"));
+    let micro = train(&cfg(2, 2, "none"));
+    let d = max_diff(&whole, &micro);
+    assert!(d <= 1e-6, "2 × 2 vs 4: max |Δw| {d:e}");
+    let recomputed = train(&cfg(2, 2, "all"));
+    let d = max_diff(&whole, &recomputed);
+    assert!(d <= 1e-6, "2 × 2 recomputed vs 4: max |Δw| {d:e}");
+    let half = train(&cfg(2, 1, "none"));
+    let d = max_diff(&whole, &half);
+    assert!(d > 1e-4, "a batch of 2 changed the weights by only {d:e}");
 }
 
 #[test]

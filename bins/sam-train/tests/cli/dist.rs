@@ -174,6 +174,46 @@ fn two_processes_end_with_the_weights_of_one_process_over_the_same_global_batch(
     assert!((1..=4).contains(&reads(&log)), "{log}");
 }
 
+/// Issue 19: two processes of two micro-batches of 1 per optimiser step end with the weights
+/// of one process over batches of 4, and average their gradients once per optimiser step (only
+/// the last micro-batch arms the reducer): a step reads from the device as often as without
+/// accumulation, where an all-reduce per micro-batch would add a read of its gradient flags.
+#[test]
+fn two_processes_with_gradient_accumulation_match_one_process_over_the_whole_batch() {
+    let (one, one_cfg) = setup(4, 2, false);
+    finish(spawn(one.path(), &one_cfg, None), "single-process run");
+    let (two, two_cfg) = repo_with_config(
+        "d",
+        &config(1, 2, false).set("training.gradient_accumulation", 2),
+    );
+    let port = free_port();
+    let r0 = spawn(two.path(), &two_cfg, Some((0, 2, port)));
+    let r1 = spawn(two.path(), &two_cfg, Some((1, 2, port)));
+    finish(r0, "rank 0");
+    finish(r1, "rank 1");
+    let worst = max_difference(&latest_model(one.path()), &latest_model(two.path()));
+    assert!(
+        worst.0 <= 1e-5,
+        "2 processes × 2 micro-batches differ from 1 process × 4 by {} (in {})",
+        worst.0,
+        worst.1
+    );
+    let log = std::fs::read_to_string(two.path().join("runs/d/logs/train.log")).unwrap();
+    assert!(
+        log.contains("global batch 4 (2 micro-batches of 1 per process and step)"),
+        "{log}"
+    );
+    // samples_per_epoch 4 over a global batch of 4: one optimiser step per epoch.
+    assert_eq!(log.matches("iteration 2/2").count(), 1, "{log}");
+    let at = log.find("at most ").expect("the step summary line");
+    let reads: u64 = log[at + 8..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number of device reads");
+    assert!((1..=4).contains(&reads), "{log}");
+}
+
 #[test]
 fn a_dead_rank_makes_its_peer_exit_with_an_error_in_bounded_time() {
     let (dir, cfg) = setup(1, 50, true);
