@@ -68,8 +68,7 @@ impl ExperimentConfig {
             ActivationCheckpointing::None => 0.0,
             ActivationCheckpointing::Global => {
                 let arch = self.model.resolved_architecture();
-                arch.encoder_global_attn_indexes.len() as f64
-                    / f64::from(arch.encoder_depth.max(1))
+                arch.encoder_global_attn_indexes.len() as f64 / f64::from(arch.encoder_depth.max(1))
             }
             ActivationCheckpointing::All => 1.0,
         };
@@ -151,6 +150,9 @@ mod tests {
         // vit_b has 4 global blocks of 12.
         c.training.activation_checkpointing = crate::ActivationCheckpointing::Global;
         let global = c.estimate_wall_time(Some(400)).seconds_per_sample;
-        assert!((global - 0.30 * (1.0 + 0.6 / 9.0)).abs() < 1e-12, "{global}");
+        assert!(
+            (global - 0.30 * (1.0 + 0.6 / 9.0)).abs() < 1e-12,
+            "{global}"
+        );
     }
 }

@@ -718,11 +718,7 @@ impl ExperimentConfig {
         let t = &self.training;
         let k = "training";
         c.at_least("training.batch_size", t.batch_size, 1);
-        c.at_least(
-            "training.gradient_accumulation",
-            t.gradient_accumulation,
-            1,
-        );
+        c.at_least("training.gradient_accumulation", t.gradient_accumulation, 1);
         if t.activation_checkpointing != ActivationCheckpointing::None
             && self.model.backbone == Backbone::VitT
         {

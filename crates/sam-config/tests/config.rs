@@ -486,14 +486,14 @@ fn memory_options_parse_and_are_checked() {
     let text = format!(
         "{head}training:\n  gradient_accumulation: 4\n  activation_checkpointing: global\n"
     );
-    let cfg = parse_config(&text, Some(Path::new("cfg.yaml")), &no_paths()).unwrap();
+    let cfg = parse_config(&text, Some(Path::new("cfg.yaml")), &no_paths()).unwrap().config;
     assert_eq!(cfg.training.gradient_accumulation, 4);
     assert_eq!(
         cfg.training.activation_checkpointing,
         sam_config::ActivationCheckpointing::Global
     );
     // Defaults: one micro-batch per step, nothing recomputed.
-    let cfg = parse_config(&head, Some(Path::new("cfg.yaml")), &no_paths()).unwrap();
+    let cfg = parse_config(&head, Some(Path::new("cfg.yaml")), &no_paths()).unwrap().config;
     assert_eq!(cfg.training.gradient_accumulation, 1);
     assert_eq!(
         cfg.training.activation_checkpointing,
@@ -501,7 +501,9 @@ fn memory_options_parse_and_are_checked() {
     );
     let errors = errors_of(&format!("{head}training:\n  gradient_accumulation: 0\n"));
     find(&errors, "training.gradient_accumulation");
-    let errors = errors_of(&format!("{head}training:\n  activation_checkpointing: some\n"));
+    let errors = errors_of(&format!(
+        "{head}training:\n  activation_checkpointing: some\n"
+    ));
     find(&errors, "training.activation_checkpointing");
     // TinyViT has no ViT blocks to recompute.
     let errors = errors_of(&format!(

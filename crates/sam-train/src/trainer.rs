@@ -827,9 +827,8 @@ impl<'a> Trainer<'a> {
                 None => numbers,
             });
         }
-        let loss_numbers = loss_sum
-            .ok_or_else(|| TrainError::Samples("an empty batch".into()))?
-            / n_micro as f64;
+        let loss_numbers =
+            loss_sum.ok_or_else(|| TrainError::Samples("an empty batch".into()))? / n_micro as f64;
         if let Some(r) = &self.reducer {
             r.finish()?;
         }

@@ -857,10 +857,13 @@ fn backward_grads(
     let before = |root: Option<&Tensor>| -> Result<(), sam_train::TrainError> {
         calls.set(calls.get() + 1);
         assert!(root.is_some_and(Tensor::requires_grad), "no encoder root");
-        let early = grads(model).into_iter().any(|(k, g)| {
-            k.starts_with("image_encoder.") && g.abs().max().double_value(&[]) > 0.0
-        });
-        assert!(!early, "the encoder's backward ran before the reducer was armed");
+        let early = grads(model)
+            .into_iter()
+            .any(|(k, g)| k.starts_with("image_encoder.") && g.abs().max().double_value(&[]) > 0.0);
+        assert!(
+            !early,
+            "the encoder's backward ran before the reducer was armed"
+        );
         Ok(())
     };
     let inputs = sam_train::StepInputs {
@@ -888,18 +891,20 @@ fn backward_grads(
 fn activation_checkpointing_leaves_the_plain_backward_gradients() {
     use sam_config::ActivationCheckpointing as Ckpt;
     let dir = setup!(2);
-    let compare = |reference: &[(String, Tensor)], ours: &[(String, Tensor)], tol: f64, what: &str| {
-        let names = |g: &[(String, Tensor)]| g.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
-        assert_eq!(names(ours), names(reference), "{what}");
-        for ((name, r), (_, o)) in reference.iter().zip(ours) {
-            let diff = (o - r).abs().max().double_value(&[]);
-            let size = r.abs().max().double_value(&[]).max(1e-12);
-            assert!(
-                diff <= tol * size + 1e-12,
-                "{what}: {name}: max |Δ| {diff:e} vs max |g| {size:e}"
-            );
-        }
-    };
+    let compare =
+        |reference: &[(String, Tensor)], ours: &[(String, Tensor)], tol: f64, what: &str| {
+            let names =
+                |g: &[(String, Tensor)]| g.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+            assert_eq!(names(ours), names(reference), "{what}");
+            for ((name, r), (_, o)) in reference.iter().zip(ours) {
+                let diff = (o - r).abs().max().double_value(&[]);
+                let size = r.abs().max().double_value(&[]).max(1e-12);
+                assert!(
+                    diff <= tol * size + 1e-12,
+                    "{what}: {name}: max |Δ| {diff:e} vs max |g| {size:e}"
+                );
+            }
+        };
     for decoder in [false, true] {
         let (batch, model) = four_block_model(dir.path(), decoder);
         for frozen_prefix in [false, true] {
@@ -922,7 +927,9 @@ fn activation_checkpointing_leaves_the_plain_backward_gradients() {
                 };
                 assert_eq!(encoder(&reference, "0."), !frozen_prefix);
                 assert!(encoder(&reference, "3."));
-                assert!(reference.iter().any(|(k, _)| k.starts_with("mask_decoder.")));
+                assert!(reference
+                    .iter()
+                    .any(|(k, _)| k.starts_with("mask_decoder.")));
                 assert_eq!(
                     reference.iter().any(|(k, _)| k.starts_with("decoder.")),
                     decoder
