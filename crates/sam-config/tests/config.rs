@@ -486,14 +486,18 @@ fn memory_options_parse_and_are_checked() {
     let text = format!(
         "{head}training:\n  gradient_accumulation: 4\n  activation_checkpointing: global\n"
     );
-    let cfg = parse_config(&text, Some(Path::new("cfg.yaml")), &no_paths()).unwrap().config;
+    let cfg = parse_config(&text, Some(Path::new("cfg.yaml")), &no_paths())
+        .expect("valid config")
+        .config;
     assert_eq!(cfg.training.gradient_accumulation, 4);
     assert_eq!(
         cfg.training.activation_checkpointing,
         sam_config::ActivationCheckpointing::Global
     );
     // Defaults: one micro-batch per step, nothing recomputed.
-    let cfg = parse_config(&head, Some(Path::new("cfg.yaml")), &no_paths()).unwrap().config;
+    let cfg = parse_config(&head, Some(Path::new("cfg.yaml")), &no_paths())
+        .expect("valid config")
+        .config;
     assert_eq!(cfg.training.gradient_accumulation, 1);
     assert_eq!(
         cfg.training.activation_checkpointing,

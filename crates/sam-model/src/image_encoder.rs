@@ -509,7 +509,7 @@ impl ImageEncoderViT {
 
     /// Whether block `index` is one of the configuration's `global_attn_indexes`.
     pub fn is_global_block(&self, index: usize) -> bool {
-        i64::try_from(index).is_ok_and(|i| self.cfg.global_attn_indexes.contains(&i))
+        self.cfg.global_attn_indexes.contains(&(index as i64))
     }
 
     /// Transformer block `index` (`0..depth()`), a pure function of its input and weights.
