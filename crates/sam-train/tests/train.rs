@@ -974,7 +974,8 @@ fn activation_checkpointing_leaves_the_plain_backward_gradients() {
 
 /// Issue 19: two micro-batches of 2 per optimiser step train the weights one batch of 4 per
 /// step trains (their random draws are those of their slices of the batch of 4), also with
-/// every encoder block recomputed; the iterations count optimiser steps. A batch of 2 per step
+/// every encoder block recomputed; the iterations count optimiser steps, and a run stopped
+/// after 2 of them resumes to the same weights. A batch of 2 per step
 /// ends elsewhere: the comparison can tell runs apart. Without the decoder, whose batch norms
 /// see each micro-batch's statistics.
 #[test]
@@ -1003,6 +1004,16 @@ fn gradient_accumulation_trains_as_the_larger_batch() {
     let micro = train(&cfg(2, 2, "none"));
     let d = max_diff(&whole, &micro);
     assert!(d <= 1e-6, "2 × 2 vs 4: max |Δw| {d:e}");
+    // Stopped after 2 optimiser steps and resumed: the same weights.
+    let micro_cfg = cfg(2, 2, "none");
+    let dir = setup!(2);
+    assert!(matches!(
+        run(&micro_cfg, dir.path(), false, Some(2)).unwrap(),
+        TrainOutcome::Interrupted(_)
+    ));
+    run(&micro_cfg, dir.path(), true, None).unwrap();
+    let d = max_diff(&micro, &latest_model(dir.path(), &micro_cfg));
+    assert!(d <= 1e-6, "resumed 2 × 2 vs uninterrupted: max |Δw| {d:e}");
     let recomputed = train(&cfg(2, 2, "all"));
     let d = max_diff(&whole, &recomputed);
     assert!(d <= 1e-6, "2 × 2 recomputed vs 4: max |Δw| {d:e}");
