@@ -174,17 +174,22 @@ fn two_processes_end_with_the_weights_of_one_process_over_the_same_global_batch(
     assert!((1..=4).contains(&reads(&log)), "{log}");
 }
 
-/// Issue 19: two processes of two micro-batches of 1 per optimiser step end with the weights
-/// of one process over batches of 4, and average their gradients once per optimiser step (only
-/// the last micro-batch arms the reducer): a step reads from the device as often as without
-/// accumulation, where an all-reduce per micro-batch would add a read of its gradient flags.
+/// Issue 19: two processes of two micro-batches of 1 per optimiser step, every encoder block
+/// recomputed in the backward, end with the weights of one process over batches of 4 without
+/// either, and average their gradients once per optimiser step (only the last micro-batch arms
+/// the reducer): a step reads from the device as often as without accumulation, where an
+/// all-reduce per micro-batch would add a read of its gradient flags. The buckets of the
+/// recomputed blocks' gradients are sent as their recomputed backward fills them (a bucket
+/// sent before its gradients were final would fail the run).
 #[test]
 fn two_processes_with_gradient_accumulation_match_one_process_over_the_whole_batch() {
     let (one, one_cfg) = setup(4, 2, false);
     finish(spawn(one.path(), &one_cfg, None), "single-process run");
     let (two, two_cfg) = repo_with_config(
         "d",
-        &config(1, 2, false).set("training.gradient_accumulation", 2),
+        &config(1, 2, false)
+            .set("training.gradient_accumulation", 2)
+            .set("training.activation_checkpointing", "all"),
     );
     let port = free_port();
     let r0 = spawn(two.path(), &two_cfg, Some((0, 2, port)));
