@@ -196,13 +196,22 @@ pub fn run_model(args: ModelArgs) -> Result<(), Failure> {
         overwrite: args.overwrite,
         worst: args.worst,
     };
-    let opts = model_eval_options(&cfg, &paths, checkpoint.clone(), flags)?;
+    let mut opts = model_eval_options(&cfg, &paths, checkpoint.clone(), flags)?;
     // Fail on folders, settings and an existing evaluation before the model is loaded.
     opts.check().map_err(eval_failure)?;
     let model = InferenceModel::load(&checkpoint, device)
         .map_err(Failure::failed)?
         .with_precision(args.precision);
     eprintln!("model: {}", model.description());
+    let (tiles, note) = sam_cli_torch::tiles_for_model(
+        opts.segmentation.tiles,
+        model.sam().is_native_input(),
+        model.input_size(),
+    );
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    opts.segmentation.tiles = tiles;
     warn_downscale(
         &opts.test_images,
         &opts.segmentation.tiles,

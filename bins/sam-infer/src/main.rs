@@ -445,6 +445,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let inputs = inputs(&a.input, &a.pattern)?;
             let root = root(&a.model, a.config.as_deref());
             let (model, path) = load_model(&a.model, root.as_deref(), device)?;
+            let native = model.sam().is_native_input();
+            let (tiles, note) =
+                sam_cli_torch::tiles_for_model(opts.tiles, native, model.input_size());
+            if let Some(note) = note {
+                eprintln!("note: {note}");
+            }
+            opts.tiles = tiles;
             warn_downscale(&inputs, &opts.tiles, model.input_size());
             if let Some(dir) = &a.embedding_cache {
                 let key = file_sha256(&path).map_err(Failure::failed)?;

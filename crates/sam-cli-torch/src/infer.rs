@@ -84,6 +84,34 @@ pub struct ShrunkImage {
     pub downscale: Downscale,
 }
 
+/// The tiling to run a model with: `tiles` as given, except for a model trained on patches fed
+/// at their own size (`model.encoder_input: native`, recorded in its checkpoint), whose tiles
+/// are made to fit its input ([`TileSpec::fitting_native_input`]) so that it sees pixels at the
+/// scale it was trained at. Returns the tiling and, when it changed, a note for the console.
+pub fn tiles_for_model(
+    tiles: TileSpec,
+    native_input: bool,
+    input_size: usize,
+) -> (TileSpec, Option<String>) {
+    if !native_input {
+        return (tiles, None);
+    }
+    let fitted = tiles.fitting_native_input(input_size);
+    if fitted == tiles {
+        return (tiles, None);
+    }
+    let (t, h) = (
+        fitted.tile_shape.map_or(input_size, |(t, _)| t),
+        fitted.halo.0,
+    );
+    let note = format!(
+        "the model was trained on patches fed at their own size ({input_size} px input): \
+         images larger than that are cut into {t}×{t} tiles with a halo of {h} so that it sees \
+         them at the same scale"
+    );
+    (fitted, Some(note))
+}
+
 /// The first image of each size among `images` that `tiles` would shrink on a model of
 /// `input_size` (see [`TileSpec::downscale`]), for a warning before the run. Unreadable images
 /// are left out: the run reports them.

@@ -43,7 +43,9 @@ pub use crate::eval::{
     eval_checkpoint, grid_values, iterative_options, model_eval_options, validation_images,
     ModelEvalFlags, OBJECTS_PER_BATCH,
 };
-pub use crate::infer::{auto_mode, auto_options, normalization, shrunk_images, ShrunkImage};
+pub use crate::infer::{
+    auto_mode, auto_options, normalization, shrunk_images, tiles_for_model, ShrunkImage,
+};
 
 #[cfg(test)]
 pub(crate) mod tests {

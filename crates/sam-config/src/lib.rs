@@ -81,7 +81,9 @@ pub use crate::{
         NormalizationConfig, ProbabilityOp, RangeOp, ValidationSource, ValidationSplit,
     },
     load::{load_config, load_config_with, parse_config, Loaded},
-    model::{Architecture, ArchitectureOverride, Backbone, CheckpointSource, ModelConfig},
+    model::{
+        Architecture, ArchitectureOverride, Backbone, CheckpointSource, EncoderInput, ModelConfig,
+    },
     paths::{find_root, find_root_for, find_root_from, is_repository_root, RunPaths, ROOT_ENV_VAR},
     schema::json_schema,
     training::{

@@ -87,6 +87,107 @@ pub struct ModelConfig {
     /// Architecture changes against the backbone's original one, e.g. a tiny model trained
     /// from random weights for tests and demos. `null`: the backbone's architecture.
     pub architecture: Option<ArchitectureOverride>,
+    /// How a training patch enters the image encoder: `1024` resizes it to the model's input
+    /// side (micro_sam's way: a 512² patch costs a full 1024² image), `native` feeds it at its
+    /// own size (rounded up to a multiple of 16) with the position embeddings interpolated:
+    /// 4× fewer tokens for a 512² patch. Experimental. Checkpoints record the input side, and
+    /// inference runs such a model at that side, tiling larger images.
+    pub encoder_input: EncoderInput,
+}
+
+/// How a patch enters the image encoder ([`ModelConfig::encoder_input`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EncoderInput {
+    /// Resized (longest side) to the model's input side, 1024 for SAM: `1024` in YAML.
+    #[default]
+    Resized,
+    /// At the patch's own size: `native` in YAML.
+    Native,
+}
+
+impl EncoderInput {
+    /// The side of the square model input for patches of `patch_shape` `[h, w]` on a model
+    /// built for `image_size`: `image_size` when resized, else the longer patch side rounded up
+    /// to a multiple of `patch_size` (capped at `image_size`).
+    pub fn input_side(self, patch_shape: [u32; 2], image_size: u32, patch_size: u32) -> u32 {
+        match self {
+            EncoderInput::Resized => image_size,
+            EncoderInput::Native => {
+                let long = patch_shape[0].max(patch_shape[1]).max(1);
+                let step = patch_size.max(1);
+                (long.div_ceil(step) * step).min(image_size)
+            }
+        }
+    }
+}
+
+impl fmt::Display for EncoderInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncoderInput::Resized => f.write_str("1024"),
+            EncoderInput::Native => f.write_str("native"),
+        }
+    }
+}
+
+impl Serialize for EncoderInput {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EncoderInput::Resized => s.serialize_u64(1024),
+            EncoderInput::Native => s.serialize_str("native"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EncoderInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = EncoderInput;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("1024 or native")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<EncoderInput, E> {
+                match v {
+                    1024 => Ok(EncoderInput::Resized),
+                    _ => Err(E::custom(format!(
+                        "encoder_input {v} is not supported: use 1024 (resize to the model \
+                         input) or native (the patch at its own size)"
+                    ))),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<EncoderInput, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => self.visit_str(&v.to_string()),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EncoderInput, E> {
+                match v {
+                    "1024" => Ok(EncoderInput::Resized),
+                    "native" => Ok(EncoderInput::Native),
+                    _ => Err(E::custom(format!(
+                        "encoder_input `{v}` is not supported: use 1024 (resize to the model \
+                         input) or native (the patch at its own size)"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for EncoderInput {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EncoderInput".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "How a patch enters the image encoder: 1024 (resized to the model input) or native (at its own size).",
+            "enum": [1024, "native"]
+        })
+    }
 }
 
 impl Default for ModelConfig {
@@ -97,6 +198,7 @@ impl Default for ModelConfig {
             with_segmentation_decoder: true,
             freeze: Vec::new(),
             architecture: None,
+            encoder_input: EncoderInput::Resized,
         }
     }
 }
@@ -249,6 +351,46 @@ mod tests {
         ] {
             assert!(!is_model_name(path), "{path}");
         }
+    }
+
+    #[test]
+    fn encoder_input_reads_1024_or_native_and_nothing_else() {
+        let read = |yaml: &str| serde_yaml::from_str::<ModelConfig>(yaml).map(|m| m.encoder_input);
+        assert_eq!(read("backbone: vit_b").unwrap(), EncoderInput::Resized);
+        assert_eq!(read("encoder_input: 1024").unwrap(), EncoderInput::Resized);
+        assert_eq!(read("encoder_input: native").unwrap(), EncoderInput::Native);
+        for bad in [
+            "encoder_input: 512",
+            "encoder_input: full",
+            "encoder_input: -1",
+        ] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("1024") && err.contains("native"),
+                "{bad}: {err}"
+            );
+        }
+        // It writes back as it reads.
+        for v in [EncoderInput::Resized, EncoderInput::Native] {
+            let m = ModelConfig {
+                encoder_input: v,
+                ..Default::default()
+            };
+            let back: ModelConfig =
+                serde_yaml::from_str(&serde_yaml::to_string(&m).unwrap()).unwrap();
+            assert_eq!(back.encoder_input, v);
+        }
+    }
+
+    #[test]
+    fn the_native_input_side_is_the_long_patch_side_in_whole_patches() {
+        assert_eq!(EncoderInput::Resized.input_side([512, 512], 1024, 16), 1024);
+        assert_eq!(EncoderInput::Native.input_side([512, 512], 1024, 16), 512);
+        assert_eq!(EncoderInput::Native.input_side([300, 200], 1024, 16), 304);
+        assert_eq!(
+            EncoderInput::Native.input_side([2048, 2048], 1024, 16),
+            1024
+        );
     }
 
     #[test]

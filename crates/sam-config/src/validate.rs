@@ -627,6 +627,13 @@ impl ExperimentConfig {
                 "freezes every part of the model: nothing is left to train",
             );
         }
+        if m.encoder_input == crate::EncoderInput::Native && m.backbone == Backbone::VitT {
+            c.err(
+                "model.encoder_input",
+                "native applies to ViT encoders only; vit_t (TinyViT, MobileSAM) runs at its \
+                 1024 px input: use 1024 or a vit_b/vit_l/vit_h backbone",
+            );
+        }
         self.check_architecture(c);
     }
 

@@ -76,6 +76,33 @@ impl TileSpec {
     }
 }
 
+impl TileSpec {
+    /// The tiling for a model that was trained on patches fed at their own size
+    /// (`model.encoder_input: native`, [`sam_model::Sam::is_native_input`]): images larger than
+    /// its `input_size` are cut into tiles whose side plus halo is the input, so that the model
+    /// sees pixels at the scale it was trained at. A tiling that already fits (tile + 2 × halo
+    /// ≤ input on both axes) is kept; otherwise the halo is kept when it leaves room for a tile,
+    /// else it is an eighth of the input, and the tile fills the rest.
+    pub fn fitting_native_input(self, input_size: usize) -> TileSpec {
+        if let Some((th, tw)) = self.tile_shape {
+            if th + 2 * self.halo.0 <= input_size && tw + 2 * self.halo.1 <= input_size {
+                return self;
+            }
+        }
+        let current = self.halo.0.max(self.halo.1);
+        let halo = if current > 0 && 4 * current <= input_size {
+            current
+        } else {
+            input_size / 8
+        };
+        let tile = input_size.saturating_sub(2 * halo).max(1);
+        TileSpec {
+            tile_shape: Some((tile, tile)),
+            halo: (halo, halo),
+        }
+    }
+}
+
 /// How much an image is shrunk on its way into the model, and a tiling that would not shrink
 /// it ([`TileSpec::downscale`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -864,6 +891,35 @@ mod tests {
         assert_eq!((d.block, d.tile, d.halo), (1024, 192, 32));
         // A slight shrink (1.3×) is not worth a warning.
         assert_eq!(whole.downscale((1300, 1300), 1024), None);
+    }
+
+    #[test]
+    fn a_native_input_model_gets_tiles_that_fit_its_input() {
+        let spec = |tile: Option<usize>, halo: usize| TileSpec {
+            tile_shape: tile.map(|t| (t, t)),
+            halo: (halo, halo),
+        };
+        // No tiling, or the default 768 + 2 × 128 on a model trained on 512² patches: tiles of
+        // 384 + 2 × 64 = 512.
+        assert_eq!(spec(None, 0).fitting_native_input(512), spec(Some(384), 64));
+        assert_eq!(
+            spec(Some(768), 128).fitting_native_input(512),
+            spec(Some(256), 128)
+        );
+        // A tiling that fits is kept as given.
+        assert_eq!(
+            spec(Some(400), 50).fitting_native_input(512),
+            spec(Some(400), 50)
+        );
+        // Whatever the result, nothing is shrunk on the way in.
+        for s in [spec(None, 0), spec(Some(768), 128), spec(Some(1000), 300)] {
+            let fitted = s.fitting_native_input(512);
+            assert_eq!(
+                fitted.downscale((2048, 2048), 512),
+                None,
+                "{s:?} → {fitted:?}"
+            );
+        }
     }
 
     #[test]

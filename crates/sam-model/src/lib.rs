@@ -64,9 +64,9 @@ pub use cache::{
 };
 pub use checkpoint::{
     infer_architecture, infer_unetr_config, mask_decoder_heads, read_checkpoint,
-    write_micro_sam_checkpoint, write_safetensors_checkpoint, write_sam_state_dict, Backbone,
-    CheckpointError, CheckpointKind, ImageEncoderArchitecture, InferredArchitecture,
-    TinyVitArchitecture, TorchCheckpoint, VitArchitecture,
+    write_micro_sam_checkpoint, write_safetensors_checkpoint, write_sam_state_dict,
+    write_torch_checkpoint, Backbone, CheckpointError, CheckpointKind, ImageEncoderArchitecture,
+    InferredArchitecture, TinyVitArchitecture, TorchCheckpoint, VitArchitecture,
 };
 pub use common::{AttentionMode, BatchNorm2d, LayerNorm2d, MLPBlock};
 #[cfg(feature = "download")]

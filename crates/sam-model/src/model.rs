@@ -181,7 +181,10 @@ impl SamModel {
             Some(state) => Some(infer_unetr_config(state, &sam_cfg)?),
             None => None,
         };
-        let model = Self::new(&sam_cfg, decoder_cfg.as_ref(), device)?;
+        let mut model = Self::new(&sam_cfg, decoder_cfg.as_ref(), device)?;
+        if let Some(side) = ckpt.input_size {
+            model.set_input_size(side)?;
+        }
         let path = ckpt.path.display();
         model
             .load_state(
@@ -206,6 +209,12 @@ impl SamModel {
     /// SAM.
     pub fn sam(&self) -> &Sam {
         &self.sam
+    }
+
+    /// Runs SAM at another square input side ([`Sam::set_input_size`]), e.g. a model trained
+    /// with `model.encoder_input: native`.
+    pub fn set_input_size(&mut self, side: i64) -> Result<(), ModelError> {
+        self.sam.set_input_size(side)
     }
 
     /// The instance-segmentation decoder, if the model has one.
@@ -240,6 +249,14 @@ impl SamModel {
         let arch = match infer_architecture(&sam) {
             Ok(a) => a.describe(),
             Err(_) => "SAM".to_string(),
+        };
+        let arch = if self.sam.is_native_input() {
+            format!(
+                "{arch}, fed at {} px (trained on patches at their own size)",
+                self.sam.img_size()
+            )
+        } else {
+            arch
         };
         if self.has_decoder() {
             format!("{arch}, with instance-segmentation decoder")

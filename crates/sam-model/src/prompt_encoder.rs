@@ -166,16 +166,17 @@ impl PromptEncoder {
 
     /// Positional encoding of the image embedding grid, `[1, c, h, w]` (`get_dense_pe`).
     pub fn get_dense_pe(&self) -> Tensor {
-        let s = self.cfg.image_embedding_size;
-        self.pe_layer.forward((s, s)).unsqueeze(0)
+        self.dense_pe_sized(self.cfg.image_embedding_size)
     }
 
-    fn input_image_size(&self) -> (i64, i64) {
-        (self.cfg.input_image_size, self.cfg.input_image_size)
+    /// Positional encoding of a `grid × grid` embedding, `[1, c, grid, grid]`: the model run at
+    /// another input side ([`crate::Sam::set_input_size`]).
+    pub fn dense_pe_sized(&self, grid: i64) -> Tensor {
+        self.pe_layer.forward((grid, grid)).unsqueeze(0)
     }
 
     /// `_embed_points`.
-    fn embed_points(&self, points: &Tensor, labels: &Tensor, pad: bool) -> Tensor {
+    fn embed_points(&self, points: &Tensor, labels: &Tensor, pad: bool, input: i64) -> Tensor {
         // Shift to center of pixel
         let mut points = points.to_kind(Kind::Float) + 0.5;
         let mut labels = labels.to_kind(Kind::Float);
@@ -186,9 +187,7 @@ impl PromptEncoder {
             points = Tensor::cat(&[points, padding_point], 1);
             labels = Tensor::cat(&[labels, padding_label], 1);
         }
-        let pe = self
-            .pe_layer
-            .forward_with_coords(&points, self.input_image_size());
+        let pe = self.pe_layer.forward_with_coords(&points, (input, input));
         let labels = labels.unsqueeze(-1);
         let kind = pe.kind();
         let is = |v: f64| labels.eq(v).to_kind(kind);
@@ -202,13 +201,11 @@ impl PromptEncoder {
     }
 
     /// `_embed_boxes`.
-    fn embed_boxes(&self, boxes: &Tensor) -> Tensor {
+    fn embed_boxes(&self, boxes: &Tensor, input: i64) -> Tensor {
         // Shift to center of pixel
         let boxes = boxes.to_kind(Kind::Float) + 0.5;
         let coords = boxes.reshape([-1, 2, 2]);
-        let corner = self
-            .pe_layer
-            .forward_with_coords(&coords, self.input_image_size());
+        let corner = self.pe_layer.forward_with_coords(&coords, (input, input));
         let offsets = Tensor::stack(&[&self.point_embeddings[2], &self.point_embeddings[3]], 1);
         corner + offsets
     }
@@ -232,6 +229,21 @@ impl PromptEncoder {
         points: Option<(&Tensor, &Tensor)>,
         boxes: Option<&Tensor>,
         masks: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let (input, grid) = (self.cfg.input_image_size, self.cfg.image_embedding_size);
+        self.forward_sized(points, boxes, masks, input, grid)
+    }
+
+    /// [`PromptEncoder::forward`] for a model run at input side `input` with a `grid × grid`
+    /// image embedding ([`crate::Sam::set_input_size`]): coordinates are normalised by `input`,
+    /// mask inputs are `[n, 1, 4 grid, 4 grid]` and the dense output is `grid × grid`.
+    pub fn forward_sized(
+        &self,
+        points: Option<(&Tensor, &Tensor)>,
+        boxes: Option<&Tensor>,
+        masks: Option<&Tensor>,
+        input: i64,
+        grid: i64,
     ) -> Result<(Tensor, Tensor), ModelError> {
         let bs = if let Some((coords, _)) = points {
             coords.size()[0]
@@ -260,9 +272,9 @@ impl PromptEncoder {
                 return Err(shape_error("boxes", &format!("[{bs}, 4]"), b));
             }
         }
-        let s = self.cfg.image_embedding_size;
+        let s = grid;
         if let Some(m) = masks {
-            let ms = self.cfg.mask_input_size();
+            let ms = 4 * grid;
             if m.size() != [bs, 1, ms, ms] {
                 return Err(shape_error(
                     "mask_input",
@@ -277,10 +289,10 @@ impl PromptEncoder {
             (Kind::Float, device),
         )];
         if let Some((coords, labels)) = points {
-            sparse.push(self.embed_points(coords, labels, boxes.is_none()));
+            sparse.push(self.embed_points(coords, labels, boxes.is_none(), input));
         }
         if let Some(b) = boxes {
-            sparse.push(self.embed_boxes(b));
+            sparse.push(self.embed_boxes(b, input));
         }
         let sparse = Tensor::cat(&sparse, 1);
         let dense = match masks {

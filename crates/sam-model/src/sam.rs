@@ -230,6 +230,9 @@ pub struct Sam {
     pixel_mean: Tensor,
     pixel_std: Tensor,
     cfg: SamConfig,
+    /// Side of the square model input; `image_encoder.img_size` unless set otherwise
+    /// ([`Sam::set_input_size`]).
+    input_size: i64,
 }
 
 /// Output of a prompted forward: `[n, k, 4h, 4w]` low-resolution mask logits (256×256 for SAM)
@@ -257,6 +260,7 @@ impl Sam {
             pixel_mean: pixel_mean.to_device(device),
             pixel_std: pixel_std.to_device(device),
             cfg: cfg.clone(),
+            input_size: cfg.image_encoder.img_size(),
         })
     }
 
@@ -265,9 +269,61 @@ impl Sam {
         &self.cfg
     }
 
-    /// Side of the square model input (`image_encoder.img_size`).
+    /// Side of the square model input: `image_encoder.img_size` (1024 for SAM), or the side
+    /// set with [`Sam::set_input_size`]. Preprocessing pads to it, prompts are given in its
+    /// pixels and masks are postprocessed from it.
     pub fn img_size(&self) -> i64 {
-        self.cfg.image_encoder.img_size()
+        self.input_size
+    }
+
+    /// Whether the model runs at an input side other than the one it was built for
+    /// (`image_encoder.img_size`).
+    pub fn is_native_input(&self) -> bool {
+        self.input_size != self.cfg.image_encoder.img_size()
+    }
+
+    /// Runs the model at another square input side, e.g. a 512 px patch at its own size
+    /// instead of resized to 1024 px (4× fewer tokens). The weights stay as they are: the ViT
+    /// interpolates its absolute position embedding (bicubic) and its relative position tables
+    /// (linear) to the smaller grid, the prompt encoder normalises coordinates by the new side
+    /// and encodes the new grid, and mask inputs and outputs are `4 × side / 16` pixels.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] when `side` is not a positive multiple of the ViT's patch size,
+    /// or the encoder is TinyViT (whose attention biases are tied to its built size) and `side`
+    /// differs from its `img_size`.
+    pub fn set_input_size(&mut self, side: i64) -> Result<(), ModelError> {
+        let bad = |expected: String| ModelError::Config {
+            field: "input_size".into(),
+            expected,
+            found: side.to_string(),
+        };
+        match &self.cfg.image_encoder {
+            ImageEncoderConfig::Vit(c) => {
+                if side <= 0 || side % c.patch_size != 0 {
+                    return Err(bad(format!(
+                        "a positive multiple of the patch size {}",
+                        c.patch_size
+                    )));
+                }
+            }
+            ImageEncoderConfig::TinyVit(c) => {
+                if side != c.img_size {
+                    return Err(bad(format!(
+                        "{} (TinyViT runs at its built input size only)",
+                        c.img_size
+                    )));
+                }
+            }
+        }
+        self.input_size = side;
+        Ok(())
+    }
+
+    /// Side of the image embedding grid at the current input side.
+    pub fn embedding_size(&self) -> i64 {
+        let cfg = &self.cfg.image_encoder;
+        self.input_size * cfg.embedding_size() / cfg.img_size()
     }
 
     /// Normalises pixel values and pads to a square input (`preprocess`).
@@ -306,9 +362,12 @@ impl Sam {
         mask_input: Option<&Tensor>,
         multimask_output: bool,
     ) -> Result<MaskPrediction, ModelError> {
-        let (sparse, dense) = self.prompt_encoder.forward(points, boxes, mask_input)?;
+        let grid = self.embedding_size();
+        let (sparse, dense) =
+            self.prompt_encoder
+                .forward_sized(points, boxes, mask_input, self.input_size, grid)?;
         let kind = image_embeddings.kind();
-        let image_pe = self.prompt_encoder.get_dense_pe().to_kind(kind);
+        let image_pe = self.prompt_encoder.dense_pe_sized(grid).to_kind(kind);
         self.mask_decoder.forward(
             image_embeddings,
             &image_pe,

@@ -310,14 +310,19 @@ impl UnetrDecoder {
     }
 
     /// Removes the padding and resizes decoder output to the original image
-    /// (`UNETRBase.postprocess_masks`): bilinear to `img_size`², crop to `input_size`, bilinear
-    /// to `original_size`. Sizes are (h, w).
+    /// (`UNETRBase.postprocess_masks`): bilinear to the model input side, crop to `input_size`,
+    /// bilinear to `original_size`. Sizes are (h, w).
+    ///
+    /// The decoder's output is 16× the embedding grid, which is the model input side: `img_size`
+    /// for a model at its built size (the first resize is then the identity, as in Python), the
+    /// smaller side of a model run at its native patch size ([`crate::Sam::set_input_size`]).
     pub fn postprocess_masks(
         &self,
         masks: &Tensor,
         input_size: (i64, i64),
         original_size: (i64, i64),
     ) -> Tensor {
-        crate::sam::postprocess_masks(masks, self.cfg.img_size, input_size, original_size)
+        let side = masks.size().last().copied().unwrap_or(self.cfg.img_size);
+        crate::sam::postprocess_masks(masks, side, input_size, original_size)
     }
 }

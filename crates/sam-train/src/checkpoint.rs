@@ -178,6 +178,11 @@ pub struct TrainState {
     /// rounding of the uninterrupted one instead of bit for bit (the trainer warns).
     #[serde(default)]
     pub intra_op_threads: Option<u32>,
+    /// The square input side of a model fed its patches at their own size
+    /// (`model.encoder_input: native`); absent for a model at its built side. An export
+    /// records it in the file so that inference feeds the model the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_size: Option<i64>,
 }
 
 /// Tensors and state of one checkpoint.

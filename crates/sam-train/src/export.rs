@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use sam_model::{read_checkpoint, write_micro_sam_checkpoint, write_sam_state_dict, SamModel};
+use sam_model::{read_checkpoint, write_torch_checkpoint, SamModel};
 use tch::Tensor;
 
 use crate::TrainError;
@@ -38,7 +38,7 @@ pub fn export_model(
     options: ExportOptions,
 ) -> Result<(), TrainError> {
     check_output(source, output, options.replace)?;
-    let (model, decoder) = if source.is_dir() {
+    let (model, decoder, input_size) = if source.is_dir() {
         let file = source.join("model.safetensors");
         if !file.is_file() {
             return Err(TrainError::MissingCheckpoint(format!(
@@ -48,10 +48,14 @@ pub fn export_model(
         }
         let tensors = Tensor::read_safetensors(&file).map_err(|e| TrainError::format(&file, e))?;
         let (sam, dec) = SamModel::split_named(&tensors);
-        (sam, (!dec.is_empty()).then_some(dec))
+        (
+            sam,
+            (!dec.is_empty()).then_some(dec),
+            folder_input_size(source)?,
+        )
     } else if source.is_file() {
         let ck = read_checkpoint(source)?;
-        (ck.model_state, ck.decoder_state)
+        (ck.model_state, ck.decoder_state, ck.input_size)
     } else {
         return Err(TrainError::MissingCheckpoint(format!(
             "checkpoint {} does not exist",
@@ -70,11 +74,29 @@ pub fn export_model(
                 source.display()
             ))
         })?;
-        write_micro_sam_checkpoint(output, &model, &decoder)
+        write_torch_checkpoint(output, &model, Some(&decoder), input_size)
     } else {
-        write_sam_state_dict(output, &model)
+        write_torch_checkpoint(output, &model, None, input_size)
     }
     .map_err(TrainError::from)
+}
+
+/// The input side a checkpoint folder's `state.json` records for a model fed at its native
+/// patch side (`None`: the built side, or a folder without `state.json`).
+fn folder_input_size(folder: &Path) -> Result<Option<i64>, TrainError> {
+    #[derive(serde::Deserialize)]
+    struct InputSize {
+        #[serde(default)]
+        input_size: Option<i64>,
+    }
+    let path = folder.join("state.json");
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(TrainError::io(&path, e)),
+    };
+    let state: InputSize = serde_json::from_str(&text).map_err(|e| TrainError::format(&path, e))?;
+    Ok(state.input_size)
 }
 
 /// Refuses an output that would destroy the source or replace a file unasked.

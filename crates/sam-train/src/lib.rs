@@ -67,7 +67,9 @@ pub use scaler::{LossScaler, ScalerState, ScalerUpdate, GROWTH_INTERVAL};
 pub use schedule::{
     checkpoint_decision, CheckpointDecision, EarlyStopping, LrScheduler, ScheduleKind,
 };
-pub use setup::{device_for, load_initial, load_resumed, new_model, sam_config, unetr_config};
+pub use setup::{
+    device_for, load_initial, load_resumed, native_input_size, new_model, sam_config, unetr_config,
+};
 pub use signals::StopFlag;
 pub use step::{
     model_input, step_backward, step_loss, BeforeEncoderBackward, LossValues, RecipeConfig,

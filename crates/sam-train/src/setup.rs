@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use sam_config::{Backbone, ModelConfig};
+use sam_config::{Backbone, ExperimentConfig, ModelConfig};
 use sam_model::{
     infer_architecture, read_checkpoint, resolve_checkpoint, ImageEncoderArchitecture,
     ImageEncoderConfig, ImageEncoderViTConfig, LoadError, LoadMode, LoadReport, MaskDecoderConfig,
@@ -79,6 +79,19 @@ pub fn unetr_config(model: &ModelConfig) -> UnetrConfig {
         initial_features: i64::from(model.resolved_architecture().decoder_features),
         ..UnetrConfig::sam()
     }
+}
+
+/// The input side at which a config feeds its patches to the model when it is not the model's
+/// built side: `Some(side)` for `model.encoder_input: native` (the longer patch side, rounded
+/// up to whole ViT patches), `None` for `1024` (patches resized to the model input, micro_sam's
+/// way) or when the patch is as large as the input anyway.
+pub fn native_input_size(cfg: &ExperimentConfig) -> Option<i64> {
+    let a = cfg.model.resolved_architecture();
+    let side = cfg
+        .model
+        .encoder_input
+        .input_side(cfg.data.patch_shape, a.image_size, a.patch_size);
+    (side != a.image_size).then_some(i64::from(side))
 }
 
 /// Builds the model a model section describes, with random weights (seeded by the caller

@@ -22,7 +22,7 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::report::{EpochRecord, MetricsLog};
 use crate::scaler::{LossScaler, ScalerState, ScalerUpdate};
 use crate::schedule::{checkpoint_decision, EarlyStopping, LrScheduler, ScheduleKind};
-use crate::setup::{device_for, load_initial, load_resumed, new_model};
+use crate::setup::{device_for, load_initial, load_resumed, native_input_size, new_model};
 use crate::signals::StopFlag;
 use crate::step::{
     step_backward, BeforeEncoderBackward, LossValues, RecipeConfig, StepInputs, StepPrecision,
@@ -405,7 +405,10 @@ fn build_model(
     progress: &dyn TrainProgress,
 ) -> Result<(SamModel, AdamW, i64), TrainError> {
     tch::manual_seed(derive_seed(cfg.seed, &[0]) as i64 & i64::MAX);
-    let model = new_model(&cfg.model, device)?;
+    let mut model = new_model(&cfg.model, device)?;
+    if let Some(side) = native_input_size(cfg) {
+        model.set_input_size(side)?;
+    }
     // A file path relative to the repository root, as every path of the config; a model name
     // as it is.
     if let Some(spec) = paths.model_checkpoint(&cfg.model) {
@@ -461,6 +464,7 @@ fn fresh_state(cfg: &ExperimentConfig, plan: &Plan) -> TrainState {
         epoch_sums: EpochSums::default(),
         nonfinite_streak: 0,
         intra_op_threads: None,
+        input_size: native_input_size(cfg),
     }
 }
 

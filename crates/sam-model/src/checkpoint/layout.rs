@@ -46,6 +46,20 @@ pub struct TorchCheckpoint {
     pub decoder_state: Option<Vec<(String, Tensor)>>,
     /// Things skipped while reading (e.g. the optimiser state of a training checkpoint).
     pub warnings: Vec<String>,
+    /// The square input side the model was trained at when it is not the one it was built for
+    /// (`model.encoder_input: native`), as recorded by [`write_torch_checkpoint`](crate::write_torch_checkpoint);
+    /// `None`: the built side (1024 for SAM).
+    pub input_size: Option<i64>,
+}
+
+/// The record of a `torch.save` archive in which [`write_torch_checkpoint`](crate::write_torch_checkpoint)
+/// notes how the model is fed: `{"input_size": 512}`. torch.load ignores it.
+pub(crate) const MODEL_INPUT_RECORD: &str = "sam_trainer_model_input.json";
+
+/// The contents of [`MODEL_INPUT_RECORD`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ModelInputRecord {
+    pub(crate) input_size: i64,
 }
 
 /// Entries of micro_sam / torch_em training checkpoints that hold training state, not weights
@@ -146,12 +160,20 @@ fn read_safetensors(path: &Path) -> Result<TorchCheckpoint, CheckpointError> {
         model_state,
         decoder_state: (!decoder_state.is_empty()).then_some(decoder_state),
         warnings: Vec::new(),
+        input_size: None,
     })
 }
 
 fn read_torch_zip(path: &Path) -> Result<TorchCheckpoint, CheckpointError> {
     let (mut file, root) = TorchFile::open(path)?;
-    interpret(&mut file, path, root)
+    let mut ckpt = interpret(&mut file, path, root)?;
+    if let Some(bytes) = file.optional_record(MODEL_INPUT_RECORD)? {
+        let record: ModelInputRecord = serde_json::from_slice(&bytes).map_err(|e| {
+            CheckpointError::format(path, format!("bad record {MODEL_INPUT_RECORD}: {e}"))
+        })?;
+        ckpt.input_size = Some(record.input_size);
+    }
+    Ok(ckpt)
 }
 
 /// Reads the SAM layouts out of a parsed `torch.save` file.
@@ -231,6 +253,7 @@ fn interpret_training(
         model_state,
         decoder_state,
         warnings,
+        input_size: None,
     })
 }
 
@@ -270,6 +293,7 @@ fn interpret_plain(
         model_state,
         decoder_state,
         warnings,
+        input_size: None,
     })
 }
 

@@ -20,4 +20,7 @@ pub use arch::{
 };
 pub use error::CheckpointError;
 pub use layout::{read_checkpoint, CheckpointKind, TorchCheckpoint};
-pub use write::{write_micro_sam_checkpoint, write_safetensors_checkpoint, write_sam_state_dict};
+pub use write::{
+    write_micro_sam_checkpoint, write_safetensors_checkpoint, write_sam_state_dict,
+    write_torch_checkpoint,
+};

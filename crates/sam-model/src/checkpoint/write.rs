@@ -79,6 +79,43 @@ pub fn write_micro_sam_checkpoint(
     write_atomically(path, |file, _| archive.write(path, file))
 }
 
+/// Writes a checkpoint for the Python world and records how the model is fed: a plain SAM
+/// state_dict ([`write_sam_state_dict`]) without `decoder_state`, micro_sam's
+/// `{model_state, decoder_state}` ([`write_micro_sam_checkpoint`]) with it. With `input_size`
+/// (a model trained at its native patch side, [`crate::Sam::set_input_size`]) the archive also
+/// holds a small JSON record saying so, which torch.load, segment_anything and micro_sam ignore
+/// and [`read_checkpoint`](crate::read_checkpoint) reads back as
+/// [`TorchCheckpoint::input_size`](crate::TorchCheckpoint::input_size).
+pub fn write_torch_checkpoint(
+    path: impl AsRef<Path>,
+    model_state: &[(String, Tensor)],
+    decoder_state: Option<&[(String, Tensor)]>,
+    input_size: Option<i64>,
+) -> Result<(), CheckpointError> {
+    let path = path.as_ref();
+    let archive = match decoder_state {
+        None => TorchSave::state_dict(path, model_state)?,
+        Some(decoder_state) => TorchSave::state_dicts(
+            path,
+            &[
+                ("model_state", model_state),
+                ("decoder_state", decoder_state),
+            ],
+        )?,
+    };
+    let archive = match input_size {
+        Some(input_size) => {
+            let record = super::layout::ModelInputRecord { input_size };
+            let json = serde_json::to_vec(&record).map_err(|e| {
+                CheckpointError::format(path, format!("cannot write the input record: {e}"))
+            })?;
+            archive.with_record(super::layout::MODEL_INPUT_RECORD, json)
+        }
+        None => archive,
+    };
+    write_atomically(path, |file, _| archive.write(path, file))
+}
+
 /// Writes our internal checkpoint format, safetensors: SAM tensors under their own keys,
 /// decoder tensors under `decoder_state.<key>`. [`read_checkpoint`](crate::read_checkpoint)
 /// reads it back. Written atomically.

@@ -5,8 +5,9 @@
 
 use sam_model::{
     apply_state_dict, infer_architecture, named_tensors, read_checkpoint,
-    write_micro_sam_checkpoint, write_safetensors_checkpoint, write_sam_state_dict, Backbone,
-    CheckpointError, CheckpointKind, ImageEncoderArchitecture, LoadMode,
+    write_micro_sam_checkpoint, write_safetensors_checkpoint, write_sam_state_dict,
+    write_torch_checkpoint, Backbone, CheckpointError, CheckpointKind, ImageEncoderArchitecture,
+    LoadMode,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -530,11 +531,14 @@ fn round_trip_through_python() {
 
     std::fs::copy(dir.join("plain.pth"), out.path().join("plain.pth")).unwrap();
     std::fs::copy(dir.join("dtypes.pth"), out.path().join("dtypes.pth")).unwrap();
-    write_sam_state_dict(out.path().join("exported.pth"), &exported).unwrap();
-    write_micro_sam_checkpoint(
+    // Both layouts carry the record of a model run at its native patch side (issue 19):
+    // Python's strict loads below must not mind it.
+    write_torch_checkpoint(out.path().join("exported.pth"), &exported, None, Some(512)).unwrap();
+    write_torch_checkpoint(
         out.path().join("exported_micro_sam.pt"),
         &plain.model_state,
-        micro.decoder_state.as_ref().unwrap(),
+        micro.decoder_state.as_deref(),
+        Some(512),
     )
     .unwrap();
     write_sam_state_dict(
@@ -564,12 +568,17 @@ fn round_trip_through_python() {
     sam_model_sort(&mut resaved);
     assert_same("resaved.pth", &resaved, &original);
     // And our own files read back identically.
-    let mut back = read_checkpoint(out.path().join("exported.pth"))
-        .unwrap()
-        .model_state;
+    let back = read_checkpoint(out.path().join("exported.pth")).unwrap();
+    assert_eq!(back.input_size, Some(512));
+    assert_eq!(back.kind, CheckpointKind::SamStateDict);
+    let mut back = back.model_state;
     sam_model_sort(&mut back);
     assert_same("exported.pth", &back, &original);
+    // A file without the record (Python's own) runs at the built side.
+    let resaved = read_checkpoint(out.path().join("resaved.pth")).unwrap();
+    assert_eq!(resaved.input_size, None);
     let back = read_checkpoint(out.path().join("exported_micro_sam.pt")).unwrap();
+    assert_eq!(back.input_size, Some(512));
     assert_eq!(
         back.kind,
         CheckpointKind::MicroSam {

@@ -232,6 +232,50 @@ fn tiny_sam_matches_segment_anything() {
     }
 }
 
+/// Issue 19, `model.encoder_input: native`: the tiny model fed a 128 px input instead of its
+/// built 256 px matches segment_anything with its position embedding resized to the 8×8 grid
+/// and its prompt encoder at that grid and side.
+#[test]
+fn tiny_sam_at_a_native_input_side_matches_segment_anything() {
+    let (state, io) = load_case("tiny_sam");
+    for mode in MODES {
+        let (_vs, mut sam) = tiny_sam(mode, &state);
+        assert!(sam.set_input_size(100).is_err(), "not a multiple of 16");
+        sam.set_input_size(128).unwrap();
+        assert!(sam.is_native_input());
+        assert_eq!((sam.img_size(), sam.embedding_size()), (128, 8));
+        let tag = format!("{mode:?} native");
+        let emb = tch::no_grad(|| sam.image_encoder.forward(&io["native_image"]));
+        assert_close(
+            &format!("{tag} embeddings"),
+            &emb,
+            &io["native_embeddings"],
+            TOL,
+        );
+        let (c, l) = (&io["native_point_coords"], &io["native_point_labels"]);
+        let (low, iou) = tch::no_grad(|| {
+            sam.forward_prompts(&io["native_embeddings"], Some((c, l)), None, None, true)
+        })
+        .unwrap();
+        assert_eq!(low.size(), [2, 3, 32, 32]);
+        assert_close(&format!("{tag} low_res"), &low, &io["native_low_res"], TOL);
+        assert_close(&format!("{tag} iou"), &iou, &io["native_iou"], TOL);
+        let masks = sam.postprocess_masks(&low, (120, 128), (240, 256));
+        assert_close(&format!("{tag} masks"), &masks, &io["native_masks"], TOL);
+        // Mask inputs are at the native low-resolution side.
+        let wrong = Tensor::zeros([2, 1, 64, 64], (tch::Kind::Float, tch::Device::Cpu));
+        assert!(sam
+            .forward_prompts(
+                &io["native_embeddings"],
+                Some((c, l)),
+                None,
+                Some(&wrong),
+                false
+            )
+            .is_err());
+    }
+}
+
 #[test]
 fn tiny_sam_postprocess_masks_matches() {
     let (state, io) = load_case("tiny_sam");

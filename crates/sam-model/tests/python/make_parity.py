@@ -11,6 +11,7 @@ micro_sam's `get_unetr` configures it), perturbs every weight so that zero-initi
 Usage: make_parity.py {tiny_sam,vit_b,tiny_vit,unetr,unetr_transpose} OUT_DIR
 """
 
+import copy
 import importlib.util
 import os
 import sys
@@ -146,6 +147,34 @@ def tiny_sam(out):
     io["grey_low_res"] = low
     io["grey_iou"] = iou
     io["grey_masks"] = sam.postprocess_masks(low, tuple(x.shape[-2:]), (150, 200))
+
+    # The model fed at a native 128 px input instead of its built 256 px (model.encoder_input:
+    # native): segment_anything with the absolute position embedding resized bicubically to the
+    # 8x8 grid (its get_rel_pos interpolates the relative tables itself) and the prompt encoder
+    # at that grid and input side.
+    native = copy.deepcopy(sam)
+    enc = native.image_encoder
+    enc.img_size = 128
+    enc.pos_embed = torch.nn.Parameter(
+        F.interpolate(enc.pos_embed.permute(0, 3, 1, 2), size=(8, 8), mode="bicubic", align_corners=False)
+        .permute(0, 2, 3, 1)
+    )
+    pe = native.prompt_encoder
+    pe.image_embedding_size = (8, 8)
+    pe.input_image_size = (128, 128)
+    x = io["image"][:1, :, :128, :128].contiguous()
+    io["native_image"] = x
+    emb = enc(x)
+    io["native_embeddings"] = emb
+    coords = torch.tensor([[[30.0, 70.0], [100.0, 12.0]], [[64.0, 64.0], [5.0, 120.0]]])
+    labels = torch.tensor([[1, 0], [1, 1]])
+    io["native_point_coords"] = coords
+    io["native_point_labels"] = labels
+    sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
+    low, iou = native.mask_decoder(emb, pe.get_dense_pe(), sparse, dense, True)
+    io["native_low_res"] = low
+    io["native_iou"] = iou
+    io["native_masks"] = native.postprocess_masks(low, (120, 128), (240, 256))
     save(out, "tiny_sam", sam.state_dict(), io)
 
 

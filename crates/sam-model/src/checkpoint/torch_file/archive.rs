@@ -86,7 +86,7 @@ impl TorchArchive {
         format!("{}/{}", self.prefix, record)
     }
 
-    fn has_record(&self, record: &str) -> bool {
+    pub(crate) fn has_record(&self, record: &str) -> bool {
         let name = self.entry_name(record);
         self.zip.file_names().any(|n| n == name)
     }

@@ -202,6 +202,7 @@ fn write_archive(
     file: &mut std::fs::File,
     pickle: Vec<u8>,
     tensors: &[&(String, Tensor)],
+    records: &[(String, Vec<u8>)],
 ) -> Result<(), CheckpointError> {
     let zip_err = |message: String| CheckpointError::Zip {
         path: path.to_path_buf(),
@@ -217,6 +218,10 @@ fn write_archive(
         let data = tensor_bytes(path, name, t)?;
         archive.add(&format!("data/{i}"), &data).map_err(zip_err)?;
     }
+    // Records of our own: torch.load reads the records it knows by name and ignores others.
+    for (name, data) in records {
+        archive.add(name, data).map_err(zip_err)?;
+    }
     archive.add("version", b"3\n").map_err(zip_err)?;
     let mut inner = archive.finish().map_err(zip_err)?;
     inner.flush().map_err(|e| CheckpointError::io(path, e))?;
@@ -228,6 +233,7 @@ fn write_archive(
 pub(crate) struct TorchSave<'t> {
     pickle: Vec<u8>,
     tensors: Vec<&'t (String, Tensor)>,
+    records: Vec<(String, Vec<u8>)>,
 }
 
 impl<'t> TorchSave<'t> {
@@ -242,6 +248,7 @@ impl<'t> TorchSave<'t> {
         Ok(Self {
             pickle: pickler.finish(),
             tensors: tensors.iter().collect(),
+            records: Vec::new(),
         })
     }
 
@@ -267,7 +274,14 @@ impl<'t> TorchSave<'t> {
         Ok(Self {
             pickle: pickler.finish(),
             tensors: dicts.iter().flat_map(|(_, t)| t.iter()).collect(),
+            records: Vec::new(),
         })
+    }
+
+    /// Adds a record of our own to the archive (`archive/<name>`), which torch.load ignores.
+    pub(crate) fn with_record(mut self, name: &str, data: Vec<u8>) -> Self {
+        self.records.push((name.to_owned(), data));
+        self
     }
 
     /// Writes the archive into the open `file`; `path` names the target in errors.
@@ -276,7 +290,7 @@ impl<'t> TorchSave<'t> {
         path: &Path,
         file: &mut std::fs::File,
     ) -> Result<(), CheckpointError> {
-        write_archive(path, file, self.pickle, &self.tensors)
+        write_archive(path, file, self.pickle, &self.tensors, &self.records)
     }
 }
 

@@ -42,6 +42,18 @@ impl<'a> TorchFile<'a> {
         Ok((file, root))
     }
 
+    /// Reads a record of the archive that may be absent (`None`).
+    pub(crate) fn optional_record(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, CheckpointError> {
+        if self.archive.has_record(name) {
+            self.archive.record(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Reads a dict of tensors. `where_` names the dict for errors (empty for the file itself).
     pub(crate) fn state_dict(
         &mut self,
