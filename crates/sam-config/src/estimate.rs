@@ -60,19 +60,28 @@ impl ExperimentConfig {
             }
         };
 
+        // A patch fed at its own size (`model.encoder_input: native`) costs the encoder its
+        // share of tokens.
+        let arch = self.model.resolved_architecture();
+        let side = self.model.encoder_input.input_side(
+            self.data.patch_shape,
+            arch.image_size,
+            arch.patch_size,
+        );
+        let token_share = (f64::from(side) / f64::from(arch.image_size.max(1))).powi(2);
         let mut seconds = preset.seconds_per_sample(self.model.backbone)
-            * (ENCODER_SHARE + (1.0 - ENCODER_SHARE) * f64::from(t.n_sub_iteration) / 8.0);
+            * (ENCODER_SHARE * token_share
+                + (1.0 - ENCODER_SHARE) * f64::from(t.n_sub_iteration) / 8.0);
         // Recomputing checkpointed blocks adds their forward (a third of forward + backward)
         // to the encoder's share.
         let recomputed = match t.activation_checkpointing {
             ActivationCheckpointing::None => 0.0,
             ActivationCheckpointing::Global => {
-                let arch = self.model.resolved_architecture();
                 arch.encoder_global_attn_indexes.len() as f64 / f64::from(arch.encoder_depth.max(1))
             }
             ActivationCheckpointing::All => 1.0,
         };
-        seconds *= 1.0 + ENCODER_SHARE * recomputed / 3.0;
+        seconds *= 1.0 + ENCODER_SHARE * token_share * recomputed / 3.0;
         if self.model.architecture.is_some() {
             // Encoder cost scales with width² × depth × tokens.
             let base = self.model.backbone.architecture();
@@ -100,6 +109,18 @@ impl ExperimentConfig {
 #[cfg(test)]
 mod tests {
     use crate::test_support::minimal;
+
+    #[test]
+    fn a_native_encoder_input_costs_the_encoder_its_share_of_tokens() {
+        let mut c = minimal();
+        c.training.iterations = Some(1000);
+        let full = c.estimate_wall_time(Some(400)).seconds_per_sample;
+        c.model.encoder_input = crate::EncoderInput::Native;
+        c.data.patch_shape = [512, 512];
+        let native = c.estimate_wall_time(Some(400)).seconds_per_sample;
+        let want = full * (super::ENCODER_SHARE / 4.0 + (1.0 - super::ENCODER_SHARE));
+        assert!((native - want).abs() < 1e-12, "{native} vs {want}");
+    }
 
     #[test]
     fn estimate_follows_the_run_size() {

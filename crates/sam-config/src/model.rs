@@ -332,6 +332,7 @@ pub struct Architecture {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

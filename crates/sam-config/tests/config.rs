@@ -517,6 +517,32 @@ fn memory_options_parse_and_are_checked() {
     assert!(d.problem.message.contains("vit_t"), "{d}");
 }
 
+#[test]
+fn native_encoder_input_is_for_vit_backbones_and_bad_values_say_what_is_allowed() {
+    let head = minimal();
+    let errors = errors_of(&format!(
+        "{head}model:\n  backbone: vit_t\n  encoder_input: native\n"
+    ));
+    let d = find(&errors, "model.encoder_input");
+    assert!(d.problem.message.contains("ViT encoders only"), "{d}");
+    let ok = format!("{head}model:\n  backbone: vit_b\n  encoder_input: native\n");
+    if let Err(e) = parse_config(&ok, Some(Path::new("cfg.yaml")), &no_paths()) {
+        panic!("native on vit_b was refused: {e}");
+    }
+    let err = match parse_config(
+        &format!("{head}model:\n  encoder_input: 512\n"),
+        Some(Path::new("cfg.yaml")),
+        &no_paths(),
+    ) {
+        Ok(_) => panic!("encoder_input: 512 was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("encoder_input") && err.contains("native"),
+        "{err}"
+    );
+}
+
 /// Every error of `text` with key `output_base_dir`, rendered.
 fn output_dir_errors(text: &str, options: &ValidateOptions) -> Vec<String> {
     match parse_config(text, Some(Path::new("cfg.yaml")), options) {

@@ -440,6 +440,7 @@ mod tests {
             epoch_sums: EpochSums::default(),
             nonfinite_streak: 0,
             intra_op_threads: None,
+            input_size: None,
         }
     }
 

@@ -320,6 +320,7 @@ fn a_checkpoint_that_does_not_fit_the_config_is_summarised_with_the_fix() {
         epoch_sums: sam_train::EpochSums::default(),
         nonfinite_streak: 0,
         intra_op_threads: None,
+        input_size: None,
     };
     CheckpointStore::new(&paths.checkpoint_dir)
         .save(Slot::Latest, &other.named_variables(), &[], &state)
@@ -673,6 +674,85 @@ fn loss_goes_down_on_a_fixed_batch() {
         last < 0.7 * first,
         "loss did not go down on a fixed batch: {losses:?}"
     );
+}
+
+/// Issue 19, `model.encoder_input: native`: the tiny model (built for 256 px) learns from its
+/// 64 px patches fed at their own size, 16× fewer tokens, and the run records the side in its
+/// checkpoints and its export, from which inference builds the model at that side.
+#[test]
+fn native_encoder_input_trains_at_the_patch_side_and_records_it() {
+    let dir = setup!(2);
+    let (batch, mut model) = fixed_batch(dir.path());
+    model.set_input_size(64).unwrap();
+    let refs: Vec<_> = batch.iter().collect();
+    let (x, input) = sam_train::model_input(model.sam(), &refs, tch::Device::Cpu).unwrap();
+    assert_eq!((x.size(), input), (vec![2, 3, 64, 64], (64, 64)));
+    let mut optim = sam_train::AdamW::new(
+        model.named_variables(),
+        sam_train::AdamWConfig {
+            lr: 3e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    );
+    let recipe = sam_train::RecipeConfig {
+        n_objects_per_batch: 3,
+        n_sub_iteration: 2,
+        mask_prob: 0.5,
+        box_distortion: 0.0,
+        focal_weight: 0.0,
+    };
+    let mut losses = Vec::new();
+    for _ in 0..25 {
+        optim.zero_grad().unwrap();
+        let loss = sam_train::step_backward(
+            &sam_train::StepInputs {
+                sam: model.sam(),
+                decoder: model.decoder(),
+                samples: &refs,
+                recipe: &recipe,
+                seed: 1,
+                iteration: 1,
+                global_index: &[0, 1],
+                device: tch::Device::Cpu,
+                before_encoder_backward: None,
+            },
+            sam_train::StepPrecision::default(),
+        )
+        .unwrap();
+        losses.push(loss.read().unwrap().total);
+        optim.step().unwrap();
+    }
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(
+        last < 0.7 * first,
+        "loss did not go down at the native side: {losses:?}"
+    );
+
+    // A whole run: the side is in the checkpoints and the export.
+    let cfg = config(true, |c| c.epochs(1).set("model.encoder_input", "native"));
+    assert_eq!(sam_train::native_input_size(&cfg), Some(64));
+    run(&cfg, dir.path(), false, None).unwrap();
+    let state = std::fs::read_to_string(dir.path().join("runs/t/checkpoints/ck/latest/state.json"))
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["input_size"], 64);
+    let export = dir.path().join("final_models/t.pt");
+    assert_eq!(
+        sam_model::read_checkpoint(&export).unwrap().input_size,
+        Some(64)
+    );
+    let loaded = sam_model::SamModel::load(&export, tch::Device::Cpu).unwrap();
+    assert!(loaded.sam().is_native_input());
+    assert_eq!(loaded.sam().img_size(), 64);
+    assert!(
+        loaded.describe().contains("fed at 64 px"),
+        "{}",
+        loaded.describe()
+    );
+    // The default feeds patches resized to the model input and records nothing.
+    assert_eq!(sam_train::native_input_size(&config(true, |c| c)), None);
 }
 
 /// A fixed batch of two 64 px patches with AIS targets and a fresh model with the decoder.
