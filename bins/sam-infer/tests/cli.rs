@@ -519,6 +519,37 @@ fn issue_16_a_model_shrinking_the_image_is_warned_about() {
     assert!(!e.contains("shrunk"), "{e}");
 }
 
+/// Issue 19: a model trained with `model.encoder_input: native` (its export records the 128 px
+/// side) runs at that side, and images larger than it are tiled to fit it instead of shrunk.
+#[test]
+fn a_native_input_model_runs_at_its_side_with_tiles_that_fit() {
+    let t = setup!();
+    let (sam, decoder) = TinyCheckpoint::new()
+        .with_decoder(true)
+        .seed(8)
+        .named_tensors()
+        .unwrap();
+    let path = t.path().join("native.pt");
+    sam_model::write_torch_checkpoint(&path, &sam, decoder.as_deref(), Some(128)).unwrap();
+    let input = images(t.path(), &[("a.tif", 300)]);
+    let out = t.path().join("out");
+    let o = sam_infer(&auto_args(
+        path.to_str().unwrap(),
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ));
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("fed at 128 px"), "{e}");
+    assert!(
+        e.contains("(128 px input)") && e.contains("tiles with a halo of"),
+        "{e}"
+    );
+    assert!(!e.contains("shrunk"), "{e}");
+    let labels = sam_data::read_labels(out.join("labels/a.tif")).unwrap();
+    assert_eq!((labels.rows(), labels.cols()), (300, 300));
+}
+
 #[test]
 fn issue_16_a_checkpoint_with_nan_weights_is_refused() {
     let t = setup!();
