@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage or config error, 42 stopped by SIGTERM/SIGUSR1
 //! after checkpointing (resume with `--resume`; `train --stop-exit-code` changes it).
+mod fit_cmd;
 mod job_cmd;
 mod train_cmd;
 
@@ -37,13 +38,20 @@ enum Command {
     /// Reports YAML syntax errors, unknown keys (with "did you mean"), wrong types, missing
     /// keys, out-of-range and inconsistent values, accelerator presets, cluster limits and
     /// missing data folders, each as `file:line:column: key: message`. Warnings (such as a
-    /// wall-time estimate above 56 h) are printed but do not fail. Exits 0 only when every
-    /// config is valid, 2 otherwise.
+    /// wall-time estimate above 56 h) are printed but do not fail. A valid config's line
+    /// gives the estimated training time and the estimated peak memory of a training step
+    /// (analytic; `sam-train fit` measures it). Exits 0 only when every config is valid, 2
+    /// otherwise.
     Validate(ValidateArgs),
     /// Print the JSON Schema of the config (what `configs/schema.json` holds).
     Schema(SchemaArgs),
     // The help text is `JobResourcesArgs`'s doc comment.
     JobResources(job_cmd::JobResourcesArgs),
+    // The help text is `FitArgs`'s doc comment.
+    Fit(fit_cmd::FitArgs),
+    /// One try of `fit` in its own process (internal).
+    #[command(hide = true)]
+    FitTry(fit_cmd::FitTryArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +95,11 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate(&args),
         Command::Schema(args) => schema(&args),
         Command::JobResources(args) => job_cmd::run_job_resources(&args),
+        Command::Fit(args) => match fit_cmd::run_fit(&args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(f) => Err(f),
+        },
+        Command::FitTry(args) => fit_cmd::run_fit_try(&args),
     };
     sam_cli::exit(result)
 }
@@ -107,9 +120,10 @@ fn validate(args: &ValidateArgs) -> Result<(), Failure> {
                     }
                     let hours = loaded
                         .wall_time
-                        .map(|e| format!(" (estimated training time ~{:.1} h)", e.hours))
+                        .map(|e| format!("estimated training time ~{:.1} h, ", e.hours))
                         .unwrap_or_default();
-                    println!("ok: {}{hours}", path.display());
+                    let memory = memory_estimate(&loaded.config);
+                    println!("ok: {} ({hours}{memory})", path.display());
                 }
             }
             Err(e) => {
@@ -131,6 +145,22 @@ fn validate(args: &ValidateArgs) -> Result<(), Failure> {
     } else {
         Err(Failure::reported(sam_cli::EXIT_USAGE))
     }
+}
+
+/// The estimated peak memory of a config's training step, in words.
+fn memory_estimate(cfg: &sam_config::ExperimentConfig) -> String {
+    let e = cfg.estimate_peak_memory();
+    let place = match e.kind {
+        sam_config::MemoryKind::Gpu => "per GPU",
+        sam_config::MemoryKind::Cpu => "of RAM",
+    };
+    format!(
+        "estimated peak memory ~{:.1} GiB {place} at batch_size {} × {} objects; measure it \
+         with `sam-train fit`",
+        e.peak_bytes as f64 / (1u64 << 30) as f64,
+        cfg.training.batch_size,
+        cfg.training.n_objects_per_batch
+    )
 }
 
 fn schema(args: &SchemaArgs) -> Result<(), Failure> {
@@ -289,6 +319,43 @@ mod tests {
         };
         assert!(e.force && e.with_decoder);
         assert!(parse(&["export", "--checkpoint", "a"]).is_err());
+    }
+
+    #[test]
+    fn fit_takes_a_budget_limits_and_what_to_vary() {
+        let Command::Fit(f) = parse(&["fit", "c.yaml"]).expect("parses").command else {
+            panic!("not fit")
+        };
+        assert_eq!(f.config, PathBuf::from("c.yaml"));
+        assert_eq!(f.budget_gib, None);
+        assert_eq!((f.max_tries, f.steps), (12, 2));
+        assert_eq!(
+            f.vary,
+            [fit_cmd::VaryArg::Objects, fit_cmd::VaryArg::BatchSize]
+        );
+        let Command::Fit(f) = parse(&[
+            "fit",
+            "c.yaml",
+            "--budget-gib",
+            "1.5",
+            "--max-tries",
+            "4",
+            "--vary",
+            "batch-size",
+            "--json",
+            "o.json",
+        ])
+        .expect("parses")
+        .command
+        else {
+            panic!("not fit")
+        };
+        assert_eq!(f.budget_gib, Some(1.5));
+        assert_eq!(f.max_tries, 4);
+        assert_eq!(f.vary, [fit_cmd::VaryArg::BatchSize]);
+        assert_eq!(f.json, Some(PathBuf::from("o.json")));
+        assert!(parse(&["fit", "c.yaml", "--vary", "width"]).is_err());
+        assert!(parse(&["fit"]).is_err());
     }
 
     #[test]

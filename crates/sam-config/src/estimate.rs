@@ -1,8 +1,10 @@
-//! A rough wall-time estimate of a training run from its size.
+//! Rough estimates of a training run from its size: wall time ([`WallTimeEstimate`]) and peak
+//! memory of a training step ([`MemoryEstimate`]).
 
 use crate::cluster::MAX_WALL_TIME_SECONDS;
 use crate::experiment::ExperimentConfig;
-use crate::training::ActivationCheckpointing;
+use crate::model::Architecture;
+use crate::training::{ActivationCheckpointing, Device, Precision};
 
 /// Raw annotated images assumed when the training folder cannot be counted ("a few dozen").
 pub const ASSUMED_RAW_IMAGES: u64 = 40;
@@ -106,6 +108,216 @@ impl ExperimentConfig {
     }
 }
 
+/// Where a step's memory is counted, as `sam-train fit` measures it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// A GPU: bytes the CUDA caching allocator reserves (the CUDA context, some hundreds of
+    /// MiB, comes on top).
+    Gpu,
+    /// The CPU: the process's resident set, libtorch's runtime included.
+    Cpu,
+}
+
+/// An analytic estimate of the peak memory of one training step of a config (one process),
+/// from the architecture, precision, batch size, objects per image and patch shape. The
+/// constants are calibrated against the peaks `sam-train fit` measures (docs/fit.md gives the
+/// calibration and the error to expect).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryEstimate {
+    /// Estimated peak bytes: the sum of the parts below.
+    pub peak_bytes: u64,
+    /// Where the bytes are counted.
+    pub kind: MemoryKind,
+    /// Parameter values of the model (SAM and the instance decoder).
+    pub parameters: u64,
+    /// Parameter values that are trained (not in `model.freeze`).
+    pub trainable: u64,
+    /// fp32 weights of every parameter, fp32 gradients and AdamW's two fp32 moments of the
+    /// trained ones.
+    pub model_bytes: u64,
+    /// What the image encoder's forward keeps for its backward, for the whole batch.
+    pub encoder_activation_bytes: u64,
+    /// One prompting round of one image (the step back-propagates round by round and image by
+    /// image): mask decoder and the masks brought to the input size.
+    pub prompt_activation_bytes: u64,
+    /// The instance decoder's activations for the batch (0 without decoder).
+    pub decoder_activation_bytes: u64,
+    /// Fixed cost: on the CPU libtorch's runtime in the process; 0 on a GPU.
+    pub runtime_bytes: u64,
+}
+
+/// Calibrated constants of [`MemoryEstimate`] (see docs/fit.md).
+mod calibration {
+    /// Values the encoder keeps per token, per channel and per block for the backward.
+    pub const ENCODER_VALUES_PER_TOKEN_CHANNEL: f64 = 20.0;
+    /// Values kept per attention-matrix entry (scores and their softmax).
+    pub const ATTENTION_VALUES_PER_ENTRY: f64 = 2.0;
+    /// Values per object of one round: per low-resolution mask pixel and channel of the
+    /// mask decoder (its image-token stream), and per input-size mask pixel (the three
+    /// masks brought to the model's input size, then to the patch).
+    pub const PROMPT_VALUES_PER_TOKEN_CHANNEL: f64 = 12.0;
+    pub const PROMPT_VALUES_PER_INPUT_PIXEL: f64 = 9.0;
+    /// Values the instance decoder keeps per pixel and channel of its levels.
+    pub const DECODER_VALUES_PER_PIXEL_CHANNEL: f64 = 6.0;
+    /// The CPU runtime: libtorch, oneDNN and the allocator's retained memory, in bytes.
+    pub const CPU_RUNTIME_BYTES: f64 = 420.0 * 1024.0 * 1024.0;
+}
+
+/// Parameter values of the parts of a ViT SAM of architecture `a`: image encoder (with its
+/// neck), prompt encoder, mask decoder, and the UNETR decoder (weights of its convolutions).
+pub fn parameter_counts(a: &Architecture) -> [u64; 4] {
+    let d = u64::from(a.encoder_embed_dim);
+    let p = u64::from(a.prompt_embed_dim);
+    let patch = u64::from(a.patch_size.max(1));
+    let side = u64::from(a.image_size) / patch;
+    let head_dim = d / u64::from(a.encoder_num_heads.max(1));
+    let mut encoder = 3 * patch * patch * d + d + side * side * d;
+    for block in 0..a.encoder_depth {
+        let global = a.encoder_global_attn_indexes.contains(&block);
+        let window = if global {
+            side
+        } else {
+            u64::from(a.window_size)
+        };
+        // Norms, qkv, projection, MLP (4×), and the relative positions along h and w.
+        encoder += 12 * d * d + 13 * d + 2 * (2 * window).saturating_sub(1) * head_dim;
+    }
+    encoder += d * p + 9 * p * p + 4 * p; // neck: 1×1 and 3×3 convolutions, two norms
+    let prompt = 23 * p + 332;
+    // Two-way transformer (MLP 8×), tokens, upscaling, hypernetworks and IoU head: SAM's
+    // 4 058 340 at p = 256.
+    let mask = (61.625 * (p * p) as f64 + 76.875 * p as f64 + 4.0) as u64;
+    let f = u64::from(a.decoder_features);
+    let lv = [8 * f, 4 * f, 2 * f, f];
+    let deconv = |c_in: u64, c_out: u64| c_in * c_out + 9 * c_out * c_out;
+    let block = |c_in: u64, c_out: u64| 9 * c_in * c_out + 9 * c_out * c_out;
+    let mut unetr = deconv(p, lv[0]) + deconv(lv[0], lv[1]) + deconv(lv[1], lv[2]);
+    unetr += deconv(lv[2], lv[3]) + block(p, lv[0]);
+    for i in 0..3 {
+        unetr += lv[i] * lv[i + 1] + block(lv[i], lv[i + 1]);
+    }
+    unetr += f * f + block(2 * f, f) + 3 * f;
+    [encoder, prompt, mask, unetr]
+}
+
+impl ExperimentConfig {
+    /// Where this config's steps run, for [`MemoryEstimate::kind`]: the CPU when
+    /// `training.device` is `cpu`, or `auto` with the CPU accelerator preset.
+    pub fn memory_kind(&self) -> MemoryKind {
+        match self.training.device {
+            Device::Cpu => MemoryKind::Cpu,
+            Device::Cuda => MemoryKind::Gpu,
+            Device::Auto if self.hardware.accelerator == crate::Accelerator::Cpu => MemoryKind::Cpu,
+            Device::Auto => MemoryKind::Gpu,
+        }
+    }
+
+    /// Estimates the peak memory of one training step at the config's batch size and objects
+    /// per image ([`Self::estimate_peak_memory_for`]).
+    pub fn estimate_peak_memory(&self) -> MemoryEstimate {
+        self.estimate_peak_memory_for(
+            self.training.batch_size.max(1),
+            self.training.n_objects_per_batch.max(1),
+        )
+    }
+
+    /// Estimates the peak memory of one training step of `batch_size` images with `objects`
+    /// objects each: model state (weights, gradients, AdamW), the encoder's activations for
+    /// the batch, one prompting round of one image, the instance decoder and, on the CPU, the
+    /// runtime.
+    pub fn estimate_peak_memory_for(&self, batch_size: u32, objects: u32) -> MemoryEstimate {
+        use calibration::*;
+        let a = self.model.resolved_architecture();
+        let [encoder, prompt, mask, unetr] = parameter_counts(&a);
+        let unetr = if self.model.with_segmentation_decoder {
+            unetr
+        } else {
+            0
+        };
+        let frozen = |prefix: &str| {
+            self.model
+                .freeze
+                .iter()
+                .any(|f| prefix.starts_with(f.as_str()))
+        };
+        let trained = |prefix: &str, n: u64| if frozen(prefix) { 0 } else { n };
+        let trainable = trained("image_encoder", encoder)
+            + trained("prompt_encoder", prompt)
+            + trained("mask_decoder", mask)
+            + trained("decoder", unetr);
+        let parameters = encoder + prompt + mask + unetr;
+        let model_bytes = 4 * parameters + (4 + 8) * trainable;
+
+        // Activations: fp32 values, or a mix of 2-byte and fp32 ones under autocast.
+        let bytes_per_value = match self.training.precision {
+            Precision::Fp32 | Precision::Tf32 => 4.0,
+            Precision::Bf16 | Precision::Fp16 => 3.0,
+        };
+        let d = f64::from(a.encoder_embed_dim);
+        let side = f64::from(a.image_size) / f64::from(a.patch_size.max(1));
+        let tokens = side * side;
+        let heads = f64::from(a.encoder_num_heads.max(1));
+        let window = f64::from(a.window_size.max(1));
+        let windows = (side / window).ceil().powi(2);
+        let depth = f64::from(a.encoder_depth);
+        let global = a
+            .encoder_global_attn_indexes
+            .iter()
+            .filter(|&&i| i < a.encoder_depth)
+            .count() as f64;
+        let attention =
+            global * heads * tokens * tokens + (depth - global) * heads * windows * window.powi(4);
+        let per_image = ENCODER_VALUES_PER_TOKEN_CHANNEL * depth * tokens * d
+            + ATTENTION_VALUES_PER_ENTRY * attention;
+        let batch = f64::from(batch_size);
+        let encoder_activation = batch * per_image * bytes_per_value;
+
+        let p = f64::from(a.prompt_embed_dim);
+        let input = f64::from(a.image_size).powi(2);
+        let [ph, pw] = self.data.patch_shape;
+        let patch = f64::from(ph) * f64::from(pw);
+        let prompt_activation = f64::from(objects)
+            * (PROMPT_VALUES_PER_TOKEN_CHANNEL * tokens * p
+                + PROMPT_VALUES_PER_INPUT_PIXEL * (input + patch))
+            * bytes_per_value;
+
+        let decoder_activation = if unetr > 0 {
+            let f = f64::from(a.decoder_features);
+            // Levels at 2, 4, 8 and 16 times the token grid with 8f, 4f, 2f and f channels.
+            let values: f64 = [(2.0, 8.0), (4.0, 4.0), (8.0, 2.0), (16.0, 1.0)]
+                .iter()
+                .map(|(scale, c)| tokens * scale * scale * c * f)
+                .sum();
+            batch * DECODER_VALUES_PER_PIXEL_CHANNEL * values * bytes_per_value
+        } else {
+            0.0
+        };
+        let kind = self.memory_kind();
+        let runtime = match kind {
+            MemoryKind::Cpu => CPU_RUNTIME_BYTES,
+            MemoryKind::Gpu => 0.0,
+        };
+        let [e, r, dec, rt] = [
+            encoder_activation,
+            prompt_activation,
+            decoder_activation,
+            runtime,
+        ]
+        .map(|v| v.max(0.0) as u64);
+        MemoryEstimate {
+            peak_bytes: model_bytes + e + r + dec + rt,
+            kind,
+            parameters,
+            trainable,
+            model_bytes,
+            encoder_activation_bytes: e,
+            prompt_activation_bytes: r,
+            decoder_activation_bytes: dec,
+            runtime_bytes: rt,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::test_support::minimal;
@@ -175,5 +387,47 @@ mod tests {
             (global - 0.30 * (1.0 + 0.6 / 9.0)).abs() < 1e-12,
             "{global}"
         );
+    }
+
+    #[test]
+    fn parameter_counts_match_sam_vit_b() {
+        // segment_anything's vit_b: image encoder 89 670 912, prompt encoder 6 220, mask
+        // decoder 4 058 340 parameter values.
+        let [encoder, prompt, mask, _] =
+            super::parameter_counts(&crate::Backbone::VitB.architecture());
+        assert_eq!((encoder, prompt, mask), (89_670_912, 6_220, 4_058_340));
+    }
+
+    #[test]
+    fn memory_estimate_grows_with_the_step_and_shrinks_with_frozen_parts() {
+        let mut c = minimal();
+        c.training.device = crate::Device::Cuda;
+        c.training.precision = crate::Precision::Bf16;
+        let one = c.estimate_peak_memory_for(1, 1);
+        assert_eq!(one.kind, super::MemoryKind::Gpu);
+        assert_eq!(one.runtime_bytes, 0);
+        // fp32 weights of everything, gradients and AdamW moments of everything trained.
+        assert_eq!(one.model_bytes, 16 * one.parameters);
+        assert_eq!(
+            one.peak_bytes,
+            one.model_bytes
+                + one.encoder_activation_bytes
+                + one.prompt_activation_bytes
+                + one.decoder_activation_bytes
+        );
+        let two = c.estimate_peak_memory_for(2, 1);
+        assert_eq!(
+            two.encoder_activation_bytes,
+            2 * one.encoder_activation_bytes
+        );
+        assert_eq!(two.prompt_activation_bytes, one.prompt_activation_bytes);
+        let many = c.estimate_peak_memory_for(1, 10);
+        assert!(many.prompt_activation_bytes > 9 * one.prompt_activation_bytes);
+        c.model.freeze = vec!["image_encoder".into()];
+        let frozen = c.estimate_peak_memory_for(1, 1);
+        assert!(frozen.trainable < one.trainable / 10);
+        assert!(frozen.model_bytes < one.model_bytes / 3);
+        c.training.device = crate::Device::Cpu;
+        assert!(c.estimate_peak_memory_for(1, 1).runtime_bytes > 0);
     }
 }

@@ -71,7 +71,9 @@ pub use crate::{
         MAX_MEMORY_GB, MAX_NODES, MAX_WALL_TIME_SECONDS,
     },
     diagnostics::{ConfigError, Diagnostic, Problem, Severity},
-    estimate::{WallTimeEstimate, ASSUMED_RAW_IMAGES},
+    estimate::{
+        parameter_counts, MemoryEstimate, MemoryKind, WallTimeEstimate, ASSUMED_RAW_IMAGES,
+    },
     evaluation::{
         AisConfig, AmgConfig, EvaluationConfig, GridRange, GridSearchConfig, InferenceConfig,
         InferenceMode, IterativePromptingConfig, PromptStart,

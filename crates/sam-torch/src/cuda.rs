@@ -114,6 +114,13 @@ pub fn cuda_device_name(index: usize) -> Option<String> {
     driver::device_name(c_int::try_from(index).ok()?)
 }
 
+/// Total memory of CUDA device `index` in bytes as the NVIDIA driver reports it
+/// (`cuDeviceTotalMem`); `None` without a driver or such a device. Device indices as in
+/// [`cuda_device_name`].
+pub fn cuda_total_memory(index: usize) -> Option<u64> {
+    driver::total_memory(c_int::try_from(index).ok()?)
+}
+
 /// Resets the peaks of [`cuda_memory_stats`] for GPU `index` to the current values.
 pub fn reset_peak_memory_stats(index: usize) -> Result<(), Error> {
     let c_index = index_arg("reset_peak_memory_stats", index)?;
@@ -586,6 +593,44 @@ mod driver {
             CStr::from_bytes_until_nul(&bytes)
                 .ok()
                 .map(|s| s.to_string_lossy().into_owned())
+        }
+    }
+
+    /// `cuDeviceTotalMem_v2` of device `ordinal` (after `cuInit(0)`), in bytes.
+    pub(super) fn total_memory(ordinal: c_int) -> Option<u64> {
+        let lib = c"libcuda.so.1";
+        let init = symbol(lib, c"cuInit")?;
+        let get = symbol(lib, c"cuDeviceGet")?;
+        let total = symbol(lib, c"cuDeviceTotalMem_v2")?;
+        // SAFETY: the CUDA driver API declares `CUresult cuInit(unsigned int)`,
+        // `CUresult cuDeviceGet(CUdevice*, int)` (CUdevice is an int) and
+        // `CUresult cuDeviceTotalMem_v2(size_t*, CUdevice)`.
+        let (init, get, total) = unsafe {
+            (
+                std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32) -> c_int>(init),
+                std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_int, c_int) -> c_int>(
+                    get,
+                ),
+                std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut usize, c_int) -> c_int>(
+                    total,
+                ),
+            )
+        };
+        // SAFETY: cuInit may be called any number of times; `device` and `bytes` are valid
+        // out-pointers.
+        unsafe {
+            if init(0) != 0 {
+                return None;
+            }
+            let mut device: c_int = 0;
+            if get(&mut device, ordinal) != 0 {
+                return None;
+            }
+            let mut bytes: usize = 0;
+            if total(&mut bytes, device) != 0 {
+                return None;
+            }
+            u64::try_from(bytes).ok()
         }
     }
 

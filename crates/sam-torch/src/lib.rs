@@ -5,7 +5,7 @@
 //! - **CUDA**: [`select_device`] (a config's or flag's `auto` / `cpu` / `cuda` / `cuda:N` for
 //!   a local rank: GPU `local_rank % device_count`, or a [`DeviceError`] naming the libtorch
 //!   build, the NVIDIA driver and `CUDA_VISIBLE_DEVICES`), [`set_cuda_device`],
-//!   [`cuda_memory_stats`] / [`reset_peak_memory_stats`], [`cuda_device_name`], and the TF32
+//!   [`cuda_memory_stats`] / [`reset_peak_memory_stats`], [`cuda_device_name`], [`cuda_total_memory`], and the TF32
 //!   switches [`set_tf32`].
 //! - **Multi-tensor kernels**: [`fused_adamw_`] (the kernel of `torch.optim.AdamW(fused=True)`)
 //!   and the `_foreach_*` operations an optimiser and gradient clipping are made of
@@ -65,9 +65,9 @@ mod build_cuda_headers;
 pub use autocast::{autocast, is_autocast_enabled, AutocastGuard, AutocastPause};
 pub use cuda::{
     cuda_device_count, cuda_device_name, cuda_is_available, cuda_memory_stats, cuda_synchronize,
-    current_cuda_device, empty_cuda_cache, reset_peak_memory_stats, resolve_device, select_device,
-    set_cuda_device, set_tf32, tf32, CudaMemoryStats, CudaStatus, CudaVersion, DeviceChoice,
-    DeviceError, DeviceRequest, Tf32,
+    cuda_total_memory, current_cuda_device, empty_cuda_cache, reset_peak_memory_stats,
+    resolve_device, select_device, set_cuda_device, set_tf32, tf32, CudaMemoryStats, CudaStatus,
+    CudaVersion, DeviceChoice, DeviceError, DeviceRequest, Tf32,
 };
 pub use dist::{Backend, ProcessGroup, ReduceOp, TcpStore, HAS_GLOO, HAS_NCCL};
 pub use error::Error;

@@ -43,6 +43,7 @@ mod distributed;
 mod error;
 mod export;
 mod faults;
+pub mod fit;
 pub mod losses;
 mod optim;
 mod report;

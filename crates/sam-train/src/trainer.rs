@@ -416,6 +416,13 @@ fn build_model(
             say(progress, format!("warning: {w}"));
         }
     }
+    let (optim, n_params) = optimizer_for(cfg, &model);
+    Ok((model, optim, n_params))
+}
+
+/// Freezes the parameters `model.freeze` names and puts the others into an AdamW with the
+/// config's settings; returns it and the number of trainable parameter values.
+pub(crate) fn optimizer_for(cfg: &ExperimentConfig, model: &SamModel) -> (AdamW, i64) {
     let frozen = |name: &str| {
         cfg.model
             .freeze
@@ -444,7 +451,7 @@ fn build_model(
             weight_decay: t.weight_decay,
         },
     );
-    Ok((model, optim, n_params))
+    (optim, n_params)
 }
 
 /// The state of a run that starts from the beginning.

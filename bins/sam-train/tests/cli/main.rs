@@ -1,7 +1,8 @@
 //! Integration tests of the `sam-train` executable, one test binary (libtorch is linked once):
 //! distributed training, kills and resumes, refusals ([`dist`]) and the SLURM submit script,
 //! the stop marker and the thread budget ([`submit`]), and the rehearsal of
-//! `scripts/gpu_check.sh` ([`gpu_check`]).
+//! `scripts/gpu_check.sh` ([`gpu_check`]), and `sam-train fit` with the memory estimate of
+//! `validate` ([`fit`]).
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use sam_testkit::{ConfigBuilder, SynthDataset, TempRepo};
 
 mod dist;
+mod fit;
 mod gpu_check;
 mod submit;
 
