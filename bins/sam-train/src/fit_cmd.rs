@@ -562,18 +562,23 @@ pub fn run_fit(args: &FitArgs) -> Result<u8, Failure> {
         kill_above: (!device.is_cuda()).then_some(budget_bytes),
         details: Vec::new(),
     };
-    let mut n = 0usize;
     let max_tries = limits.max_tries;
+    let started = std::cell::Cell::new(0usize);
     let report = search(
         start,
         &limits,
         |s| {
-            eprintln!("try {}/{max_tries}: {s} ...", n + 1);
+            started.set(started.get() + 1);
+            eprintln!("try {}/{max_tries}: {s} ...", started.get());
             measurer.measure(s)
         },
         |t| {
-            n += 1;
-            eprintln!("try {n}: {} ({:.1} s)", describe_try(t), t.seconds);
+            eprintln!(
+                "try {}: {} ({:.1} s)",
+                started.get(),
+                describe_try(t),
+                t.seconds
+            );
         },
     );
     print!("{}", table(&report));

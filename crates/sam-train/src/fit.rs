@@ -678,4 +678,47 @@ mod tests {
         assert!(synthetic_labels(64, 64, 257).is_none());
         assert!(synthetic_labels(64, 64, 0).is_none());
     }
+
+    /// The analytic parameter counts of `sam_config::parameter_counts` (behind the memory
+    /// estimate of `validate`) against the models this crate builds.
+    #[test]
+    fn analytic_parameter_counts_match_the_built_models() {
+        let mut cfg: ExperimentConfig = sam_testkit::ConfigBuilder::named("count")
+            .tiny_cpu_training()
+            .parse()
+            .unwrap();
+        for (decoder, dim) in [(false, 32), (true, 32), (true, 64)] {
+            cfg.model.with_segmentation_decoder = decoder;
+            if let Some(a) = cfg.model.architecture.as_mut() {
+                a.prompt_embed_dim = Some(dim);
+                a.encoder_embed_dim = Some(48);
+            }
+            let model = new_model(&cfg.model, Device::Cpu).unwrap();
+            let mut built = [0u64; 4];
+            for (name, var) in model.named_variables() {
+                if !var.requires_grad() {
+                    continue;
+                }
+                let part = ["image_encoder", "prompt_encoder", "mask_decoder", "decoder"]
+                    .iter()
+                    .position(|p| name.starts_with(&format!("{p}.")))
+                    .unwrap();
+                built[part] += var.numel() as u64;
+            }
+            let want = sam_config::parameter_counts(&cfg.model.resolved_architecture());
+            assert_eq!(built[..3], want[..3], "decoder {decoder}, width {dim}");
+            if decoder {
+                // Convolution weights only: biases and norms add a few per cent.
+                let ratio = built[3] as f64 / want[3] as f64;
+                assert!(
+                    (1.0..1.1).contains(&ratio),
+                    "UNETR: built {} vs {}",
+                    built[3],
+                    want[3]
+                );
+            } else {
+                assert_eq!(built[3], 0);
+            }
+        }
+    }
 }

@@ -75,6 +75,15 @@ fn fit_measures_each_try_and_stops_at_the_budget() {
         assert!(baseline < *peak, "{baseline} vs {peak}");
         assert!(d["trainable_parameters"].as_i64().unwrap() > 10_000);
     }
+    // The estimate `validate` prints is calibrated on such measurements (docs/fit.md): within
+    // 25 % of the measured peak of the config's own setting.
+    let estimate = builder.parse().unwrap().estimate_peak_memory().peak_bytes as f64;
+    let ratio = estimate / peaks[0] as f64;
+    assert!(
+        (0.75..1.25).contains(&ratio),
+        "estimate {estimate} vs measured {}",
+        peaks[0]
+    );
     assert_eq!(report["report"]["results"][0]["largest"], 4);
     assert_eq!(report["report"]["results"][0]["at_limit"], true);
 
