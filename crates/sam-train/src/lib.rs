@@ -18,7 +18,8 @@
 //! [`step_loss`] builds the same loss as one graph), [`AdamW`] (an optimiser whose state we
 //! own), [`LossScaler`] (fp16 dynamic loss scaling), [`LrScheduler`], [`EarlyStopping`],
 //! [`checkpoint_decision`], the losses in [`losses`], atomic checkpoints in [`CheckpointStore`],
-//! data-parallel training over c10d in [`Collective`]. Errors are [`TrainError`]s whose
+//! data-parallel training over c10d in [`Collective`], and in [`fit`] the probe and the search
+//! behind `sam-train fit` (the largest batch size and objects per image that fit in memory). Errors are [`TrainError`]s whose
 //! `source()` is the underlying error.
 //!
 //! ```no_run
