@@ -440,7 +440,7 @@ fn verdict_word(v: Verdict) -> &'static str {
 fn describe_try(t: &FitTry) -> String {
     let peak = match (&t.measurement, t.peak_bytes()) {
         (Measurement::OutOfMemory { .. }, Some(p)) => {
-            format!("out of memory (above {} GiB)", gib(p))
+            format!("out of memory (at least {} GiB when it stopped)", gib(p))
         }
         (Measurement::OutOfMemory { .. }, None) => "out of memory".to_owned(),
         (Measurement::Failed { reason }, _) => format!("failed: {reason}"),
