@@ -316,7 +316,8 @@ impl ChildMeasurer<'_> {
         };
         let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
         let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
-        let polled = (polled_peak > 0).then_some(polled_peak);
+        // The resident set is the measure on the CPU only (on a GPU it is not the device's).
+        let polled = (self.kill_above.is_some() && polled_peak > 0).then_some(polled_peak);
         if stopped_over_budget {
             return (Measurement::OutOfMemory { peak_bytes: polled }, None);
         }
