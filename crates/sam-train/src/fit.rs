@@ -12,6 +12,8 @@ use std::time::Instant;
 use sam_config::{ExperimentConfig, Precision};
 use sam_data::{ais_targets, LabelImage, Plane, TrainingSample};
 use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use tch::Tensor;
 use tch::{Device, Kind};
 
 use crate::optim::AdamW;
@@ -487,6 +489,7 @@ impl FitProbe {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use tch::Tensor;
 
     fn limits(budget: u64, dimensions: Vec<Dimension>) -> SearchLimits {
         SearchLimits {
@@ -720,5 +723,48 @@ mod tests {
                 assert_eq!(built[3], 0);
             }
         }
+    }
+
+    #[test]
+    fn probe_runs_training_steps_and_refuses_objects_that_do_not_fit() {
+        let cfg: ExperimentConfig = sam_testkit::ConfigBuilder::named("probe")
+            .tiny_cpu_training()
+            .with_decoder(true)
+            .parse()
+            .unwrap();
+        let setting = FitSetting {
+            batch_size: 2,
+            objects: 5,
+        };
+        let mut probe = FitProbe::new(&cfg, setting, Device::Cpu).unwrap();
+        assert_eq!(probe.samples.len(), 2);
+        assert_eq!(probe.recipe.n_objects_per_batch, 5);
+        assert!(probe.samples.iter().all(|s| s.targets.is_some()));
+        let before: Vec<Tensor> = probe
+            .optim
+            .variables()
+            .map(|(_, v)| v.detach().copy())
+            .collect();
+        let loss = probe.run(2).unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{loss}");
+        // The optimiser stepped: every trained tensor moved.
+        let moved = probe
+            .optim
+            .variables()
+            .zip(&before)
+            .filter(|((_, v), b)| v.detach().ne_tensor(b).any().int64_value(&[]) == 1)
+            .count();
+        assert_eq!(moved, before.len());
+        // A 64² patch holds at most 256 objects.
+        let err = FitProbe::new(
+            &cfg,
+            FitSetting {
+                batch_size: 1,
+                objects: 257,
+            },
+            Device::Cpu,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("at most 256"), "{err}");
     }
 }
