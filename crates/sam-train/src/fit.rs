@@ -12,8 +12,6 @@ use std::time::Instant;
 use sam_config::{ExperimentConfig, Precision};
 use sam_data::{ais_targets, LabelImage, Plane, TrainingSample};
 use serde::{Deserialize, Serialize};
-#[cfg(test)]
-use tch::Tensor;
 use tch::{Device, Kind};
 
 use crate::optim::AdamW;
