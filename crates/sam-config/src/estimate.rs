@@ -260,7 +260,13 @@ impl ExperimentConfig {
             Precision::Bf16 | Precision::Fp16 => 3.0,
         };
         let d = f64::from(a.encoder_embed_dim);
-        let side = f64::from(a.image_size) / f64::from(a.patch_size.max(1));
+        // The side the encoder is fed: the model's input, or the patch's own
+        // (`model.encoder_input: native`).
+        let input_side =
+            self.model
+                .encoder_input
+                .input_side(self.data.patch_shape, a.image_size, a.patch_size);
+        let side = f64::from(input_side) / f64::from(a.patch_size.max(1));
         let tokens = side * side;
         let heads = f64::from(a.encoder_num_heads.max(1));
         let window = f64::from(a.window_size.max(1));
@@ -281,14 +287,34 @@ impl ExperimentConfig {
         } else {
             0.0
         };
-        let per_image = ENCODER_VALUES_PER_TOKEN_CHANNEL * depth * tokens * d
-            + ATTENTION_SAVED_PER_ENTRY * attention
-            + ATTENTION_TRANSIENT_PER_ENTRY * largest;
+        let block_values = ENCODER_VALUES_PER_TOKEN_CHANNEL * tokens * d;
+        let per_image = match self.training.activation_checkpointing {
+            ActivationCheckpointing::None => {
+                block_values * depth + ATTENTION_SAVED_PER_ENTRY * attention
+            }
+            // Recomputed blocks keep only their input (one value per token and channel); the
+            // backward holds one of them at a time, recomputed.
+            ActivationCheckpointing::Global => {
+                let kept = depth - global;
+                let recompute = if global > 0.0 {
+                    block_values + ATTENTION_SAVED_PER_ENTRY * global_block
+                } else {
+                    0.0
+                };
+                block_values * kept
+                    + ATTENTION_SAVED_PER_ENTRY * kept * windowed_block
+                    + global * tokens * d
+                    + recompute
+            }
+            ActivationCheckpointing::All => {
+                depth * tokens * d + block_values + ATTENTION_SAVED_PER_ENTRY * largest
+            }
+        } + ATTENTION_TRANSIENT_PER_ENTRY * largest;
         let batch = f64::from(batch_size);
         let encoder_activation = batch * per_image * bytes_per_value;
 
         let p = f64::from(a.prompt_embed_dim);
-        let input = f64::from(a.image_size).powi(2);
+        let input = f64::from(input_side).powi(2);
         let [ph, pw] = self.data.patch_shape;
         let patch = f64::from(ph) * f64::from(pw);
         let prompt_activation = f64::from(objects)
@@ -402,6 +428,28 @@ mod tests {
             (global - 0.30 * (1.0 + 0.6 / 9.0)).abs() < 1e-12,
             "{global}"
         );
+    }
+
+    #[test]
+    fn checkpointing_and_a_native_input_lower_the_encoder_activations() {
+        let mut c = minimal();
+        c.training.device = crate::Device::Cuda;
+        let plain = c.estimate_peak_memory_for(1, 1);
+        c.training.activation_checkpointing = crate::ActivationCheckpointing::Global;
+        let global = c.estimate_peak_memory_for(1, 1);
+        c.training.activation_checkpointing = crate::ActivationCheckpointing::All;
+        let all = c.estimate_peak_memory_for(1, 1);
+        assert!(all.encoder_activation_bytes < global.encoder_activation_bytes);
+        assert!(global.encoder_activation_bytes < plain.encoder_activation_bytes);
+        // vit_b at 1024 px: recomputing every block keeps well under half the activations.
+        assert!(2 * all.encoder_activation_bytes < plain.encoder_activation_bytes);
+        assert_eq!(all.model_bytes, plain.model_bytes);
+        c.training.activation_checkpointing = crate::ActivationCheckpointing::None;
+        c.model.encoder_input = crate::EncoderInput::Native;
+        c.data.patch_shape = [512, 512];
+        let native = c.estimate_peak_memory_for(1, 1);
+        // A quarter of the tokens: under a quarter of the activations (attention shrinks by 16).
+        assert!(4 * native.encoder_activation_bytes <= plain.encoder_activation_bytes);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tch::{Device, Kind};
 
 use crate::optim::AdamW;
 use crate::scaler::{LossScaler, ScalerState};
-use crate::setup::new_model;
+use crate::setup::{native_input_size, new_model};
 use crate::step::{step_backward, RecipeConfig, StepInputs, StepPrecision};
 use crate::trainer::optimizer_for;
 use crate::TrainError;
@@ -386,7 +386,10 @@ impl FitProbe {
                 ))
             })?;
         tch::manual_seed(cfg.seed as i64 & i64::MAX);
-        let model = new_model(&cfg.model, device)?;
+        let mut model = new_model(&cfg.model, device)?;
+        if let Some(side) = native_input_size(cfg) {
+            model.set_input_size(side)?;
+        }
         let (optim, trainable) = optimizer_for(cfg, &model);
         let with_targets = model.has_decoder();
         let samples = (0..setting.batch_size as usize)
@@ -427,6 +430,7 @@ impl FitProbe {
             },
             loss_scale: LossScaler::new(t.precision == Precision::Fp16, ScalerState::default())
                 .scale(),
+            activation_checkpointing: t.activation_checkpointing,
         };
         Ok(Self {
             cfg: cfg.clone(),
