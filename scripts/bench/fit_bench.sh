@@ -7,15 +7,15 @@
 # not depend on them), CPU with 2 threads, fp32 and bf16. Run by hand on an idle machine (needs
 # `scripts/setup.sh --bench`); each case takes a few minutes:
 #
-#   scripts/bench/fit_bench.sh [ITERATIONS]                # default 4 (after 2 warm-up ones)
+#   scripts/bench/fit_bench.sh [ITERATIONS]                # default 3 (after 1 warm-up one)
 #   CASES="full:fp32 lora_last2:bf16" scripts/bench/fit_bench.sh
 #   SKIP_PEER=1 scripts/bench/fit_bench.sh                 # our side only
 #
 # Results go to standard output; docs/benchmarks/train.md records them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ITERS=${1:-4}
-WARMUP=2
+ITERS=${1:-3}
+WARMUP=1
 BIN=target/release
 cargo build --release -q -p sam-train-cli -p sam-augment-cli
 WORK=$(mktemp -d)
@@ -50,7 +50,7 @@ data:
   validation: {images_dir: $WORK/val/images, labels_dir: $WORK/val/labels, fraction: null}
   image_shape: [512, 512]
   patch_shape: [512, 512]
-  samples_per_epoch: $((ITERS + WARMUP + 1))
+  samples_per_epoch: $((ITERS + WARMUP))
   num_workers: 1
   prefetch_batches: 2
 model:

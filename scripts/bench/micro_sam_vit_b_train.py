@@ -22,7 +22,7 @@ from micro_sam.training.trainable_sam import TrainableSAM
 from micro_sam.training.util import ConvertToSamInputs
 from segment_anything import sam_model_registry
 
-PATCH, OBJECTS, ROUNDS, BATCH, WARMUP = 512, 5, 8, 1, 2
+PATCH, OBJECTS, ROUNDS, BATCH, WARMUP = 512, 5, 8, 1, 1
 
 
 class TimedLoader:
@@ -58,7 +58,9 @@ def main():
         patch_shape=(PATCH, PATCH), with_segmentation_decoder=False, batch_size=BATCH,
         num_workers=0, shuffle=True,
     )
-    train_loader = TimedLoader(default_sam_loader(n_samples=(WARMUP + a.iterations) * BATCH, **common))
+    # One iteration more than measured: the last one ends with fit()'s validation.
+    total = WARMUP + a.iterations + 1
+    train_loader = TimedLoader(default_sam_loader(n_samples=total * BATCH, **common))
     val_loader = default_sam_loader(n_samples=BATCH, **common)
 
     sam = sam_model_registry["vit_b"](checkpoint=None)
@@ -81,7 +83,7 @@ def main():
             convert_inputs=ConvertToSamInputs(transform=model.transform, box_distortion_factor=0.025),
             n_objects_per_batch=OBJECTS, n_sub_iteration=ROUNDS, compile_model=False, mask_prob=0.5,
         )
-        trainer.fit(iterations=WARMUP + a.iterations)
+        trainer.fit(iterations=total)
     asked = train_loader.asked
     spans = [b - a_ for a_, b in zip(asked[WARMUP:-1], asked[WARMUP + 1:])]
     per_iter = sum(spans) / max(len(spans), 1)
