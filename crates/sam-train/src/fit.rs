@@ -12,12 +12,12 @@ use std::time::Instant;
 use sam_config::{ExperimentConfig, Precision};
 use sam_data::{ais_targets, LabelImage, Plane, TrainingSample};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind};
+use tch::Device;
 
 use crate::optim::AdamW;
 use crate::scaler::{LossScaler, ScalerState};
 use crate::setup::{native_input_size, new_model};
-use crate::step::{step_backward, RecipeConfig, StepInputs, StepPrecision};
+use crate::step::{autocast_kind, step_backward, RecipeConfig, StepInputs, StepPrecision};
 use crate::trainer::optimizer_for;
 use crate::TrainError;
 use sam_model::SamModel;
@@ -417,17 +417,10 @@ impl FitProbe {
         let t = &cfg.training;
         let recipe = RecipeConfig {
             n_objects_per_batch: setting.objects as usize,
-            n_sub_iteration: t.n_sub_iteration as usize,
-            mask_prob: t.mask_prob,
-            box_distortion: t.box_distortion_factor,
-            focal_weight: t.focal_loss_weight,
+            ..RecipeConfig::from_training(t)
         };
         let precision = StepPrecision {
-            autocast: match t.precision {
-                Precision::Bf16 => Some(Kind::BFloat16),
-                Precision::Fp16 => Some(Kind::Half),
-                _ => None,
-            },
+            autocast: autocast_kind(t.precision),
             loss_scale: LossScaler::new(t.precision == Precision::Fp16, ScalerState::default())
                 .scale(),
             activation_checkpointing: t.activation_checkpointing,

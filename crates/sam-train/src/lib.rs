@@ -74,8 +74,8 @@ pub use setup::{
 };
 pub use signals::StopFlag;
 pub use step::{
-    model_input, step_backward, step_loss, BeforeEncoderBackward, LossValues, RecipeConfig,
-    StepInputs, StepLoss, StepPrecision,
+    autocast_kind, model_input, step_backward, step_loss, BeforeEncoderBackward, LossValues,
+    RecipeConfig, StepInputs, StepLoss, StepPrecision,
 };
 pub use throughput::{
     dense_bf16_peak_tflops, training_step_flops, StepShape, Throughput, TrainedParts,

@@ -37,6 +37,29 @@ pub struct RecipeConfig {
     pub focal_weight: f64,
 }
 
+impl RecipeConfig {
+    /// The recipe a training config sets.
+    pub fn from_training(t: &sam_config::TrainingConfig) -> Self {
+        Self {
+            n_objects_per_batch: t.n_objects_per_batch as usize,
+            n_sub_iteration: t.n_sub_iteration as usize,
+            mask_prob: t.mask_prob,
+            box_distortion: t.box_distortion_factor,
+            focal_weight: t.focal_loss_weight,
+        }
+    }
+}
+
+/// The autocast kind of a training precision: bf16 and fp16 autocast the forward passes, fp32
+/// and tf32 run as the weights are.
+pub fn autocast_kind(precision: sam_config::Precision) -> Option<Kind> {
+    match precision {
+        sam_config::Precision::Bf16 => Some(Kind::BFloat16),
+        sam_config::Precision::Fp16 => Some(Kind::Half),
+        sam_config::Precision::Fp32 | sam_config::Precision::Tf32 => None,
+    }
+}
+
 /// The loss of one step: a tensor to back-propagate (or its value) and its parts, all on the
 /// device; [`StepLoss::read`] brings the numbers to the host in one read.
 pub struct StepLoss {

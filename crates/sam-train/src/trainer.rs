@@ -25,7 +25,8 @@ use crate::schedule::{checkpoint_decision, EarlyStopping, LrScheduler, ScheduleK
 use crate::setup::{device_for, load_initial, load_resumed, native_input_size, new_model};
 use crate::signals::StopFlag;
 use crate::step::{
-    step_backward, BeforeEncoderBackward, LossValues, RecipeConfig, StepInputs, StepPrecision,
+    autocast_kind, step_backward, BeforeEncoderBackward, LossValues, RecipeConfig, StepInputs,
+    StepPrecision,
 };
 use crate::throughput::{Meter, Throughput};
 use crate::validation::{shared_validation, ValidationScores};
@@ -667,20 +668,10 @@ impl<'a> Trainer<'a> {
                 ),
             );
         }
-        let recipe = RecipeConfig {
-            n_objects_per_batch: t.n_objects_per_batch as usize,
-            n_sub_iteration: t.n_sub_iteration as usize,
-            mask_prob: t.mask_prob,
-            box_distortion: t.box_distortion_factor,
-            focal_weight: t.focal_loss_weight,
-        };
+        let recipe = RecipeConfig::from_training(t);
         let train_set = Arc::new(data.train);
         let prefetch = start_prefetch(cfg, &train_set, data.sample, &plan, state.iteration, rank);
-        let autocast = match t.precision {
-            Precision::Bf16 => Some(Kind::BFloat16),
-            Precision::Fp16 => Some(Kind::Half),
-            _ => None,
-        };
+        let autocast = autocast_kind(t.precision);
         let scaler = LossScaler::new(t.precision == Precision::Fp16, state.scaler.clone());
         let meter = Meter::new(cfg, &model, device, plan.per_rank, plan.global_batch);
         if is_main {

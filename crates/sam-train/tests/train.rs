@@ -632,6 +632,27 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
 fn loss_goes_down_on_a_fixed_batch() {
     let dir = setup!(2);
     let (batch, model) = fixed_batch(dir.path());
+    let losses = train_on(&model, &batch, 0.0, |inputs| {
+        // One graph, back-propagated at once.
+        let loss = sam_train::step_loss(inputs).unwrap();
+        loss.total.backward();
+        loss.total.double_value(&[])
+    });
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(
+        last < 0.7 * first,
+        "loss did not go down on a fixed batch: {losses:?}"
+    );
+}
+
+/// 25 AdamW steps (lr 3e-3) of `step` on `batch`, the same iteration number every time (the
+/// same objects and prompts): the losses `step` returns.
+fn train_on(
+    model: &sam_model::SamModel,
+    batch: &[sam_data::TrainingSample],
+    mask_prob: f64,
+    step: impl Fn(&sam_train::StepInputs<'_>) -> f64,
+) -> Vec<f64> {
     let refs: Vec<_> = batch.iter().collect();
     let mut optim = sam_train::AdamW::new(
         model.named_variables(),
@@ -645,15 +666,14 @@ fn loss_goes_down_on_a_fixed_batch() {
     let recipe = sam_train::RecipeConfig {
         n_objects_per_batch: 3,
         n_sub_iteration: 2,
-        mask_prob: 0.0,
+        mask_prob,
         box_distortion: 0.0,
         focal_weight: 0.0,
     };
     let mut losses = Vec::new();
     for _ in 0..25 {
         optim.zero_grad().unwrap();
-        // The same iteration number every time: the same objects and prompts.
-        let loss = sam_train::step_loss(&sam_train::StepInputs {
+        losses.push(step(&sam_train::StepInputs {
             sam: model.sam(),
             decoder: model.decoder(),
             samples: &refs,
@@ -663,17 +683,10 @@ fn loss_goes_down_on_a_fixed_batch() {
             global_index: &[0, 1],
             device: tch::Device::Cpu,
             before_encoder_backward: None,
-        })
-        .unwrap();
-        losses.push(loss.total.double_value(&[]));
-        loss.total.backward();
+        }));
         optim.step().unwrap();
     }
-    let (first, last) = (losses[0], losses[losses.len() - 1]);
-    assert!(
-        last < 0.7 * first,
-        "loss did not go down on a fixed batch: {losses:?}"
-    );
+    losses
 }
 
 /// Issue 19, `model.encoder_input: native`: the tiny model (built for 256 px) learns from its
@@ -687,43 +700,11 @@ fn native_encoder_input_trains_at_the_patch_side_and_records_it() {
     let refs: Vec<_> = batch.iter().collect();
     let (x, input) = sam_train::model_input(model.sam(), &refs, tch::Device::Cpu).unwrap();
     assert_eq!((x.size(), input), (vec![2, 3, 64, 64], (64, 64)));
-    let mut optim = sam_train::AdamW::new(
-        model.named_variables(),
-        sam_train::AdamWConfig {
-            lr: 3e-3,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-    );
-    let recipe = sam_train::RecipeConfig {
-        n_objects_per_batch: 3,
-        n_sub_iteration: 2,
-        mask_prob: 0.5,
-        box_distortion: 0.0,
-        focal_weight: 0.0,
-    };
-    let mut losses = Vec::new();
-    for _ in 0..25 {
-        optim.zero_grad().unwrap();
-        let loss = sam_train::step_backward(
-            &sam_train::StepInputs {
-                sam: model.sam(),
-                decoder: model.decoder(),
-                samples: &refs,
-                recipe: &recipe,
-                seed: 1,
-                iteration: 1,
-                global_index: &[0, 1],
-                device: tch::Device::Cpu,
-                before_encoder_backward: None,
-            },
-            sam_train::StepPrecision::default(),
-        )
-        .unwrap();
-        losses.push(loss.read().unwrap().total);
-        optim.step().unwrap();
-    }
+    let losses = train_on(&model, &batch, 0.5, |inputs| {
+        let precision = sam_train::StepPrecision::default();
+        let loss = sam_train::step_backward(inputs, precision).unwrap();
+        loss.read().unwrap().total
+    });
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     assert!(
         last < 0.7 * first,
