@@ -12,7 +12,7 @@ use sam_cli::Failure;
 use sam_config::{find_root_for, load_config_with, ValidateOptions};
 use sam_torch::{CpuBudget, LaunchEnv};
 use sam_train::{
-    export_model, prepare_run, train, Collective, ExportOptions, StopFlag, TrainOptions,
+    export_model, prepare_run, train, Collective, ExportOptions, PeftLayout, StopFlag, TrainOptions,
     TrainOutcome, TrainProgress, REQUEUE_EXIT_CODE,
 };
 use tracing_subscriber::fmt::MakeWriter;
@@ -116,7 +116,10 @@ fn apply_thread_budget(budget: &CpuBudget) -> Result<(), String> {
 /// CHECKPOINT is one of our checkpoint folders (runs/<exp>/checkpoints/<name>/best), our
 /// safetensors file, a micro_sam checkpoint or an original SAM .pth. Without --with-decoder
 /// the output is a plain SAM state_dict (`sam_model_registry[...]().load_state_dict(...)`);
-/// with it, micro_sam's {"model_state", "decoder_state"}.
+/// with it, micro_sam's {"model_state", "decoder_state"}. A model trained with image-encoder
+/// adapters (model.peft) is written merged (adapters folded into the weights, loads as a plain
+/// SAM) or, with --peft-layout micro-sam, in micro_sam's PEFT layout (load it with
+/// `get_sam_model(..., peft_kwargs=...)`).
 ///
 /// The export never destroys its input: an output that is the checkpoint (by name or through
 /// a link) or lies inside the checkpoint folder is refused, and so is an existing file unless
@@ -137,6 +140,19 @@ pub struct ExportArgs {
     /// be the checkpoint itself, a link to it, or lie inside the checkpoint folder.
     #[arg(long)]
     pub force: bool,
+    /// How a model with image-encoder adapters is written: `merged` (a plain SAM state_dict)
+    /// or `micro-sam` (micro_sam's PEFT state_dict).
+    #[arg(long, value_enum, default_value = "merged")]
+    pub peft_layout: PeftLayoutArg,
+}
+
+/// `--peft-layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeftLayoutArg {
+    /// Adapters folded into the weights.
+    Merged,
+    /// micro_sam's PEFT layout.
+    MicroSam,
 }
 
 /// Download a micro_sam model (vit_b, vit_l, vit_h, vit_t, vit_b_lm, ...) into the model cache.
@@ -437,6 +453,10 @@ pub fn run_export(args: ExportArgs) -> Result<(), Failure> {
     let options = ExportOptions {
         with_decoder: args.with_decoder,
         replace: args.force,
+        peft_layout: match args.peft_layout {
+            PeftLayoutArg::Merged => PeftLayout::Merged,
+            PeftLayoutArg::MicroSam => PeftLayout::MicroSam,
+        },
     };
     match export_model(&args.checkpoint, &args.output, options) {
         Ok(()) => {

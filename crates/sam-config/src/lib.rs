@@ -84,7 +84,8 @@ pub use crate::{
     },
     load::{load_config, load_config_with, parse_config, Loaded},
     model::{
-        Architecture, ArchitectureOverride, Backbone, CheckpointSource, EncoderInput, ModelConfig,
+        AllBlocks, Architecture, ArchitectureOverride, Backbone, CheckpointSource, EncoderInput,
+        ModelConfig, PeftBlocks, PeftConfig, PeftMethod,
     },
     paths::{find_root, find_root_for, find_root_from, is_repository_root, RunPaths, ROOT_ENV_VAR},
     schema::json_schema,

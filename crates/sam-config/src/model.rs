@@ -93,6 +93,11 @@ pub struct ModelConfig {
     /// 4× fewer tokens for a 512² patch. Experimental. Checkpoints record the input side, and
     /// inference runs such a model at that side, tiling larger images.
     pub encoder_input: EncoderInput,
+    /// Parameter-efficient fine-tuning of the image encoder (micro_sam's `peft_kwargs`): its
+    /// weights are frozen and small adapters on the chosen blocks are trained with the prompt
+    /// encoder, the mask decoder and the instance decoder. `null` or `method: none`: the
+    /// whole model trains (minus `freeze`).
+    pub peft: Option<PeftConfig>,
 }
 
 /// How a patch enters the image encoder ([`ModelConfig::encoder_input`]).
@@ -190,6 +195,99 @@ impl JsonSchema for EncoderInput {
     }
 }
 
+/// The parameter-efficient fine-tuning method (micro_sam's `peft_sam.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PeftMethod {
+    /// No adapters: the image encoder trains as a whole.
+    #[default]
+    None,
+    /// LoRA on the q and v projections of each chosen block (`LoRASurgery`).
+    Lora,
+    /// FacT on the q and v projections (`FacTSurgery`, dropout 0.1 while training).
+    Fact,
+    /// A learned scale and shift after qkv, proj, the MLP's linear layers and both norms of
+    /// each chosen block (`SSFSurgery`).
+    Ssf,
+}
+
+/// Which image-encoder blocks get adapters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PeftBlocks {
+    /// `all`: every block.
+    All(AllBlocks),
+    /// Block indexes, 0-based, e.g. `[8, 9, 10, 11]`.
+    List(Vec<u32>),
+    /// `{last: K}`: the last K blocks.
+    Last {
+        /// How many of the last blocks.
+        last: u32,
+    },
+}
+
+/// The word `all` of [`PeftBlocks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AllBlocks {
+    /// Every block.
+    All,
+}
+
+impl Default for PeftBlocks {
+    fn default() -> Self {
+        PeftBlocks::All(AllBlocks::All)
+    }
+}
+
+impl PeftBlocks {
+    /// The chosen block indexes of an encoder with `depth` blocks, ascending and distinct
+    /// (indexes out of range are kept, for validation to report).
+    pub fn resolve(&self, depth: u32) -> Vec<u32> {
+        let mut v = match self {
+            PeftBlocks::All(_) => (0..depth).collect(),
+            PeftBlocks::List(l) => l.clone(),
+            PeftBlocks::Last { last } => (depth.saturating_sub(*last)..depth).collect(),
+        };
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// `model.peft`: adapters on the image encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeftConfig {
+    /// `lora`, `fact`, `ssf` or `none`.
+    pub method: PeftMethod,
+    /// Rank of the LoRA / FacT factors (≥ 1; micro_sam's examples use 4). SSF ignores it.
+    pub rank: Option<u32>,
+    /// Factor on the LoRA update (micro_sam fixes it at 1). FacT and SSF ignore it.
+    pub alpha: f64,
+    /// The adapted blocks: `all`, a list of 0-based indexes, or `{last: K}`. The blocks before
+    /// the first adapted one run without gradients, which is where the memory is saved.
+    pub blocks: PeftBlocks,
+}
+
+impl Default for PeftConfig {
+    fn default() -> Self {
+        Self {
+            method: PeftMethod::None,
+            rank: None,
+            alpha: 1.0,
+            blocks: PeftBlocks::default(),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The adapters to build: `None` without `model.peft` or with `method: none`.
+    pub fn active_peft(&self) -> Option<&PeftConfig> {
+        self.peft.as_ref().filter(|p| p.method != PeftMethod::None)
+    }
+}
+
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
@@ -199,6 +297,7 @@ impl Default for ModelConfig {
             freeze: Vec::new(),
             architecture: None,
             encoder_input: EncoderInput::Resized,
+            peft: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::diagnostics::{did_you_mean, Problem};
 use crate::estimate::WallTimeEstimate;
 use crate::evaluation::{GridRange, InferenceConfig, InferenceMode};
 use crate::experiment::{AugmentationConfig, ExperimentConfig, NormalizationConfig, RangeOp};
-use crate::model::{Backbone, CheckpointSource};
+use crate::model::{Backbone, CheckpointSource, PeftBlocks, PeftMethod};
 use crate::paths::find_root;
 use crate::training::{ActivationCheckpointing, Device, Precision, SchedulerKind};
 
@@ -635,6 +635,58 @@ impl ExperimentConfig {
             );
         }
         self.check_architecture(c);
+        self.check_peft(c);
+    }
+
+    fn check_peft(&self, c: &mut Checker) {
+        let m = &self.model;
+        let Some(p) = m.active_peft() else { return };
+        if m.backbone == Backbone::VitT {
+            c.err(
+                "model.peft",
+                "needs a ViT backbone (vit_b, vit_l, vit_h): micro_sam has no PEFT for vit_t",
+            );
+            return;
+        }
+        let depth = m.resolved_architecture().encoder_depth;
+        match (p.method, p.rank) {
+            (PeftMethod::Lora | PeftMethod::Fact, None | Some(0)) => c.err(
+                "model.peft.rank",
+                format!("{:?} needs a rank ≥ 1 (e.g. rank: 4)", p.method).to_lowercase(),
+            ),
+            (PeftMethod::Ssf, Some(_)) => c.warn("model.peft.rank", "is ignored by ssf"),
+            _ => {}
+        }
+        if !(p.alpha.is_finite() && p.alpha > 0.0) {
+            c.err("model.peft.alpha", format!("must be > 0, got {}", p.alpha));
+        } else if p.alpha != 1.0 && p.method != PeftMethod::Lora {
+            c.warn("model.peft.alpha", format!("is ignored by {:?}", p.method).to_lowercase());
+        }
+        match &p.blocks {
+            PeftBlocks::List(l) if l.is_empty() => {
+                c.err("model.peft.blocks", "lists no block (use `all` or indexes)")
+            }
+            PeftBlocks::Last { last } if *last == 0 || *last > depth => c.err(
+                "model.peft.blocks",
+                format!("last: {last} must be between 1 and the encoder depth {depth}"),
+            ),
+            PeftBlocks::List(l) => {
+                if let Some(b) = l.iter().find(|&&b| b >= depth) {
+                    c.err(
+                        "model.peft.blocks",
+                        format!("block {b} does not exist: the encoder has blocks 0..{depth}"),
+                    );
+                }
+            }
+            _ => {}
+        }
+        if m.freeze.iter().any(|f| f == "image_encoder" || f.starts_with("image_encoder.")) {
+            c.err(
+                "model.freeze",
+                "freezes image-encoder weights, but model.peft already freezes the whole image \
+                 encoder and trains its adapters: remove the image_encoder entries",
+            );
+        }
     }
 
     fn check_architecture(&self, c: &mut Checker) {

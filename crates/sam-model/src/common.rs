@@ -158,6 +158,23 @@ impl MLPBlock {
     }
 }
 
+impl MLPBlock {
+    /// The forward pass with an optional scale-shift after each linear layer (SSF).
+    pub(crate) fn forward_scaled(
+        &self,
+        x: &Tensor,
+        ss1: &Option<crate::peft::ScaleShift>,
+        ss2: &Option<crate::peft::ScaleShift>,
+    ) -> Tensor {
+        let h = crate::peft::scale_shift(ss1, self.lin1.forward(x));
+        let h = match self.act {
+            Activation::Gelu => gelu(&h),
+            Activation::Relu => h.relu(),
+        };
+        crate::peft::scale_shift(ss2, self.lin2.forward(&h))
+    }
+}
+
 impl Module for MLPBlock {
     fn forward(&self, x: &Tensor) -> Tensor {
         let h = self.lin1.forward(x);

@@ -9,6 +9,7 @@ use crate::common::{
     MLPBlock,
 };
 use crate::error::ModelError;
+use crate::peft::{scale_shift, BlockScaleShift, PeftMethod, PeftSpec, QkvAdapter, ScaleShift};
 
 /// Configuration of [`ImageEncoderViT`] (the arguments of `ImageEncoderViT.__init__` as
 /// `segment_anything/build_sam.py` sets them).
@@ -167,6 +168,11 @@ struct Attention {
     proj: nn::Linear,
     rel_pos: Option<(Tensor, Tensor)>,
     mode: AttentionMode,
+    /// LoRA / FacT update of the qkv projection.
+    qkv_adapter: Option<QkvAdapter>,
+    /// SSF after the qkv and output projections.
+    qkv_ss: Option<ScaleShift>,
+    proj_ss: Option<ScaleShift>,
 }
 
 impl Attention {
@@ -187,18 +193,36 @@ impl Attention {
             proj,
             rel_pos,
             mode: cfg.attention,
+            qkv_adapter: None,
+            qkv_ss: None,
+            proj_ss: None,
+        }
+    }
+
+    /// Adds the adapters of `spec` under `p` (this attention's path in the adapters' store).
+    fn attach_peft(&mut self, p: &nn::Path, spec: &PeftSpec, dim: i64) {
+        match spec.method {
+            PeftMethod::Lora | PeftMethod::Fact => {
+                self.qkv_adapter = QkvAdapter::new(&(p / "qkv"), spec, dim);
+            }
+            PeftMethod::Ssf => {
+                self.qkv_ss = Some(ScaleShift::new(p / "qkv", 3 * dim));
+                self.proj_ss = Some(ScaleShift::new(p / "proj", dim));
+            }
         }
     }
 
     /// # Shapes
-    /// `x`: `[b, h, w, c]` → `[b, h, w, c]`.
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// `x`: `[b, h, w, c]` → `[b, h, w, c]`. `train` switches the adapters' dropout on.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let (b, h, w, _) = x.size4().unwrap_or_default();
         let nh = self.num_heads;
+        let mut qkv = scale_shift(&self.qkv_ss, self.qkv.forward(x));
+        if let Some(adapter) = &self.qkv_adapter {
+            qkv = adapter.apply(x, qkv, train);
+        }
         // qkv with shape (3, B, nHead, H * W, C)
-        let qkv = self
-            .qkv
-            .forward(x)
+        let qkv = qkv
             .reshape([b, h * w, 3, nh, -1])
             .permute([2, 0, 3, 1, 4]);
         // q, k, v with shape (B * nHead, H * W, C)
@@ -223,7 +247,7 @@ impl Attention {
             .view([b, nh, h, w, -1])
             .permute([0, 2, 3, 1, 4])
             .reshape([b, h, w, -1]);
-        self.proj.forward(&x)
+        scale_shift(&self.proj_ss, self.proj.forward(&x))
     }
 }
 
@@ -364,6 +388,8 @@ struct Block {
     norm2: nn::LayerNorm,
     mlp: MLPBlock,
     window_size: i64,
+    /// SSF after the norms and the MLP's linear layers.
+    ss: Option<BlockScaleShift>,
 }
 
 impl Block {
@@ -382,22 +408,49 @@ impl Block {
             norm2: layer_norm(&p / "norm2", dim, cfg.layer_norm_eps),
             mlp: MLPBlock::new(&p / "mlp", dim, mlp_dim, Activation::Gelu),
             window_size,
+            ss: None,
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// Adds the adapters of `spec` under `p` (this block's path in the adapters' store).
+    fn attach_peft(&mut self, p: &nn::Path, spec: &PeftSpec, cfg: &ImageEncoderViTConfig) {
+        let dim = cfg.embed_dim;
+        self.attn.attach_peft(&(p / "attn"), spec, dim);
+        if spec.method == PeftMethod::Ssf {
+            let mlp_dim = (dim as f64 * cfg.mlp_ratio) as i64;
+            self.ss = Some(BlockScaleShift {
+                norm1: Some(ScaleShift::new(p / "norm1", dim)),
+                norm2: Some(ScaleShift::new(p / "norm2", dim)),
+                lin1: Some(ScaleShift::new(p / "mlp" / "lin1", mlp_dim)),
+                lin2: Some(ScaleShift::new(p / "mlp" / "lin2", dim)),
+            });
+        }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let ss = self.ss.as_ref();
         let shortcut = x;
         let x = self.norm1.forward(x);
+        let x = match ss {
+            Some(ss) => scale_shift(&ss.norm1, x),
+            None => x,
+        };
         let x = if self.window_size > 0 {
             let (h, w) = (x.size()[1], x.size()[2]);
             let (windows, pad_hw) = window_partition(&x, self.window_size);
-            let windows = self.attn.forward(&windows);
+            let windows = self.attn.forward_t(&windows, train);
             window_unpartition(&windows, self.window_size, pad_hw, (h, w))
         } else {
-            self.attn.forward(&x)
+            self.attn.forward_t(&x, train)
         };
         let x = shortcut + x;
-        let y = self.mlp.forward(&self.norm2.forward(&x));
+        let y = match ss {
+            Some(ss) => {
+                let n = scale_shift(&ss.norm2, self.norm2.forward(&x));
+                self.mlp.forward_scaled(&n, &ss.lin1, &ss.lin2)
+            }
+            None => self.mlp.forward(&self.norm2.forward(&x)),
+        };
         x + y
     }
 }
@@ -410,6 +463,7 @@ pub struct ImageEncoderViT {
     blocks: Vec<Block>,
     neck: (nn::Conv2D, LayerNorm2d, nn::Conv2D, LayerNorm2d),
     cfg: ImageEncoderViTConfig,
+    peft: Option<PeftSpec>,
 }
 
 impl ImageEncoderViT {
@@ -455,7 +509,47 @@ impl ImageEncoderViT {
             blocks,
             neck,
             cfg: cfg.clone(),
+            peft: None,
         })
+    }
+
+    /// Adds the adapters of `spec` (LoRA, FacT or SSF on `spec.blocks`), their variables under
+    /// `p`, the `image_encoder` path of the adapters' own var store (so their keys are
+    /// micro_sam's, e.g. `image_encoder.blocks.3.attn.qkv.w_a_linear_q.weight`). The encoder's
+    /// own weights are not touched: freezing them is the caller's (see
+    /// [`crate::SamModel::with_peft`]). From now on the patch embedding and the blocks before
+    /// [`ImageEncoderViT::first_graph_block`] run without recording gradients.
+    ///
+    /// An encoder takes one set of adapters: a second call is a configuration error.
+    pub fn attach_peft(&mut self, p: &nn::Path, spec: &PeftSpec) -> Result<(), ModelError> {
+        spec.validate(self.cfg.depth)?;
+        if self.peft.is_some() {
+            return Err(ModelError::Config {
+                field: "peft".into(),
+                expected: "one set of adapters per encoder".into(),
+                found: "a second one".into(),
+            });
+        }
+        for &i in &spec.blocks {
+            let cfg = self.cfg.clone();
+            if let Some(block) = self.blocks.get_mut(i as usize) {
+                block.attach_peft(&(p / "blocks" / i), spec, &cfg);
+            }
+        }
+        self.peft = Some(spec.clone());
+        Ok(())
+    }
+
+    /// The adapters attached with [`ImageEncoderViT::attach_peft`], if any.
+    pub fn peft(&self) -> Option<&PeftSpec> {
+        self.peft.as_ref()
+    }
+
+    /// The first block that is part of the autograd graph in a training forward: with adapters,
+    /// the first adapted block (the blocks before it and the patch embedding hold only frozen
+    /// weights and run under `no_grad`); without adapters 0 (everything is in the graph).
+    pub fn first_graph_block(&self) -> usize {
+        self.peft.as_ref().map_or(0, |s| s.first_block() as usize)
     }
 
     /// The configuration this encoder was built with.
@@ -470,9 +564,27 @@ impl ImageEncoderViT {
     /// Other input sizes (multiples of the patch size) work too: the absolute position
     /// embedding is interpolated bicubically and the relative position tables linearly.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let mut x = self.embed(x);
-        for i in 0..self.depth() {
-            x = self.block(i, &x);
+        self.forward_t(x, false)
+    }
+
+    /// [`ImageEncoderViT::forward`], with the adapters' dropout (FacT) active when `train`.
+    /// With adapters attached, the patch embedding and the blocks before
+    /// [`ImageEncoderViT::first_graph_block`] run under `no_grad`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let first = self.first_graph_block().min(self.depth());
+        let mut x = if self.peft.is_some() {
+            tch::no_grad(|| {
+                let mut x = self.embed(x);
+                for i in 0..first {
+                    x = self.block_t(i, &x, train);
+                }
+                x
+            })
+        } else {
+            self.embed(x)
+        };
+        for i in first..self.depth() {
+            x = self.block_t(i, &x, train);
         }
         self.neck(&x)
     }
@@ -520,7 +632,15 @@ impl ImageEncoderViT {
     /// # Panics
     /// When `index ≥ depth()`.
     pub fn block(&self, index: usize, x: &Tensor) -> Tensor {
-        self.blocks[index].forward(x)
+        self.block_t(index, x, false)
+    }
+
+    /// [`ImageEncoderViT::block`] with the adapters' dropout (FacT) active when `train`.
+    ///
+    /// # Panics
+    /// When `index ≥ depth()`.
+    pub fn block_t(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
+        self.blocks[index].forward_t(x, train)
     }
 
     /// The last segment of [`ImageEncoderViT::forward`]: the convolutional neck.

@@ -49,6 +49,7 @@ pub mod flops;
 mod image_encoder;
 mod mask_decoder;
 mod model;
+pub mod peft;
 mod precision;
 mod predictor;
 mod prompt_encoder;
@@ -74,7 +75,10 @@ pub use download::{download_model, DownloadOptions, DownloadProgress};
 pub use error::ModelError;
 pub use image_encoder::{ImageEncoderViT, ImageEncoderViTConfig};
 pub use mask_decoder::{MaskDecoder, MaskDecoderConfig};
-pub use model::{ModelPart, SamModel, SamModelError, StateDict, StateLoadReport, DECODER_PREFIX};
+pub use model::{
+    ModelPart, SamModel, SamModelError, StateDict, StateLoadReport, DECODER_PREFIX, PEFT_PREFIX,
+};
+pub use peft::{PeftMethod, PeftSpec};
 pub use precision::Precision;
 pub use predictor::{
     ImageEmbedding, ImageView, Prediction, Prompts, ResizeLongestSide, SamPredictor,

@@ -16,11 +16,27 @@ use crate::checkpoint::{
 };
 use crate::error::ModelError;
 use crate::state_dict::{apply_state_dict, LoadError, LoadMode, LoadReport};
-use crate::{Sam, SamConfig, UnetrConfig, UnetrDecoder};
+use crate::peft::{from_micro_sam_layout, merge_into_base, to_micro_sam_layout, PeftSpec};
+use crate::{ImageEncoder, Sam, SamConfig, UnetrConfig, UnetrDecoder};
+
+/// A var store's variables sorted by key.
+fn sorted(vars: std::collections::HashMap<String, Tensor>) -> StateDict {
+    let mut v: StateDict = vars.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
 
 /// Prefix of the decoder's variables when SAM's and the decoder's are listed together
 /// ([`SamModel::named_variables`]); SAM's keep segment_anything's keys unprefixed.
 pub const DECODER_PREFIX: &str = "decoder.";
+
+/// Prefix of the image-encoder adapters' variables (LoRA, FacT, SSF) when listed with SAM's
+/// ([`SamModel::named_variables`]); after it come micro_sam's keys, e.g.
+/// `peft.image_encoder.blocks.3.attn.qkv.w_a_linear_q.weight`.
+pub const PEFT_PREFIX: &str = "peft.";
+
+/// Prefix of the image encoder's variables in SAM's state_dict.
+const IMAGE_ENCODER_PREFIX: &str = "image_encoder.";
 
 /// Named tensors, as a state_dict lists them: `(key, tensor)` in order.
 pub type StateDict = Vec<(String, Tensor)>;
@@ -66,6 +82,17 @@ pub enum SamModelError {
         #[source]
         source: LoadError,
     },
+    /// Weights with [`PEFT_PREFIX`] keys for a model without adapters.
+    #[error(
+        "the weights hold {count} image-encoder adapter variable(s) (e.g. `{example}`) but the \
+         model has no adapters (model.peft)"
+    )]
+    UnexpectedAdapters {
+        /// Adapter variables in the weights.
+        count: usize,
+        /// One of their keys, prefix included.
+        example: String,
+    },
     /// Weights with [`DECODER_PREFIX`] keys for a model without a decoder.
     #[error(
         "the weights hold {count} instance-decoder variable(s) (e.g. `{example}`) but the model \
@@ -110,6 +137,8 @@ pub struct SamModel {
     sam_vs: VarStore,
     sam: Sam,
     decoder: Option<(VarStore, UnetrDecoder)>,
+    /// The image encoder's adapters (see [`SamModel::with_peft`]).
+    peft: Option<VarStore>,
 }
 
 impl fmt::Debug for SamModel {
@@ -117,6 +146,7 @@ impl fmt::Debug for SamModel {
         f.debug_struct("SamModel")
             .field("sam", self.sam.config())
             .field("decoder", &self.decoder.as_ref().map(|(_, d)| d.config()))
+            .field("peft", &self.peft())
             .finish()
     }
 }
@@ -143,7 +173,120 @@ impl SamModel {
             sam_vs,
             sam,
             decoder,
+            peft: None,
         })
+    }
+
+    /// Adds parameter-efficient adapters to the image encoder (micro_sam's `PEFT_Sam`): their
+    /// variables in a var store of their own, randomly initialised as micro_sam's (LoRA's B
+    /// factors zero), and the encoder's own weights frozen (`requires_grad` off). The prompt
+    /// encoder, mask decoder and instance decoder stay trainable.
+    ///
+    /// Load the base weights before or after; adapters come from [`SamModel::load_named`] or
+    /// [`SamModel::load_peft`].
+    ///
+    /// # Errors
+    /// A TinyViT encoder (micro_sam has no PEFT for it), a second set of adapters, or a spec
+    /// that does not fit the encoder (rank, block indexes).
+    pub fn with_peft(mut self, spec: &PeftSpec) -> Result<Self, ModelError> {
+        if self.peft.is_some() {
+            return Err(ModelError::Config {
+                field: "peft".into(),
+                expected: "one set of adapters".into(),
+                found: "a second one".into(),
+            });
+        }
+        let vs = VarStore::new(self.device());
+        match &mut self.sam.image_encoder {
+            ImageEncoder::Vit(enc) => enc.attach_peft(&(vs.root() / "image_encoder"), spec)?,
+            ImageEncoder::TinyVit(_) => {
+                return Err(ModelError::Config {
+                    field: "peft".into(),
+                    expected: "a ViT image encoder (vit_b, vit_l, vit_h)".into(),
+                    found: "TinyViT (vit_t)".into(),
+                })
+            }
+        }
+        for (name, var) in self.sam_vs.variables() {
+            if name.starts_with(IMAGE_ENCODER_PREFIX) {
+                let _ = var.set_requires_grad(false);
+            }
+        }
+        self.peft = Some(vs);
+        Ok(self)
+    }
+
+    /// The adapters of the image encoder, if it has any.
+    pub fn peft(&self) -> Option<&PeftSpec> {
+        match &self.sam.image_encoder {
+            ImageEncoder::Vit(enc) => enc.peft(),
+            ImageEncoder::TinyVit(_) => None,
+        }
+    }
+
+    /// The adapters' variables (keys as micro_sam's PEFT state_dict), if there are adapters.
+    pub fn peft_var_store(&self) -> Option<&VarStore> {
+        self.peft.as_ref()
+    }
+
+    /// Copies adapter weights (micro_sam keys, no [`PEFT_PREFIX`]) into the adapters, strictly.
+    pub fn load_peft(&self, adapters: &[(String, Tensor)]) -> Result<LoadReport, SamModelError> {
+        match &self.peft {
+            Some(vs) => apply_state_dict(vs, adapters, LoadMode::Strict).map_err(|source| {
+                SamModelError::Weights {
+                    origin: "the given adapter weights".into(),
+                    part: ModelPart::Sam,
+                    source,
+                }
+            }),
+            None => Err(SamModelError::UnexpectedAdapters {
+                count: adapters.len(),
+                example: adapters.first().map(|(k, _)| k.clone()).unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// SAM's weights with the adapters folded in: the plain segment_anything state_dict of a
+    /// model that computes what this one computes in inference (see
+    /// [`crate::peft::merge_into_base`]). Without adapters, SAM's weights.
+    pub fn merged_sam_state(&self) -> StateDict {
+        let base = sorted(self.sam_vs.variables());
+        match (&self.peft, self.peft()) {
+            (Some(vs), Some(spec)) => merge_into_base(&base, &sorted(vs.variables()), spec),
+            _ => base.into_iter().map(|(k, t)| (k, t.detach())).collect(),
+        }
+    }
+
+    /// SAM's weights in micro_sam's PEFT layout (what `get_sam_model(..., peft_kwargs=...)`
+    /// loads); `None` without adapters.
+    pub fn micro_sam_peft_state(&self) -> Option<StateDict> {
+        let (vs, spec) = (self.peft.as_ref()?, self.peft()?);
+        let detach = |v: StateDict| v.into_iter().map(|(k, t)| (k, t.detach())).collect();
+        Some(to_micro_sam_layout(
+            &detach(sorted(self.sam_vs.variables())),
+            &detach(sorted(vs.variables())),
+            spec,
+        ))
+    }
+
+    /// The variables a training checkpoint keeps: every variable of
+    /// [`SamModel::named_variables`] except, with adapters, the frozen base weights of the
+    /// image encoder (the run names its base model instead; [`SamModel::load_named`] takes
+    /// them from the model).
+    pub fn checkpoint_variables(&self) -> Vec<(String, Tensor)> {
+        let mut vars = self.named_variables();
+        if self.peft.is_some() {
+            vars.retain(|(k, _)| !k.starts_with(IMAGE_ENCODER_PREFIX));
+        }
+        vars
+    }
+
+    /// The frozen base weights of the image encoder (sorted by key), whose digest identifies the
+    /// base model of a run with adapters.
+    pub fn image_encoder_base(&self) -> StateDict {
+        let mut v: StateDict = sorted(self.sam_vs.variables());
+        v.retain(|(k, _)| k.starts_with(IMAGE_ENCODER_PREFIX));
+        v
     }
 
     /// Wraps networks built in code: `sam`'s variables must live at the root of `sam_vs`, the
@@ -157,6 +300,7 @@ impl SamModel {
             sam_vs,
             sam,
             decoder,
+            peft: None,
         }
     }
 
@@ -175,8 +319,19 @@ impl SamModel {
     /// ([`infer_unetr_config`]) when the file has one. Loading is strict: a missing, unexpected
     /// or wrongly shaped key of either part is an error naming it.
     pub fn from_checkpoint(ckpt: &TorchCheckpoint, device: Device) -> Result<Self, SamModelError> {
-        let arch = infer_architecture(&ckpt.model_state)?;
-        let sam_cfg = arch.sam_config(&ckpt.model_state)?;
+        // micro_sam's PEFT layout: base weights under renamed keys plus the adapters.
+        let peft = from_micro_sam_layout(&ckpt.model_state).map_err(|e| {
+            SamModelError::Checkpoint(CheckpointError::Format {
+                path: ckpt.path.clone(),
+                reason: e.to_string(),
+            })
+        })?;
+        let base_state = match &peft {
+            Some((base, _, _)) => base,
+            None => &ckpt.model_state,
+        };
+        let arch = infer_architecture(base_state)?;
+        let sam_cfg = arch.sam_config(base_state)?;
         let decoder_cfg = match &ckpt.decoder_state {
             Some(state) => Some(infer_unetr_config(state, &sam_cfg)?),
             None => None,
@@ -185,10 +340,14 @@ impl SamModel {
         if let Some(side) = ckpt.input_size {
             model.set_input_size(side)?;
         }
+        if let Some((_, adapters, spec)) = &peft {
+            model = model.with_peft(spec)?;
+            model.load_peft(adapters)?;
+        }
         let path = ckpt.path.display();
         model
             .load_state(
-                &ckpt.model_state,
+                base_state,
                 ckpt.decoder_state.as_deref(),
                 LoadMode::Strict,
             )
@@ -266,8 +425,8 @@ impl SamModel {
     }
 
     /// Every variable, sorted by name: SAM's under their own keys, the decoder's prefixed with
-    /// [`DECODER_PREFIX`]. The tensors are the variables themselves (an optimiser may take
-    /// them); detach them to write them.
+    /// [`DECODER_PREFIX`], the adapters' with [`PEFT_PREFIX`]. The tensors are the variables
+    /// themselves (an optimiser may take them); detach them to write them.
     pub fn named_variables(&self) -> Vec<(String, Tensor)> {
         let mut out: Vec<(String, Tensor)> = self.sam_vs.variables().into_iter().collect();
         if let Some((vs, _)) = &self.decoder {
@@ -277,22 +436,45 @@ impl SamModel {
                     .map(|(k, t)| (format!("{DECODER_PREFIX}{k}"), t)),
             );
         }
+        if let Some(vs) = &self.peft {
+            out.extend(
+                vs.variables()
+                    .into_iter()
+                    .map(|(k, t)| (format!("{PEFT_PREFIX}{k}"), t)),
+            );
+        }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 
     /// Splits a list as [`SamModel::named_variables`] writes it into SAM's weights and the
-    /// decoder's (prefix removed), in their order. The tensors are shallow copies.
+    /// decoder's (prefix removed), in their order; adapter weights are left out (see
+    /// [`SamModel::split_adapters`]). The tensors are shallow copies.
     pub fn split_named(tensors: &[(String, Tensor)]) -> (StateDict, StateDict) {
         let mut sam = Vec::new();
         let mut decoder = Vec::new();
         for (k, t) in tensors {
+            if k.starts_with(PEFT_PREFIX) {
+                continue;
+            }
             match k.strip_prefix(DECODER_PREFIX) {
                 Some(key) => decoder.push((key.to_string(), t.shallow_clone())),
                 None => sam.push((k.clone(), t.shallow_clone())),
             }
         }
         (sam, decoder)
+    }
+
+    /// The adapter weights of a list as [`SamModel::named_variables`] writes it, prefix
+    /// removed (micro_sam keys), in their order.
+    pub fn split_adapters(tensors: &[(String, Tensor)]) -> StateDict {
+        tensors
+            .iter()
+            .filter_map(|(k, t)| {
+                k.strip_prefix(PEFT_PREFIX)
+                    .map(|key| (key.to_string(), t.shallow_clone()))
+            })
+            .collect()
     }
 
     /// Copies SAM weights (`model_state`) and, when both the model and the weights have one,
@@ -335,12 +517,36 @@ impl SamModel {
         tensors: &[(String, Tensor)],
         mode: LoadMode,
     ) -> Result<StateLoadReport, SamModelError> {
-        let (sam, decoder) = Self::split_named(tensors);
+        let (mut sam, decoder) = Self::split_named(tensors);
         if !self.has_decoder() && !decoder.is_empty() {
             return Err(SamModelError::UnexpectedDecoder {
                 count: decoder.len(),
                 example: format!("{DECODER_PREFIX}{}", decoder[0].0),
             });
+        }
+        let adapters = Self::split_adapters(tensors);
+        match &self.peft {
+            None if !adapters.is_empty() => {
+                return Err(SamModelError::UnexpectedAdapters {
+                    count: adapters.len(),
+                    example: format!("{PEFT_PREFIX}{}", adapters[0].0),
+                })
+            }
+            None => {}
+            Some(vs) => {
+                apply_state_dict(vs, &adapters, mode).map_err(|source| {
+                    SamModelError::Weights {
+                        origin: "the given weights (adapters)".into(),
+                        part: ModelPart::Sam,
+                        source,
+                    }
+                })?;
+                // A checkpoint of a run with adapters leaves out the frozen base encoder
+                // (`checkpoint_variables`): keep the model's own.
+                if !sam.iter().any(|(k, _)| k.starts_with(IMAGE_ENCODER_PREFIX)) {
+                    sam.extend(self.image_encoder_base());
+                }
+            }
         }
         self.load_state(&sam, Some(&decoder), mode)
     }

@@ -207,12 +207,30 @@ impl ImageEncoder {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.forward_t(x, false)
     }
+
+    /// The forward of a training step: adapter dropout (FacT) active, batch norms (TinyViT)
+    /// on their running statistics as in [`ImageEncoder::forward`].
+    pub fn forward_training(&self, x: &Tensor) -> Tensor {
+        match self {
+            Self::Vit(e) => e.forward_t(x, true),
+            Self::TinyVit(e) => e.forward_t(x, false),
+        }
+    }
+
+    /// The first block in the autograd graph of a training forward
+    /// ([`ImageEncoderViT::first_graph_block`]); 0 for TinyViT.
+    pub fn first_graph_block(&self) -> usize {
+        match self {
+            Self::Vit(e) => e.first_graph_block(),
+            Self::TinyVit(_) => 0,
+        }
+    }
 }
 
 impl ModuleT for ImageEncoder {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         match self {
-            Self::Vit(e) => e.forward(x),
+            Self::Vit(e) => e.forward_t(x, train),
             Self::TinyVit(e) => e.forward_t(x, train),
         }
     }

@@ -183,6 +183,11 @@ pub struct TrainState {
     /// records it in the file so that inference feeds the model the same way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_size: Option<i64>,
+    /// With image-encoder adapters (`model.peft`): the digest of the frozen base encoder
+    /// ([`crate::base_digest`]). The checkpoint then holds only the trainable weights, and a
+    /// resume refuses a model whose base differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<String>,
 }
 
 /// Tensors and state of one checkpoint.
@@ -441,6 +446,7 @@ mod tests {
             nonfinite_streak: 0,
             intra_op_threads: None,
             input_size: None,
+            base_model: None,
         }
     }
 

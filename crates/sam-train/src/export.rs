@@ -1,5 +1,7 @@
 //! Export to the formats the Python world reads: a plain segment_anything state_dict, or
-//! micro_sam's `{model_state, decoder_state}` when the decoder is included.
+//! micro_sam's `{model_state, decoder_state}` when the decoder is included. A model with
+//! image-encoder adapters (`model.peft`) is written either merged (adapters folded into the
+//! weights: a plain SAM state_dict) or in micro_sam's PEFT layout ([`PeftLayout`]).
 //!
 //! An export never destroys what it reads: an output that is the checkpoint itself (by path,
 //! through a link, or as a hard link) or lies inside the checkpoint folder is refused, and an
@@ -9,10 +11,26 @@
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use sam_model::{read_checkpoint, write_torch_checkpoint, SamModel};
-use tch::Tensor;
+use sam_config::{load_config_with, RunPaths, ValidateOptions};
+use sam_model::{read_checkpoint, write_torch_checkpoint, SamModel, StateDict, PEFT_PREFIX};
+use tch::{Device, Tensor};
 
+use crate::checkpoint::CheckpointStore;
+use crate::trainer::{check_base_model, initial_model, NoProgress};
 use crate::TrainError;
+
+/// How the image encoder of a model with adapters is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PeftLayout {
+    /// The adapters folded into the encoder's weights: a plain SAM state_dict that
+    /// segment_anything and micro_sam load without knowing of adapters.
+    #[default]
+    Merged,
+    /// micro_sam's PEFT state_dict: base weights under the wrapped modules' keys plus the
+    /// adapters, what `get_sam_model(..., peft_kwargs=...)` loads.
+    MicroSam,
+}
+
 
 /// How [`export_model`] writes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,6 +41,8 @@ pub struct ExportOptions {
     /// Replace the output file when it exists (`sam-train export --force`; a training run
     /// replaces its `export_path` after saying so in its log). Never the source itself.
     pub replace: bool,
+    /// The layout of a model with image-encoder adapters (ignored without them).
+    pub peft_layout: PeftLayout,
 }
 
 /// Exports `source` to `output`. `source` is one of our checkpoint folders (`latest/`, `best/`),
@@ -48,6 +68,12 @@ pub fn export_model(
         }
         let tensors = Tensor::read_safetensors(&file).map_err(|e| TrainError::format(&file, e))?;
         let (sam, dec) = SamModel::split_named(&tensors);
+        let sam = if tensors.iter().any(|(k, _)| k.starts_with(PEFT_PREFIX)) {
+            let model = rebuild_with_adapters(source, &tensors)?;
+            sam_state(&model, options.peft_layout)
+        } else {
+            sam
+        };
         (
             sam,
             (!dec.is_empty()).then_some(dec),
@@ -55,7 +81,15 @@ pub fn export_model(
         )
     } else if source.is_file() {
         let ck = read_checkpoint(source)?;
-        (ck.model_state, ck.decoder_state, ck.input_size)
+        let peft = sam_model::peft::from_micro_sam_layout(&ck.model_state)
+            .map_err(|e| TrainError::Model(format!("{}: {e}", source.display())))?;
+        let sam = match (peft, options.peft_layout) {
+            (Some((base, adapters, spec)), PeftLayout::Merged) => {
+                sam_model::peft::merge_into_base(&base, &adapters, &spec)
+            }
+            _ => ck.model_state,
+        };
+        (sam, ck.decoder_state, ck.input_size)
     } else {
         return Err(TrainError::MissingCheckpoint(format!(
             "checkpoint {} does not exist",
@@ -97,6 +131,49 @@ fn folder_input_size(folder: &Path) -> Result<Option<i64>, TrainError> {
     };
     let state: InputSize = serde_json::from_str(&text).map_err(|e| TrainError::format(&path, e))?;
     Ok(state.input_size)
+}
+
+/// SAM's weights of a model with adapters in `layout`.
+fn sam_state(model: &SamModel, layout: PeftLayout) -> StateDict {
+    match layout {
+        PeftLayout::Merged => model.merged_sam_state(),
+        PeftLayout::MicroSam => model
+            .micro_sam_peft_state()
+            .unwrap_or_else(|| model.merged_sam_state()),
+    }
+}
+
+/// The model of a checkpoint folder written by a run with adapters, which holds only the
+/// trainable weights: the base is rebuilt from the run's `config.yaml` (found above the folder:
+/// `runs/<experiment>/config.yaml`) as training built it, checked against the digest the
+/// checkpoint names, and the saved weights loaded on top.
+fn rebuild_with_adapters(dir: &Path, tensors: &[(String, Tensor)]) -> Result<SamModel, TrainError> {
+    let config = dir
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join("config.yaml"))
+        .find(|c| c.is_file())
+        .ok_or_else(|| {
+            TrainError::MissingCheckpoint(format!(
+                "{} holds image-encoder adapters without their base model, and no run \
+                 config.yaml was found above it (runs/<experiment>/config.yaml) to rebuild \
+                 the base from",
+                dir.display()
+            ))
+        })?;
+    let loaded = load_config_with(&config, &ValidateOptions::without_path_checks())
+        .map_err(|e| TrainError::Model(format!("{}: {e}", config.display())))?;
+    let root = loaded
+        .root
+        .unwrap_or_else(|| config.parent().map(Path::to_path_buf).unwrap_or_default());
+    let paths = RunPaths::new(root, &loaded.config);
+    let model = initial_model(&loaded.config, &paths, Device::Cpu, &NoProgress)?;
+    let state = CheckpointStore::load_dir(dir)?.state;
+    let built = crate::base_digest(&model);
+    check_base_model(dir, state.base_model.as_deref(), Some(&built))?;
+    crate::load_resumed(&model, &loaded.config.model, tensors, dir)?;
+    Ok(model)
 }
 
 /// Refuses an output that would destroy the source or replace a file unasked.

@@ -61,7 +61,7 @@ mod validation;
 pub use checkpoint::{Checkpoint, CheckpointStore, EpochSums, Slot, TrainState};
 pub use distributed::{Collective, GradientReducer, GRADIENT_BUCKET_BYTES};
 pub use error::{BoxError, TrainError};
-pub use export::{export_model, ExportOptions};
+pub use export::{export_model, ExportOptions, PeftLayout};
 pub use optim::{AdamW, AdamWConfig};
 pub use report::{draw_curves, EpochRecord, MetricsLog};
 pub use run_folder::{prepare_run, PreparedRun, RUN_MARKER};
@@ -70,7 +70,8 @@ pub use schedule::{
     checkpoint_decision, CheckpointDecision, EarlyStopping, LrScheduler, ScheduleKind,
 };
 pub use setup::{
-    device_for, load_initial, load_resumed, native_input_size, new_model, sam_config, unetr_config,
+    base_digest, device_for, load_initial, load_resumed, native_input_size, new_model, peft_spec,
+    sam_config, unetr_config,
 };
 pub use signals::StopFlag;
 pub use step::{

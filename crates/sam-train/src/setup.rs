@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use sam_config::{Backbone, ExperimentConfig, ModelConfig};
+use sam_config::{Backbone, ExperimentConfig, ModelConfig, PeftMethod as PeftMethodConfig};
 use sam_model::{
+    PeftMethod, PeftSpec,
     infer_architecture, read_checkpoint, resolve_checkpoint, ImageEncoderArchitecture,
     ImageEncoderConfig, ImageEncoderViTConfig, LoadError, LoadMode, LoadReport, MaskDecoderConfig,
     ModelPart, PromptEncoderConfig, SamConfig, SamModel, SamModelError, TwoWayTransformerConfig,
@@ -99,7 +100,55 @@ pub fn native_input_size(cfg: &ExperimentConfig) -> Option<i64> {
 /// `model.with_segmentation_decoder` is set.
 pub fn new_model(model: &ModelConfig, device: Device) -> Result<SamModel, TrainError> {
     let decoder = model.with_segmentation_decoder.then(|| unetr_config(model));
-    Ok(SamModel::new(&sam_config(model), decoder.as_ref(), device)?)
+    let built = SamModel::new(&sam_config(model), decoder.as_ref(), device)?;
+    Ok(match peft_spec(model) {
+        Some(spec) => built.with_peft(&spec)?,
+        None => built,
+    })
+}
+
+/// The image-encoder adapters of `model.peft`; `None` without them (`null`, `method: none`).
+pub fn peft_spec(model: &ModelConfig) -> Option<PeftSpec> {
+    let p = model.active_peft()?;
+    let method = match p.method {
+        PeftMethodConfig::None => return None,
+        PeftMethodConfig::Lora => PeftMethod::Lora,
+        PeftMethodConfig::Fact => PeftMethod::Fact,
+        PeftMethodConfig::Ssf => PeftMethod::Ssf,
+    };
+    let depth = model.resolved_architecture().encoder_depth;
+    let blocks = p.blocks.resolve(depth).into_iter().map(i64::from).collect();
+    let rank = if method == PeftMethod::Ssf {
+        0
+    } else {
+        i64::from(p.rank.unwrap_or(0))
+    };
+    Some(PeftSpec {
+        alpha: p.alpha,
+        ..PeftSpec::new(method, rank, blocks)
+    })
+}
+
+/// The identity of the frozen base image encoder of a model with adapters: the SHA-256 of its
+/// weights (names, shapes and fp32 values in key order), as hex. A run with adapters keeps
+/// only the trainable weights in its checkpoints and names its base by this digest.
+pub fn base_digest(model: &SamModel) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, t) in model.image_encoder_base() {
+        h.update(name.as_bytes());
+        h.update(format!("{:?}", t.size()).as_bytes());
+        let t = t
+            .detach()
+            .to_device(Device::Cpu)
+            .to_kind(tch::Kind::Float)
+            .contiguous();
+        let n = t.numel();
+        let mut bytes = vec![0u8; n * 4];
+        t.copy_data_u8(&mut bytes, n);
+        h.update(&bytes);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Loads the initial weights named by `spec` (`model.checkpoint`: a file or a micro_sam model

@@ -364,7 +364,7 @@ impl Encoded<'_> {
 /// Runs the encoder on `x`, keeping the activations of the blocks `mode` does not checkpoint.
 fn encode<'a>(sam: &'a Sam, x: &Tensor, mode: ActivationCheckpointing) -> Encoded<'a> {
     let ImageEncoder::Vit(enc) = &sam.image_encoder else {
-        return Encoded::Whole(sam.image_encoder.forward(x));
+        return Encoded::Whole(sam.image_encoder.forward_training(x));
     };
     let checkpointed = |i: usize| match mode {
         ActivationCheckpointing::None => false,
@@ -372,17 +372,30 @@ fn encode<'a>(sam: &'a Sam, x: &Tensor, mode: ActivationCheckpointing) -> Encode
         ActivationCheckpointing::All => true,
     };
     if !(0..enc.depth()).any(checkpointed) {
-        return Encoded::Whole(enc.forward(x));
+        return Encoded::Whole(enc.forward_t(x, true));
     }
     let mut segments = Vec::new();
     // The running activation, the leaf its graph segment starts from, and whether anything
     // ran since that leaf.
-    let mut h = enc.embed(x);
+    // With adapters, the patch embedding and the blocks before the first adapted one hold
+    // only frozen weights: they run outside the graph, as in `forward_t`.
+    let first = enc.first_graph_block().min(enc.depth());
+    let mut h = if enc.peft().is_some() {
+        tch::no_grad(|| {
+            let mut h = enc.embed(x);
+            for i in 0..first {
+                h = enc.block_t(i, &h, true);
+            }
+            h
+        })
+    } else {
+        enc.embed(x)
+    };
     let mut start: Option<Tensor> = None;
     let mut ran = true;
-    for i in 0..enc.depth() {
+    for i in first..enc.depth() {
         if !checkpointed(i) {
-            h = enc.block(i, &h);
+            h = enc.block_t(i, &h, true);
             ran = true;
             continue;
         }
@@ -397,7 +410,7 @@ fn encode<'a>(sam: &'a Sam, x: &Tensor, mode: ActivationCheckpointing) -> Encode
         // With the caller's grad mode, as the plain forward and the recompute run: the same
         // kernels, the same values. Its graph (one block's activations) goes at once; whether
         // it had one says whether the block has trainable weights.
-        let out = enc.block(i, &input);
+        let out = enc.block_t(i, &input, true);
         let trainable = out.requires_grad();
         let out = out.detach();
         segments.push(Segment::Recompute {
@@ -473,7 +486,7 @@ impl Sink {
     /// How the encoder runs: whole for one graph, as `checkpointing` says otherwise.
     fn encode<'a>(&self, sam: &'a Sam, x: &Tensor) -> Encoded<'a> {
         match self {
-            Sink::Graph { .. } => Encoded::Whole(sam.image_encoder.forward(x)),
+            Sink::Graph { .. } => Encoded::Whole(sam.image_encoder.forward_training(x)),
             Sink::Eager { checkpointing, .. } => encode(sam, x, *checkpointing),
         }
     }
@@ -541,7 +554,9 @@ impl Sink {
                 } => {
                     // Under the forward's autocast (still on here); no graph before `x`.
                     let x = input.detach().set_requires_grad(*input_requires_grad);
-                    let y = enc.block(*index, &x);
+                    // FacT's dropout draws a new mask here: with FacT, a checkpointed
+                    // block's gradient is that of another dropout draw than its forward's.
+                    let y = enc.block_t(*index, &x, true);
                     if y.requires_grad() {
                         let _pause = pause_autocast(*autocast_device)?;
                         (&y * &grad).sum(Kind::Float).backward();

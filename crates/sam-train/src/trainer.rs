@@ -6,7 +6,7 @@
 //! in validation.rs, checkpoints written in checkpoint.rs.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +22,9 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::report::{EpochRecord, MetricsLog};
 use crate::scaler::{LossScaler, ScalerState, ScalerUpdate};
 use crate::schedule::{checkpoint_decision, EarlyStopping, LrScheduler, ScheduleKind};
-use crate::setup::{device_for, load_initial, load_resumed, native_input_size, new_model};
+use crate::setup::{
+    base_digest, device_for, load_initial, load_resumed, native_input_size, new_model,
+};
 use crate::signals::StopFlag;
 use crate::step::{
     autocast_kind, step_backward, BeforeEncoderBackward, LossValues, RecipeConfig, StepInputs,
@@ -397,14 +399,16 @@ impl RunData {
     }
 }
 
-/// The model built from the config and its initial checkpoint, the parameters that are not
-/// frozen in an optimiser, and their number.
-fn build_model(
+/// The model the config builds with its initial weights: torch's generator seeded from the
+/// run's seed, the model built (with its adapters under `model.peft`), `model.checkpoint`
+/// loaded. Warnings go to `progress`. Rebuilding it from the same config gives the same base
+/// weights (what [`crate::export_model`] does for a checkpoint with adapters).
+pub(crate) fn initial_model(
     cfg: &ExperimentConfig,
     paths: &RunPaths,
     device: Device,
     progress: &dyn TrainProgress,
-) -> Result<(SamModel, AdamW, i64), TrainError> {
+) -> Result<SamModel, TrainError> {
     tch::manual_seed(derive_seed(cfg.seed, &[0]) as i64 & i64::MAX);
     let mut model = new_model(&cfg.model, device)?;
     if let Some(side) = native_input_size(cfg) {
@@ -417,6 +421,19 @@ fn build_model(
             say(progress, format!("warning: {w}"));
         }
     }
+    Ok(model)
+}
+
+/// The model built from the config and its initial checkpoint, the parameters that are not
+/// frozen in an optimiser, and their number. With adapters (`model.peft`) the image encoder's
+/// own weights are frozen already and only the adapters and heads train.
+fn build_model(
+    cfg: &ExperimentConfig,
+    paths: &RunPaths,
+    device: Device,
+    progress: &dyn TrainProgress,
+) -> Result<(SamModel, AdamW, i64), TrainError> {
+    let model = initial_model(cfg, paths, device, progress)?;
     let (optim, n_params) = optimizer_for(cfg, &model);
     Ok((model, optim, n_params))
 }
@@ -473,6 +490,7 @@ fn fresh_state(cfg: &ExperimentConfig, plan: &Plan) -> TrainState {
         nonfinite_streak: 0,
         intra_op_threads: None,
         input_size: native_input_size(cfg),
+        base_model: None,
     }
 }
 
@@ -488,6 +506,8 @@ fn resume(
 ) -> Result<TrainState, TrainError> {
     let ck = store.load(Slot::Latest)?;
     let source = store.slot_dir(Slot::Latest);
+    let built = model.peft().is_some().then(|| base_digest(model));
+    check_base_model(&source, ck.state.base_model.as_deref(), built.as_deref())?;
     load_resumed(model, config, &ck.model, &source)?;
     optim.load_state_tensors(ck.optimizer)?;
     let state = ck.state;
@@ -516,6 +536,39 @@ fn resume(
     }
     Ok(state)
 }
+
+/// Refuses to resume (or export) adapters onto another base image encoder than the one they
+/// were trained on: `saved` is the checkpoint's base digest, `built` the model's.
+pub(crate) fn check_base_model(
+    source: &Path,
+    saved: Option<&str>,
+    built: Option<&str>,
+) -> Result<(), TrainError> {
+    match (saved, built) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (None, None) => Ok(()),
+        (Some(a), Some(b)) => Err(TrainError::State(format!(
+            "{}: the checkpoint's adapters were trained on another base model (image-encoder \
+             digest {a}) than the one model.checkpoint gives now ({b}). Resume with the base \
+             model and seed the run was started with (runs/<experiment>/config.yaml holds them)",
+            source.display()
+        ))),
+        (Some(_), None) => Err(TrainError::State(format!(
+            "{}: the checkpoint holds image-encoder adapters (model.peft) but the config has \
+             none. {RESUME_HINT}",
+            source.display()
+        ))),
+        (None, Some(_)) => Err(TrainError::State(format!(
+            "{}: the config has image-encoder adapters (model.peft) but the checkpoint was \
+             written without them. {RESUME_HINT}",
+            source.display()
+        ))),
+    }
+}
+
+/// The fix when a checkpoint does not fit the config it is resumed with.
+const RESUME_HINT: &str = "Resume with the config the run was started with \
+     (runs/<experiment>/config.yaml), or start a new run (--overwrite)";
 
 /// Samples for iterations `first..` built ahead on worker threads. Sample k of the global
 /// batch of iteration i depends only on (seed, i, k); this rank takes its slice of k.
@@ -631,7 +684,12 @@ impl<'a> Trainer<'a> {
                 // Every rank starts from rank 0's weights.
                 c.broadcast_variables(&model.named_variables())?;
             }
-            fresh_state(cfg, &plan)
+            // With adapters the checkpoints hold only the trainable weights and name their
+            // base by its digest.
+            TrainState {
+                base_model: model.peft().is_some().then(|| base_digest(&model)),
+                ..fresh_state(cfg, &plan)
+            }
         };
         state.intra_op_threads = threads;
         optim.set_lr(state.scheduler.lr());
@@ -745,7 +803,7 @@ impl<'a> Trainer<'a> {
         if self.is_main() {
             self.store.save_pausing(
                 slot,
-                &self.model.named_variables(),
+                &self.model.checkpoint_variables(),
                 &self.optim.state_tensors(),
                 &self.state,
                 self.faults
@@ -1179,6 +1237,7 @@ impl<'a> Trainer<'a> {
             ExportOptions {
                 with_decoder: self.model.has_decoder(),
                 replace: true,
+                peft_layout: Default::default(),
             },
         )?;
         self.say(format!(

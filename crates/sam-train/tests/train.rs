@@ -321,6 +321,7 @@ fn a_checkpoint_that_does_not_fit_the_config_is_summarised_with_the_fix() {
         nonfinite_streak: 0,
         intra_op_threads: None,
         input_size: None,
+        base_model: None,
     };
     CheckpointStore::new(&paths.checkpoint_dir)
         .save(Slot::Latest, &other.named_variables(), &[], &state)

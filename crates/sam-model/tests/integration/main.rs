@@ -5,3 +5,4 @@ mod checkpoint_cache;
 mod flops;
 mod model;
 mod parity;
+mod peft;
