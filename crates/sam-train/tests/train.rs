@@ -26,6 +26,8 @@ macro_rules! setup {
     }};
 }
 
+mod peft;
+
 /// The tiny CPU run `t` (seed 3, checkpoint `ck`), with or without the UNETR decoder, changed
 /// by `edit`, as the trainer gets it.
 fn config(decoder: bool, edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> ExperimentConfig {
@@ -174,6 +176,7 @@ fn export_refusals(root: &Path) {
     let both = ExportOptions {
         with_decoder: true,
         replace: true,
+        ..Default::default()
     };
     let refused = |source: &Path, output: &Path, options: ExportOptions, part: &str| {
         let err = export_model(source, output, options).unwrap_err();
@@ -225,6 +228,7 @@ fn export_refusals(root: &Path) {
     let keep = ExportOptions {
         with_decoder: true,
         replace: false,
+        ..Default::default()
     };
     refused(&best, &exported, keep, "exists: pass --force to replace it");
     refused(&best, &root.join("final_models"), both, "is a folder");

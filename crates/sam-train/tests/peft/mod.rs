@@ -1,0 +1,158 @@
+//! Training with image-encoder adapters (`model.peft`): what the checkpoints hold, resuming,
+//! the base-model check and both export layouts.
+
+use std::path::Path;
+
+use sam_config::{ExperimentConfig, RunPaths};
+use sam_model::{read_checkpoint, write_sam_state_dict, SamModel, PEFT_PREFIX};
+use sam_train::{
+    export_model, CheckpointStore, ExportOptions, PeftLayout, Slot, TrainError, TrainOutcome,
+};
+use tch::{Device, Kind, Tensor};
+
+use sam_testkit::{SynthDataset, TempRepo};
+
+use super::{config, latest_model, max_diff, run};
+
+/// The tiny run with LoRA (rank 2) on the last of its 2 encoder blocks, starting from the base
+/// weights in `<root>/base.pt`.
+fn lora_config(root: &Path, epochs: u64) -> ExperimentConfig {
+    let base = root.join("base.pt").to_string_lossy().into_owned();
+    config(false, |c| {
+        c.epochs(epochs)
+            .set("training.checkpoint_every_iterations", 1)
+            .set("model.checkpoint", base)
+            .set_yaml("model.peft", "{method: lora, rank: 2, blocks: {last: 1}}")
+    })
+}
+
+/// Writes `base.pt`: the tiny model's SAM weights drawn with `seed`.
+fn write_base(root: &Path, cfg: &ExperimentConfig, seed: i64) -> Vec<(String, Tensor)> {
+    let mut plain = cfg.model.clone();
+    plain.peft = None;
+    tch::manual_seed(seed);
+    let model = sam_train::new_model(&plain, Device::Cpu).unwrap();
+    let mut vars = model.named_variables();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    write_sam_state_dict(root.join("base.pt"), &vars).unwrap();
+    vars
+}
+
+fn embed(model: &SamModel, x: &Tensor) -> Tensor {
+    tch::no_grad(|| model.sam().image_encoder.forward(x))
+}
+
+#[test]
+fn lora_checkpoints_hold_trainable_weights_resume_exactly_and_export_both_layouts() {
+    let a = setup!(3);
+    let cfg = lora_config(a.path(), 2);
+    let base = write_base(a.path(), &cfg, 11);
+    match run(&cfg, a.path(), false, None).unwrap() {
+        TrainOutcome::Finished(s) => assert_eq!(s.iterations, 4),
+        other => panic!("expected a finished run, got {other:?}"),
+    }
+    // The checkpoint: no base encoder weight, the adapters of block 1 only, the heads; the
+    // optimiser state of trainable parameters only; the base named by its digest.
+    let paths = RunPaths::new(a.path(), &cfg);
+    let ck = CheckpointStore::new(&paths.checkpoint_dir)
+        .load(Slot::Latest)
+        .unwrap();
+    let keys: Vec<&str> = ck.model.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(keys.iter().all(|k| !k.starts_with("image_encoder.")), "{keys:?}");
+    let adapters: Vec<&&str> = keys.iter().filter(|k| k.starts_with(PEFT_PREFIX)).collect();
+    assert_eq!(adapters.len(), 4, "{adapters:?}");
+    assert!(adapters.iter().all(|k| k.contains("blocks.1.attn.qkv.w_")));
+    assert!(keys.iter().any(|k| k.starts_with("mask_decoder.")));
+    assert!(keys.iter().any(|k| k.starts_with("prompt_encoder.")));
+    assert!(ck
+        .optimizer
+        .iter()
+        .all(|(k, _)| !k.contains(".image_encoder.") || k.contains(PEFT_PREFIX)));
+    assert!(ck.optimizer.iter().any(|(k, _)| k.contains(PEFT_PREFIX)));
+    let digest = ck.state.base_model.clone().expect("base digest");
+    assert_eq!(digest.len(), 64);
+    // LoRA's B factors started at zero and trained.
+    let b = &ck
+        .model
+        .iter()
+        .find(|(k, _)| k.ends_with("w_b_linear_q.weight"))
+        .unwrap()
+        .1;
+    assert!(b.abs().max().double_value(&[]) > 0.0);
+
+    // Killed after 3 iterations and resumed: the same weights as the uninterrupted run.
+    let b_repo = setup!(3);
+    let cfg_b = lora_config(b_repo.path(), 2);
+    write_base(b_repo.path(), &cfg_b, 11);
+    assert!(matches!(
+        run(&cfg_b, b_repo.path(), false, Some(3)).unwrap(),
+        TrainOutcome::Interrupted(_)
+    ));
+    run(&cfg_b, b_repo.path(), true, None).unwrap();
+    let d = max_diff(
+        &latest_model(a.path(), &cfg),
+        &latest_model(b_repo.path(), &cfg_b),
+    );
+    assert!(d <= 1e-6, "resumed run differs by {d}");
+
+    // Exports: merged (a plain SAM state_dict, block 0 and the frozen weights of block 1 as in
+    // the base, qkv of block 1 changed) and micro_sam's layout; both compute the same.
+    let slot = paths.checkpoint_dir.join("latest");
+    let merged_file = a.path().join("final_models/t_merged.pt");
+    let peft_file = a.path().join("final_models/t_peft.pt");
+    for (file, layout) in [
+        (&merged_file, PeftLayout::Merged),
+        (&peft_file, PeftLayout::MicroSam),
+    ] {
+        let options = ExportOptions {
+            peft_layout: layout,
+            ..Default::default()
+        };
+        export_model(&slot, file, options).unwrap();
+    }
+    let merged = read_checkpoint(&merged_file).unwrap().model_state;
+    let get = |v: &[(String, Tensor)], k: &str| {
+        v.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone()
+    };
+    for k in [
+        "image_encoder.blocks.0.attn.qkv.weight",
+        "image_encoder.blocks.1.mlp.lin1.weight",
+        "image_encoder.patch_embed.proj.weight",
+    ] {
+        assert!(get(&merged, k).equal(&get(&base, k)), "{k} changed");
+    }
+    let k = "image_encoder.blocks.1.attn.qkv.weight";
+    assert!(!get(&merged, k).equal(&get(&base, k)), "{k} has no update");
+    let peft_state = read_checkpoint(&peft_file).unwrap().model_state;
+    assert!(peft_state
+        .iter()
+        .any(|(k, _)| k == "image_encoder.blocks.1.attn.qkv.qkv_proj.weight"));
+    let m1 = SamModel::load(&merged_file, Device::Cpu).unwrap();
+    let m2 = SamModel::load(&peft_file, Device::Cpu).unwrap();
+    assert!(m1.peft().is_none() && m2.peft().is_some());
+    let x = Tensor::randn([1, 3, 128, 128], (Kind::Float, Device::Cpu));
+    let d = (embed(&m1, &x) - embed(&m2, &x)).abs().max().double_value(&[]);
+    assert!(d <= 1e-5, "merged and PEFT exports differ by {d}");
+}
+
+#[test]
+fn resuming_onto_another_base_model_is_refused() {
+    let dir = setup!(2);
+    let cfg = lora_config(dir.path(), 2);
+    write_base(dir.path(), &cfg, 11);
+    assert!(matches!(
+        run(&cfg, dir.path(), false, Some(1)).unwrap(),
+        TrainOutcome::Interrupted(_)
+    ));
+    write_base(dir.path(), &cfg, 12);
+    let err = run(&cfg, dir.path(), true, None).unwrap_err();
+    assert!(matches!(err, TrainError::State(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("another base model"), "{msg}");
+    // The export of that checkpoint, rebuilt from the run's config, is refused alike.
+    let slot = RunPaths::new(dir.path(), &cfg).checkpoint_dir.join("latest");
+    let out = dir.path().join("final_models/t.pt");
+    let err = export_model(&slot, &out, ExportOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("another base model"), "{err}");
+    assert!(!out.exists());
+}
