@@ -831,3 +831,55 @@ fn issue_16_command_line_values_go_through_the_config_rules() {
         "{errors:?}"
     );
 }
+
+/// `model.peft`: the three forms of `blocks`, and what validation refuses with the key named.
+#[test]
+fn peft_blocks_parse_and_bad_peft_settings_are_named() {
+    let parse = |peft: &str| {
+        let text = format!("{}model:\n  backbone: vit_b\n  peft: {peft}\n", minimal());
+        parse_config(&text, Some(Path::new("cfg.yaml")), &no_paths())
+    };
+    for (peft, blocks) in [
+        ("{method: lora, rank: 4}", (0..12).collect::<Vec<u32>>()),
+        ("{method: lora, rank: 4, blocks: all}", (0..12).collect()),
+        ("{method: fact, rank: 2, blocks: [11, 3, 3]}", vec![3, 11]),
+        ("{method: ssf, blocks: {last: 2}}", vec![10, 11]),
+    ] {
+        let loaded = parse(peft).unwrap_or_else(|e| panic!("{peft}: {e}"));
+        let p = loaded.config.model.active_peft().expect(peft);
+        assert_eq!(p.blocks.resolve(12), blocks, "{peft}");
+    }
+    let none = parse("{method: none}").unwrap();
+    assert!(none.config.model.active_peft().is_none());
+    // SSF has no rank: a given one is a warning, not an error.
+    let ssf = parse("{method: ssf, rank: 4}").unwrap();
+    assert!(ssf
+        .warnings
+        .iter()
+        .any(|w| w.problem.key == "model.peft.rank"));
+
+    let error_of = |peft: &str, key: &str, part: &str| {
+        let text = format!("{}model:\n  backbone: vit_b\n  peft: {peft}\n", minimal());
+        let errors = errors_of(&text);
+        let d = find(&errors, key);
+        assert!(d.problem.message.contains(part), "{peft}: {d}");
+    };
+    error_of("{method: lora}", "model.peft.rank", "needs a rank ≥ 1");
+    error_of("{method: fact, rank: 0}", "model.peft.rank", "needs a rank ≥ 1");
+    error_of("{method: lora, rank: 4, blocks: [12]}", "model.peft.blocks", "block 12 does not exist");
+    error_of("{method: lora, rank: 4, blocks: {last: 13}}", "model.peft.blocks", "between 1 and");
+    error_of("{method: lora, rank: 4, blocks: []}", "model.peft.blocks", "lists no block");
+    error_of("{method: lora, rank: 4, alpha: 0}", "model.peft.alpha", "must be > 0");
+    error_of("{method: lorra, rank: 4}", "model.peft", "`lora`");
+    let text = format!(
+        "{}model:\n  backbone: vit_b\n  freeze: [image_encoder]\n  peft: {{method: lora, rank: 4}}\n",
+        minimal()
+    );
+    let errors = errors_of(&text);
+    assert!(find(&errors, "model.freeze").problem.message.contains("model.peft"));
+    let text = format!(
+        "{}model:\n  backbone: vit_t\n  checkpoint: vit_t\n  peft: {{method: lora, rank: 4}}\n",
+        minimal()
+    );
+    assert!(find(&errors_of(&text), "model.peft").problem.message.contains("vit_t"));
+}
