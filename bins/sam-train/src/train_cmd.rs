@@ -12,8 +12,8 @@ use sam_cli::Failure;
 use sam_config::{find_root_for, load_config_with, ValidateOptions};
 use sam_torch::{CpuBudget, LaunchEnv};
 use sam_train::{
-    export_model, prepare_run, train, Collective, ExportOptions, PeftLayout, StopFlag, TrainOptions,
-    TrainOutcome, TrainProgress, REQUEUE_EXIT_CODE,
+    export_model, prepare_run, train, Collective, ExportOptions, PeftLayout, StopFlag,
+    TrainOptions, TrainOutcome, TrainProgress, REQUEUE_EXIT_CODE,
 };
 use tracing_subscriber::fmt::MakeWriter;
 

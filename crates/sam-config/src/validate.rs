@@ -660,7 +660,10 @@ impl ExperimentConfig {
         if !(p.alpha.is_finite() && p.alpha > 0.0) {
             c.err("model.peft.alpha", format!("must be > 0, got {}", p.alpha));
         } else if p.alpha != 1.0 && p.method != PeftMethod::Lora {
-            c.warn("model.peft.alpha", format!("is ignored by {:?}", p.method).to_lowercase());
+            c.warn(
+                "model.peft.alpha",
+                format!("is ignored by {:?}", p.method).to_lowercase(),
+            );
         }
         match &p.blocks {
             PeftBlocks::List(l) if l.is_empty() => {
@@ -680,7 +683,10 @@ impl ExperimentConfig {
             }
             _ => {}
         }
-        if m.freeze.iter().any(|f| f == "image_encoder" || f.starts_with("image_encoder.")) {
+        if m.freeze
+            .iter()
+            .any(|f| f == "image_encoder" || f.starts_with("image_encoder."))
+        {
             c.err(
                 "model.freeze",
                 "freezes image-encoder weights, but model.peft already freezes the whole image \

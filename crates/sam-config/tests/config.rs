@@ -849,10 +849,10 @@ fn peft_blocks_parse_and_bad_peft_settings_are_named() {
         let p = loaded.config.model.active_peft().expect(peft);
         assert_eq!(p.blocks.resolve(12), blocks, "{peft}");
     }
-    let none = parse("{method: none}").unwrap();
+    let none = parse("{method: none}").expect("method: none");
     assert!(none.config.model.active_peft().is_none());
     // SSF has no rank: a given one is a warning, not an error.
-    let ssf = parse("{method: ssf, rank: 4}").unwrap();
+    let ssf = parse("{method: ssf, rank: 4}").expect("ssf with a rank");
     assert!(ssf
         .warnings
         .iter()
@@ -865,21 +865,47 @@ fn peft_blocks_parse_and_bad_peft_settings_are_named() {
         assert!(d.problem.message.contains(part), "{peft}: {d}");
     };
     error_of("{method: lora}", "model.peft.rank", "needs a rank ≥ 1");
-    error_of("{method: fact, rank: 0}", "model.peft.rank", "needs a rank ≥ 1");
-    error_of("{method: lora, rank: 4, blocks: [12]}", "model.peft.blocks", "block 12 does not exist");
-    error_of("{method: lora, rank: 4, blocks: {last: 13}}", "model.peft.blocks", "between 1 and");
-    error_of("{method: lora, rank: 4, blocks: []}", "model.peft.blocks", "lists no block");
-    error_of("{method: lora, rank: 4, alpha: 0}", "model.peft.alpha", "must be > 0");
+    error_of(
+        "{method: fact, rank: 0}",
+        "model.peft.rank",
+        "needs a rank ≥ 1",
+    );
+    error_of(
+        "{method: lora, rank: 4, blocks: [12]}",
+        "model.peft.blocks",
+        "block 12 does not exist",
+    );
+    error_of(
+        "{method: lora, rank: 4, blocks: {last: 13}}",
+        "model.peft.blocks",
+        "between 1 and",
+    );
+    error_of(
+        "{method: lora, rank: 4, blocks: []}",
+        "model.peft.blocks",
+        "lists no block",
+    );
+    error_of(
+        "{method: lora, rank: 4, alpha: 0}",
+        "model.peft.alpha",
+        "must be > 0",
+    );
     error_of("{method: lorra, rank: 4}", "model.peft", "`lora`");
     let text = format!(
         "{}model:\n  backbone: vit_b\n  freeze: [image_encoder]\n  peft: {{method: lora, rank: 4}}\n",
         minimal()
     );
     let errors = errors_of(&text);
-    assert!(find(&errors, "model.freeze").problem.message.contains("model.peft"));
+    assert!(find(&errors, "model.freeze")
+        .problem
+        .message
+        .contains("model.peft"));
     let text = format!(
         "{}model:\n  backbone: vit_t\n  checkpoint: vit_t\n  peft: {{method: lora, rank: 4}}\n",
         minimal()
     );
-    assert!(find(&errors_of(&text), "model.peft").problem.message.contains("vit_t"));
+    assert!(find(&errors_of(&text), "model.peft")
+        .problem
+        .message
+        .contains("vit_t"));
 }

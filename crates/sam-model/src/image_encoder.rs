@@ -222,9 +222,7 @@ impl Attention {
             qkv = adapter.apply(x, qkv, train);
         }
         // qkv with shape (3, B, nHead, H * W, C)
-        let qkv = qkv
-            .reshape([b, h * w, 3, nh, -1])
-            .permute([2, 0, 3, 1, 4]);
+        let qkv = qkv.reshape([b, h * w, 3, nh, -1]).permute([2, 0, 3, 1, 4]);
         // q, k, v with shape (B * nHead, H * W, C)
         let qkv = qkv.reshape([3, b * nh, h * w, -1]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));

@@ -15,8 +15,8 @@ use crate::checkpoint::{
     infer_architecture, infer_unetr_config, read_checkpoint, CheckpointError, TorchCheckpoint,
 };
 use crate::error::ModelError;
-use crate::state_dict::{apply_state_dict, LoadError, LoadMode, LoadReport};
 use crate::peft::{from_micro_sam_layout, merge_into_base, to_micro_sam_layout, PeftSpec};
+use crate::state_dict::{apply_state_dict, LoadError, LoadMode, LoadReport};
 use crate::{ImageEncoder, Sam, SamConfig, UnetrConfig, UnetrDecoder};
 
 /// A var store's variables sorted by key.
@@ -346,11 +346,7 @@ impl SamModel {
         }
         let path = ckpt.path.display();
         model
-            .load_state(
-                base_state,
-                ckpt.decoder_state.as_deref(),
-                LoadMode::Strict,
-            )
+            .load_state(base_state, ckpt.decoder_state.as_deref(), LoadMode::Strict)
             .map_err(|e| match e {
                 SamModelError::Weights { part, source, .. } => SamModelError::Weights {
                     origin: match part {
@@ -534,12 +530,10 @@ impl SamModel {
             }
             None => {}
             Some(vs) => {
-                apply_state_dict(vs, &adapters, mode).map_err(|source| {
-                    SamModelError::Weights {
-                        origin: "the given weights (adapters)".into(),
-                        part: ModelPart::Sam,
-                        source,
-                    }
+                apply_state_dict(vs, &adapters, mode).map_err(|source| SamModelError::Weights {
+                    origin: "the given weights (adapters)".into(),
+                    part: ModelPart::Sam,
+                    source,
                 })?;
                 // A checkpoint of a run with adapters leaves out the frozen base encoder
                 // (`checkpoint_variables`): keep the model's own.

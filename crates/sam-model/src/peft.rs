@@ -180,7 +180,8 @@ impl QkvAdapter {
     /// the projection, `…attn.qkv`). LoRA's B factors start at zero, as micro_sam's.
     pub(crate) fn new(p: &nn::Path, spec: &PeftSpec, dim: i64) -> Option<Self> {
         let r = spec.rank;
-        let w = |name: &str, shape: [i64; 2], init: nn::Init| (p / name).var("weight", &shape, init);
+        let w =
+            |name: &str, shape: [i64; 2], init: nn::Init| (p / name).var("weight", &shape, init);
         match spec.method {
             PeftMethod::Lora => Some(Self::Lora {
                 a_q: w("w_a_linear_q", [r, dim], torch_linear_init(dim)),
@@ -237,7 +238,10 @@ impl QkvAdapter {
             }
         };
         let parts = qkv.chunk(3, -1);
-        Tensor::cat(&[&parts[0] + dq, parts[1].shallow_clone(), &parts[2] + dv], -1)
+        Tensor::cat(
+            &[&parts[0] + dq, parts[1].shallow_clone(), &parts[2] + dv],
+            -1,
+        )
     }
 }
 
@@ -443,7 +447,10 @@ fn merged_tensor(
                 (dq, dv)
             };
             let parts = w.chunk(3, 0);
-            let merged = Tensor::cat(&[&parts[0] + dq, parts[1].shallow_clone(), &parts[2] + dv], 0);
+            let merged = Tensor::cat(
+                &[&parts[0] + dq, parts[1].shallow_clone(), &parts[2] + dv],
+                0,
+            );
             Some(merged.to_kind(kind))
         }
         PeftMethod::Ssf => {

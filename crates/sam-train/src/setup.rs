@@ -6,11 +6,10 @@ use std::path::Path;
 
 use sam_config::{Backbone, ExperimentConfig, ModelConfig, PeftMethod as PeftMethodConfig};
 use sam_model::{
-    PeftMethod, PeftSpec,
     infer_architecture, read_checkpoint, resolve_checkpoint, ImageEncoderArchitecture,
     ImageEncoderConfig, ImageEncoderViTConfig, LoadError, LoadMode, LoadReport, MaskDecoderConfig,
-    ModelPart, PromptEncoderConfig, SamConfig, SamModel, SamModelError, TwoWayTransformerConfig,
-    UnetrConfig,
+    ModelPart, PeftMethod, PeftSpec, PromptEncoderConfig, SamConfig, SamModel, SamModelError,
+    TwoWayTransformerConfig, UnetrConfig,
 };
 use tch::{Device, Tensor};
 

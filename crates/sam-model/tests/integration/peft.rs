@@ -129,8 +129,11 @@ fn adapted_encoder_matches_micro_sam_for_every_method() {
 #[test]
 fn micro_sam_peft_files_load_with_their_adapters() {
     for (name, method) in METHODS {
-        let model = SamModel::load(fixtures().join(format!("peft_{name}.safetensors")), Device::Cpu)
-            .unwrap();
+        let model = SamModel::load(
+            fixtures().join(format!("peft_{name}.safetensors")),
+            Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(model.peft(), Some(&spec(method)), "{name}");
         let io = io(name);
         let d = max_diff(&embed(&model, &io["image"]), &io["embeddings"]);
@@ -146,10 +149,15 @@ fn merged_and_peft_exports_give_the_same_outputs_here_and_in_python() {
     let dir = tempfile::tempdir().unwrap();
     for (name, _) in METHODS {
         let io = io(name);
-        let model = SamModel::load(fixtures().join(format!("peft_{name}.safetensors")), Device::Cpu)
-            .unwrap();
+        let model = SamModel::load(
+            fixtures().join(format!("peft_{name}.safetensors")),
+            Device::Cpu,
+        )
+        .unwrap();
         let merged = model.merged_sam_state();
-        assert!(merged.iter().all(|(k, _)| !k.contains("qkv_proj") && !k.contains(".layer.")));
+        assert!(merged
+            .iter()
+            .all(|(k, _)| !k.contains("qkv_proj") && !k.contains(".layer.")));
         let plain = SamModel::new(&config(AttentionMode::Math), None, Device::Cpu).unwrap();
         plain.load_state(&merged, None, LoadMode::Strict).unwrap();
         let d = max_diff(&embed(&plain, &io["image"]), &io["embeddings"]);
@@ -181,7 +189,10 @@ fn merged_and_peft_exports_give_the_same_outputs_here_and_in_python() {
             .collect();
         for layout in ["merged", "peft"] {
             let d = diffs[layout];
-            assert!(d <= TOL, "{name}: {layout} export in Python, max abs error {d:e}");
+            assert!(
+                d <= TOL,
+                "{name}: {layout} export in Python, max abs error {d:e}"
+            );
         }
     }
 }
@@ -217,9 +228,17 @@ fn blocks_before_the_first_adapted_one_are_outside_the_graph() {
     y.square().sum(Kind::Float).backward();
     assert!(!w0.grad().defined(), "block 0 was in the graph");
     assert!(w1.grad().defined(), "block 1 was not in the graph");
-    for k in ["w_a_linear_q", "w_b_linear_q", "w_a_linear_v", "w_b_linear_v"] {
+    for k in [
+        "w_a_linear_q",
+        "w_b_linear_q",
+        "w_a_linear_v",
+        "w_b_linear_v",
+    ] {
         let g = var(&format!("peft.image_encoder.blocks.1.attn.qkv.{k}.weight")).grad();
-        assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{k}");
+        assert!(
+            g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+            "{k}"
+        );
     }
 }
 

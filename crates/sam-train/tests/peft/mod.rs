@@ -58,7 +58,10 @@ fn lora_checkpoints_hold_trainable_weights_resume_exactly_and_export_both_layout
         .load(Slot::Latest)
         .unwrap();
     let keys: Vec<&str> = ck.model.iter().map(|(k, _)| k.as_str()).collect();
-    assert!(keys.iter().all(|k| !k.starts_with("image_encoder.")), "{keys:?}");
+    assert!(
+        keys.iter().all(|k| !k.starts_with("image_encoder.")),
+        "{keys:?}"
+    );
     let adapters: Vec<&&str> = keys.iter().filter(|k| k.starts_with(PEFT_PREFIX)).collect();
     assert_eq!(adapters.len(), 4, "{adapters:?}");
     assert!(adapters.iter().all(|k| k.contains("blocks.1.attn.qkv.w_")));
@@ -111,9 +114,8 @@ fn lora_checkpoints_hold_trainable_weights_resume_exactly_and_export_both_layout
         export_model(&slot, file, options).unwrap();
     }
     let merged = read_checkpoint(&merged_file).unwrap().model_state;
-    let get = |v: &[(String, Tensor)], k: &str| {
-        v.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone()
-    };
+    let get =
+        |v: &[(String, Tensor)], k: &str| v.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
     for k in [
         "image_encoder.blocks.0.attn.qkv.weight",
         "image_encoder.blocks.1.mlp.lin1.weight",
@@ -131,7 +133,10 @@ fn lora_checkpoints_hold_trainable_weights_resume_exactly_and_export_both_layout
     let m2 = SamModel::load(&peft_file, Device::Cpu).unwrap();
     assert!(m1.peft().is_none() && m2.peft().is_some());
     let x = Tensor::randn([1, 3, 128, 128], (Kind::Float, Device::Cpu));
-    let d = (embed(&m1, &x) - embed(&m2, &x)).abs().max().double_value(&[]);
+    let d = (embed(&m1, &x) - embed(&m2, &x))
+        .abs()
+        .max()
+        .double_value(&[]);
     assert!(d <= 1e-5, "merged and PEFT exports differ by {d}");
 }
 
@@ -150,7 +155,9 @@ fn resuming_onto_another_base_model_is_refused() {
     let msg = err.to_string();
     assert!(msg.contains("another base model"), "{msg}");
     // The export of that checkpoint, rebuilt from the run's config, is refused alike.
-    let slot = RunPaths::new(dir.path(), &cfg).checkpoint_dir.join("latest");
+    let slot = RunPaths::new(dir.path(), &cfg)
+        .checkpoint_dir
+        .join("latest");
     let out = dir.path().join("final_models/t.pt");
     let err = export_model(&slot, &out, ExportOptions::default()).unwrap_err();
     assert!(err.to_string().contains("another base model"), "{err}");
