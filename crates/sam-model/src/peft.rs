@@ -278,13 +278,22 @@ fn block_prefix(i: i64) -> String {
 }
 
 /// micro_sam's PEFT state_dict (what `get_sam_model(..., peft_kwargs=...)` loads) from the base
-/// weights (segment_anything keys) and the adapters (their micro_sam keys).
+/// weights (segment_anything keys) and the adapters (their micro_sam keys). micro_sam's LoRA
+/// has alpha 1: another alpha is folded into the B factors.
 pub fn to_micro_sam_layout(base: &StateDict, adapters: &StateDict, spec: &PeftSpec) -> StateDict {
     let mut out: StateDict = base
         .iter()
         .map(|(k, t)| (rename_base(k, spec, true), t.shallow_clone()))
         .collect();
-    out.extend(adapters.iter().map(|(k, t)| (k.clone(), t.shallow_clone())));
+    let fold_alpha = spec.method == PeftMethod::Lora && spec.alpha != 1.0;
+    out.extend(adapters.iter().map(|(k, t)| {
+        let t = if fold_alpha && k.contains(".w_b_linear_") {
+            tch::no_grad(|| t.detach() * spec.alpha)
+        } else {
+            t.shallow_clone()
+        };
+        (k.clone(), t)
+    }));
     out
 }
 

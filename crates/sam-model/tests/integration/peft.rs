@@ -277,3 +277,40 @@ fn bad_specs_are_refused() {
         .to_string()
         .contains("TinyViT"));
 }
+
+/// micro_sam's LoRA has alpha 1: a model with another alpha, written in micro_sam's layout
+/// and read back (alpha 1), computes the same.
+#[test]
+fn lora_alpha_is_folded_into_the_micro_sam_layout() {
+    let state = read("peft_lora.safetensors");
+    let (base, adapters, _) = sam_model::peft::from_micro_sam_layout(&state)
+        .unwrap()
+        .unwrap();
+    let spec = PeftSpec {
+        alpha: 2.5,
+        ..spec(PeftMethod::Lora)
+    };
+    let model = SamModel::new(&config(AttentionMode::Math), None, Device::Cpu)
+        .unwrap()
+        .with_peft(&spec)
+        .unwrap();
+    model.load_state(&base, None, LoadMode::Strict).unwrap();
+    model.load_peft(&adapters).unwrap();
+    let layout = model.micro_sam_peft_state().unwrap();
+    let (base2, adapters2, spec2) = sam_model::peft::from_micro_sam_layout(&layout)
+        .unwrap()
+        .unwrap();
+    assert_eq!(spec2.alpha, 1.0);
+    let back = SamModel::new(&config(AttentionMode::Math), None, Device::Cpu)
+        .unwrap()
+        .with_peft(&spec2)
+        .unwrap();
+    back.load_state(&base2, None, LoadMode::Strict).unwrap();
+    back.load_peft(&adapters2).unwrap();
+    let x = &io("lora")["image"];
+    let d = max_diff(&embed(&model, x), &embed(&back, x));
+    assert!(d <= TOL, "max abs error {d:e}");
+    // And alpha acts: the output differs from alpha 1's.
+    let d1 = max_diff(&embed(&model, x), &io("lora")["embeddings"]);
+    assert!(d1 > 1e-3, "alpha changed the output by {d1:e} only");
+}
