@@ -31,7 +31,6 @@ pub enum PeftLayout {
     MicroSam,
 }
 
-
 /// How [`export_model`] writes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExportOptions {
