@@ -26,11 +26,11 @@ fn lora_config(root: &Path, epochs: u64) -> ExperimentConfig {
     })
 }
 
-/// Writes `base.pt`: the tiny model's SAM weights drawn with `seed`.
-fn write_base(root: &Path, cfg: &ExperimentConfig, seed: i64) -> Vec<(String, Tensor)> {
+/// Writes `base.pt`: random SAM weights of the tiny model (torch's generator is shared by the
+/// tests running in parallel: a test that needs the same base twice copies the file).
+fn write_base(root: &Path, cfg: &ExperimentConfig) -> Vec<(String, Tensor)> {
     let mut plain = cfg.model.clone();
     plain.peft = None;
-    tch::manual_seed(seed);
     let model = sam_train::new_model(&plain, Device::Cpu).unwrap();
     let mut vars = model.named_variables();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -46,7 +46,7 @@ fn embed(model: &SamModel, x: &Tensor) -> Tensor {
 fn lora_checkpoints_hold_trainable_weights_resume_exactly_and_export_both_layouts() {
     let a = setup!(3);
     let cfg = lora_config(a.path(), 2);
-    let base = write_base(a.path(), &cfg, 11);
+    let base = write_base(a.path(), &cfg);
     match run(&cfg, a.path(), false, None).unwrap() {
         TrainOutcome::Finished(s) => assert_eq!(s.iterations, 4),
         other => panic!("expected a finished run, got {other:?}"),
@@ -86,7 +86,7 @@ fn lora_checkpoints_hold_trainable_weights_resume_exactly_and_export_both_layout
     // Killed after 3 iterations and resumed: the same weights as the uninterrupted run.
     let b_repo = setup!(3);
     let cfg_b = lora_config(b_repo.path(), 2);
-    write_base(b_repo.path(), &cfg_b, 11);
+    std::fs::copy(a.path().join("base.pt"), b_repo.path().join("base.pt")).unwrap();
     assert!(matches!(
         run(&cfg_b, b_repo.path(), false, Some(3)).unwrap(),
         TrainOutcome::Interrupted(_)
@@ -144,12 +144,24 @@ fn lora_checkpoints_hold_trainable_weights_resume_exactly_and_export_both_layout
 fn resuming_onto_another_base_model_is_refused() {
     let dir = setup!(2);
     let cfg = lora_config(dir.path(), 2);
-    write_base(dir.path(), &cfg, 11);
+    let base = write_base(dir.path(), &cfg);
     assert!(matches!(
         run(&cfg, dir.path(), false, Some(1)).unwrap(),
         TrainOutcome::Interrupted(_)
     ));
-    write_base(dir.path(), &cfg, 12);
+    // Another base: one weight of the encoder changed.
+    let other: Vec<(String, Tensor)> = base
+        .iter()
+        .map(|(k, t)| {
+            let t = if k == "image_encoder.blocks.0.mlp.lin1.bias" {
+                t.detach() + 0.01
+            } else {
+                t.detach()
+            };
+            (k.clone(), t)
+        })
+        .collect();
+    write_sam_state_dict(dir.path().join("base.pt"), &other).unwrap();
     let err = run(&cfg, dir.path(), true, None).unwrap_err();
     assert!(matches!(err, TrainError::State(_)), "{err:?}");
     let msg = err.to_string();
@@ -162,4 +174,64 @@ fn resuming_onto_another_base_model_is_refused() {
     let err = export_model(&slot, &out, ExportOptions::default()).unwrap_err();
     assert!(err.to_string().contains("another base model"), "{err}");
     assert!(!out.exists());
+}
+
+/// With LoRA on blocks 2 and 3 of a 4-block encoder, a step's gradients reach the adapters of
+/// those blocks and the heads, never a base weight of the encoder; recomputing the global
+/// blocks or every block (activation checkpointing) leaves the same gradients.
+#[test]
+fn lora_gradients_reach_only_adapters_and_heads_with_and_without_checkpointing() {
+    use sam_config::ActivationCheckpointing as Ckpt;
+    let dir = setup!(2);
+    let (batch, _) = super::fixed_batch(dir.path());
+    let cfg = config(false, |c| {
+        c.epochs(1)
+            .set("model.architecture.encoder_depth", 4)
+            .set("model.architecture.encoder_global_attn_indexes", vec![1, 3])
+            .set_yaml("model.peft", "{method: lora, rank: 2, blocks: [2, 3]}")
+    });
+    tch::manual_seed(13);
+    let model = sam_train::new_model(&cfg.model, Device::Cpu).unwrap();
+    assert_eq!(model.sam().image_encoder.first_graph_block(), 2);
+    // LoRA's B factors start at zero (A would get no gradient): draw them.
+    for (k, v) in model.named_variables() {
+        if k.contains("w_b_linear") {
+            tch::no_grad(|| {
+                let _ = v.shallow_clone().normal_(0.0, 0.1);
+            });
+        }
+    }
+    let plain = sam_train::StepPrecision::default();
+    let reference = super::backward_grads(&model, &batch, 4, plain);
+    let names: Vec<&str> = reference.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        names.iter().all(|k| !k.starts_with("image_encoder.")),
+        "{names:?}"
+    );
+    let adapters: Vec<&&str> = names
+        .iter()
+        .filter(|k| k.starts_with(PEFT_PREFIX))
+        .collect();
+    assert_eq!(adapters.len(), 8, "{adapters:?}");
+    assert!(names.iter().any(|k| k.starts_with("mask_decoder.")));
+    for mode in [Ckpt::Global, Ckpt::All] {
+        let ours = super::backward_grads(
+            &model,
+            &batch,
+            4,
+            sam_train::StepPrecision {
+                activation_checkpointing: mode,
+                ..plain
+            },
+        );
+        assert_eq!(ours.len(), reference.len(), "{mode}");
+        for ((name, r), (_, o)) in reference.iter().zip(&ours) {
+            let diff = (o - r).abs().max().double_value(&[]);
+            let size = r.abs().max().double_value(&[]).max(1e-12);
+            assert!(
+                diff <= 1e-6 * size + 1e-12,
+                "{mode}: {name}: {diff:e} vs {size:e}"
+            );
+        }
+    }
 }
