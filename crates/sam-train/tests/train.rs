@@ -26,8 +26,6 @@ macro_rules! setup {
     }};
 }
 
-mod peft;
-
 /// The tiny CPU run `t` (seed 3, checkpoint `ck`), with or without the UNETR decoder, changed
 /// by `edit`, as the trainer gets it.
 fn config(decoder: bool, edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> ExperimentConfig {

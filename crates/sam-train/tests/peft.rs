@@ -1,24 +1,160 @@
 //! Training with image-encoder adapters (`model.peft`): what the checkpoints hold, resuming,
-//! the base-model check and both export layouts.
+//! the base-model check, both export layouts, and the gradients with activation checkpointing.
+//!
+//! A test binary of its own, its tests one at a time: torch's random generator is one per
+//! process, and a training run reseeds it before each step, so runs in parallel threads would
+//! draw each other's numbers.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use sam_config::{ExperimentConfig, RunPaths};
 use sam_model::{read_checkpoint, write_sam_state_dict, SamModel, PEFT_PREFIX};
+use sam_testkit::{ConfigBuilder, SynthDataset, TempRepo};
 use sam_train::{
-    export_model, CheckpointStore, ExportOptions, PeftLayout, Slot, TrainError, TrainOutcome,
+    export_model, prepare_run, train, CheckpointStore, ExportOptions, NoProgress, PeftLayout, Slot,
+    StopFlag, TrainError, TrainOptions, TrainOutcome,
 };
 use tch::{Device, Kind, Tensor};
 
-use sam_testkit::{SynthDataset, TempRepo};
+static SERIAL: Mutex<()> = Mutex::new(());
 
-use super::{config, latest_model, max_diff, run};
+/// Runs the calling test alone in this binary.
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh repository-like temp dir with `n` synthetic training and 2 validation images.
+macro_rules! setup {
+    ($n:expr) => {{
+        let repo = TempRepo::new().unwrap();
+        SynthDataset::new(repo.join("data"))
+            .split("train", $n, 96, 1)
+            .split("val", 2, 96, 100)
+            .write()
+            .unwrap();
+        repo
+    }};
+}
+
+/// The tiny CPU run `t` (seed 3, checkpoint `ck`) changed by `edit`.
+fn config(edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> ExperimentConfig {
+    let config = ConfigBuilder::named("t")
+        .tiny_cpu_training()
+        .checkpoint_name("ck")
+        .seed(3)
+        .with_decoder(false);
+    match edit(config).parse() {
+        Ok(config) => config,
+        Err(e) => panic!("test config invalid:\n{e}"),
+    }
+}
+
+fn run(
+    cfg: &ExperimentConfig,
+    root: &Path,
+    resume: bool,
+    limit: Option<u64>,
+) -> Result<TrainOutcome, TrainError> {
+    let paths = prepare_run(cfg, root, resume, false)?.paths;
+    let opts = TrainOptions {
+        root: root.to_path_buf(),
+        resume,
+        overwrite: false,
+        stop: StopFlag::new(),
+        progress: &NoProgress,
+        collective: None,
+        max_iterations_this_run: limit,
+    };
+    train(cfg, &paths, &opts)
+}
+
+fn latest_model(root: &Path, cfg: &ExperimentConfig) -> Vec<(String, Tensor)> {
+    let mut m = CheckpointStore::new(RunPaths::new(root, cfg).checkpoint_dir)
+        .load(Slot::Latest)
+        .unwrap()
+        .model;
+    m.sort_by(|a, b| a.0.cmp(&b.0));
+    m
+}
+
+fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Two training samples (64 px patches) of the images under `dir/data/train`.
+fn fixed_batch(dir: &Path) -> Vec<sam_data::TrainingSample> {
+    let root = dir.join("data/train");
+    let pairs = sam_data::pair_by_stem(root.join("images"), root.join("labels")).unwrap();
+    let data = sam_data::Dataset::open(&pairs).unwrap();
+    let sample_cfg = sam_data::SampleConfig {
+        patch: sam_data::PatchConfig {
+            height: 64,
+            width: 64,
+            min_object_size: 10,
+            ..sam_data::PatchConfig::default()
+        },
+        min_object_size: 10,
+        with_targets: true,
+        ..sam_data::SampleConfig::default()
+    };
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+    (0..2)
+        .map(|_| data.sample(&sample_cfg, &mut rng).unwrap())
+        .collect()
+}
+
+/// The gradients one `step_backward` leaves with `precision` (cleared before).
+fn backward_grads(
+    model: &SamModel,
+    batch: &[sam_data::TrainingSample],
+    iteration: u64,
+    precision: sam_train::StepPrecision,
+) -> Vec<(String, Tensor)> {
+    for (_, v) in model.named_variables() {
+        sam_torch::clear_grad(&v).unwrap();
+    }
+    let refs: Vec<_> = batch.iter().collect();
+    let recipe = sam_train::RecipeConfig {
+        n_objects_per_batch: 3,
+        n_sub_iteration: 2,
+        mask_prob: 1.0,
+        box_distortion: 0.1,
+        focal_weight: 0.0,
+    };
+    let inputs = sam_train::StepInputs {
+        sam: model.sam(),
+        decoder: model.decoder(),
+        samples: &refs,
+        recipe: &recipe,
+        seed: 3,
+        iteration,
+        global_index: &[0, 1],
+        device: Device::Cpu,
+        before_encoder_backward: None,
+    };
+    sam_train::step_backward(&inputs, precision).unwrap();
+    model
+        .named_variables()
+        .into_iter()
+        .filter(|(_, v)| v.grad().defined())
+        .map(|(k, v)| (k, v.grad().copy()))
+        .collect()
+}
 
 /// The tiny run with LoRA (rank 2) on the last of its 2 encoder blocks, starting from the base
 /// weights in `<root>/base.pt`.
 fn lora_config(root: &Path, epochs: u64) -> ExperimentConfig {
     let base = root.join("base.pt").to_string_lossy().into_owned();
-    config(false, |c| {
+    config(|c| {
         c.epochs(epochs)
             .set("training.checkpoint_every_iterations", 1)
             .set("model.checkpoint", base)
@@ -44,6 +180,7 @@ fn embed(model: &SamModel, x: &Tensor) -> Tensor {
 
 #[test]
 fn lora_checkpoints_hold_trainable_weights_resume_exactly_and_export_both_layouts() {
+    let _serial = serial();
     let a = setup!(3);
     let cfg = lora_config(a.path(), 2);
     let base = write_base(a.path(), &cfg);
@@ -142,6 +279,7 @@ fn lora_checkpoints_hold_trainable_weights_resume_exactly_and_export_both_layout
 
 #[test]
 fn resuming_onto_another_base_model_is_refused() {
+    let _serial = serial();
     let dir = setup!(2);
     let cfg = lora_config(dir.path(), 2);
     let base = write_base(dir.path(), &cfg);
@@ -181,10 +319,11 @@ fn resuming_onto_another_base_model_is_refused() {
 /// blocks or every block (activation checkpointing) leaves the same gradients.
 #[test]
 fn lora_gradients_reach_only_adapters_and_heads_with_and_without_checkpointing() {
+    let _serial = serial();
     use sam_config::ActivationCheckpointing as Ckpt;
     let dir = setup!(2);
-    let (batch, _) = super::fixed_batch(dir.path());
-    let cfg = config(false, |c| {
+    let batch = fixed_batch(dir.path());
+    let cfg = config(|c| {
         c.epochs(1)
             .set("model.architecture.encoder_depth", 4)
             .set("model.architecture.encoder_global_attn_indexes", vec![1, 3])
@@ -202,7 +341,7 @@ fn lora_gradients_reach_only_adapters_and_heads_with_and_without_checkpointing()
         }
     }
     let plain = sam_train::StepPrecision::default();
-    let reference = super::backward_grads(&model, &batch, 4, plain);
+    let reference = backward_grads(&model, &batch, 4, plain);
     let names: Vec<&str> = reference.iter().map(|(k, _)| k.as_str()).collect();
     assert!(
         names.iter().all(|k| !k.starts_with("image_encoder.")),
@@ -215,7 +354,7 @@ fn lora_gradients_reach_only_adapters_and_heads_with_and_without_checkpointing()
     assert_eq!(adapters.len(), 8, "{adapters:?}");
     assert!(names.iter().any(|k| k.starts_with("mask_decoder.")));
     for mode in [Ckpt::Global, Ckpt::All] {
-        let ours = super::backward_grads(
+        let ours = backward_grads(
             &model,
             &batch,
             4,
