@@ -247,11 +247,26 @@ impl ExperimentConfig {
                 .any(|f| prefix.starts_with(f.as_str()))
         };
         let trained = |prefix: &str, n: u64| if frozen(prefix) { 0 } else { n };
-        let trainable = trained("image_encoder", encoder)
+        // With adapters (`model.peft`) the encoder's own weights are frozen, the adapters train,
+        // and the blocks before the first adapted one run outside the autograd graph.
+        let peft = self.model.active_peft();
+        let adapted = peft.map_or_else(Vec::new, |p| p.blocks.resolve(a.encoder_depth));
+        let adapters = peft.map_or(0, |p| adapter_parameters(p, &a, adapted.len() as u64));
+        let first_in_graph = if peft.is_some() {
+            adapted.first().copied().unwrap_or(a.encoder_depth)
+        } else {
+            0
+        };
+        let encoder_trained = if peft.is_some() {
+            adapters
+        } else {
+            trained("image_encoder", encoder)
+        };
+        let trainable = encoder_trained
             + trained("prompt_encoder", prompt)
             + trained("mask_decoder", mask)
             + trained("decoder", unetr);
-        let parameters = encoder + prompt + mask + unetr;
+        let parameters = encoder + adapters + prompt + mask + unetr;
         let model_bytes = 4 * parameters + (4 + 8) * trainable;
 
         // Activations: fp32 values, or a mix of 2-byte and fp32 ones under autocast.
@@ -271,11 +286,12 @@ impl ExperimentConfig {
         let heads = f64::from(a.encoder_num_heads.max(1));
         let window = f64::from(a.window_size.max(1));
         let windows = (side / window).ceil().powi(2);
-        let depth = f64::from(a.encoder_depth);
+        // The blocks whose activations the backward needs.
+        let depth = f64::from(a.encoder_depth.saturating_sub(first_in_graph));
         let global = a
             .encoder_global_attn_indexes
             .iter()
-            .filter(|&&i| i < a.encoder_depth)
+            .filter(|&&i| i < a.encoder_depth && i >= first_in_graph)
             .count() as f64;
         let global_block = heads * tokens * tokens;
         let windowed_block = heads * windows * window.powi(4);
@@ -357,6 +373,22 @@ impl ExperimentConfig {
             runtime_bytes: rt,
         }
     }
+}
+
+/// Parameters of the adapters `peft` puts on `blocks` blocks of an encoder of `a` (micro_sam's
+/// `peft_sam.py`): LoRA's A and B for q and v (4 × width × rank per block), FacT's shared
+/// projections and q/v cores (2 × width × rank + 2 × rank² per block), SSF's scale and shift
+/// after qkv, proj, both MLP layers and both norms (2 × 11 × width per block).
+fn adapter_parameters(peft: &crate::model::PeftConfig, a: &Architecture, blocks: u64) -> u64 {
+    let d = u64::from(a.encoder_embed_dim);
+    let r = u64::from(peft.rank.unwrap_or(0));
+    let per_block = match peft.method {
+        crate::model::PeftMethod::None => 0,
+        crate::model::PeftMethod::Lora => 4 * d * r,
+        crate::model::PeftMethod::Fact => 2 * d * r + 2 * r * r,
+        crate::model::PeftMethod::Ssf => 2 * (3 * d + d + 4 * d + d + d + d),
+    };
+    per_block * blocks
 }
 
 #[cfg(test)]
@@ -450,6 +482,32 @@ mod tests {
         let native = c.estimate_peak_memory_for(1, 1);
         // A quarter of the tokens: under a quarter of the activations (attention shrinks by 16).
         assert!(4 * native.encoder_activation_bytes <= plain.encoder_activation_bytes);
+    }
+
+    #[test]
+    fn adapters_train_few_parameters_and_a_frozen_prefix_keeps_no_activations() {
+        use crate::model::{PeftBlocks, PeftConfig, PeftMethod};
+        let mut c = minimal();
+        c.training.device = crate::Device::Cuda;
+        let full = c.estimate_peak_memory_for(1, 1);
+        let lora = |blocks| PeftConfig {
+            method: PeftMethod::Lora,
+            rank: Some(4),
+            alpha: 1.0,
+            blocks,
+        };
+        c.model.peft = Some(lora(PeftBlocks::All(crate::model::AllBlocks::All)));
+        let all = c.estimate_peak_memory_for(1, 1);
+        // vit_b, rank 4 on 12 blocks: 4 × 768 × 4 × 12 adapter values.
+        assert_eq!(all.parameters, full.parameters + 147_456);
+        assert!(all.trainable < full.trainable / 10);
+        // Every block is in the graph: the same activations.
+        assert_eq!(all.encoder_activation_bytes, full.encoder_activation_bytes);
+        c.model.peft = Some(lora(PeftBlocks::Last { last: 2 }));
+        let last2 = c.estimate_peak_memory_for(1, 1);
+        // Blocks 10 and 11 of 12 (one global) keep activations: under a fifth.
+        assert!(5 * last2.encoder_activation_bytes < full.encoder_activation_bytes);
+        assert!(2 * last2.peak_bytes < full.peak_bytes);
     }
 
     #[test]

@@ -215,6 +215,11 @@ impl Attention {
     /// # Shapes
     /// `x`: `[b, h, w, c]` → `[b, h, w, c]`. `train` switches the adapters' dropout on.
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_chunked(x, train, ATTENTION_CHUNK_ENTRIES)
+    }
+
+    /// [`Attention::forward_t`] with attention calls of at most `max_entries` entries.
+    fn forward_chunked(&self, x: &Tensor, train: bool, max_entries: i64) -> Tensor {
         let (b, h, w, _) = x.size4().unwrap_or_default();
         let nh = self.num_heads;
         let mut qkv = scale_shift(&self.qkv_ss, self.qkv.forward(x));
@@ -226,26 +231,83 @@ impl Attention {
         // q, k, v with shape (B * nHead, H * W, C)
         let qkv = qkv.reshape([3, b * nh, h * w, -1]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let head_dim = q.size()[2];
-        let bias = self.rel_pos.as_ref().map(|(rel_pos_h, rel_pos_w)| {
-            decomposed_rel_pos_bias(&q, rel_pos_h, rel_pos_w, (h, w), (h, w))
-        });
-        let x = match self.mode {
-            AttentionMode::Sdpa => {
-                let q4 = q.view([b, nh, h * w, head_dim]);
-                let k4 = k.view([b, nh, h * w, head_dim]);
-                let v4 = v.view([b, nh, h * w, head_dim]);
-                let bias = bias.map(|t| t.view([b, nh, h * w, h * w]));
-                attention(&q4, &k4, &v4, bias.as_ref(), self.scale, self.mode)
-            }
-            AttentionMode::Math => attention(&q, &k, &v, bias.as_ref(), self.scale, self.mode),
-        };
+        let x = self.attend_in_row_chunks(&q, &k, &v, (b, h, w), max_entries);
         // (attn @ v).view(B, nHead, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
         let x = x
             .view([b, nh, h, w, -1])
             .permute([0, 2, 3, 1, 4])
             .reshape([b, h, w, -1]);
         scale_shift(&self.proj_ss, self.proj.forward(&x))
+    }
+}
+
+/// The most attention-matrix entries (batch × heads × queries × keys) one attention call
+/// materialises: 2²⁵, 128 MiB in fp32. Larger attentions — the global blocks at full size:
+/// 12 × 4096 × 4096 for vit_b at 1024 px, 805 MB of scores plus as much of relative-position
+/// bias — run over chunks of query rows, so that their bias, scores and, in the backward, the
+/// gradients of these exist one chunk at a time. Each query's row is computed as in one call.
+const ATTENTION_CHUNK_ENTRIES: i64 = 1 << 25;
+
+impl Attention {
+    /// Attention of `q` over `k`, `v` (`[b * nh, h * w, c]`, the grid `(b, h, w)`) with the
+    /// decomposed relative-position bias, in chunks of whole query rows of the grid holding at
+    /// most `max_entries` attention entries each (one chunk when it all fits). Returns
+    /// `[b, nh, h * w, c]` (SDPA) or `[b * nh, h * w, c]` (math), as one call would.
+    fn attend_in_row_chunks(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        (b, h, w): (i64, i64, i64),
+        max_entries: i64,
+    ) -> Tensor {
+        let nh = self.num_heads;
+        let head_dim = q.size()[2];
+        let entries_per_row = (b * nh * w * h * w).max(1);
+        let rows = (max_entries / entries_per_row).clamp(1, h.max(1));
+        let chunks: Vec<Tensor> = (0..h)
+            .step_by(rows as usize)
+            .map(|r0| {
+                let len = rows.min(h - r0);
+                let q = if len == h {
+                    q.shallow_clone()
+                } else {
+                    q.view([b * nh, h, w, head_dim])
+                        .narrow(1, r0, len)
+                        .reshape([b * nh, len * w, head_dim])
+                };
+                let bias = self.rel_pos.as_ref().map(|(rel_pos_h, rel_pos_w)| {
+                    decomposed_rel_pos_bias_rows(
+                        &q,
+                        rel_pos_h,
+                        rel_pos_w,
+                        (r0, len),
+                        (h, w),
+                        (h, w),
+                    )
+                });
+                match self.mode {
+                    AttentionMode::Sdpa => {
+                        let q4 = q.view([b, nh, len * w, head_dim]);
+                        let k4 = k.view([b, nh, h * w, head_dim]);
+                        let v4 = v.view([b, nh, h * w, head_dim]);
+                        let bias = bias.map(|t| t.view([b, nh, len * w, h * w]));
+                        attention(&q4, &k4, &v4, bias.as_ref(), self.scale, self.mode)
+                    }
+                    AttentionMode::Math => {
+                        attention(&q, k, v, bias.as_ref(), self.scale, self.mode)
+                    }
+                }
+            })
+            .collect();
+        if chunks.len() == 1 {
+            chunks
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| q.shallow_clone())
+        } else {
+            Tensor::cat(&chunks, -2)
+        }
     }
 }
 
@@ -288,19 +350,29 @@ pub(crate) fn get_rel_pos(q_size: i64, k_size: i64, rel_pos: &Tensor) -> Tensor 
 ///
 /// # Shapes
 /// `q`: `[b, q_h * q_w, c]` → `[b, q_h * q_w, k_h * k_w]`.
-pub(crate) fn decomposed_rel_pos_bias(
+///
+/// For the query rows `first .. first + len` of the `q_size` grid: `q` holds those rows only
+/// (`[b, len * q_w, c]`) → `[b, len * q_w, k_h * k_w]` (all rows: `(0, q_h)`).
+pub(crate) fn decomposed_rel_pos_bias_rows(
     q: &Tensor,
     rel_pos_h: &Tensor,
     rel_pos_w: &Tensor,
+    (first, len): (i64, i64),
     q_size: (i64, i64),
     k_size: (i64, i64),
 ) -> Tensor {
     let (q_h, q_w) = q_size;
     let (k_h, k_w) = k_size;
     let rh = get_rel_pos(q_h, k_h, rel_pos_h);
+    let rh = if len == q_h {
+        rh
+    } else {
+        rh.narrow(0, first, len)
+    };
     let rw = get_rel_pos(q_w, k_w, rel_pos_w);
     let size = q.size();
     let (b, dim) = (size[0], size[2]);
+    let q_h = len;
     let r_q = q.reshape([b, q_h, q_w, dim]);
     let rel_h = Tensor::einsum(
         "bhwc,hkc->bhwk",
@@ -663,6 +735,62 @@ impl Module for ImageEncoderViT {
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    /// Global attention over chunks of query rows (what large grids get) equals one call, in
+    /// values and in the gradients of the input and of the relative-position tables.
+    #[test]
+    fn attention_in_row_chunks_equals_one_call() {
+        for mode in [AttentionMode::Sdpa, AttentionMode::Math] {
+            tch::manual_seed(1);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let cfg = ImageEncoderViTConfig {
+                attention: mode,
+                ..ImageEncoderViTConfig::tiny()
+            };
+            let attn = Attention::new(vs.root() / "attn", &cfg, (5, 7));
+            tch::no_grad(|| {
+                for (_, mut t) in vs.variables() {
+                    let r = Tensor::randn_like(&t) * 0.5;
+                    t.copy_(&r);
+                }
+            });
+            let x = Tensor::randn([2, 5, 7, cfg.embed_dim], (Kind::Float, Device::Cpu));
+            let run = |max_entries: i64| {
+                let x = x.detach().set_requires_grad(true);
+                let y = attn.forward_chunked(&x, false, max_entries);
+                let (rel_h, rel_w) = attn.rel_pos.as_ref().unwrap();
+                for t in [rel_h, rel_w] {
+                    t.shallow_clone().zero_grad();
+                }
+                (&y * &y).sum(Kind::Float).backward();
+                (
+                    y.detach(),
+                    x.grad(),
+                    rel_h.grad().copy(),
+                    rel_w.grad().copy(),
+                )
+            };
+            let whole = run(i64::MAX);
+            // 2 images × 2 heads × 7 columns × 35 keys = 980 entries per query row: one row,
+            // then two rows (the last chunk shorter) per call.
+            for max_entries in [980, 2 * 980] {
+                let chunked = run(max_entries);
+                for (what, a, b) in [
+                    ("output", &chunked.0, &whole.0),
+                    ("input grad", &chunked.1, &whole.1),
+                    ("rel_pos_h grad", &chunked.2, &whole.2),
+                    ("rel_pos_w grad", &chunked.3, &whole.3),
+                ] {
+                    let diff = (a - b).abs().max().double_value(&[]);
+                    let scale = b.abs().max().double_value(&[]).max(1.0);
+                    assert!(
+                        diff / scale < 1e-6,
+                        "{mode:?} {max_entries}: {what} differs by {diff} (largest {scale})"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn window_partition_round_trips_with_padding() {
