@@ -500,14 +500,16 @@ mod tests {
         let all = c.estimate_peak_memory_for(1, 1);
         // vit_b, rank 4 on 12 blocks: 4 × 768 × 4 × 12 adapter values.
         assert_eq!(all.parameters, full.parameters + 147_456);
-        assert!(all.trainable < full.trainable / 10);
+        // The encoder's 89 670 912 weights are frozen; the adapters train instead.
+        assert_eq!(all.trainable, full.trainable - 89_670_912 + 147_456);
         // Every block is in the graph: the same activations.
         assert_eq!(all.encoder_activation_bytes, full.encoder_activation_bytes);
         c.model.peft = Some(lora(PeftBlocks::Last { last: 2 }));
         let last2 = c.estimate_peak_memory_for(1, 1);
-        // Blocks 10 and 11 of 12 (one global) keep activations: under a fifth.
-        assert!(5 * last2.encoder_activation_bytes < full.encoder_activation_bytes);
-        assert!(2 * last2.peak_bytes < full.peak_bytes);
+        // Blocks 10 and 11 of 12 (one of the four global ones) keep activations; the backward's
+        // transient attention of a global block stays.
+        assert!(2 * last2.encoder_activation_bytes < full.encoder_activation_bytes);
+        assert!(last2.peak_bytes < full.peak_bytes);
     }
 
     #[test]
