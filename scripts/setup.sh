@@ -83,7 +83,7 @@ PY=.venv/bin/python
 # lives in .venv, installed there by the venv's own pip.
 UV_VERSION=0.13.9
 PIP=(.venv/bin/uv pip)
-want="torch=$want_torch tv=$TORCHVISION_VERSION $(sha256sum scripts/requirements-test.txt | cut -c1-16)"
+want="torch=$want_torch tv=$TORCHVISION_VERSION $(cat scripts/requirements-test.txt scripts/requirements-test-nodeps.txt | sha256sum | cut -c1-16)"
 [ $BENCH = 1 ] && want="$want bench=$(sha256sum scripts/requirements-bench.txt | cut -c1-16)"
 
 if [ $PRINT_PLAN = 1 ]; then
@@ -95,6 +95,7 @@ if [ $PRINT_PLAN = 1 ]; then
     echo "install torch: $(q "${PIP[@]}" install ${torch_index[@]+"${torch_index[@]}"} "${pins[@]}")"
     echo "install headers: $(q "${PIP[@]}" install "${headers[@]}")"
     echo "install test packages: $(q "${PIP[@]}" install ${extra_index[@]+"${extra_index[@]}"} -r scripts/requirements-test.txt "${pins[@]}")"
+    echo "install test packages without dependencies: $(q "${PIP[@]}" install --no-deps -r scripts/requirements-test-nodeps.txt)"
     [ $BENCH = 1 ] && echo "install bench packages: $(q "${PIP[@]}" install ${extra_index[@]+"${extra_index[@]}"} -r scripts/requirements-bench.txt "${pins[@]}")"
     echo "stamp: $want"
     exit 0
@@ -164,6 +165,7 @@ else
     "${PIP[@]}" install -q "${headers[@]}"
     log "installing test fixture packages"
     "${PIP[@]}" install -q ${extra_index[@]+"${extra_index[@]}"} -r scripts/requirements-test.txt "${pins[@]}"
+    "${PIP[@]}" install -q --no-deps -r scripts/requirements-test-nodeps.txt
     if [ $BENCH = 1 ]; then
         log "installing benchmark peers"
         "${PIP[@]}" install -q ${extra_index[@]+"${extra_index[@]}"} -r scripts/requirements-bench.txt "${pins[@]}"
