@@ -488,6 +488,7 @@ mod tests {
         for f in [
             "setup.sh",
             "requirements-test.txt",
+            "requirements-test-nodeps.txt",
             "requirements-bench.txt",
         ] {
             std::fs::copy(
