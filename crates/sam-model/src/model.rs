@@ -369,7 +369,11 @@ impl SamModel {
     /// Runs SAM at another square input side ([`Sam::set_input_size`]), e.g. a model trained
     /// with `model.encoder_input: native`.
     pub fn set_input_size(&mut self, side: i64) -> Result<(), ModelError> {
-        self.sam.set_input_size(side)
+        self.sam.set_input_size(side)?;
+        if let Some((_, decoder)) = &mut self.decoder {
+            decoder.set_input_size(side);
+        }
+        Ok(())
     }
 
     /// The instance-segmentation decoder, if the model has one.

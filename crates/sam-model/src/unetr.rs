@@ -227,9 +227,18 @@ pub struct UnetrDecoder {
     decoder_head: ConvBlock2d,
     out_conv: nn::Conv2D,
     cfg: UnetrConfig,
+    /// Side of the model input the decoder's output covers: `cfg.img_size`, or the side of a
+    /// model run at its native patch size ([`UnetrDecoder::set_input_size`]).
+    input_side: i64,
 }
 
 impl UnetrDecoder {
+    /// The decoder of a model run at another square input side ([`crate::Sam::set_input_size`]):
+    /// [`UnetrDecoder::postprocess_masks`] then brings its output to that side.
+    pub fn set_input_size(&mut self, side: i64) {
+        self.input_side = side;
+    }
+
     /// Builds the decoder under `p` (the root of micro_sam's `decoder_state` names).
     pub fn new(p: &nn::Path, cfg: &UnetrConfig) -> Result<Self, ModelError> {
         if cfg.initial_features <= 0 || cfg.out_channels <= 0 || cfg.embed_dim <= 0 {
@@ -264,6 +273,7 @@ impl UnetrDecoder {
                 conv_cfg(1, 0, 1, true),
             ),
             cfg: cfg.clone(),
+            input_side: cfg.img_size,
         })
     }
 
@@ -310,19 +320,15 @@ impl UnetrDecoder {
     }
 
     /// Removes the padding and resizes decoder output to the original image
-    /// (`UNETRBase.postprocess_masks`): bilinear to the model input side, crop to `input_size`,
-    /// bilinear to `original_size`. Sizes are (h, w).
-    ///
-    /// The decoder's output is 16× the embedding grid, which is the model input side: `img_size`
-    /// for a model at its built size (the first resize is then the identity, as in Python), the
-    /// smaller side of a model run at its native patch size ([`crate::Sam::set_input_size`]).
+    /// (`UNETRBase.postprocess_masks`): bilinear to the model input side (`img_size`, or the side
+    /// set with [`UnetrDecoder::set_input_size`]), crop to `input_size`, bilinear to
+    /// `original_size`. Sizes are (h, w).
     pub fn postprocess_masks(
         &self,
         masks: &Tensor,
         input_size: (i64, i64),
         original_size: (i64, i64),
     ) -> Tensor {
-        let side = masks.size().last().copied().unwrap_or(self.cfg.img_size);
-        crate::sam::postprocess_masks(masks, side, input_size, original_size)
+        crate::sam::postprocess_masks(masks, self.input_side, input_size, original_size)
     }
 }
