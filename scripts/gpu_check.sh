@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The GPU paths, checked and measured in one run on one GPU (at most 9 minutes), with one
+# The GPU paths, checked and measured in one run on one GPU (at most 9.6 minutes), with one
 # report: OUT/report.md and OUT/report.json, the log of every step in OUT/logs/.
 #
-#   scripts/gpu_check.sh OUT [--bin DIR] [--rehearse]
+#   scripts/gpu_check.sh OUT [--bin DIR] [--rehearse] [--only STEPS]
 #
 #   --bin DIR    folder with sam-train, sam-augment, sam-infer and the examples gpu_check and
 #                device_check (default: target/release, examples from target/release/examples;
 #                docs/gpu.md says how to build and copy them for a machine without Rust)
 #   --rehearse   every step on the CPU with tiny sizes (the test suite runs this, so that the
 #                script cannot rot before a GPU is there); the numbers mean nothing then
+#   --only STEPS the steps named (comma-separated), the others reported as skipped: a rerun of
+#                the ones that failed. A step that needs another's output says so when it fails
+#                (ais needs train_a100's model); data runs whenever a training step does
 #
 # Each step has its own time limit, so a hang or a failure costs that step, not the run:
 #   preflight    GPU, driver and the CUDA of the wheel; ldd of every executable
@@ -22,6 +25,9 @@
 #   train_a100   vit_b at the A100 preset (batch 4, 25 objects, 8 rounds, decoder, bf16):
 #                s/iteration, data-wait share, peak GPU memory
 #   train_a40    the same at the A40 preset (batch 2)
+#   memory       the memory options at the A40 preset, one `sam-train fit` try each (peak GPU
+#                memory of two steps): vit_b full, activation checkpointing `all`, LoRA rank 4
+#                on the last 2 blocks, encoder_input native; vit_l and vit_h with `all`
 #   ais          automatic instance segmentation of 2048² images with the model of train_a100
 #   resume       two processes on one GPU over Gloo: SIGUSR1 -> checkpoint + exit 42 ->
 #                --resume to the end (a checkpoint round trip)
@@ -36,10 +42,12 @@ die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 OUT=""
 BIN=""
 REHEARSE=0
+ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin) [ $# -ge 2 ] || die "--bin needs a folder"; BIN=$2; shift ;;
         --rehearse) REHEARSE=1 ;;
+        --only) [ $# -ge 2 ] || die "--only needs a list of steps"; ONLY=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         -*) die "unknown option '$1' (scripts/gpu_check.sh --help)" ;;
         *) [ -z "$OUT" ] || die "one output folder only (got '$OUT' and '$1')"; OUT=$1 ;;
@@ -47,6 +55,13 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "$OUT" ] || die "missing the output folder (scripts/gpu_check.sh --help)"
+ALL_STEPS="preflight cuda_nccl parity encoder data train_tiny train_a100 train_a40 memory ais resume"
+if [ -n "$ONLY" ]; then
+    for s in ${ONLY//,/ }; do
+        case " $ALL_STEPS " in *" $s "*) ;; *) die "unknown step '$s' in --only (the steps: $ALL_STEPS)" ;; esac
+    done
+    case ",$ONLY," in *,train_*|*,memory,*|*,ais,*|*,resume,*) ONLY="$ONLY,data" ;; esac
+fi
 if [ -e "$OUT" ] && [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then
     die "$OUT exists and is not empty: give a new folder, the report never overwrites one"
 fi
@@ -73,14 +88,14 @@ if [ $REHEARSE = 1 ]; then
     DEVICE=cpu; MODEL=tiny; SIDE=128; PATCH=128; COUNT=4; ITERS=2; TRAIN_ITERS=2; RESUME_ITERS=8
     ENCODER_ITERS=1
     # Generous: the test suite runs the rehearsal beside other tests on a small machine.
-    LIMITS=(60 120 120 120 60 120 120 120 120 120)
+    LIMITS=(60 120 120 120 60 120 120 120 240 120 120)
 else
     DEVICE=cuda; MODEL=vit-b; SIDE=2048; PATCH=512; COUNT=12; ITERS=20; TRAIN_ITERS=10
     RESUME_ITERS=40
     ENCODER_ITERS=5
-    # Seconds per step, in step order: 540 in all, so a run ends within 9 minutes whatever
-    # hangs, and a rerun fits in a 15-minute GPU slot.
-    LIMITS=(30 60 60 60 30 60 90 60 45 45)
+    # Seconds per step, in step order: 575 in all, so a run ends within 9.6 minutes whatever
+    # hangs; a rerun of the failed steps (--only) fits in what a 15-minute GPU slot leaves.
+    LIMITS=(30 60 60 50 30 60 70 45 100 35 35)
 fi
 export RUST_LOG=${RUST_LOG:-info}
 
@@ -95,6 +110,11 @@ step() {
     local name=$1 limit=$2; shift 2
     local log="$OUT/logs/$name.log" start end rc status result
     printf '[gpu_check] %-11s ' "$name"
+    if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then
+        printf '%-7s\n' skipped
+        STEPS+=("$name|skipped|0|$limit|0|not in --only")
+        return
+    fi
     start=$(date +%s.%N)
     # timeout signals the whole process group, so training processes a step started go too.
     timeout --signal=TERM --kill-after=10 "$limit" bash -c '"$@"' step "$@" >"$log" 2>&1
@@ -115,6 +135,8 @@ step() {
 
 # --- Configs --------------------------------------------------------------------------------
 # write_config FILE NAME DEVICE BATCH OBJECTS ROUNDS PRECISION ITERATIONS ARCH WORKERS CKPT_EVERY
+# ARCH: vit_b, vit_l, vit_h or tiny. MODEL_EXTRA and TRAINING_EXTRA (YAML lines, indented by
+# two) are added to the model and training sections.
 write_config() {
     local file=$1 name=$2 device=$3 batch=$4 objects=$5 rounds=$6 precision=$7
     local iterations=$8 arch=$9 workers=${10} every=${11} side=$SIDE patch=$PATCH
@@ -154,10 +176,11 @@ data:
   num_workers: $workers
   prefetch_batches: 2
 model:
-  backbone: vit_b
+  backbone: $([ "$arch" = tiny ] && echo vit_b || echo "$arch")
   checkpoint: null
   with_segmentation_decoder: true
 $architecture
+${MODEL_EXTRA:-}
 training:
   batch_size: $batch
   n_objects_per_batch: $objects
@@ -169,6 +192,7 @@ training:
   log_every_iterations: 1
   checkpoint_every_iterations: $every
   device: $device
+${TRAINING_EXTRA:-}
 distributed:
   backend: gloo
   nodes: 1
@@ -271,6 +295,34 @@ train_preset() {  # train_preset NAME BATCH: vit_b (tiny in the rehearsal) at a 
     [ -n "$steps" ]
 }
 
+# One `sam-train fit` try of a config at the A40 preset: the setting's own peak memory.
+fit_once() {  # fit_once NAME ARCH: prints "NAME PEAK_GIB VERDICT", fit's own output on stderr
+    local name=$1 arch=$2 batch=2 objects=25 rounds=8 precision=bf16 budget=44
+    [ $REHEARSE = 1 ] && { arch=tiny; batch=1; objects=2; rounds=1; budget=8; }
+    write_config "$WORK/$name.yaml" "$name" $DEVICE $batch $objects $rounds $precision 2 $arch 0 1000
+    "$EXE_sam_train" fit "$WORK/$name.yaml" --root "$WORK" --budget-gib $budget --max-tries 1 \
+        --json "$OUT/memory_$name.json" >"$WORK/$name.fit.txt"
+    local rc=$?
+    cat "$WORK/$name.fit.txt" >&2
+    # The table's row of try 1: try, batch_size, objects, peak GiB, verdict, seconds. Exit 1
+    # (the setting does not fit) still has its row.
+    awk -v n="$name" '$1 == "1" && NF == 6 { print n, $4, "GiB", $5 }' "$WORK/$name.fit.txt" | grep . || return 1
+    [ $rc -le 1 ]
+}
+
+memory() {
+    local lines=() line
+    run_fit() { line=$(fit_once "$@") && [ -n "$line" ] && lines+=("$line"); }
+    MODEL_EXTRA="" TRAINING_EXTRA="" run_fit vit_b_full vit_b || return 1
+    TRAINING_EXTRA="  activation_checkpointing: all" run_fit vit_b_ac_all vit_b || return 1
+    MODEL_EXTRA="  peft: {method: lora, rank: 4, blocks: {last: 2}}" run_fit vit_b_lora_last2 vit_b || return 1
+    MODEL_EXTRA="  encoder_input: native" run_fit vit_b_native vit_b || return 1
+    TRAINING_EXTRA="  activation_checkpointing: all" run_fit vit_l_ac_all vit_l || return 1
+    TRAINING_EXTRA="  activation_checkpointing: all" run_fit vit_h_ac_all vit_h || return 1
+    printf '%s\n' "${lines[@]}"
+    printf '%s; ' "${lines[@]}" | sed 's/; $//' >"$OUT/logs/memory.result"
+}
+
 ais() {
     local model=$WORK/final_models/train_a100.pt side=$SIDE
     [ $REHEARSE = 1 ] && side=128
@@ -323,11 +375,11 @@ resume() {
 }
 
 # The steps run in a child bash under `timeout`: they see these functions and variables.
-export REPO OUT WORK BIN REHEARSE DEVICE MODEL SIDE PATCH COUNT ITERS TRAIN_ITERS RESUME_ITERS
+export REPO OUT WORK BIN REHEARSE ONLY DEVICE MODEL SIDE PATCH COUNT ITERS TRAIN_ITERS RESUME_ITERS
 export ENCODER_ITERS
 export EXE_sam_train EXE_sam_augment EXE_sam_infer EXE_gpu_check EXE_device_check
 export -f write_config train last_loss preflight cuda_nccl parity encoder data train_tiny \
-    train_preset ais resume
+    train_preset fit_once memory ais resume
 
 echo "[gpu_check] report in $OUT ($([ $REHEARSE = 1 ] && echo "rehearsal on CPU" || echo "device $DEVICE"))"
 step preflight "${LIMITS[0]}" preflight
@@ -338,8 +390,9 @@ step data "${LIMITS[4]}" data
 step train_tiny "${LIMITS[5]}" train_tiny
 step train_a100 "${LIMITS[6]}" train_preset train_a100 4
 step train_a40 "${LIMITS[7]}" train_preset train_a40 2
-step ais "${LIMITS[8]}" ais
-step resume "${LIMITS[9]}" resume
+step memory "${LIMITS[8]}" memory
+step ais "${LIMITS[9]}" ais
+step resume "${LIMITS[10]}" resume
 
 # --- Report ---------------------------------------------------------------------------------
 {

@@ -11,6 +11,8 @@
 //!   [`ConfigBuilder::tiny_cpu_training`] preset.
 //! - [`TempRepo`]: a temporary repository root, removed on drop.
 //! - [`venv_python`]: the repository's Python environment, for reference fixtures.
+//! - [`script_fixtures`]: a folder of reference fixtures a Python script writes, kept until
+//!   the script changes.
 //!
 //! The kit does not link libtorch. Tiny random-weight checkpoints are written by
 //! `sam_testkit_model::TinyCheckpoint`, a crate of its own: Cargo unifies a dependency's
@@ -51,6 +53,6 @@ pub use crate::{
     config::ConfigBuilder,
     dataset::{SynthDataset, SynthImage},
     error::Error,
-    python::{venv_python, workspace_root},
+    python::{script_fixtures, venv_python, workspace_root},
     repo::TempRepo,
 };

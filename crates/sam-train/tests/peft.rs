@@ -11,83 +11,27 @@ use std::sync::{Mutex, MutexGuard};
 
 use sam_config::{ExperimentConfig, RunPaths};
 use sam_model::{read_checkpoint, write_sam_state_dict, SamModel, PEFT_PREFIX};
-use sam_testkit::{ConfigBuilder, SynthDataset, TempRepo};
+use sam_testkit::ConfigBuilder;
 use sam_train::{
-    export_model, prepare_run, train, CheckpointStore, ExportOptions, NoProgress, PeftLayout, Slot,
-    StopFlag, TrainError, TrainOptions, TrainOutcome,
+    export_model, CheckpointStore, ExportOptions, PeftLayout, Slot, TrainError, TrainOutcome,
 };
 use tch::{Device, Kind, Tensor};
+
+#[macro_use]
+mod common;
+
+use common::{latest_model, max_diff, run};
+
+/// The tiny CPU run `t` (seed 3, checkpoint `ck`, no UNETR decoder) changed by `edit`.
+fn config(edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> ExperimentConfig {
+    common::config(false, edit)
+}
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Runs the calling test alone in this binary.
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A fresh repository-like temp dir with `n` synthetic training and 2 validation images.
-macro_rules! setup {
-    ($n:expr) => {{
-        let repo = TempRepo::new().unwrap();
-        SynthDataset::new(repo.join("data"))
-            .split("train", $n, 96, 1)
-            .split("val", 2, 96, 100)
-            .write()
-            .unwrap();
-        repo
-    }};
-}
-
-/// The tiny CPU run `t` (seed 3, checkpoint `ck`) changed by `edit`.
-fn config(edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> ExperimentConfig {
-    let config = ConfigBuilder::named("t")
-        .tiny_cpu_training()
-        .checkpoint_name("ck")
-        .seed(3)
-        .with_decoder(false);
-    match edit(config).parse() {
-        Ok(config) => config,
-        Err(e) => panic!("test config invalid:\n{e}"),
-    }
-}
-
-fn run(
-    cfg: &ExperimentConfig,
-    root: &Path,
-    resume: bool,
-    limit: Option<u64>,
-) -> Result<TrainOutcome, TrainError> {
-    let paths = prepare_run(cfg, root, resume, false)?.paths;
-    let opts = TrainOptions {
-        root: root.to_path_buf(),
-        resume,
-        overwrite: false,
-        stop: StopFlag::new(),
-        progress: &NoProgress,
-        collective: None,
-        max_iterations_this_run: limit,
-    };
-    train(cfg, &paths, &opts)
-}
-
-fn latest_model(root: &Path, cfg: &ExperimentConfig) -> Vec<(String, Tensor)> {
-    let mut m = CheckpointStore::new(RunPaths::new(root, cfg).checkpoint_dir)
-        .load(Slot::Latest)
-        .unwrap()
-        .model;
-    m.sort_by(|a, b| a.0.cmp(&b.0));
-    m
-}
-
-fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|((na, ta), (nb, tb))| {
-            assert_eq!(na, nb);
-            (ta - tb).abs().max().double_value(&[])
-        })
-        .fold(0.0, f64::max)
 }
 
 /// Two training samples (64 px patches) of the images under `dir/data/train`.

@@ -4,84 +4,17 @@
 use std::path::{Path, PathBuf};
 
 use sam_config::{ExperimentConfig, RunPaths};
-use sam_testkit::{ConfigBuilder, SynthDataset, TempRepo};
 use sam_train::{
-    export_model, prepare_run, train, CheckpointStore, ExportOptions, NoProgress, Slot, StopFlag,
-    TrainError, TrainOptions, TrainOutcome, TrainProgress, RUN_MARKER,
+    export_model, prepare_run, train, CheckpointStore, ExportOptions, Slot, TrainError,
+    TrainOptions, TrainOutcome, TrainProgress, RUN_MARKER,
 };
 use tch::Tensor;
 
+#[macro_use]
+mod common;
 mod optim_parity;
 
-/// A fresh repository-like temp dir with `n` synthetic training and 2 validation images.
-macro_rules! setup {
-    ($n:expr) => {{
-        let repo = TempRepo::new().unwrap();
-        SynthDataset::new(repo.join("data"))
-            .split("train", $n, 96, 1)
-            .split("val", 2, 96, 100)
-            .write()
-            .unwrap();
-        repo
-    }};
-}
-
-/// The tiny CPU run `t` (seed 3, checkpoint `ck`), with or without the UNETR decoder, changed
-/// by `edit`, as the trainer gets it.
-fn config(decoder: bool, edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> ExperimentConfig {
-    let config = ConfigBuilder::named("t")
-        .tiny_cpu_training()
-        .checkpoint_name("ck")
-        .seed(3)
-        .with_decoder(decoder);
-    match edit(config).parse() {
-        Ok(config) => config,
-        Err(e) => panic!("test config invalid:\n{e}"),
-    }
-}
-
-fn opts(root: &Path, resume: bool, limit: Option<u64>) -> TrainOptions<'static> {
-    TrainOptions {
-        root: root.to_path_buf(),
-        resume,
-        overwrite: false,
-        stop: StopFlag::new(),
-        progress: &NoProgress,
-        collective: None,
-        max_iterations_this_run: limit,
-    }
-}
-
-fn run(
-    cfg: &ExperimentConfig,
-    root: &Path,
-    resume: bool,
-    limit: Option<u64>,
-) -> Result<TrainOutcome, TrainError> {
-    let paths = prepare_run(cfg, root, resume, false)?.paths;
-    train(cfg, &paths, &opts(root, resume, limit))
-}
-
-fn latest_model(root: &Path, cfg: &ExperimentConfig) -> Vec<(String, Tensor)> {
-    let paths = RunPaths::new(root, cfg);
-    let mut m = CheckpointStore::new(paths.checkpoint_dir)
-        .load(Slot::Latest)
-        .unwrap()
-        .model;
-    m.sort_by(|a, b| a.0.cmp(&b.0));
-    m
-}
-
-fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|((na, ta), (nb, tb))| {
-            assert_eq!(na, nb);
-            (ta - tb).abs().max().double_value(&[])
-        })
-        .fold(0.0, f64::max)
-}
+use common::{config, latest_model, max_diff, opts, run};
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

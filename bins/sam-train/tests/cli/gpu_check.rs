@@ -88,6 +88,7 @@ fn the_rehearsal_runs_every_step_and_writes_both_reports() {
             "train_tiny",
             "train_a100",
             "train_a40",
+            "memory",
             "ais",
             "resume"
         ]
@@ -109,6 +110,28 @@ fn the_rehearsal_runs_every_step_and_writes_both_reports() {
         "{}",
         result("train_a100")
     );
+    // One fit try per memory option, each with its peak and verdict.
+    let memory = result("memory");
+    for name in [
+        "vit_b_full",
+        "vit_b_ac_all",
+        "vit_b_lora_last2",
+        "vit_b_native",
+        "vit_l_ac_all",
+        "vit_h_ac_all",
+    ] {
+        assert!(memory.contains(&format!("{name} ")), "{name}: {memory}");
+        let fit: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(report.join(format!("memory_{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            fit["report"]["tries"].as_array().unwrap().len(),
+            1,
+            "{name}"
+        );
+    }
+    assert!(memory.contains("fits"), "{memory}");
     assert!(
         result("resume").contains("exit 42 on both ranks"),
         "{}",
@@ -121,6 +144,39 @@ fn the_rehearsal_runs_every_step_and_writes_both_reports() {
     assert_eq!(parity["cases"].as_array().unwrap().len(), 4);
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("| resume | ok |"), "{md}");
+
+    // A rerun of chosen steps: the others are reported as skipped, data runs for training.
+    let rerun = out.path().join("rerun");
+    let only = gpu_check(&[
+        &rerun,
+        Path::new("--bin"),
+        &bin,
+        Path::new("--rehearse"),
+        Path::new("--only"),
+        Path::new("train_tiny"),
+    ]);
+    assert!(
+        only.status.success(),
+        "{}",
+        String::from_utf8_lossy(&only.stdout)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rerun.join("report.json")).unwrap()).unwrap();
+    let ran: Vec<&str> = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "ok")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ran, ["data", "train_tiny"]);
+    let bad = gpu_check(&[
+        &out.path().join("r2"),
+        Path::new("--only"),
+        Path::new("trian"),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown step 'trian'"));
 
     // A report folder is never overwritten.
     let again = gpu_check(&[&report, Path::new("--rehearse")]);

@@ -27,29 +27,7 @@ fn evil_marker(dir: &Path) -> PathBuf {
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = sam_testkit::workspace_root().join("target/test-fixtures/checkpoint");
-        let source = std::fs::read(script()).expect("fixture script");
-        let stamp = format!(
-            "{:x}",
-            source
-                .iter()
-                .fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64))
-        );
-        let stamp_file = dir.join("stamp");
-        if std::fs::read_to_string(&stamp_file).ok().as_deref() != Some(stamp.as_str()) {
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let status = Command::new(sam_testkit::venv_python())
-                .arg(script())
-                .arg("make")
-                .arg(&dir)
-                .arg(evil_marker(&dir))
-                .status()
-                .expect("run the fixture script");
-            assert!(status.success(), "checkpoint_fixtures.py make failed");
-            std::fs::write(&stamp_file, stamp).unwrap();
-        }
-        dir
+        sam_testkit::script_fixtures("checkpoint", &script(), |dir| vec![evil_marker(dir).into()])
     })
 }
 

@@ -427,6 +427,39 @@ fn unetr_decoder_matches_torch_em() {
     }
 }
 
+/// With 8 px patches (a 128 px encoder input, as the demo's model) the decoder's output is twice
+/// the input side: the postprocessing resizes it to the encoder's input side before the crop,
+/// as torch_em's `postprocess_masks` does. The same holds for a decoder whose input side is set
+/// afterwards (a model run at its native input side).
+#[test]
+fn unetr_postprocessing_with_8_px_patches_matches_torch_em() {
+    let (state, io) = load_case("unetr_patch8");
+    for set_later in [false, true] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = UnetrConfig {
+            img_size: if set_later { 256 } else { 128 },
+            ..UnetrConfig::tiny()
+        };
+        let mut decoder = UnetrDecoder::new(&vs.root(), &cfg).unwrap();
+        if set_later {
+            decoder.set_input_size(128);
+        }
+        load_exact(&vs, &state);
+        let out = tch::no_grad(|| decoder.forward_t(&io["image_embeddings"], false)).unwrap();
+        assert_eq!(out.size(), [2, 3, 256, 256], "16x the embedding side");
+        let case = format!("unetr_patch8 (input side set later: {set_later})");
+        let at_input = decoder.postprocess_masks(&out, (128, 128), (128, 128));
+        assert_close(&format!("{case} at input"), &at_input, &io["at_input"], TOL);
+        let post = decoder.postprocess_masks(&out, (128, 96), (150, 113));
+        assert_close(
+            &format!("{case} postprocessed"),
+            &post,
+            &io["postprocessed"],
+            TOL,
+        );
+    }
+}
+
 /// The real vit_b architecture at 1024² (one Python forward, about 15 s on 2 cores).
 #[test]
 fn vit_b_matches_segment_anything() {

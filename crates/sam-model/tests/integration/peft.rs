@@ -25,30 +25,7 @@ fn script() -> PathBuf {
 
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = sam_testkit::workspace_root().join("target/test-fixtures/sam-model-peft");
-        let source = std::fs::read(script()).expect("fixture script");
-        let stamp = format!(
-            "{:x}",
-            source
-                .iter()
-                .fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64))
-        );
-        let stamp_file = dir.join("stamp");
-        if std::fs::read_to_string(&stamp_file).ok().as_deref() != Some(stamp.as_str()) {
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let status = Command::new(sam_testkit::venv_python())
-                .arg(script())
-                .arg("make")
-                .arg(&dir)
-                .status()
-                .expect("run the fixture script");
-            assert!(status.success(), "make_peft.py make failed");
-            std::fs::write(&stamp_file, stamp).unwrap();
-        }
-        dir
-    })
+    DIR.get_or_init(|| sam_testkit::script_fixtures("sam-model-peft", &script(), |_| Vec::new()))
 }
 
 fn read(name: &str) -> StateDict {

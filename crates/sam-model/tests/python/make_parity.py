@@ -8,7 +8,7 @@ micro_sam's `get_unetr` configures it), perturbs every weight so that zero-initi
   <out>/<case>.safetensors     the state_dict (the names our VarStore must have)
   <out>/<case>_io.safetensors  fixed inputs and the reference outputs
 
-Usage: make_parity.py {tiny_sam,vit_b,tiny_vit,unetr,unetr_transpose} OUT_DIR
+Usage: make_parity.py {tiny_sam,vit_b,tiny_vit,unetr,unetr_transpose,unetr_patch8} OUT_DIR
 """
 
 import copy
@@ -248,15 +248,19 @@ def import_torch_em_unetr():
 
 
 @torch.no_grad()
-def unetr(out, conv_transpose):
+def unetr(out, conv_transpose, patch_size=16):
+    """The decoder of a tiny encoder. With 16 px patches the decoder's output is the encoder's
+    input side (256); with 8 px patches (img_size 128, as the demo) it is twice that, and the
+    postprocessing resizes it down to the encoder's img_size first."""
     from segment_anything.modeling import ImageEncoderViT
 
     UNETR = import_torch_em_unetr()
     torch.manual_seed(0)
+    img_size = 16 * patch_size
     encoder = ImageEncoderViT(
-        img_size=256, patch_size=16, embed_dim=64, depth=2, num_heads=2, out_chans=32,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=6,
-        global_attn_indexes=(1,),
+        img_size=img_size, patch_size=patch_size, embed_dim=64, depth=2, num_heads=2,
+        out_chans=32, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+        window_size=6, global_attn_indexes=(1,),
     )
     # As micro_sam's get_unetr, with 8 initial features (UnetrConfig::tiny()).
     model = UNETR(
@@ -270,9 +274,15 @@ def unetr(out, conv_transpose):
     g = torch.Generator().manual_seed(3)
     z12 = torch.randn((2, 32, 16, 16), generator=g)
     io["image_embeddings"] = z12
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("encoder")}
+    if patch_size != 16:
+        # The output (2x the input side) resized to the input, then cropped and resized.
+        io["at_input"] = model.decode((z12, None, None), (img_size, img_size), (img_size, img_size))
+        io["postprocessed"] = model.decode((z12, None, None), (128, 96), (150, 113))
+        save(out, f"unetr_patch{patch_size}", state, io)
+        return
     io["output"] = model.decode((z12, None, None), (256, 256), (256, 256))
     io["postprocessed"] = model.decode((z12, None, None), (256, 192), (300, 225))
-    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("encoder")}
     model.train()
     io["train_output"] = model.decode((z12, None, None), (256, 256), (256, 256))
     io["train_running_mean"] = model.deconv1.block[2].running_mean
@@ -289,5 +299,6 @@ if __name__ == "__main__":
         "tiny_vit": tiny_vit,
         "unetr": lambda out: unetr(out, conv_transpose=False),
         "unetr_transpose": lambda out: unetr(out, conv_transpose=True),
+        "unetr_patch8": lambda out: unetr(out, conv_transpose=False, patch_size=8),
     }
     cases[sys.argv[1]](sys.argv[2])
