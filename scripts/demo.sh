@@ -57,6 +57,7 @@ echo "  data:        dat/demo/{raw,augmented,val,test}"
 echo "  run folder:  runs/demo_cpu/ (config.yaml, checkpoints/, logs/metrics.csv, logs/curves.png)"
 echo "  model:       final_models/demo_cpu.pt (micro_sam format: model_state + decoder_state)"
 [ -f runs/demo_cpu/inference/summary.csv ] && { echo "  scores:      runs/demo_cpu/inference/summary.csv"; cat runs/demo_cpu/inference/summary.csv; }
+[ -f runs/demo_cpu/inference/report.html ] && echo "  report:      runs/demo_cpu/inference/report.html (open it in a browser)"
 # The last validation row: box-prompted mask IoU on the held-out images (column val_box_iou).
 awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "val_box_iou") c = i }
          NR > 1 && $c != "NaN" { v = $c }

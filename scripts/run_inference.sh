@@ -7,7 +7,7 @@
 # CHECKPOINT  a checkpoint file, a name under final_models/, or a micro_sam model name.
 # INPUT       a folder of images, or a folder with images/ and labels/ (matched by file stem).
 # OUTPUT      gets labels/, overlays/, objects/ from sam-infer and, with labels, summary.csv,
-#             summary_pooled.csv, per_image.csv and report.json from sam-eval.
+#             summary_pooled.csv, per_image.csv, report.json and report.html from sam-eval.
 #
 # Extra flags go to `sam-infer auto` (e.g. --mode amg, --tile-shape 768 768, --config X.yaml).
 # Binaries: $SAM_INFER / $SAM_EVAL if set, else target/release/, built when missing.

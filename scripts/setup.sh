@@ -103,7 +103,7 @@ fi
 
 # --- Debian packages --------------------------------------------------------------------------
 need_apt=()
-for pkg in libgloo-dev libfontconfig1-dev libfreetype-dev libjemalloc-dev; do
+for pkg in libgloo-dev libfontconfig1-dev libfreetype-dev libjemalloc-dev chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

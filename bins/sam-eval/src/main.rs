@@ -31,7 +31,8 @@ enum Command {
     /// Files are paired by stem (`img01.tif` with `img01.png`). Writes per_image.csv,
     /// summary.csv (micro_sam's columns: mSA, SA50, SA75, Precision, Recall, F1 Score; mean of
     /// the per-image scores), summary_pooled.csv (the same columns from counts pooled over all
-    /// images), report.json and, with --images, overlay pictures of the worst images.
+    /// images), report.json, report.html (summary, SA curve, sortable per-image table, overlays:
+    /// open it in a browser) and, with --images, overlay pictures of the worst images.
     Labels(LabelsArgs),
     /// Score a checkpoint on the experiment's test images (automatic segmentation, with
     /// optional grid search and iterative prompting).
@@ -42,7 +43,7 @@ enum Command {
     /// scores it against `evaluation.test_labels_dir` (paired by file stem). Writes into
     /// runs/<experiment>/evaluation/: predictions/<stem>.tif, per_image.csv, summary.csv
     /// (mSA, SA50, SA75, Precision, Recall, F1 Score: mean of the per-image scores),
-    /// summary_pooled.csv, report.json, overlays/ of the worst images and, with
+    /// summary_pooled.csv, report.json, report.html, overlays/ of the worst images and, with
     /// --iterative-prompting, iterative_prompting_box.csv / iterative_prompting_point.csv.
     /// An existing evaluation is kept unless --overwrite.
     #[cfg(feature = "model")]
@@ -59,7 +60,8 @@ struct LabelsArgs {
     #[arg(long, value_name = "DIR")]
     pred: PathBuf,
 
-    /// Output folder for the CSV files, report.json and overlays/ (created if missing).
+    /// Output folder for the CSV files, report.json, report.html and overlays/ (created if
+    /// missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 

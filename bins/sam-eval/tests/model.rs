@@ -232,6 +232,10 @@ fn writes_reports_and_keeps_an_existing_evaluation() {
     assert!(r["grid_search"].is_null());
     assert!(dir.join("summary_pooled.csv").is_file());
     assert!(dir.join("overlays/t1.png").is_file());
+    // The page names the model and mode and links the overlay it drew.
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<th>mode</th><td>ais (fp32)</td>"), "{html}");
+    assert!(html.contains("src=\"overlays/t1.png\""), "{html}");
 
     // An existing evaluation is kept unless --overwrite.
     let before = std::fs::read_to_string(dir.join("report.json")).unwrap();

@@ -178,7 +178,9 @@ fn check_folders(opts: &LabelEvalOptions) -> Result<(), EvalError> {
 /// - `summary.csv`: micro_sam's columns [`SUMMARY_COLUMNS`], mean of the per-image scores;
 /// - `summary_pooled.csv`: the same columns from counts pooled over all images;
 /// - `report.json`: the whole [`LabelReport`];
-/// - `overlays/<stem>.png` for the `opts.worst` lowest-mSA images when `opts.image_dir` is set.
+/// - `overlays/<stem>.png` for the `opts.worst` lowest-mSA images when `opts.image_dir` is set;
+/// - `report.html`: summary, SA curve, sortable per-image table and the overlays on one page
+///   ([`crate::write_html_report`]).
 ///
 /// Images are read and scored in parallel (rayon); `progress` is called from worker threads.
 ///
@@ -293,6 +295,11 @@ pub fn evaluate_label_dirs(
         path: json_path.clone(),
         source,
     })?;
+    let context = crate::html::HtmlContext {
+        title: format!("Evaluation of {}", opts.pred_dir.display()),
+        ..Default::default()
+    };
+    crate::html::write_html_report(&opts.out_dir.join("report.html"), &report, &context)?;
     Ok(report)
 }
 

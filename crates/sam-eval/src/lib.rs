@@ -19,7 +19,8 @@
 //!
 //! [`evaluate_label_dirs`] scores a folder of predictions against a folder of ground truth
 //! (paired by file stem) and writes `per_image.csv`, `summary.csv` (micro_sam's columns
-//! [`SUMMARY_COLUMNS`]), `summary_pooled.csv`, `report.json` and overlay pictures. Files are
+//! [`SUMMARY_COLUMNS`]), `summary_pooled.csv`, `report.json`, overlay pictures and
+//! `report.html` ([`write_html_report`]: the page a person reads). Files are
 //! read and drawn with sam-data (`read_labels`, `read_image`, `write_overlay_png`).
 //!
 //! With the `model` feature, [`evaluate_model`] scores a SAM checkpoint (through sam-infer):
@@ -49,6 +50,7 @@
 
 pub use crate::contingency::{Contingency, OverlapPair};
 pub use crate::error::{EvalError, MetricError};
+pub use crate::html::{write_html_report, ComparedModel, Comparison, HtmlContext, ImageDelta};
 pub use crate::labels::{
     evaluate_label_dirs, label_extensions, ImageRecord, LabelEvalOptions, LabelReport, Progress,
     GT_COLOUR, PRED_COLOUR, SUMMARY_COLUMNS,
@@ -75,6 +77,7 @@ pub use crate::model_eval::{
 
 mod contingency;
 mod error;
+mod html;
 mod hungarian;
 mod io;
 mod labels;

@@ -114,11 +114,12 @@ pub struct ModelEvalOptions {
 }
 
 /// The files of an evaluation, in the output folder.
-pub const MODEL_EVAL_FILES: [&str; 6] = [
+pub const MODEL_EVAL_FILES: [&str; 7] = [
     "per_image.csv",
     "summary.csv",
     "summary_pooled.csv",
     "report.json",
+    "report.html",
     "iterative_prompting_box.csv",
     "iterative_prompting_point.csv",
 ];
@@ -384,7 +385,9 @@ fn write_rounds_csv(path: &Path, rounds: &[Summary]) -> Result<(), EvalError> {
 /// - with iterative prompting, `iterative_prompting_<box|point>.csv`: `iteration` and
 ///   micro_sam's columns, one row per round, means over the test images;
 /// - `report.json`: the whole [`ModelReport`] (with the grid search's every combination and
-///   its validation scores).
+///   its validation scores);
+/// - `report.html`: the page a person reads ([`crate::write_html_report`]), with the model,
+///   the mode and its parameters at the top.
 ///
 /// With a grid search the chosen parameters replace those of `opts.segmentation` on the
 /// test images.
@@ -506,5 +509,77 @@ pub fn evaluate_model(
         path: json_path.clone(),
         source,
     })?;
+    crate::html::write_html_report(
+        &opts.out_dir.join("report.html"),
+        &report.test,
+        &html_context(&report, None),
+    )?;
     Ok(report)
+}
+
+/// The page's title and facts for a model evaluation, with `comparison` when a baseline was
+/// scored too.
+pub(crate) fn html_context(
+    report: &ModelReport,
+    comparison: Option<crate::html::Comparison>,
+) -> crate::html::HtmlContext {
+    let mut facts = vec![
+        (
+            "checkpoint".to_string(),
+            report.checkpoint.display().to_string(),
+        ),
+        ("model".to_string(), report.model.clone()),
+        (
+            "mode".to_string(),
+            format!("{} ({})", report.mode, report.precision),
+        ),
+    ];
+    if let Some(p) = &report.ais {
+        facts.push(("AIS parameters".into(), compact(p)));
+    }
+    if let Some(p) = &report.amg {
+        facts.push(("AMG parameters".into(), compact(p)));
+    }
+    if let Some(g) = &report.grid_search {
+        facts.push((
+            "grid search".into(),
+            format!(
+                "{} combinations on {} validation images, the best used",
+                g.tried.len(),
+                g.validation_images.len()
+            ),
+        ));
+    }
+    facts.push(("normalisation".into(), compact(&report.normalization)));
+    facts.push((
+        "tiles".into(),
+        match report.tile_shape {
+            Some((h, w)) => format!("{h}×{w}, halo {}×{}", report.halo.0, report.halo.1),
+            None => "whole images".into(),
+        },
+    ));
+    for it in &report.iterative_prompting {
+        if let (Some(first), Some(last)) = (it.rounds.first(), it.rounds.last()) {
+            facts.push((
+                format!("iterative prompting ({})", it.start.name()),
+                format!(
+                    "mSA {:.3} after the first round, {:.3} after {} rounds",
+                    first.mean_per_image.msa,
+                    last.mean_per_image.msa,
+                    it.rounds.len()
+                ),
+            ));
+        }
+    }
+    facts.push(("seconds".into(), format!("{:.1}", report.seconds)));
+    crate::html::HtmlContext {
+        title: format!("Evaluation of {}", report.checkpoint.display()),
+        facts,
+        comparison,
+    }
+}
+
+/// Compact JSON of a parameter set, for the report's facts.
+fn compact<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
