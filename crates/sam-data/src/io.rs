@@ -107,17 +107,13 @@ fn decode_error(path: &Path, format: &'static str, reason: String) -> DataError 
     })
 }
 
-/// Refuses a TIFF with more than one full-resolution page (a 3-D stack or a time series),
-/// which would otherwise be read as its first page. Reduced-resolution pages (thumbnails,
+/// The full-resolution pages of a TIFF: reduced-resolution pages (thumbnails,
 /// `NewSubfileType` bit 0) do not count. Leaves the decoder on the first page.
-fn check_single_page<R: std::io::Read + std::io::Seek>(
-    path: &Path,
-    dec: &mut Decoder<R>,
-) -> Result<()> {
+fn count_pages<R: std::io::Read + std::io::Seek>(path: &Path, dec: &mut Decoder<R>) -> Result<usize> {
     /// Enough to name the stack; a longer (or cyclic) chain of pages is not walked further.
     const MAX_PAGES_COUNTED: usize = 100_000;
     if !dec.more_images() {
-        return Ok(());
+        return Ok(1);
     }
     let err = |e: tiff::TiffError| decode_error(path, "TIFF", e.to_string());
     let mut pages = 1;
@@ -133,13 +129,25 @@ fn check_single_page<R: std::io::Read + std::io::Seek>(
             pages += 1;
         }
     }
+    dec.seek_to_image(0).map_err(err)?;
+    Ok(pages)
+}
+
+/// Refuses a TIFF with more than one full-resolution page (a 3-D stack or a time series),
+/// which would otherwise be read as its first page (see [`count_pages`]). Leaves the decoder
+/// on the first page.
+fn check_single_page<R: std::io::Read + std::io::Seek>(
+    path: &Path,
+    dec: &mut Decoder<R>,
+) -> Result<()> {
+    let pages = count_pages(path, dec)?;
     if pages > 1 {
         return Err(DataError::Stack {
             path: path.to_path_buf(),
             pages,
         });
     }
-    dec.seek_to_image(0).map_err(err)
+    Ok(())
 }
 
 fn open(path: &Path) -> Result<BufReader<File>> {
@@ -428,6 +436,131 @@ pub fn image_dimensions(path: impl AsRef<Path>) -> Result<(usize, usize)> {
     }
 }
 
+/// How the samples of an image file are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleFormat {
+    /// Unsigned integers (what microscopes and label tools write).
+    Unsigned,
+    /// Signed integers.
+    Signed,
+    /// Floating point.
+    Float,
+}
+
+/// What a file's header says about its pixels, without decoding them ([`file_info`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileInfo {
+    /// `"TIFF"` or `"PNG"`.
+    pub format: String,
+    /// Height in pixels (of the first page).
+    pub rows: usize,
+    /// Width in pixels (of the first page).
+    pub cols: usize,
+    /// Samples per pixel: 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA.
+    pub channels: usize,
+    /// Bits per sample (8, 16, 32, ...).
+    pub bits: u8,
+    /// Unsigned, signed or floating-point samples.
+    pub sample_format: SampleFormat,
+    /// Full-resolution pages (1 for a PNG; more for a TIFF stack, which is not read).
+    pub pages: usize,
+}
+
+impl FileInfo {
+    /// The pixel type in words, e.g. `u16`, `i32`, `f32`, `RGB u8`.
+    pub fn pixel_type(&self) -> String {
+        let kind = match self.sample_format {
+            SampleFormat::Unsigned => 'u',
+            SampleFormat::Signed => 'i',
+            SampleFormat::Float => 'f',
+        };
+        let colour = match self.channels {
+            1 => "",
+            2 => "grey+alpha ",
+            3 => "RGB ",
+            _ => "RGBA ",
+        };
+        format!("{colour}{kind}{}", self.bits)
+    }
+}
+
+/// The header of an image or label file: format, size, channels, sample type and, for a TIFF,
+/// the number of full-resolution pages (a multi-page file is described, not refused). No
+/// pixels are decoded.
+pub fn file_info(path: impl AsRef<Path>) -> Result<FileInfo> {
+    let path = path.as_ref();
+    match format_of(path) {
+        Some(Format::Tiff) => {
+            let err = |e: tiff::TiffError| decode_error(path, "TIFF", e.to_string());
+            let mut dec = Decoder::new(open(path)?).map_err(err)?;
+            let pages = count_pages(path, &mut dec)?;
+            let (w, h) = dec.dimensions().map_err(err)?;
+            let (channels, bits) = match dec.colortype().map_err(err)? {
+                ColorType::Gray(b) => (1, b),
+                ColorType::GrayA(b) => (2, b),
+                ColorType::RGB(b) => (3, b),
+                ColorType::RGBA(b) => (4, b),
+                ColorType::CMYK(b) => (4, b),
+                ColorType::YCbCr(b) => (3, b),
+                ColorType::Palette(b) => (1, b),
+            };
+            let format = dec
+                .find_tag(tiff::tags::Tag::SampleFormat)
+                .map_err(err)?
+                .and_then(|v| v.into_u16_vec().ok())
+                .and_then(|v| v.first().copied())
+                .unwrap_or(1);
+            Ok(FileInfo {
+                format: "TIFF".into(),
+                rows: h as usize,
+                cols: w as usize,
+                channels,
+                bits,
+                sample_format: match format {
+                    2 => SampleFormat::Signed,
+                    3 => SampleFormat::Float,
+                    _ => SampleFormat::Unsigned,
+                },
+                pages,
+            })
+        }
+        Some(Format::Png) => {
+            use image::ImageDecoder;
+            let mut reader = image::ImageReader::new(open(path)?);
+            reader.set_format(image::ImageFormat::Png);
+            let dec = reader
+                .into_decoder()
+                .map_err(|e| decode_error(path, "PNG", e.to_string()))?;
+            let (w, h) = dec.dimensions();
+            let colour = dec.color_type();
+            let channels = usize::from(colour.channel_count());
+            let bits = (colour.bytes_per_pixel() / colour.channel_count().max(1)) * 8;
+            let float = matches!(
+                colour,
+                image::ColorType::Rgb32F | image::ColorType::Rgba32F
+            );
+            Ok(FileInfo {
+                format: "PNG".into(),
+                rows: h as usize,
+                cols: w as usize,
+                channels,
+                bits,
+                sample_format: if float {
+                    SampleFormat::Float
+                } else {
+                    SampleFormat::Unsigned
+                },
+                pages: 1,
+            })
+        }
+        None => Err(DataError::UnsupportedExtension {
+            path: path.to_path_buf(),
+            expected: "*.tif, *.tiff, *.png",
+        }),
+    }
+}
+
 /// Reads the window of `height` rows and `width` columns of a brightfield image whose top-left
 /// corner is at (`top`, `left`), with the same pixel conversion as [`read_image`] (so the
 /// result equals `read_image(path)?.crop(top, left, height, width)`).
@@ -697,17 +830,36 @@ pub fn write_labels(path: impl AsRef<Path>, labels: &LabelImage) -> Result<()> {
     })
 }
 
-/// Lists the image files (`*.tif`, `*.tiff`, `*.png`, any case; hidden files skipped) of a
-/// folder, keyed and sorted by stem.
-fn list_by_stem(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+/// The files of one folder, as pairing sees them.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// Image files (`*.tif`, `*.tiff`, `*.png`, any case; hidden files skipped) keyed and
+    /// sorted by stem; of files sharing a stem, the first in name order.
+    pub(crate) files: BTreeMap<String, PathBuf>,
+    /// Files whose stem another file of the folder has: `(stem, kept file, this file)`.
+    pub(crate) duplicates: Vec<(String, PathBuf, PathBuf)>,
+    /// Visible files that are not read (other extensions), sorted.
+    pub(crate) ignored: Vec<PathBuf>,
+}
+
+/// Lists a folder's files for pairing by stem (see [`Listing`]).
+pub(crate) fn list_folder(dir: &Path) -> Result<Listing> {
     let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, "list", e))?;
-    let mut map: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut paths = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| DataError::io(dir, "list", e))?.path();
+        paths.push(entry.map_err(|e| DataError::io(dir, "list", e))?.path());
+    }
+    paths.sort();
+    let mut listing = Listing::default();
+    for path in paths {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if name.starts_with('.') || !path.is_file() || format_of(&path).is_none() {
+        if name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        if format_of(&path).is_none() {
+            listing.ignored.push(path);
             continue;
         }
         let stem = path
@@ -715,21 +867,28 @@ fn list_by_stem(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
             .and_then(|s| s.to_str())
             .unwrap_or(name)
             .to_string();
-        if let Some(first) = map.get(&stem) {
-            let (first, second) = if *first < path {
-                (first.clone(), path)
-            } else {
-                (path, first.clone())
-            };
-            return Err(DataError::DuplicateStem {
-                stem,
-                first,
-                second,
-            });
+        if let Some(first) = listing.files.get(&stem) {
+            listing.duplicates.push((stem, first.clone(), path));
+            continue;
         }
-        map.insert(stem, path);
+        listing.files.insert(stem, path);
     }
-    Ok(map)
+    Ok(listing)
+}
+
+/// Lists the image files (`*.tif`, `*.tiff`, `*.png`, any case; hidden files skipped) of a
+/// folder, keyed and sorted by stem; two files with one stem are an error.
+fn list_by_stem(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let mut listing = list_folder(dir)?;
+    if !listing.duplicates.is_empty() {
+        let (stem, first, second) = listing.duplicates.swap_remove(0);
+        return Err(DataError::DuplicateStem {
+            stem,
+            first,
+            second,
+        });
+    }
+    Ok(listing.files)
 }
 
 /// Pairs the files of `images_dir` and `labels_dir` by stem, sorted by stem.

@@ -8,6 +8,8 @@
 //! - [`synthesize`] draws synthetic brightfield images with exact instance labels.
 //! - [`augment_pair`] and [`augment_folder`] run the offline augmentation.
 //! - [`gaussian_blur`] is the Gaussian filter of the augmentation and of AIS post-processing.
+//! - [`check_folders`] checks a dataset before training (pairs, files, contrast, labels,
+//!   patches, normalisation) and returns every finding at once as a [`DataCheck`].
 //! - [`PatchSampler`], [`ais_targets`], [`PromptSampler`], [`split_by_image`] / [`hold_out`] and
 //!   [`Prefetcher`] make training samples.
 //!
@@ -34,6 +36,7 @@
 
 mod augment;
 mod blur;
+mod check;
 mod error;
 mod folder;
 mod image;
@@ -54,14 +57,19 @@ pub use crate::augment::{
     RangeOp,
 };
 pub use crate::blur::{gaussian_blur, gaussian_kernel};
+pub use crate::check::{
+    check_folders, CheckOptions, CheckSummary, Contrast, DataCheck, Distribution, Finding,
+    FindingKind, ImageCheck, ImageStats, LabelStats, Severity, CONTRAST_MARGIN,
+    RANGE_OUTLIER_FACTOR, RARE_PATCH_MISS_PROBABILITY, SATURATION_SHARE,
+};
 pub use crate::error::{DataError, Result};
 pub use crate::folder::{
     augment_folder, AugmentJob, AugmentSummary, Manifest, ManifestEntry, Progress,
 };
 pub use crate::image::{BitDepth, GreyImage, LabelImage};
 pub use crate::io::{
-    image_dimensions, pair_by_stem, read_image, read_image_region, read_labels, read_pair,
-    write_atomic, write_image, write_labels, ImagePair,
+    file_info, image_dimensions, pair_by_stem, read_image, read_image_region, read_labels,
+    read_pair, write_atomic, write_image, write_labels, FileInfo, ImagePair, SampleFormat,
 };
 pub use crate::labels::{
     connected_components, inner_boundaries, label_sizes, object_stats, prepare_instances,
@@ -77,8 +85,8 @@ pub use crate::preprocess::{
 pub use crate::prompts::{BoxPrompt, Point, PromptSampler};
 pub use crate::rng::derive_seed;
 pub use crate::samples::{
-    hold_out, split_by_image, Dataset, Patch, PatchConfig, PatchSampler, SampleConfig,
-    TrainingSample,
+    hold_out, split_by_image, Dataset, Patch, PatchConfig, PatchPositions, PatchSampler,
+    SampleConfig, TrainingSample,
 };
 pub use crate::synth::{synthesize, SynthConfig, SynthSample};
 pub use crate::targets::{ais_targets, AisTargets};

@@ -133,7 +133,10 @@ impl PatchSampler {
     }
 }
 
-fn count_objects(
+/// The sampler's rule: the number of ids with at least `min_object_size` pixels in the patch
+/// at column `x`, row `y` (`counts` is an all-zero scratch table of `max_id + 1` entries, or
+/// empty for hashing).
+pub(crate) fn count_objects(
     labels: &LabelImage,
     x: usize,
     y: usize,
@@ -174,6 +177,194 @@ fn count_objects(
         counts[v as usize] = 0;
     }
     found
+}
+
+/// How many patch positions of an image meet a [`PatchSampler`]'s requirement
+/// ([`PatchSampler::valid_positions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PatchPositions {
+    /// Top-left corners the sampler draws from: `(rows - height + 1) * (cols - width + 1)`.
+    pub total: u64,
+    /// Those whose patch holds at least `min_objects` objects of `min_object_size` pixels.
+    pub valid: u64,
+}
+
+impl PatchPositions {
+    /// The share of valid positions: the chance that one uniform draw of the sampler succeeds.
+    pub fn share(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.valid as f64 / self.total as f64
+        }
+    }
+
+    /// The chance that `attempts` uniform draws all miss, `(1 - share)^attempts`: how often
+    /// [`PatchSampler::position`] gives up on the image.
+    pub fn miss_probability(&self, attempts: usize) -> f64 {
+        (1.0 - self.share()).powi(attempts.clamp(1, i32::MAX as usize) as i32)
+    }
+}
+
+/// An object's pixels in its bounding box, as a summed-area table.
+struct ObjectTable {
+    /// Top row and left column of the box in the image.
+    top: usize,
+    left: usize,
+    /// Box height and width.
+    rows: usize,
+    cols: usize,
+    /// `(rows + 1) x (cols + 1)` prefix sums of the object's indicator.
+    sums: Vec<u32>,
+}
+
+impl ObjectTable {
+    fn new(labels: &LabelImage, id: u32, bbox: [usize; 4]) -> ObjectTable {
+        let [x0, y0, x1, y1] = bbox;
+        let (rows, cols) = (y1 - y0, x1 - x0);
+        let w = cols + 1;
+        let mut sums = vec![0u32; (rows + 1) * w];
+        for r in 0..rows {
+            let line = &labels.row(y0 + r)[x0..x1];
+            let mut run = 0u32;
+            for (c, &v) in line.iter().enumerate() {
+                run += u32::from(v == id);
+                sums[(r + 1) * w + c + 1] = sums[r * w + c + 1] + run;
+            }
+        }
+        ObjectTable {
+            top: y0,
+            left: x0,
+            rows,
+            cols,
+            sums,
+        }
+    }
+
+    /// Object pixels in box rows `r0..r1` and columns `c0..c1`.
+    fn sum(&self, r0: usize, r1: usize, c0: usize, c1: usize) -> u64 {
+        let w = self.cols + 1;
+        let s = |r: usize, c: usize| u64::from(self.sums[r * w + c]);
+        (s(r1, c1) + s(r0, c0)) - (s(r0, c1) + s(r1, c0))
+    }
+}
+
+impl PatchSampler {
+    /// Counts the patch positions of an image (its labels) that the sampler accepts: every
+    /// top-left corner [`PatchSampler::position`] may draw, and among them those whose patch
+    /// holds at least `min_objects` ids with at least `min_object_size` pixels inside it, the
+    /// rule [`PatchSampler::position`] applies to each draw. Exact, without visiting each
+    /// position: per object, the positions where enough of it lies inside the patch form one
+    /// interval per row of positions when the patch is at least as wide as the object (a
+    /// binary search on the object's summed-area table), else a scan of the row.
+    ///
+    /// Errors as [`PatchSampler::position`] when the patch does not fit into the image.
+    pub fn valid_positions(&self, name: &str, labels: &LabelImage) -> Result<PatchPositions> {
+        let (rows, cols) = labels.shape();
+        let c = &self.config;
+        if cols < c.width || rows < c.height || c.width == 0 || c.height == 0 {
+            return Err(DataError::InvalidParameter {
+                name: "patch_shape".into(),
+                reason: format!(
+                    "{name}: patch {}x{} (h x w) does not fit into the {}x{} image",
+                    c.height, c.width, rows, cols
+                ),
+            });
+        }
+        let (py, px) = (rows - c.height + 1, cols - c.width + 1);
+        let total = (py * px) as u64;
+        if c.min_objects == 0 {
+            return Ok(PatchPositions {
+                total,
+                valid: total,
+            });
+        }
+        let min = c.min_object_size.max(1) as u64;
+        let (h, w) = (c.height, c.width);
+        // Per row of positions, +1 where an object's run of valid positions starts and -1
+        // after it ends.
+        let stride = px + 1;
+        let mut diff = vec![0i32; py * stride];
+        for object in crate::labels::object_stats(labels) {
+            if (object.area as u64) < min {
+                continue;
+            }
+            let t = ObjectTable::new(labels, object.id, object.bbox);
+            let (y0, y1) = (t.top, t.top + t.rows);
+            let (x0, x1) = (t.left, t.left + t.cols);
+            // Rows of positions whose patch meets the object's rows.
+            let first_y = (y0 + 1).saturating_sub(h);
+            let last_y = (y1 - 1).min(py - 1);
+            let (first_x, last_x) = ((x0 + 1).saturating_sub(w), (x1 - 1).min(px - 1));
+            for y in first_y..=last_y {
+                let (ra, rb) = (y.max(y0) - y0, (y + h).min(y1) - y0);
+                if t.sum(ra, rb, 0, t.cols) < min {
+                    continue;
+                }
+                let line = &mut diff[y * stride..(y + 1) * stride];
+                if w >= t.cols {
+                    // Moving right, the patch first takes in more of the object (its left
+                    // edge still left of the object), then covers it whole, then loses
+                    // columns: the valid positions are one interval [xl, xr].
+                    // Smallest j with the object's columns 0..=j holding enough pixels.
+                    let (mut lo, mut hi) = (0, t.cols - 1);
+                    while lo < hi {
+                        let mid = (lo + hi) / 2;
+                        if t.sum(ra, rb, 0, mid + 1) >= min {
+                            hi = mid;
+                        } else {
+                            lo = mid + 1;
+                        }
+                    }
+                    let xl = (x0 + lo + 1).saturating_sub(w).max(first_x);
+                    // Largest j with the object's columns j.. holding enough pixels.
+                    let (mut lo, mut hi) = (0, t.cols - 1);
+                    while lo < hi {
+                        let mid = (lo + hi).div_ceil(2);
+                        if t.sum(ra, rb, mid, t.cols) >= min {
+                            lo = mid;
+                        } else {
+                            hi = mid - 1;
+                        }
+                    }
+                    let xr = (x0 + lo).min(last_x);
+                    if xl <= xr {
+                        line[xl] += 1;
+                        line[xr + 1] -= 1;
+                    }
+                } else {
+                    let mut run_start = None;
+                    for x in first_x..=last_x {
+                        let (ca, cb) = (x.max(x0) - x0, (x + w).min(x1) - x0);
+                        let ok = t.sum(ra, rb, ca, cb) >= min;
+                        match (ok, run_start) {
+                            (true, None) => run_start = Some(x),
+                            (false, Some(s)) => {
+                                line[s] += 1;
+                                line[x] -= 1;
+                                run_start = None;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if let Some(s) = run_start {
+                        line[s] += 1;
+                        line[last_x + 1] -= 1;
+                    }
+                }
+            }
+        }
+        let need = c.min_objects as i32;
+        let mut valid = 0u64;
+        for line in diff.chunks_exact(stride) {
+            let mut count = 0i32;
+            for &d in &line[..px] {
+                count += d;
+                valid += u64::from(count >= need);
+            }
+        }
+        Ok(PatchPositions { total, valid })
+    }
 }
 
 /// Splits `n` images into training and validation indices (by image, never by patch):
@@ -575,6 +766,81 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("plate_07"));
+    }
+
+    /// The exact count of valid positions equals the sampler's own rule applied at every
+    /// position, for objects narrower and wider than the patch, ids in several pieces and
+    /// objects at the edges.
+    #[test]
+    fn valid_positions_agree_with_the_rule_at_every_position() {
+        use rand::Rng;
+        let mut rng = rng_for(11);
+        for case in 0..100 {
+            let (rows, cols) = (rng.gen_range(12..40), rng.gen_range(12..40));
+            let mut l = LabelImage::zeros(rows, cols);
+            let n = rng.gen_range(0..12);
+            for _ in 0..n {
+                let id = rng.gen_range(1..8u32);
+                let (hh, ww) = (rng.gen_range(1..16), rng.gen_range(1..16));
+                let (r0, c0) = (rng.gen_range(0..rows), rng.gen_range(0..cols));
+                for r in r0..(r0 + hh).min(rows) {
+                    for c in c0..(c0 + ww).min(cols) {
+                        if rng.gen_bool(0.8) {
+                            l.set(r, c, id);
+                        }
+                    }
+                }
+            }
+            let config = PatchConfig {
+                height: rng.gen_range(1..=rows),
+                width: rng.gen_range(1..=cols),
+                min_objects: rng.gen_range(0..4),
+                min_object_size: rng.gen_range(0..30),
+                max_attempts: 1,
+            };
+            let mut counts = vec![0u32; l.max_id() as usize + 1];
+            let mut want = 0;
+            for y in 0..=rows - config.height {
+                for x in 0..=cols - config.width {
+                    if count_objects(&l, x, y, &config, &mut counts) >= config.min_objects {
+                        want += 1;
+                    }
+                }
+            }
+            let got = PatchSampler::new(config.clone())
+                .valid_positions("t", &l)
+                .unwrap();
+            let total = ((rows - config.height + 1) * (cols - config.width + 1)) as u64;
+            assert_eq!(
+                (got.total, got.valid),
+                (total, want),
+                "case {case}: {rows}x{cols}, {config:?}"
+            );
+        }
+        // The blobs: 4 squares of 36 px, a 40x40 patch needs 3 of them whole.
+        let (_, lab) = blobs();
+        let got = PatchSampler::new(PatchConfig {
+            height: 40,
+            width: 40,
+            min_objects: 3,
+            min_object_size: 36,
+            max_attempts: 100,
+        })
+        .valid_positions("blobs", &lab)
+        .unwrap();
+        // Corners (top, left) with rows 2..8 or 20..26 and columns likewise inside: the
+        // patch must hold squares 1, 2, 3 or 2, 3, 4 ... at least three whole squares, i.e.
+        // all four (3 squares span the same 24x24 box): top, left in 0..=2.
+        assert_eq!((got.total, got.valid), (61 * 61, 9));
+        assert!((got.miss_probability(100) - (1.0 - 9.0 / 3721.0f64).powi(100)).abs() < 1e-12);
+        assert!(PatchSampler::new(PatchConfig {
+            height: 101,
+            ..PatchConfig::default()
+        })
+        .valid_positions("blobs", &lab)
+        .unwrap_err()
+        .to_string()
+        .contains("does not fit"));
     }
 
     #[test]
