@@ -1,6 +1,6 @@
-//! The `sam-augment` executable: offline augmentation of annotated brightfield data and the
-//! synthetic brightfield generator. A thin shell over `sam-data` (and `sam-config` for
-//! `--config`).
+//! The `sam-augment` executable: offline augmentation of annotated brightfield data, the
+//! synthetic brightfield generator, and the dataset check. A thin shell over `sam-data` (and
+//! `sam-config` / `sam-cli` for `--config`).
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -18,7 +18,8 @@ use sam_data::{
 ///
 /// `run` reads annotated images and labels (paired by file stem), writes augmented copies
 /// plus a manifest, and never writes into the source folders. `synth` writes a synthetic
-/// brightfield dataset with exact instance labels.
+/// brightfield dataset with exact instance labels. `check` reports everything about a dataset
+/// that can be known before training.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -32,6 +33,8 @@ enum Command {
     Run(RunArgs),
     /// Write synthetic brightfield images and their instance labels.
     Synth(SynthArgs),
+    // The help text is `CheckArgs`'s doc comment.
+    Check(CheckArgs),
 }
 
 /// Augment `images/` + `labels/` into a destination, with a manifest.
@@ -96,6 +99,71 @@ struct SynthArgs {
     /// Replace the files of a non-empty destination instead of refusing.
     #[arg(long)]
     overwrite: bool,
+}
+
+/// Check a dataset before training: every problem of every file at once.
+///
+/// Reads each image/label pair once and reports: files without a partner, duplicate stems,
+/// unreadable or multi-page files, unsupported pixel types, size mismatches, images smaller
+/// than a patch; bit depths, sizes and value ranges; whether the objects are darker than a
+/// ring of background around them (brightfield) or brighter (inverted or fluorescence); per
+/// label image the objects, their sizes against `data.min_object_size`, ids in several
+/// pieces, objects on the border, empty label images; how many patch positions of
+/// `data.patch_shape` hold `data.min_objects_per_patch` objects (the training sampler's rule,
+/// counted exactly) and the images that never give one; the normalisation percentiles'
+/// spread. With `--config`, also the training cost on the configured cluster and the peak
+/// memory estimate, as `sam-train validate` prints them.
+///
+/// Writes the whole report as JSON (`--json`). Exits 1 when an error was found (training would
+/// refuse or fail on the data), 0 with warnings only (unless `--deny-warnings`), 2 for usage
+/// and config errors.
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Experiment config (YAML): checks its training (and validation) folders with its
+    /// `data` settings, and estimates its cost. The config must validate (`sam-train
+    /// validate`).
+    #[arg(long, value_name = "CONFIG", required_unless_present_all = ["images", "labels"])]
+    config: Option<PathBuf>,
+    /// Image folder to check instead of the config's (e.g. the raw data before augmenting).
+    #[arg(long, value_name = "DIR", requires = "labels")]
+    images: Option<PathBuf>,
+    /// Label folder to check instead of the config's.
+    #[arg(long, value_name = "DIR", requires = "images")]
+    labels: Option<PathBuf>,
+    /// Where to write the JSON report [default: <output_base_dir>/<experiment>.data_check.json
+    /// with --config, else data_check.json in the working directory].
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Patch size `H W` [default: the config's data.patch_shape, else 512 512].
+    #[arg(long, num_args = 2, value_names = ["H", "W"], conflicts_with = "config", help_heading = "Settings without --config")]
+    patch_shape: Option<Vec<usize>>,
+    /// Objects a patch must hold [default: the config's data.min_objects_per_patch, else 2].
+    #[arg(long, value_name = "N", conflicts_with = "config", help_heading = "Settings without --config")]
+    min_objects: Option<usize>,
+    /// Pixels an object needs to count, and below which it is small [default: the config's
+    /// data.min_object_size, else 25].
+    #[arg(long, value_name = "PX", conflicts_with = "config", help_heading = "Settings without --config")]
+    min_object_size: Option<usize>,
+    /// Normalisation percentiles `LOWER UPPER` [default: the config's data.normalization, else
+    /// 1 99.8].
+    #[arg(long, num_args = 2, value_names = ["LOWER", "UPPER"], conflicts_with = "config", help_heading = "Settings without --config")]
+    percentiles: Option<Vec<f64>>,
+    /// Expected image size `H W` [default: the config's data.image_shape, else none].
+    #[arg(long, num_args = 2, value_names = ["H", "W"], conflicts_with = "config", help_heading = "Settings without --config")]
+    image_shape: Option<Vec<usize>>,
+    /// Width in pixels of the background ring around the objects that their intensity is
+    /// compared with.
+    #[arg(long, value_name = "PX", default_value_t = 3)]
+    ring_width: usize,
+    /// Messages shown per kind of finding on the console (the JSON report has all).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    show: usize,
+    /// Exit 1 on warnings too.
+    #[arg(long)]
+    deny_warnings: bool,
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 fn parse_bits(s: &str) -> Result<u8, String> {
@@ -247,6 +315,159 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The options, folders, estimate, config warnings and default JSON path of a check.
+type CheckPlan = (
+    sam_data::CheckOptions,
+    Vec<(String, PathBuf, PathBuf)>,
+    Option<sam_cli::CostEstimate>,
+    Vec<String>,
+    PathBuf,
+);
+
+fn check_plan(args: &CheckArgs) -> Result<CheckPlan, Failure> {
+    let explicit = match (&args.images, &args.labels) {
+        (Some(i), Some(l)) => Some(("folders".to_string(), i.clone(), l.clone())),
+        _ => None,
+    };
+    let Some(path) = &args.config else {
+        let defaults = sam_config::DataConfig::default();
+        let patch = args
+            .patch_shape
+            .clone()
+            .unwrap_or_else(|| defaults.patch_shape.iter().map(|&v| v as usize).collect());
+        let pct = args.percentiles.clone().unwrap_or_else(|| {
+            vec![
+                defaults.normalization.lower_percentile,
+                defaults.normalization.upper_percentile,
+            ]
+        });
+        let options = sam_data::CheckOptions {
+            patch: sam_data::PatchConfig {
+                height: patch[0],
+                width: patch[1],
+                min_objects: args
+                    .min_objects
+                    .unwrap_or(defaults.min_objects_per_patch as usize),
+                min_object_size: args
+                    .min_object_size
+                    .unwrap_or(defaults.min_object_size as usize),
+                ..sam_data::PatchConfig::default()
+            },
+            normalization: sam_data::Normalization {
+                lower_percentile: pct[0],
+                upper_percentile: pct[1],
+            },
+            ring_width: args.ring_width,
+            expected_shape: args.image_shape.as_ref().map(|s| (s[0], s[1])),
+        };
+        let sets = explicit.into_iter().collect();
+        return Ok((options, sets, None, Vec::new(), PathBuf::from("data_check.json")));
+    };
+    // With folders of its own the check does not need the config's data folders to exist
+    // (e.g. the raw data before augmenting).
+    let validate = if explicit.is_some() {
+        sam_config::ValidateOptions::without_path_checks()
+    } else {
+        sam_config::ValidateOptions::default()
+    };
+    let loaded = sam_config::load_config_with(path, &validate).map_err(|e| {
+        Failure::usage(anyhow::Error::new(e).context(format!("config {}", path.display())))
+    })?;
+    let root = match &loaded.root {
+        Some(r) => r.clone(),
+        None => sam_config::find_root_for(None, Some(path)).map_err(Failure::usage)?,
+    };
+    let cfg = &loaded.config;
+    let mut options = sam_cli::check_options(cfg);
+    options.ring_width = args.ring_width;
+    let sets = match explicit {
+        Some(set) => vec![set],
+        None => sam_cli::config_folders(cfg, &root),
+    };
+    let estimate = sam_cli::CostEstimate::new(cfg, loaded.wall_time.as_ref());
+    let warnings = loaded.warnings.iter().map(ToString::to_string).collect();
+    let json = sam_config::RunPaths::new(&root, cfg)
+        .run_dir
+        .with_file_name(format!("{}.data_check.json", cfg.experiment_name));
+    Ok((options, sets, Some(estimate), warnings, json))
+}
+
+/// A path inside (or equal to) a folder, compared after resolving what exists of it.
+fn lies_inside(path: &Path, dir: &Path) -> bool {
+    let resolve = |p: &Path| {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        // The file itself may not exist yet: resolve its folder.
+        match (abs.parent(), abs.file_name()) {
+            (Some(parent), Some(name)) => parent
+                .canonicalize()
+                .map(|p| p.join(name))
+                .unwrap_or(abs.clone()),
+            _ => abs,
+        }
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    resolve(path).starts_with(dir)
+}
+
+fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
+    set_threads(args.threads)?;
+    let (options, sets, estimate, config_warnings, default_json) = check_plan(&args)?;
+    let json = args.json.clone().unwrap_or(default_json);
+    for (_, images, labels) in &sets {
+        for dir in [images, labels] {
+            if !dir.is_dir() {
+                return Err(Failure::usage_msg(format!(
+                    "{}: not a folder; give an existing image or label folder",
+                    dir.display()
+                )));
+            }
+            if lies_inside(&json, dir) {
+                return Err(Failure::usage_msg(format!(
+                    "--json {}: the report would be written into the checked folder {};                      choose a path outside the data",
+                    json.display(),
+                    dir.display()
+                )));
+            }
+        }
+    }
+    let started = Instant::now();
+    let mut checked = Vec::new();
+    for (name, images, labels) in sets {
+        let pb = bar(&format!("checking {name} data"));
+        let result = sam_data::check_folders(&images, &labels, &options, &Bar(pb.clone()));
+        pb.finish_and_clear();
+        let data = result.map_err(|e| match e {
+            DataError::InvalidParameter { .. } | DataError::Io { .. } => Failure::usage(e),
+            other => Failure::failed(other),
+        })?;
+        checked.push(sam_cli::CheckedSet { name, check: data });
+    }
+    let report = sam_cli::CheckReport::new(args.config.clone(), checked, estimate, config_warnings);
+    for line in report.lines(args.show) {
+        println!("{line}");
+    }
+    if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            Failure::failed(anyhow::Error::new(e).context(format!("create {}", parent.display())))
+        })?;
+    }
+    let text = serde_json::to_string_pretty(&report)
+        .map_err(|e| Failure::failed_msg(format!("cannot render the report: {e}")))?;
+    std::fs::write(&json, text + "\n").map_err(|e| {
+        Failure::failed(anyhow::Error::new(e).context(format!("write {}", json.display())))
+    })?;
+    println!(
+        "report: {} ({:.1} s)",
+        json.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if report.errors > 0 || (args.deny_warnings && report.warnings > 0) {
+        ExitCode::from(sam_cli::EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn synth(args: SynthArgs) -> Result<(), Failure> {
     let (images, labels) = (args.out.join("images"), args.out.join("labels"));
     check_folder(&args.out, "--out")?;
@@ -314,6 +535,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run(a),
         Command::Synth(a) => synth(a),
+        Command::Check(a) => match check(a) {
+            Ok(code) => return code,
+            Err(f) => Err(f),
+        },
     };
     sam_cli::exit_with_prefix("sam-augment: ", result)
 }

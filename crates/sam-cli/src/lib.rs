@@ -11,6 +11,8 @@
 //!   glibc) and [`memory::retain_freed_memory`], which every executable calls first in `main`.
 //! - [`augment_job`] / [`augment_config`]: the config's `augmentation` section as sam-data's
 //!   job.
+//! - [`check_options`], [`CostEstimate`] and [`CheckReport`]: `sam-augment check`, sam-data's
+//!   dataset check with a config's settings and its cost estimate, for the console and JSON.
 //!
 //! The crate links no torch, so that sam-augment (and `sam-eval` built for labels only) stay
 //! free of libtorch: what needs it (`--device`, `--checkpoint NAME`, the options of sam-infer
@@ -41,12 +43,16 @@
 #![deny(missing_docs)]
 
 mod augment;
+mod check;
 mod error;
 mod failure;
 pub mod memory;
 mod progress;
 
 pub use crate::augment::{augment_config, augment_job};
+pub use crate::check::{
+    check_options, config_folders, kind_name, CheckReport, CheckedSet, CostEstimate,
+};
 pub use crate::error::{check_rules, flag_of, BoxedError, CliError};
 pub use crate::failure::{exit, exit_with_prefix, Failure, EXIT_FAILURE, EXIT_USAGE};
 pub use crate::progress::{bar_style, progress_bar};

@@ -133,7 +133,7 @@ pub enum FindingKind {
     NormalizationOutlier,
     /// The image does not have the configured size (warning).
     ShapeDiffers,
-    /// Objects touching the image border (note).
+    /// Objects touching the image border (note, once for the folder).
     BorderObjects,
     /// Files that are not read (other extensions) (note).
     IgnoredFiles,
@@ -848,17 +848,6 @@ fn label_stats(
             )),
         ));
     }
-    if border > 0 {
-        findings.push(Finding::new(
-            Severity::Note,
-            FindingKind::BorderObjects,
-            Some(path),
-            at(&format!(
-                "{border} of {} objects touch the image border",
-                objects.len()
-            )),
-        ));
-    }
     (stats, sizes, findings)
 }
 
@@ -1040,6 +1029,25 @@ fn dataset_findings(records: &[ImageCheck], options: &CheckOptions) -> Vec<Findi
                  sam_trainer expects brightfield images with dark objects; invert inverted \
                  images, and do not train on fluorescence images with this setup",
                 measured.len()
+            ),
+        ));
+    }
+    let labels: Vec<&LabelStats> = records
+        .iter()
+        .filter_map(|r| r.label_stats.as_ref())
+        .collect();
+    let border: usize = labels.iter().map(|s| s.border_objects).sum();
+    if border > 0 {
+        findings.push(Finding::new(
+            Severity::Note,
+            FindingKind::BorderObjects,
+            None,
+            format!(
+                "{border} of {} objects, in {} of {} label images, touch the image border \
+                 (cut-off cells; per image in `label_stats.border_objects`)",
+                labels.iter().map(|s| s.objects).sum::<usize>(),
+                labels.iter().filter(|s| s.border_objects > 0).count(),
+                labels.len()
             ),
         ));
     }
