@@ -1175,3 +1175,99 @@ fn summarise(
         relative_ranges: of(image_stats.iter().map(|s| relative_range(s)).collect()),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_is_background_within_the_ring_width() {
+        // 10x10: a 2x2 object at rows/cols 4..6, a 1x1 object in the corner (0, 0).
+        let mut l = LabelImage::zeros(10, 10);
+        for (r, c) in [(4, 4), (4, 5), (5, 4), (5, 5)] {
+            l.set(r, c, 3);
+        }
+        l.set(0, 0, 9);
+        let mut img = GreyImage::filled(10, 10, BitDepth::U8, 100.0);
+        for r in 0..10usize {
+            for c in 0..10usize {
+                let v = if l.get(r, c) != 0 {
+                    20.0
+                } else if (3..7).contains(&r) && (3..7).contains(&c) {
+                    80.0 // the middle object's ring
+                } else if r <= 1 && c <= 1 {
+                    40.0 // the corner object's ring (clipped by the border)
+                } else {
+                    100.0
+                };
+                img.pixels.set(r, c, v);
+            }
+        }
+        // width 1: 12 ring pixels around the middle object, 3 around the corner one
+        let c = contrast(&img, &l, 0.0, 100.0, 1).unwrap();
+        assert_eq!((c.object_pixels, c.ring_pixels), (5, 15));
+        assert!((c.object_mean - 0.2).abs() < 1e-12, "{c:?}");
+        let ring = (12.0 * 0.8 + 3.0 * 0.4) / 15.0;
+        assert!((c.ring_mean - ring).abs() < 1e-12, "{c:?}");
+        assert!((c.difference - (ring - 0.2)).abs() < 1e-12);
+        // width 2: 6x6 - 4 around the middle, 3x3 - 1 in the corner, (2, 2) in both
+        let c = contrast(&img, &l, 0.0, 100.0, 2).unwrap();
+        assert_eq!(c.ring_pixels, 32 + 8 - 1);
+        // values clip to [0, 1] with the bounds
+        let c = contrast(&img, &l, 30.0, 50.0, 1).unwrap();
+        assert_eq!(c.object_mean, 0.0);
+        // no objects: nothing to compare
+        assert!(contrast(&img, &LabelImage::zeros(10, 10), 0.0, 100.0, 1).is_none());
+    }
+
+    #[test]
+    fn distributions_use_numpy_percentiles() {
+        // np.percentile([1, 2, 3, 4, 10], [25, 50, 75]) = [2, 3, 4]
+        let d = Distribution::of(&[10.0, 3.0, 1.0, 4.0, 2.0]).unwrap();
+        assert_eq!((d.count, d.min, d.q1, d.median, d.q3, d.max), (5, 1.0, 2.0, 3.0, 4.0, 10.0));
+        // np.percentile([1, 2], 25) = 1.25
+        assert_eq!(Distribution::of(&[2.0, 1.0]).unwrap().q1, 1.25);
+        assert!(Distribution::of(&[]).is_none());
+    }
+
+    #[test]
+    fn findings_sort_errors_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (images, labels) = (dir.path().join("images"), dir.path().join("labels"));
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::create_dir_all(&labels).unwrap();
+        let l = LabelImage::zeros(40, 40);
+        crate::io::write_image(images.join("a.tif"), &GreyImage::filled(40, 40, BitDepth::U8, 9.0))
+            .unwrap();
+        crate::io::write_labels(labels.join("a.tif"), &l).unwrap();
+        crate::io::write_labels(labels.join("b.tif"), &l).unwrap();
+        let options = CheckOptions {
+            patch: PatchConfig {
+                height: 16,
+                width: 16,
+                ..PatchConfig::default()
+            },
+            ..CheckOptions::default()
+        };
+        let r = check_folders(&images, &labels, &options, &()).unwrap();
+        let order: Vec<(Severity, FindingKind)> =
+            r.findings.iter().map(|f| (f.severity, f.kind)).collect();
+        assert_eq!(
+            order,
+            [
+                (Severity::Error, FindingKind::UnpairedLabels),
+                (Severity::Error, FindingKind::NoUsableImage),
+                (Severity::Warning, FindingKind::EmptyLabels),
+                (Severity::Warning, FindingKind::EmptyLabels),
+                (Severity::Warning, FindingKind::NoValidPatch),
+                (Severity::Warning, FindingKind::NoValidPatch),
+                (Severity::Warning, FindingKind::ConstantImage),
+            ]
+        );
+        assert_eq!((r.summary.errors, r.summary.warnings, r.summary.notes), (2, 5, 0));
+        // a missing folder stops the check
+        let err = check_folders(dir.path().join("x"), &labels, &options, &()).unwrap_err();
+        assert!(matches!(err, DataError::Io { .. }), "{err}");
+    }
+}

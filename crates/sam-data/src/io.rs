@@ -508,8 +508,12 @@ pub fn file_info(path: impl AsRef<Path>) -> Result<FileInfo> {
             let format = dec
                 .find_tag(tiff::tags::Tag::SampleFormat)
                 .map_err(err)?
-                .and_then(|v| v.into_u16_vec().ok())
-                .and_then(|v| v.first().copied())
+                .and_then(|v| match v {
+                    // one value per sample; they agree in the files we read
+                    tiff::decoder::ifd::Value::List(values) => values.into_iter().next(),
+                    one => Some(one),
+                })
+                .and_then(|v| v.into_u32().ok())
                 .unwrap_or(1);
             Ok(FileInfo {
                 format: "TIFF".into(),
@@ -1251,6 +1255,50 @@ mod tests {
         std::fs::write(im.join("a.png"), b"x").unwrap();
         let err = pair_by_stem(&im, &la).unwrap_err();
         assert!(matches!(err, DataError::DuplicateStem { .. }), "{err}");
+    }
+
+    #[test]
+    fn file_info_reads_headers_and_counts_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let p8 = dir.path().join("l8.png");
+        image::GrayImage::from_raw(3, 2, vec![0; 6])
+            .unwrap()
+            .save(&p8)
+            .unwrap();
+        let i = file_info(&p8).unwrap();
+        assert_eq!((i.rows, i.cols, i.pages), (2, 3, 1));
+        assert_eq!((i.format.as_str(), i.pixel_type()), ("PNG", "u8".to_string()));
+        let rgb = dir.path().join("rgb16.tif");
+        TiffEncoder::new(File::create(&rgb).unwrap())
+            .unwrap()
+            .write_image::<colortype::RGB16>(1, 1, &[1, 2, 3])
+            .unwrap();
+        assert_eq!(file_info(&rgb).unwrap().pixel_type(), "RGB u16");
+        let f = dir.path().join("f.tif");
+        TiffEncoder::new(File::create(&f).unwrap())
+            .unwrap()
+            .write_image::<colortype::Gray32Float>(2, 1, &[0.0, 1.5])
+            .unwrap();
+        assert_eq!(file_info(&f).unwrap().pixel_type(), "f32");
+        let i16 = dir.path().join("i16.tif");
+        TiffEncoder::new(File::create(&i16).unwrap())
+            .unwrap()
+            .write_image::<colortype::GrayI16>(2, 1, &[0, 1])
+            .unwrap();
+        assert_eq!(file_info(&i16).unwrap().pixel_type(), "i16");
+        // a stack of three pages is described, not refused
+        let stack = dir.path().join("stack.tif");
+        let mut enc = TiffEncoder::new(File::create(&stack).unwrap()).unwrap();
+        for _ in 0..3 {
+            enc.write_image::<colortype::Gray16>(4, 5, &[7; 20]).unwrap();
+        }
+        drop(enc);
+        let i = file_info(&stack).unwrap();
+        assert_eq!((i.rows, i.cols, i.pages, i.pixel_type()), (5, 4, 3, "u16".into()));
+        assert!(matches!(
+            read_image(&stack).unwrap_err(),
+            DataError::Stack { pages: 3, .. }
+        ));
     }
 
     #[test]
