@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on a small built-in dataset, on CPU, from a fresh machine:
-#   setup → build → synthesise brightfield data → augment → train a tiny SAM from random
-#   weights → export → automatic instance segmentation of held-out images → scores.
+#   setup → build → synthesise brightfield data → augment → check the data → train a tiny SAM
+#   from random weights → export → automatic instance segmentation of held-out images → scores.
 # Everything lands in dat/demo/, runs/demo_cpu/ and final_models/demo_cpu.pt; running it again
 # starts over.
 #
@@ -29,7 +29,7 @@ echo "[demo] validating $CONFIG (data folders are checked after they are written
 $BIN/sam-train validate --no-path-checks "$CONFIG"
 
 echo "[demo] synthesising brightfield images into dat/demo/"
-rm -rf dat/demo runs/demo_cpu final_models/demo_cpu.pt runs/demo_cpu_lora final_models/demo_cpu_lora*.pt
+rm -rf dat/demo runs/demo_cpu runs/demo_cpu.data_check.json final_models/demo_cpu.pt runs/demo_cpu_lora final_models/demo_cpu_lora*.pt
 $BIN/sam-augment synth --out dat/demo/raw --count 100 --size 128 --seed 1 --cells-per-512 160
 $BIN/sam-augment synth --out dat/demo/val --count 3 --size 128 --seed 2 --cells-per-512 160
 $BIN/sam-augment synth --out dat/demo/test --count 4 --size 128 --seed 3 --cells-per-512 160
@@ -37,6 +37,9 @@ $BIN/sam-augment synth --out dat/demo/test --count 4 --size 128 --seed 3 --cells
 echo "[demo] augmenting"
 
 $BIN/sam-augment run --config "$CONFIG" --overwrite
+
+echo "[demo] checking the training and validation data (report: runs/demo_cpu.data_check.json)"
+$BIN/sam-augment check --config "$CONFIG" --show 3
 
 if $BIN/sam-train train --help >/dev/null 2>&1; then
     echo "[demo] training (tiny model, random weights, CPU)"
@@ -53,7 +56,7 @@ fi
 
 echo
 echo "[demo] done:"
-echo "  data:        dat/demo/{raw,augmented,val,test}"
+echo "  data:        dat/demo/{raw,augmented,val,test} (checked: runs/demo_cpu.data_check.json)"
 echo "  run folder:  runs/demo_cpu/ (config.yaml, checkpoints/, logs/metrics.csv, logs/curves.png)"
 echo "  model:       final_models/demo_cpu.pt (micro_sam format: model_state + decoder_state)"
 [ -f runs/demo_cpu/inference/summary.csv ] && { echo "  scores:      runs/demo_cpu/inference/summary.csv"; cat runs/demo_cpu/inference/summary.csv; }

@@ -798,3 +798,55 @@ fn check_usage_errors_exit_2() {
     );
     assert_eq!(sam_augment(&["check"]).status.code(), Some(2));
 }
+
+/// The demo's data steps (scripts/demo.sh, fewer images): synthesise, augment with
+/// configs/demo_cpu.yaml, check with it. The demo's data passes without a warning.
+#[test]
+fn check_passes_on_the_demo_data() {
+    let repo = sam_testkit::TempRepo::new().unwrap();
+    let root = sam_testkit::workspace_root();
+    std::fs::copy(
+        root.join("configs/demo_cpu.yaml"),
+        repo.join("configs/demo_cpu.yaml"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_sam-augment"))
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .unwrap();
+        (o.status.code(), text(&o))
+    };
+    for (out, count, seed) in [
+        ("dat/demo/raw", "8", "1"),
+        ("dat/demo/val", "3", "2"),
+        ("dat/demo/test", "4", "3"),
+    ] {
+        let (code, out) = run(&[
+            "synth", "--out", out, "--count", count, "--size", "128", "--seed", seed,
+            "--cells-per-512", "160",
+        ]);
+        assert_eq!(code, Some(0), "{out}");
+    }
+    let (code, out) = run(&["run", "--config", "configs/demo_cpu.yaml"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(&["check", "--config", "configs/demo_cpu.yaml"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0 error(s), 0 warning(s)"), "{out}");
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("runs/demo_cpu.data_check.json")).unwrap(),
+    )
+    .unwrap();
+    let names: Vec<&str> = report["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["training", "validation"]);
+    // 8 sources with 2 copies each and the originals
+    assert_eq!(report["sets"][0]["check"]["summary"]["pairs"], 24);
+    assert_eq!(report["sets"][0]["check"]["summary"]["bright_object_images"], 0);
+    assert_eq!(report["estimate"]["train_images"], 24);
+}

@@ -218,8 +218,8 @@ pub struct CheckReport {
     pub sets: Vec<CheckedSet>,
     /// The cost estimate, when a config was given.
     pub estimate: Option<CostEstimate>,
-    /// The config validator's warnings and the estimate's own (memory above the
-    /// accelerator's).
+    /// The config validator's warnings (`file:line:column: warning: key: message`) and the
+    /// estimate's own (memory above the accelerator's).
     pub config_warnings: Vec<String>,
 }
 
@@ -234,7 +234,7 @@ impl CheckReport {
     ) -> CheckReport {
         if let Some(e) = estimate.as_ref().filter(|e| e.exceeds_accelerator_memory()) {
             config_warnings.push(format!(
-                "the estimated peak memory ~{:.1} GiB of a training step exceeds the {} GB of \
+                "warning: the estimated peak memory ~{:.1} GiB of a training step exceeds the {} GB of \
                  one {}: lower training.batch_size or training.n_objects_per_batch, or \
                  use training.activation_checkpointing; measure with `sam-train fit`",
                 e.peak_memory_gib, e.accelerator_memory_gb, e.accelerator
@@ -262,9 +262,7 @@ impl CheckReport {
             out.push("estimate (as `sam-train validate`):".to_string());
             out.extend(e.lines());
         }
-        for w in &self.config_warnings {
-            out.push(format!("warning: config: {w}"));
-        }
+        out.extend(self.config_warnings.iter().cloned());
         out.push(format!(
             "{} error(s), {} warning(s)",
             self.errors, self.warnings
@@ -439,5 +437,22 @@ mod tests {
         let mem = cfg.estimate_peak_memory();
         assert_eq!(e.peak_memory_gib * (1u64 << 30) as f64, mem.peak_bytes as f64);
         assert_eq!(kind_name(FindingKind::UnpairedImage), "unpaired_image");
+    }
+
+    #[test]
+    fn a_step_larger_than_the_gpu_is_a_warning() {
+        let mut cfg = crate::tests::minimal_config();
+        cfg.hardware.accelerator = sam_config::Accelerator::A40;
+        cfg.training.device = sam_config::Device::Cuda;
+        let fits = CostEstimate::new(&cfg, None);
+        cfg.training.batch_size = 64;
+        let too_big = CostEstimate::new(&cfg, None);
+        assert!(!fits.exceeds_accelerator_memory(), "{fits:?}");
+        assert!(too_big.exceeds_accelerator_memory(), "{too_big:?}");
+        assert_eq!(too_big.accelerator_memory_gb, 48);
+        let report = CheckReport::new(None, Vec::new(), Some(too_big), Vec::new());
+        assert_eq!(report.warnings, 1);
+        assert!(report.config_warnings[0].contains("exceeds the 48 GB of one a40"));
+        assert!(report.lines(10).iter().any(|l| l.contains("per GPU (a40 has 48 GB)")));
     }
 }

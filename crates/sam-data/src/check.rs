@@ -1231,6 +1231,67 @@ mod tests {
         assert!(Distribution::of(&[]).is_none());
     }
 
+    /// A u8 label file whose largest id is 255, an overexposed image, and an image whose range
+    /// is far below the others'.
+    #[test]
+    fn full_label_types_saturation_and_range_outliers_are_warned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (images, labels) = (dir.path().join("images"), dir.path().join("labels"));
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::create_dir_all(&labels).unwrap();
+        let mut ids = vec![0u8; 32 * 32];
+        for (i, v) in ids.iter_mut().enumerate() {
+            if (8..20).contains(&(i / 32)) && (8..20).contains(&(i % 32)) {
+                *v = if i % 32 < 14 { 255 } else { 17 };
+            }
+        }
+        let grey = |f: &dyn Fn(usize) -> f32| {
+            let data = (0..32 * 32).map(f).collect();
+            GreyImage::from_vec(32, 32, BitDepth::U8, data).unwrap()
+        };
+        let dark = |i: usize| ids[i] != 0;
+        let images_of: [(&str, Box<dyn Fn(usize) -> f32>); 4] = [
+            ("a", Box::new(|i| if dark(i) { 40.0 } else { 200.0 + (i % 7) as f32 })),
+            ("b", Box::new(|i| if dark(i) { 45.0 } else { 190.0 + (i % 5) as f32 })),
+            // a fifth of the background at 255
+            ("c", Box::new(|i| if dark(i) { 40.0 } else if i % 5 == 0 { 255.0 } else { 210.0 })),
+            // a narrow range: 100..110
+            ("d", Box::new(|i| if dark(i) { 100.0 } else { 108.0 + (i % 3) as f32 })),
+        ];
+        for (stem, f) in &images_of {
+            crate::io::write_image(images.join(format!("{stem}.tif")), &grey(f.as_ref())).unwrap();
+            image::GrayImage::from_raw(32, 32, ids.clone())
+                .unwrap()
+                .save(labels.join(format!("{stem}.png")))
+                .unwrap();
+        }
+        let options = CheckOptions {
+            patch: PatchConfig {
+                height: 16,
+                width: 16,
+                ..PatchConfig::default()
+            },
+            ..CheckOptions::default()
+        };
+        let r = check_folders(&images, &labels, &options, &()).unwrap();
+        let of = |kind| -> Vec<String> {
+            r.findings_of(kind)
+                .map(|f| f.file.as_ref().unwrap().file_name().unwrap().to_string_lossy().into())
+                .collect()
+        };
+        assert_eq!(of(FindingKind::LabelTypeFull), ["a.png", "b.png", "c.png", "d.png"]);
+        assert_eq!(of(FindingKind::Saturated), ["c.tif"]);
+        assert_eq!(of(FindingKind::NormalizationOutlier), ["d.tif"]);
+        assert_eq!(r.summary.errors + r.summary.warnings, 6, "{:#?}", r.findings);
+        let a = r.images[0].label_stats.as_ref().unwrap();
+        assert_eq!((a.pixel_type.as_str(), a.max_id, a.objects), ("u8", 255, 2));
+        let at_top = (0..32 * 32).filter(|&i| !dark(i) && i % 5 == 0).count();
+        assert_eq!(
+            r.images[2].image_stats.as_ref().unwrap().saturated_share,
+            at_top as f64 / 1024.0
+        );
+    }
+
     #[test]
     fn findings_sort_errors_first() {
         let dir = tempfile::tempdir().unwrap();
