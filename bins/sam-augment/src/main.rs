@@ -138,11 +138,21 @@ struct CheckArgs {
     #[arg(long, num_args = 2, value_names = ["H", "W"], conflicts_with = "config", help_heading = "Settings without --config")]
     patch_shape: Option<Vec<usize>>,
     /// Objects a patch must hold [default: the config's data.min_objects_per_patch, else 2].
-    #[arg(long, value_name = "N", conflicts_with = "config", help_heading = "Settings without --config")]
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "config",
+        help_heading = "Settings without --config"
+    )]
     min_objects: Option<usize>,
     /// Pixels an object needs to count, and below which it is small [default: the config's
     /// data.min_object_size, else 25].
-    #[arg(long, value_name = "PX", conflicts_with = "config", help_heading = "Settings without --config")]
+    #[arg(
+        long,
+        value_name = "PX",
+        conflicts_with = "config",
+        help_heading = "Settings without --config"
+    )]
     min_object_size: Option<usize>,
     /// Normalisation percentiles `LOWER UPPER` [default: the config's data.normalization, else
     /// 1 99.8].
@@ -361,7 +371,13 @@ fn check_plan(args: &CheckArgs) -> Result<CheckPlan, Failure> {
             expected_shape: args.image_shape.as_ref().map(|s| (s[0], s[1])),
         };
         let sets = explicit.into_iter().collect();
-        return Ok((options, sets, None, Vec::new(), PathBuf::from("data_check.json")));
+        return Ok((
+            options,
+            sets,
+            None,
+            Vec::new(),
+            PathBuf::from("data_check.json"),
+        ));
     };
     // With folders of its own the check does not need the config's data folders to exist
     // (e.g. the raw data before augmenting).
@@ -461,11 +477,13 @@ fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
         json.display(),
         started.elapsed().as_secs_f64()
     );
-    Ok(if report.errors > 0 || (args.deny_warnings && report.warnings > 0) {
-        ExitCode::from(sam_cli::EXIT_FAILURE)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if report.errors > 0 || (args.deny_warnings && report.warnings > 0) {
+            ExitCode::from(sam_cli::EXIT_FAILURE)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 fn synth(args: SynthArgs) -> Result<(), Failure> {

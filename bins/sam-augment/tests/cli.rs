@@ -469,7 +469,13 @@ fn findings(report: &serde_json::Value) -> Vec<(String, String, String)> {
         .map(|f| {
             let file = f["file"]
                 .as_str()
-                .map(|s| Path::new(s).file_name().unwrap().to_string_lossy().into_owned())
+                .map(|s| {
+                    Path::new(s)
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned()
+                })
                 .unwrap_or_default();
             (
                 f["severity"].as_str().unwrap().to_owned(),
@@ -503,7 +509,10 @@ fn check_of_clean_data_exits_0_without_warnings() {
     let (code, out, report) = check(tmp.path(), &[]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(findings(&report), vec![], "{out}");
-    assert_eq!((report["errors"].as_u64(), report["warnings"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (report["errors"].as_u64(), report["warnings"].as_u64()),
+        (Some(0), Some(0))
+    );
     let summary = &report["sets"][0]["check"]["summary"];
     assert_eq!(summary["pairs"], 3);
     assert_eq!(summary["objects"], 12);
@@ -537,8 +546,11 @@ fn check_reports_every_error_at_once_and_exits_1() {
     sam_data::write_labels(dir.join("labels/orphan.tif"), &l).unwrap();
     // image and labels of different sizes
     sam_data::write_image(dir.join("images/wide.tif"), &img).unwrap();
-    sam_data::write_labels(dir.join("labels/wide.tif"), &sam_data::LabelImage::zeros(48, 40))
-        .unwrap();
+    sam_data::write_labels(
+        dir.join("labels/wide.tif"),
+        &sam_data::LabelImage::zeros(48, 40),
+    )
+    .unwrap();
     // a truncated image
     write_pair(dir, "cut", &img, &l);
     let bytes = std::fs::read(dir.join("images/cut.tif")).unwrap();
@@ -585,7 +597,13 @@ fn check_reports_every_error_at_once_and_exits_1() {
     assert_eq!(summary["errors"], 7);
     // the stack's message gives its pages, the console names each file
     assert!(out.contains("multi-page TIFF with 2 pages"), "{out}");
-    for f in ["lonely.tif", "orphan.tif", "wide.tif", "cut.tif", "junk.png"] {
+    for f in [
+        "lonely.tif",
+        "orphan.tif",
+        "wide.tif",
+        "cut.tif",
+        "junk.png",
+    ] {
         assert!(out.contains(f), "{f}: {out}");
     }
     // What could be read was still analysed: the unpaired image's contents, the pairs.
@@ -629,8 +647,14 @@ fn check_flags_images_whose_objects_are_brighter() {
     }
     let (code, out, report) = check(dir, &[]);
     assert_eq!(code, 0, "{out}");
-    assert!(has(&report, "warning", "mostly_bright_objects", ""), "{out}");
-    assert_eq!(report["sets"][0]["check"]["summary"]["bright_object_share"], 1.0);
+    assert!(
+        has(&report, "warning", "mostly_bright_objects", ""),
+        "{out}"
+    );
+    assert_eq!(
+        report["sets"][0]["check"]["summary"]["bright_object_share"],
+        1.0
+    );
 }
 
 #[test]
@@ -649,7 +673,12 @@ fn check_reports_label_problems() {
     write_pair(dir, "mixed", &dark_pair(&l), &l);
     // no objects at all
     let empty = sam_data::LabelImage::zeros(48, 48);
-    write_pair(dir, "empty", &dark_pair(&rects(&[(1, 10, 10, 8, 8)])), &empty);
+    write_pair(
+        dir,
+        "empty",
+        &dark_pair(&rects(&[(1, 10, 10, 8, 8)])),
+        &empty,
+    );
     let (code, out, report) = check(dir, &[]);
     assert_eq!(code, 0, "warnings only: {out}");
     for (severity, kind, file) in [
@@ -696,11 +725,20 @@ fn check_names_images_that_never_give_a_patch() {
     write_pair(dir, "apart", &dark_pair(&l), &l);
     let (code, out, report) = check(dir, &["--min-objects", "2"]);
     assert_eq!(code, 0, "{out}");
-    assert!(has(&report, "warning", "no_valid_patch", "apart.tif"), "{out}");
-    assert!(!has(&report, "warning", "no_valid_patch", "c0.tif"), "{out}");
+    assert!(
+        has(&report, "warning", "no_valid_patch", "apart.tif"),
+        "{out}"
+    );
+    assert!(
+        !has(&report, "warning", "no_valid_patch", "c0.tif"),
+        "{out}"
+    );
     assert_eq!(record(&report, "apart")["patches"]["valid"], 0);
     assert_eq!(record(&report, "apart")["patches"]["total"], 289);
-    assert!(out.contains("apart.tif: no 32x32 patch holds 2 object(s)"), "{out}");
+    assert!(
+        out.contains("apart.tif: no 32x32 patch holds 2 object(s)"),
+        "{out}"
+    );
     // Nothing gives 5 objects: training cannot start, an error.
     let (code, out, report) = check(dir, &["--min-objects", "5"]);
     assert_eq!(code, 1, "{out}");
@@ -708,7 +746,10 @@ fn check_names_images_that_never_give_a_patch() {
     // A patch larger than the images: an error naming each.
     let (code, out, report) = check(dir, &["--patch-shape", "64", "32"]);
     assert_eq!(code, 1, "{out}");
-    assert!(has(&report, "error", "smaller_than_patch", "apart.tif"), "{out}");
+    assert!(
+        has(&report, "error", "smaller_than_patch", "apart.tif"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -793,7 +834,9 @@ fn check_usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     // --config and folder settings exclude each other; one of them is needed
     assert_eq!(
-        sam_augment(&["check", "--config", p(&bad), "--min-objects", "3"]).status.code(),
+        sam_augment(&["check", "--config", p(&bad), "--min-objects", "3"])
+            .status
+            .code(),
         Some(2)
     );
     assert_eq!(sam_augment(&["check"]).status.code(), Some(2));
@@ -824,8 +867,17 @@ fn check_passes_on_the_demo_data() {
         ("dat/demo/test", "4", "3"),
     ] {
         let (code, out) = run(&[
-            "synth", "--out", out, "--count", count, "--size", "128", "--seed", seed,
-            "--cells-per-512", "160",
+            "synth",
+            "--out",
+            out,
+            "--count",
+            count,
+            "--size",
+            "128",
+            "--seed",
+            seed,
+            "--cells-per-512",
+            "160",
         ]);
         assert_eq!(code, Some(0), "{out}");
     }
@@ -847,6 +899,9 @@ fn check_passes_on_the_demo_data() {
     assert_eq!(names, ["training", "validation"]);
     // 8 sources with 2 copies each and the originals
     assert_eq!(report["sets"][0]["check"]["summary"]["pairs"], 24);
-    assert_eq!(report["sets"][0]["check"]["summary"]["bright_object_images"], 0);
+    assert_eq!(
+        report["sets"][0]["check"]["summary"]["bright_object_images"],
+        0
+    );
     assert_eq!(report["estimate"]["train_images"], 24);
 }

@@ -140,7 +140,8 @@ impl CostEstimate {
     pub fn exceeds_accelerator_memory(&self) -> bool {
         self.memory_kind == "gpu"
             && self.accelerator_memory_gb > 0
-            && self.peak_memory_gib * (1u64 << 30) as f64 > f64::from(self.accelerator_memory_gb) * 1e9
+            && self.peak_memory_gib * (1u64 << 30) as f64
+                > f64::from(self.accelerator_memory_gb) * 1e9
     }
 
     /// The report's lines for the estimate.
@@ -370,11 +371,7 @@ fn set_lines(set: &CheckedSet, per_kind: usize) -> Vec<String> {
             Severity::Warning => "warning",
             Severity::Note => "note",
         };
-        out.push(format!(
-            "{severity}: {} ({})",
-            kind_name(kind),
-            group.len()
-        ));
+        out.push(format!("{severity}: {} ({})", kind_name(kind), group.len()));
         for f in group.iter().take(per_kind) {
             out.push(format!("  {}", f.message));
         }
@@ -435,7 +432,10 @@ mod tests {
         let world = cfg.distributed.world_size().max(1);
         assert_eq!(e.accelerator_hours, wall.hours * f64::from(world));
         let mem = cfg.estimate_peak_memory();
-        assert_eq!(e.peak_memory_gib * (1u64 << 30) as f64, mem.peak_bytes as f64);
+        assert_eq!(
+            e.peak_memory_gib * (1u64 << 30) as f64,
+            mem.peak_bytes as f64
+        );
         assert_eq!(kind_name(FindingKind::UnpairedImage), "unpaired_image");
     }
 
@@ -453,6 +453,9 @@ mod tests {
         let report = CheckReport::new(None, Vec::new(), Some(too_big), Vec::new());
         assert_eq!(report.warnings, 1);
         assert!(report.config_warnings[0].contains("exceeds the 48 GB of one a40"));
-        assert!(report.lines(10).iter().any(|l| l.contains("per GPU (a40 has 48 GB)")));
+        assert!(report
+            .lines(10)
+            .iter()
+            .any(|l| l.contains("per GPU (a40 has 48 GB)")));
     }
 }

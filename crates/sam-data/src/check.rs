@@ -429,7 +429,10 @@ pub fn check_folders(
     let images = list_folder(images_dir)?;
     let labels = list_folder(labels_dir)?;
     let mut findings = Vec::new();
-    for (listing, dir, what) in [(&images, images_dir, "image"), (&labels, labels_dir, "label")] {
+    for (listing, dir, what) in [
+        (&images, images_dir, "image"),
+        (&labels, labels_dir, "label"),
+    ] {
         if listing.files.is_empty() {
             findings.push(Finding::new(
                 Severity::Error,
@@ -499,9 +502,7 @@ pub fn check_folders(
         sizes.extend(s);
     }
     findings.extend(dataset_findings(&records, options));
-    findings.sort_by(|a, b| {
-        (b.severity, a.kind, &a.file).cmp(&(a.severity, b.kind, &b.file))
-    });
+    findings.sort_by(|a, b| (b.severity, a.kind, &a.file).cmp(&(a.severity, b.kind, &b.file)));
     let summary = summarise(&records, &findings, &sizes, &images, &labels);
     Ok(DataCheck {
         images_dir: images_dir.to_path_buf(),
@@ -780,9 +781,7 @@ fn label_stats(
         .filter(|&(_, &p)| p > 1)
         .map(|(&id, _)| id)
         .collect();
-    let pixel_type = file_info(path)
-        .map(|i| i.pixel_type())
-        .unwrap_or_default();
+    let pixel_type = file_info(path).map(|i| i.pixel_type()).unwrap_or_default();
     let max_id = objects.last().map_or(0, |o| o.id);
     let stats = LabelStats {
         rows,
@@ -801,8 +800,10 @@ fn label_stats(
             Severity::Warning,
             FindingKind::EmptyLabels,
             Some(path),
-            at("no objects (all pixels 0): training skips the image; annotate it or remove \
-                the pair"),
+            at(
+                "no objects (all pixels 0): training skips the image; annotate it or remove \
+                the pair",
+            ),
         ));
     }
     if small > 0 {
@@ -1135,8 +1136,7 @@ fn summarise(
         .filter_map(|r| r.contrast.as_ref().map(|c| c.difference))
         .collect();
     let bright = contrasts.iter().filter(|&&d| d < -CONTRAST_MARGIN).count();
-    let patches: Vec<&PatchPositions> =
-        records.iter().filter_map(|r| r.patches.as_ref()).collect();
+    let patches: Vec<&PatchPositions> = records.iter().filter_map(|r| r.patches.as_ref()).collect();
     let of = |v: Vec<f64>| Distribution::of(&v);
     CheckSummary {
         pairs: images
@@ -1225,7 +1225,10 @@ mod tests {
     fn distributions_use_numpy_percentiles() {
         // np.percentile([1, 2, 3, 4, 10], [25, 50, 75]) = [2, 3, 4]
         let d = Distribution::of(&[10.0, 3.0, 1.0, 4.0, 2.0]).unwrap();
-        assert_eq!((d.count, d.min, d.q1, d.median, d.q3, d.max), (5, 1.0, 2.0, 3.0, 4.0, 10.0));
+        assert_eq!(
+            (d.count, d.min, d.q1, d.median, d.q3, d.max),
+            (5, 1.0, 2.0, 3.0, 4.0, 10.0)
+        );
         // np.percentile([1, 2], 25) = 1.25
         assert_eq!(Distribution::of(&[2.0, 1.0]).unwrap().q1, 1.25);
         assert!(Distribution::of(&[]).is_none());
@@ -1250,13 +1253,52 @@ mod tests {
             GreyImage::from_vec(32, 32, BitDepth::U8, data).unwrap()
         };
         let dark = |i: usize| ids[i] != 0;
-        let images_of: [(&str, Box<dyn Fn(usize) -> f32>); 4] = [
-            ("a", Box::new(|i| if dark(i) { 40.0 } else { 200.0 + (i % 7) as f32 })),
-            ("b", Box::new(|i| if dark(i) { 45.0 } else { 190.0 + (i % 5) as f32 })),
+        type Intensity<'a> = Box<dyn Fn(usize) -> f32 + 'a>;
+        let images_of: [(&str, Intensity); 4] = [
+            (
+                "a",
+                Box::new(|i| {
+                    if dark(i) {
+                        40.0
+                    } else {
+                        200.0 + (i % 7) as f32
+                    }
+                }),
+            ),
+            (
+                "b",
+                Box::new(|i| {
+                    if dark(i) {
+                        45.0
+                    } else {
+                        190.0 + (i % 5) as f32
+                    }
+                }),
+            ),
             // a fifth of the background at 255
-            ("c", Box::new(|i| if dark(i) { 40.0 } else if i % 5 == 0 { 255.0 } else { 210.0 })),
+            (
+                "c",
+                Box::new(|i| {
+                    if dark(i) {
+                        40.0
+                    } else if i % 5 == 0 {
+                        255.0
+                    } else {
+                        210.0
+                    }
+                }),
+            ),
             // a narrow range: 100..110
-            ("d", Box::new(|i| if dark(i) { 100.0 } else { 108.0 + (i % 3) as f32 })),
+            (
+                "d",
+                Box::new(|i| {
+                    if dark(i) {
+                        100.0
+                    } else {
+                        108.0 + (i % 3) as f32
+                    }
+                }),
+            ),
         ];
         for (stem, f) in &images_of {
             crate::io::write_image(images.join(format!("{stem}.tif")), &grey(f.as_ref())).unwrap();
@@ -1276,13 +1318,29 @@ mod tests {
         let r = check_folders(&images, &labels, &options, &()).unwrap();
         let of = |kind| -> Vec<String> {
             r.findings_of(kind)
-                .map(|f| f.file.as_ref().unwrap().file_name().unwrap().to_string_lossy().into())
+                .map(|f| {
+                    f.file
+                        .as_ref()
+                        .unwrap()
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into()
+                })
                 .collect()
         };
-        assert_eq!(of(FindingKind::LabelTypeFull), ["a.png", "b.png", "c.png", "d.png"]);
+        assert_eq!(
+            of(FindingKind::LabelTypeFull),
+            ["a.png", "b.png", "c.png", "d.png"]
+        );
         assert_eq!(of(FindingKind::Saturated), ["c.tif"]);
         assert_eq!(of(FindingKind::NormalizationOutlier), ["d.tif"]);
-        assert_eq!(r.summary.errors + r.summary.warnings, 6, "{:#?}", r.findings);
+        assert_eq!(
+            r.summary.errors + r.summary.warnings,
+            6,
+            "{:#?}",
+            r.findings
+        );
         let a = r.images[0].label_stats.as_ref().unwrap();
         assert_eq!((a.pixel_type.as_str(), a.max_id, a.objects), ("u8", 255, 2));
         let at_top = (0..32 * 32).filter(|&i| !dark(i) && i % 5 == 0).count();
@@ -1299,8 +1357,11 @@ mod tests {
         std::fs::create_dir_all(&images).unwrap();
         std::fs::create_dir_all(&labels).unwrap();
         let l = LabelImage::zeros(40, 40);
-        crate::io::write_image(images.join("a.tif"), &GreyImage::filled(40, 40, BitDepth::U8, 9.0))
-            .unwrap();
+        crate::io::write_image(
+            images.join("a.tif"),
+            &GreyImage::filled(40, 40, BitDepth::U8, 9.0),
+        )
+        .unwrap();
         crate::io::write_labels(labels.join("a.tif"), &l).unwrap();
         crate::io::write_labels(labels.join("b.tif"), &l).unwrap();
         let options = CheckOptions {
@@ -1326,7 +1387,10 @@ mod tests {
                 (Severity::Warning, FindingKind::ConstantImage),
             ]
         );
-        assert_eq!((r.summary.errors, r.summary.warnings, r.summary.notes), (2, 5, 0));
+        assert_eq!(
+            (r.summary.errors, r.summary.warnings, r.summary.notes),
+            (2, 5, 0)
+        );
         // a missing folder stops the check
         let err = check_folders(dir.path().join("x"), &labels, &options, &()).unwrap_err();
         assert!(matches!(err, DataError::Io { .. }), "{err}");

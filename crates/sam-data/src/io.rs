@@ -109,7 +109,10 @@ fn decode_error(path: &Path, format: &'static str, reason: String) -> DataError 
 
 /// The full-resolution pages of a TIFF: reduced-resolution pages (thumbnails,
 /// `NewSubfileType` bit 0) do not count. Leaves the decoder on the first page.
-fn count_pages<R: std::io::Read + std::io::Seek>(path: &Path, dec: &mut Decoder<R>) -> Result<usize> {
+fn count_pages<R: std::io::Read + std::io::Seek>(
+    path: &Path,
+    dec: &mut Decoder<R>,
+) -> Result<usize> {
     /// Enough to name the stack; a longer (or cyclic) chain of pages is not walked further.
     const MAX_PAGES_COUNTED: usize = 100_000;
     if !dec.more_images() {
@@ -540,10 +543,7 @@ pub fn file_info(path: impl AsRef<Path>) -> Result<FileInfo> {
             let colour = dec.color_type();
             let channels = usize::from(colour.channel_count());
             let bits = (colour.bytes_per_pixel() / colour.channel_count().max(1)) * 8;
-            let float = matches!(
-                colour,
-                image::ColorType::Rgb32F | image::ColorType::Rgba32F
-            );
+            let float = matches!(colour, image::ColorType::Rgb32F | image::ColorType::Rgba32F);
             Ok(FileInfo {
                 format: "PNG".into(),
                 rows: h as usize,
@@ -1267,7 +1267,10 @@ mod tests {
             .unwrap();
         let i = file_info(&p8).unwrap();
         assert_eq!((i.rows, i.cols, i.pages), (2, 3, 1));
-        assert_eq!((i.format.as_str(), i.pixel_type()), ("PNG", "u8".to_string()));
+        assert_eq!(
+            (i.format.as_str(), i.pixel_type()),
+            ("PNG", "u8".to_string())
+        );
         let rgb = dir.path().join("rgb16.tif");
         TiffEncoder::new(File::create(&rgb).unwrap())
             .unwrap()
@@ -1290,11 +1293,15 @@ mod tests {
         let stack = dir.path().join("stack.tif");
         let mut enc = TiffEncoder::new(File::create(&stack).unwrap()).unwrap();
         for _ in 0..3 {
-            enc.write_image::<colortype::Gray16>(4, 5, &[7; 20]).unwrap();
+            enc.write_image::<colortype::Gray16>(4, 5, &[7; 20])
+                .unwrap();
         }
         drop(enc);
         let i = file_info(&stack).unwrap();
-        assert_eq!((i.rows, i.cols, i.pages, i.pixel_type()), (5, 4, 3, "u16".into()));
+        assert_eq!(
+            (i.rows, i.cols, i.pages, i.pixel_type()),
+            (5, 4, 3, "u16".into())
+        );
         assert!(matches!(
             read_image(&stack).unwrap_err(),
             DataError::Stack { pages: 3, .. }
