@@ -12,18 +12,12 @@ use sam_data::{
 /// The dataset check's settings from a config: the patch sampler's requirements as training
 /// sets them (`data.patch_shape`, `data.min_objects_per_patch` (at least 1),
 /// `data.min_object_size`, the sampler's default tries), `data.normalization` and
-/// `data.image_shape`. The mapping is sam-train's (its `sample_config`), so that the check
-/// counts the patches training can draw.
+/// `data.image_shape`. The patch mapping is sam-train's ([`PatchConfig::training`]), so that the
+/// check counts the patches training can draw.
 pub fn check_options(cfg: &ExperimentConfig) -> CheckOptions {
     let d = &cfg.data;
     CheckOptions {
-        patch: PatchConfig {
-            height: d.patch_shape[0] as usize,
-            width: d.patch_shape[1] as usize,
-            min_objects: d.min_objects_per_patch.max(1) as usize,
-            min_object_size: d.min_object_size as usize,
-            ..PatchConfig::default()
-        },
+        patch: PatchConfig::training(d.patch_shape, d.min_objects_per_patch, d.min_object_size),
         normalization: Normalization {
             lower_percentile: d.normalization.lower_percentile,
             upper_percentile: d.normalization.upper_percentile,

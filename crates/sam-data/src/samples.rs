@@ -45,6 +45,23 @@ impl Default for PatchConfig {
     }
 }
 
+impl PatchConfig {
+    /// The requirements training sets from an experiment config's `data` section: patches of
+    /// `patch_shape` (`[height, width]`), at least `min_objects` objects (at least 1: a patch
+    /// without objects gives no prompt) of `min_object_size` pixels, the default tries. The one
+    /// mapping of sam-train's sampler and of the dataset check, so that the check counts the
+    /// patches training can draw.
+    pub fn training(patch_shape: [u32; 2], min_objects: u32, min_object_size: u32) -> Self {
+        PatchConfig {
+            height: patch_shape[0] as usize,
+            width: patch_shape[1] as usize,
+            min_objects: min_objects.max(1) as usize,
+            min_object_size: min_object_size as usize,
+            ..PatchConfig::default()
+        }
+    }
+}
+
 /// A patch cut from an image and its labels.
 #[derive(Debug, Clone)]
 pub struct Patch {

@@ -13,13 +13,8 @@ use crate::TrainError;
 pub(crate) fn sample_config(cfg: &ExperimentConfig) -> SampleConfig {
     let d = &cfg.data;
     SampleConfig {
-        patch: PatchConfig {
-            height: d.patch_shape[0] as usize,
-            width: d.patch_shape[1] as usize,
-            min_objects: d.min_objects_per_patch.max(1) as usize,
-            min_object_size: d.min_object_size as usize,
-            ..PatchConfig::default()
-        },
+        // The mapping `sam-augment check` counts patches with.
+        patch: PatchConfig::training(d.patch_shape, d.min_objects_per_patch, d.min_object_size),
         normalization: Normalization {
             lower_percentile: d.normalization.lower_percentile,
             upper_percentile: d.normalization.upper_percentile,
