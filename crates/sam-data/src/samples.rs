@@ -861,6 +861,17 @@ mod tests {
     }
 
     #[test]
+    fn training_requirements_ask_for_at_least_one_object() {
+        let c = PatchConfig::training([256, 384], 0, 12);
+        assert_eq!(
+            (c.height, c.width, c.min_objects, c.min_object_size),
+            (256, 384, 1, 12)
+        );
+        assert_eq!(c.max_attempts, PatchConfig::default().max_attempts);
+        assert_eq!(PatchConfig::training([8, 8], 3, 0).min_objects, 3);
+    }
+
+    #[test]
     fn hold_out_picks_the_pairs_of_split_by_image() {
         let pairs: Vec<ImagePair> = (0..10)
             .map(|i| ImagePair {
