@@ -322,6 +322,50 @@ mod tests {
     }
 
     #[test]
+    fn export_formats_parse_and_sam_only_flags_are_refused_with_others() {
+        let export = |args: &[&str]| {
+            let mut all = vec!["export", "--checkpoint", "a", "--output", "out"];
+            all.extend_from_slice(args);
+            match parse(&all).expect("parses").command {
+                Command::Export(e) => e,
+                _ => panic!("not export"),
+            }
+        };
+        let e = export(&[]);
+        assert_eq!(e.format, train_cmd::ExportFormatArg::Sam);
+        assert_eq!((e.points, e.license.as_str()), (1, "CC-BY-4.0"));
+        let e = export(&["--format", "torchscript", "--points", "3"]);
+        assert_eq!((e.format, e.points), (train_cmd::ExportFormatArg::Torchscript, 3));
+        let e = export(&[
+            "--format",
+            "bioimageio",
+            "--author",
+            "A",
+            "--author",
+            "B",
+            "--license",
+            "MIT",
+            "--name",
+            "N",
+            "--sample-image",
+            "s.tif",
+        ]);
+        assert_eq!(e.format, train_cmd::ExportFormatArg::Bioimageio);
+        assert_eq!(e.authors, ["A", "B"]);
+        assert_eq!((e.license.as_str(), e.name.as_deref()), ("MIT", Some("N")));
+        assert_eq!(e.sample_image, Some(PathBuf::from("s.tif")));
+        assert!(parse(&["export", "--checkpoint", "a", "--output", "o", "--format", "onnx"]).is_err());
+        // --with-decoder and --peft-layout belong to the state_dict format: exit 2 before
+        // anything is read.
+        for extra in [&["--with-decoder"][..], &["--peft-layout", "micro-sam"]] {
+            let mut args = vec!["--format", "torchscript"];
+            args.extend_from_slice(extra);
+            let err = train_cmd::run_export(export(&args)).unwrap_err();
+            assert_eq!(err.code(), sam_cli::EXIT_USAGE);
+        }
+    }
+
+    #[test]
     fn fit_takes_a_budget_limits_and_what_to_vary() {
         let Command::Fit(f) = parse(&["fit", "c.yaml"]).expect("parses").command else {
             panic!("not fit")

@@ -12,7 +12,8 @@ use sam_cli::Failure;
 use sam_config::{find_root_for, load_config_with, ValidateOptions};
 use sam_torch::{CpuBudget, LaunchEnv};
 use sam_train::{
-    export_model, prepare_run, train, Collective, ExportOptions, PeftLayout, StopFlag,
+    export_bioimageio, export_model, export_torchscript, prepare_run, train, BioImageIoOptions,
+    Collective, ExportOptions, PeftLayout, StopFlag, TorchScriptOptions,
     TrainOptions, TrainOutcome, TrainProgress, REQUEUE_EXIT_CODE,
 };
 use tracing_subscriber::fmt::MakeWriter;
@@ -111,7 +112,9 @@ fn apply_thread_budget(budget: &CpuBudget) -> Result<(), String> {
         .map_err(|e| format!("rayon's thread pool keeps its size: {e}"))
 }
 
-/// Export a checkpoint in the formats segment_anything and micro_sam read.
+/// Export a checkpoint: for segment_anything / micro_sam (`--format sam`, the default), as
+/// TorchScript modules any PyTorch user can run (`--format torchscript`), or as a bioimage.io
+/// model package (`--format bioimageio`).
 ///
 /// CHECKPOINT is one of our checkpoint folders (runs/<exp>/checkpoints/<name>/best), our
 /// safetensors file, a micro_sam checkpoint or an original SAM .pth. Without --with-decoder
@@ -125,15 +128,29 @@ fn apply_thread_budget(budget: &CpuBudget) -> Result<(), String> {
 /// a link) or lies inside the checkpoint folder is refused, and so is an existing file unless
 /// --force is given (exit status 2, nothing written). The file is written under a temporary
 /// name and renamed into place.
+///
+/// --format torchscript writes a folder of traced modules (image_encoder.pt, prompt_points.pt,
+/// prompt_box.pt and, with the decoder, unetr_decoder.pt and ais.pt) and model.json, which
+/// lists their input and output shapes and the preprocessing (`torch.jit.load` them; adapters
+/// are merged). --format bioimageio writes a bioimage.io model package folder (rdf.yaml, the
+/// automatic segmentation network as TorchScript weights, test tensors, cover, README); it
+/// needs the decoder. Both take the percentile normalisation from the run's config.yaml above
+/// a checkpoint folder (else the defaults 1 and 99.8). An output folder that holds files is
+/// refused without --force (which replaces the exported files only).
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// The checkpoint to export.
     #[arg(long, value_name = "CHECKPOINT")]
     pub checkpoint: PathBuf,
-    /// The file to write (torch.save format).
-    #[arg(long, value_name = "FILE")]
+    /// The file to write (torch.save format), or the folder for `torchscript` and `bioimageio`.
+    #[arg(long, value_name = "PATH")]
     pub output: PathBuf,
-    /// Include the instance-segmentation decoder (micro_sam's format).
+    /// What to write: `sam` (a torch.save state_dict for segment_anything / micro_sam),
+    /// `torchscript` (traced modules and model.json) or `bioimageio` (a model package).
+    #[arg(long, value_enum, default_value = "sam")]
+    pub format: ExportFormatArg,
+    /// Include the instance-segmentation decoder (micro_sam's format; `--format sam` only:
+    /// the other formats include it whenever the checkpoint has it).
     #[arg(long)]
     pub with_decoder: bool,
     /// Replace FILE when it exists (without it, an existing file is refused). FILE may never
@@ -144,6 +161,39 @@ pub struct ExportArgs {
     /// or `micro-sam` (micro_sam's PEFT state_dict).
     #[arg(long, value_enum, default_value = "merged")]
     pub peft_layout: PeftLayoutArg,
+    /// `--format torchscript`: points per prompt that prompt_points.pt takes (traced shapes are
+    /// fixed).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub points: i64,
+    /// `--format bioimageio`: the package's name (default: "SAM instance segmentation
+    /// (<architecture>)").
+    #[arg(long, value_name = "TEXT")]
+    pub name: Option<String>,
+    /// `--format bioimageio`: the package's description (default: a sentence naming the
+    /// architecture).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// `--format bioimageio`: an author's name (repeat for several; default "sam_trainer").
+    #[arg(long = "author", value_name = "NAME")]
+    pub authors: Vec<String>,
+    /// `--format bioimageio`: the license, an SPDX identifier.
+    #[arg(long, default_value = "CC-BY-4.0", value_name = "SPDX")]
+    pub license: String,
+    /// `--format bioimageio`: a grey image for the test tensors and the cover, at least the
+    /// model input size (its centre is used); default: a synthetic brightfield image.
+    #[arg(long, value_name = "IMAGE")]
+    pub sample_image: Option<PathBuf>,
+}
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormatArg {
+    /// A torch.save state_dict for segment_anything / micro_sam.
+    Sam,
+    /// TorchScript modules and model.json.
+    Torchscript,
+    /// A bioimage.io model package.
+    Bioimageio,
 }
 
 /// `--peft-layout`.
@@ -450,6 +500,46 @@ pub fn run_train(args: TrainArgs) -> Result<u8, Failure> {
 
 /// `sam-train export`.
 pub fn run_export(args: ExportArgs) -> Result<(), Failure> {
+    let sam_only = args.with_decoder || args.peft_layout != PeftLayoutArg::Merged;
+    if args.format != ExportFormatArg::Sam && sam_only {
+        return Err(Failure::usage_msg(
+            "--with-decoder and --peft-layout apply to --format sam only (the other formats \
+             include the decoder when the checkpoint has it, with adapters merged)",
+        ));
+    }
+    let result = match args.format {
+        ExportFormatArg::Sam => return run_export_sam(args),
+        ExportFormatArg::Torchscript => {
+            let options = TorchScriptOptions {
+                replace: args.force,
+                points: args.points,
+            };
+            export_torchscript(&args.checkpoint, &args.output, options).map(|_| ())
+        }
+        ExportFormatArg::Bioimageio => {
+            let options = BioImageIoOptions {
+                replace: args.force,
+                name: args.name,
+                description: args.description,
+                authors: args.authors,
+                license: args.license,
+                sample_image: args.sample_image,
+            };
+            export_bioimageio(&args.checkpoint, &args.output, &options).map(|_| ())
+        }
+    };
+    match result {
+        Ok(()) => {
+            println!("wrote {}", args.output.display());
+            Ok(())
+        }
+        Err(e) if e.is_usage() => Err(Failure::usage_msg(e)),
+        Err(e) => Err(Failure::failed_msg(e)),
+    }
+}
+
+/// `sam-train export --format sam`.
+fn run_export_sam(args: ExportArgs) -> Result<(), Failure> {
     let options = ExportOptions {
         with_decoder: args.with_decoder,
         replace: args.force,

@@ -57,44 +57,7 @@ pub fn export_model(
     options: ExportOptions,
 ) -> Result<(), TrainError> {
     check_output(source, output, options.replace)?;
-    let (model, decoder, input_size) = if source.is_dir() {
-        let file = source.join("model.safetensors");
-        if !file.is_file() {
-            return Err(TrainError::MissingCheckpoint(format!(
-                "{} is not a checkpoint folder (no model.safetensors)",
-                source.display()
-            )));
-        }
-        let tensors = Tensor::read_safetensors(&file).map_err(|e| TrainError::format(&file, e))?;
-        let (sam, dec) = SamModel::split_named(&tensors);
-        let sam = if tensors.iter().any(|(k, _)| k.starts_with(PEFT_PREFIX)) {
-            let model = rebuild_with_adapters(source, &tensors)?;
-            sam_state(&model, options.peft_layout)
-        } else {
-            sam
-        };
-        (
-            sam,
-            (!dec.is_empty()).then_some(dec),
-            folder_input_size(source)?,
-        )
-    } else if source.is_file() {
-        let ck = read_checkpoint(source)?;
-        let peft = sam_model::peft::from_micro_sam_layout(&ck.model_state)
-            .map_err(|e| TrainError::Model(format!("{}: {e}", source.display())))?;
-        let sam = match (peft, options.peft_layout) {
-            (Some((base, adapters, spec)), PeftLayout::Merged) => {
-                sam_model::peft::merge_into_base(&base, &adapters, &spec)
-            }
-            _ => ck.model_state,
-        };
-        (sam, ck.decoder_state, ck.input_size)
-    } else {
-        return Err(TrainError::MissingCheckpoint(format!(
-            "checkpoint {} does not exist",
-            source.display()
-        )));
-    };
+    let (model, decoder, input_size) = read_source(source, options.peft_layout)?;
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
     }
@@ -112,6 +75,52 @@ pub fn export_model(
         write_torch_checkpoint(output, &model, None, input_size)
     }
     .map_err(TrainError::from)
+}
+
+/// The weights of `source` (a checkpoint folder or file, see [`export_model`]): SAM's state
+/// (adapters written in `layout`), the decoder's when present, and the recorded input side.
+pub(crate) fn read_source(
+    source: &Path,
+    layout: PeftLayout,
+) -> Result<(StateDict, Option<StateDict>, Option<i64>), TrainError> {
+    if source.is_dir() {
+        let file = source.join("model.safetensors");
+        if !file.is_file() {
+            return Err(TrainError::MissingCheckpoint(format!(
+                "{} is not a checkpoint folder (no model.safetensors)",
+                source.display()
+            )));
+        }
+        let tensors = Tensor::read_safetensors(&file).map_err(|e| TrainError::format(&file, e))?;
+        let (sam, dec) = SamModel::split_named(&tensors);
+        let sam = if tensors.iter().any(|(k, _)| k.starts_with(PEFT_PREFIX)) {
+            let model = rebuild_with_adapters(source, &tensors)?;
+            sam_state(&model, layout)
+        } else {
+            sam
+        };
+        Ok((
+            sam,
+            (!dec.is_empty()).then_some(dec),
+            folder_input_size(source)?,
+        ))
+    } else if source.is_file() {
+        let ck = read_checkpoint(source)?;
+        let peft = sam_model::peft::from_micro_sam_layout(&ck.model_state)
+            .map_err(|e| TrainError::Model(format!("{}: {e}", source.display())))?;
+        let sam = match (peft, layout) {
+            (Some((base, adapters, spec)), PeftLayout::Merged) => {
+                sam_model::peft::merge_into_base(&base, &adapters, &spec)
+            }
+            _ => ck.model_state,
+        };
+        Ok((sam, ck.decoder_state, ck.input_size))
+    } else {
+        Err(TrainError::MissingCheckpoint(format!(
+            "checkpoint {} does not exist",
+            source.display()
+        )))
+    }
 }
 
 /// The input side a checkpoint folder's `state.json` records for a model fed at its native
@@ -142,25 +151,30 @@ fn sam_state(model: &SamModel, layout: PeftLayout) -> StateDict {
     }
 }
 
-/// The model of a checkpoint folder written by a run with adapters, which holds only the
-/// trainable weights: the base is rebuilt from the run's `config.yaml` (found above the folder:
-/// `runs/<experiment>/config.yaml`) as training built it, checked against the digest the
-/// checkpoint names, and the saved weights loaded on top.
-fn rebuild_with_adapters(dir: &Path, tensors: &[(String, Tensor)]) -> Result<SamModel, TrainError> {
-    let config = dir
+/// The `config.yaml` of the run a checkpoint belongs to: the nearest one up to three folders
+/// above it (`runs/<experiment>/config.yaml` above `runs/<experiment>/checkpoints/<name>/best`).
+pub(crate) fn run_config_above(checkpoint: &Path) -> Option<PathBuf> {
+    checkpoint
         .ancestors()
         .skip(1)
         .take(3)
         .map(|d| d.join("config.yaml"))
         .find(|c| c.is_file())
-        .ok_or_else(|| {
+}
+
+/// The model of a checkpoint folder written by a run with adapters, which holds only the
+/// trainable weights: the base is rebuilt from the run's `config.yaml` (found above the folder:
+/// `runs/<experiment>/config.yaml`) as training built it, checked against the digest the
+/// checkpoint names, and the saved weights loaded on top.
+fn rebuild_with_adapters(dir: &Path, tensors: &[(String, Tensor)]) -> Result<SamModel, TrainError> {
+    let config = run_config_above(dir).ok_or_else(|| {
             TrainError::MissingCheckpoint(format!(
                 "{} holds image-encoder adapters without their base model, and no run \
                  config.yaml was found above it (runs/<experiment>/config.yaml) to rebuild \
                  the base from",
-                dir.display()
-            ))
-        })?;
+            dir.display()
+        ))
+    })?;
     let loaded = load_config_with(&config, &ValidateOptions::without_path_checks())
         .map_err(|e| TrainError::Model(format!("{}: {e}", config.display())))?;
     let root = loaded
@@ -220,7 +234,7 @@ fn check_output(source: &Path, output: &Path, replace: bool) -> Result<(), Train
 /// `path` made absolute with every link resolved, for a path that may not exist yet: its
 /// nearest existing ancestor canonicalised, the rest appended. `None` when nothing of it
 /// resolves.
-fn resolve(path: &Path) -> Option<PathBuf> {
+pub(crate) fn resolve(path: &Path) -> Option<PathBuf> {
     if let Ok(p) = fs::canonicalize(path) {
         return Some(p);
     }

@@ -43,6 +43,8 @@ mod data;
 mod distributed;
 mod error;
 mod export;
+mod export_bioimageio;
+mod export_torchscript;
 mod faults;
 pub mod fit;
 pub mod losses;
@@ -62,6 +64,10 @@ pub use checkpoint::{Checkpoint, CheckpointStore, EpochSums, Slot, TrainState};
 pub use distributed::{Collective, GradientReducer, GRADIENT_BUCKET_BYTES};
 pub use error::{BoxError, TrainError};
 pub use export::{export_model, ExportOptions, PeftLayout};
+pub use export_bioimageio::{export_bioimageio, BioImageIoOptions, PYTORCH_VERSION};
+pub use export_torchscript::{
+    export_torchscript, files as torchscript_files, ExportNormalization, TorchScriptOptions,
+};
 pub use optim::{AdamW, AdamWConfig};
 pub use report::{draw_curves, EpochRecord, MetricsLog};
 pub use run_folder::{prepare_run, PreparedRun, RUN_MARKER};
