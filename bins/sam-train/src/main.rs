@@ -335,7 +335,10 @@ mod tests {
         assert_eq!(e.format, train_cmd::ExportFormatArg::Sam);
         assert_eq!((e.points, e.license.as_str()), (1, "CC-BY-4.0"));
         let e = export(&["--format", "torchscript", "--points", "3"]);
-        assert_eq!((e.format, e.points), (train_cmd::ExportFormatArg::Torchscript, 3));
+        assert_eq!(
+            (e.format, e.points),
+            (train_cmd::ExportFormatArg::Torchscript, 3)
+        );
         let e = export(&[
             "--format",
             "bioimageio",
@@ -354,7 +357,16 @@ mod tests {
         assert_eq!(e.authors, ["A", "B"]);
         assert_eq!((e.license.as_str(), e.name.as_deref()), ("MIT", Some("N")));
         assert_eq!(e.sample_image, Some(PathBuf::from("s.tif")));
-        assert!(parse(&["export", "--checkpoint", "a", "--output", "o", "--format", "onnx"]).is_err());
+        assert!(parse(&[
+            "export",
+            "--checkpoint",
+            "a",
+            "--output",
+            "o",
+            "--format",
+            "onnx"
+        ])
+        .is_err());
         // --with-decoder and --peft-layout belong to the state_dict format: exit 2 before
         // anything is read.
         for extra in [&["--with-decoder"][..], &["--peft-layout", "micro-sam"]] {

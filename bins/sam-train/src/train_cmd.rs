@@ -13,8 +13,8 @@ use sam_config::{find_root_for, load_config_with, ValidateOptions};
 use sam_torch::{CpuBudget, LaunchEnv};
 use sam_train::{
     export_bioimageio, export_model, export_torchscript, prepare_run, train, BioImageIoOptions,
-    Collective, ExportOptions, PeftLayout, StopFlag, TorchScriptOptions,
-    TrainOptions, TrainOutcome, TrainProgress, REQUEUE_EXIT_CODE,
+    Collective, ExportOptions, PeftLayout, StopFlag, TorchScriptOptions, TrainOptions,
+    TrainOutcome, TrainProgress, REQUEUE_EXIT_CODE,
 };
 use tracing_subscriber::fmt::MakeWriter;
 

@@ -168,8 +168,8 @@ pub(crate) fn run_config_above(checkpoint: &Path) -> Option<PathBuf> {
 /// checkpoint names, and the saved weights loaded on top.
 fn rebuild_with_adapters(dir: &Path, tensors: &[(String, Tensor)]) -> Result<SamModel, TrainError> {
     let config = run_config_above(dir).ok_or_else(|| {
-            TrainError::MissingCheckpoint(format!(
-                "{} holds image-encoder adapters without their base model, and no run \
+        TrainError::MissingCheckpoint(format!(
+            "{} holds image-encoder adapters without their base model, and no run \
                  config.yaml was found above it (runs/<experiment>/config.yaml) to rebuild \
                  the base from",
             dir.display()

@@ -13,7 +13,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use sam_data::{
-    connected_components, normalization_bounds, synthesize, write_overlay_png, Connectivity, GreyImage, Normalization, Plane, SynthConfig,
+    connected_components, normalization_bounds, synthesize, write_overlay_png, Connectivity,
+    GreyImage, Normalization, Plane, SynthConfig,
 };
 use tch::{Kind, Tensor};
 
@@ -236,9 +237,7 @@ fn write_cover(path: &Path, raw: &GreyImage, out: &[f32], side: usize) -> Result
         let (x, y) = ((i % side) as u32, (i / side) as u32);
         cover.put_pixel(side as u32 + x, y, image::Rgb(rgb));
     }
-    cover
-        .save(path)
-        .map_err(|e| TrainError::format(path, e))
+    cover.save(path).map_err(|e| TrainError::format(path, e))
 }
 
 /// SHA-256 of a file, hex.
@@ -402,7 +401,10 @@ mod tests {
         let header = std::str::from_utf8(&b[10..10 + len]).unwrap();
         assert!(header.contains("'shape': (1, 2, 3,)"), "{header}");
         assert_eq!(b.len(), 10 + len + 24);
-        assert_eq!(f32::from_le_bytes([b[14 + len], b[15 + len], b[16 + len], b[17 + len]]), 1.0);
+        assert_eq!(
+            f32::from_le_bytes([b[14 + len], b[15 + len], b[16 + len], b[17 + len]]),
+            1.0
+        );
     }
 
     #[test]
@@ -414,16 +416,19 @@ mod tests {
 
     #[test]
     fn normalisation_clips_only_when_training_did() {
-        let img = GreyImage::from_vec(1, 5, BitDepth::U16, vec![0.0, 1.0, 2.0, 3.0, 100.0]).unwrap();
+        let img =
+            GreyImage::from_vec(1, 5, BitDepth::U16, vec![0.0, 1.0, 2.0, 3.0, 100.0]).unwrap();
         let mut n = ExportNormalization {
             lower_percentile: 0.0,
             upper_percentile: 75.0,
             clip: true,
             config: None,
         };
-        assert_eq!(normalise(&img, &n).unwrap(), [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 1.0]);
+        assert_eq!(
+            normalise(&img, &n).unwrap(),
+            [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 1.0]
+        );
         n.clip = false;
         assert!((normalise(&img, &n).unwrap()[4] - 100.0 / 3.0).abs() < 1e-5);
     }
-
 }

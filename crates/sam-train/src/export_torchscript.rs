@@ -9,11 +9,13 @@
 //! | file | inputs | outputs |
 //! |---|---|---|
 //! | `image_encoder.pt` | image `[1, 3, S, S]` (normalised, padded) | embeddings `[1, C, E, E]` |
-//! | `prompt_points.pt` | embeddings, coords `[1, P, 2]`, labels `[1, P]` | masks `[1, 4, 4E, 4E]`, iou `[1, 4]` |
-//! | `prompt_box.pt` | embeddings, box `[1, 4]` | masks `[1, 4, 4E, 4E]`, iou `[1, 4]` |
+//! | `prompt_points.pt` | embeddings, coords `[1, P, 2]`, labels `[1, P]` | `[1, 4, 4E·4E + 1]` |
+//! | `prompt_box.pt` | embeddings, box `[1, 4]` | `[1, 4, 4E·4E + 1]` |
 //! | `unetr_decoder.pt` (with a decoder) | embeddings | `[1, 3, S, S]` |
 //! | `ais.pt` (with a decoder) | grey image `[1, 1, S, S]` in [0, 1] | `[1, 3, S, S]` |
 //!
+//! A traced module returns one tensor, so the prompt modules return, for each of the 4 mask
+//! tokens, its flattened mask logits followed by its predicted IoU ([`pack_prompt_output`]).
 //! S is the model input side (1024 for SAM, or the side a model trained with
 //! `model.encoder_input: native` runs at), E = S / 16 and C the embedding channels (256).
 
@@ -160,7 +162,10 @@ pub fn export_torchscript(
     }
     let manifest = manifest(source, &loaded, modules);
     let path = output.join(files::MANIFEST);
-    write_text(&path, &serde_json::to_string_pretty(&manifest).unwrap_or_default())?;
+    write_text(
+        &path,
+        &serde_json::to_string_pretty(&manifest).unwrap_or_default(),
+    )?;
     written.push(path);
     Ok(written)
 }
@@ -243,15 +248,14 @@ fn trace(
     mut f: impl FnMut(&[Tensor]) -> Result<Vec<Tensor>, TrainError>,
 ) -> Result<CModule, TrainError> {
     let mut failure = None;
-    let module = CModule::create_by_tracing(name, "forward", inputs, &mut |x: &[Tensor]| {
-        match f(x) {
+    let module =
+        CModule::create_by_tracing(name, "forward", inputs, &mut |x: &[Tensor]| match f(x) {
             Ok(out) => out,
             Err(e) => {
                 failure = Some(e);
                 Vec::new()
             }
-        }
-    });
+        });
     if let Some(e) = failure {
         return Err(e);
     }
@@ -279,9 +283,11 @@ pub(crate) fn trace_all(model: &SamModel, points: i64) -> Result<Vec<Traced>, Tr
     let k = 4;
     let image_meaning = "(RGB on 0..255 − pixel_mean) / pixel_std, padded bottom/right with 0";
     let emb_meaning = "image embeddings of image_encoder";
-    let masks_meaning = "mask logits at 4·E px (threshold 0); index 0 is the single-mask output \
-                         (multimask_output=False), 1..3 the three multimask outputs";
-    let iou_meaning = "predicted IoU of each mask";
+    let packed_meaning =
+        "per mask token (index 0: the single-mask output, multimask_output=False; \
+                          1..3: the three multimask outputs), its 4E×4E mask logits flattened \
+                          row by row (threshold 0), then its predicted IoU: \
+                          masks = out[..., :-1].unflatten(-1, (4E, 4E)), iou = out[..., -1]";
     let mut out = vec![Traced {
         name: "image_encoder",
         file: files::IMAGE_ENCODER,
@@ -289,27 +295,24 @@ pub(crate) fn trace_all(model: &SamModel, points: i64) -> Result<Vec<Traced>, Tr
             Ok(vec![sam.image_encoder.forward(&x[0])])
         })?,
         inputs: vec![("image", vec![1, 3, side, side], image_meaning)],
-        outputs: vec![("image_embeddings", vec![1, c, grid, grid], "")],
+        outputs: vec![(
+            "image_embeddings",
+            vec![1, c, grid, grid],
+            "SAM's image embeddings, the input of the other modules",
+        )],
         about: "SAM's image encoder",
     }];
-    let prompt_out = || {
-        vec![
-            ("masks", vec![1, k, low, low], masks_meaning),
-            ("iou_predictions", vec![1, k], iou_meaning),
-        ]
-    };
+    let prompt_out = || vec![("masks_and_iou", vec![1, k, low * low + 1], packed_meaning)];
     let decode = |emb: &Tensor,
                   pts: Option<(&Tensor, &Tensor)>,
                   boxes: Option<&Tensor>|
      -> Result<Vec<Tensor>, TrainError> {
-        let (sparse, dense) =
-            sam.prompt_encoder
-                .forward_sized(pts, boxes, None, side, grid)?;
+        let (sparse, dense) = sam
+            .prompt_encoder
+            .forward_sized(pts, boxes, None, side, grid)?;
         let pe = sam.prompt_encoder.dense_pe_sized(grid);
-        let (masks, iou) = sam
-            .mask_decoder
-            .predict_masks(emb, &pe, &sparse, &dense)?;
-        Ok(vec![masks, iou])
+        let (masks, iou) = sam.mask_decoder.predict_masks(emb, &pe, &sparse, &dense)?;
+        Ok(vec![pack_prompt_output(&masks, &iou)?])
     };
     out.push(Traced {
         name: "prompt_points",
@@ -368,12 +371,26 @@ pub(crate) fn trace_all(model: &SamModel, points: i64) -> Result<Vec<Traced>, Tr
                 Ok(vec![decoder.forward_t(&x[0], false)?])
             })?,
             inputs: vec![("image_embeddings", vec![1, c, grid, grid], emb_meaning)],
-            outputs: vec![("instance_maps", vec![1, channels, side, side], unetr_meaning)],
+            outputs: vec![(
+                "instance_maps",
+                vec![1, channels, side, side],
+                unetr_meaning,
+            )],
             about: "micro_sam's UNETR decoder (automatic instance segmentation)",
         });
         out.push(trace_ais(model)?);
     }
     Ok(out)
+}
+
+/// `[n, k, h, w]` mask logits and `[n, k]` IoU predictions as one `[n, k, h·w + 1]` tensor: a
+/// traced module returns a single tensor.
+pub(crate) fn pack_prompt_output(masks: &Tensor, iou: &Tensor) -> Result<Tensor, TrainError> {
+    let (n, k, h, w) = masks.size4()?;
+    Ok(Tensor::cat(
+        &[masks.reshape([n, k, h * w]), iou.reshape([n, k, 1])],
+        2,
+    ))
 }
 
 /// Traces the automatic instance segmentation network (grey image → image encoder → UNETR

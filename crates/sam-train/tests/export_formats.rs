@@ -24,7 +24,7 @@ fn tiny_model(decoder: bool) -> SamModel {
     )
     .unwrap();
     tch::no_grad(|| {
-        for (name, t) in model.named_variables() {
+        for (name, mut t) in model.named_variables() {
             if name.ends_with("running_var") {
                 let _ = t.copy_(&(Tensor::rand_like(&t) + 0.5));
             } else if name.ends_with("running_mean") {
@@ -47,7 +47,9 @@ fn write_checkpoint(model: &SamModel, path: &Path) {
 
 /// Runs a Python script of tests/python with the test environment and parses its JSON output.
 fn python_json(script: &str, args: &[&Path]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let out = Command::new(sam_testkit::venv_python())
         .arg(&script)
         .args(args)
@@ -94,8 +96,7 @@ fn torchscript_modules_reproduce_the_model_in_python() {
         assert!(names.iter().any(|n| n == f), "{f} missing in {names:?}");
     }
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join(files::MANIFEST)).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join(files::MANIFEST)).unwrap()).unwrap();
     assert_eq!(manifest["input_size"], 256);
     assert_eq!(
         manifest["modules"]["prompt_points"]["inputs"][1]["shape"],
@@ -151,7 +152,7 @@ fn torchscript_modules_reproduce_the_model_in_python() {
 
     let diffs = python_json("check_torchscript.py", &[&out, &fixtures]);
     let diffs = diffs.as_object().unwrap();
-    assert_eq!(diffs.len(), 11, "{diffs:?}");
+    assert_eq!(diffs.len(), 9, "{diffs:?}");
     for (name, d) in diffs {
         let d = d.as_f64().unwrap();
         println!("max |torch.jit − Rust| {name}: {d:.3e}");
@@ -208,17 +209,36 @@ fn bioimageio_package_passes_bioimageio_core_test() {
     assert_eq!((cover.width(), cover.height()), (512, 256));
 
     let result = python_json("check_bioimageio.py", &[&rdf]);
-    assert_eq!(result["status"], "passed", "{result:#}");
+    assert_eq!(
+        result["status"], "passed",
+        "{result:#}\n(bioimageio.spec 0.5.12 needs pydantic < 2.14: scripts/setup.sh installs \
+         the pinned scripts/requirements-test.txt)"
+    );
+    // The same package with its test output changed by 2 % keeps a valid format but fails
+    // the reproduction check ("valid-format" instead of "passed").
+    assert_eq!(result["perturbed_status"], "valid-format", "{result:#}");
     assert_eq!(result["format_version"], "0.5.12");
-    let pre = &result["preprocessing"];
-    assert_eq!(pre[0]["id"], "scale_range", "{pre}");
-    assert_eq!(pre[0]["kwargs"]["min_percentile"], 2.0, "{pre}");
-    assert_eq!(pre[0]["kwargs"]["max_percentile"], 99.5, "{pre}");
-    assert_eq!(pre[1]["id"], "clip", "{pre}");
+    // The loader adds `ensure_dtype` steps around the declared ones.
+    let pre: Vec<&serde_json::Value> = result["preprocessing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["id"] != "ensure_dtype")
+        .collect();
+    assert_eq!(pre.len(), 2, "{pre:?}");
+    assert_eq!(pre[0]["id"], "scale_range", "{pre:?}");
+    assert_eq!(pre[0]["kwargs"]["min_percentile"], 2.0, "{pre:?}");
+    assert_eq!(pre[0]["kwargs"]["max_percentile"], 99.5, "{pre:?}");
+    assert_eq!(pre[1]["id"], "clip", "{pre:?}");
+    assert_eq!(pre[1]["kwargs"]["min"], 0.0, "{pre:?}");
+    assert_eq!(pre[1]["kwargs"]["max"], 1.0, "{pre:?}");
 
     // Again into the same folder: refused without --force, replaced with it.
     let err = export_bioimageio(&best, &out, &options).unwrap_err();
-    assert!(err.is_usage() && err.to_string().contains("--force"), "{err}");
+    assert!(
+        err.is_usage() && err.to_string().contains("--force"),
+        "{err}"
+    );
     let again = BioImageIoOptions {
         replace: true,
         ..options
@@ -233,17 +253,20 @@ fn folder_exports_refuse_bad_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(false);
     let best = run_folder(dir.path(), &model);
-    let usage = |r: Result<_, TrainError>, part: &str| {
+    fn usage<T: std::fmt::Debug>(r: Result<T, TrainError>, part: &str) {
         let err = r.unwrap_err();
         assert!(err.is_usage(), "{err}");
         assert!(err.to_string().contains(part), "missing `{part}`: {err}");
-    };
+    }
     let ts = TorchScriptOptions::default();
     usage(
         export_torchscript(&best, &best.join("ts"), ts),
         "inside the checkpoint",
     );
-    usage(export_torchscript(&best, &best, ts), "inside the checkpoint");
+    usage(
+        export_torchscript(&best, &best, ts),
+        "inside the checkpoint",
+    );
     let file = dir.path().join("a.txt");
     std::fs::write(&file, "x").unwrap();
     usage(export_torchscript(&best, &file, ts), "is a file");
@@ -266,5 +289,8 @@ fn folder_exports_refuse_bad_outputs() {
     assert!(!out.join(files::AIS).exists());
     // The run's normalisation is recorded.
     let manifest = std::fs::read_to_string(out.join(files::MANIFEST)).unwrap();
-    assert!(manifest.contains("99.5") && manifest.contains("config.yaml"), "{manifest}");
+    assert!(
+        manifest.contains("99.5") && manifest.contains("config.yaml"),
+        "{manifest}"
+    );
 }

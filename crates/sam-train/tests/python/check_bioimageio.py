@@ -1,13 +1,20 @@
 """Validates a bioimage.io model package with bioimageio.core and runs its test-model check
 (the package's TorchScript weights on its test input, with the package's preprocessing,
-against its test output). Prints the outcome as JSON: status, failed checks, and the
-preprocessing the description declares.
+against its test output). Prints the outcome as JSON: status, failed checks, the
+preprocessing the description declares, and the status of a copy of the package whose test
+output is changed by 2 % (which must fail).
 
 usage: check_bioimageio.py RDF_YAML
 """
 
+import hashlib
 import json
+import shutil
 import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
 
 
 def main(rdf: str) -> None:
@@ -21,6 +28,16 @@ def main(rdf: str) -> None:
         for d in summary.details
         if d.status != "passed"
     ]
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "package"
+        shutil.copytree(Path(rdf).parent, copy)
+        out = copy / "test_output.npy"
+        old = hashlib.sha256(out.read_bytes()).hexdigest()
+        np.save(out, np.load(out) * 1.02)
+        new = hashlib.sha256(out.read_bytes()).hexdigest()
+        text = (copy / "rdf.yaml").read_text()
+        (copy / "rdf.yaml").write_text(text.replace(old, new))
+        perturbed = test_model(copy / "rdf.yaml").status
     descr = load_description(rdf)
     pre = []
     if hasattr(descr, "inputs"):
@@ -32,6 +49,7 @@ def main(rdf: str) -> None:
         json.dumps(
             {
                 "status": summary.status,
+                "perturbed_status": perturbed,
                 "failed": failed,
                 "preprocessing": pre,
                 "format_version": getattr(descr, "format_version", None),

@@ -19,17 +19,23 @@ def main(export_dir: str, fixtures: str) -> None:
     manifest = json.loads((d / "model.json").read_text())
     load = lambda name: torch.jit.load(str(d / manifest["modules"][name]["file"]))
     diff = lambda a, b: (a - b).abs().max().item()
+    side = 4 * f["embeddings"].shape[-1]
+
+    def unpack(out):
+        # per mask token: flattened mask logits, then the predicted IoU
+        return out[..., :-1].unflatten(-1, (side, side)), out[..., -1]
+
     out = {}
     with torch.no_grad():
         emb = load("image_encoder")(f["image"])
         out["image_embeddings"] = diff(emb, f["embeddings"])
         # The prompt modules on the reference embeddings, so that each module is checked alone.
-        masks, iou = load("prompt_points")(f["embeddings"], f["coords"], f["labels"])
+        masks, iou = unpack(load("prompt_points")(f["embeddings"], f["coords"], f["labels"]))
         out["points_masks_single"] = diff(masks[:, :1], f["points_masks_single"])
         out["points_iou_single"] = diff(iou[:, :1], f["points_iou_single"])
         out["points_masks_multi"] = diff(masks[:, 1:], f["points_masks_multi"])
         out["points_iou_multi"] = diff(iou[:, 1:], f["points_iou_multi"])
-        masks, iou = load("prompt_box")(f["embeddings"], f["box"])
+        masks, iou = unpack(load("prompt_box")(f["embeddings"], f["box"]))
         out["box_masks_multi"] = diff(masks[:, 1:], f["box_masks_multi"])
         out["box_iou_multi"] = diff(iou[:, 1:], f["box_iou_multi"])
         if "unetr_decoder" in manifest["modules"]:
