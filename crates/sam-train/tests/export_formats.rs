@@ -26,9 +26,9 @@ fn tiny_model(decoder: bool) -> SamModel {
     tch::no_grad(|| {
         for (name, mut t) in model.named_variables() {
             if name.ends_with("running_var") {
-                let _ = t.copy_(&(Tensor::rand_like(&t) + 0.5));
+                t.copy_(&(Tensor::rand_like(&t) + 0.5));
             } else if name.ends_with("running_mean") {
-                let _ = t.copy_(&(Tensor::randn_like(&t) * 0.1));
+                t.copy_(&(Tensor::randn_like(&t) * 0.1));
             }
         }
     });
