@@ -19,7 +19,8 @@ use sam_data::{
 use tch::{Kind, Tensor};
 
 use crate::export_torchscript::{
-    check_output_dir, load_for_tracing, save_module, trace_ais, write_text, ExportNormalization,
+    ais_output, check_output_dir, load_for_tracing, save_module, trace_ais, write_text,
+    ExportNormalization,
 };
 use crate::TrainError;
 
@@ -73,13 +74,13 @@ pub fn export_bioimageio(
     check_output_dir(source, output, options.replace)?;
     let loaded = load_for_tracing(source)?;
     let model = &loaded.model;
-    let Some(decoder) = model.decoder() else {
+    if model.decoder().is_none() {
         return Err(TrainError::Usage(format!(
             "{} has no instance-segmentation decoder: a bioimage.io package holds the automatic \
              segmentation network (train with the decoder, or export --format torchscript)",
             source.display()
         )));
-    };
+    }
     let side = model.sam().img_size();
     let raw = sample_image(options.sample_image.as_deref(), side as usize)?;
     let norm = &loaded.normalization;
@@ -91,7 +92,7 @@ pub fn export_bioimageio(
             .sam()
             .preprocess(&(&grey_t * 255.0).expand([1, 3, side, side], false))?;
         let emb = model.sam().image_encoder.forward(&input);
-        let expected = decoder.forward_t(&emb, false)?;
+        let expected = ais_output(model, &emb)?;
         Ok((trace_ais(model)?, expected))
     })?;
     let channels = expected.size()[1];

@@ -11,12 +11,13 @@
 //! | `image_encoder.pt` | image `[1, 3, S, S]` (normalised, padded) | embeddings `[1, C, E, E]` |
 //! | `prompt_points.pt` | embeddings, coords `[1, P, 2]`, labels `[1, P]` | `[1, 4, 4E·4E + 1]` |
 //! | `prompt_box.pt` | embeddings, box `[1, 4]` | `[1, 4, 4E·4E + 1]` |
-//! | `unetr_decoder.pt` (with a decoder) | embeddings | `[1, 3, S, S]` |
+//! | `unetr_decoder.pt` (with a decoder) | embeddings | `[1, 3, 16E, 16E]` |
 //! | `ais.pt` (with a decoder) | grey image `[1, 1, S, S]` in [0, 1] | `[1, 3, S, S]` |
 //!
 //! A traced module returns one tensor, so the prompt modules return, for each of the 4 mask
 //! tokens, its flattened mask logits followed by its predicted IoU ([`pack_prompt_output`]).
-//! S is the model input side (1024 for SAM, or the side a model trained with
+//! `ais.pt` resizes the decoder's output to S (bilinear) when 16E differs from S (an encoder
+//! with 8 px patches). S is the model input side (1024 for SAM, or the side a model trained with
 //! `model.encoder_input: native` runs at), E = S / 16 and C the embedding channels (256).
 
 use std::fs;
@@ -373,7 +374,7 @@ pub(crate) fn trace_all(model: &SamModel, points: i64) -> Result<Vec<Traced>, Tr
             inputs: vec![("image_embeddings", vec![1, c, grid, grid], emb_meaning)],
             outputs: vec![(
                 "instance_maps",
-                vec![1, channels, side, side],
+                vec![1, channels, 16 * grid, 16 * grid],
                 unetr_meaning,
             )],
             about: "micro_sam's UNETR decoder (automatic instance segmentation)",
@@ -413,7 +414,7 @@ pub(crate) fn trace_ais(model: &SamModel) -> Result<Traced, TrainError> {
         file: files::AIS,
         module: trace("ais", &[ex.grey.shallow_clone()], |x| {
             let emb = sam.image_encoder.forward(&grey_to_input(&x[0], model)?);
-            Ok(vec![decoder.forward_t(&emb, false)?])
+            Ok(vec![ais_output(model, &emb)?])
         })?,
         inputs: vec![(
             "grey",
@@ -429,13 +430,27 @@ pub(crate) fn trace_ais(model: &SamModel) -> Result<Traced, TrainError> {
     })
 }
 
+/// The UNETR decoder's output on `emb` at the model input side (micro_sam's
+/// `postprocess_masks` without crop: bilinear to S × S when the decoder's 16 × E differs, e.g.
+/// for an encoder with 8 px patches).
+pub(crate) fn ais_output(model: &SamModel, emb: &Tensor) -> Result<Tensor, TrainError> {
+    let Some(decoder) = model.decoder() else {
+        return Err(TrainError::Usage(
+            "the model has no instance-segmentation decoder".into(),
+        ));
+    };
+    let side = model.sam().img_size();
+    let out = decoder.forward_t(emb, false)?;
+    Ok(decoder.postprocess_masks(&out, (side, side), (side, side)))
+}
+
 /// What the UNETR decoder's channels mean.
 fn unetr_meaning(sigmoid: bool) -> &'static str {
     if sigmoid {
-        "after the sigmoid, at S px: foreground probability, normalised distance to the \
-         object centre, normalised distance to the object boundary"
+        "after the sigmoid: foreground probability, normalised distance to the object \
+         centre, normalised distance to the object boundary"
     } else {
-        "logits at S px: foreground, centre distance, boundary distance"
+        "logits: foreground, centre distance, boundary distance"
     }
 }
 

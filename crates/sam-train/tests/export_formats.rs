@@ -14,15 +14,22 @@ use sam_train::{
 };
 use tch::{Device, Kind, Tensor};
 
-/// A tiny model with random weights (decoder batch-norm statistics too, so that they matter).
-fn tiny_model(decoder: bool) -> SamModel {
+/// A tiny model with random weights (decoder batch-norm statistics too, so that they matter):
+/// 256 px input with 16 px patches, or with `patch8` 128 px with 8 px patches, whose UNETR
+/// output (16× the 16 px embedding grid) is twice the input side.
+fn tiny_model(decoder: bool, patch8: bool) -> SamModel {
     tch::manual_seed(11);
-    let model = SamModel::new(
-        &SamConfig::tiny(),
-        decoder.then(UnetrConfig::tiny).as_ref(),
-        Device::Cpu,
-    )
-    .unwrap();
+    let mut sam = SamConfig::tiny();
+    let mut unetr = UnetrConfig::tiny();
+    if patch8 {
+        if let sam_model::ImageEncoderConfig::Vit(vit) = &mut sam.image_encoder {
+            vit.img_size = 128;
+            vit.patch_size = 8;
+        }
+        sam.prompt_encoder.input_image_size = 128;
+        unetr.img_size = 128;
+    }
+    let model = SamModel::new(&sam, decoder.then_some(&unetr), Device::Cpu).unwrap();
     tch::no_grad(|| {
         for (name, mut t) in model.named_variables() {
             if name.ends_with("running_var") {
@@ -72,7 +79,7 @@ fn python_json(script: &str, args: &[&Path]) -> serde_json::Value {
 #[test]
 fn torchscript_modules_reproduce_the_model_in_python() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(true);
+    let model = tiny_model(true, false);
     let ckpt = dir.path().join("tiny.pt");
     write_checkpoint(&model, &ckpt);
     let out = dir.path().join("ts");
@@ -183,11 +190,12 @@ fn run_folder(root: &Path, model: &SamModel) -> PathBuf {
 
 /// The package of a checkpoint folder passes bioimageio.core's validation and test-model
 /// check (its weights, with the declared percentile normalisation, reproduce the Rust model's
-/// output on the test image), and declares the run's normalisation.
+/// output on the test image, at the input size also for an encoder with 8 px patches), and
+/// declares the run's normalisation.
 #[test]
 fn bioimageio_package_passes_bioimageio_core_test() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(true);
+    let model = tiny_model(true, true);
     let best = run_folder(dir.path(), &model);
     let out = dir.path().join("package");
     let options = BioImageIoOptions {
@@ -206,7 +214,7 @@ fn bioimageio_package_passes_bioimageio_core_test() {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let cover = image::open(out.join("cover.png")).unwrap();
-    assert_eq!((cover.width(), cover.height()), (512, 256));
+    assert_eq!((cover.width(), cover.height()), (256, 128));
 
     let result = python_json("check_bioimageio.py", &[&rdf]);
     assert_eq!(
@@ -251,7 +259,7 @@ fn bioimageio_package_passes_bioimageio_core_test() {
 #[test]
 fn folder_exports_refuse_bad_outputs() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(false);
+    let model = tiny_model(false, false);
     let best = run_folder(dir.path(), &model);
     fn usage<T: std::fmt::Debug>(r: Result<T, TrainError>, part: &str) {
         let err = r.unwrap_err();
