@@ -222,6 +222,9 @@ fn bioimageio_package_passes_bioimageio_core_test() {
         "{result:#}\n(bioimageio.spec 0.5.12 needs pydantic < 2.14: scripts/setup.sh installs \
          the pinned scripts/requirements-test.txt)"
     );
+    let diff = result["max_abs_diff"].as_f64().unwrap();
+    println!("max |package weights − Rust| on the test image: {diff:.3e}");
+    assert!(diff <= 1e-4, "{diff}");
     // The same package with its test output changed by 2 % keeps a valid format but fails
     // the reproduction check ("valid-format" instead of "passed").
     assert_eq!(result["perturbed_status"], "valid-format", "{result:#}");
