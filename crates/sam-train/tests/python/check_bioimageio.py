@@ -28,6 +28,9 @@ def main(rdf: str) -> None:
         for d in summary.details
         if d.status != "passed"
     ]
+    if summary.status != "passed":
+        print(json.dumps({"status": summary.status, "failed": failed, "pydantic": pydantic.VERSION}))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "package"
         shutil.copytree(Path(rdf).parent, copy)
