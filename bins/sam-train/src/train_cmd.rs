@@ -133,8 +133,9 @@ fn apply_thread_budget(budget: &CpuBudget) -> Result<(), String> {
 /// prompt_box.pt and, with the decoder, unetr_decoder.pt and ais.pt) and model.json, which
 /// lists their input and output shapes and the preprocessing (`torch.jit.load` them; adapters
 /// are merged). --format bioimageio writes a bioimage.io model package folder (rdf.yaml, the
-/// automatic segmentation network as TorchScript weights, test tensors, cover, README); it
-/// needs the decoder. Both take the percentile normalisation from the run's config.yaml above
+/// automatic segmentation network as TorchScript weights, test tensors, cover, README), or that
+/// package as a zip file when PATH ends in .zip (like a --format sam file: refused when it
+/// exists, unless --force); it needs the decoder. Both take the percentile normalisation from the run's config.yaml above
 /// a checkpoint folder (else the defaults 1 and 99.8). An output folder that holds files is
 /// refused without --force (which replaces the exported files only).
 #[derive(Debug, Args)]
@@ -142,7 +143,8 @@ pub struct ExportArgs {
     /// The checkpoint to export.
     #[arg(long, value_name = "CHECKPOINT")]
     pub checkpoint: PathBuf,
-    /// The file to write (torch.save format), or the folder for `torchscript` and `bioimageio`.
+    /// The file to write (torch.save format), or the folder for `torchscript` and `bioimageio`
+    /// (for `bioimageio`, a path ending in .zip writes the package as a zip file).
     #[arg(long, value_name = "PATH")]
     pub output: PathBuf,
     /// What to write: `sam` (a torch.save state_dict for segment_anything / micro_sam),

@@ -190,7 +190,7 @@ fn rebuild_with_adapters(dir: &Path, tensors: &[(String, Tensor)]) -> Result<Sam
 }
 
 /// Refuses an output that would destroy the source or replace a file unasked.
-fn check_output(source: &Path, output: &Path, replace: bool) -> Result<(), TrainError> {
+pub(crate) fn check_output(source: &Path, output: &Path, replace: bool) -> Result<(), TrainError> {
     let out_exists = fs::symlink_metadata(output).is_ok();
     if output.is_dir() {
         return Err(TrainError::Usage(format!(

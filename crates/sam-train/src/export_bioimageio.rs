@@ -60,13 +60,71 @@ impl Default for BioImageIoOptions {
 }
 
 /// Writes the bioimage.io package of `source` (a checkpoint folder or file with the
-/// instance-segmentation decoder) into the folder `output`. Returns the path of `rdf.yaml`.
+/// instance-segmentation decoder) into the folder `output`, or, when `output` ends in `.zip`,
+/// as that zip file (what the BioImage Model Zoo uploads). Returns the path of `rdf.yaml`, or
+/// of the zip.
 ///
 /// # Errors
-/// [`TrainError::Usage`] for an output folder that is refused (see
-/// [`crate::export_torchscript`]), a model without decoder or a sample image smaller than the
-/// model input; reading, tracing or writing failures otherwise.
+/// [`TrainError::Usage`] for an output that is refused (a folder: see
+/// [`crate::export_torchscript`]; a zip: as [`crate::export_model`]'s file), a model without
+/// decoder or a sample image smaller than the model input; reading, tracing or writing
+/// failures otherwise.
 pub fn export_bioimageio(
+    source: &Path,
+    output: &Path,
+    options: &BioImageIoOptions,
+) -> Result<PathBuf, TrainError> {
+    if output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("zip"))
+    {
+        crate::export::check_output(source, output, options.replace)?;
+        // The package is staged in a folder next to the zip, zipped, and the zip renamed into
+        // place.
+        let staging = output.with_extension("zip.parts");
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(|e| TrainError::io(&staging, e))?;
+        }
+        let staged = BioImageIoOptions {
+            replace: false,
+            ..options.clone()
+        };
+        let result =
+            write_package(source, &staging, &staged).and_then(|_| zip_folder(&staging, output));
+        let _ = fs::remove_dir_all(&staging);
+        return result.map(|()| output.to_path_buf());
+    }
+    write_package(source, output, options)
+}
+
+/// Zips the files of `dir` (flat) into `zip_path`, through a temporary file.
+fn zip_folder(dir: &Path, zip_path: &Path) -> Result<(), TrainError> {
+    use std::io::Write;
+    let tmp = zip_path.with_extension("zip.tmp");
+    let file = fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    let mut zip = zip::ZipWriter::new(file);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(true);
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .map_err(|e| TrainError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    names.sort();
+    for path in names {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let bytes = fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+        zip.start_file(name.as_ref(), options)
+            .and_then(|()| zip.write_all(&bytes).map_err(Into::into))
+            .map_err(|e| TrainError::format(&tmp, e))?;
+    }
+    zip.finish().map_err(|e| TrainError::format(&tmp, e))?;
+    fs::rename(&tmp, zip_path).map_err(|e| TrainError::io(zip_path, e))
+}
+
+/// [`export_bioimageio`] into a folder.
+fn write_package(
     source: &Path,
     output: &Path,
     options: &BioImageIoOptions,

@@ -216,7 +216,38 @@ fn bioimageio_package_passes_bioimageio_core_test() {
     let cover = image::open(out.join("cover.png")).unwrap();
     assert_eq!((cover.width(), cover.height()), (256, 128));
 
-    let result = python_json("check_bioimageio.py", &[&rdf]);
+    // The same package as a zip file.
+    let zip_path = dir.path().join("package.zip");
+    assert_eq!(
+        export_bioimageio(&best, &zip_path, &options).unwrap(),
+        zip_path
+    );
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    let mut names: Vec<String> = archive.file_names().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "README.md",
+            "ais.pt",
+            "cover.png",
+            "rdf.yaml",
+            "test_input.npy",
+            "test_output.npy"
+        ]
+    );
+    let mut rdf_in_zip = String::new();
+    std::io::Read::read_to_string(&mut archive.by_name("rdf.yaml").unwrap(), &mut rdf_in_zip)
+        .unwrap();
+    assert!(rdf_in_zip.contains("max_percentile: 99.5"), "{rdf_in_zip}");
+    assert!(!dir.path().join("package.zip.parts").exists());
+    let err = export_bioimageio(&best, &zip_path, &options).unwrap_err();
+    assert!(
+        err.is_usage() && err.to_string().contains("--force"),
+        "{err}"
+    );
+
+    let result = python_json("check_bioimageio.py", &[&rdf, &zip_path]);
     assert_eq!(
         result["status"], "passed",
         "{result:#}\n(bioimageio.spec 0.5.12 needs pydantic < 2.14: scripts/setup.sh installs \
@@ -225,6 +256,7 @@ fn bioimageio_package_passes_bioimageio_core_test() {
     let diff = result["max_abs_diff"].as_f64().unwrap();
     println!("max |package weights − Rust| on the test image: {diff:.3e}");
     assert!(diff <= 1e-4, "{diff}");
+    assert_eq!(result["zip_status"], "passed", "{result:#}");
     // The same package with its test output changed by 2 % keeps a valid format but fails
     // the reproduction check ("valid-format" instead of "passed").
     assert_eq!(result["perturbed_status"], "valid-format", "{result:#}");

@@ -4,7 +4,9 @@ against its test output). Prints the outcome as JSON: status, failed checks, the
 preprocessing the description declares, and the status of a copy of the package whose test
 output is changed by 2 % (which must fail).
 
-usage: check_bioimageio.py RDF_YAML
+With ZIP, the same package as a zip file is tested too (`zip_status`).
+
+usage: check_bioimageio.py RDF_YAML [ZIP]
 """
 
 import hashlib
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 
-def main(rdf: str) -> None:
+def main(rdf: str, zip_path: str = "") -> None:
     import pydantic
     from bioimageio.core import test_model
     from bioimageio.spec import load_description
@@ -65,6 +67,7 @@ def main(rdf: str) -> None:
             {
                 "status": summary.status,
                 "perturbed_status": perturbed,
+                "zip_status": test_model(zip_path).status if zip_path else None,
                 "max_abs_diff": max_diff,
                 "failed": failed,
                 "preprocessing": pre,
