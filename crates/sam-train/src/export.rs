@@ -1,7 +1,10 @@
 //! Export to the formats the Python world reads: a plain segment_anything state_dict, or
 //! micro_sam's `{model_state, decoder_state}` when the decoder is included. A model with
 //! image-encoder adapters (`model.peft`) is written either merged (adapters folded into the
-//! weights: a plain SAM state_dict) or in micro_sam's PEFT layout ([`PeftLayout`]).
+//! weights: a plain SAM state_dict) or in micro_sam's PEFT layout ([`PeftLayout`]). The
+//! TorchScript modules and the bioimage.io package are written by
+//! [`crate::export_torchscript()`] and [`crate::export_bioimageio()`], which read checkpoints
+//! through [`read_source`].
 //!
 //! An export never destroys what it reads: an output that is the checkpoint itself (by path,
 //! through a link, or as a hard link) or lies inside the checkpoint folder is refused, and an

@@ -32,7 +32,7 @@ pub const PYTORCH_VERSION: &str = "2.11.0";
 pub struct BioImageIoOptions {
     /// Replace the package's files in an output folder that holds files.
     pub replace: bool,
-    /// `name` (default: "SAM instance segmentation (<architecture>)").
+    /// `name` (default: `SAM instance segmentation (<architecture>)`).
     pub name: Option<String>,
     /// `description` (default: a sentence naming the architecture and the training).
     pub description: Option<String>,
