@@ -9,7 +9,7 @@
 # OUTPUT      gets labels/, overlays/, objects/ from sam-infer and, with labels, summary.csv,
 #             summary_pooled.csv, per_image.csv, report.json and report.html from sam-eval.
 #
-# Extra flags go to `sam-infer auto` (e.g. --mode amg, --tile-shape 768 768, --config X.yaml).
+# Extra flags go to `sam-infer auto` (e.g. --mode amg or --mode apg, --tile-shape 768 768, --config X.yaml).
 # Binaries: $SAM_INFER / $SAM_EVAL if set, else target/release/, built when missing.
 set -euo pipefail
 

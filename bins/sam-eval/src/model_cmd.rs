@@ -29,7 +29,8 @@ pub struct ModelArgs {
     ///
     /// AIS: every combination of evaluation.grid_search.center_distance_threshold,
     /// boundary_distance_threshold, distance_smoothing and min_size; AMG: pred_iou_thresh and
-    /// stability_score_thresh. The combination with the highest mean validation mSA is
+    /// stability_score_thresh; APG: center_distance_threshold, boundary_distance_threshold,
+    /// min_size, nms_threshold and intersection_over_min. The combination with the highest mean validation mSA is
     /// recorded in report.json (with every combination tried) and used on the test images.
     /// Validation images: data.validation.images_dir / labels_dir, or the fraction of the
     /// training images that training held out.
@@ -124,6 +125,15 @@ fn print_report(r: &ModelReport, out_dir: &Path) {
                 sam_eval::GridParams::Amg(p) => format!(
                     "pred_iou_thresh {}, stability_score_thresh {}",
                     p.pred_iou_thresh, p.stability_score_thresh
+                ),
+                sam_eval::GridParams::Apg(p) => format!(
+                    "center_distance_threshold {}, boundary_distance_threshold {}, min_size {}, \
+                     nms_threshold {}, intersection_over_min {}",
+                    p.center_distance_threshold,
+                    p.boundary_distance_threshold,
+                    p.min_size,
+                    p.nms_threshold,
+                    p.intersection_over_min
                 ),
             }
         );

@@ -155,6 +155,7 @@ fn auto_options(ais: AisParams) -> AutoOptions {
         batch_size: 1,
         ais,
         amg: Default::default(),
+        apg: Default::default(),
         normalization: Default::default(),
         overwrite: true,
         write_overlay: false,

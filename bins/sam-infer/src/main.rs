@@ -99,6 +99,9 @@ enum ModeArg {
     Ais,
     /// Point grid + IoU/stability filtering + NMS.
     Amg,
+    /// Point prompts from the UNETR decoder's maps → SAM masks → mask NMS (micro_sam's
+    /// automatic prompt generation).
+    Apg,
 }
 
 #[derive(Debug, Args)]
@@ -141,13 +144,14 @@ struct AutoArgs {
     /// Cache image embeddings in DIR, keyed by image and model hashes.
     #[arg(long, value_name = "DIR")]
     embedding_cache: Option<PathBuf>,
-    /// AIS: seeds where the centre distance is below this, 0–1 [default 0.5].
+    /// AIS, APG: seeds (prompts) where the centre distance is below this, 0–1 [default 0.5].
     #[arg(long, value_name = "T", help_heading = "AIS")]
     center_distance_threshold: Option<f64>,
-    /// AIS: seeds where the boundary distance is below this, 0–1 [default 0.5].
+    /// AIS, APG: seeds (prompts) where the boundary distance is below this, 0–1 [default 0.5].
     #[arg(long, value_name = "T", help_heading = "AIS")]
     boundary_distance_threshold: Option<f64>,
-    /// AIS: foreground where the probability is above this, 0–1 [default 0.5].
+    /// AIS, APG: foreground where the probability is above (APG: at least) this, 0–1
+    /// [default 0.5].
     #[arg(long, value_name = "T", help_heading = "AIS")]
     foreground_threshold: Option<f64>,
     /// AIS: Gaussian sigma for the foreground map, ≥ 0 [default 1.0].
@@ -156,9 +160,29 @@ struct AutoArgs {
     /// AIS: Gaussian sigma for the distance maps, ≥ 0 [default 1.6].
     #[arg(long, value_name = "SIGMA", help_heading = "AIS")]
     distance_smoothing: Option<f64>,
-    /// AIS: remove objects smaller than this many pixels [default 0].
+    /// AIS, APG: remove objects smaller than this many pixels [default 0 for AIS, 25 for APG].
     #[arg(long, value_name = "PX", help_heading = "AIS")]
     min_size: Option<u32>,
+    /// APG: drop the lower-scored of two masks overlapping more than this, 0–1 [default 0.9].
+    #[arg(long, value_name = "T", help_heading = "APG")]
+    nms_threshold: Option<f64>,
+    /// APG: measure NMS overlaps as intersection over the smaller mask, not IoU.
+    #[arg(long, help_heading = "APG")]
+    intersection_over_min: bool,
+    /// APG: three masks per prompt, keep the best predicted IoU [default: one mask].
+    #[arg(long, help_heading = "APG")]
+    multimasking: bool,
+    /// APG: predict again with the first masks' boxes as prompts.
+    #[arg(long, help_heading = "APG")]
+    refine_with_box_prompts: bool,
+    /// APG: logit threshold of the masks [default 0.0].
+    #[arg(
+        long,
+        value_name = "LOGIT",
+        help_heading = "APG",
+        allow_negative_numbers = true
+    )]
+    mask_threshold: Option<f64>,
     /// AMG: points per side of the grid, ≥ 1 [default 32].
     #[arg(long, value_name = "N", help_heading = "AMG")]
     points_per_side: Option<u32>,
@@ -296,6 +320,7 @@ fn auto_options(a: &AutoArgs) -> Result<AutoOptions, Failure> {
             ModeArg::Auto => sam_config::InferenceMode::Auto,
             ModeArg::Ais => sam_config::InferenceMode::Ais,
             ModeArg::Amg => sam_config::InferenceMode::Amg,
+            ModeArg::Apg => sam_config::InferenceMode::Apg,
         };
     }
     if a.no_tiling {
@@ -325,6 +350,23 @@ fn auto_options(a: &AutoArgs) -> Result<AutoOptions, Failure> {
     set(&mut ais.foreground_smoothing, a.foreground_smoothing);
     set(&mut ais.distance_smoothing, a.distance_smoothing);
     set(&mut ais.min_size, a.min_size);
+    // The seed flags are shared by AIS and APG: one run uses one mode.
+    let apg = &mut inf.apg;
+    set(
+        &mut apg.center_distance_threshold,
+        a.center_distance_threshold,
+    );
+    set(
+        &mut apg.boundary_distance_threshold,
+        a.boundary_distance_threshold,
+    );
+    set(&mut apg.foreground_threshold, a.foreground_threshold);
+    set(&mut apg.min_size, a.min_size);
+    set(&mut apg.nms_threshold, a.nms_threshold);
+    set(&mut apg.mask_threshold, a.mask_threshold);
+    apg.intersection_over_min |= a.intersection_over_min;
+    apg.multimasking |= a.multimasking;
+    apg.refine_with_box_prompts |= a.refine_with_box_prompts;
     let amg = &mut inf.amg;
     set(&mut amg.points_per_side, a.points_per_side);
     set(&mut amg.points_per_batch, a.points_per_batch);
@@ -554,6 +596,32 @@ mod tests {
         assert_eq!(o.ais.foreground_threshold, 0.6);
         assert_eq!(o.ais.distance_smoothing, 1.6); // micro_sam default
         assert_eq!(o.amg.pred_iou_thresh, 0.88);
+    }
+
+    #[test]
+    fn apg_flags_parse_and_share_the_seed_flags() {
+        let a = auto_args(&[
+            "--mode",
+            "apg",
+            "--center-distance-threshold",
+            "0.4",
+            "--nms-threshold",
+            "0.7",
+            "--intersection-over-min",
+            "--mask-threshold",
+            "-0.5",
+        ]);
+        let o = auto_options(&a).ok().unwrap();
+        assert_eq!(o.mode, AutoMode::Apg);
+        assert_eq!(o.apg.center_distance_threshold, 0.4);
+        assert_eq!((o.apg.nms_threshold, o.apg.mask_threshold), (0.7, -0.5));
+        assert!(o.apg.intersection_over_min && !o.apg.multimasking);
+        assert_eq!((o.apg.min_size, o.apg.batch_size), (25, 32)); // micro_sam defaults
+        let err = auto_options(&auto_args(&["--mode", "apg", "--nms-threshold", "2"]))
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), 2);
+        assert!(err.to_string().contains("--nms-threshold"), "{err}");
     }
 
     #[test]

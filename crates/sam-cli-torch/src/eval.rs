@@ -83,6 +83,8 @@ pub fn grid_values(cfg: &ExperimentConfig) -> GridValues {
         boundary_distance_threshold: f(&g.boundary_distance_threshold),
         distance_smoothing: f(&g.distance_smoothing),
         min_size: g.min_size.iter().map(|&m| u64::from(m)).collect(),
+        nms_threshold: f(&g.nms_threshold),
+        intersection_over_min: g.intersection_over_min.clone(),
         pred_iou_thresh: f(&g.pred_iou_thresh),
         stability_score_thresh: f(&g.stability_score_thresh),
     }

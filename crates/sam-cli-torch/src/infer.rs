@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use sam_config::{InferenceConfig, InferenceMode, NormalizationConfig};
-use sam_infer::{AisParams, AmgParams, AutoMode, AutoOptions, Downscale, TileSpec};
+use sam_infer::{AisParams, AmgParams, ApgParams, AutoMode, AutoOptions, Downscale, TileSpec};
 
 use sam_cli::{check_rules, CliError};
 
 /// The automatic-segmentation options of a config's `inference` section (mode, tiling, batch,
-/// AIS and AMG settings, which outputs to write) and its `data.normalization`, after the
+/// AIS, AMG and APG settings, which outputs to write) and its `data.normalization`, after the
 /// config's rules: every broken rule of `inference` as [`CliError::Config`], then those of
 /// `normalization`. Existing outputs are kept (`overwrite` false), no embedding cache.
 pub fn auto_options(
@@ -19,6 +19,7 @@ pub fn auto_options(
     let normalization = self::normalization(normalization)?;
     let a = &inference.ais;
     let m = &inference.amg;
+    let p = &inference.apg;
     Ok(AutoOptions {
         mode: auto_mode(inference.mode),
         tiles: TileSpec {
@@ -45,6 +46,18 @@ pub fn auto_options(
             min_mask_region_area: u64::from(m.min_mask_region_area),
             with_background: true,
         },
+        apg: ApgParams {
+            min_size: u64::from(p.min_size),
+            center_distance_threshold: p.center_distance_threshold as f32,
+            boundary_distance_threshold: p.boundary_distance_threshold as f32,
+            foreground_threshold: p.foreground_threshold as f32,
+            multimasking: p.multimasking,
+            batch_size: p.batch_size as usize,
+            nms_threshold: p.nms_threshold as f32,
+            intersection_over_min: p.intersection_over_min,
+            mask_threshold: p.mask_threshold as f32,
+            refine_with_box_prompts: p.refine_with_box_prompts,
+        },
         normalization,
         overwrite: false,
         write_overlay: inference.write_overlay,
@@ -59,6 +72,7 @@ pub fn auto_mode(mode: InferenceMode) -> AutoMode {
         InferenceMode::Auto => AutoMode::Auto,
         InferenceMode::Ais => AutoMode::Ais,
         InferenceMode::Amg => AutoMode::Amg,
+        InferenceMode::Apg => AutoMode::Apg,
     }
 }
 
@@ -174,6 +188,28 @@ mod tests {
         assert_eq!(o.normalization.upper_percentile, 99.8);
         assert!(!o.overwrite && o.embedding_cache.is_none());
         assert!(o.ais.validate().is_ok() && o.amg.validate().is_ok());
+        assert_eq!(o.apg, ApgParams::default()); // micro_sam's defaults on both sides
+    }
+
+    #[test]
+    fn the_apg_section_maps_onto_the_options() {
+        let mut inf = InferenceConfig {
+            mode: InferenceMode::Apg,
+            ..InferenceConfig::default()
+        };
+        inf.apg.min_size = 40;
+        inf.apg.nms_threshold = 0.7;
+        inf.apg.intersection_over_min = true;
+        inf.apg.multimasking = true;
+        let o = auto_options(&inf, &NormalizationConfig::default()).unwrap();
+        assert_eq!(o.mode, AutoMode::Apg);
+        assert_eq!((o.apg.min_size, o.apg.nms_threshold), (40, 0.7));
+        assert!(o.apg.intersection_over_min && o.apg.multimasking);
+        inf.apg.nms_threshold = 1.5;
+        let msg = auto_options(&inf, &NormalizationConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("inference.apg.nms_threshold"), "{msg}");
     }
 
     #[test]

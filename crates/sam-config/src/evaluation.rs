@@ -15,6 +15,9 @@ pub enum InferenceMode {
     Ais,
     /// Automatic mask generation: point grid, IoU/stability filtering, NMS.
     Amg,
+    /// Automatic prompt generation: point prompts from the UNETR decoder's maps, SAM masks,
+    /// mask NMS.
+    Apg,
 }
 
 /// micro_sam's `InstanceSegmentationWithDecoder.generate` parameters (defaults are its).
@@ -89,6 +92,51 @@ impl Default for AmgConfig {
     }
 }
 
+/// micro_sam's `AutomaticPromptGenerator.generate` parameters (defaults are its).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApgConfig {
+    /// Masks with at most this many pixels, and final objects with fewer, are removed.
+    pub min_size: u32,
+    /// Prompts come from where the centre-distance prediction is below this (0–1).
+    pub center_distance_threshold: f64,
+    /// Prompts come from where the boundary-distance prediction is below this (0–1).
+    pub boundary_distance_threshold: f64,
+    /// Prompts come only from where the foreground probability is at least this (0–1).
+    pub foreground_threshold: f64,
+    /// Predict three masks per prompt and keep the one with the best predicted IoU.
+    pub multimasking: bool,
+    /// Prompts run through the mask decoder at once.
+    pub batch_size: u32,
+    /// Overlap (IoU, or intersection over the smaller mask) above which the lower-scored of
+    /// two masks is suppressed (0–1).
+    pub nms_threshold: f64,
+    /// Measure overlaps in NMS as intersection over the smaller mask instead of IoU.
+    pub intersection_over_min: bool,
+    /// Logit threshold of the masks (micro_sam's default `null` is the model's 0.0; its `auto`
+    /// local-Otsu threshold is not offered).
+    pub mask_threshold: f64,
+    /// Predict again with the boxes of the first masks (grown by 1 %) as prompts.
+    pub refine_with_box_prompts: bool,
+}
+
+impl Default for ApgConfig {
+    fn default() -> Self {
+        Self {
+            min_size: 25,
+            center_distance_threshold: 0.5,
+            boundary_distance_threshold: 0.5,
+            foreground_threshold: 0.5,
+            multimasking: false,
+            batch_size: 32,
+            nms_threshold: 0.9,
+            intersection_over_min: false,
+            mask_threshold: 0.0,
+            refine_with_box_prompts: false,
+        }
+    }
+}
+
 /// Inference on new images (`sam-infer`). Preprocessing is `data.normalization`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -107,6 +155,8 @@ pub struct InferenceConfig {
     pub ais: AisConfig,
     /// AMG parameters.
     pub amg: AmgConfig,
+    /// APG parameters.
+    pub apg: ApgConfig,
     /// Write an overlay PNG with object outlines on the image.
     pub write_overlay: bool,
     /// Write a per-object CSV (id, area, centroid, bbox, score).
@@ -122,6 +172,7 @@ impl Default for InferenceConfig {
             batch_size: 1,
             ais: AisConfig::default(),
             amg: AmgConfig::default(),
+            apg: ApgConfig::default(),
             write_overlay: true,
             write_csv: true,
         }
@@ -164,14 +215,18 @@ impl GridRange {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct GridSearchConfig {
-    /// AIS `center_distance_threshold` values.
+    /// AIS and APG `center_distance_threshold` values.
     pub center_distance_threshold: GridRange,
-    /// AIS `boundary_distance_threshold` values.
+    /// AIS and APG `boundary_distance_threshold` values.
     pub boundary_distance_threshold: GridRange,
     /// AIS `distance_smoothing` values.
     pub distance_smoothing: GridRange,
-    /// AIS `min_size` values.
+    /// AIS and APG `min_size` values.
     pub min_size: Vec<u32>,
+    /// APG `nms_threshold` values.
+    pub nms_threshold: GridRange,
+    /// APG `intersection_over_min` values.
+    pub intersection_over_min: Vec<bool>,
     /// AMG `pred_iou_thresh` values.
     pub pred_iou_thresh: GridRange,
     /// AMG `stability_score_thresh` values.
@@ -185,6 +240,8 @@ impl Default for GridSearchConfig {
             boundary_distance_threshold: GridRange::new(0.3, 0.7, 0.1),
             distance_smoothing: GridRange::new(1.0, 2.0, 0.2),
             min_size: vec![50, 100, 200],
+            nms_threshold: GridRange::new(0.5, 0.9, 0.1),
+            intersection_over_min: vec![true, false],
             pred_iou_thresh: GridRange::new(0.6, 0.9, 0.025),
             stability_score_thresh: GridRange::new(0.6, 0.95, 0.025),
         }

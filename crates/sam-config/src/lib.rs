@@ -75,8 +75,8 @@ pub use crate::{
         parameter_counts, MemoryEstimate, MemoryKind, WallTimeEstimate, ASSUMED_RAW_IMAGES,
     },
     evaluation::{
-        AisConfig, AmgConfig, EvaluationConfig, GridRange, GridSearchConfig, InferenceConfig,
-        InferenceMode, IterativePromptingConfig, PromptStart,
+        AisConfig, AmgConfig, ApgConfig, EvaluationConfig, GridRange, GridSearchConfig,
+        InferenceConfig, InferenceMode, IterativePromptingConfig, PromptStart,
     },
     experiment::{
         AugmentationConfig, AugmentationOps, DataConfig, ElasticOp, ExperimentConfig,

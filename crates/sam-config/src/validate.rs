@@ -1077,8 +1077,15 @@ impl ExperimentConfig {
             0.0,
             1.0,
         );
+        c.grid(&format!("{k}.nms_threshold"), &g.nms_threshold, 0.0, 1.0);
         if g.min_size.is_empty() {
             c.err(&format!("{k}.min_size"), "must list at least one value");
+        }
+        if g.intersection_over_min.is_empty() {
+            c.err(
+                &format!("{k}.intersection_over_min"),
+                "must list at least one value (true, false or both)",
+            );
         }
         c.at_least(
             "evaluation.iterative_prompting.n_iterations",
@@ -1095,11 +1102,16 @@ impl ExperimentConfig {
 
     fn check_inference(&self, c: &mut Checker) {
         let i = &self.inference;
-        if i.mode == InferenceMode::Ais && !self.model.with_segmentation_decoder {
-            c.err(
-                "inference.mode",
-                "ais needs the segmentation decoder, but model.with_segmentation_decoder is false",
-            );
+        for (mode, name) in [(InferenceMode::Ais, "ais"), (InferenceMode::Apg, "apg")] {
+            if i.mode == mode && !self.model.with_segmentation_decoder {
+                c.err(
+                    "inference.mode",
+                    format!(
+                        "{name} needs the segmentation decoder, but \
+                         model.with_segmentation_decoder is false"
+                    ),
+                );
+            }
         }
         if let Some(tile) = i.tile_shape {
             let input = self.model.resolved_architecture().image_size;
@@ -1375,6 +1387,26 @@ impl InferenceConfig {
         );
         c.within(&format!("{k}.box_nms_thresh"), m.box_nms_thresh, 0.0, 1.0);
         c.within(&format!("{k}.crop_nms_thresh"), m.crop_nms_thresh, 0.0, 1.0);
+        let p = &i.apg;
+        let k = "inference.apg";
+        for (name, v) in [
+            ("center_distance_threshold", p.center_distance_threshold),
+            ("boundary_distance_threshold", p.boundary_distance_threshold),
+            ("foreground_threshold", p.foreground_threshold),
+            ("nms_threshold", p.nms_threshold),
+        ] {
+            c.within(&format!("{k}.{name}"), v, 0.0, 1.0);
+        }
+        c.at_least(&format!("{k}.batch_size"), p.batch_size, 1);
+        if !p.mask_threshold.is_finite() {
+            c.err(
+                &format!("{k}.mask_threshold"),
+                format!(
+                    "must be a finite logit (0.0 is the model's), found {}",
+                    p.mask_threshold
+                ),
+            );
+        }
         if m.crop_n_layers != 0 {
             c.err(
                 &format!("{k}.crop_n_layers"),

@@ -89,4 +89,4 @@ pub use crate::samples::{
     SampleConfig, TrainingSample,
 };
 pub use crate::synth::{synthesize, SynthConfig, SynthSample};
-pub use crate::targets::{ais_targets, AisTargets};
+pub use crate::targets::{ais_targets, distance_transform, AisTargets};

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use crate::image::LabelImage;
 use crate::labels::{inner_boundaries, object_stats, prepare_instances};
+use crate::plane::Plane;
 
 /// The three target channels, channel-first: `data[c * height * width + y * width + x]`.
 ///
@@ -131,6 +132,15 @@ pub fn ais_targets(labels: &LabelImage, min_size: usize) -> AisTargets {
         height: h,
         data,
     }
+}
+
+/// Exact Euclidean distance of every pixel to the nearest `true` pixel of `feature` (0 on the
+/// feature pixels; scipy's `distance_transform_edt` of `!feature`). Without any feature pixel,
+/// distances are measured to a virtual feature row above the image, as scipy does.
+pub fn distance_transform(feature: &Plane<bool>) -> Plane<f32> {
+    let (h, w) = feature.shape();
+    let d = edt(feature.as_slice(), w, h);
+    Plane::from_vec(h, w, d).unwrap_or_else(|_| Plane::zeros(h, w))
 }
 
 /// Exact Euclidean distance of every pixel to the nearest `feature` pixel (Felzenszwalb &

@@ -8,12 +8,15 @@
 //! smoothed once per `distance_smoothing` value and the watershed runs once per
 //! (smoothing, centre, boundary) triple; `min_size` is a size filter on its result. Each step is
 //! the one `sam_infer::ais_segment` runs, so the labels equal what a full run with those
-//! parameters gives (tests check this).
+//! parameters gives (tests check this). For APG the prompts and SAM's masks depend on the
+//! (centre, boundary) thresholds only: they are computed once per pair, and `min_size`,
+//! `nms_threshold` and `intersection_over_min` re-run the NMS and merge (`sam_infer::apg_segment`).
 
 use rayon::prelude::*;
 use sam_data::size_filter;
 use sam_infer::{
-    ais_segment, amg_segment, gaussian_smoothing, AisParams, AmgParams, CropMasks, DecoderMaps,
+    ais_segment, amg_segment, apg_segment, gaussian_smoothing, AisParams, AmgParams, ApgParams,
+    CropMasks, DecoderMaps, MaskRecord,
 };
 use serde::Serialize;
 
@@ -23,14 +26,18 @@ use crate::metrics::{numpy_mean, score_image};
 /// The values tried by the grid search (micro_sam's `default_grid_search_values_*`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GridValues {
-    /// AIS `center_distance_threshold`.
+    /// AIS and APG `center_distance_threshold`.
     pub center_distance_threshold: Vec<f32>,
-    /// AIS `boundary_distance_threshold`.
+    /// AIS and APG `boundary_distance_threshold`.
     pub boundary_distance_threshold: Vec<f32>,
     /// AIS `distance_smoothing`.
     pub distance_smoothing: Vec<f32>,
-    /// AIS `min_size`.
+    /// AIS and APG `min_size`.
     pub min_size: Vec<u64>,
+    /// APG `nms_threshold`.
+    pub nms_threshold: Vec<f32>,
+    /// APG `intersection_over_min`.
+    pub intersection_over_min: Vec<bool>,
     /// AMG `pred_iou_thresh`.
     pub pred_iou_thresh: Vec<f32>,
     /// AMG `stability_score_thresh`.
@@ -83,7 +90,36 @@ impl AmgGridParams {
     }
 }
 
-/// A combination of either mode.
+/// One APG combination (micro_sam's `default_grid_search_values_apg`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ApgGridParams {
+    /// Prompts where the centre distance is below this.
+    pub center_distance_threshold: f32,
+    /// Prompts where the boundary distance is below this.
+    pub boundary_distance_threshold: f32,
+    /// Masks and objects smaller than this are removed.
+    pub min_size: u64,
+    /// NMS overlap threshold.
+    pub nms_threshold: f32,
+    /// NMS overlap as intersection over the smaller mask.
+    pub intersection_over_min: bool,
+}
+
+impl ApgGridParams {
+    /// `base` with these five values.
+    pub fn apply(&self, base: &ApgParams) -> ApgParams {
+        ApgParams {
+            center_distance_threshold: self.center_distance_threshold,
+            boundary_distance_threshold: self.boundary_distance_threshold,
+            min_size: self.min_size,
+            nms_threshold: self.nms_threshold,
+            intersection_over_min: self.intersection_over_min,
+            ..*base
+        }
+    }
+}
+
+/// A combination of any mode.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum GridParams {
@@ -91,6 +127,8 @@ pub enum GridParams {
     Ais(AisGridParams),
     /// AMG thresholds.
     Amg(AmgGridParams),
+    /// APG thresholds.
+    Apg(ApgGridParams),
 }
 
 /// One tried combination with its validation scores.
@@ -159,6 +197,38 @@ impl GridValues {
                             distance_smoothing: s,
                             min_size: m,
                         });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every APG combination, in micro_sam's order (centre, boundary, min size, NMS threshold,
+    /// intersection over min; the last varies fastest).
+    pub fn apg_grid(&self) -> Result<Vec<ApgGridParams>, EvalError> {
+        non_empty("center_distance_threshold", &self.center_distance_threshold)?;
+        non_empty(
+            "boundary_distance_threshold",
+            &self.boundary_distance_threshold,
+        )?;
+        non_empty("min_size", &self.min_size)?;
+        non_empty("nms_threshold", &self.nms_threshold)?;
+        non_empty("intersection_over_min", &self.intersection_over_min)?;
+        let mut out = Vec::new();
+        for &c in &self.center_distance_threshold {
+            for &b in &self.boundary_distance_threshold {
+                for &m in &self.min_size {
+                    for &n in &self.nms_threshold {
+                        for &i in &self.intersection_over_min {
+                            out.push(ApgGridParams {
+                                center_distance_threshold: c,
+                                boundary_distance_threshold: b,
+                                min_size: m,
+                                nms_threshold: n,
+                                intersection_over_min: i,
+                            });
+                        }
                     }
                 }
             }
@@ -290,6 +360,58 @@ pub fn score_amg_grid(
         .collect()
 }
 
+/// `(mSA, SA50)` of one image for every APG combination of `grid` (same order). `masks_for`
+/// gives SAM's masks for the prompts of the given parameters (their centre and boundary
+/// thresholds; see `sam_infer::InferenceModel::apg_masks`): it runs once per (centre, boundary)
+/// pair, and the NMS and merge run per combination. The other APG settings come from `base`.
+///
+/// # Errors
+/// A ground truth of another size, invalid parameters, or what `masks_for` returns.
+pub fn score_apg_grid(
+    masks_for: &mut dyn FnMut(&ApgParams) -> Result<Vec<MaskRecord>, EvalError>,
+    shape: (usize, usize),
+    gt: &[u32],
+    base: &ApgParams,
+    grid: &[ApgGridParams],
+) -> Result<Vec<(f64, f64)>, EvalError> {
+    if gt.len() != shape.0 * shape.1 {
+        return Err(crate::MetricError::LengthMismatch {
+            gt: gt.len(),
+            pred: shape.0 * shape.1,
+        }
+        .into());
+    }
+    let key = |p: &ApgGridParams| {
+        (
+            p.center_distance_threshold.to_bits(),
+            p.boundary_distance_threshold.to_bits(),
+        )
+    };
+    let mut groups: Vec<((u32, u32), Vec<usize>)> = Vec::new();
+    for (k, p) in grid.iter().enumerate() {
+        match groups.iter_mut().find(|(t, _)| *t == key(p)) {
+            Some((_, members)) => members.push(k),
+            None => groups.push((key(p), vec![k])),
+        }
+    }
+    let mut scores = vec![(0.0, 0.0); grid.len()];
+    for (_, members) in &groups {
+        let masks = masks_for(&grid[members[0]].apply(base))?;
+        let scored = members
+            .par_iter()
+            .map(|&k| {
+                let out = apg_segment(&masks, shape, &grid[k].apply(base))?;
+                let s = score_image(gt, out.labels.as_slice())?;
+                Ok((k, (s.msa, s.sa50)))
+            })
+            .collect::<Result<Vec<_>, EvalError>>()?;
+        for (k, v) in scored {
+            scores[k] = v;
+        }
+    }
+    Ok(scores)
+}
+
 /// Averages per-image grid scores (`per_image[i][k]` = image `i`, combination `k`) and picks
 /// the combination with the highest mean mSA (the first of equals, as pandas' `idxmax`).
 ///
@@ -362,6 +484,8 @@ mod tests {
             boundary_distance_threshold: vec![0.3, 0.6],
             distance_smoothing: vec![0.0, 1.6],
             min_size: vec![0, 10_000],
+            nms_threshold: vec![0.5, 0.9],
+            intersection_over_min: vec![true, false],
             pred_iou_thresh: vec![0.5],
             stability_score_thresh: vec![0.5],
         }
@@ -384,6 +508,73 @@ mod tests {
             "{e}"
         );
         assert_eq!(values().amg_grid().unwrap().len(), 1);
+        let a = values().apg_grid().unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a[0].intersection_over_min && !a[1].intersection_over_min);
+        assert_eq!((a[2].nms_threshold, a[4].min_size), (0.9, 10_000));
+        assert_eq!(a[31].center_distance_threshold, 0.5);
+        let mut v = values();
+        v.intersection_over_min.clear();
+        let e = v.apg_grid().unwrap_err();
+        assert!(e.to_string().contains("intersection_over_min"), "{e}");
+    }
+
+    #[test]
+    fn apg_grid_scores_equal_full_runs_with_masks_once_per_threshold_pair() {
+        // Masks of the objects of a synthetic image, plus a copy of each grown by one pixel
+        // row (IoU just below 1 with its original) and a tiny one: the NMS and size settings
+        // must change the outcome, and each combination must score what apg_segment gives.
+        let s = sam_data::synthesize(
+            &sam_data::SynthConfig {
+                size: 96,
+                ..Default::default()
+            },
+            5,
+        );
+        let (h, w) = s.labels.shape();
+        let n = s.labels.max_id();
+        let mut masks = Vec::new();
+        for id in 1..=n {
+            let m = s.labels.map(|&l| l == id);
+            if let Some(r) = MaskRecord::from_mask(&m, 0, 0, 0.9, 0.95) {
+                masks.push(r);
+            }
+            let mut grown = m.clone();
+            for y in 1..h {
+                for x in 0..w {
+                    if m.get(y, x) && !m.get(y - 1, x) {
+                        grown.set(y - 1, x, true);
+                    }
+                }
+            }
+            if let Some(r) = MaskRecord::from_mask(&grown, 0, 0, 0.8, 0.9) {
+                masks.push(r);
+            }
+        }
+        let base = ApgParams::default();
+        let grid = values().apg_grid().unwrap();
+        let mut calls = Vec::new();
+        let scores = score_apg_grid(
+            &mut |p| {
+                calls.push((p.center_distance_threshold, p.boundary_distance_threshold));
+                Ok(masks.clone())
+            },
+            (h, w),
+            s.labels.as_slice(),
+            &base,
+            &grid,
+        )
+        .unwrap();
+        assert_eq!(calls, vec![(0.1, 0.3), (0.1, 0.6), (0.5, 0.3), (0.5, 0.6)]);
+        for (p, &(msa, sa50)) in grid.iter().zip(&scores) {
+            let seg = apg_segment(&masks, (h, w), &p.apply(&base)).unwrap();
+            let full = score_image(s.labels.as_slice(), seg.labels.as_slice()).unwrap();
+            assert_eq!((full.msa, full.sa50), (msa, sa50), "{p:?}");
+        }
+        // min_size 10 000 removes everything; the originals kept by NMS score well.
+        assert!(scores.iter().any(|s| s.0 == 0.0));
+        let best = scores.iter().map(|s| s.0).fold(0.0, f64::max);
+        assert!(best > 0.5, "best mSA {best}");
     }
 
     #[test]

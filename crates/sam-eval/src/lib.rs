@@ -64,8 +64,8 @@ pub use crate::summary::{Summary, SummaryScores};
 
 #[cfg(feature = "model")]
 pub use crate::grid::{
-    choose, score_ais_grid, score_amg_grid, AisGridParams, AmgGridParams, GridParams, GridPoint,
-    GridSearchReport, GridValues,
+    choose, score_ais_grid, score_amg_grid, score_apg_grid, AisGridParams, AmgGridParams,
+    ApgGridParams, GridParams, GridPoint, GridSearchReport, GridValues,
 };
 #[cfg(feature = "model")]
 pub use crate::iterative::{iterative_prompting_image, IterativeOptions, PromptStart};

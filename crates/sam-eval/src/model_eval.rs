@@ -1,4 +1,4 @@
-//! Scoring a model on test images: automatic instance segmentation (AIS or AMG, optionally with
+//! Scoring a model on test images: automatic instance segmentation (AIS, AMG or APG, optionally with
 //! parameters chosen by a grid search on validation images) and iterative prompting.
 
 use std::fs;
@@ -7,13 +7,15 @@ use std::time::Instant;
 
 use sam_data::{hold_out, pair_by_stem, read_labels, write_labels, ImagePair, LabelImage};
 use sam_infer::{
-    load_image, segment_auto, AisParams, AmgParams, AutoMode, AutoOptions, InferenceModel,
+    load_image, segment_auto, AisParams, AmgParams, ApgParams, AutoMode, AutoOptions,
+    InferenceModel, MaskRecord,
 };
 use serde::Serialize;
 
 use crate::error::EvalError;
 use crate::grid::{
-    choose, score_ais_grid, score_amg_grid, GridParams, GridSearchReport, GridValues,
+    choose, score_ais_grid, score_amg_grid, score_apg_grid, GridParams, GridSearchReport,
+    GridValues,
 };
 use crate::io::is_label_file;
 use crate::iterative::{iterative_prompting_image, IterativeOptions, PromptStart};
@@ -245,6 +247,8 @@ pub struct ModelReport {
     pub ais: Option<AisParams>,
     /// The AMG parameters used on the test images (AMG only; after the grid search).
     pub amg: Option<AmgParams>,
+    /// The APG parameters used on the test images (APG only; after the grid search).
+    pub apg: Option<ApgParams>,
     /// Percentile normalisation.
     pub normalization: sam_data::Normalization,
     /// Tile inner block `(h, w)`, `None` = whole images.
@@ -314,14 +318,15 @@ fn grid_search(
     progress: &mut dyn FnMut(ModelProgress),
 ) -> Result<(GridSearchReport, AutoOptions), EvalError> {
     let pairs = g.validation.pairs(VALIDATION_NAMES)?;
-    let (ais_grid, amg_grid) = match mode {
-        AutoMode::Ais => (g.values.ais_grid()?, Vec::new()),
-        _ => (Vec::new(), g.values.amg_grid()?),
+    let (ais_grid, amg_grid, apg_grid) = match mode {
+        AutoMode::Ais => (g.values.ais_grid()?, Vec::new(), Vec::new()),
+        AutoMode::Apg => (Vec::new(), Vec::new(), g.values.apg_grid()?),
+        _ => (Vec::new(), g.values.amg_grid()?, Vec::new()),
     };
     progress(ModelProgress::Stage {
         name: format!(
             "grid search ({} combinations)",
-            ais_grid.len() + amg_grid.len()
+            ais_grid.len() + amg_grid.len() + apg_grid.len()
         ),
         total: pairs.len(),
     });
@@ -333,6 +338,18 @@ fn grid_search(
         let scores = if mode == AutoMode::Ais {
             let maps = model.decoder_maps(&tiling, &embeddings, auto.batch_size, &mut || {})?;
             score_ais_grid(&maps, gt.as_slice(), &auto.ais, &ais_grid)?
+        } else if mode == AutoMode::Apg {
+            let maps = model.decoder_maps(&tiling, &embeddings, auto.batch_size, &mut || {})?;
+            let mut masks_for = |p: &ApgParams| -> Result<Vec<MaskRecord>, EvalError> {
+                Ok(model.apg_masks_from_maps(&tiling, &embeddings, &maps, p, &mut || {})?)
+            };
+            score_apg_grid(
+                &mut masks_for,
+                plane.shape(),
+                gt.as_slice(),
+                &auto.apg,
+                &apg_grid,
+            )?
         } else {
             let crops = model.amg_masks(&tiling, embeddings, &auto.amg, &mut || {})?;
             score_amg_grid(&crops, plane.shape(), gt.as_slice(), &auto.amg, &amg_grid)?
@@ -340,10 +357,10 @@ fn grid_search(
         per_image.push(scores);
         progress(ModelProgress::Image);
     }
-    let params: Vec<GridParams> = if mode == AutoMode::Ais {
-        ais_grid.into_iter().map(GridParams::Ais).collect()
-    } else {
-        amg_grid.into_iter().map(GridParams::Amg).collect()
+    let params: Vec<GridParams> = match mode {
+        AutoMode::Ais => ais_grid.into_iter().map(GridParams::Ais).collect(),
+        AutoMode::Apg => apg_grid.into_iter().map(GridParams::Apg).collect(),
+        _ => amg_grid.into_iter().map(GridParams::Amg).collect(),
     };
     let names = pairs.iter().map(|p| p.stem.clone()).collect();
     let report = choose(params, &per_image, names, g.values.clone())?;
@@ -351,6 +368,7 @@ fn grid_search(
     match report.chosen().params {
         GridParams::Ais(p) => tuned.ais = p.apply(&auto.ais),
         GridParams::Amg(p) => tuned.amg = p.apply(&auto.amg),
+        GridParams::Apg(p) => tuned.apg = p.apply(&auto.apg),
     }
     Ok((report, tuned))
 }
@@ -491,6 +509,7 @@ pub fn evaluate_model(
         precision: model.precision().name(),
         ais: (mode == AutoMode::Ais).then_some(auto.ais),
         amg: (mode == AutoMode::Amg).then_some(auto.amg),
+        apg: (mode == AutoMode::Apg).then_some(auto.apg),
         normalization: auto.normalization,
         tile_shape: auto.tiles.tile_shape,
         halo: auto.tiles.halo,

@@ -396,6 +396,42 @@ fn postprocess_small_regions(
     Ok(keep.into_iter().filter_map(|i| updated[i].take()).collect())
 }
 
+/// Paint `masks` in the given order into an `image`-sized label plane: pixel value = 1-based
+/// position in `masks`. Later masks overwrite earlier ones, or with `exclusive` only fill the
+/// pixels still 0 (micro_sam's `merge_exclusively`).
+pub(crate) fn paint_masks(
+    masks: &[&MaskRecord],
+    image: (usize, usize),
+    exclusive: bool,
+) -> Result<Plane<u32>, InferError> {
+    let (h, w) = image;
+    let mut painted = Plane::<u32>::zeros(h, w);
+    for (i, m) in masks.iter().enumerate() {
+        if m.y0 + m.mask.rows() > h || m.x0 + m.mask.cols() > w {
+            return Err(InferError::Shape {
+                what: "mask placement".into(),
+                expected: format!("pixels inside the {h}×{w} image"),
+                found: format!(
+                    "a {}×{} mask at ({}, {})",
+                    m.mask.rows(),
+                    m.mask.cols(),
+                    m.y0,
+                    m.x0
+                ),
+            });
+        }
+        for y in 0..m.mask.rows() {
+            let dst = &mut painted.row_mut(m.y0 + y)[m.x0..m.x0 + m.mask.cols()];
+            for (d, &b) in dst.iter_mut().zip(m.mask.row(y)) {
+                if b && (!exclusive || *d == 0) {
+                    *d = i as u32 + 1;
+                }
+            }
+        }
+    }
+    Ok(painted)
+}
+
 /// micro_sam `mask_data_to_segmentation(merge_exclusively=False, label_masks=True)`: paint the
 /// masks largest first (stable on ties), split the painted ids into 4-connected components, drop
 /// the largest segment (counting the unpainted background, as `np.argmax` over all ids does) when
@@ -407,24 +443,12 @@ pub fn merge_masks(
 ) -> Result<AmgOutput, InferError> {
     let mut order: Vec<usize> = (0..masks.len()).collect();
     order.sort_by(|&a, &b| masks[b].area.cmp(&masks[a].area)); // stable: ties keep order
-    let (h, w) = image;
-    let mut painted = Plane::<u32>::zeros(h, w);
-    for &i in &order {
-        let m = &masks[i];
-        for y in 0..m.mask.rows() {
-            for (x, &b) in m.mask.row(y).iter().enumerate() {
-                if b {
-                    let (iy, ix) = (m.y0 + y, m.x0 + x);
-                    if iy >= h || ix >= w {
-                        return Err(InferError::Shape {
-                            what: "AMG mask placement".into(),
-                            expected: format!("pixels inside the {h}×{w} image"),
-                            found: format!("pixel ({iy}, {ix})"),
-                        });
-                    }
-                    painted.set(iy, ix, i as u32 + 1);
-                }
-            }
+    let sorted: Vec<&MaskRecord> = order.iter().map(|&i| &masks[i]).collect();
+    let mut painted = paint_masks(&sorted, image, false)?;
+    // Painted values are positions in `sorted`: back to 1-based indices into `masks`.
+    for p in painted.as_mut_slice() {
+        if *p > 0 {
+            *p = order[*p as usize - 1] as u32 + 1;
         }
     }
     let (mut labels, n) = connected_components(&painted, 0, Connectivity::Four);

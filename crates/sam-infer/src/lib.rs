@@ -1,4 +1,5 @@
-//! sam-infer: automatic instance segmentation (AIS, AMG), prompted segmentation and tiling for SAM.
+//! sam-infer: automatic instance segmentation (AIS, AMG, APG), prompted segmentation and tiling
+//! for SAM.
 //!
 //! The post-processing is plain Rust on sam-data's [`Plane`](sam_data::Plane)s (indexed
 //! `(row, col)`), usable without a model:
@@ -6,6 +7,9 @@
 //! - [`ais_segment`] turns the UNETR decoder's foreground / centre-distance / boundary-distance
 //!   maps ([`DecoderMaps`]) into instance labels exactly as micro_sam's
 //!   `InstanceSegmentationWithDecoder.generate` does (smoothing, seeds, seeded watershed, size filter).
+//! - [`apg_point_prompts`] derives micro_sam's APG point prompts from the same maps, and
+//!   [`apg_segment`] turns the masks SAM predicts for them ([`InferenceModel::apg_masks`]) into
+//!   instance labels (mask NMS, exclusive merge), as `AutomaticPromptGenerator.generate` does.
 //! - [`seeded_watershed`] and [`gaussian_smoothing`] are the building blocks, with sam-data's
 //!   label toolkit ([`sam_data::connected_components`], [`sam_data::size_filter`]).
 //!
@@ -33,6 +37,7 @@
 
 mod ais;
 mod amg;
+mod apg;
 mod error;
 mod filters;
 mod model;
@@ -49,9 +54,10 @@ pub use crate::{
         remove_small_regions, stability_score, AmgOutput, AmgParams, CropMasks, MaskRecord,
         RegionMode,
     },
+    apg::{apg_box_prompts, apg_point_prompts, apg_segment, mask_nms, ApgOutput, ApgParams},
     error::InferError,
     filters::{gaussian_kernel, gaussian_smoothing},
-    model::InferenceModel,
+    model::{ApgPrompts, InferenceModel},
     objects::{mean_per_object, write_objects_csv, OBJECTS_CSV_HEADER},
     prompts::{read_prompts, PromptFile, PromptSet},
     runner::{

@@ -9,12 +9,40 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::ais::DecoderMaps;
 use crate::amg::{build_point_grid, AmgParams, CropMasks, MaskRecord};
+use crate::apg::{apg_box_prompts, apg_point_prompts, ApgParams};
 use crate::error::InferError;
 use crate::prompts::PromptSet;
 use crate::tiling::{crop_outer, paste_inner, Tile, Tiling};
 
 /// `Sam.mask_threshold` of segment_anything.
 const MASK_THRESHOLD: f32 = 0.0;
+
+/// The stability-score offset of micro_sam's `batched_inference` (`_process_masks_for_batch`).
+const STABILITY_OFFSET: f32 = 1.0;
+
+/// The prompts of one APG round ([`InferenceModel::apg_masks`]), in image coordinates.
+#[derive(Debug, Clone, Copy)]
+pub enum ApgPrompts<'a> {
+    /// Positive points `(x, y)`.
+    Points(&'a [[f32; 2]]),
+    /// Boxes `[x0, y0, x1, y1]`.
+    Boxes(&'a [[f32; 4]]),
+}
+
+impl ApgPrompts<'_> {
+    /// Number of prompts.
+    pub fn len(&self) -> usize {
+        match self {
+            ApgPrompts::Points(p) => p.len(),
+            ApgPrompts::Boxes(b) => b.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 fn model_err(e: impl std::fmt::Display) -> InferError {
     InferError::Model(e.to_string())
@@ -264,40 +292,13 @@ impl InferenceModel {
                     ..Default::default()
                 };
                 let pred = predictor.predict(&prompts, true).map_err(model_err)?;
-                let k = pred.masks.size()[1];
-                let off = f64::from(params.stability_score_offset);
-                let t = f64::from(MASK_THRESHOLD);
-                let inter = pred.masks.gt(t + off).sum_dim_intlist(
-                    [2i64, 3].as_slice(),
-                    false,
-                    Kind::Int64,
-                );
-                let union = pred.masks.gt(t - off).sum_dim_intlist(
-                    [2i64, 3].as_slice(),
-                    false,
-                    Kind::Int64,
-                );
-                let inter = tensor_to_i64(&inter)?;
-                let union = tensor_to_i64(&union)?;
-                let iou = tensor_to_f32(&pred.iou_predictions)?;
-                let binary = tensor_to_u8(&pred.masks.gt(t))?;
-                let px = th * tw;
-                for j in 0..(n * k) as usize {
-                    let stability = inter[j] as f32 / union[j] as f32;
-                    let m = Plane::from_vec(
-                        th,
-                        tw,
-                        binary[j * px..(j + 1) * px]
-                            .iter()
-                            .map(|&b| b != 0)
-                            .collect(),
-                    )?;
-                    if let Some(r) =
-                        MaskRecord::from_mask(&m, tile.outer.y0, tile.outer.x0, iou[j], stability)
-                    {
-                        masks.push(r);
-                    }
-                }
+                masks.extend(mask_records(
+                    &pred.masks,
+                    &pred.iou_predictions,
+                    &tile,
+                    MASK_THRESHOLD,
+                    params.stability_score_offset,
+                )?);
             }
             let o = tile.outer;
             crops.push(CropMasks {
@@ -307,6 +308,151 @@ impl InferenceModel {
             on_tile();
         }
         Ok(crops)
+    }
+
+    /// The APG masks of an image from its decoder maps: [`apg_point_prompts`] through
+    /// [`InferenceModel::apg_masks`], and with `params.refine_with_box_prompts` a second round
+    /// on the boxes of those masks ([`apg_box_prompts`]). `on_tile` is called per tile and round.
+    pub fn apg_masks_from_maps(
+        &self,
+        tiling: &Tiling,
+        embeddings: &[ImageEmbedding],
+        maps: &DecoderMaps,
+        params: &ApgParams,
+        on_tile: &mut dyn FnMut(),
+    ) -> Result<Vec<MaskRecord>, InferError> {
+        let points = apg_point_prompts(maps, params)?;
+        let masks = self.apg_masks(
+            tiling,
+            embeddings,
+            ApgPrompts::Points(&points),
+            params,
+            on_tile,
+        )?;
+        if !params.refine_with_box_prompts || masks.is_empty() {
+            return Ok(masks);
+        }
+        let boxes = apg_box_prompts(&masks, tiling.shape());
+        self.apg_masks(
+            tiling,
+            embeddings,
+            ApgPrompts::Boxes(&boxes),
+            params,
+            on_tile,
+        )
+    }
+
+    /// APG masks: each prompt (image coordinates) through the mask decoder on the embedding of
+    /// the tile whose inner block holds it (a box by its centre, rounded half to even as
+    /// numpy), `params.batch_size` prompts at a time, tiles in index order; with
+    /// `params.multimasking` the mask with the best predicted IoU of the three. Logits are
+    /// thresholded at `params.mask_threshold`, the stability score taken at ± 1 (micro_sam's
+    /// `batched_inference` / `batched_tiled_inference`). Empty masks are left out.
+    pub fn apg_masks(
+        &self,
+        tiling: &Tiling,
+        embeddings: &[ImageEmbedding],
+        prompts: ApgPrompts<'_>,
+        params: &ApgParams,
+        on_tile: &mut dyn FnMut(),
+    ) -> Result<Vec<MaskRecord>, InferError> {
+        let tiles = tiling.tiles();
+        if tiles.len() != embeddings.len() {
+            return Err(InferError::Shape {
+                what: "tile embeddings".into(),
+                expected: format!("{} tiles", tiles.len()),
+                found: format!("{} embeddings", embeddings.len()),
+            });
+        }
+        let (h, w) = tiling.shape();
+        let centre = |k: usize| -> (f64, f64) {
+            match prompts {
+                ApgPrompts::Points(p) => (f64::from(p[k][1]), f64::from(p[k][0])),
+                ApgPrompts::Boxes(b) => (
+                    (f64::from(b[k][1]) + f64::from(b[k][3])) / 2.0,
+                    (f64::from(b[k][0]) + f64::from(b[k][2])) / 2.0,
+                ),
+            }
+        };
+        let mut per_tile: Vec<Vec<usize>> = vec![Vec::new(); tiles.len()];
+        for k in 0..prompts.len() {
+            let (y, x) = centre(k);
+            let clamp = |v: f64, n: usize| (v.round_ties_even().max(0.0) as usize).min(n - 1);
+            per_tile[tiling.tile_at(clamp(y, h), clamp(x, w))].push(k);
+        }
+        let mut predictor = self.predictor();
+        let mut out = Vec::new();
+        for (tile, ids) in tiles.iter().zip(&per_tile) {
+            if ids.is_empty() {
+                continue;
+            }
+            let emb = &embeddings[tile.index];
+            predictor.set_embedding(ImageEmbedding {
+                features: emb.features.shallow_clone(),
+                original_size: emb.original_size,
+                input_size: emb.input_size,
+            });
+            let (oy, ox) = (tile.outer.y0 as f32, tile.outer.x0 as f32);
+            for chunk in ids.chunks(params.batch_size.max(1)) {
+                let n = chunk.len() as i64;
+                let p = match prompts {
+                    ApgPrompts::Points(p) => {
+                        let coords: Vec<f32> = chunk
+                            .iter()
+                            .flat_map(|&k| [p[k][0] - ox, p[k][1] - oy])
+                            .collect();
+                        Prompts {
+                            point_coords: Some(Tensor::from_slice(&coords).view([n, 1, 2])),
+                            point_labels: Some(Tensor::ones([n, 1], (Kind::Int64, Device::Cpu))),
+                            ..Default::default()
+                        }
+                    }
+                    ApgPrompts::Boxes(b) => {
+                        let (th, tw) = (tile.outer.height() as f32, tile.outer.width() as f32);
+                        let boxes: Vec<f32> = chunk
+                            .iter()
+                            .flat_map(|&k| {
+                                let [x0, y0, x1, y1] = b[k];
+                                [
+                                    (x0 - ox).max(0.0),
+                                    (y0 - oy).max(0.0),
+                                    (x1 - ox).min(tw),
+                                    (y1 - oy).min(th),
+                                ]
+                            })
+                            .collect();
+                        Prompts {
+                            boxes: Some(Tensor::from_slice(&boxes).view([n, 4])),
+                            ..Default::default()
+                        }
+                    }
+                };
+                let pred = predictor
+                    .predict(&p, params.multimasking)
+                    .map_err(model_err)?;
+                let (masks, iou) = if params.multimasking {
+                    // micro_sam's reduce_multimasking: the mask with the best predicted IoU.
+                    let best = pred.iou_predictions.argmax(1, true); // [n, 1]
+                    let s = pred.masks.size();
+                    let idx = best.view([n, 1, 1, 1]).expand([n, 1, s[2], s[3]], false);
+                    (
+                        pred.masks.gather(1, &idx, false),
+                        pred.iou_predictions.gather(1, &best, false),
+                    )
+                } else {
+                    (pred.masks, pred.iou_predictions)
+                };
+                out.extend(mask_records(
+                    &masks,
+                    &iou,
+                    tile,
+                    params.mask_threshold,
+                    STABILITY_OFFSET,
+                )?);
+            }
+            on_tile();
+        }
+        Ok(out)
     }
 
     /// One mask per prompt set on the whole image: a single point without a box uses multimask
@@ -364,6 +510,57 @@ impl InferenceModel {
         }
         Ok((labels, masks.iter().map(|m| m.1).collect()))
     }
+}
+
+/// The non-empty masks of `[n, k, h, w]` logits over `tile`'s outer block, thresholded at
+/// `threshold`, with their predicted IoU (`[n, k]`) and segment_anything's stability score
+/// (IoU of the masks at `threshold ± offset`), placed in image coordinates.
+fn mask_records(
+    logits: &Tensor,
+    iou: &Tensor,
+    tile: &Tile,
+    threshold: f32,
+    offset: f32,
+) -> Result<Vec<MaskRecord>, InferError> {
+    let (th, tw) = (tile.outer.height(), tile.outer.width());
+    let s = logits.size();
+    if s.len() != 4 || s[2] as usize != th || s[3] as usize != tw {
+        return Err(InferError::Shape {
+            what: format!("mask logits of tile {}", tile.index),
+            expected: format!("[n, k, {th}, {tw}]"),
+            found: format!("{s:?}"),
+        });
+    }
+    let (t, off) = (f64::from(threshold), f64::from(offset));
+    let dims = [2i64, 3];
+    let inter = logits
+        .gt(t + off)
+        .sum_dim_intlist(dims.as_slice(), false, Kind::Int64);
+    let union = logits
+        .gt(t - off)
+        .sum_dim_intlist(dims.as_slice(), false, Kind::Int64);
+    let inter = tensor_to_i64(&inter)?;
+    let union = tensor_to_i64(&union)?;
+    let iou = tensor_to_f32(iou)?;
+    let binary = tensor_to_u8(&logits.gt(t))?;
+    let px = th * tw;
+    let mut out = Vec::new();
+    for j in 0..inter.len() {
+        let stability = inter[j] as f32 / union[j] as f32;
+        let m = Plane::from_vec(
+            th,
+            tw,
+            binary[j * px..(j + 1) * px]
+                .iter()
+                .map(|&b| b != 0)
+                .collect(),
+        )?;
+        if let Some(r) = MaskRecord::from_mask(&m, tile.outer.y0, tile.outer.x0, iou[j], stability)
+        {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 fn tensor_to_f32(t: &Tensor) -> Result<Vec<f32>, InferError> {

@@ -9,6 +9,7 @@ use tch::{Device, Tensor};
 
 use crate::ais::{ais_segment, AisParams};
 use crate::amg::{amg_segment, AmgParams};
+use crate::apg::{apg_segment, ApgParams};
 use crate::error::InferError;
 use crate::model::InferenceModel;
 use crate::objects::{mean_per_object, write_objects_csv};
@@ -24,6 +25,8 @@ pub enum AutoMode {
     Ais,
     /// Point grid + filtering + NMS.
     Amg,
+    /// Point prompts from the UNETR decoder maps → SAM masks → mask NMS.
+    Apg,
 }
 
 impl AutoMode {
@@ -32,20 +35,25 @@ impl AutoMode {
         match self {
             AutoMode::Auto if model.has_decoder() => Ok(AutoMode::Ais),
             AutoMode::Auto => Ok(AutoMode::Amg),
-            AutoMode::Ais if !model.has_decoder() => Err(InferError::Model(format!(
-                "mode ais needs an instance-segmentation decoder, but {} has none; use --mode amg",
-                model.description()
-            ))),
+            AutoMode::Ais | AutoMode::Apg if !model.has_decoder() => {
+                Err(InferError::Model(format!(
+                    "mode {} needs an instance-segmentation decoder, but {} has none; use --mode \
+                     amg",
+                    self.name(),
+                    model.description()
+                )))
+            }
             m => Ok(m),
         }
     }
 
-    /// `"ais"`, `"amg"` or `"auto"`.
+    /// `"ais"`, `"amg"`, `"apg"` or `"auto"`.
     pub fn name(self) -> &'static str {
         match self {
             AutoMode::Auto => "auto",
             AutoMode::Ais => "ais",
             AutoMode::Amg => "amg",
+            AutoMode::Apg => "apg",
         }
     }
 }
@@ -181,6 +189,8 @@ pub struct AutoOptions {
     pub ais: AisParams,
     /// AMG settings.
     pub amg: AmgParams,
+    /// APG settings.
+    pub apg: ApgParams,
     /// Percentile normalisation (as in training).
     pub normalization: sam_data::Normalization,
     /// Recompute images whose label file exists.
@@ -199,9 +209,10 @@ pub struct AutoOptions {
 pub struct Timings {
     /// Image encoder (or cache load).
     pub embed_s: f64,
-    /// UNETR decoder (AIS) or mask decoder over the point grid (AMG).
+    /// UNETR decoder (AIS), mask decoder over the point grid (AMG), or UNETR decoder, prompt
+    /// derivation and mask decoder (APG).
     pub decode_s: f64,
-    /// Smoothing + watershed (AIS) or filtering + NMS + merging (AMG).
+    /// Smoothing + watershed (AIS) or filtering + NMS + merging (AMG, APG).
     pub postprocess_s: f64,
 }
 
@@ -490,7 +501,8 @@ fn store_cached(path: &Path, embs: &[sam_model::ImageEmbedding]) -> Result<(), I
 pub struct AutoSegmentation {
     /// Instance labels, 0 = background, 1..=n.
     pub labels: Plane<u32>,
-    /// Per-object score (index = id - 1): AIS mean foreground probability, AMG predicted IoU.
+    /// Per-object score (index = id - 1): AIS mean foreground probability, AMG / APG predicted
+    /// IoU.
     pub scores: Vec<f32>,
     /// The mode run.
     pub mode: AutoMode,
@@ -550,7 +562,23 @@ pub fn segment_auto(
             t.postprocess_s = start.elapsed().as_secs_f64();
             (labels, scores)
         }
-        _ => {
+        AutoMode::Apg => {
+            let maps = model.decoder_maps(&tiling, &embeddings, opts.batch_size, &mut || {
+                on_progress(Progress::Tile { stage: "decode" })
+            })?;
+            let masks =
+                model.apg_masks_from_maps(&tiling, &embeddings, &maps, &opts.apg, &mut || {
+                    on_progress(Progress::Tile { stage: "masks" })
+                })?;
+            drop(maps);
+            model.synchronize();
+            t.decode_s = start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let out = apg_segment(&masks, image.shape(), &opts.apg)?;
+            t.postprocess_s = start.elapsed().as_secs_f64();
+            (out.labels, out.scores)
+        }
+        AutoMode::Amg | AutoMode::Auto => {
             let crops = model.amg_masks(&tiling, embeddings, &opts.amg, &mut || {
                 on_progress(Progress::Tile { stage: "masks" })
             })?;
@@ -761,6 +789,7 @@ pub fn run_auto(
 ) -> Result<Vec<ImageReport>, InferError> {
     opts.ais.validate()?;
     opts.amg.validate()?;
+    opts.apg.validate()?;
     opts.mode.resolve(model)?;
     check_output_dir(out_dir, inputs)?;
     check_model_record(out_dir, model, opts.overwrite)?;

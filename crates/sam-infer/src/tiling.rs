@@ -139,6 +139,16 @@ impl Tiling {
         }
     }
 
+    /// The index of the tile whose inner block holds pixel `(y, x)` (bioimage_cpp
+    /// `Blocking.coordinates_to_block_id`); coordinates past the image go to the last tile of
+    /// their row / column.
+    pub fn tile_at(&self, y: usize, x: usize) -> usize {
+        let (rows, cols) = self.grid();
+        let ty = (y / self.tile.0).min(rows - 1);
+        let tx = (x / self.tile.1).min(cols - 1);
+        ty * cols + tx
+    }
+
     /// All tiles, row-major.
     pub fn tiles(&self) -> Vec<Tile> {
         (0..self.len()).map(|i| self.tile(i)).collect()

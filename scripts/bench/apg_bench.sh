@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# APG (automatic prompt generation) on a 2048² image with vit_b + UNETR decoder on the CPU:
+# `sam-infer auto --mode apg` beside micro_sam's TiledAutomaticPromptGenerator, same checkpoint,
+# same tiling, same thread count, one after the other in one run. Run it by hand on an idle
+# machine (not part of the test suite).
+#
+#   scripts/bench/apg_bench.sh [WORK_DIR] [CHECKPOINT] [TILE] [HALO]
+#
+# Defaults: target/bench-apg, a seeded random vit_b + decoder written into WORK_DIR (random decoder
+# maps make an arbitrary number of prompts: give a trained micro_sam checkpoint, e.g.
+# ~/.cache/micro_sam/models/vit_b_lm, for representative times), 1024, 128. THREADS sets the
+# thread count (default: all cores); APG_BENCH_SIZE the image side (default 2048; smaller for a
+# quick check of the script). Needs micro-sam in .venv (scripts/setup.sh installs it).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+work=${1:-$root/target/bench-apg}
+tile=${3:-1024}
+halo=${4:-128}
+threads=${THREADS:-$(nproc)}
+py=$root/.venv/bin/python
+bench_py=$root/scripts/bench/micro_sam_apg.py
+mkdir -p "$work"
+work="$(cd "$work" && pwd)"
+ckpt=${2:-$work/vit_b_apg_random.pt}
+cd "$root"
+export OMP_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads
+[[ -f "$work/image_2048.tif" && -f "$work/vit_b_apg_random.pt" ]] || "$py" "$bench_py" make "$work"
+cargo build --release -p sam-infer-cli --bin sam-infer
+exe=${CARGO_TARGET_DIR:-$root/target}/release/sam-infer
+echo "== micro_sam APG (threads $threads, tile $tile, halo $halo)"
+"$py" "$bench_py" run "$work" "$ckpt" "$tile" "$halo"
+echo "== sam-infer --mode apg (threads $threads, tile $tile, halo $halo)"
+rm -rf "$work/ours"
+start=$(date +%s%N)
+"$exe" auto --checkpoint "$ckpt" --input "$work/image_2048.tif" --output "$work/ours" \
+    --mode apg --tile-shape "$tile" "$tile" --halo "$halo" "$halo" --device cpu --overwrite
+end=$(date +%s%N)
+echo "sam-infer wall time (model load included): $(( (end - start) / 1000000 )) ms"
+"$py" "$bench_py" compare "$work" "$work/ours/labels/image_2048.tif"

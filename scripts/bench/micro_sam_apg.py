@@ -1,0 +1,121 @@
+"""The Python peer of scripts/bench/apg_bench.sh: micro_sam's tiled automatic prompt generation.
+
+  micro_sam_apg.py make DIR                  write DIR/vit_b_apg_random.pt ({model_state,
+                                             decoder_state}: seeded random vit_b + UNETR decoder)
+                                             and DIR/image_2048.tif (dark cells, bright background)
+  micro_sam_apg.py run DIR CKPT TILE HALO    time micro_sam's APG on DIR/image_2048.tif with CKPT;
+                                             writes DIR/micro_sam_apg_labels.u32, DIR/micro_sam_apg.json
+  micro_sam_apg.py compare DIR OURS.tif      objects of micro_sam vs ours matched at IoU >= 0.5
+
+The timed parts mirror `automatic_instance_segmentation(..., segmentation_mode="apg", tile_shape,
+halo)`: tiled image embeddings, the tiled UNETR decoder (`TiledAutomaticPromptGenerator.initialize`)
+and `generate()` (prompt derivation, batched tiled mask decoding, NMS and merge). A checkpoint with
+random weights gives random decoder maps, so the number of prompts (printed) is arbitrary: pass a
+trained micro_sam checkpoint (e.g. ~/.cache/micro_sam/models/vit_b_lm) for representative times.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def make(out):
+    from segment_anything import sam_model_registry
+    from micro_sam.instance_segmentation import get_unetr
+    import tifffile
+
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_b"]()
+    unetr = get_unetr(sam.image_encoder, decoder_state=None, device="cpu")
+    decoder_state = {k: v for k, v in unetr.state_dict().items() if not k.startswith("encoder")}
+    torch.save({"model_state": sam.state_dict(), "decoder_state": decoder_state},
+               os.path.join(out, "vit_b_apg_random.pt"))
+    rng = np.random.default_rng(0)
+    size = int(os.environ.get("APG_BENCH_SIZE", "2048"))
+    yy, xx = np.mgrid[:size, :size]
+    img = np.full((size, size), 40000.0)
+    for _ in range(int(400 * (size / 2048) ** 2)):
+        cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(10, 30)
+        y0, y1 = int(max(cy - r, 0)), int(min(cy + r + 1, size))
+        x0, x1 = int(max(cx - r, 0)), int(min(cx + r + 1, size))
+        sub = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 < r * r
+        img[y0:y1, x0:x1][sub] = 25000.0
+    img += rng.normal(0, 1500, img.shape)
+    tifffile.imwrite(os.path.join(out, "image_2048.tif"), np.clip(img, 0, 65535).astype(np.uint16))
+
+
+def run(out, ckpt, tile, halo):
+    import tifffile
+    from micro_sam import util
+    from micro_sam.automatic_segmentation import get_predictor_and_segmenter
+    from micro_sam.instance_segmentation import _derive_point_prompts
+
+    tile_shape, halo_shape = (tile, tile), (halo, halo)
+    image = tifffile.imread(os.path.join(out, "image_2048.tif"))
+    t = {"threads": torch.get_num_threads()}
+    start = time.perf_counter()
+    predictor, segmenter = get_predictor_and_segmenter(
+        model_type="vit_b", checkpoint=ckpt, device="cpu", segmentation_mode="apg", is_tiled=True,
+    )
+    t["load_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    embeddings = util.precompute_image_embeddings(
+        predictor, image, tile_shape=tile_shape, halo=halo_shape, ndim=2, verbose=False, batch_size=1,
+    )
+    t["embed_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    segmenter.initialize(image, image_embeddings=embeddings, tile_shape=tile_shape, halo=halo_shape,
+                         verbose=False, batch_size=1)
+    t["decode_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    seg = segmenter.generate()
+    t["apg_generate_s"] = time.perf_counter() - start
+    prompts = _derive_point_prompts(segmenter._foreground, segmenter._center_distances,
+                                    segmenter._boundary_distances)
+    t["prompts"] = 0 if prompts is None else int(len(prompts["points"]))
+    t["total_s"] = t["embed_s"] + t["decode_s"] + t["apg_generate_s"]
+    t["objects"] = int(len(np.unique(seg)) - 1)
+    seg.astype("<u4").tofile(os.path.join(out, "micro_sam_apg_labels.u32"))
+    with open(os.path.join(out, "micro_sam_apg.json"), "w") as f:
+        json.dump(t, f, indent=1)
+    print(json.dumps(t))
+
+
+def compare(out, ours_path):
+    import tifffile
+
+    ours = tifffile.imread(ours_path).astype(np.int64)
+    theirs = np.fromfile(os.path.join(out, "micro_sam_apg_labels.u32"), dtype="<u4").reshape(ours.shape)
+
+    def matched(a, b):
+        ids = [i for i in np.unique(a) if i != 0]
+        n = 0
+        for i in ids:
+            m = a == i
+            cand, counts = np.unique(b[m], return_counts=True)
+            best = 0.0
+            for c, k in zip(cand, counts):
+                if c != 0:
+                    best = max(best, k / (m.sum() + (b == c).sum() - k))
+            n += best >= 0.5
+        return n, len(ids)
+
+    mt, nt = matched(theirs, ours)
+    mo, no = matched(ours, theirs)
+    print(f"objects: micro_sam {nt}, ours {no}; matched at IoU >= 0.5: {mt}/{nt} of micro_sam's, "
+          f"{mo}/{no} of ours (embeddings differ: micro_sam and sam-infer normalise the image "
+          f"differently)")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "make":
+        make(sys.argv[2])
+    elif sys.argv[1] == "run":
+        run(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        compare(sys.argv[2], sys.argv[3])
