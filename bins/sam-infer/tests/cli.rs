@@ -179,6 +179,74 @@ fn auto_falls_back_to_amg_without_decoder_and_ais_is_refused() {
 }
 
 #[test]
+fn auto_apg_runs_tiled_as_the_library_does_and_needs_a_decoder() {
+    let t = setup!();
+    let ckpt = tiny_checkpoint(t.path(), true);
+    // 320 px on the tiny model's 256 px input: 2 × 2 tiles of 160 with a halo of 32.
+    let input = images(t.path(), &[("a.tif", 320)]);
+    let out = t.path().join("out");
+    let o = sam_infer(&[
+        "auto",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--mode",
+        "apg",
+        "--tile-shape",
+        "160",
+        "160",
+        "--halo",
+        "32",
+        "32",
+        "--min-size",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("apg, 4 tile(s)"), "{}", stderr(&o));
+    let written = sam_data::read_labels(out.join("labels/a.tif")).unwrap();
+    // The same run through the library with the options the config defaults give.
+    let mut inf = sam_config::InferenceConfig {
+        mode: sam_config::InferenceMode::Apg,
+        tile_shape: Some([160, 160]),
+        halo: [32, 32],
+        ..Default::default()
+    };
+    inf.apg.min_size = 5;
+    let opts =
+        sam_cli_torch::auto_options(&inf, &sam_config::NormalizationConfig::default()).unwrap();
+    let model = sam_infer::InferenceModel::load(&ckpt, tch::Device::Cpu).unwrap();
+    let (_, plane) = sam_infer::load_image(&input.join("a.tif"), &opts.normalization).unwrap();
+    let seg = sam_infer::segment_auto(&model, &plane, &opts, &mut |_| {}).unwrap();
+    assert_eq!(seg.mode, sam_infer::AutoMode::Apg);
+    assert_eq!(seg.tiles, 4);
+    assert_eq!(written.as_slice(), seg.labels.as_slice());
+
+    // Without the decoder, APG is refused before any work, pointing to AMG.
+    let plain = tiny_checkpoint(t.path(), false);
+    let o = sam_infer(&[
+        "auto",
+        "--checkpoint",
+        plain.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        t.path().join("out2").to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--mode",
+        "apg",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("mode apg needs"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--mode amg"), "{}", stderr(&o));
+}
+
+#[test]
 fn prompts_segment_and_bad_files_are_reported() {
     let t = setup!();
     let ckpt = tiny_checkpoint(t.path(), false);

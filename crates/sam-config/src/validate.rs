@@ -1387,6 +1387,16 @@ impl InferenceConfig {
         );
         c.within(&format!("{k}.box_nms_thresh"), m.box_nms_thresh, 0.0, 1.0);
         c.within(&format!("{k}.crop_nms_thresh"), m.crop_nms_thresh, 0.0, 1.0);
+        if m.crop_n_layers != 0 {
+            c.err(
+                &format!("{k}.crop_n_layers"),
+                format!(
+                    "must be 0 (image crops are not implemented: large images are tiled, see \
+                     inference.tile_shape), found {}",
+                    m.crop_n_layers
+                ),
+            );
+        }
         let p = &i.apg;
         let k = "inference.apg";
         for (name, v) in [
@@ -1404,16 +1414,6 @@ impl InferenceConfig {
                 format!(
                     "must be a finite logit (0.0 is the model's), found {}",
                     p.mask_threshold
-                ),
-            );
-        }
-        if m.crop_n_layers != 0 {
-            c.err(
-                &format!("{k}.crop_n_layers"),
-                format!(
-                    "must be 0 (image crops are not implemented: large images are tiled, see \
-                     inference.tile_shape), found {}",
-                    m.crop_n_layers
                 ),
             );
         }

@@ -909,3 +909,37 @@ fn peft_blocks_parse_and_bad_peft_settings_are_named() {
         .message
         .contains("vit_t"));
 }
+
+/// `inference.mode: apg` and `inference.apg`: micro_sam's defaults, the decoder rule, ranges and
+/// the APG grid-search values.
+#[test]
+fn apg_section_defaults_rules_and_grid_values() {
+    let head = minimal();
+    let inf = sam_config::InferenceConfig::default();
+    assert_eq!(inf.apg.min_size, 25);
+    assert_eq!(inf.apg.nms_threshold, 0.9);
+    assert_eq!(inf.apg.batch_size, 32);
+    let errors = errors_of(&format!(
+        "{head}model:\n  with_segmentation_decoder: false\ninference:\n  mode: apg\n  apg:\n    \
+         nms_threshold: 1.5\n    batch_size: 0\n    mask_threshold: .nan\n"
+    ));
+    assert!(
+        find(&errors, "inference.mode")
+            .problem
+            .message
+            .starts_with("apg needs the segmentation decoder"),
+        "{errors:?}"
+    );
+    find(&errors, "inference.apg.nms_threshold");
+    find(&errors, "inference.apg.batch_size");
+    find(&errors, "inference.apg.mask_threshold");
+    let errors = errors_of(&format!(
+        "{head}evaluation:\n  grid_search:\n    intersection_over_min: []\n    nms_threshold: \
+         {{start: 0.5, stop: 1.5, step: 0.1}}\n"
+    ));
+    find(&errors, "evaluation.grid_search.intersection_over_min");
+    find(&errors, "evaluation.grid_search.nms_threshold.stop");
+    let g = sam_config::GridSearchConfig::default();
+    assert_eq!(g.nms_threshold.values(), vec![0.5, 0.6, 0.7, 0.8, 0.9]);
+    assert_eq!(g.intersection_over_min, vec![true, false]);
+}
