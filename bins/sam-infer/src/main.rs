@@ -144,14 +144,16 @@ struct AutoArgs {
     /// Cache image embeddings in DIR, keyed by image and model hashes.
     #[arg(long, value_name = "DIR")]
     embedding_cache: Option<PathBuf>,
-    /// AIS, APG: seeds (prompts) where the centre distance is below this, 0–1 [default 0.5].
+    /// AIS (APG with --mode apg): seeds where the centre distance is below this, 0–1
+    /// [default 0.5].
     #[arg(long, value_name = "T", help_heading = "AIS")]
     center_distance_threshold: Option<f64>,
-    /// AIS, APG: seeds (prompts) where the boundary distance is below this, 0–1 [default 0.5].
+    /// AIS (APG with --mode apg): seeds where the boundary distance is below this, 0–1
+    /// [default 0.5].
     #[arg(long, value_name = "T", help_heading = "AIS")]
     boundary_distance_threshold: Option<f64>,
-    /// AIS, APG: foreground where the probability is above (APG: at least) this, 0–1
-    /// [default 0.5].
+    /// AIS (APG with --mode apg): foreground where the probability is above (APG: at least)
+    /// this, 0–1 [default 0.5].
     #[arg(long, value_name = "T", help_heading = "AIS")]
     foreground_threshold: Option<f64>,
     /// AIS: Gaussian sigma for the foreground map, ≥ 0 [default 1.0].
@@ -160,7 +162,8 @@ struct AutoArgs {
     /// AIS: Gaussian sigma for the distance maps, ≥ 0 [default 1.6].
     #[arg(long, value_name = "SIGMA", help_heading = "AIS")]
     distance_smoothing: Option<f64>,
-    /// AIS, APG: remove objects smaller than this many pixels [default 0 for AIS, 25 for APG].
+    /// AIS (APG with --mode apg): remove objects smaller than this many pixels [default 0;
+    /// APG 25].
     #[arg(long, value_name = "PX", help_heading = "AIS")]
     min_size: Option<u32>,
     /// APG: drop the lower-scored of two masks overlapping more than this, 0–1 [default 0.9].
@@ -337,31 +340,37 @@ fn auto_options(a: &AutoArgs) -> Result<AutoOptions, Failure> {
         }
     }
     set(&mut inf.batch_size, a.batch_size);
+    // The seed flags are shared: they set the section of the mode that runs (APG's with
+    // `apg`, else AIS's), so that a wrong value is reported once, under the key that is used.
+    if inf.mode == sam_config::InferenceMode::Apg {
+        let apg = &mut inf.apg;
+        set(
+            &mut apg.center_distance_threshold,
+            a.center_distance_threshold,
+        );
+        set(
+            &mut apg.boundary_distance_threshold,
+            a.boundary_distance_threshold,
+        );
+        set(&mut apg.foreground_threshold, a.foreground_threshold);
+        set(&mut apg.min_size, a.min_size);
+    } else {
+        let ais = &mut inf.ais;
+        set(
+            &mut ais.center_distance_threshold,
+            a.center_distance_threshold,
+        );
+        set(
+            &mut ais.boundary_distance_threshold,
+            a.boundary_distance_threshold,
+        );
+        set(&mut ais.foreground_threshold, a.foreground_threshold);
+        set(&mut ais.min_size, a.min_size);
+    }
     let ais = &mut inf.ais;
-    set(
-        &mut ais.center_distance_threshold,
-        a.center_distance_threshold,
-    );
-    set(
-        &mut ais.boundary_distance_threshold,
-        a.boundary_distance_threshold,
-    );
-    set(&mut ais.foreground_threshold, a.foreground_threshold);
     set(&mut ais.foreground_smoothing, a.foreground_smoothing);
     set(&mut ais.distance_smoothing, a.distance_smoothing);
-    set(&mut ais.min_size, a.min_size);
-    // The seed flags are shared by AIS and APG: one run uses one mode.
     let apg = &mut inf.apg;
-    set(
-        &mut apg.center_distance_threshold,
-        a.center_distance_threshold,
-    );
-    set(
-        &mut apg.boundary_distance_threshold,
-        a.boundary_distance_threshold,
-    );
-    set(&mut apg.foreground_threshold, a.foreground_threshold);
-    set(&mut apg.min_size, a.min_size);
     set(&mut apg.nms_threshold, a.nms_threshold);
     set(&mut apg.mask_threshold, a.mask_threshold);
     apg.intersection_over_min |= a.intersection_over_min;
@@ -614,6 +623,7 @@ mod tests {
         let o = auto_options(&a).ok().unwrap();
         assert_eq!(o.mode, AutoMode::Apg);
         assert_eq!(o.apg.center_distance_threshold, 0.4);
+        assert_eq!(o.ais.center_distance_threshold, 0.5); // the AIS section is left alone
         assert_eq!((o.apg.nms_threshold, o.apg.mask_threshold), (0.7, -0.5));
         assert!(o.apg.intersection_over_min && !o.apg.multimasking);
         assert_eq!((o.apg.min_size, o.apg.batch_size), (25, 32)); // micro_sam defaults
