@@ -518,3 +518,67 @@ fn issue_18_bf16_precision_is_recorded_and_agrees_with_fp32() {
         "{help}"
     );
 }
+
+#[test]
+fn apg_grid_search_records_every_combination_and_uses_the_best() {
+    let t = setup!(true);
+    let root = t.path();
+    config("dat/test/images")
+        .set("inference.mode", "apg")
+        .set_yaml(
+            "evaluation.grid_search.nms_threshold",
+            "{start: 0.5, stop: 0.9, step: 0.4}",
+        )
+        .write(root.join("configs/t.yaml"))
+        .unwrap();
+    let o = sam_eval(root, &["--grid-search"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = report(root);
+    assert_eq!(r["mode"], "apg");
+    let g = &r["grid_search"];
+    let tried = g["tried"].as_array().unwrap();
+    assert_eq!(
+        tried.len(),
+        2 * 2 * 2 * 2 * 2,
+        "centre × boundary × min_size × nms_threshold × intersection_over_min"
+    );
+    assert!(tried.iter().all(|p| p["params"]["mode"] == "apg"));
+    let best = &tried[g["best"].as_u64().unwrap() as usize]["params"];
+    // The test images were segmented with the chosen parameters, and scored as a full APG run
+    // with them scores.
+    let used = &r["apg"];
+    for key in [
+        "center_distance_threshold",
+        "boundary_distance_threshold",
+        "nms_threshold",
+    ] {
+        assert_eq!(
+            used[key].as_f64().unwrap() as f32,
+            best[key].as_f64().unwrap() as f32,
+            "{key}"
+        );
+    }
+    assert_eq!(used["min_size"], best["min_size"]);
+    assert_eq!(used["intersection_over_min"], best["intersection_over_min"]);
+    let model = InferenceModel::load(&root.join("final_models/t.pt"), Device::Cpu).unwrap();
+    let mut opts = auto_options(AisParams::default());
+    opts.mode = AutoMode::Apg;
+    opts.apg = serde_json::from_value(used.clone()).unwrap();
+    let d = root.join("dat/test");
+    let pairs = sam_data::pair_by_stem(d.join("images"), d.join("labels")).unwrap();
+    let msa: Vec<f64> = pairs
+        .iter()
+        .map(|p| {
+            let (_, plane) = sam_infer::load_image(&p.image, &opts.normalization).unwrap();
+            let seg = segment_auto(&model, &plane, &opts, &mut |_| {}).unwrap();
+            assert_eq!(seg.mode, AutoMode::Apg);
+            let gt = sam_data::read_labels(&p.labels).unwrap();
+            sam_eval::score_image(gt.as_slice(), seg.labels.as_slice())
+                .unwrap()
+                .msa
+        })
+        .collect();
+    let (_, rows) = read_csv(&eval_dir(root).join("summary.csv"));
+    let test_msa: f64 = rows[0][0].parse().unwrap();
+    assert!((test_msa - msa.iter().sum::<f64>() / msa.len() as f64).abs() < 1e-12);
+}
