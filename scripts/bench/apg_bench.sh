@@ -10,7 +10,8 @@
 # maps make an arbitrary number of prompts: give a trained micro_sam checkpoint, e.g.
 # ~/.cache/micro_sam/models/vit_b_lm, for representative times), 1024, 128. THREADS sets the
 # thread count (default: all cores); APG_BENCH_SIZE the image side (default 2048; smaller for a
-# quick check of the script). Needs micro-sam in .venv (scripts/setup.sh installs it).
+# quick check of the script, with SAM_INFER pointing at an existing sam-infer build to skip the
+# release build). Needs micro-sam in .venv (scripts/setup.sh installs it).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 work=${1:-$root/target/bench-apg}
@@ -25,8 +26,12 @@ ckpt=${2:-$work/vit_b_apg_random.pt}
 cd "$root"
 export OMP_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads
 [[ -f "$work/image_2048.tif" && -f "$work/vit_b_apg_random.pt" ]] || "$py" "$bench_py" make "$work"
-cargo build --release -p sam-infer-cli --bin sam-infer
-exe=${CARGO_TARGET_DIR:-$root/target}/release/sam-infer
+if [[ -n "${SAM_INFER:-}" ]]; then
+    exe=$SAM_INFER # an existing build, e.g. a debug one for checking the script
+else
+    cargo build --release -p sam-infer-cli --bin sam-infer
+    exe=${CARGO_TARGET_DIR:-$root/target}/release/sam-infer
+fi
 echo "== micro_sam APG (threads $threads, tile $tile, halo $halo)"
 "$py" "$bench_py" run "$work" "$ckpt" "$tile" "$halo"
 echo "== sam-infer --mode apg (threads $threads, tile $tile, halo $halo)"
