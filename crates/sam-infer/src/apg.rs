@@ -121,7 +121,8 @@ pub fn apg_point_prompts(
     let seeds: Vec<bool> = (0..h * w)
         .map(|i| {
             // `hmap[foreground < threshold] = 0`: a NaN foreground does not clear a seed.
-            !(maps.foreground.as_slice()[i] < params.foreground_threshold)
+            maps.foreground.as_slice()[i].partial_cmp(&params.foreground_threshold)
+                != Some(std::cmp::Ordering::Less)
                 && maps.center_distances.as_slice()[i] < params.center_distance_threshold
                 && maps.boundary_distances.as_slice()[i] < params.boundary_distance_threshold
         })
@@ -313,7 +314,7 @@ pub fn apg_segment(
         params.intersection_over_min,
     );
     let mut kept: Vec<&MaskRecord> = keep.iter().map(|&i| candidates[i]).collect();
-    kept.sort_by(|a, b| b.area.cmp(&a.area)); // stable: ties keep the NMS order
+    kept.sort_by_key(|m| std::cmp::Reverse(m.area)); // stable: ties keep the NMS order
     let painted = paint_masks(&kept, image, true)?;
     let (mut labels, n) = connected_components(&painted, 0, Connectivity::Four);
     let mut source = vec![0u32; n as usize + 1];
