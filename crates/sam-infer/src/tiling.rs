@@ -186,6 +186,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tile_at_finds_the_inner_block_holding_a_pixel() {
+        // 300 × 500 in tiles of 128: a 3 × 4 grid, the last row and column clipped.
+        let t = Tiling::new((300, 500), (128, 128), (16, 16)).unwrap();
+        assert_eq!(t.tile_at(0, 0), 0);
+        assert_eq!(t.tile_at(127, 128), 1);
+        assert_eq!(t.tile_at(128, 0), 4);
+        assert_eq!(t.tile_at(299, 499), 11);
+        for (y, x) in [(5, 300), (200, 130), (299, 0)] {
+            let inner = t.tile(t.tile_at(y, x)).inner;
+            assert!((inner.y0..inner.y1).contains(&y) && (inner.x0..inner.x1).contains(&x));
+        }
+    }
+
+    #[test]
     fn blocks_and_halos_match_micro_sam_for_2048() {
         // 2048² with tile 1024 and halo 128: 4 tiles, outer blocks 1152² clipped at the image.
         let t = Tiling::new((2048, 2048), (1024, 1024), (128, 128)).unwrap();

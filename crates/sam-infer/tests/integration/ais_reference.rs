@@ -13,14 +13,58 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use sam_data::{connected_components, Connectivity, Plane};
 use sam_infer::{ais_segment, gaussian_smoothing, seeded_watershed, AisParams, DecoderMaps};
 
-use crate::{python_fixtures, read_f32, read_u32};
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
 
 fn fixtures() -> PathBuf {
-    python_fixtures("sam-infer-ais", "make_ais_reference.py")
+    let root = repo_root();
+    let out = root.join("target/test-fixtures/sam-infer-ais");
+    let script = root.join("crates/sam-infer/tests/python/make_ais_reference.py");
+    let stale = std::fs::metadata(out.join("meta.json"))
+        .and_then(|m| m.modified())
+        .ok()
+        .zip(std::fs::metadata(&script).and_then(|m| m.modified()).ok())
+        .is_none_or(|(fixture, source)| fixture < source);
+    if stale {
+        let python = root.join(".venv/bin/python");
+        assert!(
+            python.is_file(),
+            "{} is missing: run scripts/setup.sh to create the Python environment for the reference fixtures",
+            python.display()
+        );
+        let status = Command::new(&python)
+            .arg(&script)
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{} failed", script.display());
+    }
+    out
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn read_u32(path: &Path) -> Vec<u32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 struct Case {

@@ -29,7 +29,7 @@ use sam_infer::{
 use sam_model::ImageEmbedding;
 use tch::Device;
 
-use crate::{python_fixtures, read_f32, read_u32};
+use crate::{read_f32, read_u32};
 
 /// For each object of `a`, the best IoU with an object of `b` (`a`'s ids 1..=n in order).
 fn best_ious(a: &[u32], b: &[u32]) -> Vec<f64> {
@@ -71,7 +71,9 @@ fn paint(m: &MaskRecord, h: usize, w: usize) -> Vec<u32> {
 
 #[test]
 fn apg_matches_micro_sam_automatic_prompt_generator() {
-    let dir = python_fixtures("sam-infer-apg", "make_apg_reference.py");
+    let script =
+        sam_testkit::workspace_root().join("crates/sam-infer/tests/python/make_apg_reference.py");
+    let dir = sam_testkit::script_fixtures("sam-infer-apg", &script, |_| Vec::new());
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let h = meta["height"].as_u64().unwrap() as usize;

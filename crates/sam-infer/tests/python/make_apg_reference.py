@@ -16,7 +16,7 @@ side → SAM preprocessing → encoder; the path sam-model's parity test checks)
 maps set as its decoder outputs (`initialize` would run the random UNETR). One case per
 parameter set of CASES.
 
-Usage: make_apg_reference.py OUT_DIR. Writes:
+Usage: make_apg_reference.py make OUT_DIR (sam_testkit::script_fixtures). Writes:
   sam.pth                   the SAM state_dict (torch.save, as segment_anything writes it)
   image.f32                 the normalised image, row-major little-endian float32
   embeddings.f32            the image embeddings [1, 32, 16, 16]
@@ -214,6 +214,6 @@ def main(out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) != 3 or sys.argv[1] != "make":
         raise SystemExit(__doc__)
-    main(sys.argv[1])
+    main(sys.argv[2])
