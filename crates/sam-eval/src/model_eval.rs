@@ -559,6 +559,9 @@ pub(crate) fn html_context(
     if let Some(p) = &report.amg {
         facts.push(("AMG parameters".into(), compact(p)));
     }
+    if let Some(p) = &report.apg {
+        facts.push(("APG parameters".into(), compact(p)));
+    }
     if let Some(g) = &report.grid_search {
         facts.push((
             "grid search".into(),
