@@ -11,6 +11,8 @@ use sam_cli::Failure;
 use sam_eval::{evaluate_label_dirs, EvalError, LabelEvalOptions, Progress};
 
 #[cfg(feature = "model")]
+mod compare_cmd;
+#[cfg(feature = "model")]
 mod model_cmd;
 
 /// Score instance segmentations of brightfield images (mSA, SA50, SA75, precision, recall, F1).
@@ -45,7 +47,11 @@ enum Command {
     /// (mSA, SA50, SA75, Precision, Recall, F1 Score: mean of the per-image scores),
     /// summary_pooled.csv, report.json, report.html, overlays/ of the worst images and, with
     /// --iterative-prompting, iterative_prompting_box.csv / iterative_prompting_point.csv.
-    /// An existing evaluation is kept unless --overwrite.
+    /// With a baseline (--baseline, by default the config's model.checkpoint: the model
+    /// training started from) the baseline is scored the same way into baseline/, and
+    /// comparison.csv, per_image_deltas.csv (the images that got worse first) and
+    /// comparison_overlays/ are written beside. An existing evaluation is kept unless
+    /// --overwrite.
     #[cfg(feature = "model")]
     Model(model_cmd::ModelArgs),
 }

@@ -25,6 +25,25 @@ pub struct ModelArgs {
     #[arg(long, value_name = "CHECKPOINT")]
     pub checkpoint: Option<String>,
 
+    /// Compare with this model (a file, a name under final_models/, or a micro_sam model name
+    /// in the model cache, found as --checkpoint is) [default: the config's model.checkpoint,
+    /// the model training started from, unless it is null].
+    ///
+    /// Both are scored on the same test images with the same mode and parameters (with
+    /// --grid-search, those chosen for the checkpoint). Writes, beside the checkpoint's
+    /// evaluation, baseline/ (the baseline's evaluation), comparison.csv (one row per model,
+    /// micro_sam's columns), per_image_deltas.csv (each image's scores for both and the change,
+    /// the images that got worse first) and comparison_overlays/ (<rank>_<image>_baseline.png
+    /// and _model.png for the first --worst N images of that order, rank 01 for the largest
+    /// mSA drop), and lists the images that got worse.
+    #[arg(long, value_name = "CHECKPOINT", help_heading = "Comparison")]
+    pub baseline: Option<String>,
+
+    /// Evaluate the checkpoint alone, without the default baseline (the config's
+    /// model.checkpoint).
+    #[arg(long, conflicts_with = "baseline", help_heading = "Comparison")]
+    pub no_baseline: bool,
+
     /// Choose the automatic-segmentation thresholds on the validation images first.
     ///
     /// AIS: every combination of evaluation.grid_search.center_distance_threshold,
@@ -200,6 +219,8 @@ pub fn run_model(args: ModelArgs) -> Result<(), Failure> {
     let checkpoint = eval_checkpoint(args.checkpoint.as_deref(), &paths)?;
     // Absolute in the report, whatever the working directory was.
     let checkpoint = std::fs::canonicalize(&checkpoint).unwrap_or(checkpoint);
+    let baseline =
+        sam_cli_torch::eval_baseline(args.baseline.as_deref(), args.no_baseline, &cfg, &paths)?;
     let flags = ModelEvalFlags {
         grid_search: args.grid_search,
         iterative_prompting: args.iterative_prompting,
@@ -213,6 +234,7 @@ pub fn run_model(args: ModelArgs) -> Result<(), Failure> {
         .map_err(Failure::failed)?
         .with_precision(args.precision);
     eprintln!("model: {}", model.description());
+    let config_tiles = opts.segmentation.tiles;
     let (tiles, note) = sam_cli_torch::tiles_for_model(
         opts.segmentation.tiles,
         model.sam().is_native_input(),
@@ -233,6 +255,14 @@ pub fn run_model(args: ModelArgs) -> Result<(), Failure> {
             args.config.display()
         ))
     })?;
+    let baseline = crate::compare_cmd::load_baseline(
+        baseline,
+        &model,
+        &opts,
+        config_tiles,
+        device,
+        args.precision,
+    )?;
 
     let mut bar: Option<ProgressBar> = None;
     let quiet = args.quiet;
@@ -254,6 +284,21 @@ pub fn run_model(args: ModelArgs) -> Result<(), Failure> {
             }
         }
     };
+    if let Some(baseline) = &baseline {
+        let c =
+            sam_eval::compare_to_baseline(&model, &opts, &baseline.as_baseline(), &mut on_progress)
+                .map_err(eval_failure)?;
+        if let Some(b) = bar.take() {
+            b.finish();
+        }
+        print_report(&c.model, &opts.out_dir);
+        crate::compare_cmd::print_comparison(&c, &opts.out_dir);
+        return Ok(());
+    }
+    if opts.overwrite {
+        // No comparison is left beside scores it does not belong to.
+        sam_eval::remove_comparison(&opts.out_dir).map_err(eval_failure)?;
+    }
     let report = evaluate_model(&model, &opts, &mut on_progress).map_err(eval_failure)?;
     if let Some(b) = bar.take() {
         b.finish();
@@ -300,5 +345,27 @@ mod tests {
         assert_eq!(w.args.device, "auto");
         assert!(w.args.checkpoint.is_none() && !w.args.grid_search);
         assert!(Wrap::try_parse_from(["x"]).is_err());
+    }
+
+    #[test]
+    fn baseline_flags_parse_and_exclude_each_other() {
+        let w =
+            Wrap::try_parse_from(["x", "--config", "c.yaml", "--baseline", "vit_b_lm"]).unwrap();
+        assert_eq!(w.args.baseline.as_deref(), Some("vit_b_lm"));
+        assert!(!w.args.no_baseline);
+        let w = Wrap::try_parse_from(["x", "--config", "c.yaml", "--no-baseline"]).unwrap();
+        assert!(w.args.no_baseline && w.args.baseline.is_none());
+        let w = Wrap::try_parse_from(["x", "--config", "c.yaml"]).unwrap();
+        assert!(!w.args.no_baseline && w.args.baseline.is_none());
+        let err = Wrap::try_parse_from([
+            "x",
+            "--config",
+            "c.yaml",
+            "--baseline",
+            "b",
+            "--no-baseline",
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 }

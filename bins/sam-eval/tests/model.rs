@@ -53,6 +53,8 @@ fn config(test_images: &str) -> ConfigBuilder {
         .set_yaml("inference.tile_shape", "null")
         .set_yaml("inference.halo", "[0, 0]")
         .set("inference.amg.points_per_side", 4)
+        // No default baseline (the config's starting model); the comparison tests set one.
+        .set_yaml("model.checkpoint", "null")
 }
 
 /// A repository with the tiny model (with or without the UNETR decoder) as
@@ -581,4 +583,257 @@ fn apg_grid_search_records_every_combination_and_uses_the_best() {
     let (_, rows) = read_csv(&eval_dir(root).join("summary.csv"));
     let test_msa: f64 = rows[0][0].parse().unwrap();
     assert!((test_msa - msa.iter().sum::<f64>() / msa.len() as f64).abs() < 1e-12);
+}
+
+/// Another tiny model (seed 11, where the default is 7) as `final_models/<name>.pt`.
+fn write_other_model(root: &Path, name: &str, with_decoder: bool) {
+    TinyCheckpoint::new()
+        .with_decoder(with_decoder)
+        .seed(11)
+        .write(root.join(format!("final_models/{name}.pt")))
+        .unwrap();
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// A CSV file as rows of (column, value) maps.
+fn csv_maps(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let (header, rows) = read_csv(path);
+    rows.into_iter()
+        .map(|r| header.iter().cloned().zip(r).collect())
+        .collect()
+}
+
+const COLUMNS: [&str; 6] = ["mSA", "SA50", "SA75", "Precision", "Recall", "F1 Score"];
+
+/// `sam-eval model --baseline`: comparison.csv holds the summary.csv of each model evaluated
+/// alone, per_image_deltas.csv each image's per_image.csv scores of both and their
+/// difference, the images where the model got worse first (in the file, the console and the
+/// overlay names). Evaluating without a baseline and --overwrite removes the comparison.
+///
+/// Random tiny models segment nothing like the synthetic cells, so the ground truth is made
+/// of their own predictions: t1 as the model segments it, t2 as the baseline does. The model
+/// is then better on t1 and worse on t2.
+#[test]
+fn baseline_comparison_equals_separate_evaluations_worse_images_first() {
+    let t = setup!(true);
+    let root = t.path();
+    write_other_model(root, "b", true);
+    // AMG keeping every mask (random decoders predict low IoUs and unstable masks).
+    config("dat/test/images")
+        .set("inference.mode", "amg")
+        .set("inference.amg.pred_iou_thresh", 0.0)
+        .set("inference.amg.stability_score_thresh", 0.0)
+        .write(root.join("configs/t.yaml"))
+        .unwrap();
+    let dir = eval_dir(root);
+    let predict = |checkpoint: &str, stem: &str| {
+        let o = sam_eval(
+            root,
+            &["--checkpoint", checkpoint, "--no-baseline", "--overwrite"],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        sam_data::read_labels(dir.join(format!("predictions/{stem}.tif"))).unwrap()
+    };
+    let (t1, t2) = (predict("t", "t1"), predict("b", "t2"));
+    eprintln!("objects: t1 {}, t2 {}", t1.ids().len(), t2.ids().len());
+    assert!(
+        !t1.ids().is_empty() && !t2.ids().is_empty(),
+        "empty predictions"
+    );
+    sam_data::write_labels(root.join("dat/test/labels/t1.tif"), &t1).unwrap();
+    sam_data::write_labels(root.join("dat/test/labels/t2.tif"), &t2).unwrap();
+
+    let o = sam_eval(root, &["--baseline", "b", "--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (header, _) = read_csv(&dir.join("comparison.csv"));
+    let mut expected = vec!["model", "checkpoint", "mode", "images"];
+    expected.extend(COLUMNS);
+    assert_eq!(header, expected);
+    let comparison = csv_maps(&dir.join("comparison.csv"));
+    let deltas = csv_maps(&dir.join("per_image_deltas.csv"));
+    let console = stdout(&o);
+    // The model's report.html has the comparison, the image that got worse first.
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let table = &html[html.find("id=\"deltas\"").expect("the deltas table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let (t2, t1) = (table.find("<td>t2</td>"), table.find("<td>t1</td>"));
+    assert!(t2.is_some() && t1.is_some() && t2 < t1, "{table}");
+    assert!(
+        html.contains("1 of 2 images got worse than the baseline"),
+        "{html}"
+    );
+    let overlays: Vec<String> = {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("comparison_overlays"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(comparison.len(), 2);
+    assert_eq!(comparison[0]["model"], "baseline");
+    assert_eq!(comparison[1]["model"], "model");
+    let canonical = |p: &str| {
+        std::fs::canonicalize(root.join(p))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    assert_eq!(comparison[0]["checkpoint"], canonical("final_models/b.pt"));
+    assert_eq!(comparison[1]["checkpoint"], canonical("final_models/t.pt"));
+    assert!(comparison
+        .iter()
+        .all(|r| r["mode"] == "amg" && r["images"] == "2"));
+
+    // Each model alone, as a user would run it.
+    let mut alone = Vec::new();
+    for extra in [["--checkpoint", "b"], ["--checkpoint", "t"]] {
+        let o = sam_eval(root, &[extra[0], extra[1], "--no-baseline", "--overwrite"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            !dir.join("comparison.csv").exists(),
+            "stale comparison kept"
+        );
+        assert!(
+            !dir.join("per_image_deltas.csv").exists(),
+            "stale deltas kept"
+        );
+        let summary = csv_maps(&dir.join("summary.csv")).remove(0);
+        let per_image = csv_maps(&dir.join("per_image.csv"));
+        alone.push((summary, per_image));
+    }
+    for ((summary, _), row) in alone.iter().zip(&comparison) {
+        for c in COLUMNS {
+            assert_eq!(row[c], summary[c], "{} {c}", row["model"]);
+        }
+    }
+    let score = |per_image: &[std::collections::HashMap<String, String>], image: &str, c: &str| {
+        let r = per_image.iter().find(|r| r["image"] == image).unwrap();
+        r[c].parse::<f64>().unwrap()
+    };
+    assert_eq!(deltas.len(), 2);
+    let order: Vec<&str> = deltas.iter().map(|d| d["image"].as_str()).collect();
+    assert_eq!(order, ["t2", "t1"], "{deltas:?}");
+    assert_eq!(deltas[0]["mSA baseline"], "1");
+    assert_eq!(deltas[1]["mSA model"], "1");
+    let mut previous = f64::NEG_INFINITY;
+    for d in &deltas {
+        let image = d["image"].as_str();
+        for c in COLUMNS {
+            let b = score(&alone[0].1, image, c);
+            let m = score(&alone[1].1, image, c);
+            let num = |k: &str| d[&format!("{c} {k}")].parse::<f64>().unwrap();
+            assert_eq!((num("baseline"), num("model")), (b, m), "{image} {c}");
+            assert_eq!(num("delta"), m - b, "{image} {c}");
+        }
+        let delta = d["mSA delta"].parse::<f64>().unwrap();
+        assert!(delta >= previous, "not sorted by mSA delta: {deltas:?}");
+        previous = delta;
+    }
+    // The console lists the images that got worse in that order; the overlays are numbered
+    // in it.
+    let worse: Vec<&str> = deltas
+        .iter()
+        .filter(|d| d["mSA delta"].parse::<f64>().unwrap() < 0.0)
+        .map(|d| d["image"].as_str())
+        .collect();
+    eprintln!("{console}");
+    assert_eq!(worse, ["t2"], "{deltas:?}");
+    assert!(
+        console.contains("1 of 2 test images got worse")
+            && console.contains(&format!(
+                "  t2: 1.0000 -> {:.4} ({:+.4})",
+                score(&alone[1].1, "t2", "mSA"),
+                score(&alone[1].1, "t2", "mSA") - 1.0
+            ))
+            && !console.contains("  t1: "),
+        "{console}"
+    );
+    let mut expected = Vec::new();
+    for (i, d) in deltas.iter().enumerate() {
+        for which in ["baseline", "model"] {
+            expected.push(format!("{:02}_{}_{which}.png", i + 1, d["image"]));
+        }
+    }
+    assert_eq!(overlays, expected);
+}
+
+/// The default baseline is the config's model.checkpoint (the model training started from);
+/// --no-baseline turns it off. A baseline that cannot be found is a usage error naming it and
+/// the fix before anything is written; one that cannot run the model's mode is refused when
+/// named, and left out with a warning when it is the default.
+#[test]
+fn default_baseline_from_the_config_and_baselines_that_cannot_be_used() {
+    let t = setup!(true);
+    let root = t.path();
+    let set_start = |checkpoint: &str| {
+        config("dat/test/images")
+            .set("model.checkpoint", checkpoint)
+            .write(root.join("configs/t.yaml"))
+            .unwrap();
+    };
+    // Missing: before any work, nothing written.
+    set_start("final_models/gone.pt");
+    let o = sam_eval(root, &[]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("model.checkpoint")
+            && e.contains("final_models/gone.pt` cannot be found")
+            && e.contains("--no-baseline"),
+        "{e}"
+    );
+    assert!(
+        !e.lines().any(|l| l.starts_with("model: ")),
+        "model loaded: {e}"
+    );
+    let o = sam_eval(root, &["--baseline", "nope"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("--baseline `nope` cannot be found") && e.contains("final_models"),
+        "{e}"
+    );
+    assert!(!eval_dir(root).exists(), "{e}");
+
+    // A baseline without the decoder cannot run AIS as the model does.
+    write_other_model(root, "nodec", false);
+    let o = sam_eval(root, &["--baseline", "nodec"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("inference.mode") && e.contains("amg"), "{e}");
+    assert!(!eval_dir(root).exists(), "{e}");
+    set_start("final_models/nodec.pt");
+    let o = sam_eval(root, &[]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("warning: not compared") && e.contains("nodec.pt"),
+        "{e}"
+    );
+    assert!(!eval_dir(root).join("comparison.csv").exists());
+
+    // The config's starting model is the default baseline; --no-baseline turns it off.
+    write_other_model(root, "b", true);
+    set_start("final_models/b.pt");
+    let o = sam_eval(root, &["--overwrite", "--no-baseline"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!eval_dir(root).join("comparison.csv").exists());
+    let o = sam_eval(root, &["--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let comparison = csv_maps(&eval_dir(root).join("comparison.csv"));
+    assert_eq!(
+        comparison[0]["checkpoint"],
+        std::fs::canonicalize(root.join("final_models/b.pt"))
+            .unwrap()
+            .display()
+            .to_string()
+    );
+    assert!(stdout(&o).contains("(baseline) -> "), "{}", stdout(&o));
+    // A comparison is an evaluation: kept unless --overwrite.
+    let o = sam_eval(root, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

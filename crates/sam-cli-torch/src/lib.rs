@@ -11,7 +11,8 @@
 //! - [`auto_options`], [`normalization`], [`shrunk_images`]: the config's `inference` and
 //!   `data.normalization` sections as sam-infer's options, after the config's own rules.
 //! - With the `eval` feature (default): [`model_eval_options`], [`eval_checkpoint`],
-//!   [`validation_images`] for `sam-eval model`.
+//!   [`validation_images`] for `sam-eval model`; [`eval_baseline`] for its `--baseline` (by
+//!   default the config's `model.checkpoint`, found by the same rule).
 //!
 //! It is a crate of its own because cargo builds a crate once per build, with the union of the
 //! features its users ask for: were these helpers a feature of sam-cli, every executable of a
@@ -30,12 +31,16 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "eval")]
+mod baseline;
 mod checkpoint;
 mod device;
 #[cfg(feature = "eval")]
 mod eval;
 mod infer;
 
+#[cfg(feature = "eval")]
+pub use crate::baseline::{eval_baseline, BaselineChoice, BaselineOrigin};
 pub use crate::checkpoint::resolve_checkpoint;
 pub use crate::device::{apply_tf32, device_line, parse_device, parse_precision, select_device};
 #[cfg(feature = "eval")]

@@ -41,6 +41,19 @@ pub enum CliError {
         .0.display()
     )]
     NoExport(std::path::PathBuf),
+    /// The baseline of a comparison (`--baseline`, or by default the config's
+    /// `model.checkpoint`) cannot be found.
+    #[error("{origin} `{spec}` cannot be found; {fix}")]
+    Baseline {
+        /// Where the baseline was named (`--baseline`, the config's `model.checkpoint`).
+        origin: &'static str,
+        /// What was given.
+        spec: String,
+        /// How to go on.
+        fix: &'static str,
+        /// Why it cannot be found ([`CliError::Checkpoint`]).
+        source: Box<CliError>,
+    },
     /// A grid search without validation images.
     #[error("data.validation: give images_dir and labels_dir, or a fraction, for --grid-search")]
     NoValidationImages,

@@ -27,7 +27,9 @@
 //! automatic instance segmentation of test images (AIS or AMG), optionally with its
 //! thresholds chosen by a grid search on validation images ([`GridValues`]), and iterative
 //! prompting ([`IterativeOptions`]) with one row of scores per round; behind
-//! `sam-eval model`. Without that feature this crate does not link libtorch.
+//! `sam-eval model`. [`compare_to_baseline`] scores a model and its [`Baseline`] (the model
+//! fine-tuning started from) on the same images with the same parameters and writes the
+//! summaries side by side and the per-image changes, the images that got worse first. Without that feature this crate does not link libtorch.
 //!
 //! # Example
 //! ```
@@ -63,6 +65,12 @@ pub use crate::metrics::{
 pub use crate::summary::{Summary, SummaryScores};
 
 #[cfg(feature = "model")]
+pub use crate::comparison::{
+    check_comparison, compare_to_baseline, existing_comparison, image_deltas, remove_comparison,
+    Baseline, ComparisonReport, MetricDelta, PerImageDelta, BASELINE_DIR, COMPARISON_FILES,
+    COMPARISON_OVERLAY_DIR,
+};
+#[cfg(feature = "model")]
 pub use crate::grid::{
     choose, score_ais_grid, score_amg_grid, score_apg_grid, AisGridParams, AmgGridParams,
     ApgGridParams, GridParams, GridPoint, GridSearchReport, GridValues,
@@ -85,6 +93,8 @@ mod matching;
 mod metrics;
 mod summary;
 
+#[cfg(feature = "model")]
+mod comparison;
 #[cfg(feature = "model")]
 mod grid;
 #[cfg(feature = "model")]

@@ -9,6 +9,7 @@
 //! runs/<experiment>/checkpoints/<checkpoint_name>/latest/  model, optimiser, state (resume)
 //! runs/<experiment>/checkpoints/<checkpoint_name>/best/    best validation mSA
 //! runs/<experiment>/logs/{train.log,metrics.csv,curves.png}
+//! runs/<experiment>/logs/comparison.csv                  validation of the starting and exported model
 //! ```
 //!
 //! and exports the best model to `export_path` with [`export_model`]. The run is a sequence of
@@ -38,6 +39,7 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
+mod comparison;
 mod corrective;
 mod data;
 mod distributed;
@@ -61,6 +63,9 @@ mod trainer;
 mod validation;
 
 pub use checkpoint::{Checkpoint, CheckpointStore, EpochSums, Slot, TrainState};
+pub use comparison::{
+    best_epoch, comparison_line, ComparisonLog, ComparisonRecord, ComparisonStage,
+};
 pub use distributed::{Collective, GradientReducer, GRADIENT_BUCKET_BYTES};
 pub use error::{BoxError, TrainError};
 pub use export::{export_model, ExportOptions, PeftLayout};

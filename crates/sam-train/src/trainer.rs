@@ -15,6 +15,9 @@ use sam_data::{derive_seed, Dataset, Prefetcher, SampleConfig, TrainingSample};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{CheckpointStore, EpochSums, Slot, TrainState};
+use crate::comparison::{
+    best_epoch, comparison_line, ComparisonLog, ComparisonRecord, ComparisonStage,
+};
 use crate::data::{n_validation_patches, open_data, prepare_bounds, sample_config};
 use crate::distributed::{Collective, GradientReducer};
 use crate::faults::FaultInjection;
@@ -768,6 +771,9 @@ impl<'a> Trainer<'a> {
     /// The iterations, from where the state stands to the end, a requested stop or early
     /// stopping.
     fn run(mut self) -> Result<TrainOutcome, TrainError> {
+        if self.state.iteration == 0 {
+            self.record_start()?;
+        }
         self.opts
             .progress
             .start(self.plan.total_iterations, self.state.iteration);
@@ -1189,7 +1195,9 @@ impl<'a> Trainer<'a> {
             ));
         }
         let export_path = if self.is_main() {
-            Some(self.export()?)
+            let exported = self.export()?;
+            self.record_end()?;
+            Some(exported)
         } else {
             None
         };
@@ -1213,6 +1221,53 @@ impl<'a> Trainer<'a> {
         Ok(TrainOutcome::Finished(
             self.summary(export_path, self.early_stopped),
         ))
+    }
+
+    /// The validation scores of the starting model, before the first step, as the `start` row
+    /// of `logs/comparison.csv` (every rank validates its share, rank 0 writes). A run that
+    /// starts again from the beginning keeps the row it wrote first.
+    fn record_start(&mut self) -> Result<(), TrainError> {
+        let s = shared_validation(
+            self.model.sam(),
+            &self.val_patches,
+            self.device,
+            self.opts.collective,
+            self.faults.validation_offset(self.rank),
+        )?;
+        let record = ComparisonRecord::new(
+            ComparisonStage::Start,
+            self.state.epoch,
+            self.state.iteration,
+            &s,
+        );
+        if self.is_main() && ComparisonLog::new(&self.paths.logs_dir).record(&record)? {
+            self.say(format!(
+                "starting model: validation mSA {:.4}, SA50 {:.4}, box IoU {:.4}, Dice {:.4}",
+                s.msa, s.sa50, s.box_iou, s.dice
+            ));
+        }
+        Ok(())
+    }
+
+    /// The validation scores of the exported model (the epoch of `best`, from metrics.csv) as
+    /// the `end` row of `logs/comparison.csv`, and the line comparing it with the start (rank 0).
+    fn record_end(&self) -> Result<(), TrainError> {
+        let rows = self.metrics.read()?;
+        let best = self
+            .state
+            .best_metric
+            .and_then(|msa| best_epoch(&rows, msa, self.state.best_dice))
+            .or_else(|| rows.iter().rev().find(|r| r.val_msa.is_finite()));
+        let Some(best) = best else {
+            return Ok(());
+        };
+        let end = ComparisonRecord::from_epoch(ComparisonStage::End, best);
+        let log = ComparisonLog::new(&self.paths.logs_dir);
+        log.record(&end)?;
+        if let Some(start) = log.get(ComparisonStage::Start)? {
+            self.say(comparison_line(&start, &end));
+        }
+        Ok(())
     }
 
     /// Exports `best` (or `latest` when no validation ever ran) to the config's export path.

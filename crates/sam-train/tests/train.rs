@@ -46,15 +46,116 @@ fn resume_after_kill_equals_uninterrupted_run() {
         run(&cfg, b.path(), false, Some(3)).unwrap(),
         TrainOutcome::Interrupted(_)
     ));
+    // The interrupted run has recorded its start only, the start of the uninterrupted one.
+    let comparison =
+        |root: &Path| std::fs::read_to_string(root.join("runs/t/logs/comparison.csv")).unwrap();
+    let start_a = comparison(a.path())
+        .lines()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let interrupted = comparison(b.path());
+    assert_eq!(
+        interrupted.trim_end(),
+        start_a,
+        "the start record of the interrupted run"
+    );
     assert!(matches!(
         run(&cfg, b.path(), true, None).unwrap(),
         TrainOutcome::Finished(_)
     ));
+    // The resume did not overwrite the start (it would record iteration 3) and added the end.
+    let resumed = comparison(b.path());
+    assert!(resumed.starts_with(&interrupted), "{resumed}");
+    assert_eq!(resumed.lines().count(), 3, "{resumed}");
+    assert_comparison_of_the_best_epoch(b.path());
     let d = max_diff(&latest_model(a.path(), &cfg), &latest_model(b.path(), &cfg));
     assert!(
         d <= 1e-6,
         "resumed run differs from the uninterrupted one by {d}"
     );
+}
+
+/// The rows of `runs/t/logs/<file>` as maps from column to value.
+fn csv_rows(root: &Path, file: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(root.join("runs/t/logs").join(file)).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    r.records()
+        .map(|x| {
+            header
+                .iter()
+                .cloned()
+                .zip(x.unwrap().iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+/// logs/comparison.csv of a finished run: a `start` row at iteration 0 and an `end` row with the
+/// validation scores that metrics.csv holds for the exported (best) model: the first epoch
+/// with the highest mSA, the higher Dice breaking ties. Returns the start and end mSA.
+fn assert_comparison_of_the_best_epoch(root: &Path) -> (f64, f64) {
+    let rows = csv_rows(root, "comparison.csv");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (start, end) = (&rows[0], &rows[1]);
+    assert_eq!(
+        (start["stage"].as_str(), start["epoch"].as_str()),
+        ("start", "0")
+    );
+    assert_eq!(start["iteration"], "0");
+    assert_eq!(end["stage"], "end");
+    let epochs = csv_rows(root, "metrics.csv");
+    let num =
+        |r: &std::collections::HashMap<String, String>, k: &str| -> f64 { r[k].parse().unwrap() };
+    let mut best = &epochs[0];
+    for e in &epochs[1..] {
+        let (m, bm) = (num(e, "val_msa"), num(best, "val_msa"));
+        if m > bm || (m == bm && num(e, "val_dice") > num(best, "val_dice")) {
+            best = e;
+        }
+    }
+    for (ours, theirs) in [
+        ("epoch", "epoch"),
+        ("iteration", "iteration"),
+        ("mSA", "val_msa"),
+        ("SA50", "val_sa50"),
+        ("box_iou", "val_box_iou"),
+        ("dice", "val_dice"),
+    ] {
+        assert_eq!(end[ours], best[theirs], "{ours}: {rows:?} vs {epochs:?}");
+    }
+    (num(start, "mSA"), num(end, "mSA"))
+}
+
+/// Whether fine-tuning helped: logs/comparison.csv holds the validation of the starting model
+/// (before the first step) and of the exported one, and the run ends with a line comparing
+/// them. With a learning rate too small to move any weight the two are the same model, so the
+/// start row must equal the end row: the start is the starting model, scored like every epoch.
+#[test]
+fn comparison_records_the_starting_and_the_exported_model() {
+    let cfg = config(false, |c| c.epochs(1).set("training.lr", 1.0e-30));
+    let dir = setup!(2);
+    let paths = prepare_run(&cfg, dir.path(), false, false).unwrap().paths;
+    let lines = Lines::default();
+    let opts = TrainOptions {
+        progress: &lines,
+        ..opts(dir.path(), false, None)
+    };
+    assert!(matches!(
+        train(&cfg, &paths, &opts).unwrap(),
+        TrainOutcome::Finished(_)
+    ));
+    let (start, end) = assert_comparison_of_the_best_epoch(dir.path());
+    let rows = csv_rows(dir.path(), "comparison.csv");
+    for k in ["mSA", "SA50", "box_iou", "dice"] {
+        assert_eq!(rows[0][k], rows[1][k], "{k}: {rows:?}");
+    }
+    let text = lines.text();
+    let expected = format!(
+        "validation mSA {start:.2} -> {end:.2} ({:+.2})",
+        end - start
+    );
+    assert!(text.contains(&expected), "missing `{expected}` in:\n{text}");
 }
 
 #[test]
@@ -76,6 +177,7 @@ fn run_folder_has_the_documented_layout_and_export() {
         "checkpoints/ck/latest/optimizer.safetensors",
         "checkpoints/ck/latest/state.json",
         "config.yaml",
+        "logs/comparison.csv",
         "logs/curves.png",
         "logs/metrics.csv",
     ];
