@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use sam_data::{read_image, read_labels, write_overlay_png};
-use sam_infer::{AutoMode, InferenceModel, TileSpec};
+use sam_infer::{InferenceModel, TileSpec};
 use serde::Serialize;
 
 use crate::error::EvalError;
@@ -219,7 +219,7 @@ fn baseline_options(opts: &ModelEvalOptions, baseline: &Baseline<'_>) -> ModelEv
 ///
 /// # Errors
 /// [`EvalError::OutputExists`] for an earlier comparison, [`EvalError::Setting`] when the
-/// model runs AIS and the baseline has no instance-segmentation decoder, and those of
+/// baseline cannot run the model's mode (AIS or APG without a decoder), and those of
 /// [`ModelEvalOptions::check`].
 pub fn check_comparison(
     model: &InferenceModel,
@@ -235,12 +235,13 @@ pub fn check_comparison(
         });
     }
     let mode = opts.segmentation.mode.resolve(model)?;
-    if mode == AutoMode::Ais && !baseline.model.has_decoder() {
+    if let Err(e) = mode.resolve(baseline.model) {
         return Err(EvalError::Setting {
             name: "inference.mode".into(),
             message: format!(
-                "the model runs AIS, but the baseline {} has no instance-segmentation decoder; \
-                 set inference.mode: amg to compare both with AMG",
+                "the model runs {}, but the baseline {} cannot ({e}); set inference.mode: amg \
+                 to compare both with AMG",
+                mode.name(),
                 baseline.checkpoint.display()
             ),
         });
