@@ -9,6 +9,7 @@
 //! runs/<experiment>/checkpoints/<checkpoint_name>/latest/  model, optimiser, state (resume)
 //! runs/<experiment>/checkpoints/<checkpoint_name>/best/    best validation mSA
 //! runs/<experiment>/logs/{train.log,metrics.csv,curves.png}
+//! runs/<experiment>/logs/tensorboard/events.out.tfevents.*  the same numbers and image panels
 //! ```
 //!
 //! and exports the best model to `export_path` with [`export_model`]. The run is a sequence of
@@ -37,6 +38,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod board;
 mod checkpoint;
 mod corrective;
 mod data;
@@ -56,10 +58,12 @@ mod schedule;
 mod setup;
 mod signals;
 mod step;
+pub mod tensorboard;
 mod throughput;
 mod trainer;
 mod validation;
 
+pub use board::{panel, PANEL_GAP, PANEL_OBJECTS, PANEL_TAG, TENSORBOARD_DIR};
 pub use checkpoint::{Checkpoint, CheckpointStore, EpochSums, Slot, TrainState};
 pub use distributed::{Collective, GradientReducer, GRADIENT_BUCKET_BYTES};
 pub use error::{BoxError, TrainError};
