@@ -11,7 +11,7 @@
 //! | log line (`training.log_every_iterations`) | `step/loss`, `step/dice_loss`, `step/iou_mse_loss`, `step/decoder_loss`, `step/lr`, `throughput/images_per_second`, `throughput/seconds_per_step`, `throughput/model_tflops` and `throughput/peak_share` (when counted), `memory/peak_allocated_mib` (GPU) |
 //! | image panel | `train/panel` |
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sam_data::{outline_overlay, LabelImage, Plane, PromptSampler, TrainingSample};
 use sam_model::{ResizeLongestSide, Sam};
@@ -82,12 +82,6 @@ impl Board {
             },
             removed,
         ))
-    }
-
-    /// The event file written to.
-    #[allow(dead_code)]
-    pub(crate) fn path(&self) -> PathBuf {
-        self.writer.path().to_path_buf()
     }
 
     /// The scalars of a metrics row, at its iteration.

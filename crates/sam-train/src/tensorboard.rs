@@ -18,9 +18,9 @@
 //! logged after its last checkpoint (and which the resumed run logs again) are not shown twice.
 //!
 //! ```
-//! # fn main() -> Result<(), sam_train::TrainError> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use sam_train::tensorboard::{read_events, EventWriter};
-//! let dir = tempfile::tempdir().map_err(|e| sam_train::TrainError::io("tmp", e))?;
+//! let dir = tempfile::tempdir()?;
 //! let mut writer = EventWriter::create(dir.path())?;
 //! writer.add_scalars(10, &[("train/loss", 0.25), ("train/lr", 1e-5)])?;
 //! let events = read_events(writer.path())?;
@@ -163,10 +163,7 @@ pub fn encode_record(data: &[u8]) -> Vec<u8> {
 pub fn decode_records(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
     let mut records = Vec::new();
     let mut at = 0usize;
-    loop {
-        let Some(header) = bytes.get(at..at + 12) else {
-            break;
-        };
+    while let Some(header) = bytes.get(at..at + 12) {
         let (len_bytes, len_crc) = header.split_at(8);
         if u32::from_le_bytes([len_crc[0], len_crc[1], len_crc[2], len_crc[3]])
             != masked_crc32c(len_bytes)
