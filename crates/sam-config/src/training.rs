@@ -178,6 +178,10 @@ pub struct TrainingConfig {
     pub focal_loss_weight: f64,
     /// Write a log line (and metrics row) every this many iterations.
     pub log_every_iterations: u32,
+    /// Add an image panel to the run's TensorBoard log (`logs/tensorboard/`) every this many
+    /// iterations: the first patch of the step's batch with the box prompts of up to 4 objects,
+    /// their true masks and the masks the model predicts from those boxes (0 = no images).
+    pub tensorboard_images_every: u32,
     /// Overwrite `latest` checkpoint every this many iterations (and at every epoch end).
     pub checkpoint_every_iterations: u32,
     /// Also keep a numbered checkpoint every this many epochs; `null` keeps only latest/best.
@@ -213,6 +217,7 @@ impl Default for TrainingConfig {
             max_nonfinite_steps: 5,
             focal_loss_weight: 0.0,
             log_every_iterations: 50,
+            tensorboard_images_every: 100,
             checkpoint_every_iterations: 500,
             save_every_kth_epoch: None,
             validate_every_epochs: 1,

@@ -76,7 +76,7 @@ pub use crate::labels::{
     relabel_consecutive, remove_small_objects, size_filter, split_fragments, Connectivity,
     ObjectStats,
 };
-pub use crate::overlay::write_overlay_png;
+pub use crate::overlay::{outline_overlay, write_overlay_png};
 pub use crate::pipeline::Prefetcher;
 pub use crate::plane::Plane;
 pub use crate::preprocess::{

@@ -10,6 +10,7 @@
 //! runs/<experiment>/checkpoints/<checkpoint_name>/best/    best validation mSA
 //! runs/<experiment>/logs/{train.log,metrics.csv,curves.png}
 //! runs/<experiment>/logs/comparison.csv                  validation of the starting and exported model
+//! runs/<experiment>/logs/tensorboard/events.out.tfevents.*  the same numbers and image panels
 //! ```
 //!
 //! and exports the best model to `export_path` with [`export_model`]. The run is a sequence of
@@ -38,6 +39,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod board;
 mod checkpoint;
 mod comparison;
 mod corrective;
@@ -58,10 +60,12 @@ mod schedule;
 mod setup;
 mod signals;
 mod step;
+pub mod tensorboard;
 mod throughput;
 mod trainer;
 mod validation;
 
+pub use board::{panel, PANEL_GAP, PANEL_OBJECTS, PANEL_TAG, TENSORBOARD_DIR};
 pub use checkpoint::{Checkpoint, CheckpointStore, EpochSums, Slot, TrainState};
 pub use comparison::{
     best_epoch, comparison_line, ComparisonLog, ComparisonRecord, ComparisonStage,

@@ -400,7 +400,13 @@ impl Meter {
 
     /// `peak device memory N MiB` on a GPU (the allocator's peak of tensor memory so far).
     pub(crate) fn peak_memory(&self) -> Option<String> {
+        let bytes = self.peak_memory_bytes()?;
+        Some(format!("peak device memory {} MiB", bytes >> 20))
+    }
+
+    /// The allocator's peak of tensor memory so far on the GPU, in bytes (`None` on the CPU).
+    pub(crate) fn peak_memory_bytes(&self) -> Option<u64> {
         let m = sam_torch::cuda_memory_stats(self.cuda_index?).ok()?;
-        Some(format!("peak device memory {} MiB", m.peak_allocated >> 20))
+        Some(m.peak_allocated)
     }
 }

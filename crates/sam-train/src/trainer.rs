@@ -14,6 +14,7 @@ use sam_config::{ExperimentConfig, ModelConfig, Precision, RunPaths, SchedulerKi
 use sam_data::{derive_seed, Dataset, Prefetcher, SampleConfig, TrainingSample};
 use tch::{Device, Kind, Tensor};
 
+use crate::board::Board;
 use crate::checkpoint::{CheckpointStore, EpochSums, Slot, TrainState};
 use crate::comparison::{
     best_epoch, comparison_line, ComparisonLog, ComparisonRecord, ComparisonStage,
@@ -632,6 +633,8 @@ struct Trainer<'a> {
     val_patches: Vec<TrainingSample>,
     prefetch: Prefetcher<(u64, TrainingSample)>,
     metrics: MetricsLog,
+    /// The TensorBoard log (rank 0).
+    board: Option<Board>,
     last_validation: Option<ValidationScores>,
     early_stopped: bool,
     epoch_started: Instant,
@@ -738,6 +741,23 @@ impl<'a> Trainer<'a> {
         if is_main {
             say(opts.progress, meter.describe());
         }
+        let board = if is_main {
+            let (board, removed) =
+                Board::open(&paths.logs_dir, state.iteration, t.tensorboard_images_every)?;
+            if removed > 0 {
+                say(
+                    opts.progress,
+                    format!(
+                        "TensorBoard: removed {removed} event(s) after iteration {} that the \
+                         interrupted run logged after its last checkpoint (they are logged again)",
+                        state.iteration
+                    ),
+                );
+            }
+            Some(board)
+        } else {
+            None
+        };
         Ok(Self {
             cfg,
             paths,
@@ -760,6 +780,7 @@ impl<'a> Trainer<'a> {
             val_patches: data.val_patches,
             prefetch,
             metrics: MetricsLog::new(&paths.logs_dir),
+            board,
             last_validation: None,
             early_stopped: false,
             epoch_started: Instant::now(),
@@ -938,7 +959,13 @@ impl<'a> Trainer<'a> {
         let reads = sam_torch::host_reads() - reads_before;
         self.timing.max_host_reads_per_step = self.timing.max_host_reads_per_step.max(reads);
         self.state.iteration += 1;
-        self.record_step(&StepReport { value, loss, taken });
+        self.record_step(&StepReport { value, loss, taken })?;
+        // The TensorBoard image panel shows the first patch of the batch.
+        if let (Some(board), Some(first)) = (self.board.as_mut(), batch.first()) {
+            if board.panel_due(self.state.iteration) {
+                board.add_panel(self.state.iteration, self.model.sam(), first, self.device)?;
+            }
+        }
         Ok(())
     }
 
@@ -997,8 +1024,9 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Adds a taken step to the epoch sums; reports it to the progress sink and the log.
-    fn record_step(&mut self, step: &StepReport) {
+    /// Adds a taken step to the epoch sums; reports it to the progress sink, the log and
+    /// TensorBoard.
+    fn record_step(&mut self, step: &StepReport) -> Result<(), TrainError> {
         if step.taken {
             let sums = &mut self.state.epoch_sums;
             sums.loss += step.value;
@@ -1014,13 +1042,24 @@ impl<'a> Trainer<'a> {
         if every > 0 && iteration % u64::from(every) == 0 && self.is_main() {
             // Throughput over the steps since the previous line: images/s of the global
             // batch, s/step, model TFLOP/s (and share of the GPU's bf16 peak), peak memory.
-            let mut speed = self
+            let throughput = self
                 .meter
-                .since_last_line(self.timing.iterations, self.timing.step_seconds)
+                .since_last_line(self.timing.iterations, self.timing.step_seconds);
+            let mut speed = throughput
+                .as_ref()
                 .map(|t| format!("; {}", t.describe()))
                 .unwrap_or_default();
             if let Some(memory) = self.meter.peak_memory() {
                 speed += &format!(", {memory}");
+            }
+            if let Some(board) = self.board.as_mut() {
+                board.log_line(
+                    iteration,
+                    &step.loss,
+                    self.optim.lr(),
+                    throughput.as_ref(),
+                    self.meter.peak_memory_bytes(),
+                )?;
             }
             tracing::info!(
                 "iteration {}/{}: loss {:.4} (dice {:.4}, iou-mse {:.4}, decoder {:.4}), lr {:.3e}{speed}",
@@ -1033,6 +1072,7 @@ impl<'a> Trainer<'a> {
                 self.optim.lr()
             );
         }
+        Ok(())
     }
 
     /// Whether `latest` is written after this (mid-epoch) iteration: every
@@ -1121,6 +1161,9 @@ impl<'a> Trainer<'a> {
                 self.state.epoch, self.plan.epochs, record.train_loss, s.msa, s.sa50, s.box_iou, s.dice
             ));
             self.metrics.append(record)?;
+            if let Some(board) = self.board.as_mut() {
+                board.epoch_row(record)?;
+            }
         }
         let state = &mut self.state;
         let decision = checkpoint_decision(

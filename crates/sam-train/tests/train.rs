@@ -16,6 +16,8 @@ mod optim_parity;
 
 use common::{config, latest_model, max_diff, opts, run};
 
+mod tensorboard_log;
+
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -164,10 +166,18 @@ fn run_folder_has_the_documented_layout_and_export() {
     let dir = setup!(2);
     run(&cfg, dir.path(), false, None).unwrap();
     let run_dir = dir.path().join("runs/t");
-    let rel: Vec<String> = files_under(&run_dir)
+    let mut rel: Vec<String> = files_under(&run_dir)
         .iter()
         .map(|p| p.strip_prefix(&run_dir).unwrap().display().to_string())
         .collect();
+    // One TensorBoard event file, named after the time, host and process.
+    let events: Vec<String> = rel
+        .iter()
+        .filter(|p| p.starts_with("logs/tensorboard/events.out.tfevents."))
+        .cloned()
+        .collect();
+    assert_eq!(events.len(), 1, "{rel:?}");
+    rel.retain(|p| !events.contains(p));
     let expected = [
         RUN_MARKER,
         "checkpoints/ck/best/model.safetensors",

@@ -399,6 +399,7 @@ fn setup_resume() -> (TempRepo, PathBuf) {
         .set("model.architecture.decoder_features", 8)
         .set("training.n_objects_per_batch", 8)
         .set("training.mask_prob", 0.5)
+        .set("training.tensorboard_images_every", 3)
         .epochs(8)
         .set("training.lr", 2.0e-3)
         .set("training.scheduler.kind", "reduce_on_plateau")
@@ -464,6 +465,29 @@ fn interrupt_when_logged(
 
 fn count(log: &Path, text: &str) -> usize {
     std::fs::read_to_string(log).map_or(0, |s| s.matches(text).count())
+}
+
+/// The number of TensorBoard event files of run `k` and the (tag, step) of every value in
+/// them, sorted; each must occur once.
+fn tensorboard_keys(root: &Path) -> (usize, Vec<(String, i64)>) {
+    let files = sam_train::tensorboard::event_files(&root.join("runs/k/logs/tensorboard")).unwrap();
+    let mut keys = Vec::new();
+    for f in &files {
+        for e in sam_train::tensorboard::read_events(f).unwrap() {
+            keys.extend(e.values().map(|v| (v.tag.clone(), e.step)));
+        }
+    }
+    keys.sort();
+    let mut unique = keys.clone();
+    unique.dedup();
+    assert_eq!(
+        keys,
+        unique,
+        "a (tag, step) is logged twice in {}",
+        root.display()
+    );
+    assert!(!keys.is_empty());
+    (files.len(), keys)
 }
 
 /// `metrics.csv` without its `seconds` column.
@@ -582,6 +606,12 @@ fn a_run_stopped_and_killed_resumes_to_the_uninterrupted_weights() {
         metrics_without_time(root),
         metrics_without_time(whole.path())
     );
+    // TensorBoard: the five processes' event files hold every (tag, step) of the uninterrupted
+    // run, each once (the steps a killed process logged after its last checkpoint were
+    // removed when the next one resumed).
+    let (files, keys) = tensorboard_keys(root);
+    assert_eq!(files, 5);
+    assert_eq!(keys, tensorboard_keys(whole.path()).1);
     // Every .tmp folder is gone; the exported model exists.
     let names: Vec<String> = std::fs::read_dir(&ck)
         .unwrap()
