@@ -126,15 +126,7 @@ impl ComparisonLog {
 
     /// Every row written so far.
     pub fn read(&self) -> Result<Vec<ComparisonRecord>, TrainError> {
-        if !self.csv.exists() {
-            return Ok(Vec::new());
-        }
-        let mut reader =
-            csv::Reader::from_path(&self.csv).map_err(|e| TrainError::format(&self.csv, e))?;
-        reader
-            .deserialize()
-            .collect::<Result<Vec<ComparisonRecord>, _>>()
-            .map_err(|e| TrainError::format(&self.csv, e))
+        crate::report::read_rows(&self.csv)
     }
 
     /// The row of `stage`, if written.

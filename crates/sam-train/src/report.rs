@@ -57,15 +57,7 @@ impl MetricsLog {
 
     /// Every record written so far.
     pub fn read(&self) -> Result<Vec<EpochRecord>, TrainError> {
-        if !self.csv.exists() {
-            return Ok(Vec::new());
-        }
-        let mut reader =
-            csv::Reader::from_path(&self.csv).map_err(|e| TrainError::format(&self.csv, e))?;
-        reader
-            .deserialize()
-            .collect::<Result<Vec<EpochRecord>, _>>()
-            .map_err(|e| TrainError::format(&self.csv, e))
+        read_rows(&self.csv)
     }
 
     /// Appends a record, dropping rows of later epochs first (left by a run that was killed
@@ -115,6 +107,18 @@ pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> 
 }
 
 /// Draws the curves figure into an RGB buffer of [`CURVES_SIZE`]; `path` names it in errors.
+/// Every row of the CSV log `path` (none when it does not exist yet).
+pub(crate) fn read_rows<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, TrainError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut reader = csv::Reader::from_path(path).map_err(|e| TrainError::format(path, e))?;
+    reader
+        .deserialize()
+        .collect::<Result<Vec<T>, _>>()
+        .map_err(|e| TrainError::format(path, e))
+}
+
 fn draw_curves_into(rows: &[EpochRecord], rgb: &mut [u8], path: &Path) -> Result<(), TrainError> {
     let root = BitMapBackend::with_buffer(rgb, CURVES_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| TrainError::format(path, e))?;
