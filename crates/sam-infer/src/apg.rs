@@ -220,19 +220,63 @@ fn boxes_overlap(a: &MaskRecord, b: &MaskRecord) -> bool {
     iw * ih > 0.0
 }
 
-/// Pixels set in both masks (image coordinates).
-fn intersection(a: &MaskRecord, b: &MaskRecord) -> u64 {
-    let y0 = a.y0.max(b.y0);
-    let y1 = (a.y0 + a.mask.rows()).min(b.y0 + b.mask.rows());
-    let x0 = a.x0.max(b.x0);
-    let x1 = (a.x0 + a.mask.cols()).min(b.x0 + b.mask.cols());
-    let mut n = 0u64;
-    for y in y0..y1.max(y0) {
-        let ra = &a.mask.row(y - a.y0)[x0 - a.x0..x1.max(x0) - a.x0];
-        let rb = &b.mask.row(y - b.y0)[x0 - b.x0..x1.max(x0) - b.x0];
-        n += ra.iter().zip(rb).filter(|(&p, &q)| p && q).count() as u64;
+/// A mask's rows as bits, word-aligned to image columns: bit `x % 64` of word `x / 64 - word0`
+/// of a row is image column `x`. Two masks then intersect by AND and popcount over the words
+/// both rows hold, 64 pixels at a time; bits outside a mask's box are 0.
+struct PackedMask {
+    y0: usize,
+    rows: usize,
+    word0: usize,
+    words: usize,
+    bits: Vec<u64>,
+}
+
+impl PackedMask {
+    fn new(m: &MaskRecord) -> Self {
+        let (rows, cols) = (m.mask.rows(), m.mask.cols());
+        let word0 = m.x0 / 64;
+        let words = (m.x0 + cols).div_ceil(64) - word0;
+        let mut bits = vec![0u64; rows * words];
+        for y in 0..rows {
+            let row = &mut bits[y * words..(y + 1) * words];
+            for (dx, _) in m.mask.row(y).iter().enumerate().filter(|(_, &b)| b) {
+                let x = m.x0 + dx - word0 * 64;
+                row[x / 64] |= 1 << (x % 64);
+            }
+        }
+        Self {
+            y0: m.y0,
+            rows,
+            word0,
+            words,
+            bits,
+        }
     }
-    n
+
+    fn row(&self, y: usize, word0: usize, word1: usize) -> &[u64] {
+        let start = (y - self.y0) * self.words;
+        &self.bits[start + word0 - self.word0..start + word1 - self.word0]
+    }
+
+    /// Pixels set in both masks.
+    fn intersection(&self, other: &Self) -> u64 {
+        let y0 = self.y0.max(other.y0);
+        let y1 = (self.y0 + self.rows).min(other.y0 + other.rows);
+        let w0 = self.word0.max(other.word0);
+        let w1 = (self.word0 + self.words).min(other.word0 + other.words);
+        if y1 <= y0 || w1 <= w0 {
+            return 0;
+        }
+        (y0..y1)
+            .map(|y| {
+                let (a, b) = (self.row(y, w0, w1), other.row(y, w0, w1));
+                a.iter()
+                    .zip(b)
+                    .map(|(p, q)| u64::from((p & q).count_ones()))
+                    .sum::<u64>()
+            })
+            .sum()
+    }
 }
 
 /// micro_sam `_batched_mask_nms`: visit masks by descending score (ties by index) and drop every
@@ -257,6 +301,7 @@ fn nms_on(
 ) -> Vec<usize> {
     let mut order: Vec<usize> = (0..masks.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let packed: Vec<PackedMask> = masks.iter().map(|m| PackedMask::new(m)).collect();
     let mut removed = vec![false; masks.len()];
     let mut keep = Vec::new();
     for (k, &i) in order.iter().enumerate() {
@@ -268,7 +313,7 @@ fn nms_on(
             if removed[j] || !boxes_overlap(masks[i], masks[j]) {
                 continue;
             }
-            let inter = intersection(masks[i], masks[j]);
+            let inter = packed[i].intersection(&packed[j]);
             let (ai, aj) = (masks[i].area, masks[j].area);
             // float32 as torch computes it.
             let overlap = if intersection_over_min {
@@ -416,6 +461,51 @@ mod tests {
         };
         let pts = apg_point_prompts(&maps(fg, c2.clone(), c2, h, w), &ApgParams::default());
         assert_eq!(pts.unwrap(), vec![[3.0, 3.0]]);
+    }
+
+    #[test]
+    fn packed_intersection_counts_the_pixels_set_in_both_masks() {
+        // Masks of irregular patterns at offsets and widths that start, end and straddle
+        // 64-column words differently, against a pixel-by-pixel count in image coordinates.
+        let pattern = |seed: usize, rows: usize, cols: usize| {
+            let v = (0..rows * cols)
+                .map(|i| (i * 2_654_435_761 + seed * 97) % 7 < 3)
+                .collect();
+            Plane::from_vec(rows, cols, v).unwrap()
+        };
+        let masks: Vec<MaskRecord> = [
+            (0, 0, 5, 70),
+            (2, 63, 9, 2),
+            (1, 60, 6, 140),
+            (3, 128, 4, 64),
+            (0, 127, 8, 1),
+            (4, 10, 3, 200),
+        ]
+        .iter()
+        .enumerate()
+        .filter_map(|(k, &(y0, x0, rows, cols))| {
+            MaskRecord::from_mask(&pattern(k, rows, cols), y0, x0, 1.0, 1.0)
+        })
+        .collect();
+        let pixel = |m: &MaskRecord, y: usize, x: usize| {
+            (y >= m.y0 && y < m.y0 + m.mask.rows() && x >= m.x0 && x < m.x0 + m.mask.cols())
+                && m.mask.get(y - m.y0, x - m.x0)
+        };
+        for a in &masks {
+            for b in &masks {
+                let want = (0..20)
+                    .flat_map(|y| (0..300).map(move |x| (y, x)))
+                    .filter(|&(y, x)| pixel(a, y, x) && pixel(b, y, x))
+                    .count() as u64;
+                let got = PackedMask::new(a).intersection(&PackedMask::new(b));
+                assert_eq!(
+                    got, want,
+                    "masks at ({}, {}) and ({}, {})",
+                    a.y0, a.x0, b.y0, b.x0
+                );
+            }
+            assert_eq!(PackedMask::new(a).intersection(&PackedMask::new(a)), a.area);
+        }
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! read. Named micro_sam models resolve to files of the shared model cache
 //! ([`resolve_checkpoint`]); downloading them (`download_model`) needs the `download` feature.
 //! [`flops`] counts the floating-point operations of a forward pass from the architecture;
-//! [`Precision`] runs inference forward passes in fp32 or under bf16 autocast.
+//! [`Precision`] runs inference forward passes in fp32 or under bf16 autocast; [`seeded`] draws
+//! seeded random weights while other threads draw too.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,6 +55,7 @@ mod precision;
 mod predictor;
 mod prompt_encoder;
 mod sam;
+mod seeded;
 mod state_dict;
 mod tiny_vit;
 mod transformer;
@@ -87,6 +89,7 @@ pub use prompt_encoder::{PositionEmbeddingRandom, PromptEncoder, PromptEncoderCo
 pub use sam::{
     ImageEncoder, ImageEncoderConfig, MaskPrediction, Sam, SamConfig, PIXEL_MEAN, PIXEL_STD,
 };
+pub use seeded::seeded;
 pub use state_dict::{
     apply_state_dict, named_tensors, LoadError, LoadMode, LoadReport, ShapeMismatch, UnmatchedKey,
 };

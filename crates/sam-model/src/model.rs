@@ -153,7 +153,7 @@ impl fmt::Debug for SamModel {
 
 impl SamModel {
     /// Builds SAM from `sam` and, when given, the decoder from `decoder`, with random weights
-    /// (seed them through `tch::manual_seed`), on `device`.
+    /// (seed them through [`crate::seeded`]), on `device`.
     pub fn new(
         sam: &SamConfig,
         decoder: Option<&UnetrConfig>,

@@ -1,18 +1,12 @@
 //! Tiny random-weight checkpoints.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
 
 use sam_model::{
     named_tensors, write_micro_sam_checkpoint, write_sam_state_dict, Sam, SamConfig, UnetrConfig,
     UnetrDecoder,
 };
 use tch::{nn, Device, Tensor};
-
-/// libtorch's random generator is global: seeding it and drawing a model's weights hold this
-/// lock, so that tests writing checkpoints in parallel threads each get the weights of their
-/// seed (without it, a second thread's seed or draws land between the first one's).
-static GLOBAL_GENERATOR: Mutex<()> = Mutex::new(());
 
 /// Named tensors, as `sam_model::named_tensors` returns them.
 pub type NamedTensors = Vec<(String, Tensor)>;
@@ -78,20 +72,18 @@ impl TinyCheckpoint {
     /// The weights: the SAM state_dict and, with the decoder, the UNETR decoder's, each sorted
     /// by key. For tests that change weights before writing them.
     pub fn named_tensors(&self) -> Result<(NamedTensors, Option<NamedTensors>), Error> {
-        let _generator = GLOBAL_GENERATOR
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        tch::manual_seed(self.seed);
-        let vs = nn::VarStore::new(Device::Cpu);
-        Sam::new(&vs.root(), &SamConfig::tiny()).map_err(Error::Model)?;
-        let decoder = if self.decoder {
-            let dvs = nn::VarStore::new(Device::Cpu);
-            UnetrDecoder::new(&dvs.root(), &UnetrConfig::tiny()).map_err(Error::Model)?;
-            Some(named_tensors(&dvs))
-        } else {
-            None
-        };
-        Ok((named_tensors(&vs), decoder))
+        sam_model::seeded(self.seed, || {
+            let vs = nn::VarStore::new(Device::Cpu);
+            Sam::new(&vs.root(), &SamConfig::tiny()).map_err(Error::Model)?;
+            let decoder = if self.decoder {
+                let dvs = nn::VarStore::new(Device::Cpu);
+                UnetrDecoder::new(&dvs.root(), &UnetrConfig::tiny()).map_err(Error::Model)?;
+                Some(named_tensors(&dvs))
+            } else {
+                None
+            };
+            Ok((named_tensors(&vs), decoder))
+        })
     }
 
     /// Builds the model and writes it to `path` (whose folder must exist).

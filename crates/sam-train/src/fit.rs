@@ -385,8 +385,8 @@ impl FitProbe {
                     max_synthetic_objects(rows, cols)
                 ))
             })?;
-        tch::manual_seed(cfg.seed as i64 & i64::MAX);
-        let mut model = new_model(&cfg.model, device)?;
+        let mut model =
+            sam_model::seeded(cfg.seed as i64 & i64::MAX, || new_model(&cfg.model, device))?;
         if let Some(side) = native_input_size(cfg) {
             model.set_input_size(side)?;
         }

@@ -404,7 +404,7 @@ impl RunData {
 }
 
 /// The model the config builds with its initial weights: torch's generator seeded from the
-/// run's seed, the model built (with its adapters under `model.peft`), `model.checkpoint`
+/// run's seed (through [`sam_model::seeded`]), the model built (with its adapters under `model.peft`), `model.checkpoint`
 /// loaded. Warnings go to `progress`. Rebuilding it from the same config gives the same base
 /// weights (what [`crate::export_model`] does for a checkpoint with adapters).
 pub(crate) fn initial_model(
@@ -413,8 +413,11 @@ pub(crate) fn initial_model(
     device: Device,
     progress: &dyn TrainProgress,
 ) -> Result<SamModel, TrainError> {
-    tch::manual_seed(derive_seed(cfg.seed, &[0]) as i64 & i64::MAX);
-    let mut model = new_model(&cfg.model, device)?;
+    // Seeded under sam_model's process-wide lock: trainers built in parallel threads (a lab
+    // tool's, the tests') each get the weights of their own seed.
+    let mut model = sam_model::seeded(derive_seed(cfg.seed, &[0]) as i64 & i64::MAX, || {
+        new_model(&cfg.model, device)
+    })?;
     if let Some(side) = native_input_size(cfg) {
         model.set_input_size(side)?;
     }
@@ -872,7 +875,12 @@ impl<'a> Trainer<'a> {
         // torch's own generator (dropout and any other random op of a model) restarts every
         // step from (seed, iteration, rank), so that a resumed run draws what the
         // uninterrupted one drew without saving the generator. No module draws from it today.
-        tch::manual_seed(derive_seed(seed, &[5, iteration, self.rank as u64]) as i64 & i64::MAX);
+        // Seeded under sam_model's lock, so that it cannot land inside another thread's seeded
+        // model build.
+        sam_model::seeded(
+            derive_seed(seed, &[5, iteration, self.rank as u64]) as i64 & i64::MAX,
+            || (),
+        );
         // Forward and backward of each micro-batch, its slice of this rank's samples with
         // their global indices and the step's iteration number: the random draws are those of
         // one pass over the whole batch. Each prompting round is back-propagated as it ends;

@@ -273,8 +273,7 @@ fn lora_gradients_reach_only_adapters_and_heads_with_and_without_checkpointing()
             .set("model.architecture.encoder_global_attn_indexes", vec![1, 3])
             .set_yaml("model.peft", "{method: lora, rank: 2, blocks: [2, 3]}")
     });
-    tch::manual_seed(13);
-    let model = sam_train::new_model(&cfg.model, Device::Cpu).unwrap();
+    let model = common::seeded_model(13, &cfg);
     assert_eq!(model.sam().image_encoder.first_graph_block(), 2);
     // LoRA's B factors start at zero (A would get no gradient): draw them.
     for (k, v) in model.named_variables() {

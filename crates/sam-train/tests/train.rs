@@ -14,7 +14,7 @@ use tch::Tensor;
 mod common;
 mod optim_parity;
 
-use common::{config, latest_model, max_diff, opts, run};
+use common::{config, latest_model, max_diff, opts, run, seeded_model};
 
 mod tensorboard_log;
 
@@ -294,8 +294,7 @@ fn a_relative_model_checkpoint_is_read_from_the_repository_root() {
     cfg.model.checkpoint = Some("models/init.pt".into());
     let dir = setup!(2);
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
-    tch::manual_seed(1);
-    let init = sam_train::new_model(&cfg.model, tch::Device::Cpu).unwrap();
+    let init = seeded_model(1, &cfg);
     let mut weights = init.named_variables();
     weights.sort_by(|a, b| a.0.cmp(&b.0));
     sam_model::write_sam_state_dict(dir.path().join("models/init.pt"), &weights).unwrap();
@@ -323,11 +322,10 @@ fn a_checkpoint_that_does_not_fit_the_config_is_summarised_with_the_fix() {
         a.encoder_embed_dim = Some(48);
     }
     let dir = setup!(2);
-    tch::manual_seed(1);
-    let other = sam_train::new_model(&wide.model, tch::Device::Cpu).unwrap();
+    let other = seeded_model(1, &wide);
     let file = dir.path().join("wide.pt");
     sam_model::write_sam_state_dict(&file, &other.named_variables()).unwrap();
-    let model = sam_train::new_model(&small.model, tch::Device::Cpu).unwrap();
+    let model = seeded_model(2, &small);
     let err = sam_train::load_initial(&model, &small.model, file.to_str().unwrap())
         .unwrap_err()
         .to_string();
@@ -619,10 +617,11 @@ fn freezing_keeps_frozen_weights_bit_identical() {
     cfg.model.freeze = vec!["image_encoder".into(), "prompt_encoder".into()];
     let dir = setup!(2);
     // Rank-0 initial weights: the same seed builds the same random model.
-    tch::manual_seed(sam_data::derive_seed(cfg.seed, &[0]) as i64 & i64::MAX);
-    let mut initial = sam_train::new_model(&cfg.model, tch::Device::Cpu)
-        .unwrap()
-        .named_variables();
+    let seed = sam_data::derive_seed(cfg.seed, &[0]) as i64 & i64::MAX;
+    let mut initial =
+        sam_model::seeded(seed, || sam_train::new_model(&cfg.model, tch::Device::Cpu))
+            .unwrap()
+            .named_variables();
     initial.sort_by(|a, b| a.0.cmp(&b.0));
     run(&cfg, dir.path(), false, None).unwrap();
     let after = latest_model(dir.path(), &cfg);
@@ -805,8 +804,7 @@ fn fixed_batch(dir: &Path) -> (Vec<sam_data::TrainingSample>, sam_model::SamMode
     let batch: Vec<_> = (0..2)
         .map(|_| data.sample(&sample_cfg, &mut rng).unwrap())
         .collect();
-    tch::manual_seed(11);
-    let model = sam_train::new_model(&cfg.model, tch::Device::Cpu).unwrap();
+    let model = seeded_model(11, &cfg);
     (batch, model)
 }
 
@@ -937,8 +935,7 @@ fn four_block_model(
             .set("model.architecture.encoder_depth", 4)
             .set("model.architecture.encoder_global_attn_indexes", vec![1, 3])
     });
-    tch::manual_seed(13);
-    let model = sam_train::new_model(&cfg.model, tch::Device::Cpu).unwrap();
+    let model = seeded_model(13, &cfg);
     (batch, model)
 }
 

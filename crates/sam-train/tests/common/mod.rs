@@ -65,6 +65,13 @@ pub fn run(
     train(cfg, &paths, &opts(root, resume, limit))
 }
 
+/// The model `cfg` builds with the random weights of `seed`, drawn under sam_model's generator
+/// lock: the trainers other tests of the binary run in parallel cannot draw in between, nor
+/// this draw land inside theirs.
+pub fn seeded_model(seed: i64, cfg: &ExperimentConfig) -> sam_model::SamModel {
+    sam_model::seeded(seed, || sam_train::new_model(&cfg.model, tch::Device::Cpu)).unwrap()
+}
+
 pub fn latest_model(root: &Path, cfg: &ExperimentConfig) -> Vec<(String, Tensor)> {
     let paths = RunPaths::new(root, cfg);
     let mut m = CheckpointStore::new(paths.checkpoint_dir)
