@@ -42,13 +42,20 @@ fn conv(positions: i64, c_in: i64, c_out: i64, kernel: i64) -> u64 {
 /// relative-position `einsum`s (when `use_rel_pos`) and the MLP, over the padded windows of a
 /// windowed block, then the neck's 1×1 and 3×3 convolutions.
 pub fn image_encoder_vit(cfg: &ImageEncoderViTConfig) -> u64 {
+    image_encoder_vit_pieces(cfg).iter().sum()
+}
+
+/// [`image_encoder_vit`] by piece, in forward order: the patch embedding, each of the `depth`
+/// blocks, the neck (`depth + 2` entries). What a step computes for a piece depends on whether
+/// it trains and whether gradients pass through it; the trainer's throughput weighs each.
+pub fn image_encoder_vit_pieces(cfg: &ImageEncoderViTConfig) -> Vec<u64> {
     let grid = cfg.embedding_size();
     let dim = cfg.embed_dim;
     let head_dim = dim / cfg.num_heads.max(1);
     let mlp_dim = (dim as f64 * cfg.mlp_ratio) as i64;
     let tokens = grid * grid;
     // PatchEmbed: a patch_size-strided convolution.
-    let mut total = conv(tokens, cfg.in_chans, dim, cfg.patch_size);
+    let mut pieces = vec![conv(tokens, cfg.in_chans, dim, cfg.patch_size)];
     for i in 0..cfg.depth {
         let global = cfg.global_attn_indexes.contains(&i) || cfg.window_size == 0;
         // Windows of ws × ws over the grid padded to a multiple of ws; global: one window.
@@ -61,7 +68,7 @@ pub fn image_encoder_vit(cfg: &ImageEncoderViTConfig) -> u64 {
         };
         let n = side * side; // tokens per window
         let rows = windows * n; // tokens the linear layers see, padding included
-        total += matmul(rows, dim, 3 * dim); // qkv
+        let mut block = matmul(rows, dim, 3 * dim); // qkv
         let per_head_window = matmul(n, head_dim, n) + matmul(n, n, head_dim); // q@kᵀ, attn@v
         let mut attention = per_head_window;
         if cfg.use_rel_pos {
@@ -69,21 +76,27 @@ pub fn image_encoder_vit(cfg: &ImageEncoderViTConfig) -> u64 {
             // `side` keys of its row and of its column.
             attention += 2 * matmul(n, head_dim, side);
         }
-        total += (windows * cfg.num_heads) as u64 * attention;
-        total += matmul(rows, dim, dim); // proj
-        total += matmul(tokens, dim, mlp_dim) + matmul(tokens, mlp_dim, dim); // mlp
+        block += (windows * cfg.num_heads) as u64 * attention;
+        block += matmul(rows, dim, dim); // proj
+        block += matmul(tokens, dim, mlp_dim) + matmul(tokens, mlp_dim, dim); // mlp
+        pieces.push(block);
     }
     // Neck: 1×1 convolution (no bias), LayerNorm2d, 3×3 convolution, LayerNorm2d.
-    total += conv(tokens, dim, cfg.out_chans, 1);
-    total += conv(tokens, cfg.out_chans, cfg.out_chans, 3);
-    total
+    pieces
+        .push(conv(tokens, dim, cfg.out_chans, 1) + conv(tokens, cfg.out_chans, cfg.out_chans, 3));
+    pieces
 }
 
 /// One forward pass of the image encoder on one image; `None` for MobileSAM's TinyViT, whose
 /// count is not implemented.
 pub fn image_encoder(cfg: &ImageEncoderConfig) -> Option<u64> {
+    image_encoder_pieces(cfg).map(|p| p.iter().sum())
+}
+
+/// [`image_encoder`] by piece ([`image_encoder_vit_pieces`]); `None` for TinyViT.
+pub fn image_encoder_pieces(cfg: &ImageEncoderConfig) -> Option<Vec<u64>> {
     match cfg {
-        ImageEncoderConfig::Vit(c) => Some(image_encoder_vit(c)),
+        ImageEncoderConfig::Vit(c) => Some(image_encoder_vit_pieces(c)),
         ImageEncoderConfig::TinyVit(_) => None,
     }
 }
@@ -222,6 +235,14 @@ mod tests {
         let want = patch + 8 * windowed + 4 * global + neck;
         assert_eq!(image_encoder_vit(&ImageEncoderViTConfig::vit_b()), want);
         assert_eq!(want, 972_077_334_528);
+        // By piece: the patch embedding, blocks 0..12 (global at 2, 5, 8, 11), the neck.
+        let mut pieces = vec![patch];
+        pieces.extend((0..12).map(|i| if i % 3 == 2 { global } else { windowed }));
+        pieces.push(neck);
+        assert_eq!(
+            image_encoder_vit_pieces(&ImageEncoderViTConfig::vit_b()),
+            pieces
+        );
 
         // One object with one point: 2 sparse tokens (point + padding), 7 tokens in all.
         let sam = SamConfig::vit_b();

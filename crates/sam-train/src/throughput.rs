@@ -5,7 +5,10 @@
 //! the image encoder once per image, the prompt encoder and mask decoder once per prompting
 //! round per object, the UNETR decoder once per image; each trained part ×3 (forward and
 //! backward: the gradients of the inputs and of the weights), a frozen part that gradients pass
-//! through on their way to a trained part ×2, any other frozen part ×1 (forward only).
+//! through on their way to a trained part ×2, any other frozen part ×1 (forward only). The
+//! image encoder is weighed piece by piece (patch embedding, each block, neck): with adapters
+//! (`model.peft`) its own weights are frozen, so the blocks from the first adapted one on
+//! count ×2 and those before it ×1. The adapters' own small matrices are not counted.
 
 use sam_model::flops::{self, PromptShape};
 use sam_model::{SamConfig, UnetrConfig};
@@ -46,15 +49,53 @@ pub fn dense_bf16_peak_tflops(device_name: &str) -> Option<f64> {
         .map(|&(_, peak)| peak)
 }
 
+/// How one piece of the image encoder (the patch embedding, a block, the neck) trains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncoderPiece {
+    /// Some of its own weights get gradients.
+    pub weights: bool,
+    /// Adapters inside it (`model.peft`) get gradients, its own weights frozen or not.
+    pub adapters: bool,
+}
+
+impl EncoderPiece {
+    /// Something in the piece trains: gradients must reach it.
+    fn trains(self) -> bool {
+        self.weights || self.adapters
+    }
+}
+
 /// Which parts of the model a run trains (any of their parameters not frozen).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrainedParts {
-    /// `image_encoder.*`.
-    pub image_encoder: bool,
+    /// The image encoder's pieces in forward order: the patch embedding (with the position
+    /// embedding), each block, the neck ([`sam_model::flops::image_encoder_vit_pieces`]'s
+    /// order). Pieces missing at the end count as frozen.
+    pub image_encoder: Vec<EncoderPiece>,
     /// `prompt_encoder.*` or `mask_decoder.*`.
     pub prompt_path: bool,
     /// `decoder.*` (the UNETR), when the model has one.
     pub decoder: bool,
+}
+
+impl TrainedParts {
+    /// `pieces` encoder pieces whose own weights all train (`trained`) or none do, no adapters.
+    pub fn whole_encoder(pieces: usize, trained: bool, prompt_path: bool, decoder: bool) -> Self {
+        let piece = EncoderPiece {
+            weights: trained,
+            adapters: false,
+        };
+        Self {
+            image_encoder: vec![piece; pieces],
+            prompt_path,
+            decoder,
+        }
+    }
+
+    /// Whether anything in the image encoder trains (gradients then pass through the heads).
+    pub fn encoder_trains(&self) -> bool {
+        self.image_encoder.iter().any(|p| p.trains())
+    }
 }
 
 /// What one training step runs, for one process.
@@ -87,9 +128,22 @@ pub fn training_step_flops(
     sam: &SamConfig,
     unetr: Option<&UnetrConfig>,
     shape: StepShape,
-    trained: TrainedParts,
+    trained: &TrainedParts,
 ) -> Option<u64> {
-    let encoder = flops::image_encoder(&sam.image_encoder)?;
+    let pieces = flops::image_encoder_pieces(&sam.image_encoder)?;
+    // A piece computes its forward, the gradient of its input once something at or before it
+    // trains, and the gradient of its weights when they train.
+    let mut reached = false;
+    let encoder: u64 = pieces
+        .iter()
+        .enumerate()
+        .map(|(k, &f)| {
+            let piece = trained.image_encoder.get(k).copied().unwrap_or_default();
+            reached |= piece.trains();
+            f * (1 + u64::from(reached) + u64::from(piece.weights))
+        })
+        .sum();
+    let through_encoder = trained.encoder_trains();
     let rounds: u64 = (0..shape.rounds.max(1))
         .map(|r| {
             let prompt = PromptShape {
@@ -100,10 +154,9 @@ pub fn training_step_flops(
             flops::prompt_round(sam, shape.objects, prompt)
         })
         .sum();
-    let mut per_image = encoder * pass_factor(trained.image_encoder, false)
-        + rounds * pass_factor(trained.prompt_path, trained.image_encoder);
+    let mut per_image = encoder + rounds * pass_factor(trained.prompt_path, through_encoder);
     if let Some(u) = unetr {
-        per_image += flops::unetr(u) * pass_factor(trained.decoder, trained.image_encoder);
+        per_image += flops::unetr(u) * pass_factor(trained.decoder, through_encoder);
     }
     Some(shape.images * per_image)
 }
@@ -234,17 +287,13 @@ mod tests {
     fn a_vit_b_step_at_the_a100_preset() {
         // Batch 4, 25 objects, 8 rounds, UNETR, everything trained: per image 3 × (0.972
         // encoder + 8 rounds × 25 objects × ~3.7 G + 0.822 UNETR) TFLOP.
-        let all = TrainedParts {
-            image_encoder: true,
-            prompt_path: true,
-            decoder: true,
-        };
+        let all = TrainedParts::whole_encoder(14, true, true, true);
         let shape = StepShape {
             images: 4,
             objects: 25,
             rounds: 8,
         };
-        let f = training_step_flops(&SamConfig::vit_b(), Some(&UnetrConfig::sam()), shape, all)
+        let f = training_step_flops(&SamConfig::vit_b(), Some(&UnetrConfig::sam()), shape, &all)
             .unwrap();
         let tflop = f as f64 / 1e12;
         eprintln!("vit_b A100 preset step: {tflop} TFLOP");
@@ -269,39 +318,125 @@ mod tests {
         let rounds =
             flops::prompt_round(&sam, 3, p(1, false)) + flops::prompt_round(&sam, 3, p(3, true));
         let dec = flops::unetr(&unetr);
-        let all = TrainedParts {
-            image_encoder: true,
-            prompt_path: true,
-            decoder: true,
+        let pieces = match &sam.image_encoder {
+            sam_model::ImageEncoderConfig::Vit(c) => c.depth as usize + 2,
+            sam_model::ImageEncoderConfig::TinyVit(_) => unreachable!("tiny is a ViT"),
         };
+        let all = TrainedParts::whole_encoder(pieces, true, true, true);
         assert_eq!(
-            training_step_flops(&sam, Some(&unetr), shape, all),
+            training_step_flops(&sam, Some(&unetr), shape, &all),
             Some(2 * 3 * (enc + rounds + dec))
         );
         // Frozen encoder: forward only, the heads trained.
-        let frozen_encoder = TrainedParts {
-            image_encoder: false,
-            ..all
-        };
+        let frozen_encoder = TrainedParts::whole_encoder(pieces, false, true, true);
         assert_eq!(
-            training_step_flops(&sam, None, shape, frozen_encoder),
+            training_step_flops(&sam, None, shape, &frozen_encoder),
             Some(2 * (enc + 3 * rounds))
         );
         // Frozen heads over a trained encoder: gradients pass through them (×2).
-        let encoder_only = TrainedParts {
-            image_encoder: true,
-            prompt_path: false,
-            decoder: false,
-        };
+        let encoder_only = TrainedParts::whole_encoder(pieces, true, false, false);
         assert_eq!(
-            training_step_flops(&sam, Some(&unetr), shape, encoder_only),
+            training_step_flops(&sam, Some(&unetr), shape, &encoder_only),
             Some(2 * (3 * enc + 2 * rounds + 2 * dec))
         );
         assert_eq!(
-            training_step_flops(&SamConfig::vit_t(), None, shape, all),
+            training_step_flops(&SamConfig::vit_t(), None, shape, &all),
             None
         );
     }
+
+    /// LoRA on blocks 2 and 3 of the tiny encoder (4 blocks), its own weights frozen, the heads
+    /// trained: what the trainer reads off the built model, and the FLOPs it gives.
+    #[test]
+    fn adapters_count_the_blocks_gradients_pass_through() {
+        use sam_model::{PeftMethod, PeftSpec, SamModel};
+        let mut sam = SamConfig::tiny();
+        let depth = match &mut sam.image_encoder {
+            sam_model::ImageEncoderConfig::Vit(c) => {
+                c.depth = 4;
+                c.global_attn_indexes = vec![1, 3];
+                4
+            }
+            sam_model::ImageEncoderConfig::TinyVit(_) => unreachable!("tiny is a ViT"),
+        };
+        let model = SamModel::new(&sam, None, tch::Device::Cpu)
+            .unwrap()
+            .with_peft(&PeftSpec::new(PeftMethod::Lora, 2, vec![2, 3]))
+            .unwrap();
+        let parts = trained_parts(&model);
+        let adapted = EncoderPiece {
+            weights: false,
+            adapters: true,
+        };
+        let mut want = TrainedParts::whole_encoder(depth + 2, false, true, false);
+        want.image_encoder[3] = adapted; // block 2
+        want.image_encoder[4] = adapted; // block 3
+        assert_eq!(parts, want);
+
+        let shape = StepShape {
+            images: 1,
+            objects: 2,
+            rounds: 1,
+        };
+        let pieces = flops::image_encoder_pieces(&sam.image_encoder).unwrap();
+        let round = flops::prompt_round(
+            &sam,
+            2,
+            PromptShape {
+                points: 1,
+                boxes: false,
+                mask_input: false,
+            },
+        );
+        // Patch embedding, blocks 0 and 1: forward only. Blocks 2, 3 and the neck: forward
+        // and the gradient of their input (their weights are frozen).
+        let encoder = pieces[0] + pieces[1] + pieces[2] + 2 * (pieces[3] + pieces[4] + pieces[5]);
+        assert_eq!(
+            training_step_flops(&sam, None, shape, &parts),
+            Some(encoder + 3 * round)
+        );
+    }
+}
+
+/// What `model` trains, from the parameters that require gradients: the image encoder piece by
+/// piece (its own weights, and adapters under [`sam_model::PEFT_PREFIX`]), the prompt path and
+/// the UNETR decoder.
+pub(crate) fn trained_parts(model: &sam_model::SamModel) -> TrainedParts {
+    let depth = match &model.sam().config().image_encoder {
+        sam_model::ImageEncoderConfig::Vit(c) => c.depth.max(0) as usize,
+        sam_model::ImageEncoderConfig::TinyVit(_) => 0,
+    };
+    // `image_encoder.` keys → piece: 0 the patch and position embeddings, 1 + i block i,
+    // depth + 1 the neck.
+    let piece_of = |key: &str| -> Option<usize> {
+        let rest = key.strip_prefix("image_encoder.")?;
+        if let Some(block) = rest.strip_prefix("blocks.") {
+            let i: usize = block.split('.').next()?.parse().ok()?;
+            Some((1 + i).min(depth + 1))
+        } else if rest.starts_with("neck.") {
+            Some(depth + 1)
+        } else {
+            Some(0)
+        }
+    };
+    let mut parts = TrainedParts::whole_encoder(depth + 2, false, false, false);
+    for (name, v) in model.named_variables() {
+        if !v.requires_grad() {
+            continue;
+        }
+        if let Some(adapter) = name.strip_prefix(sam_model::PEFT_PREFIX) {
+            if let Some(k) = piece_of(adapter) {
+                parts.image_encoder[k].adapters = true;
+            }
+        } else if let Some(k) = piece_of(&name) {
+            parts.image_encoder[k].weights = true;
+        } else if name.starts_with(sam_model::DECODER_PREFIX) {
+            parts.decoder = true;
+        } else if name.starts_with("prompt_encoder.") || name.starts_with("mask_decoder.") {
+            parts.prompt_path = true;
+        }
+    }
+    parts
 }
 
 /// The throughput bookkeeping of a run: what a step computes, the device's peak, and where
@@ -327,16 +462,7 @@ impl Meter {
         per_rank: u64,
         global_batch: u64,
     ) -> Self {
-        let vars = model.named_variables();
-        let trained = |prefixes: &[&str]| {
-            vars.iter()
-                .any(|(name, v)| v.requires_grad() && prefixes.iter().any(|p| name.starts_with(p)))
-        };
-        let parts = TrainedParts {
-            image_encoder: trained(&["image_encoder."]),
-            prompt_path: trained(&["prompt_encoder.", "mask_decoder."]),
-            decoder: trained(&[sam_model::DECODER_PREFIX]),
-        };
+        let parts = trained_parts(model);
         let t = &cfg.training;
         let shape = StepShape {
             images: per_rank,
@@ -344,8 +470,12 @@ impl Meter {
             rounds: i64::from(t.n_sub_iteration),
         };
         let unetr = model.has_decoder().then(|| crate::unetr_config(&cfg.model));
-        let flops_per_step =
-            training_step_flops(&crate::sam_config(&cfg.model), unetr.as_ref(), shape, parts);
+        let flops_per_step = training_step_flops(
+            &crate::sam_config(&cfg.model),
+            unetr.as_ref(),
+            shape,
+            &parts,
+        );
         let cuda_index = match device {
             tch::Device::Cuda(i) => Some(i),
             _ => None,
