@@ -53,18 +53,11 @@ impl Default for AisParams {
 impl AisParams {
     /// Check ranges: thresholds finite, smoothing σ ≥ 0 and finite.
     pub fn validate(&self) -> Result<(), InferError> {
-        for (name, v) in [
-            ("center_distance_threshold", self.center_distance_threshold),
-            (
-                "boundary_distance_threshold",
-                self.boundary_distance_threshold,
-            ),
-            ("foreground_threshold", self.foreground_threshold),
-        ] {
-            if !v.is_finite() {
-                return Err(InferError::param(name, "a finite number", v));
-            }
-        }
+        check_seed_thresholds(
+            self.center_distance_threshold,
+            self.boundary_distance_threshold,
+            self.foreground_threshold,
+        )?;
         for (name, v) in [
             ("foreground_smoothing", self.foreground_smoothing),
             ("distance_smoothing", self.distance_smoothing),
@@ -75,6 +68,25 @@ impl AisParams {
         }
         Ok(())
     }
+}
+
+/// Fails unless the seed thresholds that AIS and APG share are finite, naming the first that is
+/// not.
+pub(crate) fn check_seed_thresholds(
+    center_distance_threshold: f32,
+    boundary_distance_threshold: f32,
+    foreground_threshold: f32,
+) -> Result<(), InferError> {
+    for (name, v) in [
+        ("center_distance_threshold", center_distance_threshold),
+        ("boundary_distance_threshold", boundary_distance_threshold),
+        ("foreground_threshold", foreground_threshold),
+    ] {
+        if !v.is_finite() {
+            return Err(InferError::param(name, "a finite number", v));
+        }
+    }
+    Ok(())
 }
 
 /// The three decoder outputs for one image (after sigmoid), each `height × width`.

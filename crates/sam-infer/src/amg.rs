@@ -217,9 +217,22 @@ pub fn box_iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 /// index) and drop every later box whose IoU with a kept box exceeds `iou_threshold`. Returns the
 /// kept indices in visiting order.
 pub fn nms(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f32) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..boxes.len()).collect();
+    greedy_nms(boxes.len(), scores, |i, j| {
+        box_iou(&boxes[i], &boxes[j]) > iou_threshold
+    })
+}
+
+/// The greedy loop of torchvision's `nms` over `n` items: visit them by descending score (ties
+/// by index), keep each one not yet removed and remove every later one that `suppresses(kept,
+/// later)` says it covers. Returns the kept indices in visiting order.
+pub(crate) fn greedy_nms(
+    n: usize,
+    scores: &[f32],
+    mut suppresses: impl FnMut(usize, usize) -> bool,
+) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    let mut removed = vec![false; boxes.len()];
+    let mut removed = vec![false; n];
     let mut keep = Vec::new();
     for (k, &i) in order.iter().enumerate() {
         if removed[i] {
@@ -227,7 +240,7 @@ pub fn nms(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f32) -> Vec<usize>
         }
         keep.push(i);
         for &j in &order[k + 1..] {
-            if !removed[j] && box_iou(&boxes[i], &boxes[j]) > iou_threshold {
+            if !removed[j] && suppresses(i, j) {
                 removed[j] = true;
             }
         }
@@ -399,7 +412,7 @@ fn postprocess_small_regions(
 /// Paint `masks` in the given order into an `image`-sized label plane: pixel value = 1-based
 /// position in `masks`. Later masks overwrite earlier ones, or with `exclusive` only fill the
 /// pixels still 0 (micro_sam's `merge_exclusively`).
-pub(crate) fn paint_masks(
+fn paint_masks(
     masks: &[&MaskRecord],
     image: (usize, usize),
     exclusive: bool,
@@ -441,18 +454,29 @@ pub fn merge_masks(
     image: (usize, usize),
     with_background: bool,
 ) -> Result<AmgOutput, InferError> {
-    let mut order: Vec<usize> = (0..masks.len()).collect();
-    order.sort_by(|&a, &b| masks[b].area.cmp(&masks[a].area)); // stable: ties keep order
-    let sorted: Vec<&MaskRecord> = order.iter().map(|&i| &masks[i]).collect();
-    let mut painted = paint_masks(&sorted, image, false)?;
-    // Painted values are positions in `sorted`: back to 1-based indices into `masks`.
-    for p in painted.as_mut_slice() {
-        if *p > 0 {
-            *p = order[*p as usize - 1] as u32 + 1;
-        }
-    }
+    let masks: Vec<&MaskRecord> = masks.iter().collect();
+    masks_to_segmentation(&masks, image, false, 0, with_background)
+}
+
+/// micro_sam `mask_data_to_segmentation`: `masks` painted largest first (stable on ties, so
+/// equal areas keep the given order) into an `image`-sized plane, later masks overwriting
+/// earlier ones or with `exclusive` only filling the pixels still free ([`paint_masks`]); the
+/// painted ids split into 4-connected pieces; pieces with fewer than `min_size` pixels removed
+/// and with `with_background` the largest segment too (counting the unpainted background, as
+/// `np.argmax` over all ids does); the rest numbered consecutively in order of first
+/// appearance, each scored with the predicted IoU of the mask it came from.
+pub(crate) fn masks_to_segmentation(
+    masks: &[&MaskRecord],
+    image: (usize, usize),
+    exclusive: bool,
+    min_size: u64,
+    with_background: bool,
+) -> Result<AmgOutput, InferError> {
+    let mut sorted = masks.to_vec();
+    sorted.sort_by_key(|m| std::cmp::Reverse(m.area)); // stable: ties keep the given order
+    let painted = paint_masks(&sorted, image, exclusive)?;
     let (mut labels, n) = connected_components(&painted, 0, Connectivity::Four);
-    // Source mask of each component.
+    // Source mask of each component: its painted value, a 1-based position in `sorted`.
     let mut source = vec![0u32; n as usize + 1];
     for (l, p) in labels.as_slice().iter().zip(painted.as_slice()) {
         source[*l as usize] = *p;
@@ -471,8 +495,8 @@ pub fn merge_masks(
     let mut map = vec![0u32; sizes.len()];
     let mut scores = Vec::new();
     for id in 1..sizes.len() {
-        if !drop[id] && sizes[id] > 0 {
-            scores.push(masks[source[id] as usize - 1].predicted_iou);
+        if !drop[id] && sizes[id] > 0 && sizes[id] >= min_size {
+            scores.push(sorted[source[id] as usize - 1].predicted_iou);
             map[id] = scores.len() as u32;
         }
     }

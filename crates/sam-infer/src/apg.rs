@@ -17,11 +17,11 @@
 //!    into the free pixels, split into 4-connected pieces, pieces smaller than `min_size`
 //!    removed ([`apg_segment`], micro_sam's `util.apply_nms`).
 
-use sam_data::{connected_components, distance_transform, label_sizes, Connectivity, Plane};
+use sam_data::{connected_components, distance_transform, Connectivity, Plane};
 use serde::{Deserialize, Serialize};
 
-use crate::ais::DecoderMaps;
-use crate::amg::{paint_masks, AmgOutput, MaskRecord};
+use crate::ais::{check_seed_thresholds, DecoderMaps};
+use crate::amg::{greedy_nms, masks_to_segmentation, AmgOutput, MaskRecord};
 use crate::error::InferError;
 
 /// APG settings; `Default` gives micro_sam's `AutomaticPromptGenerator.generate` defaults.
@@ -73,18 +73,17 @@ impl Default for ApgParams {
 impl ApgParams {
     /// Check ranges: thresholds finite, `batch_size` ≥ 1, `nms_threshold` in [0, 1].
     pub fn validate(&self) -> Result<(), InferError> {
-        for (name, v) in [
-            ("center_distance_threshold", self.center_distance_threshold),
-            (
-                "boundary_distance_threshold",
-                self.boundary_distance_threshold,
-            ),
-            ("foreground_threshold", self.foreground_threshold),
-            ("mask_threshold", self.mask_threshold),
-        ] {
-            if !v.is_finite() {
-                return Err(InferError::param(name, "a finite number", v));
-            }
+        check_seed_thresholds(
+            self.center_distance_threshold,
+            self.boundary_distance_threshold,
+            self.foreground_threshold,
+        )?;
+        if !self.mask_threshold.is_finite() {
+            return Err(InferError::param(
+                "mask_threshold",
+                "a finite number",
+                self.mask_threshold,
+            ));
         }
         if !(0.0..=1.0).contains(&self.nms_threshold) {
             return Err(InferError::param(
@@ -299,34 +298,21 @@ fn nms_on(
     threshold: f32,
     intersection_over_min: bool,
 ) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..masks.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let packed: Vec<PackedMask> = masks.iter().map(|m| PackedMask::new(m)).collect();
-    let mut removed = vec![false; masks.len()];
-    let mut keep = Vec::new();
-    for (k, &i) in order.iter().enumerate() {
-        if removed[i] {
-            continue;
+    greedy_nms(masks.len(), scores, |i, j| {
+        if !boxes_overlap(masks[i], masks[j]) {
+            return false;
         }
-        keep.push(i);
-        for &j in &order[k + 1..] {
-            if removed[j] || !boxes_overlap(masks[i], masks[j]) {
-                continue;
-            }
-            let inter = packed[i].intersection(&packed[j]);
-            let (ai, aj) = (masks[i].area, masks[j].area);
-            // float32 as torch computes it.
-            let overlap = if intersection_over_min {
-                inter as f32 / (ai.min(aj) as f32 + 1e-6)
-            } else {
-                inter as f32 / (ai + aj - inter) as f32
-            };
-            if overlap > threshold {
-                removed[j] = true;
-            }
-        }
-    }
-    keep
+        let inter = packed[i].intersection(&packed[j]);
+        let (ai, aj) = (masks[i].area, masks[j].area);
+        // float32 as torch computes it.
+        let overlap = if intersection_over_min {
+            inter as f32 / (ai.min(aj) as f32 + 1e-6)
+        } else {
+            inter as f32 / (ai + aj - inter) as f32
+        };
+        overlap > threshold
+    })
 }
 
 /// The result of [`apg_segment`]: labels and the predicted IoU of each object's mask.
@@ -358,27 +344,8 @@ pub fn apg_segment(
         params.nms_threshold,
         params.intersection_over_min,
     );
-    let mut kept: Vec<&MaskRecord> = keep.iter().map(|&i| candidates[i]).collect();
-    kept.sort_by_key(|m| std::cmp::Reverse(m.area)); // stable: ties keep the NMS order
-    let painted = paint_masks(&kept, image, true)?;
-    let (mut labels, n) = connected_components(&painted, 0, Connectivity::Four);
-    let mut source = vec![0u32; n as usize + 1];
-    for (l, p) in labels.as_slice().iter().zip(painted.as_slice()) {
-        source[*l as usize] = *p;
-    }
-    let sizes = label_sizes(&labels);
-    let mut map = vec![0u32; sizes.len()];
-    let mut scores = Vec::new();
-    for id in 1..sizes.len() {
-        if sizes[id] > 0 && sizes[id] >= params.min_size {
-            scores.push(kept[source[id] as usize - 1].predicted_iou);
-            map[id] = scores.len() as u32;
-        }
-    }
-    for l in labels.as_mut_slice() {
-        *l = map[*l as usize];
-    }
-    Ok(AmgOutput { labels, scores })
+    let kept: Vec<&MaskRecord> = keep.iter().map(|&i| candidates[i]).collect();
+    masks_to_segmentation(&kept, image, true, params.min_size, false)
 }
 
 #[cfg(test)]
