@@ -203,14 +203,7 @@ impl InferenceModel {
                 "the checkpoint has no instance-segmentation decoder_state; use AMG".into(),
             )
         })?;
-        let tiles = tiling.tiles();
-        if tiles.len() != embeddings.len() {
-            return Err(InferError::Shape {
-                what: "tile embeddings".into(),
-                expected: format!("{} tiles", tiles.len()),
-                found: format!("{} embeddings", embeddings.len()),
-            });
-        }
+        let tiles = tiles_of(tiling, embeddings)?;
         let (h, w) = tiling.shape();
         let mut maps = DecoderMaps {
             foreground: Plane::zeros(h, w),
@@ -356,14 +349,7 @@ impl InferenceModel {
         params: &ApgParams,
         on_tile: &mut dyn FnMut(),
     ) -> Result<Vec<MaskRecord>, InferError> {
-        let tiles = tiling.tiles();
-        if tiles.len() != embeddings.len() {
-            return Err(InferError::Shape {
-                what: "tile embeddings".into(),
-                expected: format!("{} tiles", tiles.len()),
-                found: format!("{} embeddings", embeddings.len()),
-            });
-        }
+        let tiles = tiles_of(tiling, embeddings)?;
         let (h, w) = tiling.shape();
         let centre = |k: usize| -> (f64, f64) {
             match prompts {
@@ -510,6 +496,19 @@ impl InferenceModel {
         }
         Ok((labels, masks.iter().map(|m| m.1).collect()))
     }
+}
+
+/// The tiles of `tiling`; fails unless `embeddings` holds one embedding per tile.
+fn tiles_of(tiling: &Tiling, embeddings: &[ImageEmbedding]) -> Result<Vec<Tile>, InferError> {
+    let tiles = tiling.tiles();
+    if tiles.len() != embeddings.len() {
+        return Err(InferError::Shape {
+            what: "tile embeddings".into(),
+            expected: format!("{} tiles", tiles.len()),
+            found: format!("{} embeddings", embeddings.len()),
+        });
+    }
+    Ok(tiles)
 }
 
 /// The non-empty masks of `[n, k, h, w]` logits over `tile`'s outer block, thresholded at
