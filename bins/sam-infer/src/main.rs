@@ -342,31 +342,27 @@ fn auto_options(a: &AutoArgs) -> Result<AutoOptions, Failure> {
     set(&mut inf.batch_size, a.batch_size);
     // The seed flags are shared: they set the section of the mode that runs (APG's with
     // `apg`, else AIS's), so that a wrong value is reported once, under the key that is used.
-    if inf.mode == sam_config::InferenceMode::Apg {
+    let (center, boundary, foreground, min_size) = if inf.mode == sam_config::InferenceMode::Apg {
         let apg = &mut inf.apg;
-        set(
+        (
             &mut apg.center_distance_threshold,
-            a.center_distance_threshold,
-        );
-        set(
             &mut apg.boundary_distance_threshold,
-            a.boundary_distance_threshold,
-        );
-        set(&mut apg.foreground_threshold, a.foreground_threshold);
-        set(&mut apg.min_size, a.min_size);
+            &mut apg.foreground_threshold,
+            &mut apg.min_size,
+        )
     } else {
         let ais = &mut inf.ais;
-        set(
+        (
             &mut ais.center_distance_threshold,
-            a.center_distance_threshold,
-        );
-        set(
             &mut ais.boundary_distance_threshold,
-            a.boundary_distance_threshold,
-        );
-        set(&mut ais.foreground_threshold, a.foreground_threshold);
-        set(&mut ais.min_size, a.min_size);
-    }
+            &mut ais.foreground_threshold,
+            &mut ais.min_size,
+        )
+    };
+    set(center, a.center_distance_threshold);
+    set(boundary, a.boundary_distance_threshold);
+    set(foreground, a.foreground_threshold);
+    set(min_size, a.min_size);
     let ais = &mut inf.ais;
     set(&mut ais.foreground_smoothing, a.foreground_smoothing);
     set(&mut ais.distance_smoothing, a.distance_smoothing);

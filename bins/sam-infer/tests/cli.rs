@@ -30,6 +30,16 @@ fn tiny_checkpoint(dir: &Path, with_decoder: bool) -> PathBuf {
     path
 }
 
+/// The tiny random-weight model with the UNETR decoder drawn with `seed`, written to `path`.
+fn seeded_checkpoint(path: &Path, seed: i64) -> PathBuf {
+    TinyCheckpoint::new()
+        .with_decoder(true)
+        .seed(seed)
+        .write(path)
+        .unwrap();
+    path.to_path_buf()
+}
+
 /// A folder of synthetic images (no labels) named and sized as given, image `i` drawn with
 /// seed `i`.
 fn images(dir: &Path, names: &[(&str, usize)]) -> PathBuf {
@@ -51,6 +61,43 @@ fn sam_infer(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `sam-infer auto` with `ckpt` on the CPU, from `input` into `out`; more flags can be pushed.
+fn auto_args<'a>(ckpt: &'a Path, input: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "auto",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]
+}
+
+/// `sam-infer prompts` with `ckpt` on the CPU, `prompts` on `image`, into `out`.
+fn prompts_args<'a>(
+    ckpt: &'a Path,
+    image: &'a Path,
+    prompts: &'a Path,
+    out: &'a Path,
+) -> Vec<&'a str> {
+    vec![
+        "prompts",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input",
+        image.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
@@ -62,34 +109,21 @@ fn auto_ais_writes_labels_overlay_csv_and_skips_existing() {
     // none on these images, with seed 8 dozens. The seed is the fixture's, not luck: the kit
     // draws the weights under a lock (before it, other tests' draws from libtorch's shared
     // generator landed between this one's, and the weights changed from run to run).
-    let ckpt = t.path().join("tiny_ais.pt");
-    TinyCheckpoint::new()
-        .with_decoder(true)
-        .seed(8)
-        .write(&ckpt)
-        .unwrap();
+    let ckpt = seeded_checkpoint(&t.path().join("tiny_ais.pt"), 8);
     // 300 px > the tiny model's 256 px input: tiled with 128-px tiles and a 32-px halo.
     let input = images(t.path(), &[("a.tif", 300), ("b.png", 200)]);
     let out = t.path().join("out");
-    let args = [
-        "auto",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
+    let mut args = auto_args(&ckpt, &input, &out);
+    args.extend([
         "--tile-shape",
         "128",
         "128",
         "--halo",
         "32",
         "32",
-        "--device",
-        "cpu",
         "--batch-size",
         "2",
-    ];
+    ]);
     let o = sam_infer(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
@@ -132,7 +166,7 @@ fn auto_ais_writes_labels_overlay_csv_and_skips_existing() {
     );
     assert!(sam_data::read_labels(&b_labels).unwrap().ids().is_empty());
     // With --overwrite both are segmented again and b gets its objects back.
-    let mut again: Vec<&str> = args.to_vec();
+    let mut again = args.clone();
     again.push("--overwrite");
     let o = sam_infer(&again);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -150,28 +184,20 @@ fn auto_falls_back_to_amg_without_decoder_and_ais_is_refused() {
     let ckpt = tiny_checkpoint(t.path(), false);
     let input = images(t.path(), &[("c.tif", 96)]);
     let out = t.path().join("out");
-    let base = [
-        "auto",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
+    let mut base = auto_args(&ckpt, &input, &out);
+    base.extend([
         "--points-per-side",
         "4",
         "--pred-iou-thresh",
         "0",
         "--stability-score-thresh",
         "0",
-    ];
+    ]);
     let o = sam_infer(&base);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("amg, 1 tile(s)"), "{}", stderr(&o));
     assert!(out.join("labels/c.tif").is_file());
-    let mut ais: Vec<&str> = base.to_vec();
+    let mut ais = base.clone();
     ais.extend(["--mode", "ais", "--overwrite"]);
     let o = sam_infer(&ais);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -185,16 +211,8 @@ fn auto_apg_runs_tiled_as_the_library_does_and_needs_a_decoder() {
     // 320 px on the tiny model's 256 px input: 2 × 2 tiles of 160 with a halo of 32.
     let input = images(t.path(), &[("a.tif", 320)]);
     let out = t.path().join("out");
-    let o = sam_infer(&[
-        "auto",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
+    let mut args = auto_args(&ckpt, &input, &out);
+    args.extend([
         "--mode",
         "apg",
         "--tile-shape",
@@ -206,6 +224,7 @@ fn auto_apg_runs_tiled_as_the_library_does_and_needs_a_decoder() {
         "--min-size",
         "5",
     ]);
+    let o = sam_infer(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("apg, 4 tile(s)"), "{}", stderr(&o));
     let written = sam_data::read_labels(out.join("labels/a.tif")).unwrap();
@@ -228,19 +247,10 @@ fn auto_apg_runs_tiled_as_the_library_does_and_needs_a_decoder() {
 
     // Without the decoder, APG is refused before any work, pointing to AMG.
     let plain = tiny_checkpoint(t.path(), false);
-    let o = sam_infer(&[
-        "auto",
-        "--checkpoint",
-        plain.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        t.path().join("out2").to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--mode",
-        "apg",
-    ]);
+    let out2 = t.path().join("out2");
+    let mut args = auto_args(&plain, &input, &out2);
+    args.extend(["--mode", "apg"]);
+    let o = sam_infer(&args);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("mode apg needs"), "{}", stderr(&o));
     assert!(stderr(&o).contains("--mode amg"), "{}", stderr(&o));
@@ -256,20 +266,9 @@ fn prompts_segment_and_bad_files_are_reported() {
     let run = |prompts: &str, name: &str| {
         let p = t.path().join(name);
         std::fs::write(&p, prompts).unwrap();
-        sam_infer(&[
-            "prompts",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--input",
-            img.to_str().unwrap(),
-            "--prompts",
-            p.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--overwrite",
-        ])
+        let mut args = prompts_args(&ckpt, &img, &p, &out);
+        args.push("--overwrite");
+        sam_infer(&args)
     };
     let o = run("image,object,kind,x,y,x2,y2,label\ncells.tif,1,point,30,40,,,1\ncells.tif,2,box,60,60,100,110,\n", "ok.csv");
     assert!(o.status.success(), "{}", stderr(&o));
@@ -308,15 +307,8 @@ fn prompts_segment_and_bad_files_are_reported() {
 fn missing_checkpoint_is_a_usage_error() {
     let t = setup!();
     let input = images(t.path(), &[("d.tif", 64)]);
-    let o = sam_infer(&[
-        "auto",
-        "--checkpoint",
-        "no/such/model.pt",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        t.path().join("o").to_str().unwrap(),
-    ]);
+    let out = t.path().join("o");
+    let o = sam_infer(&auto_args(Path::new("no/such/model.pt"), &input, &out));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("model.pt"), "{}", stderr(&o));
 }
@@ -385,30 +377,14 @@ fn write_stack(path: &Path, pages: usize, size: u32) {
     }
 }
 
-fn auto_args<'a>(ckpt: &'a str, input: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "auto",
-        "--checkpoint",
-        ckpt,
-        "--input",
-        input,
-        "--output",
-        out,
-        "--device",
-        "cpu",
-    ]
-}
-
 #[test]
 fn issue_16_same_stem_inputs_stacks_and_unread_formats_are_named() {
     let t = setup!();
     let ckpt = tiny_checkpoint(t.path(), true);
-    let ckpt = ckpt.to_str().unwrap();
     let input = images(t.path(), &[("a.png", 64), ("a.tif", 64)]);
     let out = t.path().join("out");
-    let (input_s, out_s) = (input.to_str().unwrap(), out.to_str().unwrap());
     // Same stem: refused before any work, as sam-augment refuses it.
-    let o = sam_infer(&auto_args(ckpt, input_s, out_s));
+    let o = sam_infer(&auto_args(&ckpt, &input, &out));
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(
@@ -421,7 +397,7 @@ fn issue_16_same_stem_inputs_stacks_and_unread_formats_are_named() {
     // A JPEG beside a TIFF is named, not skipped silently; a JPEG alone is refused.
     std::fs::remove_file(input.join("a.png")).unwrap();
     std::fs::write(input.join("b.jpg"), [0xFF, 0xD8, 0xFF, 0xE0]).unwrap();
-    let o = sam_infer(&auto_args(ckpt, input_s, out_s));
+    let o = sam_infer(&auto_args(&ckpt, &input, &out));
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
     assert!(
@@ -430,7 +406,7 @@ fn issue_16_same_stem_inputs_stacks_and_unread_formats_are_named() {
         "{e}"
     );
     let jpg = input.join("b.jpg");
-    let o = sam_infer(&auto_args(ckpt, jpg.to_str().unwrap(), out_s));
+    let o = sam_infer(&auto_args(&ckpt, &jpg, &out));
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("b.jpg: `.jpg` images are not read: save it as TIFF or PNG"),
@@ -441,11 +417,7 @@ fn issue_16_same_stem_inputs_stacks_and_unread_formats_are_named() {
     let stack = t.path().join("z_stack.tif");
     write_stack(&stack, 5, 64);
     let out2 = t.path().join("out2");
-    let o = sam_infer(&auto_args(
-        ckpt,
-        stack.to_str().unwrap(),
-        out2.to_str().unwrap(),
-    ));
+    let o = sam_infer(&auto_args(&ckpt, &stack, &out2));
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(
@@ -459,18 +431,12 @@ fn issue_16_same_stem_inputs_stacks_and_unread_formats_are_named() {
 fn issue_16_outputs_of_another_checkpoint_are_not_kept_silently() {
     let t = setup!();
     let first = tiny_checkpoint(t.path(), true);
-    let second = t.path().join("second.pt");
-    TinyCheckpoint::new()
-        .with_decoder(true)
-        .seed(8)
-        .write(&second)
-        .unwrap();
+    let second = seeded_checkpoint(&t.path().join("second.pt"), 8);
     let input = images(t.path(), &[("a.tif", 64)]);
     let out = t.path().join("out");
-    let (input_s, out_s) = (input.to_str().unwrap(), out.to_str().unwrap());
-    let o = sam_infer(&auto_args(first.to_str().unwrap(), input_s, out_s));
+    let o = sam_infer(&auto_args(&first, &input, &out));
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = sam_infer(&auto_args(second.to_str().unwrap(), input_s, out_s));
+    let o = sam_infer(&auto_args(&second, &input, &out));
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{e}");
     let record = std::fs::read_to_string(out.join("model.json")).unwrap();
@@ -489,13 +455,13 @@ fn issue_16_outputs_of_another_checkpoint_are_not_kept_silently() {
     // The same bytes elsewhere are the same model.
     let copy = t.path().join("copy_of_first.pt");
     std::fs::copy(&first, &copy).unwrap();
-    let o = sam_infer(&auto_args(copy.to_str().unwrap(), input_s, out_s));
+    let o = sam_infer(&auto_args(&copy, &input, &out));
     assert!(
         o.status.success() && stderr(&o).contains("1 skipped"),
         "{}",
         stderr(&o)
     );
-    let mut again = auto_args(second.to_str().unwrap(), input_s, out_s);
+    let mut again = auto_args(&second, &input, &out);
     again.push("--overwrite");
     let o = sam_infer(&again);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -505,11 +471,7 @@ fn issue_16_outputs_of_another_checkpoint_are_not_kept_silently() {
     // An output that is a file is named as such.
     let file = t.path().join("out.txt");
     std::fs::write(&file, "x").unwrap();
-    let o = sam_infer(&auto_args(
-        second.to_str().unwrap(),
-        input_s,
-        file.to_str().unwrap(),
-    ));
+    let o = sam_infer(&auto_args(&second, &input, &file));
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(
@@ -529,18 +491,9 @@ fn issue_16_checkpoint_names_resolve_against_the_repository_root() {
     std::fs::copy(&ckpt, root.join("final_models/tiny.pt")).unwrap();
     let input = images(t.path(), &[("a.tif", 64)]);
     for (spec, out) in [("tiny", "o1"), ("final_models/tiny.pt", "o2")] {
+        let out = t.path().join(out);
         let o = Command::new(env!("CARGO_BIN_EXE_sam-infer"))
-            .args([
-                "auto",
-                "--checkpoint",
-                spec,
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                t.path().join(out).to_str().unwrap(),
-                "--device",
-                "cpu",
-            ])
+            .args(auto_args(Path::new(spec), &input, &out))
             .current_dir(root.join("scripts"))
             .env_remove("SAM_TRAINER_ROOT")
             .output()
@@ -557,11 +510,7 @@ fn issue_16_a_model_shrinking_the_image_is_warned_about() {
     let ckpt = tiny_checkpoint(t.path(), true);
     let input = images(t.path(), &[("big.tif", 400)]);
     let out = t.path().join("out");
-    let mut args = auto_args(
-        ckpt.to_str().unwrap(),
-        input.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
+    let mut args = auto_args(&ckpt, &input, &out);
     args.push("--no-tiling");
     let o = sam_infer(&args);
     let e = stderr(&o);
@@ -573,11 +522,7 @@ fn issue_16_a_model_shrinking_the_image_is_warned_about() {
         "{e}"
     );
     // The default tiling (768 + 2 × 128) does not fit the 256 px model either.
-    let mut args = auto_args(
-        ckpt.to_str().unwrap(),
-        input.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
+    let mut args = auto_args(&ckpt, &input, &out);
     args.push("--overwrite");
     let e = stderr(&sam_infer(&args));
     assert!(e.contains("is shrunk 1.6×"), "{e}");
@@ -601,11 +546,7 @@ fn a_native_input_model_runs_at_its_side_with_tiles_that_fit() {
     sam_model::write_torch_checkpoint(&path, &sam, decoder.as_deref(), Some(128)).unwrap();
     let input = images(t.path(), &[("a.tif", 300)]);
     let out = t.path().join("out");
-    let o = sam_infer(&auto_args(
-        path.to_str().unwrap(),
-        input.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ));
+    let o = sam_infer(&auto_args(&path, &input, &out));
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
     assert!(e.contains("fed at 128 px"), "{e}");
@@ -632,11 +573,7 @@ fn issue_16_a_checkpoint_with_nan_weights_is_refused() {
     write_sam_state_dict(&path, &state).unwrap();
     let input = images(t.path(), &[("a.tif", 64)]);
     let out = t.path().join("out");
-    let o = sam_infer(&auto_args(
-        path.to_str().unwrap(),
-        input.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ));
+    let o = sam_infer(&auto_args(&path, &input, &out));
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(
@@ -678,21 +615,12 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn issue_18_bf16_precision_writes_what_fp32_writes() {
     let t = setup!();
-    let ckpt = t.path().join("tiny_ais.pt");
-    TinyCheckpoint::new()
-        .with_decoder(true)
-        .seed(8)
-        .write(&ckpt)
-        .unwrap();
+    let ckpt = seeded_checkpoint(&t.path().join("tiny_ais.pt"), 8);
     let input = images(t.path(), &[("a.tif", 200)]);
     let cache = t.path().join("cache");
     let run = |precision: &str| {
         let out = t.path().join(precision);
-        let mut args = auto_args(
-            ckpt.to_str().unwrap(),
-            input.to_str().unwrap(),
-            out.to_str().unwrap(),
-        );
+        let mut args = auto_args(&ckpt, &input, &out);
         args.extend(["--precision", precision, "--embedding-cache"]);
         args.push(cache.to_str().unwrap());
         let o = sam_infer(&args);
@@ -726,21 +654,10 @@ fn issue_18_bf16_precision_writes_what_fp32_writes() {
     .unwrap();
     let prompted = |precision: &str| {
         let out = t.path().join(format!("prompts_{precision}"));
-        let o = sam_infer(&[
-            "prompts",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--input",
-            input.join("a.tif").to_str().unwrap(),
-            "--prompts",
-            prompts.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--precision",
-            precision,
-        ]);
+        let image = input.join("a.tif");
+        let mut args = prompts_args(&ckpt, &image, &prompts, &out);
+        args.extend(["--precision", precision]);
+        let o = sam_infer(&args);
         assert!(o.status.success(), "{}", stderr(&o));
         sam_data::read_labels(out.join("labels/a.tif")).unwrap()
     };
