@@ -118,6 +118,12 @@ pub enum MemoryKind {
     Cpu,
 }
 
+/// The most entries (batch × heads × query rows × keys) one attention call of SAM's image
+/// encoder computes at once: larger attentions run over chunks of query rows (vit_b's global
+/// blocks at 1024 px). The memory estimate counts the transient attention tensors of one
+/// chunk; sam-model's encoder uses the same value (a test of sam-train checks that they agree).
+pub const ATTENTION_CHUNK_ENTRIES: i64 = 1 << 25;
+
 /// An analytic estimate of the peak memory of one training step of a config (one process),
 /// from the architecture, precision, batch size, objects per image and patch shape. The
 /// constants are calibrated against the peaks `sam-train fit` measures (docs/fit.md gives the
@@ -152,10 +158,16 @@ mod calibration {
     /// Values the encoder keeps per token, per channel and per block for the backward (the
     /// linear layers' inputs and outputs, norms, MLP, window padding).
     pub const ENCODER_VALUES_PER_TOKEN_CHANNEL: f64 = 30.0;
-    /// Values kept per attention-matrix entry of every block (the softmax's output).
-    pub const ATTENTION_SAVED_PER_ENTRY: f64 = 1.0;
-    /// Attention matrices alive at once on top, per entry of the largest block (scores with
-    /// the relative positions, and their gradient in the backward).
+    /// With adapters (`model.peft`): values kept per token, channel and block in the graph,
+    /// whose own weights are frozen (a frozen linear layer's backward needs its weights, not
+    /// its input). Fitted to vit_b at 1024 px with LoRA on every block.
+    pub const ENCODER_VALUES_PER_TOKEN_CHANNEL_FROZEN_WEIGHTS: f64 = 24.0;
+    /// Values kept per attention-matrix entry of every block (the softmax's output, for part
+    /// of the attention calls). Fitted to vit_b at 1024 px, full fine-tuning and
+    /// `activation_checkpointing: all` together (docs/fit.md).
+    pub const ATTENTION_SAVED_PER_ENTRY: f64 = 0.72;
+    /// Attention matrices alive at once on top, per entry of the largest block's attention
+    /// call (scores with the relative positions, and their gradient in the backward).
     pub const ATTENTION_TRANSIENT_PER_ENTRY: f64 = 2.0;
     /// Values per object of one round: per low-resolution mask pixel and channel of the
     /// mask decoder (its image-token stream), and per mask pixel at the input size and at
@@ -252,8 +264,12 @@ impl ExperimentConfig {
         let peft = self.model.active_peft();
         let adapted = peft.map_or_else(Vec::new, |p| p.blocks.resolve(a.encoder_depth));
         let adapters = peft.map_or(0, |p| adapter_parameters(p, &a, adapted.len() as u64));
+        // Without adapters a frozen encoder records no graph (neither its weights nor its input
+        // need gradients): it keeps nothing for a backward.
         let first_in_graph = if peft.is_some() {
             adapted.first().copied().unwrap_or(a.encoder_depth)
+        } else if frozen("image_encoder") {
+            a.encoder_depth
         } else {
             0
         };
@@ -303,7 +319,12 @@ impl ExperimentConfig {
         } else {
             0.0
         };
-        let block_values = ENCODER_VALUES_PER_TOKEN_CHANNEL * tokens * d;
+        let block_values = if peft.is_some() {
+            ENCODER_VALUES_PER_TOKEN_CHANNEL_FROZEN_WEIGHTS
+        } else {
+            ENCODER_VALUES_PER_TOKEN_CHANNEL
+        } * tokens
+            * d;
         let per_image = match self.training.activation_checkpointing {
             ActivationCheckpointing::None => {
                 block_values * depth + ATTENTION_SAVED_PER_ENTRY * attention
@@ -325,9 +346,14 @@ impl ExperimentConfig {
             ActivationCheckpointing::All => {
                 depth * tokens * d + block_values + ATTENTION_SAVED_PER_ENTRY * largest
             }
-        } + ATTENTION_TRANSIENT_PER_ENTRY * largest;
+        };
         let batch = f64::from(batch_size);
-        let encoder_activation = batch * per_image * bytes_per_value;
+        // The largest block's attention of the whole batch is one call, or chunks of query
+        // rows of at most ATTENTION_CHUNK_ENTRIES entries each when larger (sam-model): its
+        // transient scores, bias and their gradients exist one chunk at a time.
+        let transient = ATTENTION_TRANSIENT_PER_ENTRY
+            * (batch * largest).min(crate::ATTENTION_CHUNK_ENTRIES as f64);
+        let encoder_activation = (batch * per_image + transient) * bytes_per_value;
 
         let p = f64::from(a.prompt_embed_dim);
         let input = f64::from(input_side).powi(2);
@@ -502,8 +528,13 @@ mod tests {
         assert_eq!(all.parameters, full.parameters + 147_456);
         // The encoder's 89 670 912 weights are frozen; the adapters train instead.
         assert_eq!(all.trainable, full.trainable - 89_670_912 + 147_456);
-        // Every block is in the graph: the same activations.
-        assert_eq!(all.encoder_activation_bytes, full.encoder_activation_bytes);
+        // Every block is in the graph, with its own weights frozen: 24 instead of 30 values per
+        // token, channel and block (a frozen linear layer keeps no input); attention the same.
+        let per_value = 4 * 64 * 64 * 768 * 12; // fp32 × tokens × channels × blocks
+        assert_eq!(
+            full.encoder_activation_bytes - all.encoder_activation_bytes,
+            (30 - 24) * per_value
+        );
         c.model.peft = Some(lora(PeftBlocks::Last { last: 2 }));
         let last2 = c.estimate_peak_memory_for(1, 1);
         // Blocks 10 and 11 of 12 (one of the four global ones) keep activations; the backward's
@@ -539,10 +570,12 @@ mod tests {
                 + one.decoder_activation_bytes
         );
         let two = c.estimate_peak_memory_for(2, 1);
-        assert_eq!(
-            two.encoder_activation_bytes,
-            2 * one.encoder_activation_bytes
-        );
+        // vit_b at 1024 px (the default model): a global block's attention is larger than one
+        // chunk, so the transient part (2 values per entry of one chunk, 3 bytes a value under
+        // bf16) is there once; what the blocks keep doubles with the batch.
+        let transient = 2 * super::ATTENTION_CHUNK_ENTRIES as u64 * 3;
+        let kept = |e: &super::MemoryEstimate| e.encoder_activation_bytes - transient;
+        assert!(kept(&two).abs_diff(2 * kept(&one)) <= 2, "{two:?} {one:?}");
         assert_eq!(two.prompt_activation_bytes, one.prompt_activation_bytes);
         let many = c.estimate_peak_memory_for(1, 10);
         assert!(many.prompt_activation_bytes > 9 * one.prompt_activation_bytes);
@@ -555,6 +588,9 @@ mod tests {
             frozen.model_bytes,
             4 * one.parameters + 12 * frozen.trainable
         );
+        // A frozen encoder without adapters records no graph: no activations for a backward.
+        assert_eq!(frozen.encoder_activation_bytes, 0);
+        assert!(one.encoder_activation_bytes > 0);
         c.training.device = crate::Device::Cpu;
         assert!(c.estimate_peak_memory_for(1, 1).runtime_bytes > 0);
     }

@@ -73,6 +73,7 @@ pub use crate::{
     diagnostics::{ConfigError, Diagnostic, Problem, Severity},
     estimate::{
         parameter_counts, MemoryEstimate, MemoryKind, WallTimeEstimate, ASSUMED_RAW_IMAGES,
+        ATTENTION_CHUNK_ENTRIES,
     },
     evaluation::{
         AisConfig, AmgConfig, ApgConfig, EvaluationConfig, GridRange, GridSearchConfig,

@@ -246,7 +246,7 @@ impl Attention {
 /// 12 × 4096 × 4096 for vit_b at 1024 px, 805 MB of scores plus as much of relative-position
 /// bias — run over chunks of query rows, so that their bias, scores and, in the backward, the
 /// gradients of these exist one chunk at a time. Each query's row is computed as in one call.
-const ATTENTION_CHUNK_ENTRIES: i64 = 1 << 25;
+pub const ATTENTION_CHUNK_ENTRIES: i64 = 1 << 25;
 
 impl Attention {
     /// Attention of `q` over `k`, `v` (`[b * nh, h * w, c]`, the grid `(b, h, w)`) with the

@@ -75,7 +75,7 @@ pub use common::{AttentionMode, BatchNorm2d, LayerNorm2d, MLPBlock};
 #[cfg(feature = "download")]
 pub use download::{download_model, DownloadOptions, DownloadProgress};
 pub use error::ModelError;
-pub use image_encoder::{ImageEncoderViT, ImageEncoderViTConfig};
+pub use image_encoder::{ImageEncoderViT, ImageEncoderViTConfig, ATTENTION_CHUNK_ENTRIES};
 pub use mask_decoder::{MaskDecoder, MaskDecoderConfig};
 pub use model::{
     ModelPart, SamModel, SamModelError, StateDict, StateLoadReport, DECODER_PREFIX, PEFT_PREFIX,

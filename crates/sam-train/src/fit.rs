@@ -486,6 +486,16 @@ mod tests {
     use super::*;
     use tch::Tensor;
 
+    /// The memory estimate (sam-config) counts the transient attention of one chunk of the
+    /// size the encoder (sam-model) really runs.
+    #[test]
+    fn the_estimate_and_the_encoder_chunk_attention_alike() {
+        assert_eq!(
+            sam_config::ATTENTION_CHUNK_ENTRIES,
+            sam_model::ATTENTION_CHUNK_ENTRIES
+        );
+    }
+
     fn limits(budget: u64, dimensions: Vec<Dimension>) -> SearchLimits {
         SearchLimits {
             budget_bytes: budget,
