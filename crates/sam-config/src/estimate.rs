@@ -319,6 +319,17 @@ impl ExperimentConfig {
         } else {
             0.0
         };
+        // The forward runs every block, in the graph or not: the largest attention call of the
+        // whole encoder is alive once.
+        let largest_forward = if a.encoder_global_attn_indexes.is_empty() {
+            if a.encoder_depth > 0 {
+                windowed_block
+            } else {
+                0.0
+            }
+        } else {
+            global_block
+        };
         let block_values = if peft.is_some() {
             ENCODER_VALUES_PER_TOKEN_CHANNEL_FROZEN_WEIGHTS
         } else {
@@ -348,11 +359,11 @@ impl ExperimentConfig {
             }
         };
         let batch = f64::from(batch_size);
-        // The largest block's attention of the whole batch is one call, or chunks of query
+        // The largest attention of the whole batch is one call, or chunks of query
         // rows of at most ATTENTION_CHUNK_ENTRIES entries each when larger (sam-model): its
         // transient scores, bias and their gradients exist one chunk at a time.
         let transient = ATTENTION_TRANSIENT_PER_ENTRY
-            * (batch * largest).min(crate::ATTENTION_CHUNK_ENTRIES as f64);
+            * (batch * largest_forward).min(crate::ATTENTION_CHUNK_ENTRIES as f64);
         let encoder_activation = (batch * per_image + transient) * bytes_per_value;
 
         let p = f64::from(a.prompt_embed_dim);
@@ -588,8 +599,9 @@ mod tests {
             frozen.model_bytes,
             4 * one.parameters + 12 * frozen.trainable
         );
-        // A frozen encoder without adapters records no graph: no activations for a backward.
-        assert_eq!(frozen.encoder_activation_bytes, 0);
+        // A frozen encoder without adapters records no graph: nothing kept for a backward, only
+        // the forward's largest attention call (one chunk of a global block).
+        assert_eq!(frozen.encoder_activation_bytes, transient);
         assert!(one.encoder_activation_bytes > 0);
         c.training.device = crate::Device::Cpu;
         assert!(c.estimate_peak_memory_for(1, 1).runtime_bytes > 0);
