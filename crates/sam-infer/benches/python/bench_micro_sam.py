@@ -19,31 +19,12 @@ import time
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "scripts", "bench"))
+from random_vit_b import make as make_inputs  # noqa: E402
+
 
 def make(out):
-    from segment_anything import sam_model_registry
-    from micro_sam.instance_segmentation import get_unetr
-    import tifffile
-
-    os.makedirs(out, exist_ok=True)
-    torch.manual_seed(0)
-    sam = sam_model_registry["vit_b"]()
-    unetr = get_unetr(sam.image_encoder, decoder_state=None, device="cpu")
-    decoder_state = {k: v for k, v in unetr.state_dict().items() if not k.startswith("encoder")}
-    torch.save({"model_state": sam.state_dict(), "decoder_state": decoder_state},
-               os.path.join(out, "vit_b_ais_random.pt"))
-    # A 2048² 16-bit brightfield-like image: dark round cells on a bright, noisy background.
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:2048, :2048]
-    img = np.full((2048, 2048), 40000.0)
-    for _ in range(400):
-        cy, cx, r = rng.uniform(0, 2048), rng.uniform(0, 2048), rng.uniform(10, 30)
-        y0, y1 = int(max(cy - r, 0)), int(min(cy + r + 1, 2048))
-        x0, x1 = int(max(cx - r, 0)), int(min(cx + r + 1, 2048))
-        sub = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 < r * r
-        img[y0:y1, x0:x1][sub] = 25000.0
-    img += rng.normal(0, 1500, img.shape)
-    tifffile.imwrite(os.path.join(out, "image_2048.tif"), np.clip(img, 0, 65535).astype(np.uint16))
+    make_inputs(out, "vit_b_ais_random.pt", 2048)
 
 
 def run(out, tile, halo):
