@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from random_vit_b import make as make_inputs  # this script's folder
+from micro_sam_bench import load_and_decode, make_inputs  # this script's folder
 
 
 def make(out):
@@ -34,27 +34,11 @@ def make(out):
 
 def run(out, ckpt, tile, halo, fg, cd, bd):
     import tifffile
-    from micro_sam import util
-    from micro_sam.automatic_segmentation import get_predictor_and_segmenter
     from micro_sam.instance_segmentation import _derive_point_prompts
 
-    tile_shape, halo_shape = (tile, tile), (halo, halo)
     image = tifffile.imread(os.path.join(out, "image_2048.tif"))
     t = {"threads": torch.get_num_threads(), "thresholds": [fg, cd, bd]}
-    start = time.perf_counter()
-    predictor, segmenter = get_predictor_and_segmenter(
-        model_type="vit_b", checkpoint=ckpt, device="cpu", segmentation_mode="apg", is_tiled=True,
-    )
-    t["load_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    embeddings = util.precompute_image_embeddings(
-        predictor, image, tile_shape=tile_shape, halo=halo_shape, ndim=2, verbose=False, batch_size=1,
-    )
-    t["embed_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    segmenter.initialize(image, image_embeddings=embeddings, tile_shape=tile_shape, halo=halo_shape,
-                         verbose=False, batch_size=1)
-    t["decode_s"] = time.perf_counter() - start
+    segmenter = load_and_decode(image, ckpt, "apg", tile, halo, t)
     start = time.perf_counter()
     seg = segmenter.generate(foreground_threshold=fg, center_distance_threshold=cd,
                              boundary_distance_threshold=bd)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "scripts", "bench"))
-from random_vit_b import make as make_inputs  # noqa: E402
+from micro_sam_bench import load_and_decode, make_inputs  # noqa: E402
 
 
 def make(out):
@@ -29,29 +29,11 @@ def make(out):
 
 def run(out, tile, halo):
     import tifffile
-    from micro_sam import util
-    from micro_sam.automatic_segmentation import get_predictor_and_segmenter
 
     tile_shape, halo_shape = (tile, tile), (halo, halo)
     image = tifffile.imread(os.path.join(out, "image_2048.tif"))
     t = {"threads": torch.get_num_threads()}
-    start = time.perf_counter()
-    predictor, segmenter = get_predictor_and_segmenter(
-        model_type="vit_b", checkpoint=os.path.join(out, "vit_b_ais_random.pt"), device="cpu",
-        segmentation_mode="ais", is_tiled=True,
-    )
-    t["load_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    embeddings = util.precompute_image_embeddings(
-        predictor, image, tile_shape=tile_shape, halo=halo_shape, ndim=2, verbose=False, batch_size=1,
-    )
-    t["embed_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    segmenter.initialize(image, image_embeddings=embeddings, tile_shape=tile_shape, halo=halo_shape,
-                         verbose=False, batch_size=1)
-    t["decode_s"] = time.perf_counter() - start
+    segmenter = load_and_decode(image, os.path.join(out, "vit_b_ais_random.pt"), "ais", tile, halo, t)
 
     start = time.perf_counter()
     seg = segmenter.generate(tile_shape=tile_shape, halo=halo_shape)
