@@ -12,7 +12,7 @@
 //! - [`TempRepo`]: a temporary repository root, removed on drop.
 //! - [`venv_python`]: the repository's Python environment, for reference fixtures.
 //! - [`script_fixtures`]: a folder of reference fixtures a Python script writes, kept until
-//!   the script changes.
+//!   the script (or a [shared module](shared_python_modules) of the scripts) changes.
 //!
 //! The kit does not link libtorch. Tiny random-weight checkpoints are written by
 //! `sam_testkit_model::TinyCheckpoint`, a crate of its own: Cargo unifies a dependency's
@@ -53,6 +53,6 @@ pub use crate::{
     config::ConfigBuilder,
     dataset::{SynthDataset, SynthImage},
     error::Error,
-    python::{script_fixtures, venv_python, workspace_root},
+    python::{script_fixtures, script_stamp, shared_python_modules, venv_python, workspace_root},
     repo::TempRepo,
 };

@@ -13,42 +13,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sam_data::{connected_components, Connectivity, Plane};
 use sam_infer::{ais_segment, gaussian_smoothing, seeded_watershed, AisParams, DecoderMaps};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
+/// The fixtures, written again when the script changes.
 fn fixtures() -> PathBuf {
-    let root = repo_root();
-    let out = root.join("target/test-fixtures/sam-infer-ais");
-    let script = root.join("crates/sam-infer/tests/python/make_ais_reference.py");
-    let stale = std::fs::metadata(out.join("meta.json"))
-        .and_then(|m| m.modified())
-        .ok()
-        .zip(std::fs::metadata(&script).and_then(|m| m.modified()).ok())
-        .is_none_or(|(fixture, source)| fixture < source);
-    if stale {
-        let python = root.join(".venv/bin/python");
-        assert!(
-            python.is_file(),
-            "{} is missing: run scripts/setup.sh to create the Python environment for the reference fixtures",
-            python.display()
-        );
-        let status = Command::new(&python)
-            .arg(&script)
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success(), "{} failed", script.display());
-    }
-    out
+    let script =
+        sam_testkit::workspace_root().join("crates/sam-infer/tests/python/make_ais_reference.py");
+    sam_testkit::script_fixtures("sam-infer-ais", &script, |_| Vec::new())
 }
 
 fn read_f32(path: &Path) -> Vec<f32> {

@@ -10,18 +10,20 @@ images of touching round objects, and runs on them:
 - skimage's `watershed` on the smoothed boundary map with the same markers (float64, no
   quantisation, documented tie-breaking: the exact reference for our watershed).
 
-Usage: make_ais_reference.py OUT_DIR. Writes raw little-endian arrays and meta.json.
+Usage: make_ais_reference.py make OUT_DIR (sam_testkit::script_fixtures). Writes raw little-endian
+arrays and meta.json.
 """
 
-import json
 import os
 import sys
 
 import numpy as np
 import bioimage_cpp as bic
-from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 from torch_em.util.segmentation import watershed_from_center_and_boundary_distances
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "sam-testkit", "python"))
+from sam_fixtures import distance_targets, make_command, random_ellipses, write_json  # noqa: E402
 
 CASES = [
     # name, seed, shape, n_objects, params
@@ -40,23 +42,9 @@ DEFAULTS = {"center_distance_threshold": 0.5, "boundary_distance_threshold": 0.5
 
 
 def synthetic_maps(rng, shape, n):
-    h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    gt = np.zeros(shape, np.int32)
-    for i in range(1, n + 1):
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        ry, rx = rng.uniform(6, 14), rng.uniform(6, 14)
-        gt[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = i
+    gt = random_ellipses(rng, shape, n, margin=0, radii=(6, 14))
     fg = (gt > 0).astype(np.float32)
-    center = np.ones(shape, np.float32)
-    boundary = np.ones(shape, np.float32)
-    for i in np.unique(gt)[1:]:
-        m = gt == i
-        d = ndi.distance_transform_edt(m)
-        ys, xs = np.nonzero(m)
-        cd = np.sqrt((yy - ys.mean()) ** 2 + (xx - xs.mean()) ** 2)
-        center[m] = np.clip(cd[m] / (cd[m].max() + 1e-6), 0, 1)
-        boundary[m] = 1.0 - d[m] / (d[m].max() + 1e-6)
+    center, boundary = distance_targets(gt)
     noise = lambda s: rng.normal(0, s, shape).astype(np.float32)
     fg = np.clip(0.05 + 0.9 * fg + noise(0.15), 0, 1).astype(np.float32)
     center = np.clip(center + noise(0.08), 0, 1).astype(np.float32)
@@ -97,9 +85,8 @@ def main(out):
         seg.astype("<u4").tofile(os.path.join(out, f"{name}.micro_sam.u32"))
         meta.append({"name": name, "height": shape[0], "width": shape[1], "params": p,
                      "n_objects": int(seg.max())})
-    with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    write_json(out, "meta.json", meta)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    make_command(main, __doc__)

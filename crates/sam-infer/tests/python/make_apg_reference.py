@@ -3,7 +3,7 @@
 Builds a seeded brightfield-like image (dark round objects on a bright background) and the
 decoder maps a well-trained UNETR would give for it (foreground, centre distance, boundary
 distance derived from the objects, plus noise), and a tiny random-weight SAM (the sizes of
-`SamConfig::tiny()`, built as crates/sam-model/tests/python/make_parity.py builds it). Random
+`SamConfig::tiny()`, built and perturbed as crates/sam-model/tests/python/make_parity.py does it). Random
 mask-decoder logits hover around 0, where the 0 threshold would turn float noise into different
 masks; the last layers of the hypernetwork MLPs are therefore scaled by 100 and the IoU head's
 bias raised by 0.8, so that logits are far from the threshold and predicted IoUs look like a
@@ -29,20 +29,21 @@ Usage: make_apg_reference.py make OUT_DIR (sam_testkit::script_fixtures). Writes
                             top-left square of the image, n_objects, n_prompts, n_masks)
 """
 
-import importlib.util
-import json
 import os
 import sys
-from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "sam-testkit", "python"))
+from sam_fixtures import (  # noqa: E402
+    distance_targets, make_command, perturb, random_ellipses, tiny_sam as build_tiny_sam, write_json,
+)
+
 torch.set_num_threads(1)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS = {"min_size": 25, "center_distance_threshold": 0.5, "boundary_distance_threshold": 0.5,
             "foreground_threshold": 0.5, "multimasking": False, "batch_size": 32,
             "nms_threshold": 0.9, "intersection_over_min": False, "refine_with_box_prompts": False}
@@ -58,36 +59,10 @@ CASES = [
 ]
 
 
-def make_parity_module():
-    path = os.path.join(HERE, "..", "..", "..", "sam-model", "tests", "python", "make_parity.py")
-    spec = importlib.util.spec_from_file_location("make_parity", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def tiny_sam():
-    from segment_anything.modeling import (
-        ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer,
-    )
     torch.manual_seed(0)
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=256, patch_size=16, in_chans=3, embed_dim=64, depth=2, num_heads=2,
-            mlp_ratio=4, out_chans=32, qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-            window_size=6, global_attn_indexes=(1,),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=32, image_embedding_size=(16, 16), input_image_size=(256, 256), mask_in_chans=8,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2),
-            transformer_dim=32, iou_head_depth=3, iou_head_hidden_dim=32,
-        ),
-    ).eval()
-    make_parity_module().perturb(sam)
+    sam = build_tiny_sam().eval()
+    perturb(sam)
     with torch.no_grad():
         for mlp in sam.mask_decoder.output_hypernetworks_mlps:
             mlp.layers[-1].weight.mul_(100.0)
@@ -97,26 +72,12 @@ def tiny_sam():
 
 
 def scene(rng):
-    h, w = SHAPE
-    yy, xx = np.mgrid[:h, :w]
-    gt = np.zeros(SHAPE, np.int32)
-    for i in range(1, N_OBJECTS + 1):
-        cy, cx = rng.uniform(6, h - 6), rng.uniform(6, w - 6)
-        ry, rx = rng.uniform(5, 11), rng.uniform(5, 11)
-        gt[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = i
+    gt = random_ellipses(rng, SHAPE, N_OBJECTS, margin=6, radii=(5, 11))
     image = np.where(gt > 0, 0.25, 0.8) + rng.normal(0, 0.04, SHAPE)
     image = np.clip(ndi.gaussian_filter(image, 1.0), 0, 1).astype(np.float32)
     # What a trained decoder predicts: torch_em's per-object distance targets, blurred, noisy.
     fg = (gt > 0).astype(np.float32)
-    center = np.ones(SHAPE, np.float32)
-    boundary = np.ones(SHAPE, np.float32)
-    for i in np.unique(gt)[1:]:
-        m = gt == i
-        d = ndi.distance_transform_edt(m)
-        ys, xs = np.nonzero(m)
-        cd = np.sqrt((yy - ys.mean()) ** 2 + (xx - xs.mean()) ** 2)
-        center[m] = np.clip(cd[m] / (cd[m].max() + 1e-6), 0, 1)
-        boundary[m] = 1.0 - d[m] / (d[m].max() + 1e-6)
+    center, boundary = distance_targets(gt)
     noise = lambda s: rng.normal(0, s, SHAPE).astype(np.float32)
     fg = np.clip(0.05 + 0.9 * ndi.gaussian_filter(fg, 0.8) + noise(0.1), 0, 1).astype(np.float32)
     center = np.clip(center + noise(0.06), 0, 1).astype(np.float32)
@@ -209,11 +170,8 @@ def main(out):
         meta["cases"].append({"name": name, "params": over, "square": square,
                               "n_objects": int(len(np.unique(seg)) - 1),
                               "n_prompts": int(len(points)), "n_masks": int(len(predictions))})
-    with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    write_json(out, "meta.json", meta)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "make":
-        raise SystemExit(__doc__)
-    main(sys.argv[2])
+    make_command(main, __doc__)

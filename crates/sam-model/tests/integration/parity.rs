@@ -34,12 +34,16 @@ fn fixture_dir() -> PathBuf {
 static GENERATE: Mutex<()> = Mutex::new(());
 
 /// Returns (state_dict, io) of a case, running the Python script when the fixture is missing or
-/// older than the script.
+/// older than the script or a shared module it imports (`sam_testkit::shared_python_modules`).
 fn fixture(case: &str, files: &[&str]) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
     let _guard = GENERATE.lock().unwrap_or_else(|e| e.into_inner());
     let dir = fixture_dir();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/make_parity.py");
-    let script_time = std::fs::metadata(&script).and_then(|m| m.modified()).ok();
+    let script_time = std::iter::once(script.clone())
+        .chain(sam_testkit::shared_python_modules())
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect::<Option<Vec<_>>>()
+        .and_then(|times| times.into_iter().max());
     let fresh = files.iter().all(|f| {
         let t = std::fs::metadata(dir.join(f))
             .and_then(|m| m.modified())

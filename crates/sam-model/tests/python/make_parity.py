@@ -23,22 +23,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "sam-testkit", "python"))
+from sam_fixtures import perturb, tiny_sam as build_tiny_sam  # noqa: E402
+
 torch.set_num_threads(2)
-
-
-def perturb(model, scale=0.02):
-    """Adds noise to every float entry; batch-norm statistics get plausible random values."""
-    gen = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(0.5 + torch.rand(t.shape, generator=gen))
-            elif name.endswith("running_mean"):
-                t.copy_(0.1 * torch.randn(t.shape, generator=gen))
-            else:
-                t.add_(scale * torch.randn(t.shape, generator=gen))
 
 
 def save(out, case, model_state, io):
@@ -83,29 +71,10 @@ def prompt_outputs(sam, emb, io, tag, multimask_values=(True, False)):
 
 @torch.no_grad()
 def tiny_sam(out):
-    from segment_anything.modeling import (
-        ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer,
-    )
     from segment_anything.utils.transforms import ResizeLongestSide
 
     torch.manual_seed(0)
-    # The same sizes as SamConfig::tiny() in Rust.
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=256, patch_size=16, in_chans=3, embed_dim=64, depth=2, num_heads=2,
-            mlp_ratio=4, out_chans=32, qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-            window_size=6, global_attn_indexes=(1,),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=32, image_embedding_size=(16, 16), input_image_size=(256, 256), mask_in_chans=8,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2),
-            transformer_dim=32, iou_head_depth=3, iou_head_hidden_dim=32,
-        ),
-    ).eval()
+    sam = build_tiny_sam().eval()
     perturb(sam)
     io = {}
     g = torch.Generator().manual_seed(3)

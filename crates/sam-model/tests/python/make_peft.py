@@ -13,51 +13,32 @@ PEFT_Sam(...).sam, and prints the max abs difference of their image embeddings t
 reference embeddings of IO.
 """
 
+import os
 import sys
-from functools import partial
 
 import torch
 from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "sam-testkit", "python"))
+from sam_fixtures import tiny_sam  # noqa: E402
 
 torch.set_num_threads(2)
 
 METHODS = {"lora": "LoRASurgery", "fact": "FacTSurgery", "ssf": "SSFSurgery"}
 BLOCKS = [1, 2]
 RANK = 2
-
-
-def tiny_sam():
-    from segment_anything.modeling import (
-        ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer,
-    )
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=256, patch_size=16, in_chans=3, embed_dim=64, depth=3, num_heads=2,
-            mlp_ratio=4, out_chans=32, qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-            window_size=6, global_attn_indexes=(1,),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=32, image_embedding_size=(16, 16), input_image_size=(256, 256), mask_in_chans=8,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2),
-            transformer_dim=32, iou_head_depth=3, iou_head_hidden_dim=32,
-        ),
-    )
+DEPTH = 3  # encoder blocks
 
 
 def peft_sam(method):
     from micro_sam.models import peft_sam as P
-    sam = tiny_sam()
+    sam = tiny_sam(depth=DEPTH)
     module = getattr(P, METHODS[method])
     return P.PEFT_Sam(sam, rank=RANK, peft_module=module, attention_layers_to_update=BLOCKS).sam
 
 
 @torch.no_grad()
 def make(out):
-    import os
     os.makedirs(out, exist_ok=True)
     for method in METHODS:
         torch.manual_seed(0)
@@ -81,7 +62,7 @@ def make(out):
 @torch.no_grad()
 def check(method, io_path, merged_path, peft_path):
     io = load_file(io_path)
-    plain = tiny_sam().eval()
+    plain = tiny_sam(depth=DEPTH).eval()
     plain.load_state_dict(torch.load(merged_path, map_location="cpu", weights_only=True), strict=True)
     peft = peft_sam(method).eval()
     peft.load_state_dict(torch.load(peft_path, map_location="cpu", weights_only=True), strict=True)

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use sam_train::{AdamW, AdamWConfig};
@@ -18,37 +17,13 @@ const TOL: f64 = 1e-6;
 /// The parameter without a gradient in step 2 (`SKIP` of the script).
 const SKIP: &str = "image_encoder.neck.1.weight";
 
-/// The reference file, generated when missing or made by another version of the script.
+/// The reference file, generated once and again when the script changes.
 fn fixture() -> &'static Path {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
     FILE.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/optim_parity.py");
-        let dir = sam_testkit::workspace_root().join("target/test-fixtures/sam-train-optim");
-        let file = dir.join("optim_parity.safetensors");
-        let source = std::fs::read(&script).expect("the parity script");
-        let stamp = format!(
-            "{:x}",
-            source
-                .iter()
-                .fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-        );
-        let stamp_file = dir.join("stamp");
-        let fresh = std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str());
-        if !fresh || !file.is_file() {
-            std::fs::create_dir_all(&dir).unwrap();
-            let out = Command::new(sam_testkit::venv_python())
-                .arg(&script)
-                .arg(&file)
-                .output()
-                .expect("run optim_parity.py");
-            assert!(
-                out.status.success(),
-                "optim_parity.py failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::fs::write(&stamp_file, stamp).unwrap();
-        }
-        file
+        sam_testkit::script_fixtures("sam-train-optim", &script, |_| Vec::new())
+            .join("optim_parity.safetensors")
     })
 }
 

@@ -1,7 +1,8 @@
 """Reference for `tests/optim_parity`: torch.optim.AdamW(fused=True) after
 torch.nn.utils.clip_grad_norm_(foreach=True), on parameters shaped like vit_b SAM's.
 
-Usage: optim_parity.py OUT_FILE
+Usage: optim_parity.py make OUT_DIR (sam_testkit::script_fixtures): writes
+OUT_DIR/optim_parity.safetensors.
 
 The parameters are a subset of segment_anything's vit_b state_dict (shapes read from the model
 built on the meta device, so nothing is allocated): the positional embedding, a global-attention
@@ -28,6 +29,9 @@ import sys
 import torch
 from safetensors.torch import save_file
 from segment_anything import sam_model_registry
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "sam-testkit", "python"))
+from sam_fixtures import make_command  # noqa: E402
 
 NAMES = [
     "image_encoder.pos_embed",
@@ -61,8 +65,9 @@ def grad_at(step, g):
     return g * 0.125
 
 
-def main():
-    out = sys.argv[1]
+def main(out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, "optim_parity.safetensors")
     torch.manual_seed(0)
     with torch.device("meta"):
         sam = sam_model_registry["vit_b"]()
@@ -110,4 +115,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    make_command(main, __doc__)
