@@ -2,7 +2,6 @@
 //! first step) beside those of the exported model (at the end), so that a run shows whether
 //! fine-tuning helped.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -146,16 +145,7 @@ impl ComparisonLog {
         rows.retain(|r| r.stage != record.stage);
         rows.push(*record);
         rows.sort_by_key(|r| r.stage == ComparisonStage::End);
-        let tmp = self.csv.with_extension("csv.tmp");
-        let err = |e: csv::Error| TrainError::format(&self.csv, e);
-        {
-            let mut writer = csv::Writer::from_path(&tmp).map_err(err)?;
-            for r in &rows {
-                writer.serialize(r).map_err(err)?;
-            }
-            writer.flush().map_err(|e| TrainError::io(&self.csv, e))?;
-        }
-        fs::rename(&tmp, &self.csv).map_err(|e| TrainError::io(&self.csv, e))?;
+        crate::report::write_rows(&self.csv, &rows)?;
         Ok(true)
     }
 }
@@ -189,7 +179,7 @@ mod tests {
         let end2 = ComparisonRecord::new(ComparisonStage::End, 3, 6, &scores(0.75));
         assert!(log.record(&end2).unwrap());
         assert_eq!(log.read().unwrap(), vec![start, end2]);
-        let text = fs::read_to_string(log.csv_path()).unwrap();
+        let text = std::fs::read_to_string(log.csv_path()).unwrap();
         assert_eq!(
             text.lines().next().unwrap(),
             "stage,epoch,iteration,mSA,SA50,box_iou,dice"

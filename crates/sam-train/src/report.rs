@@ -66,16 +66,7 @@ impl MetricsLog {
         let mut rows = self.read()?;
         rows.retain(|r| r.epoch < record.epoch);
         rows.push(record.clone());
-        let tmp = self.csv.with_extension("csv.tmp");
-        let err = |e: csv::Error| TrainError::format(&self.csv, e);
-        {
-            let mut writer = csv::Writer::from_path(&tmp).map_err(err)?;
-            for r in &rows {
-                writer.serialize(r).map_err(err)?;
-            }
-            writer.flush().map_err(|e| TrainError::io(&self.csv, e))?;
-        }
-        fs::rename(&tmp, &self.csv).map_err(|e| TrainError::io(&self.csv, e))?;
+        write_rows(&self.csv, &rows)?;
         let png = self.csv.with_file_name("curves.png");
         draw_curves(&rows, &png)
     }
@@ -106,7 +97,6 @@ pub fn draw_curves(rows: &[EpochRecord], path: &Path) -> Result<(), TrainError> 
     fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
 }
 
-/// Draws the curves figure into an RGB buffer of [`CURVES_SIZE`]; `path` names it in errors.
 /// Every row of the CSV log `path` (none when it does not exist yet).
 pub(crate) fn read_rows<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, TrainError> {
     if !path.exists() {
@@ -119,6 +109,22 @@ pub(crate) fn read_rows<T: serde::de::DeserializeOwned>(path: &Path) -> Result<V
         .map_err(|e| TrainError::format(path, e))
 }
 
+/// Writes `rows` as the CSV log `path`, with a header: into `path.csv.tmp`, then renamed, so
+/// that a reader never sees half a file.
+pub(crate) fn write_rows<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), TrainError> {
+    let tmp = path.with_extension("csv.tmp");
+    let err = |e: csv::Error| TrainError::format(path, e);
+    {
+        let mut writer = csv::Writer::from_path(&tmp).map_err(err)?;
+        for r in rows {
+            writer.serialize(r).map_err(err)?;
+        }
+        writer.flush().map_err(|e| TrainError::io(path, e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+/// Draws the curves figure into an RGB buffer of [`CURVES_SIZE`]; `path` names it in errors.
 fn draw_curves_into(rows: &[EpochRecord], rgb: &mut [u8], path: &Path) -> Result<(), TrainError> {
     let root = BitMapBackend::with_buffer(rgb, CURVES_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| TrainError::format(path, e))?;
