@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 
 use sam_cli::Failure;
 use sam_cli_torch::{BaselineChoice, BaselineOrigin};
-use sam_eval::{Baseline, ComparisonReport, ModelEvalOptions, ModelReport};
+use sam_eval::{Baseline, ComparisonReport, ModelEvalOptions};
 use sam_infer::{InferenceModel, Precision, TileSpec};
 
 use crate::eval_failure;
+use crate::model_cmd::{load_model, summary_line};
 
 /// Images listed in the console summary of a comparison (all are in per_image_deltas.csv).
 const LISTED_IMAGES: usize = 20;
@@ -54,15 +55,8 @@ pub fn load_baseline(
         );
         return Ok(None);
     }
-    let baseline = InferenceModel::load(&checkpoint, device)
-        .map_err(Failure::failed)?
-        .with_precision(precision);
-    eprintln!("baseline: {}", baseline.description());
-    let (tiles, _) = sam_cli_torch::tiles_for_model(
-        config_tiles,
-        baseline.sam().is_native_input(),
-        baseline.input_size(),
-    );
+    let (baseline, tiles, _) =
+        load_model(&checkpoint, device, precision, "baseline", config_tiles)?;
     let loaded = LoadedBaseline {
         model: baseline,
         checkpoint,
@@ -80,23 +74,6 @@ pub fn load_baseline(
         }
         Err(e) => Err(eval_failure(e)),
     }
-}
-
-/// `<checkpoint> (<mode>), <n> test images: mSA … F1 …`, as the evaluation's own line.
-fn summary_line(r: &ModelReport) -> String {
-    let m = &r.test.summary.mean_per_image;
-    format!(
-        "{} ({}), {} test images: mSA {:.4}  SA50 {:.4}  SA75 {:.4}  Precision {:.4}  Recall {:.4}  F1 {:.4}",
-        r.checkpoint.display(),
-        r.mode,
-        r.test.summary.images,
-        m.msa,
-        m.sa50,
-        m.sa75,
-        m.precision,
-        m.recall,
-        m.f1
-    )
 }
 
 /// The console summary of a comparison: the baseline's line, the change of mean mSA, and the

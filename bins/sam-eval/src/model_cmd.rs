@@ -8,7 +8,7 @@ use sam_cli::Failure;
 use sam_cli_torch::{eval_checkpoint, model_eval_options, ModelEvalFlags};
 use sam_config::{RunPaths, ValidateOptions};
 use sam_eval::{evaluate_model, ModelProgress, ModelReport};
-use sam_infer::{InferenceModel, TileSpec};
+use sam_infer::{InferenceModel, Precision, TileSpec};
 
 use crate::{eval_failure, new_bar};
 
@@ -124,6 +124,43 @@ fn find_root(args: &ModelArgs) -> Result<PathBuf, Failure> {
     })
 }
 
+/// Loads `checkpoint` at `precision`, names it on stderr as `role` (`model`, `baseline`) with
+/// its description, and returns it with the tiling to run it with
+/// ([`sam_cli_torch::tiles_for_model`] of `tiles`) and that function's note.
+pub fn load_model(
+    checkpoint: &Path,
+    device: tch::Device,
+    precision: Precision,
+    role: &str,
+    tiles: TileSpec,
+) -> Result<(InferenceModel, TileSpec, Option<String>), Failure> {
+    let model = InferenceModel::load(checkpoint, device)
+        .map_err(Failure::failed)?
+        .with_precision(precision);
+    eprintln!("{role}: {}", model.description());
+    let (tiles, note) =
+        sam_cli_torch::tiles_for_model(tiles, model.sam().is_native_input(), model.input_size());
+    Ok((model, tiles, note))
+}
+
+/// `<checkpoint> (<mode>), <n> test images: mSA … F1 …`: the evaluation's summary line, also
+/// the baseline's in a comparison.
+pub fn summary_line(r: &ModelReport) -> String {
+    let m = &r.test.summary.mean_per_image;
+    format!(
+        "{} ({}), {} test images: mSA {:.4}  SA50 {:.4}  SA75 {:.4}  Precision {:.4}  Recall {:.4}  F1 {:.4}",
+        r.checkpoint.display(),
+        r.mode,
+        r.test.summary.images,
+        m.msa,
+        m.sa50,
+        m.sa75,
+        m.precision,
+        m.recall,
+        m.f1
+    )
+}
+
 fn print_report(r: &ModelReport, out_dir: &Path) {
     if let Some(g) = &r.grid_search {
         let best = g.chosen();
@@ -157,19 +194,7 @@ fn print_report(r: &ModelReport, out_dir: &Path) {
             }
         );
     }
-    let m = &r.test.summary.mean_per_image;
-    println!(
-        "{} ({}), {} test images: mSA {:.4}  SA50 {:.4}  SA75 {:.4}  Precision {:.4}  Recall {:.4}  F1 {:.4}",
-        r.checkpoint.display(),
-        r.mode,
-        r.test.summary.images,
-        m.msa,
-        m.sa50,
-        m.sa75,
-        m.precision,
-        m.recall,
-        m.f1
-    );
+    println!("{}", summary_line(r));
     for it in &r.iterative_prompting {
         let line: Vec<String> = it
             .rounds
@@ -230,16 +255,9 @@ pub fn run_model(args: ModelArgs) -> Result<(), Failure> {
     let mut opts = model_eval_options(&cfg, &paths, checkpoint.clone(), flags)?;
     // Fail on folders, settings and an existing evaluation before the model is loaded.
     opts.check().map_err(eval_failure)?;
-    let model = InferenceModel::load(&checkpoint, device)
-        .map_err(Failure::failed)?
-        .with_precision(args.precision);
-    eprintln!("model: {}", model.description());
     let config_tiles = opts.segmentation.tiles;
-    let (tiles, note) = sam_cli_torch::tiles_for_model(
-        opts.segmentation.tiles,
-        model.sam().is_native_input(),
-        model.input_size(),
-    );
+    let (model, tiles, note) =
+        load_model(&checkpoint, device, args.precision, "model", config_tiles)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
