@@ -1234,88 +1234,61 @@ mod tests {
         assert!(Distribution::of(&[]).is_none());
     }
 
-    /// A u8 label file whose largest id is 255, an overexposed image, and an image whose range
-    /// is far below the others'.
-    #[test]
-    fn full_label_types_saturation_and_range_outliers_are_warned() {
+    /// A temporary folder with empty `images/` and `labels/` folders in it.
+    fn folders() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let (images, labels) = (dir.path().join("images"), dir.path().join("labels"));
         std::fs::create_dir_all(&images).unwrap();
         std::fs::create_dir_all(&labels).unwrap();
-        let mut ids = vec![0u8; 32 * 32];
-        for (i, v) in ids.iter_mut().enumerate() {
-            if (8..20).contains(&(i / 32)) && (8..20).contains(&(i % 32)) {
-                *v = if i % 32 < 14 { 255 } else { 17 };
-            }
-        }
-        let grey = |f: &dyn Fn(usize) -> f32| {
-            let data = (0..32 * 32).map(f).collect();
-            GreyImage::from_vec(32, 32, BitDepth::U8, data).unwrap()
-        };
-        let dark = |i: usize| ids[i] != 0;
-        type Intensity<'a> = Box<dyn Fn(usize) -> f32 + 'a>;
-        let images_of: [(&str, Intensity); 4] = [
-            (
-                "a",
-                Box::new(|i| {
-                    if dark(i) {
-                        40.0
-                    } else {
-                        200.0 + (i % 7) as f32
-                    }
-                }),
-            ),
-            (
-                "b",
-                Box::new(|i| {
-                    if dark(i) {
-                        45.0
-                    } else {
-                        190.0 + (i % 5) as f32
-                    }
-                }),
-            ),
-            // a fifth of the background at 255
-            (
-                "c",
-                Box::new(|i| {
-                    if dark(i) {
-                        40.0
-                    } else if i % 5 == 0 {
-                        255.0
-                    } else {
-                        210.0
-                    }
-                }),
-            ),
-            // a narrow range: 100..110
-            (
-                "d",
-                Box::new(|i| {
-                    if dark(i) {
-                        100.0
-                    } else {
-                        108.0 + (i % 3) as f32
-                    }
-                }),
-            ),
-        ];
-        for (stem, f) in &images_of {
-            crate::io::write_image(images.join(format!("{stem}.tif")), &grey(f.as_ref())).unwrap();
-            image::GrayImage::from_raw(32, 32, ids.clone())
-                .unwrap()
-                .save(labels.join(format!("{stem}.png")))
-                .unwrap();
-        }
-        let options = CheckOptions {
+        (dir, images, labels)
+    }
+
+    /// The default options with a 16x16 patch.
+    fn small_patch_options() -> CheckOptions {
+        CheckOptions {
             patch: PatchConfig {
                 height: 16,
                 width: 16,
                 ..PatchConfig::default()
             },
             ..CheckOptions::default()
-        };
-        let r = check_folders(&images, &labels, &options, &()).unwrap();
+        }
+    }
+
+    /// A u8 label file whose largest id is 255, an overexposed image, and an image whose range
+    /// is far below the others'.
+    #[test]
+    fn full_label_types_saturation_and_range_outliers_are_warned() {
+        let (_dir, images, labels) = folders();
+        let mut ids = vec![0u8; 32 * 32];
+        for (i, v) in ids.iter_mut().enumerate() {
+            if (8..20).contains(&(i / 32)) && (8..20).contains(&(i % 32)) {
+                *v = if i % 32 < 14 { 255 } else { 17 };
+            }
+        }
+        let dark = |i: usize| ids[i] != 0;
+        /// A stem, the objects' intensity and the background's by pixel index.
+        type Image = (&'static str, f32, fn(usize) -> f32);
+        let images_of: [Image; 4] = [
+            ("a", 40.0, |i| 200.0 + (i % 7) as f32),
+            ("b", 45.0, |i| 190.0 + (i % 5) as f32),
+            // a fifth of the background at 255
+            ("c", 40.0, |i| if i % 5 == 0 { 255.0 } else { 210.0 }),
+            // a narrow range: 100..110
+            ("d", 100.0, |i| 108.0 + (i % 3) as f32),
+        ];
+        for (stem, object, background) in images_of {
+            let data = (0..32 * 32)
+                .map(|i| if dark(i) { object } else { background(i) })
+                .collect();
+            let grey = GreyImage::from_vec(32, 32, BitDepth::U8, data).unwrap();
+            crate::io::write_image(images.join(format!("{stem}.tif")), &grey).unwrap();
+            image::GrayImage::from_raw(32, 32, ids.clone())
+                .unwrap()
+                .save(labels.join(format!("{stem}.png")))
+                .unwrap();
+        }
+        let r = check_folders(&images, &labels, &small_patch_options(), &()).unwrap();
         let of = |kind| -> Vec<String> {
             r.findings_of(kind)
                 .map(|f| {
@@ -1352,10 +1325,7 @@ mod tests {
 
     #[test]
     fn findings_sort_errors_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let (images, labels) = (dir.path().join("images"), dir.path().join("labels"));
-        std::fs::create_dir_all(&images).unwrap();
-        std::fs::create_dir_all(&labels).unwrap();
+        let (dir, images, labels) = folders();
         let l = LabelImage::zeros(40, 40);
         crate::io::write_image(
             images.join("a.tif"),
@@ -1364,14 +1334,7 @@ mod tests {
         .unwrap();
         crate::io::write_labels(labels.join("a.tif"), &l).unwrap();
         crate::io::write_labels(labels.join("b.tif"), &l).unwrap();
-        let options = CheckOptions {
-            patch: PatchConfig {
-                height: 16,
-                width: 16,
-                ..PatchConfig::default()
-            },
-            ..CheckOptions::default()
-        };
+        let options = small_patch_options();
         let r = check_folders(&images, &labels, &options, &()).unwrap();
         let order: Vec<(Severity, FindingKind)> =
             r.findings.iter().map(|f| (f.severity, f.kind)).collect();
