@@ -585,6 +585,34 @@ fn apg_grid_search_records_every_combination_and_uses_the_best() {
     assert!((test_msa - msa.iter().sum::<f64>() / msa.len() as f64).abs() < 1e-12);
 }
 
+/// With --grid-search and a baseline, the baseline runs the parameters the grid chose for the
+/// model: here APG's, with an NMS threshold range that leaves out the default 0.9.
+#[test]
+fn the_baseline_runs_the_apg_parameters_the_grid_search_chose() {
+    let t = setup!(true);
+    let root = t.path();
+    write_other_model(root, "b", true);
+    config("dat/test/images")
+        .set("inference.mode", "apg")
+        .set_yaml(
+            "evaluation.grid_search.nms_threshold",
+            "{start: 0.5, stop: 0.6, step: 0.1}",
+        )
+        .write(root.join("configs/t.yaml"))
+        .unwrap();
+    let o = sam_eval(root, &["--grid-search", "--baseline", "b"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = report(root);
+    let baseline: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(eval_dir(root).join("baseline/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(baseline["mode"], "apg");
+    let nms = model["apg"]["nms_threshold"].as_f64().unwrap();
+    assert!(nms < 0.65, "the grid's choice, not the default: {nms}");
+    assert_eq!(baseline["apg"], model["apg"]);
+}
+
 /// Another tiny model (seed 11, where the default is 7) as `final_models/<name>.pt`.
 fn write_other_model(root: &Path, name: &str, with_decoder: bool) {
     TinyCheckpoint::new()

@@ -288,6 +288,9 @@ pub fn compare_to_baseline(
     if let Some(amg) = model_report.amg {
         base_opts.segmentation.amg = amg;
     }
+    if let Some(apg) = model_report.apg {
+        base_opts.segmentation.apg = apg;
+    }
     let baseline_report = evaluate_model(baseline.model, &base_opts, &mut |p| {
         progress(match p {
             ModelProgress::Stage { name, total } => ModelProgress::Stage {
