@@ -105,10 +105,33 @@ pub fn print_comparison(c: &ComparisonReport, out_dir: &Path) {
             println!("  … and {} more", worse.len() - LISTED_IMAGES);
         }
     }
+    for m in &c.model.iterative_prompting {
+        let Some(b) = c
+            .baseline
+            .iterative_prompting
+            .iter()
+            .find(|b| b.start == m.start)
+        else {
+            continue;
+        };
+        if let (Some(mr), Some(br)) = (m.rounds.last(), b.rounds.last()) {
+            let (bm, mm) = (br.mean_per_image.msa, mr.mean_per_image.msa);
+            println!(
+                "iterative prompting ({}), round {}: mSA {bm:.4} (baseline) -> {mm:.4} (model), {:+.4}",
+                m.start.name(),
+                m.rounds.len() - 1,
+                mm - bm
+            );
+        }
+    }
+    let written: Vec<&str> = sam_eval::COMPARISON_FILES
+        .into_iter()
+        .filter(|f| out_dir.join(f).is_file())
+        .collect();
     println!(
         "comparison written to {} ({}, {}{})",
         out_dir.display(),
-        sam_eval::COMPARISON_FILES.join(", "),
+        written.join(", "),
         sam_eval::BASELINE_DIR,
         if c.overlays.is_empty() {
             "/".to_string()

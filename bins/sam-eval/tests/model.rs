@@ -613,6 +613,78 @@ fn the_baseline_runs_the_apg_parameters_the_grid_search_chose() {
     assert_eq!(baseline["apg"], model["apg"]);
 }
 
+/// With --iterative-prompting and a baseline, iterative prompting runs for both models: the
+/// baseline's CSV files in `baseline/` are those of the baseline evaluated alone, and
+/// iterative_prompting_deltas.csv holds both per start and round with the change. Evaluating
+/// without a baseline and --overwrite removes that file too.
+#[test]
+fn iterative_prompting_runs_for_the_baseline_too() {
+    let t = setup!(false);
+    let root = t.path();
+    write_other_model(root, "b", false);
+    config("dat/test/images")
+        .write(root.join("configs/t.yaml"))
+        .unwrap();
+    let dir = eval_dir(root);
+    let o = sam_eval(
+        root,
+        &[
+            "--checkpoint",
+            "b",
+            "--no-baseline",
+            "--iterative-prompting",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let alone: Vec<_> = ["box", "point"]
+        .map(|s| read_csv(&dir.join(format!("iterative_prompting_{s}.csv"))))
+        .into();
+
+    let o = sam_eval(
+        root,
+        &["--baseline", "b", "--iterative-prompting", "--overwrite"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let console = stdout(&o);
+    let deltas = csv_maps(&dir.join("iterative_prompting_deltas.csv"));
+    assert_eq!(deltas.len(), 2 * 3, "two starts × three rounds: {deltas:?}");
+    for (start, alone) in ["box", "point"].into_iter().zip(&alone) {
+        let baseline = read_csv(&dir.join(format!("baseline/iterative_prompting_{start}.csv")));
+        assert_eq!(&baseline, alone, "{start}: the baseline as evaluated alone");
+        let model = csv_maps(&dir.join(format!("iterative_prompting_{start}.csv")));
+        let baseline = csv_maps(&dir.join(format!("baseline/iterative_prompting_{start}.csv")));
+        let rows: Vec<_> = deltas.iter().filter(|d| d["start"] == start).collect();
+        assert_eq!(rows.len(), 3);
+        for (i, d) in rows.iter().enumerate() {
+            assert_eq!(d["iteration"], i.to_string());
+            for c in COLUMNS {
+                let num = |k: &str| d[&format!("{c} {k}")].parse::<f64>().unwrap();
+                let b: f64 = baseline[i][c].parse().unwrap();
+                let m: f64 = model[i][c].parse().unwrap();
+                assert_eq!((num("baseline"), num("model")), (b, m), "{start} {i} {c}");
+                assert_eq!(num("delta"), m - b, "{start} {i} {c}");
+            }
+        }
+        let last = rows[2];
+        assert!(
+            console.contains(&format!(
+                "iterative prompting ({start}), round 2: mSA {:.4} (baseline) -> {:.4} (model)",
+                last["mSA baseline"].parse::<f64>().unwrap(),
+                last["mSA model"].parse::<f64>().unwrap()
+            )),
+            "{console}"
+        );
+    }
+    assert!(
+        console.contains("iterative_prompting_deltas.csv"),
+        "{console}"
+    );
+
+    let o = sam_eval(root, &["--no-baseline", "--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!dir.join("iterative_prompting_deltas.csv").exists());
+}
+
 /// Another tiny model (seed 11, where the default is 7) as `final_models/<name>.pt`.
 fn write_other_model(root: &Path, name: &str, with_decoder: bool) {
     TinyCheckpoint::new()

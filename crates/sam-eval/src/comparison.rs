@@ -18,8 +18,13 @@ use crate::summary::SummaryScores;
 use crate::ModelReport;
 
 /// The files a comparison writes into the evaluation folder, besides the folders
-/// [`BASELINE_DIR`] and [`COMPARISON_OVERLAY_DIR`].
-pub const COMPARISON_FILES: [&str; 2] = ["comparison.csv", "per_image_deltas.csv"];
+/// [`BASELINE_DIR`] and [`COMPARISON_OVERLAY_DIR`]: the last one only with iterative
+/// prompting.
+pub const COMPARISON_FILES: [&str; 3] = [
+    "comparison.csv",
+    "per_image_deltas.csv",
+    "iterative_prompting_deltas.csv",
+];
 
 /// The sub-folder of the evaluation folder that holds the baseline's own evaluation
 /// (`predictions/`, `per_image.csv`, `summary.csv`, `report.json`, ...).
@@ -200,15 +205,14 @@ pub fn remove_comparison(out_dir: &Path) -> Result<(), EvalError> {
 }
 
 /// The options of the baseline's evaluation: those of the model with the baseline's checkpoint,
-/// tiling and folder, the mode the model ran, and no grid search (the parameters come from the
-/// model's evaluation), iterative prompting or overlays of its own.
+/// tiling and folder, the mode the model ran, the same iterative prompting, and no grid search
+/// (the parameters come from the model's evaluation) or overlays of its own.
 fn baseline_options(opts: &ModelEvalOptions, baseline: &Baseline<'_>) -> ModelEvalOptions {
     let mut b = opts.clone();
     b.checkpoint = baseline.checkpoint.clone();
     b.out_dir = opts.out_dir.join(BASELINE_DIR);
     b.segmentation.tiles = baseline.tiles;
     b.grid_search = None;
-    b.iterative = None;
     b.overlays = 0;
     b
 }
@@ -261,9 +265,11 @@ pub fn check_comparison(
 ///   `<column> delta`), the images where the model got worse first ([`image_deltas`]);
 /// - `comparison_overlays/<rank>_<stem>_{baseline,model}.png` for the first `opts.overlays`
 ///   images of that order: ground truth (green) and each model's prediction (magenta);
+/// - with iterative prompting (which then runs for both models, the baseline's CSV files in
+///   `baseline/`), `iterative_prompting_deltas.csv`: `start`, `iteration`, then the baseline's
+///   score, the model's and the change for each of micro_sam's columns, one row per start
+///   prompt and round;
 /// - `report.html` again, with the section comparing the two models.
-///
-/// Iterative prompting, when asked for, runs for the model only.
 ///
 /// # Errors
 /// Those of [`check_comparison`] (before any model runs) and of [`evaluate_model`].
@@ -306,6 +312,13 @@ pub fn compare_to_baseline(
         &[("baseline", &baseline_report), ("model", &model_report)],
     )?;
     write_deltas_csv(&opts.out_dir.join(COMPARISON_FILES[1]), &images)?;
+    if !model_report.iterative_prompting.is_empty() {
+        write_iterative_deltas_csv(
+            &opts.out_dir.join(COMPARISON_FILES[2]),
+            &baseline_report,
+            &model_report,
+        )?;
+    }
     // The model's page gets the comparison section.
     crate::html::write_html_report(
         &opts.out_dir.join("report.html"),
@@ -402,6 +415,44 @@ fn write_deltas_csv(path: &Path, images: &[PerImageDelta]) -> Result<(), EvalErr
             row.extend([m.baseline, m.model, m.delta].map(|v| v.to_string()));
         }
         w.write_record(&row).map_err(|e| csv_error(path, e))?;
+    }
+    w.flush().map_err(|e| csv_error(path, e))
+}
+
+/// `iterative_prompting_deltas.csv`: per start prompt the model ran and round, each of
+/// micro_sam's columns for the baseline, the model and the change.
+fn write_iterative_deltas_csv(
+    path: &Path,
+    baseline: &ModelReport,
+    model: &ModelReport,
+) -> Result<(), EvalError> {
+    let mut w = csv::Writer::from_path(path).map_err(|e| csv_error(path, e))?;
+    let mut header = vec!["start".to_string(), "iteration".to_string()];
+    for c in SUMMARY_COLUMNS {
+        header.extend(["baseline", "model", "delta"].map(|k| format!("{c} {k}")));
+    }
+    w.write_record(&header).map_err(|e| csv_error(path, e))?;
+    for m in &model.iterative_prompting {
+        let b = baseline
+            .iterative_prompting
+            .iter()
+            .find(|b| b.start == m.start)
+            .ok_or_else(|| {
+                csv_error(
+                    path,
+                    format!("the baseline ran no {} start", m.start.name()),
+                )
+            })?;
+        for (i, (mr, br)) in m.rounds.iter().zip(&b.rounds).enumerate() {
+            let mut row = vec![m.start.name().to_string(), i.to_string()];
+            for (bv, mv) in summary_columns(&br.mean_per_image)
+                .into_iter()
+                .zip(summary_columns(&mr.mean_per_image))
+            {
+                row.extend([bv, mv, mv - bv].map(|v| v.to_string()));
+            }
+            w.write_record(&row).map_err(|e| csv_error(path, e))?;
+        }
     }
     w.flush().map_err(|e| csv_error(path, e))
 }
