@@ -105,22 +105,16 @@ pub fn print_comparison(c: &ComparisonReport, out_dir: &Path) {
             println!("  … and {} more", worse.len() - LISTED_IMAGES);
         }
     }
-    for m in &c.model.iterative_prompting {
-        let Some(b) = c
-            .baseline
-            .iterative_prompting
-            .iter()
-            .find(|b| b.start == m.start)
-        else {
-            continue;
-        };
-        if let (Some(mr), Some(br)) = (m.rounds.last(), b.rounds.last()) {
-            let (bm, mm) = (br.mean_per_image.msa, mr.mean_per_image.msa);
+    for it in &c.iterative {
+        if let Some(last) = it.rounds.last() {
+            let msa = last[0];
             println!(
-                "iterative prompting ({}), round {}: mSA {bm:.4} (baseline) -> {mm:.4} (model), {:+.4}",
-                m.start.name(),
-                m.rounds.len() - 1,
-                mm - bm
+                "iterative prompting ({}), round {}: mSA {:.4} (baseline) -> {:.4} (model), {:+.4}",
+                it.start.name(),
+                it.rounds.len() - 1,
+                msa.baseline,
+                msa.model,
+                msa.delta
             );
         }
     }

@@ -11,6 +11,7 @@ use sam_infer::{InferenceModel, TileSpec};
 use serde::Serialize;
 
 use crate::error::EvalError;
+use crate::iterative::PromptStart;
 use crate::labels::{ImageRecord, GT_COLOUR, PRED_COLOUR, SUMMARY_COLUMNS};
 use crate::metrics::ImageScores;
 use crate::model_eval::{evaluate_model, existing_evaluation, ModelEvalOptions, ModelProgress};
@@ -94,6 +95,56 @@ fn summary_columns(s: &SummaryScores) -> [f64; 6] {
     [s.msa, s.sa50, s.sa75, s.precision, s.recall, s.f1]
 }
 
+/// Each of micro_sam's columns of `baseline` and `model` (in [`SUMMARY_COLUMNS`] order) with
+/// its change.
+fn metric_deltas(baseline: [f64; 6], model: [f64; 6]) -> [MetricDelta; 6] {
+    std::array::from_fn(|i| MetricDelta::new(baseline[i], model[i]))
+}
+
+/// One start prompt's iterative-prompting rounds for both models.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IterativeDelta {
+    /// The start prompt.
+    pub start: PromptStart,
+    /// Per round (round 0 = the start prompt alone), micro_sam's columns of the baseline's and
+    /// the model's mean scores, in the order of [`SUMMARY_COLUMNS`].
+    pub rounds: Vec<[MetricDelta; 6]>,
+}
+
+/// The iterative-prompting rounds of `model` beside the baseline's, per start prompt the model
+/// ran; the start the baseline did not run as the error.
+fn iterative_deltas(
+    baseline: &ModelReport,
+    model: &ModelReport,
+) -> Result<Vec<IterativeDelta>, PromptStart> {
+    model
+        .iterative_prompting
+        .iter()
+        .map(|m| {
+            let b = baseline
+                .iterative_prompting
+                .iter()
+                .find(|b| b.start == m.start)
+                .ok_or(m.start)?;
+            let rounds = m
+                .rounds
+                .iter()
+                .zip(&b.rounds)
+                .map(|(mr, br)| {
+                    metric_deltas(
+                        summary_columns(&br.mean_per_image),
+                        summary_columns(&mr.mean_per_image),
+                    )
+                })
+                .collect();
+            Ok(IterativeDelta {
+                start: m.start,
+                rounds,
+            })
+        })
+        .collect()
+}
+
 /// The per-image changes from `baseline` to `model`, the images where the model got worse
 /// first: sorted by the mSA change, most negative first, ties by name.
 ///
@@ -112,10 +163,9 @@ pub fn image_deltas(
                 m.name
             ))
         })?;
-        let (bs, ms) = (columns(&b.scores), columns(&m.scores));
         deltas.push(PerImageDelta {
             image: m.name.clone(),
-            metrics: std::array::from_fn(|i| MetricDelta::new(bs[i], ms[i])),
+            metrics: metric_deltas(columns(&b.scores), columns(&m.scores)),
         });
     }
     if baseline.len() != model.len() {
@@ -145,6 +195,8 @@ pub struct ComparisonReport {
     pub images: Vec<PerImageDelta>,
     /// The overlay pictures written, in the order of `images`.
     pub overlays: Vec<PathBuf>,
+    /// With iterative prompting, each start prompt's rounds for both models (else empty).
+    pub iterative: Vec<IterativeDelta>,
 }
 
 impl ComparisonReport {
@@ -311,12 +363,28 @@ pub fn compare_to_baseline(
         &opts.out_dir.join(COMPARISON_FILES[0]),
         &[("baseline", &baseline_report), ("model", &model_report)],
     )?;
-    write_deltas_csv(&opts.out_dir.join(COMPARISON_FILES[1]), &images)?;
-    if !model_report.iterative_prompting.is_empty() {
-        write_iterative_deltas_csv(
-            &opts.out_dir.join(COMPARISON_FILES[2]),
-            &baseline_report,
-            &model_report,
+    write_deltas_csv(
+        &opts.out_dir.join(COMPARISON_FILES[1]),
+        &["image"],
+        images.iter().map(|d| (vec![d.image.clone()], &d.metrics)),
+    )?;
+    let iterative_csv = opts.out_dir.join(COMPARISON_FILES[2]);
+    let iterative = iterative_deltas(&baseline_report, &model_report).map_err(|start| {
+        csv_error(
+            &iterative_csv,
+            format!("the baseline ran no {} start", start.name()),
+        )
+    })?;
+    if !iterative.is_empty() {
+        write_deltas_csv(
+            &iterative_csv,
+            &["start", "iteration"],
+            iterative.iter().flat_map(|it| {
+                it.rounds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (vec![it.start.name().to_string(), i.to_string()], r))
+            }),
         )?;
     }
     // The model's page gets the comparison section.
@@ -339,6 +407,7 @@ pub fn compare_to_baseline(
         baseline: baseline_report,
         images,
         overlays,
+        iterative,
     })
 }
 
@@ -402,57 +471,25 @@ fn write_comparison_csv(path: &Path, rows: &[(&str, &ModelReport)]) -> Result<()
     w.flush().map_err(|e| csv_error(path, e))
 }
 
-fn write_deltas_csv(path: &Path, images: &[PerImageDelta]) -> Result<(), EvalError> {
+/// A CSV of changes: the `keys` columns, then for each of micro_sam's columns the baseline's
+/// score, the model's and the change (`<column> baseline`, `<column> model`, `<column> delta`);
+/// one row per `(key values, metrics)` of `rows`.
+fn write_deltas_csv<'a>(
+    path: &Path,
+    keys: &[&str],
+    rows: impl IntoIterator<Item = (Vec<String>, &'a [MetricDelta; 6])>,
+) -> Result<(), EvalError> {
     let mut w = csv::Writer::from_path(path).map_err(|e| csv_error(path, e))?;
-    let mut header = vec!["image".to_string()];
+    let mut header: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
     for c in SUMMARY_COLUMNS {
         header.extend(["baseline", "model", "delta"].map(|k| format!("{c} {k}")));
     }
     w.write_record(&header).map_err(|e| csv_error(path, e))?;
-    for d in images {
-        let mut row = vec![d.image.clone()];
-        for m in &d.metrics {
+    for (mut row, metrics) in rows {
+        for m in metrics {
             row.extend([m.baseline, m.model, m.delta].map(|v| v.to_string()));
         }
         w.write_record(&row).map_err(|e| csv_error(path, e))?;
-    }
-    w.flush().map_err(|e| csv_error(path, e))
-}
-
-/// `iterative_prompting_deltas.csv`: per start prompt the model ran and round, each of
-/// micro_sam's columns for the baseline, the model and the change.
-fn write_iterative_deltas_csv(
-    path: &Path,
-    baseline: &ModelReport,
-    model: &ModelReport,
-) -> Result<(), EvalError> {
-    let mut w = csv::Writer::from_path(path).map_err(|e| csv_error(path, e))?;
-    let mut header = vec!["start".to_string(), "iteration".to_string()];
-    for c in SUMMARY_COLUMNS {
-        header.extend(["baseline", "model", "delta"].map(|k| format!("{c} {k}")));
-    }
-    w.write_record(&header).map_err(|e| csv_error(path, e))?;
-    for m in &model.iterative_prompting {
-        let b = baseline
-            .iterative_prompting
-            .iter()
-            .find(|b| b.start == m.start)
-            .ok_or_else(|| {
-                csv_error(
-                    path,
-                    format!("the baseline ran no {} start", m.start.name()),
-                )
-            })?;
-        for (i, (mr, br)) in m.rounds.iter().zip(&b.rounds).enumerate() {
-            let mut row = vec![m.start.name().to_string(), i.to_string()];
-            for (bv, mv) in summary_columns(&br.mean_per_image)
-                .into_iter()
-                .zip(summary_columns(&mr.mean_per_image))
-            {
-                row.extend([bv, mv, mv - bv].map(|v| v.to_string()));
-            }
-            w.write_record(&row).map_err(|e| csv_error(path, e))?;
-        }
     }
     w.flush().map_err(|e| csv_error(path, e))
 }

@@ -67,8 +67,8 @@ pub use crate::summary::{Summary, SummaryScores};
 #[cfg(feature = "model")]
 pub use crate::comparison::{
     check_comparison, compare_to_baseline, existing_comparison, image_deltas, remove_comparison,
-    Baseline, ComparisonReport, MetricDelta, PerImageDelta, BASELINE_DIR, COMPARISON_FILES,
-    COMPARISON_OVERLAY_DIR,
+    Baseline, ComparisonReport, IterativeDelta, MetricDelta, PerImageDelta, BASELINE_DIR,
+    COMPARISON_FILES, COMPARISON_OVERLAY_DIR,
 };
 #[cfg(feature = "model")]
 pub use crate::grid::{
