@@ -302,34 +302,33 @@ impl ExperimentConfig {
         let heads = f64::from(a.encoder_num_heads.max(1));
         let window = f64::from(a.window_size.max(1));
         let windows = (side / window).ceil().powi(2);
-        // The blocks whose activations the backward needs.
-        let depth = f64::from(a.encoder_depth.saturating_sub(first_in_graph));
-        let global = a
-            .encoder_global_attn_indexes
-            .iter()
-            .filter(|&&i| i < a.encoder_depth && i >= first_in_graph)
-            .count() as f64;
+        // Global blocks from block `first` on; the ones in the graph keep activations.
+        let globals_from = |first: u32| {
+            a.encoder_global_attn_indexes
+                .iter()
+                .filter(|&&i| i < a.encoder_depth && i >= first)
+                .count() as f64
+        };
         let global_block = heads * tokens * tokens;
         let windowed_block = heads * windows * window.powi(4);
-        let attention = global * global_block + (depth - global) * windowed_block;
-        let largest = if global > 0.0 {
-            global_block
-        } else if depth > 0.0 {
-            windowed_block
-        } else {
-            0.0
-        };
-        // The forward runs every block, in the graph or not: the largest attention call of the
-        // whole encoder is alive once.
-        let largest_forward = if a.encoder_global_attn_indexes.is_empty() {
-            if a.encoder_depth > 0 {
+        // The largest attention of `n` blocks of which `g` are global.
+        let largest_of = |g: f64, n: f64| {
+            if g > 0.0 {
+                global_block
+            } else if n > 0.0 {
                 windowed_block
             } else {
                 0.0
             }
-        } else {
-            global_block
         };
+        // The blocks whose activations the backward needs.
+        let depth = f64::from(a.encoder_depth.saturating_sub(first_in_graph));
+        let global = globals_from(first_in_graph);
+        let attention = global * global_block + (depth - global) * windowed_block;
+        let largest = largest_of(global, depth);
+        // The forward runs every block, in the graph or not: the largest attention call of the
+        // whole encoder is alive once.
+        let largest_forward = largest_of(globals_from(0), f64::from(a.encoder_depth));
         let block_values = if peft.is_some() {
             ENCODER_VALUES_PER_TOKEN_CHANNEL_FROZEN_WEIGHTS
         } else {
