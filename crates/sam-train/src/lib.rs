@@ -94,7 +94,7 @@ pub use step::{
     RecipeConfig, StepInputs, StepLoss, StepPrecision,
 };
 pub use throughput::{
-    dense_bf16_peak_tflops, training_step_flops, StepShape, Throughput, TrainedParts,
+    dense_bf16_peak_tflops, training_step_flops, EncoderPiece, StepShape, Throughput, TrainedParts,
 };
 pub use trainer::{
     train, NoProgress, StepTiming, TrainOptions, TrainOutcome, TrainProgress, TrainSummary,

@@ -404,8 +404,8 @@ impl RunData {
 }
 
 /// The model the config builds with its initial weights: torch's generator seeded from the
-/// run's seed (through [`sam_model::seeded`]), the model built (with its adapters under `model.peft`), `model.checkpoint`
-/// loaded. Warnings go to `progress`. Rebuilding it from the same config gives the same base
+/// run's seed (through [`sam_model::seeded`]), the model built (with its adapters under
+/// `model.peft`), `model.checkpoint` loaded. Warnings go to `progress`. Rebuilding it from the same config gives the same base
 /// weights (what [`crate::export_model`] does for a checkpoint with adapters).
 pub(crate) fn initial_model(
     cfg: &ExperimentConfig,
